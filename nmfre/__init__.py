@@ -1,0 +1,19 @@
+"""nmfre: non-negative matrix factorization with random effects (NMF-RE).
+
+``Y = X (Theta A + U) + E``: fit by maximum likelihood or the paper's algorithm, with the
+paper's degrees-of-freedom cap and conditional inference on the covariate effects Theta.
+Every output is labelled with xarray (dims ``feature``, ``unit``, ``component``,
+``covariate``).
+"""
+
+__version__ = "0.1.0"
+
+from .datasets import load_orthodont
+from .exceptions import ConvergenceWarning, IdentifiabilityWarning
+from .model import df_scan, fit
+from .results import NMFREFit, load
+
+__all__ = [
+    "ConvergenceWarning", "IdentifiabilityWarning", "NMFREFit", "__version__", "df_scan", "fit",
+    "load", "load_orthodont",
+]

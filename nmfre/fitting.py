@@ -1,0 +1,439 @@
+"""Estimation of NMF-RE on plain numpy arrays: maximum likelihood and the paper's algorithm.
+
+``Y (P x N) = X (Theta A + U) + E`` with ``X >= 0`` (columns on the simplex), ``U`` with
+iid ``N(0, tau2)`` entries and ``E`` iid ``N(0, sigma2)``.
+
+* :func:`fit_ml` maximises the marginal likelihood by an ECME scheme (E-step for U, exact
+  per-column HALS block minimisation for X on the simplex, exact GLS/NNLS for Theta,
+  exact 1-D profile for the variances), accelerated by SQUAREM with a monotonicity
+  safeguard: every accepted iteration does not increase the nll.
+* :func:`fit_paper` is the paper's algorithm (nmfkc 0.7.0) step for step.
+
+Both return a plain dict; :mod:`nmfre.results` wraps it with labels.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.optimize import nnls
+
+from . import dfcap
+from .likelihood import (
+    LAMBDA_MAX,
+    LAMBDA_MIN,
+    Sufficient,
+    nll,
+    optimize_lambda,
+    sufficient,
+    variances_at,
+)
+
+FLOOR = 1e-10
+
+
+# ----------------------------------------------------------------------------- helpers
+def project_simplex(V: np.ndarray) -> np.ndarray:
+    """Euclidean projection of each column of ``V`` onto the probability simplex."""
+    P = V.shape[0]
+    U = -np.sort(-V, axis=0)
+    css = np.cumsum(U, axis=0) - 1.0
+    idx = np.arange(1, P + 1)[:, None]
+    cond = U - css / idx > 0
+    rho = P - 1 - np.argmax(cond[::-1], axis=0)
+    theta = css[rho, np.arange(V.shape[1])] / (rho + 1)
+    return np.maximum(V - theta, 0.0)
+
+
+def nndsvd(Y: np.ndarray, rank: int) -> np.ndarray:
+    """Basis from the NNDSVD of ``max(Y, 0)`` (Boutsidis & Gallopoulos 2008), columns
+    normalised to sum to 1. Deterministic."""
+    Yp = np.maximum(Y, 0.0)
+    Uu, _, Vt = np.linalg.svd(Yp, full_matrices=False)
+    W = np.zeros((Y.shape[0], rank))
+    W[:, 0] = np.abs(Uu[:, 0])
+    for j in range(1, rank):
+        x, y = Uu[:, j], Vt[j, :]
+        xp, xn = np.maximum(x, 0), np.maximum(-x, 0)
+        yp, yn = np.maximum(y, 0), np.maximum(-y, 0)
+        mp = np.linalg.norm(xp) * np.linalg.norm(yp)
+        mn = np.linalg.norm(xn) * np.linalg.norm(yn)
+        W[:, j] = xp if mp >= mn else xn
+    return _normalise_columns(W)
+
+
+def random_basis(P: int, rank: int, rng: np.random.Generator) -> np.ndarray:
+    """Random simplex columns (uniform on the simplex)."""
+    return _normalise_columns(rng.exponential(size=(P, rank)))
+
+
+def _normalise_columns(W: np.ndarray) -> np.ndarray:
+    W = np.maximum(W, 0.0)
+    s = W.sum(axis=0)
+    bad = s <= 0
+    W = W / np.where(bad, 1.0, s)
+    W[:, bad] = 1.0 / W.shape[0]
+    return W
+
+
+# ----------------------------------------------------------------------------- ML
+@dataclass
+class Problem:
+    """Validated data and settings shared by the ML iterations."""
+
+    Y: np.ndarray
+    A: np.ndarray
+    rank: int
+    nonneg: bool
+    mode: str  # "free", "sigma2", "tau2" or "fixed"
+    sigma2: float
+    tau2: float
+    cap: float | None  # df cap value (not rate)
+
+    def __post_init__(self):
+        self.P, self.N = self.Y.shape
+        self.K = self.A.shape[0]
+        self.YAt = self.Y @ self.A.T
+        self.AAt = self.A @ self.A.T
+        self.AAt_inv = np.linalg.inv(self.AAt)
+
+    def lam_floor(self, d: np.ndarray) -> float:
+        if self.cap is None:
+            return LAMBDA_MIN
+        return max(dfcap.lambda_for_df(d, self.N, self.cap), LAMBDA_MIN)
+
+
+@dataclass
+class State:
+    X: np.ndarray
+    theta: np.ndarray
+    sigma2: float
+    lam: float
+    nll: float
+    cap_active: bool = False
+
+
+def theta_step(prob: Problem, X: np.ndarray, lam: float) -> np.ndarray:
+    """Exact minimiser of the marginal nll over Theta for fixed ``X`` and ``lambda``.
+
+    Free Theta: GLS equals OLS, ``(X'X)^-1 X'Y A'(AA')^-1``. Non-negative Theta: NNLS in
+    the metric ``AA' (x) M^-1 X'X`` (the GLS quadratic form).
+    """
+    XtX = X.T @ X
+    XtYAt = X.T @ prob.YAt
+    if not prob.nonneg:
+        try:
+            return np.linalg.solve(XtX, XtYAt) @ prob.AAt_inv
+        except np.linalg.LinAlgError:
+            return np.linalg.lstsq(XtX, XtYAt, rcond=None)[0] @ prob.AAt_inv
+    Q = X.shape[1]
+    M = XtX + lam * np.eye(Q)
+    G = np.linalg.solve(M, XtX)
+    G = 0.5 * (G + G.T)
+    H = np.kron(prob.AAt, G)
+    g = np.linalg.solve(M, XtYAt).reshape(-1, order="F")
+    free = np.linalg.lstsq(H, g, rcond=None)[0]
+    if np.all(free >= 0):
+        return free.reshape(Q, prob.K, order="F")
+    ridge = 1e-12 * np.trace(H) / H.shape[0]
+    L = np.linalg.cholesky(H + ridge * np.eye(H.shape[0]))
+    sol = nnls(L.T, np.linalg.solve(L, g), maxiter=50 * H.shape[0])[0]
+    return sol.reshape(Q, prob.K, order="F")
+
+
+def profile(prob: Problem, X: np.ndarray, theta: np.ndarray, lam_current: float | None):
+    """Exact variance step: returns ``(sigma2, lam, nll, suff, cap_active)``."""
+    suff = sufficient(prob.Y, X, theta @ prob.A)
+    lo = prob.lam_floor(suff.d)
+    if prob.mode == "fixed":
+        lam = max(prob.sigma2 / prob.tau2, lo)
+        s2 = prob.sigma2
+    else:
+        lam = optimize_lambda(suff, prob.mode, lo, lam_current, prob.sigma2, prob.tau2)
+        s2, _ = variances_at(suff, lam, prob.mode, prob.sigma2, prob.tau2)
+    active = prob.cap is not None and lam <= lo * (1 + 1e-9)
+    return s2, lam, nll(suff, s2, lam), suff, active
+
+
+def blup(prob: Problem, X: np.ndarray, theta: np.ndarray, lam: float) -> np.ndarray:
+    """BLUP of U: ``M^-1 X'(Y - X Theta A)``, ``M = X'X + lambda I``."""
+    M = X.T @ X + lam * np.eye(X.shape[1])
+    return np.linalg.solve(M, X.T @ (prob.Y - X @ (theta @ prob.A)))
+
+
+def x_step(prob: Problem, st: State, sweeps: int = 10) -> np.ndarray:
+    """Block minimisation of the expected complete-data loss over simplex columns.
+
+    Minimises ``||Y - X B||^2 + tr(X S X')`` with ``B = Theta A + E[U]`` and
+    ``S = N sigma2 M^-1`` by per-column HALS with exact Euclidean projections onto the
+    simplex (each column update is an exact block minimiser).
+    """
+    X = st.X
+    Q = X.shape[1]
+    M = X.T @ X + st.lam * np.eye(Q)
+    Minv = np.linalg.inv(M)
+    Ubar = Minv @ (X.T @ (prob.Y - X @ (st.theta @ prob.A)))
+    B = st.theta @ prob.A + Ubar
+    G = B @ B.T + prob.N * st.sigma2 * Minv
+    C = prob.Y @ B.T
+    X = X.copy()
+    for _ in range(sweeps):
+        X_old = X.copy()
+        for q in range(Q):
+            if G[q, q] <= 0:
+                continue
+            v = X[:, q] + (C[:, q] - X @ G[:, q]) / G[q, q]
+            X[:, q] = project_simplex(v[:, None])[:, 0]
+        if Q == 1 or np.max(np.abs(X - X_old)) <= 1e-12:
+            break
+    return X
+
+
+def ecme(prob: Problem, st: State) -> State:
+    """One ECME sweep (X, then Theta, then the variances), never increasing the nll.
+
+    When the df cap moves with X and the full step would increase the nll, the step in
+    X is halved until it does not (the current point is always feasible).
+    """
+    X_new = x_step(prob, st)
+    step = X_new - st.X
+    t = 1.0
+    for _ in range(40):
+        X = st.X + t * step
+        theta = theta_step(prob, X, st.lam)
+        s2, lam, val, _, active = profile(prob, X, theta, st.lam)
+        if val <= st.nll:
+            return State(X, theta, s2, lam, val, active)
+        t *= 0.5
+    return st
+
+
+def initial_state(prob: Problem, X0: np.ndarray, theta0: np.ndarray | None) -> State:
+    """Profile the variances (and Theta when not given) at a starting basis."""
+    lam0 = max(prob.sigma2 / prob.tau2, LAMBDA_MIN)
+    theta = theta_step(prob, X0, lam0) if theta0 is None else np.array(theta0, dtype=float)
+    if prob.nonneg:
+        theta = np.maximum(theta, 0.0)
+    s2, lam, val, _, active = profile(prob, X0, theta, lam0)
+    if theta0 is None and prob.nonneg:
+        theta = theta_step(prob, X0, lam)
+        s2, lam, val, _, active = profile(prob, X0, theta, lam)
+    return State(X0, theta, s2, lam, val, active)
+
+
+def scoring_step(prob: Problem, st: State) -> State | None:
+    """One projected Fisher-scoring step in (X, Theta) at fixed variances.
+
+    The expected information of the marginal model for ``vec(X)`` and ``vec(Theta)`` is
+    assembled in closed form (mean part ``S (x) Theta A A' Theta'``, covariance part
+    ``N tau2^2 (S (x) X'SX + T)`` with ``S = Sigma^-1``); the Newton system is solved on
+    the free variables under the unit-column-sum constraints (KKT), the step is
+    projected back onto the simplex (and Theta >= 0) and halved until the nll, with
+    Theta (free case) and the variances re-profiled exactly, does not increase.
+    Returns None when no decrease is found.
+    """
+    X, theta, s2, lam = st.X, st.theta, st.sigma2, st.lam
+    P, Q, K, N = prob.P, prob.rank, prob.K, prob.N
+    tau2 = s2 / lam
+    Minv = np.linalg.inv(X.T @ X + lam * np.eye(Q))
+    S = (np.eye(P) - X @ Minv @ X.T) / s2
+    Z = S @ X
+    W = X.T @ Z
+    TA = theta @ prob.A
+    R = prob.Y - X @ TA
+    B = TA + Minv @ (X.T @ R)
+    E = (prob.Y - X @ B) / s2
+    gX = N * X @ Minv - E @ B.T
+    gT = -(X.T @ E @ prob.A.T)
+    C1 = theta @ prob.AAt @ theta.T
+    c = N * tau2**2
+    FXX = np.kron(S, C1 + c * W) + c * np.einsum("ps,rq->pqrs", Z, Z).reshape(P * Q, P * Q)
+    FXT = np.einsum("pj,qk->pqjk", Z, theta @ prob.AAt).reshape(P * Q, Q * K)
+    FTT = np.einsum("ab,kl->akbl", W, prob.AAt).reshape(Q * K, Q * K)
+    F = np.block([[FXX, FXT], [FXT.T, FTT]])
+    g = np.concatenate([gX.ravel(), gT.ravel()])
+    act_X = X <= 0
+    free = np.concatenate([~act_X.ravel(), ~((theta <= 0) & (gT > 0)).ravel() if prob.nonneg
+                           else np.ones(Q * K, bool)])
+    idx = np.flatnonzero(free)
+    nf = idx.size
+    Ecol = np.zeros((Q, nf))
+    for j, i in enumerate(idx):
+        if i < P * Q:
+            Ecol[i % Q, j] = 1.0
+    Ff = F[np.ix_(idx, idx)]
+    Ff = Ff + 1e-10 * np.mean(np.abs(np.diag(Ff))) * np.eye(nf)
+    kkt = np.block([[Ff, Ecol.T], [Ecol, np.zeros((Q, Q))]])
+    try:
+        sol = np.linalg.solve(kkt, np.concatenate([-g[idx], np.zeros(Q)]))
+    except np.linalg.LinAlgError:
+        return None
+    delta = np.zeros(P * Q + Q * K)
+    delta[idx] = sol[:nf]
+    dX = delta[: P * Q].reshape(P, Q)
+    dT = delta[P * Q:].reshape(Q, K)
+    t = 1.0
+    for _ in range(30):
+        Xn = project_simplex(X + t * dX)
+        Tn = theta + t * dT
+        Tn = np.maximum(Tn, 0.0) if prob.nonneg else theta_step(prob, Xn, lam)
+        s2n, lamn, val, _, act = profile(prob, Xn, Tn, lam)
+        if val <= st.nll:
+            return State(Xn, Tn, s2n, lamn, val, act)
+        t *= 0.5
+    return None
+
+
+def fit_ml(prob: Problem, X0: np.ndarray, theta0: np.ndarray | None = None,
+           max_iter: int = 5000, tol: float = 1e-10, scoring_max_size: int = 1500) -> dict:
+    """Maximum-likelihood fit; every iteration does not increase the nll.
+
+    An iteration is a projected Fisher-scoring step in (X, Theta) (:func:`scoring_step`,
+    used while ``P Q + Q K <= scoring_max_size``) followed by the exact variance profile;
+    where scoring is too large or finds no decrease, a SQUAREM cycle (Varadhan & Roland
+    2008) of the monotone ECME map is used instead: two ECME sweeps, an extrapolation of
+    X along them (projected back onto the simplex) and a stabilising sweep, accepted only
+    if not worse than the plain sweeps. Converged when an iteration decreases the nll by
+    less than ``tol * (1 + |nll|)`` and moves X by less than ``sqrt(tol)``.
+    """
+    st = initial_state(prob, X0, theta0)
+    trace: list[float] = []
+    hit = st.cap_active
+    use_scoring = prob.P * prob.rank + prob.rank * prob.K <= scoring_max_size
+    step_max, mstep = 1.0, 4.0
+    converged = False
+    n_iter = 0
+    while n_iter < max_iter:
+        n_iter += 1
+        new = scoring_step(prob, st) if use_scoring else None
+        if new is None:
+            new, step_max = _squarem_cycle(prob, st, step_max, mstep)
+        else:
+            new = ecme(prob, new)
+        dec = st.nll - new.nll
+        dx = float(np.max(np.abs(new.X - st.X)))
+        st = new
+        trace.append(st.nll)
+        hit = hit or st.cap_active
+        if dec <= tol * (1.0 + abs(st.nll)) and dx <= np.sqrt(tol):
+            converged = True
+            break
+    U = blup(prob, st.X, st.theta, st.lam)
+    return {
+        "X": st.X, "theta": st.theta, "U": U, "sigma2": st.sigma2, "tau2": st.sigma2 / st.lam,
+        "lam": st.lam, "nll": st.nll, "nll_trace": np.asarray(trace), "converged": converged,
+        "n_iter": n_iter, "cap_hit": bool(hit), "stop_reason": "tol" if converged else "max_iter",
+    }
+
+
+def _squarem_cycle(prob: Problem, st: State, step_max: float, mstep: float):
+    s1 = ecme(prob, st)
+    s2 = ecme(prob, s1)
+    r = s1.X - st.X
+    v = s2.X - s1.X - r
+    nr, nv = np.linalg.norm(r), np.linalg.norm(v)
+    if nv == 0 or nr == 0:
+        return s2, step_max
+    alpha = min(-1.0, max(-nr / nv, -step_max))
+    if alpha == -1.0:
+        return s2, step_max * mstep if step_max == 1.0 else step_max
+    Xe = project_simplex(st.X - 2 * alpha * r + alpha**2 * v)
+    theta_e = theta_step(prob, Xe, s2.lam)
+    s2e, lam_e, val_e, _, act_e = profile(prob, Xe, theta_e, s2.lam)
+    cand = ecme(prob, State(Xe, theta_e, s2e, lam_e, val_e, act_e))
+    if np.isfinite(cand.nll) and cand.nll <= s2.nll:
+        return cand, step_max * mstep if alpha == -step_max else step_max
+    return s2, max(1.0, step_max / mstep)
+
+
+# ----------------------------------------------------------------------------- paper
+def fit_paper(Y: np.ndarray, A: np.ndarray, X0: np.ndarray, theta0: np.ndarray,
+              U0: np.ndarray | None = None, *, rate: float | None = None, sigma2: float = 1.0,
+              tau2: float = 1.0, update_sigma2: bool = True, update_tau2: bool = True,
+              max_iter: int = 50000, tol: float = 1e-5) -> dict:
+    """The paper's alternating algorithm (nmfkc 0.7.0 ``nmfre()``), step for step.
+
+    Multiplicative updates for X and Theta (non-negative), BLUP-then-centre U, damped
+    moment update of tau2 (only without a cap), damped sigma2 update every 10 iterations
+    from iteration 50, and the df cap ``max(rate N Q, 1)`` enforced by raising lambda.
+    Stops when the relative change of ``||R||^2 + lambda ||U||^2`` falls below ``tol``.
+    """
+    P, N = Y.shape
+    Q = X0.shape[1]
+    clip = lambda v: min(max(v, 1e-12), 1e12)  # noqa: E731
+    X = np.maximum(np.array(X0, dtype=float), FLOOR)
+    theta = np.maximum(np.array(theta0, dtype=float), FLOOR)
+    U = np.zeros((Q, N)) if U0 is None else np.array(U0, dtype=float)
+    D = np.maximum(X.sum(axis=0), 1e-12)
+    X, theta, U = X / D, theta * D[:, None], U * D[:, None]
+    Yp = np.maximum(Y, 0.0)
+    AAt = A @ A.T
+    cap = None if rate is None else dfcap.cap_value(rate, N, Q)
+    obj_prev = np.inf
+    trace, nll_trace, hit_iters = [], [], []
+    converged, stop_reason, rel = False, "max_iter", np.nan
+    it = 0
+    for it in range(1, max_iter + 1):
+        tau2 = clip(tau2)
+        sigma2 = clip(sigma2)
+        lam = sigma2 / tau2
+        XtX = X.T @ X
+        if cap is not None:
+            d = np.maximum(np.linalg.eigvalsh(XtX), 0.0)
+            if float(dfcap.df_u(d, N, lam)) > cap:
+                lam = dfcap.lambda_for_df_paper(d, N, cap, max(lam, 0.0), LAMBDA_MAX)
+                tau2 = clip(sigma2 / max(lam, 1e-12))
+                hit_iters.append(it)
+        M = XtX + max(lam, 1e-12) * np.eye(Q)
+        CA = theta @ A
+        U = np.linalg.solve(M, X.T @ (Y - X @ CA))
+        U = U - U.mean(axis=1, keepdims=True)
+        if update_tau2 and cap is None:
+            tau2_new = clip(np.sum(U**2) / (N * Q) + sigma2 * np.trace(np.linalg.inv(M)) / Q)
+            tau2 = 0.8 * tau2 + 0.2 * tau2_new
+        Bp = np.maximum(CA + U, 0.0)
+        X = X * _safe_div(Yp @ Bp.T, X @ (Bp @ Bp.T))
+        X = np.maximum(X, FLOOR)
+        D = np.maximum(X.sum(axis=0), 1e-12)
+        X, theta, U = np.maximum(X / D, FLOOR), np.maximum(theta * D[:, None], FLOOR), U * D[:, None]
+        Ys = np.maximum(Yp - X @ U, 0.0)
+        theta = theta * _safe_div((X.T @ Ys) @ A.T, ((X.T @ X) @ theta) @ AAt)
+        theta = np.maximum(theta, FLOOR)
+        if update_sigma2 and it >= 50 and it % 10 == 0:
+            R = Y - X @ (theta @ A + U)
+            sigma2 = 0.95 * sigma2 + 0.05 * clip(np.mean(R**2))
+        R = Y - X @ (theta @ A + U)
+        obj = np.sum(R**2) + sigma2 / clip(tau2) * np.sum(U**2)
+        trace.append(obj)
+        nll_trace.append(_paper_nll(Y, X, theta @ A, sigma2, sigma2 / clip(tau2)))
+        if not np.isfinite(obj):
+            stop_reason = "nonfinite"
+            break
+        if np.isfinite(obj_prev):
+            rel = abs(obj_prev - obj) / (abs(obj_prev) + FLOOR)
+            if rel < tol:
+                converged, stop_reason = True, "tol"
+                break
+        obj_prev = obj
+    if Q > 1:
+        order = np.argsort((np.arange(1, P + 1) / P) @ X, kind="stable")
+        X, theta, U = X[:, order], theta[order], U[order]
+    lam = sigma2 / clip(tau2)
+    return {
+        "X": X, "theta": theta, "U": U, "sigma2": sigma2, "tau2": tau2, "lam": lam,
+        "objective_trace": np.asarray(trace), "nll_trace": np.asarray(nll_trace), "converged": converged, "n_iter": it,
+        "cap_hit": bool(hit_iters), "cap_hit_iters": hit_iters, "stop_reason": stop_reason,
+        "rel_change": rel,
+    }
+
+
+def _paper_nll(Y, X, mean, sigma2, lam) -> float:
+    return nll(sufficient(Y, X, mean), sigma2, lam)
+
+
+def _safe_div(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out = num / np.maximum(den, FLOOR)
+    out[~np.isfinite(out)] = 0.0
+    return out
