@@ -283,8 +283,9 @@ def infer(fit, n_boot: int = 1000, seed=123, multipliers=None, dist: str = "exp"
         Multiplier distribution; ``"exp"`` is Exp(1) - 1 as in nmfkc.
     method : {"onestep", "refit"}
         One-step Newton replicates (one matrix product) or the slow gold standard:
-        re-fit the whole model on ``Y_b = X(Theta A + U) + w_b * residual`` (per unit),
-        warm-started at the estimate, each replicate's components matched to the
+        re-fit the whole model on ``Y_b = X Theta A + w_nb (y_n - X Theta a_n)`` (the
+        wild cluster bootstrap of the marginal model: each unit's whole residual,
+        random effect included, is multiplied by its w), warm-started at the estimate, each replicate's components matched to the
         estimate's columns of X (Hungarian assignment) before summarising.
     level : float
         Interval level.
@@ -363,7 +364,7 @@ def _refit_draws(fit, W, progress: bool, max_iter):
 
     d = fit._data
     X, theta = fit._res["X"], fit._res["theta"]
-    fitted = fit.fitted(True).values
+    fitted = fit.fitted(False).values
     resid = d.Y - fitted
     Q, K = theta.shape
     settings = dict(fit.settings)

@@ -1,0 +1,197 @@
+"""Inference on Theta: parity with nmfkc, closed forms, invariances, coverage."""
+
+import numpy as np
+import pytest
+import xarray as xr
+from conftest import simulate_rank2
+
+import nmfre
+from nmfre.inference import align_components, conditional_kernel, draw_multipliers, load_inference
+
+
+def rel(a, b):
+    a, b = np.asarray(a, float).ravel(), np.asarray(b, float).ravel()
+    return float(np.max(np.abs(a - b) / np.abs(b)))
+
+
+def _paper_fit(orthodont, ref, run):
+    Y, A = orthodont
+    r = ref["runs"][run]
+    init = {"X": np.array(r["X_init"]), "theta": np.array(r["C_init"])}
+    return nmfre.fit(Y, A, rank=1, method="paper", df_cap="auto" if run == "paper_auto" else 0.2, init=init)
+
+
+@pytest.mark.parametrize("run, tol", [("paper_auto", 1e-7), ("paper_rate0.2", 1e-7), ("head_signed", 1e-5)])
+def test_parity_with_nmfkc(orthodont, ref, nmfkc_multipliers, ml_fit, run, tol):
+    fit = ml_fit if run == "head_signed" else _paper_fit(orthodont, ref, run)
+    inf = fit.infer(multipliers=nmfkc_multipliers)
+    t, r = inf.table, ref["runs"][run]["inference"]
+    assert rel(t.estimate, ref["runs"][run]["C"]) < tol
+    assert rel(t.se, r["se"]) < tol
+    assert rel(t.boot_se, r["boot_se"]) < tol
+    assert rel(t.ci_low, r["ci_low"]) < tol
+    assert rel(t.ci_high, r["ci_high"]) < tol
+    assert rel(inf.sigma2_used, r["sigma2_used"]) < tol
+    assert rel(inf.cov.values.ravel(), np.ravel(r["vec_cov"])) < 10 * tol
+    pkey = "p_two_sided" if run == "head_signed" else "p_one_sided"
+    assert rel(t.p_value.iloc[1], r[pkey][1]) < 100 * tol
+    assert inf.alternative == ("two-sided" if run == "head_signed" else "greater")
+
+
+def test_kernel_on_nmfkc_fit_is_exact(orthodont, ref, nmfkc_multipliers):
+    """Fed nmfkc 0.9.5's own fit, the kernel reproduces its numbers to rounding."""
+    Y, A = (d.to_numpy() for d in orthodont)
+    r = ref["runs"]["head_signed"]
+    X, C, U = (np.array(r[k]) for k in ("X", "C", "U"))
+    k = conditional_kernel(Y, A, X, C, U, r["sigma2"] / r["tau2"])
+    assert k["sigma2_used"] == pytest.approx(r["inference"]["sigma2_used"], rel=1e-12)
+    np.testing.assert_allclose(np.sqrt(np.diag(k["cov"])), np.ravel(r["inference"]["se"]), rtol=1e-10)
+    draws = C.ravel(order="F")[:, None] - k["cov_model"] @ (k["scores"] @ nmfkc_multipliers)
+    np.testing.assert_allclose(draws.std(axis=1, ddof=1), np.ravel(r["inference"]["boot_se"]), rtol=1e-10)
+
+
+def test_sandwich_independent_of_lambda_and_equals_cr1_ols(ml_fit, orthodont):
+    Y, A = (d.to_numpy() for d in orthodont)
+    X, th = ml_fit.X.values, ml_fit.theta.values
+    P, N = Y.shape
+    ses, raws = [], []
+    W = draw_multipliers("normal", N, 50, np.random.default_rng(0))
+    for lam in [0.04, 1.0, 30.0]:  # (the 1e-8 ridge on I makes tiny lambda differ at ~1e-6)
+        U = np.linalg.solve(X.T @ X + lam * np.eye(1), X.T @ (Y - X @ th @ A))
+        k = conditional_kernel(Y, A, X, th, U, lam)
+        ses.append(np.sqrt(np.diag(k["cov"])))
+        raws.append(k["cov_model"] @ k["scores"] @ W)
+    for s, r in zip(ses[1:], raws[1:], strict=True):
+        np.testing.assert_allclose(s, ses[0], rtol=1e-6)
+        np.testing.assert_allclose(r, raws[0], rtol=1e-6)
+    # CR1 cluster-robust covariance of OLS y_n ~ (a_n' (x) X) vec(Theta), clusters = units
+    Z = [np.kron(A[:, n][None, :], X) for n in range(N)]
+    bread = np.linalg.inv(sum(z.T @ z for z in Z))
+    resid = [Y[:, n] - z @ th.ravel(order="F") for n, z in enumerate(Z)]
+    meat = sum(np.outer(z.T @ e, z.T @ e) for z, e in zip(Z, resid, strict=True)) * N / (N - 1)
+    np.testing.assert_allclose(ses[0], np.sqrt(np.diag(bread @ meat @ bread)), rtol=1e-6)
+
+
+def test_model_based_cov_is_inverse_information(ml_fit):
+    inf = ml_fit.infer(n_boot=10, seed=0)
+    assert (inf.table.se_model > 0).all()
+    np.testing.assert_allclose(inf.cov_model.values, inf.cov_model.values.T, rtol=1e-10)
+
+
+def test_projection_clips_nonneg_draws():
+    rng = np.random.default_rng(3)
+    Y, A, _, _ = simulate_rank2(10, N=60)
+    A = np.vstack([A, rng.normal(0, 1, A.shape[1])])  # a covariate with no effect
+    fit = nmfre.fit(Y, A, rank=2, theta="nonneg")
+    inf = fit.infer(n_boot=400, seed=1)
+    t = inf.table
+    assert (t.ci_low >= 0).all()
+    assert (inf.draws >= 0).all()
+    clipped = (inf.draws == 0).any("draw")
+    assert clipped.any()
+    assert (t.boot_se.to_numpy()[clipped.values.ravel()] < t.se.to_numpy()[clipped.values.ravel()]).all()
+
+
+def test_seed_reproducible_and_dists(ml_fit):
+    a = ml_fit.infer(n_boot=200, seed=5)
+    b = ml_fit.infer(n_boot=200, seed=np.random.default_rng(5))
+    xr.testing.assert_identical(a.draws, b.draws)
+    rng = np.random.default_rng(0)
+    for dist in ["exp", "rademacher", "mammen", "normal"]:
+        w = draw_multipliers(dist, 400, 500, rng)
+        assert abs(w.mean()) < 0.01 and abs(w.var() - 1) < 0.02
+        assert ml_fit.infer(n_boot=50, seed=1, dist=dist).attrs["dist"] == dist
+
+
+def test_outputs_labelled_and_arviz_ready(ml_fit, tmp_path):
+    import arviz as az
+
+    inf = ml_fit.infer(n_boot=400, seed=2)
+    assert inf.draws.dims == ("draw", "component", "covariate")
+    assert list(inf.table.columns[:8]) == ["estimate", "se", "se_model", "boot_se", "z", "p_value", "ci_low",
+                                           "ci_high"]
+    assert inf.table.index.names == ["component", "covariate"]
+    dt = inf.to_datatree(chains=4)
+    assert dt["posterior"]["theta"].sizes == {"chain": 4, "draw": 100, "component": 1, "covariate": 2}
+    xr.testing.assert_equal(dt["posterior"]["component"], ml_fit.theta["component"])
+    s = az.summary(dt, ci_prob=0.95, ci_kind="eti")
+    assert s.shape[0] == 2
+    assert inf.ci.dims[0] == "ci_bound" and inf.ci.attrs["ci_kind"] == "percentile"
+    path = tmp_path / "inf.nc"
+    inf.to_netcdf(path)
+    back = load_inference(path)
+    assert back.to_dataset().identical(inf.to_dataset())
+    sel = inf.selection(0.05)
+    assert bool(sel["significant"].sel(covariate="male").item())
+    fig = inf.plot()
+    fig.savefig(tmp_path / "theta.png")
+    assert "Boot.SE" in str(ml_fit.summary())
+
+
+def test_refit_bootstrap_agrees_with_onestep(ml_fit):
+    one = ml_fit.infer(n_boot=60, seed=4)
+    ref = ml_fit.infer(n_boot=60, seed=4, method="refit")
+    assert ref.attrs["refit_converged_fraction"] == 1.0
+    assert ref.attrs["refit_min_alignment_cosine"] > 0.999
+    # same multipliers: refit and one-step replicates are close for this well-determined fit
+    np.testing.assert_allclose(ref.draws.values, one.draws.values, rtol=0.05, atol=0.5)
+
+
+def test_align_components_undoes_permutation():
+    rng = np.random.default_rng(0)
+    X = rng.dirichlet(np.ones(6), size=3).T
+    Xb = X[:, [2, 0, 1]] + rng.normal(0, 1e-3, X.shape)
+    perm, cos = align_components(X, Xb)
+    assert list(perm) == [1, 2, 0] and cos.min() > 0.99
+
+
+def test_refit_rank2_runs_and_reports_alignment():
+    Y, A, _, _ = simulate_rank2(11, N=120)
+    fit = nmfre.fit(Y, A, rank=2)
+    inf = fit.infer(n_boot=8, seed=0, method="refit")
+    assert 0 <= inf.attrs["refit_permuted_fraction"] <= 1
+    assert inf.attrs["refit_min_alignment_cosine"] > 0.8
+    assert np.isfinite(inf.table.boot_se).all()
+
+
+@pytest.mark.parametrize("kw, match", [
+    ({"n_boot": 1}, "n_boot"), ({"n_boot": 10.5}, "n_boot"), ({"level": 1.0}, "level"),
+    ({"level": 0}, "level"), ({"multipliers": np.ones((26, 10))}, "multipliers"),
+    ({"multipliers": np.full((27, 10), np.nan)}, "multipliers"), ({"dist": "poisson"}, "dist"),
+    ({"method": "jackknife"}, "method"), ({"alternative": "bigger"}, "alternative"),
+])
+def test_bad_inference_input(ml_fit, kw, match):
+    with pytest.raises(ValueError, match=match):
+        ml_fit.infer(**kw)
+
+
+def _coverage(n_rep, N, seed, B=200):
+    """The paper's baseline design: P = 4, Q = 1, Orthodont-based truth, N(0,1) errors."""
+    rng = np.random.default_rng(seed)
+    x = np.array([0.2308, 0.2409, 0.2566, 0.2717])
+    x = x / x.sum()
+    theta = np.array([[90.502, 9.4285]])
+    hits_wald = np.zeros(2)
+    hits_pct = np.zeros(2)
+    for _ in range(n_rep):
+        A = np.vstack([np.ones(N), (np.arange(N) < N // 2).astype(float)])
+        U = rng.normal(0, 1, (1, N))
+        Y = x[:, None] @ (theta @ A + U) + rng.normal(0, 1, (4, N))
+        fit = nmfre.fit(Y, A, rank=1)
+        t = fit.infer(n_boot=B, seed=rng).table
+        hits_wald += np.abs(t.estimate - theta.ravel()) <= 1.959964 * t.se
+        hits_pct += (t.ci_low <= theta.ravel()) & (theta.ravel() <= t.ci_high)
+    return hits_wald / n_rep, hits_pct / n_rep
+
+
+def test_coverage_reduced():
+    wald, pct = _coverage(300, 100, seed=2026)
+    assert np.all((wald >= 0.90) & (wald <= 0.985)), wald
+    assert np.all((pct >= 0.90) & (pct <= 0.985)), pct
+
+
+@pytest.mark.slow
+def test_coverage_full():
+    wald, pct = _coverage(1000, 100, seed=7, B=1000)
+    assert np.all((wald >= 0.93) & (wald <= 0.97)), wald
+    assert np.all((pct >= 0.93) & (pct <= 0.97)), pct

@@ -1,0 +1,76 @@
+"""Bad input is rejected before any computation, naming the argument."""
+
+import numpy as np
+import pandas as pd
+import pytest
+import xarray as xr
+
+import nmfre
+
+Y0 = np.random.default_rng(0).uniform(1, 5, (6, 20))
+
+
+def bad(**kw):
+    args = {"Y": Y0, "rank": 2}
+    args.update(kw)
+    return nmfre.fit(**args)
+
+
+@pytest.mark.parametrize("kw, exc, match", [
+    ({"Y": np.where(np.eye(6, 20) > 0, np.nan, Y0)}, ValueError, "Y contains NaN"),
+    ({"Y": np.where(np.eye(6, 20) > 0, np.inf, Y0)}, ValueError, "Y contains Inf"),
+    ({"Y": Y0 - 3, "method": "paper"}, ValueError, "negative"),
+    ({"Y": Y0[0]}, ValueError, "Y must be 2-D"),
+    ({"Y": np.empty((0, 5))}, ValueError, "Y is empty"),
+    ({"Y": np.array([["a", "b"], ["c", "d"]])}, TypeError, "Y must be numeric"),
+    ({"Y": pd.DataFrame({"a": ["x"] * 6, "b": [1.0] * 6})}, TypeError, "Y must be numeric"),
+    ({"A": np.ones((1, 19))}, ValueError, "A has 19 units"),
+    ({"A": np.vstack([np.ones(20), np.full(20, np.nan)])}, ValueError, "A contains NaN"),
+    ({"A": np.vstack([np.ones(20), 2 * np.ones(20)])}, ValueError, "collinear"),
+    ({"rank": 0}, ValueError, "rank"),
+    ({"rank": 2.5}, TypeError, "rank"),
+    ({"rank": 7}, ValueError, "rank 7 is larger"),
+    ({"df_cap": 1.5}, ValueError, "df_cap"),
+    ({"df_cap": 0}, ValueError, "df_cap"),
+    ({"df_cap": "sometimes"}, ValueError, "df_cap"),
+    ({"method": "em"}, ValueError, "method"),
+    ({"theta": "positive"}, ValueError, "theta"),
+    ({"theta": "free", "method": "paper"}, ValueError, "theta"),
+    ({"init": "kmeans"}, ValueError, "init"),
+    ({"init": {"X": np.ones((5, 2))}}, ValueError, r"init\['X'\]"),
+    ({"init": {"X": -np.ones((6, 2))}}, ValueError, "non-negative"),
+    ({"n_init": 0}, ValueError, "n_init"),
+    ({"max_iter": 0}, ValueError, "max_iter"),
+    ({"tol": -1.0}, ValueError, "tol"),
+    ({"sigma2": 0.0}, ValueError, "sigma2"),
+    ({"tau2": np.nan}, ValueError, "tau2"),
+])
+def test_bad_fit_input(kw, exc, match):
+    with pytest.raises(exc, match=match):
+        bad(**kw)
+
+
+def test_xarray_unknown_dims():
+    da = xr.DataArray(Y0, dims=("gene", "sample"))
+    with pytest.raises(ValueError, match="Y has dims"):
+        nmfre.fit(da, rank=2)
+    A = xr.DataArray(np.ones((1, 20)), dims=("cov", "unit"))
+    with pytest.raises(ValueError, match="A has dims"):
+        nmfre.fit(xr.DataArray(Y0, dims=("feature", "unit")), A, rank=2)
+
+
+def test_mismatched_unit_labels():
+    Y = pd.DataFrame(Y0, columns=[f"u{i}" for i in range(20)])
+    A = pd.DataFrame(np.ones((1, 20)), index=["intercept"], columns=[f"v{i}" for i in range(20)])
+    with pytest.raises(ValueError, match="unit labels do not match"):
+        nmfre.fit(Y, A, rank=2)
+
+
+def test_formula_needs_both():
+    with pytest.raises(ValueError, match="covariates and formula"):
+        nmfre.fit(Y0, rank=2, formula="~ x")
+
+
+def test_df_scan_bad_rates():
+    with pytest.raises(ValueError, match="rates"):
+        nmfre.df_scan(Y0, rank=2, rates=[0.0, 0.5])
