@@ -23,7 +23,6 @@ from . import dfcap
 from .likelihood import (
     LAMBDA_MAX,
     LAMBDA_MIN,
-    Sufficient,
     nll,
     optimize_lambda,
     sufficient,
@@ -253,9 +252,26 @@ def scoring_step(prob: Problem, st: State) -> State | None:
     FTT = np.einsum("ab,kl->akbl", W, prob.AAt).reshape(Q * K, Q * K)
     F = np.block([[FXX, FXT], [FXT.T, FTT]])
     g = np.concatenate([gX.ravel(), gT.ravel()])
+    # variances that move with (X, Theta): their coupling with X is what makes
+    # alternating schemes crawl, so they enter the Newton system (then are re-profiled)
+    dSig = []
+    if not st.cap_active:
+        if prob.mode in ("free", "tau2"):
+            dSig.append(np.eye(P))
+        if prob.mode in ("free", "sigma2"):
+            dSig.append(X @ X.T)
+    if dSig:
+        SR = S @ R
+        FV = np.array([[0.5 * N * np.sum((S @ a) * (S @ b).T) for b in dSig] for a in dSig])
+        FXV = np.stack([N * tau2 * (S @ a @ Z).ravel() for a in dSig], axis=1)
+        gV = np.array([0.5 * (N * np.sum(S * a) - np.sum(SR * (a @ SR))) for a in dSig])
+        nV = len(dSig)
+        F = np.block([[F, np.vstack([FXV, np.zeros((Q * K, nV))])],
+                      [np.hstack([FXV.T, np.zeros((nV, Q * K))]), FV]])
+        g = np.concatenate([g, gV])
     act_X = X <= 0
     free = np.concatenate([~act_X.ravel(), ~((theta <= 0) & (gT > 0)).ravel() if prob.nonneg
-                           else np.ones(Q * K, bool)])
+                           else np.ones(Q * K, bool), np.ones(len(dSig), bool)])
     idx = np.flatnonzero(free)
     nf = idx.size
     Ecol = np.zeros((Q, nf))
@@ -269,10 +285,10 @@ def scoring_step(prob: Problem, st: State) -> State | None:
         sol = np.linalg.solve(kkt, np.concatenate([-g[idx], np.zeros(Q)]))
     except np.linalg.LinAlgError:
         return None
-    delta = np.zeros(P * Q + Q * K)
+    delta = np.zeros(P * Q + Q * K + len(dSig))
     delta[idx] = sol[:nf]
     dX = delta[: P * Q].reshape(P, Q)
-    dT = delta[P * Q:].reshape(Q, K)
+    dT = delta[P * Q:P * Q + Q * K].reshape(Q, K)
     t = 1.0
     for _ in range(30):
         Xn = project_simplex(X + t * dX)

@@ -285,8 +285,9 @@ def infer(fit, n_boot: int = 1000, seed=123, multipliers=None, dist: str = "exp"
         One-step Newton replicates (one matrix product) or the slow gold standard:
         re-fit the whole model on ``Y_b = X Theta A + w_nb (y_n - X Theta a_n)`` (the
         wild cluster bootstrap of the marginal model: each unit's whole residual,
-        random effect included, is multiplied by its w), warm-started at the estimate, each replicate's components matched to the
-        estimate's columns of X (Hungarian assignment) before summarising.
+        random effect included, is multiplied by its w), warm-started at the estimate,
+        each replicate's components matched to the estimate's columns of X (Hungarian
+        assignment) before summarising.
     level : float
         Interval level.
     alternative : {None, "two-sided", "greater", "less"}

@@ -259,8 +259,8 @@ class NMFREFit:
             ("Log-likelihood", f"{self.loglik:.6f}"),
             ("R-squared", f"{self.r_squared:.4f} (with U), {self.r_squared_fixed:.4f} (fixed part only)"),
         ]
-        cap = "off" if self.df_cap is None else (
-            f"{self.df_cap:.4g} (rate {self.df_cap_rate:g}; {'bound at some iteration' if self.cap_hit else 'never bound'})")
+        bound = "bound at some iteration" if self.cap_hit else "never bound"
+        cap = "off" if self.df_cap is None else f"{self.df_cap:.4g} (rate {self.df_cap_rate:g}; {bound})"
         vc = pd.DataFrame({
             "variance": [self.sigma2, self.tau2],
             "sd": [np.sqrt(self.sigma2), np.sqrt(self.tau2)],
