@@ -289,16 +289,50 @@ def scoring_step(prob: Problem, st: State) -> State | None:
     delta[idx] = sol[:nf]
     dX = delta[: P * Q].reshape(P, Q)
     dT = delta[P * Q:P * Q + Q * K].reshape(Q, K)
-    t = 1.0
-    for _ in range(30):
+    big = np.max(np.abs(dX))
+    t = min(1.0, 0.25 / big) if big > 0 else 1.0  # trust radius in simplex units
+    for _ in range(40):
         Xn = project_simplex(X + t * dX)
         Tn = theta + t * dT
         Tn = np.maximum(Tn, 0.0) if prob.nonneg else theta_step(prob, Xn, lam)
         s2n, lamn, val, _, act = profile(prob, Xn, Tn, lam)
-        if val <= st.nll:
+        if val < st.nll:
             return State(Xn, Tn, s2n, lamn, val, act)
         t *= 0.5
     return None
+
+
+def kkt_decrement(prob: Problem, st: State) -> float:
+    """Predicted nll decrease still available at ``st`` (a stationarity measure).
+
+    For each free coordinate, ``(g - mu)^2 / (2 F_ii)`` with ``g`` the gradient, ``mu``
+    the multiplier of its constraint (X: the column's X-weighted mean gradient, the
+    simplex multiplier at a KKT point; Theta >= 0: 0) and ``F_ii`` the diagonal of the
+    expected information; entries at a bound count only if the gradient pushes inward.
+    Zero exactly at a KKT point of the profile nll.
+    """
+    X, theta, s2, lam = st.X, st.theta, st.sigma2, st.lam
+    Q, N = prob.rank, prob.N
+    tau2 = s2 / lam
+    Minv = np.linalg.inv(X.T @ X + lam * np.eye(Q))
+    TA = theta @ prob.A
+    B = TA + Minv @ (X.T @ (prob.Y - X @ TA))
+    E = (prob.Y - X @ B) / s2
+    gX = N * X @ Minv - E @ B.T
+    Sdiag = (1.0 - np.einsum("pq,qr,pr->p", X, Minv, X)) / s2
+    Z = (X - X @ Minv @ (X.T @ X)) / s2
+    W = X.T @ Z
+    c = N * tau2**2
+    FX = Sdiag[:, None] * np.diag(theta @ prob.AAt @ theta.T + c * W)[None, :] + c * Z**2
+    dev = gX - np.sum(X * gX, axis=0)
+    dev = np.where(X > 0, dev, np.minimum(dev, 0.0))
+    out = float(np.sum(dev**2 / (2 * np.maximum(FX, 1e-300))))
+    if prob.nonneg:
+        gT = -(X.T @ E @ prob.A.T)
+        FT = np.outer(np.diag(W), np.diag(prob.AAt))
+        devT = np.where(theta > 0, gT, np.minimum(gT, 0.0))
+        out += float(np.sum(devT**2 / (2 * np.maximum(FT, 1e-300))))
+    return out
 
 
 def fit_ml(prob: Problem, X0: np.ndarray, theta0: np.ndarray | None = None,
@@ -332,7 +366,8 @@ def fit_ml(prob: Problem, X0: np.ndarray, theta0: np.ndarray | None = None,
         st = new
         trace.append(st.nll)
         hit = hit or st.cap_active
-        if dec <= tol * (1.0 + abs(st.nll)) and dx <= np.sqrt(tol):
+        if dec <= tol * (1.0 + abs(st.nll)) and dx <= np.sqrt(tol) \
+                and kkt_decrement(prob, st) <= tol * (1.0 + abs(st.nll)):
             converged = True
             break
     U = blup(prob, st.X, st.theta, st.lam)
