@@ -10,10 +10,11 @@ __version__ = "0.1.0"
 
 from .datasets import load_orthodont
 from .exceptions import ConvergenceWarning, IdentifiabilityWarning
+from .inference import Inference, load_inference
 from .model import df_scan, fit
 from .results import NMFREFit, load
 
 __all__ = [
-    "ConvergenceWarning", "IdentifiabilityWarning", "NMFREFit", "__version__", "df_scan", "fit",
-    "load", "load_orthodont",
+    "ConvergenceWarning", "IdentifiabilityWarning", "Inference", "NMFREFit", "__version__", "df_scan",
+    "fit", "load", "load_inference", "load_orthodont",
 ]

@@ -116,6 +116,9 @@ def test_outputs_labelled_and_arviz_ready(ml_fit, tmp_path):
     xr.testing.assert_equal(dt["posterior"]["component"], ml_fit.theta["component"])
     s = az.summary(dt, ci_prob=0.95, ci_kind="eti")
     assert s.shape[0] == 2
+    pc = az.plot_forest(dt, var_names=["theta"], combined=True)
+    pc.savefig(tmp_path / "forest.png")
+    assert (tmp_path / "forest.png").stat().st_size > 5000
     assert inf.ci.dims[0] == "ci_bound" and inf.ci.attrs["ci_kind"] == "percentile"
     path = tmp_path / "inf.nc"
     inf.to_netcdf(path)
