@@ -50,7 +50,33 @@ def plot_growth(fit, path):
     plt.close(fig)
 
 
-def demo(out: Path, n_boot: int = 1000, seed: int = 123) -> int:
+def _demo_bayes(Y, A, fit, inf, out: Path, draws: int) -> None:
+    """Bootstrap vs posterior on Orthodont, when the ``bayes`` extra is installed."""
+    try:
+        import bayes  # optional extra; nmfre itself never needs it
+    except ImportError:
+        print("\n(Install the 'bayes' extra, pip install 'nmfre[bayes]', for the bootstrap-vs-posterior comparison.)")
+        return
+    import matplotlib.pyplot as plt
+
+    if draws <= 0:
+        return
+    kw = dict(fit=fit, num_warmup=draws, num_samples=draws, seed=0)
+    cond = bayes.sample(Y, A, 1, model="conditional", **kw)
+    joint = bayes.sample(Y, A, 1, model="joint", **kw)
+    table = bayes.compare(inf, cond, joint)
+    print("\nBootstrap vs posterior (95% intervals; NumPyro NUTS, 4 chains):")
+    cols = ["estimate", "wald_low", "wald_high", "boot_low", "boot_high", "conditional_low", "conditional_high",
+            "joint_low", "joint_high", "joint_width_ratio"]
+    print(table[cols].round(3).to_string())
+    print("joint sampler:", {k: round(v, 3) for k, v in bayes.diagnostics(joint).items()})
+    table.to_csv(out / "orthodont_bayes_compare.csv")
+    fig = bayes.plot_compare(inf, cond, joint)
+    fig.savefig(out / "orthodont_bayes_forest.png", dpi=100)
+    plt.close(fig)
+
+
+def demo(out: Path, n_boot: int = 1000, seed: int = 123, bayes_draws: int = 1000) -> int:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -74,6 +100,7 @@ def demo(out: Path, n_boot: int = 1000, seed: int = 123) -> int:
     fig = inf.plot()
     fig.savefig(out / "orthodont_theta.png", dpi=110)
     plt.close(fig)
+    _demo_bayes(Y, A, fit, inf, out, bayes_draws)
     print(f"\nWrote {', '.join(sorted(p.name for p in out.iterdir()))} to {out}/")
     return 0
 
@@ -84,6 +111,8 @@ def main(argv=None) -> int:
     d = sub.add_parser("demo", help="fit the embedded Orthodont data end to end")
     d.add_argument("--out", type=Path, default=Path("nmfre-demo"))
     d.add_argument("--n-boot", type=int, default=1000)
+    d.add_argument("--bayes-draws", type=int, default=1000,
+                   help="warm-up and kept draws per chain for the Bayesian comparison (0: skip)")
     f = sub.add_parser("fit", help="fit a CSV (rows features, columns units; first column labels)")
     f.add_argument("Y", type=Path)
     f.add_argument("--covariates", type=Path, help="CSV of A (rows covariates, columns units)")
@@ -97,7 +126,7 @@ def main(argv=None) -> int:
     f.add_argument("--out", type=Path, help="write the fit as netCDF")
     args = parser.parse_args(argv)
     if args.cmd == "demo":
-        return demo(args.out, n_boot=args.n_boot)
+        return demo(args.out, n_boot=args.n_boot, bayes_draws=args.bayes_draws)
     import nmfre
 
     Y = pd.read_csv(args.Y, index_col=0)

@@ -1,5 +1,9 @@
 import json
+import os
 from pathlib import Path
+
+# 4 CPU devices for JAX so NumPyro chains run in parallel (must precede JAX's start)
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4")
 
 import matplotlib
 import numpy as np

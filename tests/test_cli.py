@@ -8,11 +8,13 @@ from nmfre.cli import main
 
 
 def test_demo_writes_results(tmp_path, capsys):
-    assert main(["demo", "--out", str(tmp_path), "--n-boot", "200"]) == 0
+    assert main(["demo", "--out", str(tmp_path), "--n-boot", "200", "--bayes-draws", "300"]) == 0
     out = capsys.readouterr().out
     assert "intercept" in out and "male" in out and "Basis1" in out and "Boot.SE" in out
     names = {p.name for p in tmp_path.iterdir()}
-    assert {"orthodont_fit.nc", "orthodont_growth.png", "orthodont_theta.csv", "orthodont_theta.png"} <= names
+    assert {"orthodont_fit.nc", "orthodont_growth.png", "orthodont_theta.csv", "orthodont_theta.png",
+            "orthodont_bayes_compare.csv", "orthodont_bayes_forest.png"} <= names
+    assert "Bootstrap vs posterior" in out
     fit = nmfre.load(tmp_path / "orthodont_fit.nc")
     np.testing.assert_allclose(fit.theta.values.ravel(), [90.5058, 9.4227], atol=1e-4)
     assert (tmp_path / "orthodont_growth.png").stat().st_size > 10_000
