@@ -29,8 +29,9 @@ test-all: $(VENV)/.test
 lint: $(VENV)/.test
 	$(BIN)/ruff check nmfre bayes tests benchmarks examples
 
-bench: $(VENV)/.core
+bench: $(VENV)/.test
 	$(BIN)/python benchmarks/bench_fit.py
+	$(BIN)/python benchmarks/bench_bayes.py
 
 clean:
 	rm -rf $(VENV) nmfre-demo
