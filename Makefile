@@ -14,7 +14,7 @@ $(VENV)/.core: $(BIN)/python pyproject.toml
 	touch $@
 
 $(VENV)/.test: $(BIN)/python pyproject.toml
-	$(BIN)/pip install -q -e '.[bayes,test]'
+	$(BIN)/pip install -q -e '.[all]'
 	touch $@
 
 demo: $(VENV)/.core

@@ -8,6 +8,8 @@ Every output is labelled with xarray (dims ``feature``, ``unit``, ``component``,
 
 __version__ = "0.1.0"
 
+from . import simulate, study
+from .crossval import ECVResult, ecv
 from .datasets import load_orthodont
 from .exceptions import ConvergenceWarning, IdentifiabilityWarning
 from .inference import Inference, load_inference
@@ -15,6 +17,6 @@ from .model import df_scan, fit
 from .results import NMFREFit, load
 
 __all__ = [
-    "ConvergenceWarning", "IdentifiabilityWarning", "Inference", "NMFREFit", "__version__", "df_scan",
-    "fit", "load", "load_inference", "load_orthodont",
+    "ConvergenceWarning", "ECVResult", "IdentifiabilityWarning", "Inference", "NMFREFit", "__version__",
+    "df_scan", "ecv", "fit", "load", "load_inference", "load_orthodont", "simulate", "study",
 ]

@@ -43,3 +43,89 @@ def block_sparse(P: int = 100, N: int = 2000, rank: int = 5, K: int = 4, *, thet
                               coords={k: coords[k] for k in ("component", "covariate")}),
         "U": U, "sigma2": noise_sd**2, "tau2": tau2,
     }
+
+
+#: the paper's baseline truth (Orthodont-based)
+BASELINE_X = np.array([0.2308, 0.2409, 0.2566, 0.2717])
+BASELINE_THETA = np.array([[90.502, 9.4285]])
+#: the paper's stress-test basis (P = 4, Q = 3)
+STRESS_X = np.array([[0.45, 0.25, 0.10], [0.30, 0.25, 0.15], [0.15, 0.25, 0.30], [0.10, 0.25, 0.45]])
+STRESS_ARMS = {"cap0.21": 0.21, "cap0.99": 0.99, "off": None}
+
+
+def _errors(kind: str, size, rng) -> np.ndarray:
+    if kind == "normal":
+        return rng.standard_normal(size)
+    if kind == "exp":
+        return rng.exponential(size=size) - 1.0
+    raise ValueError(f"errors must be 'normal' or 'exp', got {kind!r}")
+
+
+def _labelled(Y, A, X, theta, U, sigma2, tau2, fit_kwargs, design, params):
+    P, N = Y.shape
+    Q, K = theta.shape
+    feat = [f"f{p + 1}" for p in range(P)]
+    units = [f"u{n + 1}" for n in range(N)]
+    comp = [f"Basis{q + 1}" for q in range(Q)]
+    cov = ["intercept", "male"][:K]
+    return {
+        "Y": xr.DataArray(Y, dims=("feature", "unit"), coords={"feature": feat, "unit": units}),
+        "A": xr.DataArray(A, dims=("covariate", "unit"), coords={"covariate": cov, "unit": units}),
+        "X": xr.DataArray(X, dims=("feature", "component"), coords={"feature": feat, "component": comp}),
+        "theta": xr.DataArray(theta, dims=("component", "covariate"), coords={"component": comp, "covariate": cov}),
+        "U": xr.DataArray(U, dims=("component", "unit"), coords={"component": comp, "unit": units}),
+        "sigma2": sigma2, "tau2": tau2, "rank": Q, "fit_kwargs": fit_kwargs, "design": design, "params": params,
+    }
+
+
+def baseline(N: int = 100, errors: str = "normal", hypothesis: str = "alt", seed=0) -> dict:
+    """The paper's baseline design: P = 4, Q = 1, Orthodont-based truth.
+
+    ``X = (0.2308, 0.2409, 0.2566, 0.2717)``, ``Theta = (90.502, 9.4285)`` (``"alt"``) or
+    male effect 0 (``"null"``); ``A`` = intercept + male, with the first ``round(16 N / 27)``
+    units male (Orthodont's share); ``U ~ N(0, 1)``; errors ``N(0, 1)`` (``"normal"``) or
+    ``Exp(1) - 1`` (``"exp"``). ``fit_kwargs`` holds the paper's fit (its algorithm with the
+    df cap at 0.21).
+    """
+    if hypothesis not in ("alt", "null"):
+        raise ValueError(f"hypothesis must be 'alt' or 'null', got {hypothesis!r}")
+    if isinstance(N, bool) or not isinstance(N, (int, np.integer)) or N < 4:
+        raise ValueError(f"N must be an integer >= 4, got {N!r}")
+    rng = np.random.default_rng(seed)
+    X = BASELINE_X[:, None].copy()
+    theta = BASELINE_THETA.copy()
+    if hypothesis == "null":
+        theta[0, 1] = 0.0
+    male = (np.arange(N) < round(16 * N / 27)).astype(float)
+    A = np.vstack([np.ones(N), male])
+    U = rng.standard_normal((1, N))
+    Y = X @ (theta @ A + U) + _errors(errors, (4, N), rng)
+    return _labelled(Y, A, X, theta, U, 1.0, 1.0, {"method": "paper", "df_cap": 0.21}, "baseline",
+                     {"N": N, "errors": errors, "hypothesis": hypothesis})
+
+
+def stress(arm: str = "cap0.21", errors: str = "normal", hypothesis: str = "alt", N: int = 100, seed=0) -> dict:
+    """The paper's df-cap stress test: P = 4, Q = 3, N = 100.
+
+    X's columns (.45,.30,.15,.10), (.25,.25,.25,.25), (.10,.15,.30,.45); intercepts
+    90.502/3 on every component, male 9.4285 on component 1 only (``"alt"``) or 0;
+    ``U ~ N(0, 1)``, errors as in :func:`baseline`. The arms fit the paper's algorithm from
+    ``tau2 = 1000`` with the cap at 0.21 (``"cap0.21"``), 0.99 (``"cap0.99"``) or without a
+    cap and with tau2 frozen (``"off"``), as in ``fit_kwargs``.
+    """
+    if arm not in STRESS_ARMS:
+        raise ValueError(f"arm must be one of {tuple(STRESS_ARMS)}, got {arm!r}")
+    if hypothesis not in ("alt", "null"):
+        raise ValueError(f"hypothesis must be 'alt' or 'null', got {hypothesis!r}")
+    rng = np.random.default_rng(seed)
+    X = STRESS_X.copy()
+    theta = np.array([[90.502 / 3, 9.4285], [90.502 / 3, 0.0], [90.502 / 3, 0.0]])
+    if hypothesis == "null":
+        theta[0, 1] = 0.0
+    male = (np.arange(N) < round(16 * N / 27)).astype(float)
+    A = np.vstack([np.ones(N), male])
+    U = rng.standard_normal((3, N))
+    Y = X @ (theta @ A + U) + _errors(errors, (4, N), rng)
+    kw = {"method": "paper", "df_cap": STRESS_ARMS[arm], "tau2": 1000.0, "fix_tau2": arm == "off"}
+    return _labelled(Y, A, X, theta, U, 1.0, 1.0, kw, "stress", {"arm": arm, "errors": errors,
+                                                                  "hypothesis": hypothesis, "N": N})
