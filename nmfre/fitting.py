@@ -3,10 +3,12 @@
 ``Y (P x N) = X (Theta A + U) + E`` with ``X >= 0`` (columns on the simplex), ``U`` with
 iid ``N(0, tau2)`` entries and ``E`` iid ``N(0, sigma2)``.
 
-* :func:`fit_ml` maximises the marginal likelihood by an ECME scheme (E-step for U, exact
-  per-column HALS block minimisation for X on the simplex, exact GLS/NNLS for Theta,
-  exact 1-D profile for the variances), accelerated by SQUAREM with a monotonicity
-  safeguard: every accepted iteration does not increase the nll.
+* :func:`fit_ml` maximises the marginal likelihood: projected Fisher scoring in
+  (X, Theta, sigma2, tau2) with the expected information in closed form, each step
+  followed by an ECME sweep (E-step for U, exact per-column HALS block minimisation for
+  X on the simplex, exact GLS/NNLS for Theta, exact 1-D profile for the variances); a
+  SQUAREM cycle of the ECME map where scoring finds no decrease. Every accepted
+  iteration does not increase the nll.
 * :func:`fit_paper` is the paper's algorithm (nmfkc 0.7.0) step for step.
 
 Both return a plain dict; :mod:`nmfre.results` wraps it with labels.
@@ -222,15 +224,18 @@ def initial_state(prob: Problem, X0: np.ndarray, theta0: np.ndarray | None) -> S
 
 
 def scoring_step(prob: Problem, st: State) -> State | None:
-    """One projected Fisher-scoring step in (X, Theta) at fixed variances.
+    """One projected Fisher-scoring step in (X, Theta, sigma2, tau2).
 
-    The expected information of the marginal model for ``vec(X)`` and ``vec(Theta)`` is
-    assembled in closed form (mean part ``S (x) Theta A A' Theta'``, covariance part
-    ``N tau2^2 (S (x) X'SX + T)`` with ``S = Sigma^-1``); the Newton system is solved on
-    the free variables under the unit-column-sum constraints (KKT), the step is
-    projected back onto the simplex (and Theta >= 0) and halved until the nll, with
-    Theta (free case) and the variances re-profiled exactly, does not increase.
-    Returns None when no decrease is found.
+    The expected information of the marginal model is assembled in closed form: for
+    ``vec(X)`` and ``vec(Theta)`` a mean part ``S (x) Theta A A' Theta'`` and a covariance
+    part ``N tau2^2 (S (x) X'SX + T)`` with ``S = Sigma^-1``; the free variances (not when
+    the df cap binds) enter through ``N/2 tr(S dSigma S dSigma)`` so that the step in X
+    accounts for their coupling. The Newton system is solved on the positive entries of
+    X (zeros stay, an ECME sweep can release them) and the free entries of Theta under
+    the unit-column-sum constraints (KKT); the step, limited to 0.25 in any entry of X,
+    is projected back onto the simplex (and Theta >= 0) and halved until the nll, with
+    Theta (free case) and the variances re-profiled exactly, strictly decreases.
+    Returns None when it does not.
     """
     X, theta, s2, lam = st.X, st.theta, st.sigma2, st.lam
     P, Q, K, N = prob.P, prob.rank, prob.K, prob.N
@@ -339,13 +344,15 @@ def fit_ml(prob: Problem, X0: np.ndarray, theta0: np.ndarray | None = None,
            max_iter: int = 5000, tol: float = 1e-10, scoring_max_size: int = 1500) -> dict:
     """Maximum-likelihood fit; every iteration does not increase the nll.
 
-    An iteration is a projected Fisher-scoring step in (X, Theta) (:func:`scoring_step`,
-    used while ``P Q + Q K <= scoring_max_size``) followed by the exact variance profile;
-    where scoring is too large or finds no decrease, a SQUAREM cycle (Varadhan & Roland
-    2008) of the monotone ECME map is used instead: two ECME sweeps, an extrapolation of
-    X along them (projected back onto the simplex) and a stabilising sweep, accepted only
-    if not worse than the plain sweeps. Converged when an iteration decreases the nll by
-    less than ``tol * (1 + |nll|)`` and moves X by less than ``sqrt(tol)``.
+    An iteration is a projected Fisher-scoring step (:func:`scoring_step`, used while
+    ``P Q + Q K <= scoring_max_size``; the dense information is ``(PQ + QK)^2``) followed
+    by one ECME sweep; where scoring is too large or finds no decrease, a SQUAREM cycle
+    (Varadhan & Roland 2008) of the monotone ECME map is used instead: two ECME sweeps,
+    an extrapolation of X along them (projected back onto the simplex) and a stabilising
+    sweep, accepted only if not worse than the plain sweeps. Converged when an iteration
+    decreases the nll by less than ``tol * (1 + |nll|)``, moves X by less than
+    ``sqrt(tol)`` and :func:`kkt_decrement` (the predicted decrease still available) is
+    below ``tol * (1 + |nll|)``.
     """
     st = initial_state(prob, X0, theta0)
     trace: list[float] = []
