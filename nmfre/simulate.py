@@ -61,6 +61,24 @@ def _errors(kind: str, size, rng) -> np.ndarray:
     raise ValueError(f"errors must be 'normal' or 'exp', got {kind!r}")
 
 
+def _paper_design(X, theta, N, errors, hypothesis, seed, fit_kwargs, design, params) -> dict:
+    """Shared generator of the paper's designs: A = intercept + male (Orthodont's share of
+    boys, the first ``round(16 N / 27)`` units), ``U ~ N(0, 1)``, the male effect set to 0
+    under ``"null"``, errors N(0, 1) or Exp(1) - 1."""
+    if hypothesis not in ("alt", "null"):
+        raise ValueError(f"hypothesis must be 'alt' or 'null', got {hypothesis!r}")
+    if isinstance(N, bool) or not isinstance(N, (int, np.integer)) or N < 4:
+        raise ValueError(f"N must be an integer >= 4, got {N!r}")
+    rng = np.random.default_rng(seed)
+    theta = theta.copy()
+    if hypothesis == "null":
+        theta[:, 1] = 0.0
+    A = np.vstack([np.ones(N), (np.arange(N) < round(16 * N / 27)).astype(float)])
+    U = rng.standard_normal((X.shape[1], N))
+    Y = X @ (theta @ A + U) + _errors(errors, (X.shape[0], N), rng)
+    return _labelled(Y, A, X.copy(), theta, U, 1.0, 1.0, fit_kwargs, design, params)
+
+
 def _labelled(Y, A, X, theta, U, sigma2, tau2, fit_kwargs, design, params):
     P, N = Y.shape
     Q, K = theta.shape
@@ -87,21 +105,9 @@ def baseline(N: int = 100, errors: str = "normal", hypothesis: str = "alt", seed
     ``Exp(1) - 1`` (``"exp"``). ``fit_kwargs`` holds the paper's fit (its algorithm with the
     df cap at 0.21).
     """
-    if hypothesis not in ("alt", "null"):
-        raise ValueError(f"hypothesis must be 'alt' or 'null', got {hypothesis!r}")
-    if isinstance(N, bool) or not isinstance(N, (int, np.integer)) or N < 4:
-        raise ValueError(f"N must be an integer >= 4, got {N!r}")
-    rng = np.random.default_rng(seed)
-    X = BASELINE_X[:, None].copy()
-    theta = BASELINE_THETA.copy()
-    if hypothesis == "null":
-        theta[0, 1] = 0.0
-    male = (np.arange(N) < round(16 * N / 27)).astype(float)
-    A = np.vstack([np.ones(N), male])
-    U = rng.standard_normal((1, N))
-    Y = X @ (theta @ A + U) + _errors(errors, (4, N), rng)
-    return _labelled(Y, A, X, theta, U, 1.0, 1.0, {"method": "paper", "df_cap": 0.21}, "baseline",
-                     {"N": N, "errors": errors, "hypothesis": hypothesis})
+    return _paper_design(BASELINE_X[:, None], BASELINE_THETA, N, errors, hypothesis, seed,
+                         {"method": "paper", "df_cap": 0.21}, "baseline",
+                         {"N": N, "errors": errors, "hypothesis": hypothesis})
 
 
 def stress(arm: str = "cap0.21", errors: str = "normal", hypothesis: str = "alt", N: int = 100, seed=0) -> dict:
@@ -115,17 +121,7 @@ def stress(arm: str = "cap0.21", errors: str = "normal", hypothesis: str = "alt"
     """
     if arm not in STRESS_ARMS:
         raise ValueError(f"arm must be one of {tuple(STRESS_ARMS)}, got {arm!r}")
-    if hypothesis not in ("alt", "null"):
-        raise ValueError(f"hypothesis must be 'alt' or 'null', got {hypothesis!r}")
-    rng = np.random.default_rng(seed)
-    X = STRESS_X.copy()
     theta = np.array([[90.502 / 3, 9.4285], [90.502 / 3, 0.0], [90.502 / 3, 0.0]])
-    if hypothesis == "null":
-        theta[0, 1] = 0.0
-    male = (np.arange(N) < round(16 * N / 27)).astype(float)
-    A = np.vstack([np.ones(N), male])
-    U = rng.standard_normal((3, N))
-    Y = X @ (theta @ A + U) + _errors(errors, (4, N), rng)
     kw = {"method": "paper", "df_cap": STRESS_ARMS[arm], "tau2": 1000.0, "fix_tau2": arm == "off"}
-    return _labelled(Y, A, X, theta, U, 1.0, 1.0, kw, "stress", {"arm": arm, "errors": errors,
-                                                                  "hypothesis": hypothesis, "N": N})
+    return _paper_design(STRESS_X, theta, N, errors, hypothesis, seed, kw, "stress",
+                         {"arm": arm, "errors": errors, "hypothesis": hypothesis, "N": N})
