@@ -242,7 +242,7 @@ def load_inference(path) -> Inference:
 
 
 # ----------------------------------------------------------------------------- driver
-def _check(n_boot, seed, multipliers_, dist, method, level, alternative, N):
+def _check(n_boot, multipliers_, dist, method, level, alternative, N):
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     if dist not in DISTS:
@@ -300,7 +300,7 @@ def infer(fit, n_boot: int = 1000, seed=123, multipliers=None, dist: str = "exp"
     """
     Y, A = fit._data.Y, fit._data.A
     P, N = Y.shape
-    W = _check(n_boot, seed, multipliers, dist, method, level, alternative, N)
+    W = _check(n_boot, multipliers, dist, method, level, alternative, N)
     nonneg = fit.theta_kind == "nonneg"
     alternative = alternative or ("greater" if nonneg else "two-sided")
     X, theta, U = fit._res["X"], fit._res["theta"], fit._res["U"]

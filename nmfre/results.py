@@ -9,7 +9,7 @@ import pandas as pd
 import xarray as xr
 
 from .dfcap import cap_value, df_u
-from .labels import Data, coerce, component_labels
+from .labels import DIMS_A, Data, _to_matrix, coerce, component_labels
 
 _SCALARS = ("sigma2", "tau2", "lam", "nll", "converged", "n_iter", "cap_hit", "stop_reason")
 
@@ -204,26 +204,14 @@ class NMFREFit:
         """
         if A_new is None:
             return self.fitted(random).rename("prediction")
+        if isinstance(A_new, (list, tuple, np.ndarray)) and np.ndim(A_new) == 1:
+            A_new = np.asarray(A_new, dtype=float)[:, None]  # one new unit
+        arr, cov, units = _to_matrix(A_new, "A_new", DIMS_A)
         K = self.shape["K"]
-        if isinstance(A_new, (pd.DataFrame, xr.DataArray)):
-            A_df = A_new if isinstance(A_new, pd.DataFrame) else None
-            labels = (A_df.index if A_df is not None else A_new["covariate"].values) \
-                if (A_df is not None or "covariate" in A_new.coords) else None
-            if labels is not None and list(map(str, labels)) != list(map(str, self._data.covariates)):
-                raise ValueError(f"A_new covariates {list(labels)} do not match the fit's "
-                                 f"{list(self._data.covariates)}")
-        arr = np.asarray(getattr(A_new, "values", A_new), dtype=float)
-        if arr.ndim == 1 and K == arr.size:
-            arr = arr[:, None]
-        if arr.ndim != 2 or arr.shape[0] != K:
+        if arr.shape[0] != K:
             raise ValueError(f"A_new must have {K} rows (covariates), got shape {arr.shape}")
-        if not np.all(np.isfinite(arr)):
-            raise ValueError("A_new contains NaN or Inf")
-        units = None
-        if isinstance(A_new, pd.DataFrame):
-            units = A_new.columns.to_numpy()
-        elif isinstance(A_new, xr.DataArray) and "unit" in A_new.coords:
-            units = A_new["unit"].values
+        if cov is not None and [str(c) for c in cov] != [str(c) for c in self._data.covariates]:
+            raise ValueError(f"A_new covariates {list(cov)} do not match the fit's {list(self._data.covariates)}")
         units = np.arange(arr.shape[1]) if units is None else units
         mean = self._res["X"] @ (self._res["theta"] @ arr)
         return xr.DataArray(mean, dims=("feature", "unit"),

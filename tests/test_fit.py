@@ -241,3 +241,16 @@ def test_summary_renders(ml_fit):
     for key in ("sigma2", "tau2", "df_U", "Basis1", "intercept", "male", "Converged"):
         assert key in text
     assert "<table>" in ml_fit._repr_html_()
+
+
+def test_predict_checks_new_design(ml_fit):
+    one = ml_fit.predict([1.0, 0.0], random=True)
+    assert one.sizes == {"feature": 4, "unit": 1}
+    bad = pd.DataFrame([[1.0], [1.0]], index=["intercept", "female"], columns=["x"])
+    with pytest.raises(ValueError, match="do not match"):
+        ml_fit.predict(bad)
+    with pytest.raises(ValueError, match="A_new contains NaN"):
+        ml_fit.predict(np.array([[1.0], [np.nan]]))
+    da = xr.DataArray([[1.0, 1.0], [0.0, 1.0]], dims=("covariate", "unit"),
+                      coords={"covariate": ["intercept", "male"], "unit": ["g", "b"]})
+    assert list(ml_fit.predict(da).unit.values) == ["g", "b"]
