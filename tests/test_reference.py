@@ -64,6 +64,7 @@ def test_paper_method_reproduces_nmfkc_070(orthodont, ref, run):
     assert fit.converged == r["converged"]
     assert fit.df_cap == pytest.approx(r["dfU_cap"])
     assert -fit.loglik == pytest.approx(r["marginal_nll_recomputed"], rel=1e-10)
+    assert len(fit.nll_trace) == fit.n_iter and fit.nll_trace[-1] == pytest.approx(-fit.loglik, rel=1e-13)
     assert fit.icc == pytest.approx(r["ICC"], rel=1e-8)
 
 
