@@ -94,10 +94,14 @@ def _sbc(n_rep, L, seed):
     A = np.vstack([np.ones(N), rng.binomial(1, 0.5, N)])
     priors = {"theta_scale": 5.0, "sigma_scale": 1.0, "tau_scale": 2.0}
     model = partial(bayes.conditional_x, nonneg=False, priors=priors)
-    mcmc = MCMC(NUTS(model), num_warmup=200, num_samples=2 * L, num_chains=1, progress_bar=False,
-                jit_model_args=True)
     ranks = []
     for r in range(n_rep):
+        if r % 20 == 0:
+            # a fresh sampler and cleared JAX caches every 20 runs: compiled code otherwise
+            # accumulates until LLVM cannot map more memory (seen at ~140 runs, jaxlib 0.12)
+            jax.clear_caches()
+            mcmc = MCMC(NUTS(model), num_warmup=200, num_samples=2 * L, num_chains=1, progress_bar=False,
+                        jit_model_args=True)
         theta = rng.normal(0, priors["theta_scale"], (1, 2))
         sigma = abs(rng.normal(0, priors["sigma_scale"]))
         tau = abs(rng.normal(0, priors["tau_scale"]))
