@@ -464,7 +464,7 @@ def fit_paper(Y: np.ndarray, A: np.ndarray, X0: np.ndarray, theta0: np.ndarray,
         R = Y - X @ (theta @ A + U)
         obj = np.sum(R**2) + sigma2 / clip(tau2) * np.sum(U**2)
         trace.append(obj)
-        nll_trace.append(_paper_nll(Y, X, theta @ A, sigma2, sigma2 / clip(tau2)))
+        nll_trace.append(nll(sufficient(Y, X, theta @ A), sigma2, sigma2 / clip(tau2)))
         if not np.isfinite(obj):
             stop_reason = "nonfinite"
             break
@@ -480,14 +480,11 @@ def fit_paper(Y: np.ndarray, A: np.ndarray, X0: np.ndarray, theta0: np.ndarray,
     lam = sigma2 / clip(tau2)
     return {
         "X": X, "theta": theta, "U": U, "sigma2": sigma2, "tau2": tau2, "lam": lam,
-        "objective_trace": np.asarray(trace), "nll_trace": np.asarray(nll_trace), "converged": converged, "n_iter": it,
+        "objective_trace": np.asarray(trace), "nll_trace": np.asarray(nll_trace),
+        "nll": nll_trace[-1], "converged": converged, "n_iter": it,
         "cap_hit": bool(hit_iters), "cap_hit_iters": hit_iters, "stop_reason": stop_reason,
         "rel_change": rel,
     }
-
-
-def _paper_nll(Y, X, mean, sigma2, lam) -> float:
-    return nll(sufficient(Y, X, mean), sigma2, lam)
 
 
 def _safe_div(num: np.ndarray, den: np.ndarray) -> np.ndarray:

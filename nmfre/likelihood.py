@@ -133,3 +133,9 @@ def optimize_lambda(
     if lam_current is not None and lo <= lam_current <= hi:
         cands.append((f(np.log(lam_current)), float(lam_current)))
     return min(cands)[1]
+
+
+def icc(X: np.ndarray, sigma2: float, tau2: float) -> float:
+    """Trace-based intraclass correlation ``tau2 tr(X'X) / (tau2 tr(X'X) + sigma2 P)``."""
+    tr = float(np.sum(X * X))
+    return tau2 * tr / (tau2 * tr + sigma2 * X.shape[0])

@@ -15,6 +15,7 @@ import pandas as pd
 from . import dfcap, fitting
 from .exceptions import ConvergenceWarning, IdentifiabilityWarning
 from .labels import check_rank, coerce
+from .likelihood import icc
 from .results import NMFREFit
 
 METHODS = ("ml", "paper")
@@ -201,7 +202,6 @@ def _run(data, Q, start, rate, s) -> dict:
             data.Y, data.A, start["X"], theta0, start.get("U"), rate=rate, sigma2=s["sigma2"],
             tau2=s["tau2"], update_sigma2=not s["fix_sigma2"], update_tau2=not s["fix_tau2"],
             max_iter=s["max_iter"], tol=s["tol"])
-        out["nll"] = _marginal_nll(data, out)
         return out
     cap = None if rate is None else dfcap.cap_value(rate, N, Q)
     prob = _problem(data, Q, cap, s)
@@ -215,12 +215,6 @@ def _problem(data, Q, cap, s):
     return fitting.Problem(data.Y, data.A, Q, s["theta"] == "nonneg", mode, s["sigma2"], s["tau2"], cap)
 
 
-def _marginal_nll(data, out) -> float:
-    from .likelihood import nll, sufficient
-
-    return nll(sufficient(data.Y, out["X"], out["theta"] @ data.A), out["sigma2"], out["lam"])
-
-
 def _scan(data, Q, start, rates, settings) -> pd.DataFrame:
     N = data.Y.shape[1]
     rows = []
@@ -229,11 +223,10 @@ def _scan(data, Q, start, rates, settings) -> pd.DataFrame:
         d = np.linalg.eigvalsh(out["X"].T @ out["X"])
         df = float(dfcap.df_u(np.maximum(d, 0), N, out["lam"]))
         cap = dfcap.cap_value(float(rate), N, Q)
-        tr = float(np.sum(d))
         rows.append(dict(rate=float(rate), df_cap=cap, df_u=df, safeguard=df / cap < dfcap.SAFEGUARD_RATIO,
                          hit=bool(out["cap_hit"]), converged=bool(out["converged"]),
                          tau2=out["tau2"], sigma2=out["sigma2"],
-                         icc=out["tau2"] * tr / (out["tau2"] * tr + out["sigma2"] * data.Y.shape[0]),
+                         icc=icc(out["X"], out["sigma2"], out["tau2"]),
                          nll=out["nll"]))
     table = pd.DataFrame(rows)
     table.attrs["chosen_rate"] = dfcap.choose_rate(table.rate, table.df_u, table.df_cap, table.hit,

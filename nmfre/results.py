@@ -10,6 +10,7 @@ import xarray as xr
 
 from .dfcap import cap_value, df_u
 from .labels import DIMS_A, Data, _to_matrix, coerce, component_labels
+from .likelihood import icc as icc_of
 
 _SCALARS = ("sigma2", "tau2", "lam", "nll", "converged", "n_iter", "cap_hit", "stop_reason")
 
@@ -166,8 +167,7 @@ class NMFREFit:
 
     @property
     def icc(self) -> float:
-        tr = float(np.trace(self._res["X"].T @ self._res["X"]))
-        return self.tau2 * tr / (self.tau2 * tr + self.sigma2 * self.shape["P"])
+        return icc_of(self._res["X"], self.sigma2, self.tau2)
 
     # ------------------------------------------------------------------ fitted values
     def fitted(self, random: bool = True) -> xr.DataArray:
