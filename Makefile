@@ -2,19 +2,20 @@
 PYTHON ?= $(shell tools/find-python.sh)
 VENV := .venv
 BIN := $(VENV)/bin
+PIP := $(BIN)/python -m pip install -q -q
 
-.PHONY: demo test test-all lint bench clean
+.PHONY: demo test test-all lint docs dist-check bench bench-scale clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
+	$(PIP) --upgrade pip
 
 $(VENV)/.core: $(BIN)/python pyproject.toml
-	$(BIN)/pip install -q -e .
+	$(PIP) -e .
 	touch $@
 
 $(VENV)/.test: $(BIN)/python pyproject.toml
-	$(BIN)/pip install -q -e '.[all]'
+	$(PIP) -e '.[all]'
 	touch $@
 
 demo: $(VENV)/.core
@@ -27,11 +28,28 @@ test-all: $(VENV)/.test
 	$(BIN)/python -m pytest -q -m 'slow or not slow'
 
 lint: $(VENV)/.test
-	$(BIN)/ruff check nmfre bayes tests benchmarks examples
+	$(BIN)/ruff check nmfre bayes tests benchmarks examples docs
+	$(BIN)/lint-imports
+
+docs: $(VENV)/.test
+	rm -rf docs/_build docs/generated
+	$(BIN)/sphinx-build -W --keep-going -q -b html docs docs/_build/html
+	@echo "API reference: docs/_build/html/index.html"
+
+# build wheel + sdist, check them, install the wheel alone in a clean venv and run the demo
+dist-check: $(VENV)/.test
+	rm -rf dist build/dist-check
+	$(BIN)/python -m build -q --outdir dist . >/dev/null
+	$(BIN)/twine check --strict dist/*
+	$(PYTHON) -m venv build/dist-check
+	build/dist-check/bin/python -m pip install -q -q dist/*.whl
+	cd build && dist-check/bin/nmfre demo --out dist-check/demo --n-boot 200 > dist-check/demo.log
+	test -s build/dist-check/demo/orthodont_theta.png && grep -q "90.5058" build/dist-check/demo.log
+	@echo "dist-check: wheel and sdist pass twine; the wheel alone runs nmfre demo"
 
 bench: $(VENV)/.test
 	$(BIN)/python benchmarks/bench_fit.py
 	$(BIN)/python benchmarks/bench_bayes.py
 
 clean:
-	rm -rf $(VENV) nmfre-demo
+	rm -rf $(VENV) nmfre-demo dist build docs/_build docs/generated

@@ -4,30 +4,23 @@ Same model and labels as :mod:`nmfre`, so bootstrap intervals can be checked aga
 posteriors:
 
 * :mod:`bayes.models`: ``joint``, ``conditional_x``, ``conditional`` (plain NumPyro
-  model functions; U marginalised);
+  model functions with plates named like nmfre's dims; U marginalised; callable with
+  ``Y=None`` for prior and posterior predictive draws);
 * :func:`sample`: NUTS, chains started at and aligned to the frequentist fit, returns an
   ArviZ DataTree with nmfre's coordinates;
-* :func:`compare`, :func:`plot_compare`, :func:`plot_diagnostics`.
+* :func:`compare`, :func:`plot_compare`, :func:`plot_diagnostics`;
+* :func:`configure`: parallel CPU chains (call before JAX starts).
 
-Importing ``bayes`` asks JAX for ``max(4, cpu_count)`` CPU devices (so 4 chains run in
-parallel) unless ``XLA_FLAGS`` already sets a device count, and switches JAX to double
-precision (``numpyro.enable_x64()``, global); both only work before JAX starts, so import
-``bayes`` before using JAX.
+Importing ``bayes`` changes no global JAX setting. :func:`sample` computes in double
+precision inside ``jax.enable_x64(True)``; :func:`configure` sets the CPU device count.
 """
 
-import os
+import nmfre  # noqa: F401  (bayes builds on nmfre, never the reverse)
 
-import numpyro
+from .compare import compare, plot_compare, plot_diagnostics
+from .config import configure
+from .models import conditional, conditional_x, default_priors, joint, u_conditional
+from .sampling import SamplingWarning, diagnostics, sample
 
-if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
-    numpyro.set_host_device_count(max(4, os.cpu_count() or 1))
-numpyro.enable_x64()  # double precision, so posteriors can be checked against closed forms
-
-import nmfre  # noqa: E402,F401  (bayes builds on nmfre, never the reverse)
-
-from .compare import compare, plot_compare, plot_diagnostics  # noqa: E402
-from .models import conditional, conditional_x, default_priors, joint  # noqa: E402
-from .sampling import SamplingWarning, diagnostics, sample  # noqa: E402
-
-__all__ = ["SamplingWarning", "compare", "conditional", "conditional_x", "default_priors", "diagnostics",
-           "joint", "plot_compare", "plot_diagnostics", "sample"]
+__all__ = ["SamplingWarning", "compare", "conditional", "conditional_x", "configure", "default_priors",
+           "diagnostics", "joint", "plot_compare", "plot_diagnostics", "sample", "u_conditional"]

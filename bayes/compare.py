@@ -52,7 +52,7 @@ def compare(inference, *posteriors, level: float = 0.95, names=None) -> pd.DataF
     names = _posteriors(posteriors, names)
     a = (1 - level) / 2
     est = inference.estimate.values.ravel()
-    se = inference._ds["se"].values.ravel()
+    se = inference.se.values.ravel()
     z = norm.ppf(1 - a)
     wl, wh = est - z * se, est + z * se
     bq = inference.draws.quantile([a, 1 - a], dim="draw").values.reshape(2, -1)
@@ -72,47 +72,28 @@ def compare(inference, *posteriors, level: float = 0.95, names=None) -> pd.DataF
     return out
 
 
-def _bootstrap_tree(inference, chains: int, draws: int) -> xr.DataTree:
-    """Bootstrap replicates shaped (chain, draw) like a posterior (first chains*draws
-    replicates; resampled with a fixed seed when there are fewer)."""
-    B = inference.draws.sizes["draw"]
-    need = chains * draws
-    sel = np.arange(need) if B >= need else np.random.default_rng(0).integers(0, B, need)
-    d = inference.draws.isel(draw=sel).values.reshape(chains, draws, *inference.draws.shape[1:])
-    theta = xr.DataArray(d, dims=("chain", "draw", "component", "covariate"),
-                         coords={"chain": np.arange(chains), "draw": np.arange(draws),
-                                 "component": inference.draws["component"].values,
-                                 "covariate": inference.draws["covariate"].values})
-    return xr.DataTree.from_dict({"posterior": xr.Dataset({"theta": theta})})
-
-
 def plot_compare(inference, *posteriors, level: float = 0.95, names=None):
-    """One forest plot of Theta: bootstrap and posterior intervals side by side.
+    """Forest plot of Theta: Wald, bootstrap and posterior intervals side by side.
 
-    Drawn by ArviZ (``arviz.plot_forest`` on a dict of DataTrees; equal-tailed
-    intervals at ``level`` and 50%); the bootstrap replicates are shaped like the first
-    posterior's (chain, draw) so that the sources line up. Returns the matplotlib Figure.
+    One panel per covariate, each with its own x scale (an intercept of 90 and an effect
+    of 9 do not share an axis); rows are components, sources are stacked within a row.
+    Intervals are those of :func:`compare` (Wald: estimate +- z sandwich SE; bootstrap:
+    percentile; posteriors: equal-tailed) at ``level``; the dotted mark is the estimate.
+    Posteriors whose ``posterior`` group has ``attrs["approximate"]`` (variational
+    fits) are labelled "(approx.)". Returns the matplotlib Figure.
     """
-    import arviz as az
+    from nmfre.plotting import intervals
 
     names = _posteriors(posteriors, names)
-    for p in posteriors:
-        _check_coords(inference, p)
-    th = posteriors[0]["posterior"]["theta"]
-    sources = {"bootstrap": _bootstrap_tree(inference, th.sizes["chain"], th.sizes["draw"])}
-    for name, p in zip(names, posteriors, strict=True):
-        t = p["posterior"]["theta"]
-        if (t.sizes["chain"], t.sizes["draw"]) != (th.sizes["chain"], th.sizes["draw"]):
-            raise ValueError("all posteriors must have the same (chain, draw) sizes to share a forest plot")
-        sources[name] = xr.DataTree.from_dict({"posterior": xr.Dataset({"theta": t})})
-    pc = az.plot_forest(sources, var_names=["theta"], combined=True, ci_kind="eti", ci_probs=(0.5, level))
-    try:
-        pc.add_legend("model", title="source")
-    except (KeyError, ValueError, TypeError):  # legend support varies across arviz-plots versions
-        pass
-    fig = pc.viz["figure"].item()
-    fig.suptitle(f"Theta: bootstrap percentile vs posterior equal-tailed intervals ({100 * level:g}% and 50%)")
-    return fig
+    table = compare(inference, *posteriors, level=level, names=names)
+    sources = {"Wald (sandwich)": ("wald_low", "wald_high"),
+               f"bootstrap ({inference.method})": ("boot_low", "boot_high")}
+    approx = []
+    for name, post in zip(names, posteriors, strict=True):
+        sources[name] = (f"{name}_low", f"{name}_high")
+        if post["posterior"].attrs.get("approximate"):
+            approx.append(name)
+    return intervals(table, sources, title=f"Theta: {100 * level:g}% intervals", approximate=tuple(approx))
 
 
 def plot_diagnostics(posterior, var_names=("theta", "sigma", "tau"), kind: str = "trace"):

@@ -1,32 +1,54 @@
 """``bayes.sample``: run NUTS on one of the models and return an ArviZ ``xarray.DataTree``.
 
-Chains run in parallel on the CPU when JAX sees enough devices (``bayes`` asks for
-``max(4, cpu_count)`` host devices at import, before JAX starts; or set
-``XLA_FLAGS=--xla_force_host_platform_device_count=N`` yourself). On a GPU: install
-``jax[cuda12]``; JAX then places the sampler there, and ``chain_method="vectorized"`` runs
-all chains on the one device.
+Chains run in parallel on the CPU when JAX sees enough devices (call
+:func:`bayes.configure` before JAX starts, or set
+``XLA_FLAGS=--xla_force_host_platform_device_count=N``); otherwise they run vectorized on
+one device. On a GPU: install ``jax[cuda12]``; JAX then places the sampler there, and
+``chain_method="vectorized"`` runs all chains on the one device.
 """
 
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
 
 import numpy as np
 import xarray as xr
 
-from nmfre.inference import align_components, conditional_kernel
-from nmfre.labels import check_rank, coerce
+from nmfre import validation as v
+from nmfre.core.bootstrap import align_components
+from nmfre.core.covariance import conditional as conditional_covariance
+from nmfre.labels import Data, check_rank, coerce
 
 from . import models
 
 MODELS = ("joint", "conditional", "conditional_x")
+CHAIN_METHODS = ("parallel", "sequential", "vectorized")
 
 
 class SamplingWarning(UserWarning):
     """The sampler's diagnostics fail a threshold (r_hat > 1.01, bulk ESS < 400, divergences)."""
 
 
-def _check_fit(fit, data, rank, theta):
+@dataclass(frozen=True)
+class ModelSpec:
+    """A model ready to sample: the function, its arguments, starting values and the
+    fixed quantities the posterior is labelled with."""
+
+    name: str
+    fn: Any
+    args: tuple
+    init: dict
+    data: Data
+    fit: Any
+    priors: dict
+    sigma2_fixed: float | None = None
+
+
+def _frequentist_fit(fit, data: Data, rank: int, theta: str):
+    """The given fit (checked against the data) or a fresh ML fit."""
     import nmfre
 
     if fit is None:
@@ -38,16 +60,43 @@ def _check_fit(fit, data, rank, theta):
                                           coords={"covariate": data.covariates, "unit": data.units}),
                              rank=rank, theta=theta, n_init=1)
     if not isinstance(fit, nmfre.NMFREFit):
-        raise TypeError(f"fit must be an nmfre.NMFREFit, got {type(fit).__name__}")
+        raise v.ArgumentTypeError(f"fit must be an nmfre.NMFREFit, got {type(fit).__name__}")
     if fit.shape["Q"] != rank:
         raise ValueError(f"fit has rank {fit.shape['Q']} but rank={rank} was asked for")
-    fd = fit._data
-    if fd.Y.shape != data.Y.shape or fd.A.shape != data.A.shape or not (
-            np.array_equal(fd.Y, data.Y) and np.array_equal(fd.A, data.A)):
+    if not fit.data.same_data(data):
         raise ValueError("fit was estimated on different data (Y or A differ from those given)")
     if fit.theta_kind != theta:
         raise ValueError(f"fit has theta={fit.theta_kind!r} but theta={theta!r} was asked for")
     return fit
+
+
+def model_spec(Y, A, rank: int, model: str, fit=None, theta: str = "free", priors: dict | None = None) -> ModelSpec:
+    """Validate the inputs and build the :class:`ModelSpec` for ``model``."""
+    model = v.choice(model, "model", MODELS)
+    theta = v.choice(theta, "theta", ("free", "nonneg"))
+    data = coerce(Y, A)
+    rank = check_rank(rank, data.P, data.N)
+    prior = models.resolve_priors(data.Y, rank, priors)
+    fit = _frequentist_fit(fit, data, rank, theta)
+    nonneg = theta == "nonneg"
+    sol = fit.solution
+    X = sol.X
+    th0 = np.asarray(sol.theta, float)
+    init = {"theta": np.maximum(th0, 1e-6 * (np.abs(th0).max() or 1.0)) if nonneg else th0}
+    if model != "conditional":
+        init.update(sigma=np.sqrt(fit.sigma2), tau=np.sqrt(fit.tau2))
+    if model == "joint":
+        Xi = X + 1e-3 / data.P
+        init["X_columns"] = (Xi / Xi.sum(axis=0)).T
+        return ModelSpec(model, partial(models.joint, nonneg=nonneg, priors=prior), (data.Y, data.A, rank),
+                         init, data, fit, prior)
+    if model == "conditional_x":
+        return ModelSpec(model, partial(models.conditional_x, nonneg=nonneg, priors=prior), (data.Y, data.A, X),
+                         init, data, fit, prior)
+    s2 = conditional_covariance(data.Y, data.A, X, sol.theta, sol.U, fit.lam).sigma2_used
+    cprior = {"theta_scale": (priors or {}).get("theta_scale")}
+    fn = partial(models.conditional, nonneg=nonneg, priors=cprior)
+    return ModelSpec(model, fn, (data.Y, data.A, X, s2, s2 / fit.lam), init, data, fit, prior, s2)
 
 
 def sample(Y, A=None, rank: int = 1, *, model: str = "joint", fit=None, theta: str = "free",
@@ -78,10 +127,10 @@ def sample(Y, A=None, rank: int = 1, *, model: str = "joint", fit=None, theta: s
     draw_U : bool
         Add U (component x unit) drawn from its Gaussian conditional for every draw.
     posterior_predictive : bool
-        Add a ``posterior_predictive`` group with replicated Y.
-    chain_method : str, optional
-        NumPyro chain method; default "parallel" when there are enough devices, else
-        "sequential".
+        Add a ``posterior_predictive`` group with replicated Y (``numpyro.infer.Predictive``).
+    chain_method : {"parallel", "sequential", "vectorized"}, optional
+        Default "parallel" when JAX has a device per chain (see :func:`bayes.configure`),
+        else "vectorized".
     target_accept : float
         NUTS target acceptance probability (higher: smaller steps, fewer divergences).
 
@@ -93,101 +142,80 @@ def sample(Y, A=None, rank: int = 1, *, model: str = "joint", fit=None, theta: s
         coordinates. Warns (:class:`SamplingWarning`) when max r_hat > 1.01, min bulk ESS
         < 400 or there are divergences.
     """
-    import arviz as az
     import jax
-    from numpyro.infer import MCMC, NUTS, init_to_value
 
-    if model not in MODELS:
-        raise ValueError(f"model must be one of {MODELS}, got {model!r}")
-    if theta not in ("free", "nonneg"):
-        raise ValueError(f"theta must be 'free' or 'nonneg', got {theta!r}")
-    for name, v in (("num_warmup", num_warmup), ("num_samples", num_samples), ("num_chains", num_chains)):
-        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < (0 if name == "num_warmup" else 1):
-            raise ValueError(f"{name} must be a positive integer, got {v!r}")
-    data = coerce(Y, A)
-    P, N = data.Y.shape
-    rank = check_rank(rank, P, N)
-    prior = models.default_priors(data.Y, rank)
-    if priors:
-        unknown = set(priors) - set(models.PRIOR_KEYS)
-        if unknown:
-            raise ValueError(f"priors has unknown keys {sorted(unknown)}; allowed {models.PRIOR_KEYS}")
-        prior.update(priors)
-    fit = _check_fit(fit, data, rank, theta)
-    nonneg = theta == "nonneg"
-    X = fit._res["X"]
-    th0 = np.asarray(fit._res["theta"], float)
-    th0 = np.maximum(th0, 1e-6 * (np.abs(th0).max() or 1.0)) if nonneg else th0
-    init = {"theta": th0}
-    if model == "joint":
-        Xi = X + 1e-3 / P
-        init["X_columns"] = (Xi / Xi.sum(axis=0)).T
-    if model != "conditional":
-        init["sigma"] = np.sqrt(fit.sigma2)
-        init["tau"] = np.sqrt(fit.tau2)
-    Yj, Aj = np.asarray(data.Y), np.asarray(data.A)
-    if model == "joint":
-        fn, args = models.joint, (Yj, Aj, rank, nonneg, prior)
-    elif model == "conditional_x":
-        fn, args = models.conditional_x, (Yj, Aj, X, nonneg, prior)
-    else:
-        k = conditional_kernel(data.Y, data.A, X, fit._res["theta"], fit._res["U"], fit.lam)
-        s2 = k["sigma2_used"]
-        cprior = {"theta_scale": priors.get("theta_scale") if priors else None}
-        fn, args = models.conditional, (Yj, Aj, X, s2, s2 / fit.lam, nonneg, cprior)
-    if chain_method is None:
-        chain_method = "parallel" if jax.local_device_count() >= num_chains else "sequential"
-    key = jax.random.PRNGKey(seed) if isinstance(seed, (int, np.integer)) else seed
-    key_mcmc, key_u, key_pp = jax.random.split(key, 3)
-    kernel = NUTS(fn, init_strategy=init_to_value(values=init), target_accept_prob=target_accept)
-    mcmc = MCMC(kernel, num_warmup=num_warmup, num_samples=num_samples, num_chains=num_chains,
-                chain_method=chain_method, progress_bar=progress)
-    mcmc.run(key_mcmc, *args)
-    coords = {**fit.coords}
-    dims = {"theta": ["component", "covariate"], "X": ["feature", "component"], "Y": ["unit", "feature"],
-            "X_columns": ["component", "feature"]}
-    dt = az.from_numpyro(mcmc, coords=coords, dims=dims)
-    post = dt["posterior"].to_dataset()
-    if "X_columns" in post:
-        post = post.drop_vars("X_columns")
-    if model != "joint":
-        post["X"] = xr.DataArray(X, dims=("feature", "component"),
-                                 coords={"feature": coords["feature"], "component": coords["component"]})
-    if model == "conditional":
-        post["sigma"] = xr.full_like(post["theta"].isel(component=0, covariate=0), np.sqrt(s2))
-        post["tau"] = xr.full_like(post["sigma"], np.sqrt(s2 / fit.lam))
-    if model == "joint" and rank > 1:
-        post = _align_chains(post, X)
-    if draw_U:
-        post["U"] = _draw_u(post, data, key_u)
-    if posterior_predictive:
-        dt["posterior_predictive"] = xr.DataTree(xr.Dataset({"Y": _replicate_y(post, data, key_pp)}))
-    post.attrs.update({"model": model, "theta_kind": theta, "nmfre_priors": str(prior)})
-    dt["posterior"] = xr.DataTree(post)
+    num_warmup = v.integer(num_warmup, "num_warmup", minimum=0)
+    num_samples = v.integer(num_samples, "num_samples")
+    num_chains = v.integer(num_chains, "num_chains")
+    target_accept = v.open_unit(target_accept, "target_accept")
+    if chain_method is not None:
+        v.choice(chain_method, "chain_method", CHAIN_METHODS)
+    spec = model_spec(Y, A, rank, model, fit, theta, priors)
+    with jax.enable_x64(True):
+        key = jax.random.PRNGKey(v.seed_key(seed)) if isinstance(seed, int | np.integer) else seed
+        key_mcmc, key_u, key_pp = jax.random.split(key, 3)
+        mcmc = _run_nuts(spec, key_mcmc, num_warmup, num_samples, num_chains, chain_method, target_accept, progress)
+        dt = _to_datatree(spec, mcmc, key_u if draw_U else None, key_pp if posterior_predictive else None)
     _warn_diagnostics(dt)
     return dt
 
 
-def _replicate_y(post, data, key):
-    """Replicated Y (chain, draw, unit, feature) from the marginal model at each draw."""
+def _run_nuts(spec: ModelSpec, key, num_warmup, num_samples, num_chains, chain_method, target_accept, progress):
     import jax
+    from numpyro.infer import MCMC, NUTS, init_to_value
 
-    X = post["X"].broadcast_like(post["sigma"]).transpose("chain", "draw", "feature", "component").values
-    th = post["theta"].transpose("chain", "draw", "component", "covariate").values
-    sig = post["sigma"].transpose("chain", "draw").values
-    tau = post["tau"].transpose("chain", "draw").values
-    C, D, P, Q = X.shape
-    N = data.Y.shape[1]
-    k1, k2 = jax.random.split(key)
-    zu = np.asarray(jax.random.normal(k1, (C, D, Q, N)))
-    ze = np.asarray(jax.random.normal(k2, (C, D, P, N)))
-    mean = np.einsum("cdpq,cdqk,kn->cdpn", X, th, data.A)
-    rep = mean + tau[..., None, None] * np.einsum("cdpq,cdqn->cdpn", X, zu) + sig[..., None, None] * ze
-    return xr.DataArray(np.swapaxes(rep, 2, 3), dims=("chain", "draw", "unit", "feature"),
-                        coords={"unit": data.units, "feature": data.features})
+    if chain_method is None:
+        chain_method = "parallel" if jax.local_device_count() >= num_chains else "vectorized"
+    kernel = NUTS(spec.fn, init_strategy=init_to_value(values=spec.init), target_accept_prob=target_accept)
+    mcmc = MCMC(kernel, num_warmup=num_warmup, num_samples=num_samples, num_chains=num_chains,
+                chain_method=chain_method, progress_bar=progress)
+    mcmc.run(key, *spec.args)
+    return mcmc
 
 
-def _align_chains(post: xr.Dataset, X_ref: np.ndarray) -> xr.Dataset:
+def _to_datatree(spec: ModelSpec, mcmc, key_u, key_pp) -> xr.DataTree:
+    """ArviZ DataTree with nmfre's coordinates; fixed quantities added, chains aligned."""
+    import arviz as az
+
+    fit, data = spec.fit, spec.data
+    coords = {**fit.coords}
+    dims = {"theta": ["component", "covariate"], "X": ["feature", "component"], "Y": ["unit", "feature"],
+            "X_columns": ["component", "feature"]}
+    pp = None
+    if key_pp is not None:
+        pp = _predictive(spec, mcmc, key_pp)
+    dt = az.from_numpyro(mcmc, coords=coords, dims=dims, posterior_predictive=pp)
+    post = dt["posterior"].to_dataset()
+    if "X_columns" in post:
+        post = post.drop_vars("X_columns")
+    if spec.name != "joint":
+        post["X"] = fit.X.copy()
+    if spec.name == "conditional":
+        post["sigma"] = xr.full_like(post["theta"].isel(component=0, covariate=0), np.sqrt(spec.sigma2_fixed))
+        post["tau"] = xr.full_like(post["sigma"], np.sqrt(spec.sigma2_fixed / fit.lam))
+    if spec.name == "joint" and fit.shape["Q"] > 1:
+        post = align_chains(post, fit.solution.X)
+    if key_u is not None:
+        post["U"] = _draw_u(post, data, key_u)
+    post.attrs.update({"model": spec.name, "theta_kind": fit.theta_kind, "nmfre_priors": str(spec.priors)})
+    dt["posterior"] = xr.DataTree(post)
+    return dt
+
+
+def _predictive(spec: ModelSpec, mcmc, key) -> dict:
+    """Replicated Y (chain, draw, unit, feature) from the model with ``Y=None``."""
+    from numpyro.infer import Predictive
+
+    samples = mcmc.get_samples(group_by_chain=True)
+    args = (None,) + spec.args[1:]
+    fn = spec.fn
+    if spec.name == "joint":
+        fn = partial(spec.fn, n_features=spec.data.P)
+    out = Predictive(fn, posterior_samples=samples, return_sites=["Y"], batch_ndims=2)(key, *args)
+    return {"Y": np.asarray(out["Y"])}
+
+
+def align_chains(post: xr.Dataset, X_ref: np.ndarray) -> xr.Dataset:
     """Match each chain's components to the frequentist fit (label switching)."""
     Xs = post["X"].transpose("chain", "draw", "feature", "component").values.copy()
     th = post["theta"].transpose("chain", "draw", "component", "covariate").values.copy()
@@ -204,7 +232,7 @@ def _align_chains(post: xr.Dataset, X_ref: np.ndarray) -> xr.Dataset:
     return post
 
 
-def _draw_u(post, data, key):
+def _draw_u(post, data: Data, key):
     import jax
 
     X = post["X"]
@@ -215,9 +243,8 @@ def _draw_u(post, data, key):
     s2 = (post["sigma"] ** 2).transpose("chain", "draw").values
     t2 = (post["tau"] ** 2).transpose("chain", "draw").values
     C, D, _, Q = X.shape
-    N = data.Y.shape[1]
-    z = np.asarray(jax.random.normal(key, (C, D, Q, N)))
-    U = np.empty((C, D, Q, N))
+    z = np.asarray(jax.random.normal(key, (C, D, Q, data.N)))
+    U = np.empty((C, D, Q, data.N))
     for c in range(C):
         for d in range(D):
             mean, cov = models.u_conditional(data.Y, data.A, X[c, d], th[c, d], s2[c, d], t2[c, d])
@@ -230,8 +257,8 @@ def diagnostics(dt: xr.DataTree, var_names=("theta", "sigma", "tau")) -> dict:
     """Max r_hat, min bulk ESS over ``var_names`` and the number of divergences."""
     import arviz as az
 
-    names = [v for v in var_names if v in dt["posterior"].data_vars
-             and dt["posterior"][v].std() > 0]
+    names = [name for name in var_names if name in dt["posterior"].data_vars
+             and dt["posterior"][name].std() > 0]
     with warnings.catch_warnings():  # arviz divides by zero for coordinates held constant
         warnings.simplefilter("ignore", RuntimeWarning)
         s = az.summary(dt, var_names=names, ci_prob=0.95, ci_kind="eti")

@@ -57,7 +57,7 @@ def main(args) -> pd.DataFrame:
         print(table.round(3).to_string())
     table.to_csv(out / f"baseline_{args.method}.csv")
     summ.to_netcdf(out / f"baseline_{args.method}_summary.nc")
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.5), sharey=True)
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.5), sharey=True, layout="constrained")
     for ax, hyp in zip(axes, ["alt", "null"], strict=True):
         for err, mk in [("normal", "o"), ("exp", "s")]:
             s = male.sel(hypothesis=hyp, errors=err)
@@ -68,7 +68,6 @@ def main(args) -> pd.DataFrame:
         ax.set_xlabel("N")
     axes[0].set_ylabel("coverage of 95% interval")
     axes[1].legend(fontsize=7)
-    fig.tight_layout()
     fig.savefig(out / f"baseline_{args.method}.png", dpi=100)
     plt.close(fig)
     return table

@@ -18,24 +18,10 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-import bayes  # noqa: E402  (before JAX starts: parallel chains, double precision)
+import bayes  # noqa: E402
 import nmfre  # noqa: E402
-
-
-def rank2_data(seed: int = 0, N: int = 200):
-    rng = np.random.default_rng(seed)
-    P = 8
-    X = np.zeros((P, 2))
-    X[:5, 0] = rng.uniform(0.5, 1.5, 5)
-    X[3:, 1] = rng.uniform(0.5, 1.5, 5)
-    X /= X.sum(axis=0)
-    A = np.vstack([np.ones(N), rng.binomial(1, 0.5, N)])
-    theta = np.array([[20.0, 5.0], [30.0, 0.0]])
-    Y = X @ (theta @ A + rng.normal(0, 2.0, (2, N))) + rng.normal(0, 0.5, (P, N))
-    return Y, A
 
 
 def ladder(name, Y, A, rank, args, out: Path) -> pd.DataFrame:
@@ -69,11 +55,13 @@ def ladder(name, Y, A, rank, args, out: Path) -> pd.DataFrame:
 
 
 def main(args) -> dict:
+    bayes.configure()  # parallel CPU chains, if JAX has not started yet
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     Y, A = nmfre.load_orthodont()
     t1 = ladder("orthodont", Y, A, 1, args, out)
-    Y2, A2 = rank2_data(0, N=120 if args.quick else 200)
+    d = nmfre.simulate.rank2(N=120 if args.quick else 200, seed=0)
+    Y2, A2 = d["Y"].values, d["A"].values
     t2 = ladder("rank2", Y2, A2, 2, args, out)
     return {"orthodont": t1, "rank2": t2}
 

@@ -21,7 +21,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 import nmfre  # noqa: E402
-from nmfre.cli import plot_growth  # noqa: E402
+from nmfre.plotting import growth  # noqa: E402
 
 
 def main(args) -> pd.DataFrame:
@@ -32,7 +32,7 @@ def main(args) -> pd.DataFrame:
     Y, A = nmfre.load_orthodont()
     fit = nmfre.fit(Y, A, rank=1)
     inf = fit.infer(n_boot=200 if args.quick else 5000, seed=1)
-    print(fit.summary())
+    print(fit.summary(inference=inf))
     long = nmfre.load_orthodont(long=True)
     long["male"] = (long["Sex"] == "Male").astype(float)
     with warnings.catch_warnings():
@@ -49,7 +49,9 @@ def main(args) -> pd.DataFrame:
     print("\n", comp.round(4).to_string())
     comp.to_csv(out / "orthodont_vs_lmm.csv")
     inf.table.to_csv(out / "orthodont_theta.csv")
-    plot_growth(fit, out / "orthodont_growth.png")
+    fig = growth(Y, A, fit.fitted(False).to_pandas(), fit.fitted(True).to_pandas())
+    fig.savefig(out / "orthodont_growth.png", dpi=100)
+    plt.close(fig)
     fig = inf.plot()
     fig.savefig(out / "orthodont_theta.png", dpi=100)
     plt.close(fig)

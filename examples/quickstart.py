@@ -23,7 +23,7 @@ def main(args) -> dict:
     fit = nmfre.fit(Y, A, rank=1)
     paper = nmfre.fit(Y, A, rank=1, method="paper", df_cap="auto")
     inf = fit.infer(n_boot=200 if args.quick else 2000, seed=1)
-    print(fit.summary())
+    print(fit.summary(inference=inf))
     print(f"\npaper algorithm: df cap rate {paper.df_cap_rate}, loglik {paper.loglik:.3f} (ML {fit.loglik:.3f})")
     inf.table.to_csv(out / "quickstart_theta.csv")
     fig = inf.plot()

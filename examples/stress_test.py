@@ -52,7 +52,7 @@ def main(args) -> pd.DataFrame:
     print(table.round(3).to_string())
     table.to_csv(out / "stress_test.csv")
     both.to_netcdf(out / "stress_test.nc")
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.5), layout="constrained")
     arms = list(both["arm"].values)
     axes[0].boxplot([both["df_u_frac"].sel(arm=a).values.ravel() for a in arms], tick_labels=arms)
     axes[0].set_ylabel("df_U / (N Q)")
@@ -63,7 +63,6 @@ def main(args) -> pd.DataFrame:
     for ax in axes:
         ax.tick_params(axis="x", rotation=20)
     fig.suptitle("df-cap stress test (P=4, Q=3, N=100)")
-    fig.tight_layout()
     fig.savefig(out / "stress_test.png", dpi=100)
     plt.close(fig)
     return table

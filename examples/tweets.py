@@ -67,7 +67,7 @@ def main(args) -> pd.DataFrame:
     fit = nmfre.fit(Y, A, rank=3, theta="nonneg", n_init=2 if args.quick else 10, seed=1)
     inf = fit.infer(n_boot=200 if args.quick else 5000, seed=1)
     print(f"{Y.shape[1]} documents (month x device), {Y.shape[0]} terms")
-    print(fit.summary())
+    print(fit.summary(inference=inf))
     X = fit.X.to_pandas()
     top = {c: ", ".join(X[c].sort_values(ascending=False).index[:8]) for c in X.columns}
     print("\ntop terms per topic:")
@@ -75,7 +75,7 @@ def main(args) -> pd.DataFrame:
         print(f"  {c}: {words}")
     inf.table.to_csv(out / "tweets_theta.csv")
     pd.Series(top).to_csv(out / "tweets_topics.csv")
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), layout="constrained")
     inf.plot(ax=axes[0])
     B = (fit.theta.values @ A.values)
     order = np.argsort(Y.columns)
@@ -84,7 +84,6 @@ def main(args) -> pd.DataFrame:
     axes[1].set_xlabel("document (month x device, by month)")
     axes[1].set_ylabel("topic score Theta a")
     axes[1].legend(fontsize=7)
-    fig.tight_layout()
     fig.savefig(out / "tweets.png", dpi=100)
     plt.close(fig)
     return inf.table

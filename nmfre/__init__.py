@@ -4,19 +4,26 @@
 paper's degrees-of-freedom cap and conditional inference on the covariate effects Theta.
 Every output is labelled with xarray (dims ``feature``, ``unit``, ``component``,
 ``covariate``).
+
+Layers, each importing only from those below it (checked by import-linter in CI):
+public functions and the command line (:mod:`~nmfre.cli`, :mod:`~nmfre.study`,
+:mod:`~nmfre.crossval`, :mod:`~nmfre.model`), labelled results
+(:mod:`~nmfre.results`, :mod:`~nmfre.inference`, :mod:`~nmfre.plotting`), the engine
+(:mod:`~nmfre.engine`), numerical kernels (:mod:`nmfre.core`), and input handling
+(:mod:`~nmfre.labels`, :mod:`~nmfre.settings`, :mod:`~nmfre.validation`).
 """
 
-__version__ = "0.1.0"
-
 from . import simulate, study
+from ._version import __version__
 from .crossval import ECVResult, ecv
 from .datasets import load_orthodont
-from .exceptions import ConvergenceWarning, IdentifiabilityWarning
+from .exceptions import ArgumentTypeError, ConvergenceWarning, IdentifiabilityWarning, SingularFitWarning
 from .inference import Inference, load_inference
 from .model import df_scan, fit
 from .results import NMFREFit, load
 
 __all__ = [
-    "ConvergenceWarning", "ECVResult", "IdentifiabilityWarning", "Inference", "NMFREFit", "__version__",
-    "df_scan", "ecv", "fit", "load", "load_inference", "load_orthodont", "simulate", "study",
+    "ArgumentTypeError", "ConvergenceWarning", "ECVResult", "IdentifiabilityWarning", "Inference", "NMFREFit",
+    "SingularFitWarning",
+    "__version__", "df_scan", "ecv", "fit", "load", "load_inference", "load_orthodont", "simulate", "study",
 ]

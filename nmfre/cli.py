@@ -1,12 +1,29 @@
-"""Command line: ``nmfre demo`` and ``nmfre fit``."""
+"""Command line: ``nmfre demo`` and ``nmfre fit``.
+
+Every user error (missing or unreadable file, bad option value, bad data) ends in one
+line on stderr and exit status 2. The demo's Bayesian part is a plugin: a package that
+registers an entry point in the group ``nmfre.demo`` (``bayes`` does) is called with the
+fit and its inference, so nmfre itself never imports bayes.
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from importlib.metadata import entry_points
 from pathlib import Path
 
 import pandas as pd
+
+DEMO_PLUGINS = "nmfre.demo"
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line on stderr and exit status 2."""
+
+    def error(self, message: str):
+        print(f"{self.prog}: error: {message}", file=sys.stderr)
+        raise SystemExit(2)
 
 
 def _df_cap(value: str):
@@ -14,100 +31,84 @@ def _df_cap(value: str):
         return None
     if value == "auto":
         return "auto"
-    return float(value)
-
-
-def plot_growth(fit, path):
-    """Data, fixed-effect fit and BLUP fit per unit (one panel per covariate pattern)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    Y = fit.Y.to_pandas()
-    fixed = fit.fitted(random=False).to_pandas()
-    blup = fit.fitted(random=True).to_pandas()
-    A = fit.A.to_pandas()
-    x = range(Y.shape[0])
-    groups = A.T.drop_duplicates()
-    fig, axes = plt.subplots(1, len(groups), figsize=(5 * len(groups), 4), sharey=True, squeeze=False)
-    for ax, (_, pattern) in zip(axes[0], groups.iterrows(), strict=True):
-        units = [u for u in Y.columns if (A[u] == pattern).all()]
-        for u in units:
-            ax.plot(x, Y[u], "o", color="0.6", ms=3)
-            ax.plot(x, blup[u], "-", color="tab:blue", lw=0.8, alpha=0.6)
-        ax.plot(x, fixed[units[0]], "-", color="tab:red", lw=2.5, label="fixed effects X Theta a")
-        ax.plot([], [], "-", color="tab:blue", label="with BLUP X (Theta a + u)")
-        ax.plot([], [], "o", color="0.6", label="data")
-        ax.set_xticks(list(x), [str(f) for f in Y.index])
-        label = ", ".join(f"{k}={v:g}" for k, v in pattern.items())
-        ax.set_title(f"{label} ({len(units)} units)")
-        ax.set_xlabel("feature")
-    axes[0][0].set_ylabel("Y")
-    axes[0][0].legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-def _demo_bayes(Y, A, fit, inf, out: Path, draws: int) -> None:
-    """Bootstrap vs posterior on Orthodont, when the ``bayes`` extra is installed."""
     try:
-        import bayes  # optional extra; nmfre itself never needs it
-    except ImportError:
-        print("\n(Install the 'bayes' extra, pip install 'nmfre[bayes]', for the bootstrap-vs-posterior comparison.)")
-        return
-    import matplotlib.pyplot as plt
+        return float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be none, auto or a rate in (0, 1], got {value!r}") from None
 
-    if draws <= 0:
-        return
-    kw = dict(fit=fit, num_warmup=draws, num_samples=draws, seed=0)
-    cond = bayes.sample(Y, A, 1, model="conditional", **kw)
-    joint = bayes.sample(Y, A, 1, model="joint", **kw)
-    table = bayes.compare(inf, cond, joint)
-    print("\nBootstrap vs posterior (95% intervals; NumPyro NUTS, 4 chains):")
-    cols = ["estimate", "wald_low", "wald_high", "boot_low", "boot_high", "conditional_low", "conditional_high",
-            "joint_low", "joint_high", "joint_width_ratio"]
-    print(table[cols].round(3).to_string())
-    print("joint sampler:", {k: round(v, 3) for k, v in bayes.diagnostics(joint).items()})
-    table.to_csv(out / "orthodont_bayes_compare.csv")
-    fig = bayes.plot_compare(inf, cond, joint)
-    fig.savefig(out / "orthodont_bayes_forest.png", dpi=100)
-    plt.close(fig)
+
+def _read_csv(path: Path, what: str) -> pd.DataFrame:
+    if not path.exists():
+        raise FileNotFoundError(f"{what} file {path} does not exist")
+    if path.is_dir():
+        raise IsADirectoryError(f"{what} path {path} is a directory, not a CSV file")
+    try:
+        return pd.read_csv(path, index_col=0)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ValueError(f"cannot read {what} file {path} as CSV ({type(e).__name__}: {e})") from None
 
 
 def demo(out: Path, n_boot: int = 1000, seed: int = 123, bayes_draws: int = 1000) -> int:
+    """Orthodont end to end: ML fit, inference, paper fit, files and figures, plugins."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    import nmfre
+    from .datasets import load_orthodont
+    from .model import fit as nmfre_fit
+    from .plotting import growth
 
     out.mkdir(parents=True, exist_ok=True)
-    Y, A = nmfre.load_orthodont()
+    Y, A = load_orthodont()
     print("Orthodont (nlme): distance (mm) at ages 8-14 for 27 children; A = intercept + male\n")
-    fit = nmfre.fit(Y, A, rank=1)
+    fit = nmfre_fit(Y, A, rank=1)
     inf = fit.infer(n_boot=n_boot, seed=seed)
-    print(fit.summary())
-    paper = nmfre.fit(Y, A, rank=1, method="paper", df_cap="auto")
+    print(fit.summary(inference=inf))
+    paper = nmfre_fit(Y, A, rank=1, method="paper", df_cap="auto")
     print(f"\nPaper algorithm (df_cap='auto' chose rate {paper.df_cap_rate:g}): loglik {paper.loglik:.4f} "
           f"vs ML {fit.loglik:.4f} after {paper.n_iter} iterations")
     fit.to_netcdf(out / "orthodont_fit.nc")
     inf.to_netcdf(out / "orthodont_inference.nc")
     inf.table.to_csv(out / "orthodont_theta.csv")
-    plot_growth(fit, out / "orthodont_growth.png")
-    fig = inf.plot()
-    fig.savefig(out / "orthodont_theta.png", dpi=110)
-    plt.close(fig)
-    _demo_bayes(Y, A, fit, inf, out, bayes_draws)
+    for name, fig in (("orthodont_growth.png", growth(Y, A, fit.fitted(False).to_pandas(),
+                                                      fit.fitted(True).to_pandas())),
+                      ("orthodont_theta.png", inf.plot())):
+        fig.savefig(out / name, dpi=110)
+        plt.close(fig)
+    ran = 0
+    for ep in entry_points(group=DEMO_PLUGINS):
+        try:
+            plugin = ep.load()
+        except ImportError:  # registered, but its dependencies (e.g. JAX) are not installed
+            continue
+        plugin(Y=Y, A=A, fit=fit, inference=inf, out=out, draws=bayes_draws)
+        ran += 1
+    if not ran:
+        print("\n(Install the 'bayes' extra, pip install 'nmfre[bayes]', for the bootstrap-vs-posterior comparison.)")
     print(f"\nWrote {', '.join(sorted(p.name for p in out.iterdir()))} to {out}/")
     return 0
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="nmfre", description="NMF with random effects")
-    sub = parser.add_subparsers(dest="cmd", required=True)
+def _fit_command(args) -> int:
+    from .model import fit as nmfre_fit
+
+    Y = _read_csv(args.Y, "Y")
+    A = _read_csv(args.covariates, "covariates") if args.covariates else None
+    fit = nmfre_fit(Y, A, rank=args.rank, method=args.method, theta=args.theta, df_cap=args.df_cap,
+                    n_init=args.n_init, seed=args.seed)
+    inf = fit.infer(n_boot=args.n_boot, seed=args.seed if args.seed is not None else 123) if args.n_boot else None
+    print(fit.summary(inference=inf))
+    if args.out:
+        fit.to_netcdf(args.out)
+        print(f"\nWrote {args.out}")
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    """The ``nmfre`` argument parser."""
+    p = _Parser(prog="nmfre", description="NMF with random effects")
+    sub = p.add_subparsers(dest="cmd", required=True)
     d = sub.add_parser("demo", help="fit the embedded Orthodont data end to end")
     d.add_argument("--out", type=Path, default=Path("nmfre-demo"))
     d.add_argument("--n-boot", type=int, default=1000)
@@ -124,26 +125,20 @@ def main(argv=None) -> int:
     f.add_argument("--seed", type=int, default=None)
     f.add_argument("--n-boot", type=int, default=0, help="bootstrap replicates for inference (0: none)")
     f.add_argument("--out", type=Path, help="write the fit as netCDF")
-    args = parser.parse_args(argv)
-    if args.cmd == "demo":
-        return demo(args.out, n_boot=args.n_boot, bayes_draws=args.bayes_draws)
-    import nmfre
+    return p
 
-    Y = pd.read_csv(args.Y, index_col=0)
-    A = pd.read_csv(args.covariates, index_col=0) if args.covariates else None
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line; returns the exit status (2 on any user error)."""
+    args = parser().parse_args(argv)
     try:
-        fit = nmfre.fit(Y, A, rank=args.rank, method=args.method, theta=args.theta, df_cap=args.df_cap,
-                        n_init=args.n_init, seed=args.seed)
-    except (ValueError, TypeError) as e:
-        print(f"nmfre fit: error: {e}", file=sys.stderr)
+        if args.cmd == "demo":
+            return demo(args.out, n_boot=args.n_boot, bayes_draws=args.bayes_draws)
+        return _fit_command(args)
+    except (ValueError, OSError) as e:
+        message = " | ".join(line for line in str(e).splitlines() if line.strip())
+        print(f"nmfre {args.cmd}: error: {message}", file=sys.stderr)
         return 2
-    if args.n_boot:
-        fit.infer(n_boot=args.n_boot, seed=args.seed if args.seed is not None else 123)
-    print(fit.summary())
-    if args.out:
-        fit.to_netcdf(args.out)
-        print(f"\nWrote {args.out}")
-    return 0
 
 
 if __name__ == "__main__":

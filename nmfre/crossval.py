@@ -15,7 +15,9 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from . import validation as v
 from .labels import check_rank, coerce
+from .model import fit as nmfre_fit
 
 
 class ECVResult:
@@ -44,19 +46,10 @@ class ECVResult:
         return f"Element-wise CV (best rank {self.best_rank})\n{self.table.to_string()}"
 
     def plot(self, ax=None):
-        import matplotlib.pyplot as plt
+        """Held-out MSE (mean +- SE over folds) against the rank; returns the Figure."""
+        from .plotting import ecv as plot_ecv
 
-        if ax is None:
-            _, ax = plt.subplots(figsize=(4.5, 3.2))
-        t = self.table
-        ax.errorbar(t.index, t["mse"], yerr=t["se"], marker="o", capsize=3)
-        ax.axvline(self.best_rank, color="0.7", ls="--")
-        ax.set_xlabel("rank Q")
-        ax.set_ylabel("held-out MSE")
-        ax.set_xticks(list(t.index))
-        ax.set_title("Element-wise cross-validation")
-        ax.figure.tight_layout()
-        return ax.figure
+        return plot_ecv(self.table, self.best_rank, ax=ax)
 
 
 def ecv(Y, A=None, ranks=(1, 2, 3), *, folds: int = 5, seed=0, max_impute: int = 100, tol: float = 1e-6,
@@ -80,14 +73,16 @@ def ecv(Y, A=None, ranks=(1, 2, 3), *, folds: int = 5, seed=0, max_impute: int =
     **fit_kwargs :
         Passed to :func:`nmfre.fit` (``method``, ``theta``, ``df_cap``, ...).
     """
-    from .model import fit as nmfre_fit
-
     data = coerce(Y, A)
     P, N = data.Y.shape
     ranks = [check_rank(r, P, N) for r in ranks]
-    if isinstance(folds, bool) or not isinstance(folds, (int, np.integer)) or not (2 <= folds <= P * N):
-        raise ValueError(f"folds must be an integer in [2, P N], got {folds!r}")
-    rng = np.random.default_rng(seed)
+    folds = v.integer(folds, "folds", minimum=2)
+    if folds > P * N:
+        raise ValueError(f"folds must be at most P N = {P * N}, got {folds}")
+    max_impute = v.integer(max_impute, "max_impute")
+    inner_iter = v.integer(inner_iter, "inner_iter")
+    tol = v.positive_float(tol, "tol")
+    rng = v.rng(seed)
     assign = rng.permutation(np.arange(P * N) % folds).reshape(P, N)
     Yv, Av = data.Y, data.A
     errors = np.empty((len(ranks), folds))

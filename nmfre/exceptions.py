@@ -1,4 +1,4 @@
-"""Warnings raised by nmfre."""
+"""Warnings and errors raised by nmfre (the bottom layer: imports nothing from nmfre)."""
 
 
 class ConvergenceWarning(UserWarning):
@@ -7,3 +7,15 @@ class ConvergenceWarning(UserWarning):
 
 class IdentifiabilityWarning(UserWarning):
     """sigma2 and tau2 are not separately identifiable (P <= Q without a cap or fixed variance)."""
+
+
+class SingularFitWarning(UserWarning):
+    """tau2 is estimated at 0 (lambda at its upper bound): the random effects vanish."""
+
+
+class ArgumentTypeError(TypeError, ValueError):
+    """An argument of the wrong type.
+
+    Also a ``ValueError``, so that ``except ValueError`` catches every bad argument
+    (as numpy's ``AxisError`` is both a ``ValueError`` and an ``IndexError``).
+    """

@@ -1,103 +1,39 @@
-"""Inference on Theta conditional on the fitted basis X (and random effects U).
+"""Inference on Theta conditional on the fitted basis: the labelled result
+(:class:`Inference`) and the driver (:func:`infer`).
 
-Numerical kernels on plain arrays (:func:`conditional_kernel`, :func:`draw_multipliers`,
-:func:`onestep_draws`) and the labelled :class:`Inference` result on top.
-
-With ``Ys = Y - X U``, ``Rc = Ys - X Theta A``, ``M = X'X + lambda I``:
-
-* ``sigma2_used = ||Rc||^2 / max(P N - df_U - Q K, 1)``, ``df_U = N tr(M^-1 X'X)``;
-* information ``I = AA' (x) (X'X - X'X M^-1 X'X) / sigma2_used + 1e-8 I`` (vec stacks
-  Theta's columns) and model-based covariance ``I^-1``;
-* unit scores ``s_n = -vec(X' r_n a_n') / sigma2_used``, meat ``J = N/(N-1) sum s_n s_n'``
-  (CR1) and sandwich ``V = I^-1 J I^-1``;
-* one-step wild bootstrap ``theta_b = theta_hat - I^-1 S w_b`` for all B replicates in one
-  matrix product, projected onto ``>= 0`` for non-negative Theta.
+The algebra lives in :mod:`nmfre.core.covariance` (information, CR1 sandwich) and
+:mod:`nmfre.core.bootstrap` (multipliers, one-step replicates); the refit bootstrap in
+:func:`nmfre.engine.refit_draws`. This module labels their output.
 """
 
 from __future__ import annotations
 
 import json
-import warnings
-from numbers import Integral, Real
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 import xarray as xr
-from scipy.optimize import linear_sum_assignment
-from scipy.stats import norm
 
-DISTS = ("exp", "rademacher", "mammen", "normal")
+from . import validation as v
+from .core.bootstrap import ALTERNATIVES, DISTS, draw_multipliers, onestep_draws, p_values
+from .core.covariance import Conditional, conditional
+from .engine import refit_draws
+
+if TYPE_CHECKING:
+    from .results import NMFREFit
+
 METHODS = ("onestep", "refit")
-ALTERNATIVES = ("two-sided", "greater", "less")
-COV_RIDGE = 1e-8
+_TABLE = ("estimate", "se", "se_model", "boot_se", "z", "p_value")
 
 
-# ----------------------------------------------------------------------------- kernels
-def conditional_kernel(Y, A, X, theta, U, lam) -> dict:
-    """Sandwich ingredients for vec(Theta) conditional on ``(X, U)`` (numpy in, numpy out)."""
-    P, N = Y.shape
-    Q, K = theta.shape
-    Rc = Y - X @ U - X @ (theta @ A)
-    XtX = X.T @ X
-    M = XtX + max(lam, 1e-12) * np.eye(Q)
-    Minv = np.linalg.inv(M)
-    df_u = N * float(np.trace(Minv @ XtX))
-    sigma2_used = float(np.sum(Rc**2)) / max(P * N - df_u - Q * K, 1)
-    s2 = max(sigma2_used, 1e-12)
-    core = XtX - XtX @ Minv @ XtX
-    info = np.kron(A @ A.T, core) / s2 + COV_RIDGE * np.eye(Q * K)
-    Hinv = np.linalg.inv(info)
-    G = X.T @ Rc  # Q x N
-    S = -(A[:, None, :] * G[None, :, :]).reshape(Q * K, N) / s2  # rows k*Q + q (column-major vec)
-    J = S @ S.T
-    if N > 1:
-        J *= N / (N - 1)
-    V = Hinv @ J @ Hinv
-    return {"sigma2_used": sigma2_used, "df_u": df_u, "info": info, "cov_model": Hinv,
-            "scores": S, "meat": J, "cov": V}
-
-
-def draw_multipliers(dist: str, N: int, B: int, rng: np.random.Generator) -> np.ndarray:
-    """``N x B`` iid multipliers with mean 0 and variance 1.
-
-    ``exp``: Exp(1) - 1 (nmfkc); ``rademacher``: +-1; ``mammen``: Mammen's two-point
-    distribution; ``normal``: N(0, 1).
-    """
-    if dist == "exp":
-        return rng.exponential(size=(N, B)) - 1.0
-    if dist == "rademacher":
-        return rng.choice(np.array([-1.0, 1.0]), size=(N, B))
-    if dist == "mammen":
-        s5 = np.sqrt(5.0)
-        lo, hi = -(s5 - 1) / 2, (s5 + 1) / 2
-        return np.where(rng.random((N, B)) < (s5 + 1) / (2 * s5), lo, hi)
-    if dist == "normal":
-        return rng.standard_normal((N, B))
-    raise ValueError(f"dist must be one of {DISTS}, got {dist!r}")
-
-
-def onestep_draws(theta_vec, cov_model, scores, W, nonneg: bool):
-    """``theta_b = theta_hat - I^-1 S w_b`` for every column of ``W`` (one product).
-
-    Returns ``(draws, raw)``: ``draws`` projected onto ``>= 0`` when ``nonneg``, ``raw``
-    unprojected; both ``QK x B``.
-    """
-    raw = theta_vec[:, None] - cov_model @ (scores @ W)
-    return (np.maximum(raw, 0.0) if nonneg else raw), raw
-
-
-def p_values(z, alternative: str):
-    """Normal p-values for ``z = estimate / se``."""
-    if alternative == "greater":
-        return norm.sf(z)
-    if alternative == "less":
-        return norm.cdf(z)
-    return 2 * norm.sf(np.abs(z))
-
-
-# ----------------------------------------------------------------------------- result
 class Inference:
     """Inference on Theta (see :meth:`nmfre.NMFREFit.infer`).
+
+    Parameters
+    ----------
+    dataset : xarray.Dataset
+        The labelled results (as written by :meth:`to_netcdf`).
 
     Attributes
     ----------
@@ -110,44 +46,101 @@ class Inference:
         Sandwich and model-based covariance of vec(Theta) (column-major vec).
     """
 
-    def __init__(self, ds: xr.Dataset):
-        self._ds = ds
+    def __init__(self, dataset: xr.Dataset):
+        self._ds = dataset
+
+    @property
+    def dataset(self) -> xr.Dataset:
+        """All results as one ``xarray.Dataset`` (a copy)."""
+        return self._ds.copy()
 
     # -- labelled pieces
     @property
     def draws(self) -> xr.DataArray:
+        """Bootstrap replicates (draw, component, covariate)."""
         return self._ds["draws"]
 
     @property
     def estimate(self) -> xr.DataArray:
+        """Point estimate (component, covariate)."""
         return self._ds["estimate"]
 
     @property
+    def se(self) -> xr.DataArray:
+        """Sandwich (CR1) standard error."""
+        return self._ds["se"]
+
+    @property
+    def se_model(self) -> xr.DataArray:
+        """Model-based standard error (I^-1)."""
+        return self._ds["se_model"]
+
+    @property
+    def boot_se(self) -> xr.DataArray:
+        """Bootstrap standard error."""
+        return self._ds["boot_se"]
+
+    @property
+    def z(self) -> xr.DataArray:
+        """estimate / se."""
+        return self._ds["z"]
+
+    @property
+    def p_value(self) -> xr.DataArray:
+        """Normal p-value (see ``alternative``)."""
+        return self._ds["p_value"]
+
+    @property
     def cov(self) -> xr.DataArray:
+        """Sandwich covariance of vec(Theta)."""
         return self._ds["cov"]
 
     @property
     def cov_model(self) -> xr.DataArray:
+        """Model-based covariance I^-1."""
         return self._ds["cov_model"]
 
     @property
+    def info(self) -> xr.DataArray:
+        """Information I of vec(Theta)."""
+        return self._ds["info"]
+
+    @property
     def ci(self) -> xr.DataArray:
-        """Percentile interval with dim ``ci_bound`` (``lower``/``upper``)."""
+        """Percentile interval with dim ``ci_bound`` (lower/upper)."""
         return self._ds["ci"]
 
     @property
-    def attrs(self) -> dict:
-        return dict(self._ds.attrs)
+    def level(self) -> float:
+        """Interval level."""
+        return float(self._ds.attrs["level"])
 
-    level = property(lambda self: float(self._ds.attrs["level"]))
-    alternative = property(lambda self: str(self._ds.attrs["alternative"]))
-    sigma2_used = property(lambda self: float(self._ds.attrs["sigma2_used"]))
-    method = property(lambda self: str(self._ds.attrs["method"]))
+    @property
+    def alternative(self) -> str:
+        """Alternative of the p-values."""
+        return str(self._ds.attrs["alternative"])
+
+    @property
+    def sigma2_used(self) -> float:
+        """RSS / residual df."""
+        return float(self._ds.attrs["sigma2_used"])
+
+    @property
+    def method(self) -> str:
+        """``'onestep'`` or ``'refit'``."""
+        return str(self._ds.attrs["method"])
+
+
+    @property
+    def attrs(self) -> dict:
+        """Settings and diagnostics of the run (a copy)."""
+        return dict(self._ds.attrs)
 
     @property
     def table(self) -> pd.DataFrame:
+        """One row per (component, covariate); see the class docstring."""
         ds = self._ds
-        cols = {k: ds[k] for k in ("estimate", "se", "se_model", "boot_se", "z", "p_value")}
+        cols = {k: ds[k] for k in _TABLE}
         df = xr.Dataset(cols).to_dataframe()[list(cols)]
         ci = ds["ci"].to_dataset("ci_bound").to_dataframe()
         df["ci_low"], df["ci_high"] = ci["lower"], ci["upper"]
@@ -158,20 +151,20 @@ class Inference:
     def selection(self, alpha: float = 0.05) -> xr.Dataset:
         """The paper's covariate-side selection: which covariates significantly move
         which components (``significant = p_value < alpha``), labelled component x covariate."""
-        if not (0 < alpha < 1):
-            raise ValueError(f"alpha must be in (0, 1), got {alpha!r}")
+        alpha = v.open_unit(alpha, "alpha")
         p = self._ds["p_value"]
         return xr.Dataset({"significant": p < alpha, "p_value": p, "estimate": self._ds["estimate"]},
                           attrs={"alpha": alpha, "alternative": self.alternative})
 
     def describe(self) -> str:
+        """One line saying which standard errors, bootstrap and intervals these are."""
         a = self._ds.attrs
-        boot = (f"one-step wild bootstrap, B={a['n_boot']} ({a['dist']} multipliers)"
-                if a["method"] == "onestep" else f"refit wild bootstrap, B={a['n_boot']} ({a['dist']} multipliers)")
-        return (f"sandwich SE (CR1); {boot}; {100 * a['level']:g}% percentile CI; "
-                f"p-value {a['alternative']}")
+        kind = "one-step" if a["method"] == "onestep" else "refit"
+        return (f"sandwich SE (CR1); {kind} wild bootstrap, B={a['n_boot']} ({a['dist']} multipliers); "
+                f"{100 * a['level']:g}% percentile CI; p-value {a['alternative']}")
 
     def summary_table(self) -> pd.DataFrame:
+        """The R-style coefficient table (rounded, with significance stars)."""
         t = self.table
         stars = pd.cut(t["p_value"], [-np.inf, 0.001, 0.01, 0.05, 0.1, np.inf],
                        labels=["***", "**", "*", ".", ""], right=False).astype(str)
@@ -190,34 +183,21 @@ class Inference:
 
     def plot(self, alpha: float = 0.05, ax=None):
         """Component x covariate effect matrix, coloured by estimate, stars for significance."""
-        import matplotlib.pyplot as plt
+        from .plotting import effects
 
-        sel = self.selection(alpha)
-        est = sel["estimate"].values
-        if ax is None:
-            _, ax = plt.subplots(figsize=(1.2 + 1.1 * est.shape[1], 1.0 + 0.7 * est.shape[0]))
-        lim = float(np.max(np.abs(est))) or 1.0
-        im = ax.imshow(est, cmap="RdBu_r", vmin=-lim, vmax=lim, aspect="auto")
-        ax.set_xticks(range(est.shape[1]), [str(c) for c in sel["covariate"].values], rotation=30)
-        ax.set_yticks(range(est.shape[0]), [str(c) for c in sel["component"].values])
-        p = sel["p_value"].values
-        for i in range(est.shape[0]):
-            for j in range(est.shape[1]):
-                s = "***" if p[i, j] < 0.001 else "**" if p[i, j] < 0.01 else "*" if p[i, j] < alpha else ""
-                ax.text(j, i, f"{est[i, j]:.3g}\n{s}", ha="center", va="center", fontsize=9)
-        ax.figure.colorbar(im, ax=ax, label="Theta")
-        ax.set_title(f"Covariate effects (p < {alpha:g} starred)")
-        return ax.figure
+        return effects(self.estimate, self.p_value, v.open_unit(alpha, "alpha"), ax=ax)
 
     # -- ArviZ and IO
     def to_datatree(self, chains: int = 1) -> xr.DataTree:
         """The replicates as an ArviZ-ready ``xarray.DataTree``: group ``posterior`` with
         ``theta`` of dims ``(chain, draw, component, covariate)`` (``chains`` equal blocks
         of replicates, so they can be shaped like a posterior for one forest plot)."""
-        if not isinstance(chains, Integral) or chains < 1 or self.draws.sizes["draw"] % chains:
-            raise ValueError(f"chains must be a positive divisor of n_boot={self.draws.sizes['draw']}")
+        n = self.draws.sizes["draw"]
+        chains = v.integer(chains, "chains")
+        if n % chains:
+            raise ValueError(f"chains must be a positive divisor of n_boot={n}, got {chains}")
         d = self.draws
-        B = d.sizes["draw"] // chains
+        B = n // chains
         theta = xr.DataArray(d.values.reshape(chains, B, *d.shape[1:]),
                              dims=("chain", "draw", "component", "covariate"),
                              coords={"chain": np.arange(chains), "draw": np.arange(B),
@@ -228,9 +208,10 @@ class Inference:
         return xr.DataTree.from_dict({"posterior": post, "point_estimate": point})
 
     def to_dataset(self) -> xr.Dataset:
+        """The results as an ``xarray.Dataset`` (a copy; same as :attr:`dataset`)."""
         return self._ds.copy()
 
-    def to_netcdf(self, path, **kwargs):
+    def to_netcdf(self, path, **kwargs) -> Any:
         """Write to netCDF; read back with :func:`load_inference`."""
         return self._ds.to_netcdf(path, **kwargs)
 
@@ -242,17 +223,10 @@ def load_inference(path) -> Inference:
 
 
 # ----------------------------------------------------------------------------- driver
-def _check(n_boot, multipliers_, dist, method, level, alternative, N):
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-    if dist not in DISTS:
-        raise ValueError(f"dist must be one of {DISTS}, got {dist!r}")
-    if alternative is not None and alternative not in ALTERNATIVES:
-        raise ValueError(f"alternative must be None or one of {ALTERNATIVES}, got {alternative!r}")
-    if isinstance(level, bool) or not isinstance(level, Real) or not (0 < level < 1):
-        raise ValueError(f"level must be in (0, 1), got {level!r}")
-    if multipliers_ is not None:
-        W = np.asarray(getattr(multipliers_, "values", multipliers_), dtype=float)
+def _multipliers(n_boot, multipliers, N):
+    """Validated user multipliers (N x B), or None when they are to be drawn."""
+    if multipliers is not None:
+        W = np.asarray(getattr(multipliers, "values", multipliers), dtype=float)
         if W.ndim != 2 or W.shape[0] != N:
             raise ValueError(f"multipliers must be an N x B array with N = {N}, got shape {W.shape}")
         if W.shape[1] < 2:
@@ -260,12 +234,11 @@ def _check(n_boot, multipliers_, dist, method, level, alternative, N):
         if not np.all(np.isfinite(W)):
             raise ValueError("multipliers contains NaN or Inf")
         return W
-    if isinstance(n_boot, bool) or not isinstance(n_boot, Integral) or n_boot < 2:
-        raise ValueError(f"n_boot must be an integer >= 2, got {n_boot!r}")
+    v.integer(n_boot, "n_boot", minimum=2)
     return None
 
 
-def infer(fit, n_boot: int = 1000, seed=123, multipliers=None, dist: str = "exp",
+def infer(fit: NMFREFit, n_boot: int = 1000, seed: Any = 123, multipliers: Any = None, dist: str = "exp",
           method: str = "onestep", level: float = 0.95, alternative: str | None = None,
           progress: bool = False, max_iter: int | None = None) -> Inference:
     """Inference on Theta conditional on the fitted basis (and U).
@@ -297,94 +270,70 @@ def infer(fit, n_boot: int = 1000, seed=123, multipliers=None, dist: str = "exp"
         tqdm progress bar for ``method="refit"``.
     max_iter : int, optional
         Iteration limit of each refit.
+
+    Returns
+    -------
+    Inference
     """
-    Y, A = fit._data.Y, fit._data.A
-    P, N = Y.shape
-    W = _check(n_boot, multipliers, dist, method, level, alternative, N)
+    data, sol = fit.data, fit.solution
+    method = v.choice(method, "method", METHODS)
+    dist = v.choice(dist, "dist", DISTS)
+    if alternative is not None:
+        v.choice(alternative, "alternative", ALTERNATIVES)
+    level = v.open_unit(level, "level")
+    W = _multipliers(n_boot, multipliers, data.N)
     nonneg = fit.theta_kind == "nonneg"
     alternative = alternative or ("greater" if nonneg else "two-sided")
-    X, theta, U = fit._res["X"], fit._res["theta"], fit._res["U"]
-    Q, K = theta.shape
-    ker = conditional_kernel(Y, A, X, theta, U, fit.lam)
+    ker = conditional(data.Y, data.A, sol.X, sol.theta, sol.U, fit.lam)
     if W is None:
-        W = draw_multipliers(dist, N, int(n_boot), np.random.default_rng(seed))
+        W = draw_multipliers(dist, data.N, int(n_boot), v.rng(seed))
     else:
         dist = "user"
-    tvec = theta.reshape(-1, order="F")
+    tvec = sol.theta.reshape(-1, order="F")
     extra = {}
     if method == "onestep":
-        draws, _ = onestep_draws(tvec, ker["cov_model"], ker["scores"], W, nonneg)
+        draws, _ = onestep_draws(tvec, ker.cov_model, ker.scores, W, nonneg)
     else:
-        draws, extra = _refit_draws(fit, W, progress, max_iter)
+        settings = fit.settings if max_iter is None else fit.settings.replace(max_iter=v.integer(max_iter, "max_iter"))
+        draws, extra = refit_draws(data.Y, data.A, sol, W, fit.df_cap_rate, settings, progress)
+        extra["refit_settings"] = json.dumps(settings.to_dict())
+    attrs = {"method": method, "dist": dist, "n_boot": int(draws.shape[1]), "level": float(level),
+             "alternative": alternative, "sigma2_used": ker.sigma2_used, "df_u": ker.df_u,
+             "theta_kind": fit.theta_kind, "fit_method": fit.method, "ci_kind": "percentile",
+             "ci_prob": float(level), **extra}
+    return Inference(_label(fit.coords, tvec, ker, draws, level, alternative, attrs))
+
+
+def _label(coords: dict, tvec: np.ndarray, ker: Conditional, draws: np.ndarray, level: float,
+           alternative: str, attrs: dict) -> xr.Dataset:
+    """The labelled dataset: summaries per (component, covariate), draws, covariances."""
+    comp, cov = coords["component"], coords["covariate"]
+    Q, K = len(comp), len(cov)
     B = draws.shape[1]
-    se = np.sqrt(np.maximum(np.diag(ker["cov"]), 0.0))
-    se_model = np.sqrt(np.maximum(np.diag(ker["cov_model"]), 0.0))
-    boot_se = draws.std(axis=1, ddof=1)
+    se = np.sqrt(np.maximum(np.diag(ker.cov), 0.0))
+    se_model = np.sqrt(np.maximum(np.diag(ker.cov_model), 0.0))
     a = (1 - level) / 2
     lo, hi = np.quantile(draws, [a, 1 - a], axis=1)
     with np.errstate(divide="ignore", invalid="ignore"):
         z = np.where(se > 0, tvec / se, np.nan)
-    p = p_values(z, alternative)
-    comp, cov = fit.coords["component"], fit.coords["covariate"]
-    QK = lambda v: xr.DataArray(np.asarray(v).reshape(Q, K, order="F"), dims=("component", "covariate"))  # noqa: E731
+
+    def qk(vec):
+        return xr.DataArray(np.asarray(vec).reshape(Q, K, order="F"), dims=("component", "covariate"))
+
     params = [f"{c}|{k}" for k in cov for c in comp]
     pc = {"param": params, "component_of": ("param", np.tile(comp, K)), "covariate_of": ("param", np.repeat(cov, Q))}
-    covda = lambda M: xr.DataArray(M, dims=("param", "param_2"),  # noqa: E731
-                                   coords={**pc, "param_2": params})
+
+    def square(M):
+        return xr.DataArray(M, dims=("param", "param_2"), coords={**pc, "param_2": params})
+
     ds = xr.Dataset(
-        {"estimate": QK(tvec), "se": QK(se), "se_model": QK(se_model), "boot_se": QK(boot_se),
-         "z": QK(z), "p_value": QK(p),
-         "ci": xr.concat([QK(lo), QK(hi)], dim="ci_bound"),
+        {"estimate": qk(tvec), "se": qk(se), "se_model": qk(se_model), "boot_se": qk(draws.std(axis=1, ddof=1)),
+         "z": qk(z), "p_value": qk(p_values(z, alternative)),
+         "ci": xr.concat([qk(lo), qk(hi)], dim="ci_bound"),
          "draws": xr.DataArray(draws.T.reshape(B, Q, K, order="F"), dims=("draw", "component", "covariate")),
-         "cov": covda(ker["cov"]), "cov_model": covda(ker["cov_model"])},
+         "cov": square(ker.cov), "cov_model": square(ker.cov_model), "info": square(ker.info)},
         coords={"component": comp, "covariate": cov, "ci_bound": ["lower", "upper"], "draw": np.arange(B)},
-        attrs={"method": method, "dist": dist, "n_boot": int(B), "level": float(level),
-               "alternative": alternative, "sigma2_used": ker["sigma2_used"], "df_u": ker["df_u"],
-               "theta_kind": fit.theta_kind, "fit_method": fit.method,
-               "ci_kind": "percentile", "ci_prob": float(level), **extra},
+        attrs=attrs,
     )
     ds["ci"].attrs.update(ci_kind="percentile", ci_prob=float(level))
-    return Inference(ds)
-
-
-def align_components(X_ref: np.ndarray, X_b: np.ndarray):
-    """Permutation of ``X_b``'s columns that best matches ``X_ref`` (Hungarian, L1 cost),
-    and the cosine similarity of each matched pair."""
-    cost = np.abs(X_ref[:, :, None] - X_b[:, None, :]).sum(axis=0)
-    _, perm = linear_sum_assignment(cost)
-    Xp = X_b[:, perm]
-    cos = np.sum(X_ref * Xp, axis=0) / (np.linalg.norm(X_ref, axis=0) * np.linalg.norm(Xp, axis=0))
-    return perm, cos
-
-
-def _refit_draws(fit, W, progress: bool, max_iter):
-    from tqdm.auto import tqdm
-
-    from .labels import Data
-    from .model import _run
-
-    d = fit._data
-    X, theta = fit._res["X"], fit._res["theta"]
-    fitted = fit.fitted(False).values
-    resid = d.Y - fitted
-    Q, K = theta.shape
-    settings = dict(fit.settings)
-    if max_iter is not None:
-        settings["max_iter"] = int(max_iter)
-    start = {"name": "warm", "X": X, "theta": theta}
-    out = np.empty((Q * K, W.shape[1]))
-    permuted, min_cos, conv = 0, np.inf, 0
-    for b in tqdm(range(W.shape[1]), disable=not progress, desc="refit bootstrap"):
-        Yb = fitted + resid * W[:, b][None, :]
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            res = _run(Data(Yb, d.A, d.features, d.units, d.covariates), Q, start, fit.df_cap_rate, settings)
-        perm, cos = align_components(X, res["X"])
-        permuted += bool(np.any(perm != np.arange(Q)))
-        min_cos = min(min_cos, float(cos.min()))
-        conv += bool(res["converged"])
-        out[:, b] = res["theta"][perm].reshape(-1, order="F")
-    B = W.shape[1]
-    return out, {"refit_converged_fraction": conv / B, "refit_permuted_fraction": permuted / B,
-                 "refit_min_alignment_cosine": min_cos,
-                 "refit_settings": json.dumps(settings)}
+    return ds

@@ -1,19 +1,26 @@
-"""Input coercion and validation: numpy, pandas or xarray in, plain arrays plus labels out.
+"""Input coercion: numpy, pandas or xarray in, plain arrays plus labels out.
 
-Every check runs before any computation and raises ``ValueError``/``TypeError`` naming
-the argument and the problem. Nothing is silently dropped or coerced away.
+Every check runs before any computation and raises ``ValueError`` (or
+:class:`~nmfre.exceptions.ArgumentTypeError`) naming the argument and the problem.
+Nothing is silently dropped or coerced away.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import xarray as xr
 
+from . import validation as v
+from .exceptions import ArgumentTypeError
+
 DIMS_Y = ("feature", "unit")
 DIMS_A = ("covariate", "unit")
+
+__all__ = ["DIMS_A", "DIMS_Y", "Data", "check_rank", "coerce", "component_labels", "design", "to_matrix"]
 
 
 @dataclass(frozen=True)
@@ -27,11 +34,29 @@ class Data:
     covariates: np.ndarray
 
     @property
-    def shape(self):
+    def shape(self) -> tuple[int, int]:
         return self.Y.shape
 
+    @property
+    def P(self) -> int:
+        return self.Y.shape[0]
 
-def _labels(values, n: int, name: str, default_prefix: str | None) -> np.ndarray:
+    @property
+    def N(self) -> int:
+        return self.Y.shape[1]
+
+    @property
+    def K(self) -> int:
+        return self.A.shape[0]
+
+    def same_data(self, other: Data) -> bool:
+        """True when ``other`` holds the same Y and A values."""
+        return (self.Y.shape == other.Y.shape and self.A.shape == other.A.shape
+                and np.array_equal(self.Y, other.Y) and np.array_equal(self.A, other.A))
+
+
+def labels(values, n: int, name: str, default_prefix: str | None) -> np.ndarray:
+    """``n`` unique labels from ``values`` (or defaults: ``0..n-1`` or ``prefix1..prefixn``)."""
     if values is None:
         if default_prefix is None:
             return np.arange(n)
@@ -46,10 +71,14 @@ def _labels(values, n: int, name: str, default_prefix: str | None) -> np.ndarray
     return arr
 
 
-def _to_matrix(obj, name: str, dims: tuple[str, str]):
-    """Return (values, row labels or None, column labels or None)."""
+def to_matrix(obj: Any, name: str, dims: tuple[str, str]):
+    """A 2-D finite float matrix from numpy, pandas or xarray input.
+
+    Returns ``(values, row labels or None, column labels or None)``; an xarray
+    DataArray must have exactly ``dims`` (in any order).
+    """
     if isinstance(obj, xr.Dataset):
-        raise TypeError(f"{name} must be a DataArray, DataFrame or array, not a Dataset")
+        raise ArgumentTypeError(f"{name} must be a DataArray, DataFrame or array, not a Dataset")
     if isinstance(obj, xr.DataArray):
         if obj.ndim != 2:
             raise ValueError(f"{name} must be 2-D, got dims {obj.dims}")
@@ -62,15 +91,15 @@ def _to_matrix(obj, name: str, dims: tuple[str, str]):
     elif isinstance(obj, pd.DataFrame):
         rows, cols = obj.index.to_numpy(), obj.columns.to_numpy()
         if not all(pd.api.types.is_numeric_dtype(t) for t in obj.dtypes):
-            raise TypeError(f"{name} must be numeric; non-numeric columns found")
+            raise ArgumentTypeError(f"{name} must be numeric; non-numeric columns found")
         values = obj.to_numpy(dtype=float)
     elif isinstance(obj, pd.Series):
-        raise TypeError(f"{name} must be 2-D; got a pandas Series (use .to_frame().T)")
+        raise ArgumentTypeError(f"{name} must be 2-D; got a pandas Series (use .to_frame().T)")
     else:
         values = np.asarray(obj)
         rows = cols = None
     if values.dtype == object or values.dtype.kind not in "biuf":
-        raise TypeError(f"{name} must be numeric, got dtype {values.dtype}")
+        raise ArgumentTypeError(f"{name} must be numeric, got dtype {values.dtype}")
     if values.ndim != 2:
         raise ValueError(f"{name} must be 2-D ({dims[0]} x {dims[1]}), got {values.ndim}-D")
     if values.size == 0:
@@ -97,49 +126,61 @@ def coerce(Y, A=None, *, covariates=None, formula: str | None = None) -> Data:
     formula : str, optional
         A formulaic right-hand side such as ``"~ male"``; its intercept is named
         ``intercept``.
+
+    Raises
+    ------
+    ValueError
+        Bad shapes, NaN/Inf, fewer than 2 units, no more units than covariates,
+        collinear covariates, mismatched unit labels.
     """
-    Yv, feat, units = _to_matrix(Y, "Y", DIMS_Y)
+    Yv, feat, units = to_matrix(Y, "Y", DIMS_Y)
     P, N = Yv.shape
-    units = _labels(units, N, "Y unit labels", None)
-    feat = _labels(feat, P, "Y feature labels", None)
+    if N < 2:
+        raise ValueError(f"Y has {N} unit (column); NMF-RE needs at least 2 units to separate the random "
+                         "effects from the noise")
+    units = labels(units, N, "Y unit labels", None)
+    feat = labels(feat, P, "Y feature labels", None)
     if (covariates is None) != (formula is None):
         raise ValueError("covariates and formula must be given together")
     if formula is not None:
         if A is not None:
             raise ValueError("give either A or covariates + formula, not both")
-        A = _design_from_formula(covariates, formula, units)
+        A = design(covariates, formula, units)
     if A is None:
         Av = np.ones((1, N))
         cov = np.array(["intercept"], dtype=object)
     else:
-        Av, cov, a_units = _to_matrix(A, "A", DIMS_A)
-        if Av.shape[1] != N:
-            raise ValueError(f"A has {Av.shape[1]} units (columns) but Y has {N}")
-        cov = _labels(cov, Av.shape[0], "A covariate labels", "covariate")
-        if a_units is not None and _labelled(Y):
-            a_units = _labels(a_units, N, "A unit labels", None)
-            if not np.array_equal(a_units.astype(str), units.astype(str)):
-                if set(a_units.astype(str)) != set(units.astype(str)):
-                    raise ValueError("A unit labels do not match Y unit labels")
-                order = pd.Index(a_units.astype(str)).get_indexer(units.astype(str))
-                Av = Av[:, order]
+        Av, cov = _align_design(A, Y, units, N)
     K = Av.shape[0]
-    if K > N:
-        raise ValueError(f"A has more covariates ({K}) than units ({N})")
+    if K >= N:
+        raise ValueError(f"A has {K} covariates for {N} units; NMF-RE needs more units than covariates")
     if np.linalg.matrix_rank(Av) < K:
         raise ValueError(f"A has collinear rows (rank {np.linalg.matrix_rank(Av)} < {K} covariates)")
     return Data(Yv, Av, feat, units, cov)
 
 
-def _labelled(obj) -> bool:
-    return isinstance(obj, (pd.DataFrame, xr.DataArray))
+def _align_design(A, Y, units, N):
+    """A's values and covariate labels, its units put in Y's order when both are labelled."""
+    Av, cov, a_units = to_matrix(A, "A", DIMS_A)
+    if Av.shape[1] != N:
+        raise ValueError(f"A has {Av.shape[1]} units (columns) but Y has {N}")
+    cov = labels(cov, Av.shape[0], "A covariate labels", "covariate")
+    if a_units is not None and isinstance(Y, pd.DataFrame | xr.DataArray):
+        a_units = labels(a_units, N, "A unit labels", None)
+        if not np.array_equal(a_units.astype(str), units.astype(str)):
+            if set(a_units.astype(str)) != set(units.astype(str)):
+                raise ValueError("A unit labels do not match Y unit labels")
+            order = pd.Index(a_units.astype(str)).get_indexer(units.astype(str))
+            Av = Av[:, order]
+    return Av, cov
 
 
-def _design_from_formula(covariates, formula: str, units: np.ndarray):
+def design(covariates: pd.DataFrame, formula: str, units: np.ndarray) -> pd.DataFrame:
+    """``A`` (covariate x unit DataFrame) from unit-level covariates and a formulaic formula."""
     from formulaic import model_matrix
 
     if not isinstance(covariates, pd.DataFrame):
-        raise TypeError("covariates must be a pandas DataFrame with one row per unit")
+        raise ArgumentTypeError("covariates must be a pandas DataFrame with one row per unit")
     if len(covariates) != len(units):
         raise ValueError(f"covariates has {len(covariates)} rows but Y has {len(units)} units")
     if covariates.isna().any().any():
@@ -152,15 +193,12 @@ def _design_from_formula(covariates, formula: str, units: np.ndarray):
     return mm.T
 
 
-def check_rank(rank, P: int, N: int) -> int:
+def check_rank(rank: Any, P: int, N: int) -> int:
     """``rank`` must be a positive integer no larger than ``min(P, N)``."""
-    if isinstance(rank, bool) or not isinstance(rank, (int, np.integer)):
-        raise TypeError(f"rank must be a positive integer, got {rank!r}")
-    if rank < 1:
-        raise ValueError(f"rank must be >= 1, got {rank}")
+    rank = v.integer(rank, "rank")
     if rank > min(P, N):
         raise ValueError(f"rank {rank} is larger than min(P, N) = {min(P, N)}")
-    return int(rank)
+    return rank
 
 
 def component_labels(Q: int) -> np.ndarray:

@@ -1,42 +1,59 @@
-"""The fit object: labelled results, summary tables, prediction and netCDF round trip."""
+"""The fit object: labelled results, summary tables, prediction and the netCDF round trip."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 import xarray as xr
 
-from .dfcap import cap_value, df_u
-from .labels import DIMS_A, Data, _to_matrix, coerce, component_labels
-from .likelihood import icc as icc_of
+from . import validation as v
+from ._version import __version__
+from .core.dfcap import cap_value, df_u
+from .core.likelihood import icc as icc_of
+from .core.solution import Solution
+from .labels import DIMS_A, Data, coerce, component_labels, to_matrix
+from .settings import FitSettings
+
+if TYPE_CHECKING:
+    from .inference import Inference
 
 _SCALARS = ("sigma2", "tau2", "lam", "nll", "converged", "n_iter", "cap_hit", "stop_reason")
 
 
-def _jsonable(obj):
-    if isinstance(obj, pd.DataFrame):
-        return {"__frame__": obj.to_dict(orient="list"), "attrs": dict(obj.attrs)}
-    return obj
+def _frame_to_json(df: pd.DataFrame) -> str:
+    return json.dumps({"__frame__": df.to_dict(orient="list"), "attrs": dict(df.attrs)})
 
 
-def _unjson(obj):
-    if isinstance(obj, dict) and "__frame__" in obj:
-        df = pd.DataFrame(obj["__frame__"])
-        df.attrs.update(obj.get("attrs", {}))
-        return df
-    return obj
+def _frame_from_json(text: str) -> pd.DataFrame:
+    obj = json.loads(text)
+    df = pd.DataFrame(obj["__frame__"])
+    df.attrs.update(obj.get("attrs", {}))
+    return df
 
 
 class Summary:
-    """Text/HTML summary of a fit; prints like R's and renders as tables in notebooks."""
+    """Text/HTML summary of a fit; prints like R's and renders as tables in notebooks.
+
+    Parameters
+    ----------
+    header : list of (str, str)
+        Key-value lines shown first.
+    tables : list of (str, DataFrame)
+        Titled tables.
+    notes : list of str
+        Footnotes.
+    """
 
     def __init__(self, header: list[tuple[str, str]], tables: list[tuple[str, pd.DataFrame]],
                  notes: list[str]):
         self.header, self.tables, self.notes = header, tables, notes
 
     def as_text(self) -> str:
+        """The summary as plain text."""
         w = max(len(k) for k, _ in self.header)
         lines = [f"{k:<{w}}  {v}" for k, v in self.header]
         for title, df in self.tables:
@@ -45,6 +62,7 @@ class Summary:
         return "\n".join(lines)
 
     def as_html(self) -> str:
+        """The summary as HTML tables (what notebooks show)."""
         rows = "".join(f"<tr><th style='text-align:left'>{k}</th><td style='text-align:left'>{v}</td></tr>"
                        for k, v in self.header)
         parts = [f"<table>{rows}</table>"]
@@ -64,6 +82,10 @@ class Summary:
 
 class NMFREFit:
     """Result of :func:`nmfre.fit`. Arrays are ``xarray.DataArray`` with named dims.
+
+    The object is a read-only view of a :class:`~nmfre.core.solution.Solution` and the
+    labelled data it was estimated on; :meth:`infer` returns a new
+    :class:`~nmfre.inference.Inference` and leaves the fit unchanged.
 
     Attributes
     ----------
@@ -88,92 +110,161 @@ class NMFREFit:
         One row per start (init, nll, converged, n_iter).
     scan : pandas.DataFrame or None
         The df-cap scan when ``df_cap="auto"``.
+    data : nmfre.labels.Data
+        The validated arrays and labels the fit was estimated on.
+    solution : nmfre.core.solution.Solution
+        The solver's output (plain arrays).
+    settings : nmfre.settings.FitSettings
     """
 
-    def __init__(self, data: Data, res: dict, *, rate, settings: dict, restarts: pd.DataFrame,
-                 scan: pd.DataFrame | None = None, components=None):
+    def __init__(self, data: Data, solution: Solution, *, settings: FitSettings, rate: float | None,
+                 restarts: pd.DataFrame, scan: pd.DataFrame | None = None, components: Sequence | None = None):
         self._data = data
-        self._res = {k: res[k] for k in ("X", "theta", "U", "nll_trace") + _SCALARS}
-        self._res["X"], self._res["theta"], self._res["U"] = (
-            np.asarray(res["X"], float), np.asarray(res["theta"], float), np.asarray(res["U"], float))
+        self._solution = solution
+        self._settings = settings
         self.df_cap_rate = rate
-        self.settings = dict(settings)
         self.restarts = restarts
         self.scan = scan
-        Q = self._res["X"].shape[1]
+        Q = solution.X.shape[1]
         self._components = component_labels(Q) if components is None else np.asarray(components)
-        self.inference = None
 
-    # ------------------------------------------------------------------ arrays
+    # ------------------------------------------------------------------ public parts
+    @property
+    def data(self) -> Data:
+        """The validated data (:class:`nmfre.labels.Data`)."""
+        return self._data
+
+    @property
+    def solution(self) -> Solution:
+        """The solver's output (:class:`nmfre.core.solution.Solution`)."""
+        return self._solution
+
+    @property
+    def settings(self) -> FitSettings:
+        """The estimation settings (:class:`nmfre.settings.FitSettings`)."""
+        return self._settings
+
     @property
     def coords(self) -> dict:
+        """Coordinates of the dims ``feature``, ``unit``, ``component``, ``covariate``."""
         d = self._data
-        return {"feature": d.features, "unit": d.units, "component": self._components,
-                "covariate": d.covariates}
+        return {"feature": d.features, "unit": d.units, "component": self._components, "covariate": d.covariates}
 
     def _da(self, values, dims, name):
         return xr.DataArray(values, dims=dims, coords={k: self.coords[k] for k in dims}, name=name)
 
     @property
     def X(self) -> xr.DataArray:
-        return self._da(self._res["X"], ("feature", "component"), "X")
+        """Basis (feature, component)."""
+        return self._da(self._solution.X, ("feature", "component"), "X")
 
     @property
     def theta(self) -> xr.DataArray:
-        return self._da(self._res["theta"], ("component", "covariate"), "theta")
+        """Covariate effects (component, covariate)."""
+        return self._da(self._solution.theta, ("component", "covariate"), "theta")
 
     @property
     def U(self) -> xr.DataArray:
-        return self._da(self._res["U"], ("component", "unit"), "U")
+        """Random effects (component, unit)."""
+        return self._da(self._solution.U, ("component", "unit"), "U")
 
     @property
     def Y(self) -> xr.DataArray:
+        """The data (feature, unit)."""
         return self._da(self._data.Y, ("feature", "unit"), "Y")
 
     @property
     def A(self) -> xr.DataArray:
+        """The covariates (covariate, unit)."""
         return self._da(self._data.A, ("covariate", "unit"), "A")
 
     # ------------------------------------------------------------------ scalars
-    method = property(lambda self: self.settings["method"])
-    theta_kind = property(lambda self: self.settings["theta"])
-    sigma2 = property(lambda self: float(self._res["sigma2"]))
-    tau2 = property(lambda self: float(self._res["tau2"]))
-    lam = property(lambda self: float(self._res["lam"]))
-    converged = property(lambda self: bool(self._res["converged"]))
-    n_iter = property(lambda self: int(self._res["n_iter"]))
-    stop_reason = property(lambda self: str(self._res["stop_reason"]))
-    cap_hit = property(lambda self: bool(self._res["cap_hit"]))
-    nll_trace = property(lambda self: np.asarray(self._res["nll_trace"], float))
-    loglik = property(lambda self: -float(self._res["nll"]))
-    shape = property(lambda self: dict(P=self._data.Y.shape[0], N=self._data.Y.shape[1],
-                                       Q=self._res["X"].shape[1], K=self._data.A.shape[0]))
+    @property
+    def method(self) -> str:
+        """``'ml'`` or ``'paper'``."""
+        return self._settings.method
 
     @property
-    def _d(self) -> np.ndarray:
-        X = self._res["X"]
-        return np.maximum(np.linalg.eigvalsh(X.T @ X), 0.0)
+    def theta_kind(self) -> str:
+        """``'free'`` or ``'nonneg'``."""
+        return self._settings.theta
+
+    @property
+    def sigma2(self) -> float:
+        """Residual variance."""
+        return float(self._solution.sigma2)
+
+    @property
+    def tau2(self) -> float:
+        """Random-effect variance."""
+        return float(self._solution.tau2)
+
+    @property
+    def lam(self) -> float:
+        """``lambda = sigma2 / tau2``."""
+        return float(self._solution.lam)
+
+    @property
+    def converged(self) -> bool:
+        """Whether the fit met its tolerance."""
+        return bool(self._solution.converged)
+
+    @property
+    def n_iter(self) -> int:
+        """Iterations run."""
+        return int(self._solution.n_iter)
+
+    @property
+    def stop_reason(self) -> str:
+        """Why the solver stopped."""
+        return str(self._solution.stop_reason)
+
+    @property
+    def cap_hit(self) -> bool:
+        """The df cap bound at some iteration."""
+        return bool(self._solution.cap_hit)
+
+    @property
+    def nll_trace(self) -> np.ndarray:
+        """nll per iteration."""
+        return np.asarray(self._solution.nll_trace, float)
+
+    @property
+    def loglik(self) -> float:
+        """Maximised marginal log-likelihood."""
+        return -float(self._solution.nll)
+
+
+    @property
+    def shape(self) -> dict[str, int]:
+        """``{"P": ..., "N": ..., "Q": ..., "K": ...}``."""
+        return dict(P=self._data.P, N=self._data.N, Q=self._solution.X.shape[1], K=self._data.K)
 
     @property
     def df_u(self) -> float:
         """``N sum_q d_q / (d_q + lambda)`` at the final X and lambda."""
-        return float(df_u(self._d, self.shape["N"], self.lam))
+        X = self._solution.X
+        d = np.maximum(np.linalg.eigvalsh(X.T @ X), 0.0)
+        return float(df_u(d, self.shape["N"], self.lam))
 
     @property
     def df_cap(self) -> float | None:
+        """The cap ``max(rate N Q, 1)``, or None without a cap."""
         if self.df_cap_rate is None:
             return None
         return cap_value(self.df_cap_rate, self.shape["N"], self.shape["Q"])
 
     @property
     def icc(self) -> float:
-        return icc_of(self._res["X"], self.sigma2, self.tau2)
+        """``tau2 tr(X'X) / (tau2 tr(X'X) + sigma2 P)``."""
+        return icc_of(self._solution.X, self.sigma2, self.tau2)
 
     # ------------------------------------------------------------------ fitted values
     def fitted(self, random: bool = True) -> xr.DataArray:
         """Fitted values ``X (Theta A + U)`` (``random=True``) or ``X Theta A``."""
-        B = self._res["theta"] @ self._data.A + (self._res["U"] if random else 0.0)
-        return self._da(self._res["X"] @ B, ("feature", "unit"), "fitted")
+        s = self._solution
+        B = s.theta @ self._data.A + (s.U if random else 0.0)
+        return self._da(s.X @ B, ("feature", "unit"), "fitted")
 
     def _r2(self, random: bool, centred: bool) -> float:
         Y = self._data.Y
@@ -181,60 +272,84 @@ class NMFREFit:
         tss = float(np.sum((Y - Y.mean()) ** 2)) if centred else float(np.sum(Y**2))
         return 1.0 - rss / tss if tss > 0 else float("nan")
 
-    r_squared = property(lambda self: self._r2(True, True),
-                         doc="1 - ||Y - X(Theta A + U)||^2 / ||Y - mean(Y)||^2")
-    r_squared_fixed = property(lambda self: self._r2(False, True),
-                               doc="1 - ||Y - X Theta A||^2 / ||Y - mean(Y)||^2")
-    r_squared_uncentered = property(lambda self: self._r2(True, False),
-                                    doc="1 - ||Y - X(Theta A + U)||^2 / ||Y||^2")
-    r_squared_fixed_uncentered = property(lambda self: self._r2(False, False),
-                                          doc="1 - ||Y - X Theta A||^2 / ||Y||^2")
+    @property
+    def r_squared(self) -> float:
+        """``1 - ||Y - X(Theta A + U)||^2 / ||Y - mean(Y)||^2``."""
+        return self._r2(True, True)
 
-    def predict(self, A_new=None, random: bool = True) -> xr.DataArray:
+    @property
+    def r_squared_fixed(self) -> float:
+        """``1 - ||Y - X Theta A||^2 / ||Y - mean(Y)||^2``."""
+        return self._r2(False, True)
+
+    @property
+    def r_squared_uncentered(self) -> float:
+        """``1 - ||Y - X(Theta A + U)||^2 / ||Y||^2``."""
+        return self._r2(True, False)
+
+    @property
+    def r_squared_fixed_uncentered(self) -> float:
+        """``1 - ||Y - X Theta A||^2 / ||Y||^2``."""
+        return self._r2(False, False)
+
+
+    def predict(self, A_new: Any = None, random: bool = True) -> xr.DataArray:
         """Predicted means.
 
         Parameters
         ----------
         A_new : array-like, DataFrame or DataArray, optional
-            ``covariate x unit`` design of new units. Default: the fitted units.
+            ``covariate x unit`` design of new units (a 1-D array is one unit). Default:
+            the fitted units.
         random : bool
             Include the random effects. For the fitted units this adds ``X U``; new
             units have no data, so their U is 0 (its prior mean) and ``random`` has no
             effect for them.
+
+        Returns
+        -------
+        xarray.DataArray (feature, unit)
         """
+        random = v.boolean(random, "random")
         if A_new is None:
             return self.fitted(random).rename("prediction")
-        if isinstance(A_new, (list, tuple, np.ndarray)) and np.ndim(A_new) == 1:
+        if isinstance(A_new, list | tuple | np.ndarray) and np.ndim(A_new) == 1:
             A_new = np.asarray(A_new, dtype=float)[:, None]  # one new unit
-        arr, cov, units = _to_matrix(A_new, "A_new", DIMS_A)
+        arr, cov, units = to_matrix(A_new, "A_new", DIMS_A)
         K = self.shape["K"]
         if arr.shape[0] != K:
             raise ValueError(f"A_new must have {K} rows (covariates), got shape {arr.shape}")
         if cov is not None and [str(c) for c in cov] != [str(c) for c in self._data.covariates]:
             raise ValueError(f"A_new covariates {list(cov)} do not match the fit's {list(self._data.covariates)}")
         units = np.arange(arr.shape[1]) if units is None else units
-        mean = self._res["X"] @ (self._res["theta"] @ arr)
+        mean = self._solution.X @ (self._solution.theta @ arr)
         return xr.DataArray(mean, dims=("feature", "unit"),
                             coords={"feature": self._data.features, "unit": units}, name="prediction")
 
     # ------------------------------------------------------------------ inference
-    def infer(self, n_boot: int = 1000, seed=123, multipliers=None, dist: str = "exp",
+    def infer(self, n_boot: int = 1000, seed: Any = 123, multipliers: Any = None, dist: str = "exp",
               method: str = "onestep", level: float = 0.95, alternative: str | None = None,
-              progress: bool = False, max_iter: int | None = None):
-        """Inference on Theta conditional on the fitted basis (see :mod:`nmfre.inference`).
+              progress: bool = False, max_iter: int | None = None) -> Inference:
+        """Inference on Theta conditional on the fitted basis; see :func:`nmfre.inference.infer`.
 
-        The result is also kept as ``fit.inference`` so that :meth:`summary` shows it.
+        Returns a new :class:`~nmfre.inference.Inference`; the fit is not changed (pass the
+        result to :meth:`summary` to show it there).
         """
         from .inference import infer
 
-        self.inference = infer(self, n_boot=n_boot, seed=seed, multipliers=multipliers, dist=dist,
-                               method=method, level=level, alternative=alternative,
-                               progress=progress, max_iter=max_iter)
-        return self.inference
+        return infer(self, n_boot=n_boot, seed=seed, multipliers=multipliers, dist=dist, method=method,
+                     level=level, alternative=alternative, progress=progress, max_iter=max_iter)
 
     # ------------------------------------------------------------------ summary
-    def summary(self) -> Summary:
-        """R-style summary: dimensions, convergence, variance components, Theta."""
+    def summary(self, inference: Inference | None = None) -> Summary:
+        """R-style summary: dimensions, convergence, variance components, Theta.
+
+        Parameters
+        ----------
+        inference : Inference, optional
+            A result of :meth:`infer` on this fit: the Theta table then shows standard
+            errors, bootstrap SE, p-values and intervals.
+        """
         s = self.shape
         conv = "yes" if self.converged else "NO"
         hdr = [
@@ -243,30 +358,25 @@ class NMFREFit:
             ("Method", f"{self.method} ({'maximum likelihood' if self.method == 'ml' else 'paper algorithm'}),"
                        f" Theta {self.theta_kind}"),
             ("Converged", f"{conv} ({self.n_iter} iterations, {self.stop_reason}, "
-                          f"tol {self.settings['tol']:g}, {len(self.restarts)} start(s))"),
+                          f"tol {self._settings.tol:g}, {len(self.restarts)} start(s))"),
             ("Log-likelihood", f"{self.loglik:.6f}"),
             ("R-squared", f"{self.r_squared:.4f} (with U), {self.r_squared_fixed:.4f} (fixed part only)"),
         ]
         bound = "bound at some iteration" if self.cap_hit else "never bound"
         cap = "off" if self.df_cap is None else f"{self.df_cap:.4g} (rate {self.df_cap_rate:g}; {bound})"
-        vc = pd.DataFrame({
-            "variance": [self.sigma2, self.tau2],
-            "sd": [np.sqrt(self.sigma2), np.sqrt(self.tau2)],
-        }, index=pd.Index(["residual (sigma2)", "random effect (tau2)"], name="component"))
+        vc = pd.DataFrame({"variance": [self.sigma2, self.tau2], "sd": [np.sqrt(self.sigma2), np.sqrt(self.tau2)]},
+                          index=pd.Index(["residual (sigma2)", "random effect (tau2)"], name="component"))
         other = pd.DataFrame({"value": [self.lam, self.icc, self.df_u, self.df_u / (s["N"] * s["Q"])]},
                              index=["lambda = sigma2/tau2", "ICC", "df_U", "df_U / (N Q)"])
         hdr.append(("df cap", cap))
         tables = [("Variance components (variances in squared units of Y; sd in units of Y)", vc),
                   ("Shrinkage", other)]
-        notes = []
-        if self.inference is not None:
-            tables.append((f"Covariate effects Theta ({self.inference.describe()})",
-                           self.inference.summary_table()))
-            notes.append("Signif. codes:  0 '***' 0.001 '**' 0.01 '*' 0.05 '.' 0.1 ' ' 1")
+        if inference is not None:
+            tables.append((f"Covariate effects Theta ({inference.describe()})", inference.summary_table()))
+            notes = ["Signif. codes:  0 '***' 0.001 '**' 0.01 '*' 0.05 '.' 0.1 ' ' 1"]
         else:
-            tables.append(("Covariate effects Theta (component x covariate)",
-                           self.theta.to_pandas()))
-            notes.append("Call fit.infer() for standard errors, bootstrap intervals and p-values.")
+            tables.append(("Covariate effects Theta (component x covariate)", self.theta.to_pandas()))
+            notes = ["fit.summary(inference=fit.infer()) adds standard errors, bootstrap intervals and p-values."]
         return Summary(hdr, tables, notes)
 
     def __repr__(self) -> str:
@@ -278,31 +388,28 @@ class NMFREFit:
     # ------------------------------------------------------------------ IO
     def to_dataset(self) -> xr.Dataset:
         """Everything needed to rebuild the fit, as one ``xarray.Dataset``."""
-        ds = xr.Dataset(
-            {"Y": self.Y, "A": self.A, "X": self.X, "theta": self.theta, "U": self.U,
-             "nll_trace": xr.DataArray(self.nll_trace, dims=("iteration",))},
-        )
-        attrs = {k: self._res[k] for k in _SCALARS}
-        attrs["converged"] = int(attrs["converged"])
-        attrs["cap_hit"] = int(attrs["cap_hit"])
-        attrs["n_iter"] = int(attrs["n_iter"])
-        for k in ("sigma2", "tau2", "lam", "nll"):
-            attrs[k] = float(attrs[k])
-        attrs["stop_reason"] = str(attrs["stop_reason"])
-        attrs["loglik"] = self.loglik
-        attrs["df_u"] = self.df_u
+        sol = self._solution
+        data_vars = {"Y": self.Y, "A": self.A, "X": self.X, "theta": self.theta, "U": self.U,
+                     "nll_trace": xr.DataArray(self.nll_trace, dims=("iteration",))}
+        if sol.objective_trace is not None:
+            data_vars["objective_trace"] = xr.DataArray(np.asarray(sol.objective_trace, float), dims=("iteration",))
+        attrs: dict[str, Any] = {
+            "sigma2": float(sol.sigma2), "tau2": float(sol.tau2), "lam": float(sol.lam), "nll": float(sol.nll),
+            "converged": int(sol.converged), "n_iter": int(sol.n_iter), "cap_hit": int(sol.cap_hit),
+            "stop_reason": str(sol.stop_reason), "loglik": self.loglik, "df_u": self.df_u,
+            "cap_hit_iters": json.dumps([int(i) for i in sol.cap_hit_iters]),
+        }
+        if np.isfinite(sol.rel_change):
+            attrs["rel_change"] = float(sol.rel_change)
         if self.df_cap_rate is not None:
             attrs["df_cap_rate"] = float(self.df_cap_rate)
             attrs["df_cap"] = float(self.df_cap)
-        attrs["settings"] = json.dumps(self.settings)
-        attrs["restarts"] = json.dumps(_jsonable(self.restarts))
+        attrs["settings"] = json.dumps(self._settings.to_dict())
+        attrs["restarts"] = _frame_to_json(self.restarts)
         if self.scan is not None:
-            attrs["scan"] = json.dumps(_jsonable(self.scan))
-        from . import __version__
-
+            attrs["scan"] = _frame_to_json(self.scan)
         attrs["nmfre_version"] = __version__
-        ds.attrs = attrs
-        return ds
+        return xr.Dataset(data_vars, attrs=attrs)
 
     @classmethod
     def from_dataset(cls, ds: xr.Dataset) -> NMFREFit:
@@ -312,16 +419,18 @@ class NMFREFit:
             raise ValueError(f"not an nmfre fit dataset: missing variables {sorted(missing)}")
         data = coerce(ds["Y"], ds["A"])
         a = ds.attrs
-        res = {"X": ds["X"].values, "theta": ds["theta"].values, "U": ds["U"].values,
-               "nll_trace": ds["nll_trace"].values, "sigma2": a["sigma2"], "tau2": a["tau2"],
-               "lam": a["lam"], "nll": a["nll"], "converged": bool(a["converged"]),
-               "n_iter": int(a["n_iter"]), "cap_hit": bool(a["cap_hit"]), "stop_reason": a["stop_reason"]}
-        scan = _unjson(json.loads(a["scan"])) if "scan" in a else None
-        return cls(data, res, rate=a.get("df_cap_rate"), settings=json.loads(a["settings"]),
-                   restarts=_unjson(json.loads(a["restarts"])), scan=scan,
-                   components=ds["component"].values)
+        obj = ds["objective_trace"].values if "objective_trace" in ds else None
+        sol = Solution(X=ds["X"].values, theta=ds["theta"].values, U=ds["U"].values, sigma2=a["sigma2"],
+                       tau2=a["tau2"], lam=a["lam"], nll=a["nll"], nll_trace=ds["nll_trace"].values,
+                       converged=bool(a["converged"]), n_iter=int(a["n_iter"]), cap_hit=bool(a["cap_hit"]),
+                       stop_reason=a["stop_reason"], objective_trace=obj,
+                       cap_hit_iters=tuple(json.loads(a.get("cap_hit_iters", "[]"))),
+                       rel_change=float(a.get("rel_change", np.nan)))
+        scan = _frame_from_json(a["scan"]) if "scan" in a else None
+        return cls(data, sol, rate=a.get("df_cap_rate"), settings=FitSettings.from_dict(json.loads(a["settings"])),
+                   restarts=_frame_from_json(a["restarts"]), scan=scan, components=ds["component"].values)
 
-    def to_netcdf(self, path, **kwargs):
+    def to_netcdf(self, path, **kwargs) -> Any:
         """Write :meth:`to_dataset` to netCDF; read back with :func:`nmfre.load`."""
         return self.to_dataset().to_netcdf(path, **kwargs)
 
@@ -330,3 +439,6 @@ def load(path) -> NMFREFit:
     """Load a fit written by :meth:`NMFREFit.to_netcdf`."""
     with xr.open_dataset(path) as ds:
         return NMFREFit.from_dataset(ds.load())
+
+
+__all__ = ["NMFREFit", "Summary", "load"]

@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import xarray as xr
 
+from . import validation as v
+
 
 def block_sparse(P: int = 100, N: int = 2000, rank: int = 5, K: int = 4, *, theta_scale: float = 10.0,
                  tau2: float = 0.25, noise_sd: float = 0.3, clip: bool = True, seed=0) -> dict:
@@ -20,7 +22,8 @@ def block_sparse(P: int = 100, N: int = 2000, rank: int = 5, K: int = 4, *, thet
     dict with ``Y`` (DataArray feature x unit), ``A`` (covariate x unit) and the truth
     ``X``, ``theta``, ``U``, ``sigma2``, ``tau2``.
     """
-    rng = np.random.default_rng(seed)
+    P, N, rank, K = (v.integer(x, name) for x, name in ((P, "P"), (N, "N"), (rank, "rank"), (K, "K")))
+    rng = v.rng(seed)
     X = np.zeros((P, rank))
     blocks = np.arange(P) * rank // P
     X[np.arange(P), blocks] = rng.uniform(0.5, 1.5, P)
@@ -65,11 +68,10 @@ def _paper_design(X, theta, N, errors, hypothesis, seed, fit_kwargs, design, par
     """Shared generator of the paper's designs: A = intercept + male (Orthodont's share of
     boys, the first ``round(16 N / 27)`` units), ``U ~ N(0, 1)``, the male effect set to 0
     under ``"null"``, errors N(0, 1) or Exp(1) - 1."""
-    if hypothesis not in ("alt", "null"):
-        raise ValueError(f"hypothesis must be 'alt' or 'null', got {hypothesis!r}")
-    if isinstance(N, bool) or not isinstance(N, (int, np.integer)) or N < 4:
-        raise ValueError(f"N must be an integer >= 4, got {N!r}")
-    rng = np.random.default_rng(seed)
+    v.choice(hypothesis, "hypothesis", ("alt", "null"))
+    v.choice(errors, "errors", ("normal", "exp"))
+    N = v.integer(N, "N", minimum=4)
+    rng = v.rng(seed)
     theta = theta.copy()
     if hypothesis == "null":
         theta[:, 1] = 0.0
@@ -79,13 +81,13 @@ def _paper_design(X, theta, N, errors, hypothesis, seed, fit_kwargs, design, par
     return _labelled(Y, A, X.copy(), theta, U, 1.0, 1.0, fit_kwargs, design, params)
 
 
-def _labelled(Y, A, X, theta, U, sigma2, tau2, fit_kwargs, design, params):
+def _labelled(Y, A, X, theta, U, sigma2, tau2, fit_kwargs, design, params, covariates=("intercept", "male")):
     P, N = Y.shape
     Q, K = theta.shape
     feat = [f"f{p + 1}" for p in range(P)]
     units = [f"u{n + 1}" for n in range(N)]
     comp = [f"Basis{q + 1}" for q in range(Q)]
-    cov = ["intercept", "male"][:K]
+    cov = list(covariates)[:K]
     return {
         "Y": xr.DataArray(Y, dims=("feature", "unit"), coords={"feature": feat, "unit": units}),
         "A": xr.DataArray(A, dims=("covariate", "unit"), coords={"covariate": cov, "unit": units}),
@@ -119,9 +121,29 @@ def stress(arm: str = "cap0.21", errors: str = "normal", hypothesis: str = "alt"
     ``tau2 = 1000`` with the cap at 0.21 (``"cap0.21"``), 0.99 (``"cap0.99"``) or without a
     cap and with tau2 frozen (``"off"``), as in ``fit_kwargs``.
     """
-    if arm not in STRESS_ARMS:
-        raise ValueError(f"arm must be one of {tuple(STRESS_ARMS)}, got {arm!r}")
+    v.choice(arm, "arm", tuple(STRESS_ARMS))
     theta = np.array([[90.502 / 3, 9.4285], [90.502 / 3, 0.0], [90.502 / 3, 0.0]])
     kw = {"method": "paper", "df_cap": STRESS_ARMS[arm], "tau2": 1000.0, "fix_tau2": arm == "off"}
     return _paper_design(STRESS_X, theta, N, errors, hypothesis, seed, kw, "stress",
                          {"arm": arm, "errors": errors, "hypothesis": hypothesis, "N": N})
+
+
+def rank2(N: int = 150, P: int = 8, seed=0) -> dict:
+    """A small, well-separated rank-2 problem with known truth (used by the tests and examples).
+
+    Component 1 loads on the first ``P // 2 + 1`` features, component 2 on the last
+    ``P - P // 2 + 1`` (two shared), weights U(0.5, 1.5), columns summing to 1;
+    ``A`` = intercept + a Bernoulli(1/2) ``group``; ``Theta = [[20, 5], [30, 0]]``;
+    ``U ~ N(0, 4)``; noise ``N(0, 0.25)``. The fit settings are ML's defaults.
+    """
+    N, P = v.integer(N, "N", minimum=4), v.integer(P, "P", minimum=4)
+    rng = v.rng(seed)
+    X = np.zeros((P, 2))
+    X[: P // 2 + 1, 0] = rng.uniform(0.5, 1.5, P // 2 + 1)
+    X[P // 2 - 1:, 1] = rng.uniform(0.5, 1.5, P - P // 2 + 1)
+    X /= X.sum(axis=0)
+    A = np.vstack([np.ones(N), rng.binomial(1, 0.5, N)]).astype(float)
+    theta = np.array([[20.0, 5.0], [30.0, 0.0]])
+    U = rng.normal(0, 2.0, (2, N))
+    Y = X @ (theta @ A + U) + rng.normal(0, 0.5, (P, N))
+    return _labelled(Y, A, X, theta, U, 0.25, 4.0, {}, "rank2", {"N": N, "P": P}, ("intercept", "group"))

@@ -16,6 +16,9 @@ import numpy as np
 import xarray as xr
 
 from . import simulate
+from . import validation as v
+from .core.bootstrap import align_components
+from .model import fit as nmfre_fit
 
 DESIGNS = {"baseline": simulate.baseline, "stress": simulate.stress}
 FIELDS = ("estimate", "se", "boot_se", "ci_low", "ci_high", "p_value")
@@ -24,9 +27,6 @@ SCALARS = ("df_u_frac", "sigma2", "tau2", "lam", "converged", "cap_hit", "nll", 
 
 def _replicate(design, params: dict, seeds: tuple, n_boot: int, fit_overrides: dict, level: float) -> dict:
     """Simulate, fit, infer one replicate; components aligned to the truth."""
-    from .inference import align_components
-    from .model import fit as nmfre_fit
-
     ss = np.random.SeedSequence(list(seeds))
     data_seed, boot_seed = ss.spawn(2)
     d = design(**params, seed=np.random.default_rng(data_seed))
@@ -53,9 +53,26 @@ def _settings(grid: dict) -> list[dict]:
     return [dict(zip(keys, combo, strict=True)) for combo in itertools.product(*(grid[k] for k in keys))]
 
 
+def _subset(grid: dict, subset: dict | None) -> dict:
+    """The sub-grid ``subset`` selects (every key must be a grid key, every value in the grid)."""
+    if not subset:
+        return grid
+    unknown = set(subset) - set(grid)
+    if unknown:
+        raise ValueError(f"subset has keys {sorted(unknown)} that are not in the grid {sorted(grid)}")
+    out = dict(grid)
+    for k, vals in subset.items():
+        vals = list(vals) if isinstance(vals, list | tuple) else [vals]
+        missing = [x for x in vals if x not in grid[k]]
+        if missing:
+            raise ValueError(f"subset[{k!r}] has values {missing} that are not in the grid's {grid[k]}")
+        out[k] = [x for x in grid[k] if x in vals]
+    return out
+
+
 def run(design: str | Callable = "baseline", grid: dict | None = None, n_rep: int = 100, seed: int = 0,
         client=None, *, n_boot: int = 1000, level: float = 0.95, progress: bool = False,
-        fit_kwargs: dict | None = None) -> xr.Dataset:
+        fit_kwargs: dict | None = None, subset: dict | None = None) -> xr.Dataset:
     """Run a simulation study.
 
     Parameters
@@ -69,7 +86,10 @@ def run(design: str | Callable = "baseline", grid: dict | None = None, n_rep: in
     n_rep : int
         Replicates per setting.
     seed : int
-        Master seed; replicate ``r`` of setting ``s`` uses ``SeedSequence([seed, s, r])``.
+        Master seed; replicate ``r`` of setting ``s`` (its position in the full grid, in
+        ``itertools.product`` order) uses ``SeedSequence([seed, s, r])``. A different grid
+        therefore gives other seeds; to re-run part of a study, pass the same grid and
+        ``subset``.
     client : dask.distributed.Client, optional
         Run on that cluster (``client.map``); None runs in this process.
     n_boot, level :
@@ -78,6 +98,9 @@ def run(design: str | Callable = "baseline", grid: dict | None = None, n_rep: in
         tqdm progress bar (in-process runs).
     fit_kwargs : dict, optional
         Overrides of the design's fit settings (e.g. ``{"method": "ml", "df_cap": None}``).
+    subset : dict, optional
+        Run only these values of some grid keys (e.g. ``{"N": [27]}``), with the seeds
+        they have in the full grid: the result equals the matching cells of the full run.
 
     Returns
     -------
@@ -89,15 +112,19 @@ def run(design: str | Callable = "baseline", grid: dict | None = None, n_rep: in
     if isinstance(design, str) and design not in DESIGNS or not (isinstance(design, str) or callable(design)):
         raise ValueError(f"design must be one of {tuple(DESIGNS)} or a callable, got {design!r}")
     fn = DESIGNS[design] if isinstance(design, str) else design
-    grid = {k: list(v) for k, v in (grid or {}).items()}
-    if any(len(v) == 0 for v in grid.values()):
+    grid = {k: list(x) for k, x in (grid or {}).items()}
+    if any(len(x) == 0 for x in grid.values()):
         raise ValueError("every grid entry needs at least one value")
-    if isinstance(n_rep, bool) or not isinstance(n_rep, (int, np.integer)) or n_rep < 1:
-        raise ValueError(f"n_rep must be a positive integer, got {n_rep!r}")
+    n_rep = v.integer(n_rep, "n_rep")
+    n_boot = v.integer(n_boot, "n_boot", minimum=2)
+    level = v.open_unit(level, "level")
+    full = _settings(grid)
+    grid = _subset(grid, subset)
     settings = _settings(grid)
-    tasks = [(s, r) for s in range(len(settings)) for r in range(n_rep)]
+    index = [full.index(st) for st in settings]  # seeds follow the position in the full grid
     over = dict(fit_kwargs or {})
-    args = [(fn, settings[s], (seed, s, r), n_boot, over, level) for s, r in tasks]
+    args = [(fn, settings[i], (seed, index[i], r), n_boot, over, level)
+            for i in range(len(settings)) for r in range(n_rep)]
     if client is None:
         from tqdm.auto import tqdm
 
@@ -107,7 +134,7 @@ def run(design: str | Callable = "baseline", grid: dict | None = None, n_rep: in
         results = client.gather(futures)
     first = results[0]
     Q, K = first["truth"].shape
-    shape = [len(v) for v in grid.values()] + [n_rep]
+    shape = [len(x) for x in grid.values()] + [n_rep]
     dims = list(grid) + ["replicate"]
     data = {}
     for k in FIELDS + ("truth",):
@@ -115,7 +142,7 @@ def run(design: str | Callable = "baseline", grid: dict | None = None, n_rep: in
         data[k] = (dims + ["component", "covariate"], arr)
     for k in SCALARS:
         data[k] = (dims, np.array([r[k] for r in results]).reshape(shape))
-    coords = {k: v for k, v in grid.items()}
+    coords = dict(grid)
     coords["replicate"] = np.arange(n_rep)
     coords["component"] = [f"Basis{q + 1}" for q in range(Q)]
     coords["covariate"] = ["intercept", "male"][:K] if K <= 2 else [f"covariate{k + 1}" for k in range(K)]
@@ -130,7 +157,7 @@ def summarize(ds: xr.Dataset, alpha: float = 0.05) -> xr.Dataset:
     """The paper's metrics per setting and (component, covariate).
 
     ``bias, sd, rmse`` of the estimate; ``mean_se`` (sandwich), ``mean_boot_se``;
-    ``reject`` (p < alpha); ``cover_wald`` (|est - truth| <= z se) and ``cover_pct``
+    ``reject`` (p < alpha); ``cover_wald`` (``|est - truth| <= z se``) and ``cover_pct``
     (truth in the percentile interval); per setting ``df_u_frac_q05/q50/q95``,
     ``cap_hit_rate``, ``converged_rate``, ``mean_sigma2``.
     """

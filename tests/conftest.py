@@ -2,13 +2,13 @@ import json
 import os
 from pathlib import Path
 
-# 4 CPU devices for JAX so NumPyro chains run in parallel (must precede JAX's start)
+# 4 CPU devices for JAX so NumPyro chains run in parallel (must precede JAX's start;
+# bayes.configure() does the same for users)
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4")
 
-import matplotlib
-import numpy as np
-import pandas as pd
-import pytest
+import matplotlib  # noqa: E402
+import pandas as pd  # noqa: E402
+import pytest  # noqa: E402
 
 matplotlib.use("Agg")
 
@@ -40,17 +40,3 @@ def ml_fit(orthodont):
 
     Y, A = orthodont
     return nmfre.fit(Y, A, rank=1)
-
-
-def simulate_rank2(seed=0, N=150, P=8):
-    """A small well-separated rank-2 problem with known truth."""
-    rng = np.random.default_rng(seed)
-    X = np.zeros((P, 2))
-    X[: P // 2 + 1, 0] = rng.uniform(0.5, 1.5, P // 2 + 1)
-    X[P // 2 - 1:, 1] = rng.uniform(0.5, 1.5, P - P // 2 + 1)
-    X /= X.sum(axis=0)
-    A = np.vstack([np.ones(N), rng.binomial(1, 0.5, N)])
-    theta = np.array([[20.0, 5.0], [30.0, 0.0]])
-    U = rng.normal(0, 2.0, (2, N))
-    Y = X @ (theta @ A + U) + rng.normal(0, 0.5, (P, N))
-    return Y, A, X, theta

@@ -1,17 +1,81 @@
-"""Every example runs in --quick mode and writes its outputs."""
+"""Every example runs in --quick mode, writes its figures, and reproduces its key numbers."""
 
 import importlib.util
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-EXAMPLES = sorted((Path(__file__).parent.parent / "examples").glob("*.py"))
+EXAMPLES = {p.stem: p for p in sorted((Path(__file__).parent.parent / "examples").glob("*.py"))}
 
 
-@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.stem)
-def test_example_quick(path, tmp_path):
-    spec = importlib.util.spec_from_file_location(path.stem, path)
+def _check_quickstart(out):
+    assert out["fit"].loglik == pytest.approx(-215.586901, abs=1e-6)
+    assert out["paper"].df_cap_rate == 0.3 and out["paper"].n_iter == 2
+    t = out["inference"].table
+    assert t.loc[("Basis1", "male"), "se"] == pytest.approx(3.05669, rel=1e-5)
+
+
+def _check_orthodont(comp):
+    nmf, lmm = comp.iloc[0], comp.iloc[1]
+    assert nmf["male effect per measurement"] == pytest.approx(9.422697 / 4, rel=1e-6)
+    # statsmodels MixedLM (random intercept, ML) on the same 108 rows
+    assert lmm["male effect per measurement"] == pytest.approx(2.321023, rel=1e-4)
+    assert lmm["log-likelihood"] == pytest.approx(-217.428243, rel=1e-6)
+    assert nmf["log-likelihood"] > lmm["log-likelihood"]
+
+
+def _check_holzinger(t):
+    sig = (t["p_value"] < 0.05).to_numpy().reshape(3, 3)
+    np.testing.assert_array_equal(sig, [[True, False, False], [True, False, True], [True, True, True]])
+    assert t.loc[("Basis1", "age.rev"), "estimate"] == pytest.approx(2.26575, rel=1e-3)
+
+
+def _check_migration(t):
+    assert t.loc[("Basis1", "hub_QUE"), "estimate"] == pytest.approx(126.98, rel=1e-3)
+    assert t.loc[("Basis2", "hub_ONT"), "estimate"] == pytest.approx(138.23, rel=1e-3)
+
+
+def _check_tweets(t):
+    assert t.loc[("Basis2", "android"), "estimate"] == pytest.approx(78.55, rel=1e-3)
+    assert t.loc[("Basis3", "campaign"), "estimate"] == pytest.approx(83.83, rel=1e-3)
+
+
+def _check_baseline_study(t):
+    # the paper's algorithm stops after 2 iterations at its starting variances (sigma2 = 1)
+    np.testing.assert_allclose(t["mean_sigma2"], 1.0)
+    np.testing.assert_allclose(t["df_u_frac_q50"], 0.2006, atol=2e-4)
+    assert (t.xs("alt", level="hypothesis")["reject"] == 1.0).all()
+
+
+def _check_stress_test(t):
+    assert t.loc["cap0.21", "df_U/(NQ) median"] == pytest.approx(0.21, abs=1e-3)
+    assert t.loc["off", "df_U/(NQ) median"] > 0.99 and t.loc["off", "sigma2 mean (true 1)"] < 0.6
+    assert 0.8 < t.loc["cap0.21", "sigma2 mean (true 1)"] < 1.25
+
+
+def _check_bayes_vs_bootstrap(out):
+    o, r = out["orthodont"], out["rank2"]
+    np.testing.assert_allclose(o["conditional_sd"], o["se_model"], rtol=0.12)  # closed form, 4 x 300 draws
+    assert ((o["joint_width_ratio"] > 0.8) & (o["joint_width_ratio"] < 1.3)).all()
+    intercepts = r.xs("covariate1", level="covariate")
+    # conditioning on X-hat understates the intercepts' uncertainty on the rank-2 set
+    assert (intercepts["joint_sd"] > 3 * intercepts["conditional_sd"]).all()
+    assert (intercepts["se_refit"] > 3 * intercepts["se_sandwich"]).all()
+
+
+CHECKS = {k[len("_check_"):]: v for k, v in globals().items() if k.startswith("_check_")}
+
+
+def test_every_example_has_a_check():
+    assert set(CHECKS) == set(EXAMPLES)
+
+
+@pytest.mark.parametrize("name", sorted(EXAMPLES))
+def test_example_quick(name, tmp_path):
+    spec = importlib.util.spec_from_file_location(name, EXAMPLES[name])
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    mod.main(mod.parse(["--quick", "--out", str(tmp_path)]))
+    out = mod.main(mod.parse(["--quick", "--out", str(tmp_path)]))
     assert any(p.suffix == ".png" for p in tmp_path.iterdir())
+    CHECKS[name](out)

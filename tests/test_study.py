@@ -1,40 +1,10 @@
-"""Simulation designs, the study runner (in-process and on dask), summaries, ECV."""
+"""nmfre.study: the runner (in-process and on dask), seeds, sub-grids, summaries."""
 
 import numpy as np
 import pytest
 import xarray as xr
 
-import nmfre
 from nmfre import simulate, study
-
-
-def test_baseline_design_truth():
-    d = simulate.baseline(N=100, errors="exp", hypothesis="null", seed=3)
-    np.testing.assert_allclose(d["X"].values.ravel(), [0.2308, 0.2409, 0.2566, 0.2717])
-    np.testing.assert_allclose(d["theta"].values, [[90.502, 0.0]])
-    assert d["A"].sel(covariate="male").sum() == round(16 * 100 / 27)
-    resid = d["Y"].values - d["X"].values @ (d["theta"].values @ d["A"].values + d["U"].values)
-    assert abs(resid.mean()) < 0.1 and abs(resid.var() - 1) < 0.15 and resid.min() >= -1  # Exp(1) - 1
-    assert d["fit_kwargs"] == {"method": "paper", "df_cap": 0.21}
-    alt = simulate.baseline(N=27, seed=3)
-    assert alt["theta"].values[0, 1] == 9.4285 and alt["Y"].shape == (4, 27)
-    np.testing.assert_array_equal(simulate.baseline(seed=5)["Y"], simulate.baseline(seed=5)["Y"])
-    with pytest.raises(ValueError, match="hypothesis"):
-        simulate.baseline(hypothesis="maybe")
-    with pytest.raises(ValueError, match="errors"):
-        simulate.baseline(errors="t")
-
-
-def test_stress_design_truth():
-    d = simulate.stress("off", seed=1)
-    np.testing.assert_allclose(d["X"].values[:, 0], [0.45, 0.30, 0.15, 0.10])
-    np.testing.assert_allclose(d["X"].sum("feature"), 1.0)
-    np.testing.assert_allclose(d["theta"].values[:, 0], 90.502 / 3)
-    np.testing.assert_allclose(d["theta"].values[:, 1], [9.4285, 0, 0])
-    assert d["fit_kwargs"] == {"method": "paper", "df_cap": None, "tau2": 1000.0, "fix_tau2": True}
-    assert simulate.stress("cap0.21")["fit_kwargs"]["df_cap"] == 0.21
-    with pytest.raises(ValueError, match="arm"):
-        simulate.stress("cap0.5")
 
 
 def test_stress_collapse_without_cap():
@@ -63,10 +33,21 @@ def test_study_layout_and_netcdf(small_study, tmp_path):
     assert xr.open_dataset(tmp_path / "s.nc").load().identical(ds)
 
 
-def test_study_replicates_do_not_depend_on_order(small_study):
-    """Replicate r of setting s is seeded by (seed, s, r): a sub-grid reproduces it exactly."""
+def test_fewer_replicates_reproduce_the_first_ones(small_study):
+    """Replicate r of setting s is seeded by (seed, s, r): n_rep=3 gives the first 3 replicates."""
     one = study.run("baseline", {"N": [27, 50], "hypothesis": ["alt", "null"]}, n_rep=3, seed=5, n_boot=100)
     xr.testing.assert_identical(one["estimate"], small_study["estimate"].isel(replicate=slice(0, 3)))
+
+
+def test_subset_reproduces_cells_of_the_full_grid(small_study):
+    """A sub-grid selected with ``subset`` keeps the full grid's seeds: identical cells."""
+    grid = {"N": [27, 50], "hypothesis": ["alt", "null"]}
+    part = study.run("baseline", grid, n_rep=8, seed=5, n_boot=100, subset={"N": [50], "hypothesis": "null"})
+    assert part["estimate"].sizes["N"] == 1 and part["estimate"].sizes["hypothesis"] == 1
+    xr.testing.assert_identical(part["estimate"], small_study["estimate"].sel(N=[50], hypothesis=["null"]))
+    # a different grid (the same cell at another position) gives other seeds, as documented
+    other = study.run("baseline", {"N": [50], "hypothesis": ["null"]}, n_rep=8, seed=5, n_boot=100)
+    assert not np.array_equal(other["estimate"].values, part["estimate"].values)
 
 
 def test_summarize_hand_computed(small_study):
@@ -108,13 +89,3 @@ def test_study_ml_override_and_callable_design():
         study.run("unknown", {}, n_rep=1)
 
 
-def test_ecv_picks_rank_one_on_orthodont(orthodont):
-    Y, A = orthodont
-    res = nmfre.ecv(Y, A, ranks=(1, 2, 3), seed=0)
-    assert res.best_rank == 1
-    assert list(res.table.index) == [1, 2, 3]
-    assert res.errors.dims == ("rank", "fold")
-    fig = res.plot()
-    assert fig.axes
-    with pytest.raises(ValueError, match="folds"):
-        nmfre.ecv(Y, A, folds=1)

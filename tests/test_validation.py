@@ -1,4 +1,5 @@
-"""Bad input is rejected before any computation, naming the argument."""
+"""nmfre.validation and bad input at every public entry point: rejected before any
+computation, naming the argument."""
 
 import numpy as np
 import pandas as pd
@@ -6,6 +7,8 @@ import pytest
 import xarray as xr
 
 import nmfre
+from nmfre import simulate, study
+from nmfre import validation as v
 
 Y0 = np.random.default_rng(0).uniform(1, 5, (6, 20))
 
@@ -74,3 +77,51 @@ def test_formula_needs_both():
 def test_df_scan_bad_rates():
     with pytest.raises(ValueError, match="rates"):
         nmfre.df_scan(Y0, rank=2, rates=[0.0, 0.5])
+
+
+@pytest.mark.parametrize("fn, args, exc, match", [
+    (v.integer, (0, "n"), ValueError, "n must be a positive integer"),
+    (v.integer, (2.5, "n"), TypeError, "n must be a positive integer"),
+    (v.integer, (True, "n"), TypeError, "n must be"),
+    (v.integer, (1, "n"), None, None),
+    (v.choice, ("x", "kind", ("a", "b")), ValueError, "kind must be one of"),
+    (v.positive_float, (np.inf, "tol"), ValueError, "tol must be a positive finite"),
+    (v.positive_float, ("1", "tol"), TypeError, "tol"),
+    (v.rate, (1.5, "df_cap"), ValueError, r"\(0, 1\]"),
+    (v.open_unit, (1.0, "level"), ValueError, r"level must be in \(0, 1\)"),
+    (v.boolean, (1, "flag"), TypeError, "True or False"),
+    (v.rng, (-1,), ValueError, "non-negative"),
+    (v.rng, ("7",), TypeError, "seed"),
+])
+def test_validation_checks(fn, args, exc, match):
+    if exc is None:
+        fn(*args)
+        return
+    with pytest.raises(exc, match=match) as info:
+        fn(*args)
+    assert isinstance(info.value, ValueError)  # ArgumentTypeError is a ValueError too
+
+
+def test_rng_passes_generators_through_and_never_uses_global_state():
+    g = np.random.default_rng(3)
+    assert v.rng(g) is g
+    np.random.seed(0)
+    state = np.random.get_state()[1].copy()
+    v.rng(None).random(5)
+    assert np.array_equal(np.random.get_state()[1], state)
+
+
+def test_bad_input_at_other_entry_points(orthodont):
+    Y, A = orthodont
+    with pytest.raises(ValueError, match="folds"):
+        nmfre.ecv(Y, A, folds=1)
+    with pytest.raises(ValueError, match="n_rep"):
+        study.run("baseline", {}, n_rep=0)
+    with pytest.raises(ValueError, match="subset"):
+        study.run("baseline", {"N": [27]}, n_rep=1, subset={"N": [28]})
+    with pytest.raises(ValueError, match="N must be an integer >= 4"):
+        simulate.baseline(N=2)
+    with pytest.raises(ValueError, match="errors"):
+        simulate.stress(errors="t")
+    with pytest.raises(ValueError, match="rank"):
+        simulate.block_sparse(rank=0)

@@ -1,17 +1,12 @@
-"""Estimation of NMF-RE on plain numpy arrays: maximum likelihood and the paper's algorithm.
+"""Maximum likelihood for NMF-RE on plain numpy arrays.
 
 ``Y (P x N) = X (Theta A + U) + E`` with ``X >= 0`` (columns on the simplex), ``U`` with
-iid ``N(0, tau2)`` entries and ``E`` iid ``N(0, sigma2)``.
-
-* :func:`fit_ml` maximises the marginal likelihood: projected Fisher scoring in
-  (X, Theta, sigma2, tau2) with the expected information in closed form, each step
-  followed by an ECME sweep (E-step for U, exact per-column HALS block minimisation for
-  X on the simplex, exact GLS/NNLS for Theta, exact 1-D profile for the variances); a
-  SQUAREM cycle of the ECME map where scoring finds no decrease. Every accepted
-  iteration does not increase the nll.
-* :func:`fit_paper` is the paper's algorithm (nmfkc 0.7.0) step for step.
-
-Both return a plain dict; :mod:`nmfre.results` wraps it with labels.
+iid ``N(0, tau2)`` entries and ``E`` iid ``N(0, sigma2)``. :func:`fit_ml` maximises the
+marginal likelihood: projected Fisher scoring in (X, Theta, sigma2, tau2) with the
+expected information in closed form, each step followed by an ECME sweep (E-step for U,
+exact per-column HALS block minimisation for X on the simplex, exact GLS/NNLS for Theta,
+exact 1-D profile for the variances); a SQUAREM cycle of the ECME map where scoring finds
+no decrease. Every accepted iteration does not increase the nll.
 """
 
 from __future__ import annotations
@@ -22,75 +17,41 @@ import numpy as np
 from scipy.optimize import nnls
 
 from . import dfcap
-from .likelihood import (
-    LAMBDA_MAX,
-    LAMBDA_MIN,
-    nll,
-    optimize_lambda,
-    sufficient,
-    variances_at,
-)
+from .basis import project_simplex
+from .likelihood import LAMBDA_MIN, nll, optimize_lambda, sufficient, variances_at
+from .solution import Solution
 
-FLOOR = 1e-10
+#: variance modes: which of sigma2, tau2 are held fixed
+MODES = {(False, False): "free", (True, False): "sigma2", (False, True): "tau2", (True, True): "fixed"}
 
 
-# ----------------------------------------------------------------------------- helpers
-def project_simplex(V: np.ndarray) -> np.ndarray:
-    """Euclidean projection of each column of ``V`` onto the probability simplex."""
-    P = V.shape[0]
-    U = -np.sort(-V, axis=0)
-    css = np.cumsum(U, axis=0) - 1.0
-    idx = np.arange(1, P + 1)[:, None]
-    cond = U - css / idx > 0
-    rho = P - 1 - np.argmax(cond[::-1], axis=0)
-    theta = css[rho, np.arange(V.shape[1])] / (rho + 1)
-    return np.maximum(V - theta, 0.0)
-
-
-def nndsvd(Y: np.ndarray, rank: int) -> np.ndarray:
-    """Basis from the NNDSVD of ``max(Y, 0)`` (Boutsidis & Gallopoulos 2008), columns
-    normalised to sum to 1. Deterministic."""
-    Yp = np.maximum(Y, 0.0)
-    Uu, _, Vt = np.linalg.svd(Yp, full_matrices=False)
-    W = np.zeros((Y.shape[0], rank))
-    W[:, 0] = np.abs(Uu[:, 0])
-    for j in range(1, rank):
-        x, y = Uu[:, j], Vt[j, :]
-        xp, xn = np.maximum(x, 0), np.maximum(-x, 0)
-        yp, yn = np.maximum(y, 0), np.maximum(-y, 0)
-        mp = np.linalg.norm(xp) * np.linalg.norm(yp)
-        mn = np.linalg.norm(xn) * np.linalg.norm(yn)
-        W[:, j] = xp if mp >= mn else xn
-    return _normalise_columns(W)
-
-
-def random_basis(P: int, rank: int, rng: np.random.Generator) -> np.ndarray:
-    """Random simplex columns (uniform on the simplex)."""
-    return _normalise_columns(rng.exponential(size=(P, rank)))
-
-
-def _normalise_columns(W: np.ndarray) -> np.ndarray:
-    W = np.maximum(W, 0.0)
-    s = W.sum(axis=0)
-    bad = s <= 0
-    W = W / np.where(bad, 1.0, s)
-    W[:, bad] = 1.0 / W.shape[0]
-    return W
-
-
-# ----------------------------------------------------------------------------- ML
 @dataclass
 class Problem:
-    """Validated data and settings shared by the ML iterations."""
+    """Data and settings shared by the ML iterations.
+
+    Attributes
+    ----------
+    Y, A : ndarray
+        ``P x N`` data, ``K x N`` design.
+    rank : int
+    nonneg : bool
+        Theta constrained to ``>= 0``.
+    mode : str
+        ``"free"``, ``"sigma2"`` (sigma2 fixed), ``"tau2"`` (tau2 fixed) or ``"fixed"``.
+    sigma2, tau2 : float
+        Starting or fixed variances.
+    cap : float or None
+        The df cap value ``max(rate N Q, 1)`` (not the rate).
+    """
 
     Y: np.ndarray
     A: np.ndarray
     rank: int
     nonneg: bool
-    mode: str  # "free", "sigma2", "tau2" or "fixed"
+    mode: str
     sigma2: float
     tau2: float
-    cap: float | None  # df cap value (not rate)
+    cap: float | None
 
     def __post_init__(self):
         self.P, self.N = self.Y.shape
@@ -100,6 +61,7 @@ class Problem:
         self.AAt_inv = np.linalg.inv(self.AAt)
 
     def lam_floor(self, d: np.ndarray) -> float:
+        """Smallest admissible lambda given the eigenvalues ``d`` of X'X (the cap's root)."""
         if self.cap is None:
             return LAMBDA_MIN
         return max(dfcap.lambda_for_df(d, self.N, self.cap), LAMBDA_MIN)
@@ -107,6 +69,8 @@ class Problem:
 
 @dataclass
 class State:
+    """One iterate: basis, effects, variances and its nll."""
+
     X: np.ndarray
     theta: np.ndarray
     sigma2: float
@@ -115,6 +79,7 @@ class State:
     cap_active: bool = False
 
 
+# ----------------------------------------------------------------------------- exact blocks
 def theta_step(prob: Problem, X: np.ndarray, lam: float) -> np.ndarray:
     """Exact minimiser of the marginal nll over Theta for fixed ``X`` and ``lambda``.
 
@@ -223,23 +188,11 @@ def initial_state(prob: Problem, X0: np.ndarray, theta0: np.ndarray | None) -> S
     return State(X0, theta, s2, lam, val, active)
 
 
-def scoring_step(prob: Problem, st: State) -> State | None:
-    """One projected Fisher-scoring step in (X, Theta, sigma2, tau2).
-
-    The expected information of the marginal model is assembled in closed form: for
-    ``vec(X)`` and ``vec(Theta)`` a mean part ``S (x) Theta A A' Theta'`` and a covariance
-    part ``N tau2^2 (S (x) X'SX + T)`` with ``S = Sigma^-1``; the free variances (not when
-    the df cap binds) enter through ``N/2 tr(S dSigma S dSigma)`` so that the step in X
-    accounts for their coupling. The Newton system is solved on the positive entries of
-    X (zeros stay, an ECME sweep can release them) and the free entries of Theta under
-    the unit-column-sum constraints (KKT); the step, limited to 0.25 in any entry of X,
-    is projected back onto the simplex (and Theta >= 0) and halved until the nll, with
-    Theta (free case) and the variances re-profiled exactly, strictly decreases.
-    Returns None when it does not.
-    """
+# ----------------------------------------------------------------------------- scoring
+def _gradient_parts(prob: Problem, st: State):
+    """Shared pieces of the gradient: ``Minv, S, Z, W, R, B, gX, gT``."""
     X, theta, s2, lam = st.X, st.theta, st.sigma2, st.lam
-    P, Q, K, N = prob.P, prob.rank, prob.K, prob.N
-    tau2 = s2 / lam
+    P, Q = prob.P, prob.rank
     Minv = np.linalg.inv(X.T @ X + lam * np.eye(Q))
     S = (np.eye(P) - X @ Minv @ X.T) / s2
     Z = S @ X
@@ -248,8 +201,23 @@ def scoring_step(prob: Problem, st: State) -> State | None:
     R = prob.Y - X @ TA
     B = TA + Minv @ (X.T @ R)
     E = (prob.Y - X @ B) / s2
-    gX = N * X @ Minv - E @ B.T
+    gX = prob.N * X @ Minv - E @ B.T
     gT = -(X.T @ E @ prob.A.T)
+    return Minv, S, Z, W, R, gX, gT
+
+
+def fisher_system(prob: Problem, st: State):
+    """Expected information ``F`` and gradient ``g`` of the nll in
+    ``(vec_row X, vec_row Theta[, variances])`` and the number of variance coordinates.
+
+    For ``vec(X)`` and ``vec(Theta)``: a mean part ``S (x) Theta A A' Theta'`` and a
+    covariance part ``N tau2^2 (S (x) X'SX + T)`` with ``S = Sigma^-1``; the free
+    variances (not when the df cap binds) enter through ``N/2 tr(S dSigma S dSigma)``.
+    """
+    X, theta, s2, lam = st.X, st.theta, st.sigma2, st.lam
+    P, Q, K, N = prob.P, prob.rank, prob.K, prob.N
+    tau2 = s2 / lam
+    Minv, S, Z, W, R, gX, gT = _gradient_parts(prob, st)
     C1 = theta @ prob.AAt @ theta.T
     c = N * tau2**2
     FXX = np.kron(S, C1 + c * W) + c * np.einsum("ps,rq->pqrs", Z, Z).reshape(P * Q, P * Q)
@@ -274,9 +242,17 @@ def scoring_step(prob: Problem, st: State) -> State | None:
         F = np.block([[F, np.vstack([FXV, np.zeros((Q * K, nV))])],
                       [np.hstack([FXV.T, np.zeros((nV, Q * K))]), FV]])
         g = np.concatenate([g, gV])
+    return F, g, gT, len(dSig)
+
+
+def _newton_direction(prob: Problem, st: State, F, g, gT, nV):
+    """Solve the KKT system on the free coordinates (positive entries of X, Theta off its
+    bound) under the unit-column-sum constraints; None when singular."""
+    X, theta = st.X, st.theta
+    P, Q, K = prob.P, prob.rank, prob.K
     act_X = X <= 0
     free = np.concatenate([~act_X.ravel(), ~((theta <= 0) & (gT > 0)).ravel() if prob.nonneg
-                           else np.ones(Q * K, bool), np.ones(len(dSig), bool)])
+                           else np.ones(Q * K, bool), np.ones(nV, bool)])
     idx = np.flatnonzero(free)
     nf = idx.size
     Ecol = np.zeros((Q, nf))
@@ -290,17 +266,33 @@ def scoring_step(prob: Problem, st: State) -> State | None:
         sol = np.linalg.solve(kkt, np.concatenate([-g[idx], np.zeros(Q)]))
     except np.linalg.LinAlgError:
         return None
-    delta = np.zeros(P * Q + Q * K + len(dSig))
+    delta = np.zeros(P * Q + Q * K + nV)
     delta[idx] = sol[:nf]
-    dX = delta[: P * Q].reshape(P, Q)
-    dT = delta[P * Q:P * Q + Q * K].reshape(Q, K)
+    return delta[: P * Q].reshape(P, Q), delta[P * Q:P * Q + Q * K].reshape(Q, K)
+
+
+def scoring_step(prob: Problem, st: State) -> State | None:
+    """One projected Fisher-scoring step in (X, Theta, sigma2, tau2).
+
+    The Newton system (:func:`fisher_system`) is solved on the positive entries of X
+    (zeros stay, an ECME sweep can release them) and the free entries of Theta under the
+    unit-column-sum constraints (KKT); the step, limited to 0.25 in any entry of X, is
+    projected back onto the simplex (and Theta >= 0) and halved until the nll, with Theta
+    (free case) and the variances re-profiled exactly, strictly decreases. Returns None
+    when it does not.
+    """
+    F, g, gT, nV = fisher_system(prob, st)
+    direction = _newton_direction(prob, st, F, g, gT, nV)
+    if direction is None:
+        return None
+    dX, dT = direction
     big = np.max(np.abs(dX))
     t = min(1.0, 0.25 / big) if big > 0 else 1.0  # trust radius in simplex units
     for _ in range(40):
-        Xn = project_simplex(X + t * dX)
-        Tn = theta + t * dT
-        Tn = np.maximum(Tn, 0.0) if prob.nonneg else theta_step(prob, Xn, lam)
-        s2n, lamn, val, _, act = profile(prob, Xn, Tn, lam)
+        Xn = project_simplex(st.X + t * dX)
+        Tn = st.theta + t * dT
+        Tn = np.maximum(Tn, 0.0) if prob.nonneg else theta_step(prob, Xn, st.lam)
+        s2n, lamn, val, _, act = profile(prob, Xn, Tn, st.lam)
         if val < st.nll:
             return State(Xn, Tn, s2n, lamn, val, act)
         t *= 0.5
@@ -340,8 +332,9 @@ def kkt_decrement(prob: Problem, st: State) -> float:
     return out
 
 
+# ----------------------------------------------------------------------------- driver
 def fit_ml(prob: Problem, X0: np.ndarray, theta0: np.ndarray | None = None,
-           max_iter: int = 5000, tol: float = 1e-10, scoring_max_size: int = 1500) -> dict:
+           max_iter: int = 5000, tol: float = 1e-10, scoring_max_size: int = 1500) -> Solution:
     """Maximum-likelihood fit; every iteration does not increase the nll.
 
     An iteration is a projected Fisher-scoring step (:func:`scoring_step`, used while
@@ -356,7 +349,7 @@ def fit_ml(prob: Problem, X0: np.ndarray, theta0: np.ndarray | None = None,
     """
     st = initial_state(prob, X0, theta0)
     trace: list[float] = []
-    hit = st.cap_active
+    hits: list[int] = [0] if st.cap_active else []
     use_scoring = prob.P * prob.rank + prob.rank * prob.K <= scoring_max_size
     step_max, mstep = 1.0, 4.0
     converged = False
@@ -372,17 +365,17 @@ def fit_ml(prob: Problem, X0: np.ndarray, theta0: np.ndarray | None = None,
         dx = float(np.max(np.abs(new.X - st.X)))
         st = new
         trace.append(st.nll)
-        hit = hit or st.cap_active
+        if st.cap_active:
+            hits.append(n_iter)
         if dec <= tol * (1.0 + abs(st.nll)) and dx <= np.sqrt(tol) \
                 and kkt_decrement(prob, st) <= tol * (1.0 + abs(st.nll)):
             converged = True
             break
     U = blup(prob, st.X, st.theta, st.lam)
-    return {
-        "X": st.X, "theta": st.theta, "U": U, "sigma2": st.sigma2, "tau2": st.sigma2 / st.lam,
-        "lam": st.lam, "nll": st.nll, "nll_trace": np.asarray(trace), "converged": converged,
-        "n_iter": n_iter, "cap_hit": bool(hit), "stop_reason": "tol" if converged else "max_iter",
-    }
+    return Solution(X=st.X, theta=st.theta, U=U, sigma2=st.sigma2, tau2=st.sigma2 / st.lam, lam=st.lam,
+                    nll=st.nll, nll_trace=np.asarray(trace), converged=converged, n_iter=n_iter,
+                    cap_hit=bool(hits), stop_reason="tol" if converged else "max_iter",
+                    cap_hit_iters=tuple(hits))
 
 
 def _squarem_cycle(prob: Problem, st: State, step_max: float, mstep: float):
@@ -403,92 +396,3 @@ def _squarem_cycle(prob: Problem, st: State, step_max: float, mstep: float):
     if np.isfinite(cand.nll) and cand.nll <= s2.nll:
         return cand, step_max * mstep if alpha == -step_max else step_max
     return s2, max(1.0, step_max / mstep)
-
-
-# ----------------------------------------------------------------------------- paper
-def fit_paper(Y: np.ndarray, A: np.ndarray, X0: np.ndarray, theta0: np.ndarray,
-              U0: np.ndarray | None = None, *, rate: float | None = None, sigma2: float = 1.0,
-              tau2: float = 1.0, update_sigma2: bool = True, update_tau2: bool = True,
-              max_iter: int = 50000, tol: float = 1e-5) -> dict:
-    """The paper's alternating algorithm (nmfkc 0.7.0 ``nmfre()``), step for step.
-
-    Multiplicative updates for X and Theta (non-negative), BLUP-then-centre U, damped
-    moment update of tau2 (only without a cap), damped sigma2 update every 10 iterations
-    from iteration 50, and the df cap ``max(rate N Q, 1)`` enforced by raising lambda.
-    Stops when the relative change of ``||R||^2 + lambda ||U||^2`` falls below ``tol``.
-    """
-    P, N = Y.shape
-    Q = X0.shape[1]
-    clip = lambda v: min(max(v, 1e-12), 1e12)  # noqa: E731
-    X = np.maximum(np.array(X0, dtype=float), FLOOR)
-    theta = np.maximum(np.array(theta0, dtype=float), FLOOR)
-    U = np.zeros((Q, N)) if U0 is None else np.array(U0, dtype=float)
-    D = np.maximum(X.sum(axis=0), 1e-12)
-    X, theta, U = X / D, theta * D[:, None], U * D[:, None]
-    Yp = np.maximum(Y, 0.0)
-    AAt = A @ A.T
-    cap = None if rate is None else dfcap.cap_value(rate, N, Q)
-    obj_prev = np.inf
-    trace, nll_trace, hit_iters = [], [], []
-    converged, stop_reason, rel = False, "max_iter", np.nan
-    it = 0
-    for it in range(1, max_iter + 1):
-        tau2 = clip(tau2)
-        sigma2 = clip(sigma2)
-        lam = sigma2 / tau2
-        XtX = X.T @ X
-        if cap is not None:
-            d = np.maximum(np.linalg.eigvalsh(XtX), 0.0)
-            if float(dfcap.df_u(d, N, lam)) > cap:
-                lam = dfcap.lambda_for_df_paper(d, N, cap, max(lam, 0.0), LAMBDA_MAX)
-                tau2 = clip(sigma2 / max(lam, 1e-12))
-                hit_iters.append(it)
-        M = XtX + max(lam, 1e-12) * np.eye(Q)
-        CA = theta @ A
-        U = np.linalg.solve(M, X.T @ (Y - X @ CA))
-        U = U - U.mean(axis=1, keepdims=True)
-        if update_tau2 and cap is None:
-            tau2_new = clip(np.sum(U**2) / (N * Q) + sigma2 * np.trace(np.linalg.inv(M)) / Q)
-            tau2 = 0.8 * tau2 + 0.2 * tau2_new
-        Bp = np.maximum(CA + U, 0.0)
-        X = X * _safe_div(Yp @ Bp.T, X @ (Bp @ Bp.T))
-        X = np.maximum(X, FLOOR)
-        D = np.maximum(X.sum(axis=0), 1e-12)
-        X, theta, U = np.maximum(X / D, FLOOR), np.maximum(theta * D[:, None], FLOOR), U * D[:, None]
-        Ys = np.maximum(Yp - X @ U, 0.0)
-        theta = theta * _safe_div((X.T @ Ys) @ A.T, ((X.T @ X) @ theta) @ AAt)
-        theta = np.maximum(theta, FLOOR)
-        if update_sigma2 and it >= 50 and it % 10 == 0:
-            R = Y - X @ (theta @ A + U)
-            sigma2 = 0.95 * sigma2 + 0.05 * clip(np.mean(R**2))
-        R = Y - X @ (theta @ A + U)
-        obj = np.sum(R**2) + sigma2 / clip(tau2) * np.sum(U**2)
-        trace.append(obj)
-        nll_trace.append(nll(sufficient(Y, X, theta @ A), sigma2, sigma2 / clip(tau2)))
-        if not np.isfinite(obj):
-            stop_reason = "nonfinite"
-            break
-        if np.isfinite(obj_prev):
-            rel = abs(obj_prev - obj) / (abs(obj_prev) + FLOOR)
-            if rel < tol:
-                converged, stop_reason = True, "tol"
-                break
-        obj_prev = obj
-    if Q > 1:
-        order = np.argsort((np.arange(1, P + 1) / P) @ X, kind="stable")
-        X, theta, U = X[:, order], theta[order], U[order]
-    lam = sigma2 / clip(tau2)
-    return {
-        "X": X, "theta": theta, "U": U, "sigma2": sigma2, "tau2": tau2, "lam": lam,
-        "objective_trace": np.asarray(trace), "nll_trace": np.asarray(nll_trace),
-        "nll": nll_trace[-1], "converged": converged, "n_iter": it,
-        "cap_hit": bool(hit_iters), "cap_hit_iters": hit_iters, "stop_reason": stop_reason,
-        "rel_change": rel,
-    }
-
-
-def _safe_div(num: np.ndarray, den: np.ndarray) -> np.ndarray:
-    with np.errstate(divide="ignore", invalid="ignore"):
-        out = num / np.maximum(den, FLOOR)
-    out[~np.isfinite(out)] = 0.0
-    return out

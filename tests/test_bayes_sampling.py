@@ -1,11 +1,10 @@
-"""The NumPyro twin: closed form, mixing, calibration, comparison, bad input."""
+"""bayes.sampling: closed form, mixing, alignment, calibration, the DataTree, bad input."""
 
 import warnings
 
 import numpy as np
 import pytest
-import xarray as xr
-from conftest import simulate_rank2
+from helpers import rank2
 
 import bayes
 import nmfre
@@ -28,14 +27,19 @@ def post_joint(orthodont, ml_fit):
     return bayes.sample(Y, A, 1, model="joint", fit=ml_fit, seed=2, draw_U=True, posterior_predictive=True)
 
 
+def _mcse(post, method):
+    import arviz as az
+
+    return az.mcse(post, var_names=["theta"], method=method)["theta"]
+
+
 def test_conditional_posterior_matches_closed_form(post_conditional, ml_fit, inf_ortho):
-    """Flat prior, X and variances fixed: posterior = N(theta_hat, I^-1)."""
+    """Flat prior, X and variances fixed: posterior = N(theta_hat, I^-1). Mean and sd agree
+    with the closed form within 4 Monte Carlo standard errors."""
     th = post_conditional["posterior"]["theta"]
-    se = inf_ortho._ds["se_model"]
-    mean_err = np.abs((th.mean(("chain", "draw")) - ml_fit.theta) / se)
-    assert float(mean_err.max()) < 0.1
-    sd_ratio = th.std(("chain", "draw")) / se
-    assert float(np.abs(sd_ratio - 1).max()) < 0.05
+    se = inf_ortho.se_model
+    assert (np.abs(th.mean(("chain", "draw")) - ml_fit.theta) <= 4 * _mcse(post_conditional, "mean")).all()
+    assert (np.abs(th.std(("chain", "draw")) - se) <= 4 * _mcse(post_conditional, "sd")).all()
     cov = np.cov(th.stack(s=("chain", "draw")).transpose("s", "covariate", "component").values.reshape(-1, 2).T)
     np.testing.assert_allclose(cov, inf_ortho.cov_model.values, rtol=0.12)
 
@@ -44,8 +48,10 @@ def test_joint_mixes_on_orthodont(post_joint, ml_fit):
     d = bayes.diagnostics(post_joint)
     assert d["max_r_hat"] <= 1.01 and d["min_ess_bulk"] >= 400 and d["divergences"] == 0
     th = post_joint["posterior"]["theta"]
-    z = np.abs((th.mean(("chain", "draw")) - ml_fit.theta) / th.std(("chain", "draw")))
-    assert float(z.max()) < 2
+    # posterior mean within 0.25 posterior sd (asymptotically O(sd / sqrt(N)) apart) plus
+    # 4 Monte Carlo SE of the MLE (measured on Orthodont: 0.01 sd)
+    gap = np.abs(th.mean(("chain", "draw")) - ml_fit.theta)
+    assert (gap <= 0.25 * th.std(("chain", "draw")) + 4 * _mcse(post_joint, "mean")).all()
 
 
 def test_datatree_layout(post_joint, ml_fit):
@@ -66,7 +72,7 @@ def test_datatree_layout(post_joint, ml_fit):
 
 
 def test_rank2_joint_aligned_and_mixing():
-    Y, A, X, theta = simulate_rank2(21, N=150)
+    Y, A, X, theta = rank2(21, N=150)
     fit = nmfre.fit(Y, A, rank=2)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", bayes.SamplingWarning)
@@ -74,9 +80,13 @@ def test_rank2_joint_aligned_and_mixing():
     d = bayes.diagnostics(post)
     assert d["max_r_hat"] <= 1.01, d
     assert d["divergences"] == 0
-    th = post["posterior"]["theta"]
-    z = np.abs((th.mean(("chain", "draw")) - fit.theta) / th.std(("chain", "draw")))
-    assert float(z.max()) < 2
+    # chains aligned to the fit: every chain's mean basis matches the fit's columns in order
+    from nmfre.core.bootstrap import align_components
+
+    Xc = post["posterior"]["X"].mean("draw").transpose("chain", "feature", "component").values
+    for c in range(Xc.shape[0]):
+        perm, cos = align_components(fit.X.values, Xc[c])
+        assert list(perm) == [0, 1] and cos.min() > 0.98, (perm, cos)
 
 
 def _sbc(n_rep, L, seed):
@@ -124,22 +134,6 @@ def test_sbc_conditional_x_full():
     assert p > 0.001, counts
 
 
-def test_compare_and_plot(inf_ortho, post_conditional, post_joint, tmp_path):
-    tab = bayes.compare(inf_ortho, post_conditional, post_joint)
-    assert list(tab.index.names) == ["component", "covariate"]
-    for col in ["estimate", "wald_low", "boot_high", "conditional_low", "joint_high", "joint_width_ratio",
-                "conditional_overlap"]:
-        assert col in tab.columns
-    assert (tab.conditional_overlap > 0.8).all() and (tab.joint_overlap > 0.8).all()
-    assert ((tab.joint_width_ratio > 0.8) & (tab.joint_width_ratio < 1.3)).all()
-    fig = bayes.plot_compare(inf_ortho, post_conditional, post_joint)
-    fig.savefig(tmp_path / "cmp.png")
-    assert (tmp_path / "cmp.png").stat().st_size > 10_000
-    fig = bayes.plot_diagnostics(post_joint)
-    fig.savefig(tmp_path / "diag.png")
-    fig = bayes.plot_diagnostics(post_joint, kind="rank")
-
-
 def test_bad_input(orthodont, ml_fit):
     Y, A = orthodont
     with pytest.raises(ValueError, match="model"):
@@ -154,15 +148,9 @@ def test_bad_input(orthodont, ml_fit):
         bayes.sample(Y, A, 1, fit=ml_fit, priors={"nu": 1.0})
     with pytest.raises(ValueError, match="theta"):
         bayes.sample(Y, A, 1, fit=ml_fit, theta="nonneg")
-    with pytest.raises(TypeError, match="posterior"):
-        bayes.compare(ml_fit.infer(n_boot=10), xr.DataTree())
-
-
-def test_nmfre_imports_without_jax():
-    import subprocess
-    import sys
-
-    code = ("import sys; sys.modules['jax'] = None; sys.modules['numpyro'] = None; import nmfre; "
-            "Y, A = nmfre.load_orthodont(); f = nmfre.fit(Y, A, rank=1); f.infer(n_boot=20); print('ok')")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert out.stdout.strip() == "ok", out.stderr
+    with pytest.raises(ValueError, match="num_samples"):
+        bayes.sample(Y, A, 1, fit=ml_fit, num_samples=0)
+    with pytest.raises(ValueError, match="chain_method"):
+        bayes.sample(Y, A, 1, fit=ml_fit, chain_method="threads")
+    with pytest.raises(ValueError, match="seed"):
+        bayes.sample(Y, A, 1, fit=ml_fit, seed=-1)

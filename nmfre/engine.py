@@ -1,0 +1,270 @@
+"""The estimation engine on plain arrays: starting values, one solver run, restarts, the
+df-cap scan, internal standardisation, and the refit bootstrap.
+
+Sits between the numerical kernels (:mod:`nmfre.core`) and the labelled layer
+(:mod:`nmfre.results`, :mod:`nmfre.inference`): arrays and a
+:class:`~nmfre.settings.FitSettings` in, a :class:`~nmfre.core.solution.Solution` out.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+
+from .core import basis, dfcap
+from .core.bootstrap import align_components
+from .core.likelihood import LAMBDA_MIN, icc
+from .core.ml import Problem, fit_ml, theta_step
+from .core.paper import fit_paper
+from .core.solution import Solution
+from .settings import FitSettings
+
+#: ML standardises Y by a power of 2 when its root mean square leaves this range (exact
+#: scaling, so in-range data are fitted unchanged; out of range the fit is equivariant)
+SAFE_SCALE = (2.0**-20, 2.0**20)
+#: beyond this range of rms(Y) the variances (~rms^2, and tau2 larger still) leave float64
+REPRESENTABLE = (1e-152, 1e152)
+#: the paper algorithm's absolute constants (variances clipped to [1e-12, 1e12], floors
+#: 1e-10) make it meaningless outside this range of rms(Y)
+PAPER_SCALE = (1e-5, 1e5)
+
+
+@dataclass(frozen=True)
+class Start:
+    """One starting point: a name (``"nndsvd"``, ``"random"``, ``"custom"``, ``"warm"``),
+    a basis and optionally Theta and U."""
+
+    name: str
+    X: np.ndarray
+    theta: np.ndarray | None = None
+    U: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """What :func:`estimate` returns.
+
+    Attributes
+    ----------
+    solution : Solution
+        The kept (best-likelihood) run, in the data's units.
+    rate : float or None
+        The df-cap rate used (chosen by the scan for ``df_cap="auto"``).
+    restarts : list of dict
+        One ``{"init", "nll", "converged", "n_iter"}`` per start.
+    scan : list of dict or None
+        Rows of the df-cap scan (``df_cap="auto"``).
+    scale : float
+        The power of 2 that Y was divided by internally (1 when in range).
+    """
+
+    solution: Solution
+    rate: float | None
+    restarts: list[dict]
+    scan: list[dict] | None
+    scale: float
+
+
+# ----------------------------------------------------------------------------- scale
+def rms(Y: np.ndarray) -> float:
+    """Root mean square of ``Y`` without overflow or underflow."""
+    m = float(np.max(np.abs(Y)))
+    if m == 0:
+        return 0.0
+    e = np.frexp(m)[1]
+    return float(np.sqrt(np.mean(np.ldexp(Y, -e) ** 2))) * 2.0**e
+
+
+def scale_factor(Y: np.ndarray) -> float:
+    """Power of 2 that brings ``rms(Y)`` into :data:`SAFE_SCALE` (1 when already there)."""
+    r = rms(Y)
+    if r == 0 or SAFE_SCALE[0] <= r <= SAFE_SCALE[1]:
+        return 1.0
+    return 2.0 ** int(np.frexp(r)[1])
+
+
+def check_estimable(Y: np.ndarray, A: np.ndarray, settings: FitSettings) -> None:
+    """Refuse data that no setting can fit, with a message saying what is wrong."""
+    P, N = Y.shape
+    if np.all(Y == Y.flat[0]):
+        raise ValueError(f"Y has zero variance (every entry equals {Y.flat[0]:g}); there is nothing to fit")
+    if N > 1 and np.all(Y == Y[:, :1]):
+        raise ValueError("Y has zero variance across units (all units are identical): sigma2 and tau2 "
+                         "cannot be estimated")
+    r = rms(Y)
+    if not REPRESENTABLE[0] <= r <= REPRESENTABLE[1]:
+        raise ValueError(f"Y's scale (root mean square {r:.3g}) is outside [{REPRESENTABLE[0]:g}, "
+                         f"{REPRESENTABLE[1]:g}]: the variances (about rms^2) are not representable in float64; "
+                         "rescale Y")
+    if settings.method == "paper":
+        if np.any(Y < 0):
+            raise ValueError(f"Y has {int((Y < 0).sum())} negative entries; method='paper' needs Y >= 0")
+        if not PAPER_SCALE[0] <= r <= PAPER_SCALE[1]:
+            raise ValueError(
+                f"Y's scale (root mean square {r:.3g}) is outside [{PAPER_SCALE[0]:g}, {PAPER_SCALE[1]:g}], where "
+                "method='paper' is meaningful: its constants are absolute (variances clipped to [1e-12, 1e12], "
+                "floors 1e-10, as in nmfkc). Rescale Y or use method='ml', which is scale-equivariant")
+
+
+# ----------------------------------------------------------------------------- starts
+def make_starts(Y: np.ndarray, Q: int, settings: FitSettings, rng: np.random.Generator,
+                values: dict | None = None) -> list[Start]:
+    """The starts of a fit: explicit ``values``, or NNDSVD/random then ``n_init - 1`` random."""
+    if values is not None:
+        return [Start("custom", values["X"], values.get("theta"), values.get("U"))]
+    P = Y.shape[0]
+    first = Start("nndsvd", basis.nndsvd(Y, Q)) if settings.init == "nndsvd" else \
+        Start("random", basis.random_basis(P, Q, rng))
+    return [first] + [Start("random", basis.random_basis(P, Q, rng)) for _ in range(settings.n_init - 1)]
+
+
+# ----------------------------------------------------------------------------- one run
+def solve(Y: np.ndarray, A: np.ndarray, Q: int, start: Start, rate: float | None,
+          settings: FitSettings) -> Solution:
+    """Run the settings' algorithm once from ``start`` with cap rate ``rate``."""
+    N = Y.shape[1]
+    s = settings
+    if s.method == "paper":
+        theta0 = start.theta
+        if theta0 is None:
+            prob = problem(Y, A, Q, None, s.replace(theta="nonneg"))
+            theta0 = theta_step(prob, basis.normalise_columns(start.X), s.sigma2 / s.tau2)
+        return fit_paper(Y, A, start.X, theta0, start.U, rate=rate, sigma2=s.sigma2, tau2=s.tau2,
+                         update_sigma2=not s.fix_sigma2, update_tau2=not s.fix_tau2,
+                         max_iter=s.max_iter, tol=s.tol)
+    cap = None if rate is None else dfcap.cap_value(rate, N, Q)
+    prob = problem(Y, A, Q, cap, s)
+    return fit_ml(prob, basis.normalise_columns(start.X), start.theta, max_iter=s.max_iter, tol=s.tol)
+
+
+def problem(Y, A, Q, cap, settings: FitSettings) -> Problem:
+    """The ML solver's :class:`~nmfre.core.ml.Problem` for these settings."""
+    return Problem(Y, A, Q, settings.nonneg, settings.variance_mode, settings.sigma2, settings.tau2, cap)
+
+
+def scan(Y: np.ndarray, A: np.ndarray, Q: int, start: Start, rates, settings: FitSettings):
+    """Fit at each cap rate from the same start: ``(rows, chosen_rate)`` (nmfkc 0.7.0's rule)."""
+    N = Y.shape[1]
+    rows = []
+    for rate in rates:
+        out = solve(Y, A, Q, start, float(rate), settings)
+        d = np.linalg.eigvalsh(out.X.T @ out.X)
+        df = float(dfcap.df_u(np.maximum(d, 0), N, out.lam))
+        cap = dfcap.cap_value(float(rate), N, Q)
+        rows.append(dict(rate=float(rate), df_cap=cap, df_u=df, safeguard=df / cap < dfcap.SAFEGUARD_RATIO,
+                         hit=bool(out.cap_hit), converged=bool(out.converged), tau2=out.tau2, sigma2=out.sigma2,
+                         icc=icc(out.X, out.sigma2, out.tau2), nll=out.nll))
+    chosen = dfcap.choose_rate([r["rate"] for r in rows], [r["df_u"] for r in rows], [r["df_cap"] for r in rows],
+                               [r["hit"] for r in rows], [r["converged"] for r in rows])
+    return rows, chosen
+
+
+# ----------------------------------------------------------------------------- estimate
+def _standardised(Y, settings: FitSettings, values: dict | None):
+    """``(c, Y / c, settings, values)`` in the internal scale (``c = 1`` when in range or
+    for the paper method, which is not scale-equivariant)."""
+    c = scale_factor(Y) if settings.method == "ml" else 1.0
+    if c == 1.0:
+        return c, Y, settings, values
+    s = settings.replace(sigma2=settings.sigma2 / c**2, tau2=settings.tau2 / c**2)
+    vals = None if values is None else {k: (a / c if k in ("theta", "U") else a) for k, a in values.items()}
+    return c, Y / c, s, vals
+
+
+def _unscaled_rows(rows: list[dict], c: float, n_obs: int) -> list[dict]:
+    if c == 1.0:
+        return rows
+    return [dict(r, tau2=r["tau2"] * c**2, sigma2=r["sigma2"] * c**2, nll=r["nll"] + n_obs * np.log(c))
+            for r in rows]
+
+
+def scan_rates(Y: np.ndarray, A: np.ndarray, Q: int, rates, settings: FitSettings, rng: np.random.Generator,
+               values: dict | None = None):
+    """:func:`scan` from the settings' first start, with ML's internal standardisation."""
+    check_estimable(Y, A, settings)
+    c, Ys, s, vals = _standardised(Y, settings, values)
+    start = make_starts(Ys, Q, s, rng, vals)[0]
+    rows, chosen = scan(Ys, A, Q, start, rates, s)
+    return _unscaled_rows(rows, c, Y.size), chosen
+
+
+def _format_rows(rows: list[dict]) -> str:
+    return "\n".join(", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in r.items())
+                     for r in rows)
+
+
+def estimate(Y: np.ndarray, A: np.ndarray, Q: int, settings: FitSettings, rng: np.random.Generator,
+             values: dict | None = None) -> Estimate:
+    """Fit NMF-RE on arrays: standardise (ML), start, scan or restart, keep the best.
+
+    Raises ``ValueError`` when ``df_cap="auto"`` finds no admissible rate.
+    """
+    check_estimable(Y, A, settings)
+    c, Ys, s, vals = _standardised(Y, settings, values)
+    starts = make_starts(Ys, Q, s, rng, vals)
+    rows, rate = None, s.df_cap
+    if s.df_cap == "auto":
+        starts = starts[:1]
+        rows, rate = scan(Ys, A, Q, starts[0], dfcap.DEFAULT_RATES, s)
+        if rate is None:
+            raise ValueError("df_cap='auto': no rate in the scan gives a converged fit with "
+                             f"df_U/cap < {dfcap.SAFEGUARD_RATIO}; give a rate explicitly. "
+                             f"The scan:\n{_format_rows(_unscaled_rows(rows, c, Y.size))}")
+    runs = [solve(Ys, A, Q, st, rate, s) for st in starts]
+    if c != 1.0:
+        runs = [r.rescaled(c, Y.size) for r in runs]
+    best = runs[int(np.nanargmin([r.nll for r in runs]))]
+    _check_solution(best, Y, Q, rate, s)
+    restarts = [dict(init=st.name, nll=r.nll, converged=r.converged, n_iter=r.n_iter)
+                for st, r in zip(starts, runs, strict=True)]
+    return Estimate(best, rate, restarts, None if rows is None else _unscaled_rows(rows, c, Y.size), c)
+
+
+def _check_solution(sol: Solution, Y: np.ndarray, Q: int, rate, settings: FitSettings) -> None:
+    """Refuse ML solutions that are not estimates: unbounded likelihood, unrepresentable values."""
+    values = (sol.sigma2, sol.tau2, sol.nll, *np.ravel(sol.theta), *np.ravel(sol.U))
+    if not np.all(np.isfinite(values)):
+        raise ValueError(f"the estimates are not representable in float64 at Y's scale (root mean square "
+                         f"{rms(Y):.3g}); rescale Y")
+    unbounded = (settings.method == "ml" and rate is None and settings.variance_mode in ("free", "tau2")
+                 and Y.shape[0] > Q and sol.lam <= LAMBDA_MIN * (1 + 1e-6))
+    if unbounded:
+        raise ValueError(
+            "the likelihood is unbounded: X (Theta A + U) reproduces Y exactly (lambda = sigma2/tau2 -> 0, "
+            f"residual variance {sol.sigma2:.3g}, df_U -> N Q); bound the random effects with df_cap or fix sigma2")
+
+
+# ----------------------------------------------------------------------------- refit bootstrap
+def refit_draws(Y: np.ndarray, A: np.ndarray, sol: Solution, W: np.ndarray, rate: float | None,
+                settings: FitSettings, progress: bool = False):
+    """Re-fit on ``Y_b = X Theta A + w_nb (y_n - X Theta a_n)`` for each column of ``W``.
+
+    Warm-started at the estimate; each replicate's components are matched to the
+    estimate's columns of X (Hungarian assignment). Returns ``(draws (QK x B, column-major
+    vec), report)`` with the converged and permuted fractions and the minimum alignment cosine.
+    """
+    from tqdm.auto import tqdm
+
+    c = scale_factor(Y) if settings.method == "ml" else 1.0  # the estimate's internal scale
+    fitted = sol.X @ (sol.theta @ A) / c
+    resid = Y / c - fitted
+    Q, K = sol.theta.shape
+    start = Start("warm", sol.X, sol.theta / c)
+    s = settings.replace(n_init=1, init="custom", sigma2=settings.sigma2 / c**2, tau2=settings.tau2 / c**2)
+    out = np.empty((Q * K, W.shape[1]))
+    permuted, min_cos, conv = 0, np.inf, 0
+    for b in tqdm(range(W.shape[1]), disable=not progress, desc="refit bootstrap"):
+        Yb = fitted + resid * W[:, b][None, :]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            res = solve(Yb, A, Q, start, rate, s)
+        perm, cos = align_components(sol.X, res.X)
+        permuted += bool(np.any(perm != np.arange(Q)))
+        min_cos = min(min_cos, float(cos.min()))
+        conv += bool(res.converged)
+        out[:, b] = c * res.theta[perm].reshape(-1, order="F")
+    B = W.shape[1]
+    return out, {"refit_converged_fraction": conv / B, "refit_permuted_fraction": permuted / B,
+                 "refit_min_alignment_cosine": min_cos}

@@ -1,0 +1,58 @@
+"""nmfre.labels: numpy, pandas and xarray in; the same validated arrays out."""
+
+import numpy as np
+import pandas as pd
+import pytest
+import xarray as xr
+
+import nmfre
+from nmfre.labels import coerce
+
+Y0 = np.random.default_rng(0).uniform(1, 5, (6, 20))
+
+
+def test_three_input_kinds_agree():
+    df = pd.DataFrame(Y0, index=[f"f{i}" for i in range(6)], columns=[f"u{i}" for i in range(20)])
+    da = xr.DataArray(Y0.T, dims=("unit", "feature"), coords={"unit": df.columns, "feature": df.index})
+    a, b, c = coerce(Y0), coerce(df), coerce(da)
+    np.testing.assert_array_equal(a.Y, b.Y)
+    np.testing.assert_array_equal(b.Y, c.Y)
+    assert list(b.units) == list(c.units) == list(df.columns)
+    assert list(a.units) == list(range(20)) and list(a.covariates) == ["intercept"]
+
+
+def test_design_aligned_by_unit_labels():
+    Y = pd.DataFrame(Y0, columns=[f"u{i}" for i in range(20)])
+    A = pd.DataFrame([np.ones(20), np.arange(20.0)], index=["intercept", "t"], columns=Y.columns)
+    d = coerce(Y, A.iloc[:, ::-1])
+    np.testing.assert_array_equal(d.A, A.to_numpy())
+
+
+def test_formula_builds_the_design():
+    cov = pd.DataFrame({"g": list("ab") * 10, "x": np.arange(20.0)})
+    d = coerce(Y0, covariates=cov, formula="~ g + x")
+    assert list(d.covariates) == ["intercept", "g[T.b]", "x"]
+    with pytest.raises(ValueError, match="missing"):
+        coerce(Y0, covariates=cov.assign(x=np.nan), formula="~ x")
+    with pytest.raises(TypeError, match="DataFrame"):
+        coerce(Y0, covariates=cov.to_numpy(), formula="~ x")
+    with pytest.raises(ValueError, match="either A or covariates"):
+        coerce(Y0, np.ones((1, 20)), covariates=cov, formula="~ x")
+
+
+def test_duplicate_and_mismatched_labels():
+    df = pd.DataFrame(Y0, columns=["u"] * 20)
+    with pytest.raises(ValueError, match="unique"):
+        coerce(df)
+    with pytest.raises(ValueError, match="unit labels do not match"):
+        coerce(pd.DataFrame(Y0, columns=[f"u{i}" for i in range(20)]),
+               pd.DataFrame(np.ones((1, 20)), columns=[f"v{i}" for i in range(20)]))
+
+
+def test_dataset_and_series_refused():
+    with pytest.raises(TypeError, match="Dataset"):
+        coerce(xr.Dataset({"Y": (("feature", "unit"), Y0)}))
+    with pytest.raises(TypeError, match="Series"):
+        coerce(pd.Series(Y0[0]))
+    with pytest.raises(nmfre.ArgumentTypeError):
+        coerce(pd.Series(Y0[0]))

@@ -1,0 +1,76 @@
+"""nmfre.plotting: every label inside the figure; comparison panels on their own scales."""
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import pytest
+import xarray as xr
+
+import nmfre
+from nmfre import plotting
+
+
+def assert_nothing_clipped(fig):
+    """Everything drawn (each axes with its tick labels, titles and axis labels; legends;
+    the suptitle) lies inside the figure."""
+    fig.canvas.draw()
+    r = fig.canvas.get_renderer()
+    box = fig.bbox
+    parts = [(f"axes {ax.get_title()!r}", ax.get_tightbbox(r)) for ax in fig.axes]
+    parts += [("legend", leg.get_window_extent(r)) for leg in fig.legends]
+    if fig._suptitle is not None:
+        parts.append(("suptitle", fig._suptitle.get_window_extent(r)))
+    for name, b in parts:
+        assert b.x0 >= box.x0 - 1 and b.y0 >= box.y0 - 1 and b.x1 <= box.x1 + 1 and b.y1 <= box.y1 + 1, \
+            f"{name} at {b} outside the figure {box}"
+    plt.close(fig)
+
+
+def test_effect_matrix_labels_fit(ml_fit):
+    inf = ml_fit.infer(n_boot=50, seed=0)
+    assert_nothing_clipped(inf.plot())
+
+
+def test_effect_matrix_long_labels():
+    comp = ["a rather long component name", "B2", "C3"]
+    cov = ["intercept", "age (reversed, scaled)", "school = Pasteur"]
+    est = xr.DataArray(np.arange(9.0).reshape(3, 3), dims=("component", "covariate"),
+                       coords={"component": comp, "covariate": cov})
+    assert_nothing_clipped(plotting.effects(est, est * 0 + 0.01))
+
+
+def test_growth_and_ecv(ml_fit):
+    fig = plotting.growth(ml_fit.Y.to_pandas(), ml_fit.A.to_pandas(), ml_fit.fitted(False).to_pandas(),
+                          ml_fit.fitted(True).to_pandas())
+    assert len(fig.axes) == 2  # one panel per covariate pattern (girls, boys)
+    assert_nothing_clipped(fig)
+    table = pd.DataFrame({"mse": [1.0, 1.2], "se": [0.1, 0.1]}, index=pd.Index([1, 2], name="rank"))
+    assert_nothing_clipped(plotting.ecv(table, 1))
+
+
+def test_intervals_give_each_covariate_its_own_scale():
+    idx = pd.MultiIndex.from_product([["Basis1"], ["intercept", "male"]], names=["component", "covariate"])
+    t = pd.DataFrame({"estimate": [90.5, 9.4], "a_low": [85.0, 3.0], "a_high": [95.0, 15.0],
+                      "b_low": [86.0, 4.0], "b_high": [94.0, 14.0]}, index=idx)
+    fig = plotting.intervals(t, {"A": ("a_low", "a_high"), "B": ("b_low", "b_high")}, approximate=("B",))
+    ax1, ax2 = fig.axes
+    for ax, (lo, hi) in ((ax1, (85, 95)), (ax2, (3, 15))):
+        x0, x1 = ax.get_xlim()
+        assert (hi - lo) / (x1 - x0) > 0.5  # the interval fills most of its own axis
+    legend = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert legend == ["A", "B (approx.)"]
+    assert_nothing_clipped(fig)
+
+
+def test_coverage_figure():
+    s = pd.DataFrame({"cell": ["N=27 alt", "N=27 alt", "N=100 null", "N=100 null"],
+                      "method": ["wald", "percentile"] * 2, "coverage": [0.93, 0.92, 0.95, 0.96],
+                      "coverage_mcse": [0.01] * 4, "width_ratio": [1.0, 0.98, 1.0, 1.02]})
+    assert_nothing_clipped(plotting.coverage(s))
+
+
+@pytest.mark.parametrize("alpha", [0, 1.5])
+def test_plot_checks_alpha(ml_fit, alpha):
+    with pytest.raises(ValueError, match="alpha"):
+        ml_fit.infer(n_boot=10).plot(alpha=alpha)
+    assert nmfre  # the public package is what draws these

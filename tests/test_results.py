@@ -1,0 +1,108 @@
+"""nmfre.results.NMFREFit: labels, fitted values, prediction, summary, netCDF round trip."""
+
+import numpy as np
+import pandas as pd
+import pytest
+import xarray as xr
+from helpers import direct_nll
+
+import nmfre
+
+
+def test_loglik_is_the_marginal_loglik(ml_fit, orthodont):
+    Y, A = (d.to_numpy() for d in orthodont)
+    f = ml_fit
+    assert -f.loglik == pytest.approx(direct_nll(Y, f.X.values, f.theta.values, A, f.sigma2, f.tau2), rel=1e-11)
+    assert f.nll_trace[-1] == pytest.approx(-f.loglik, rel=0, abs=1e-12)
+
+
+def test_labels_flow_and_xarray_input(orthodont, ml_fit):
+    Y, A = orthodont
+    assert ml_fit.X.dims == ("feature", "component")
+    assert list(ml_fit.X.feature.values) == list(Y.index)
+    assert list(ml_fit.U.unit.values) == list(Y.columns)
+    assert list(ml_fit.theta.covariate.values) == ["intercept", "male"]
+    Yx = xr.DataArray(Y.to_numpy().T, dims=("unit", "feature"),
+                      coords={"unit": list(Y.columns), "feature": list(Y.index)})
+    Ax = xr.DataArray(A.to_numpy(), dims=("covariate", "unit"),
+                      coords={"covariate": list(A.index), "unit": list(A.columns)})
+    f = nmfre.fit(Yx, Ax, rank=1)
+    assert f.loglik == pytest.approx(ml_fit.loglik, rel=1e-12)
+    f2 = nmfre.fit(Y, A.iloc[:, ::-1], rank=1)  # A with units in another order is aligned by label
+    assert f2.loglik == pytest.approx(ml_fit.loglik, rel=1e-12)
+
+
+def test_permuting_units_permutes_u(orthodont, ml_fit):
+    Y, A = orthodont
+    perm = np.random.default_rng(0).permutation(Y.shape[1])
+    f2 = nmfre.fit(Y.iloc[:, perm], A.iloc[:, perm], rank=1)
+    np.testing.assert_allclose(f2.U.sel(unit=ml_fit.U.unit), ml_fit.U, rtol=1e-6, atol=1e-7)
+    assert f2.loglik == pytest.approx(ml_fit.loglik, rel=1e-12)
+
+
+def test_public_parts_and_immutability(ml_fit):
+    assert ml_fit.data.Y.shape == (4, 27) and ml_fit.solution.nll == -ml_fit.loglik
+    with pytest.raises(AttributeError):
+        ml_fit.theta = None
+    with pytest.raises(Exception):  # noqa: B017  (frozen dataclass)
+        ml_fit.solution.sigma2 = 1.0
+
+
+def test_fitted_predict_and_r2(ml_fit, orthodont, ref):
+    Y, A = orthodont
+    np.testing.assert_allclose(ml_fit.predict(), ml_fit.fitted(True))
+    fixed = ml_fit.predict(random=False)
+    np.testing.assert_allclose(fixed, ml_fit.X.values @ ml_fit.theta.values @ A.to_numpy())
+    new = pd.DataFrame([[1.0, 1.0], [1.0, 0.0]], index=["intercept", "male"], columns=["boy", "girl"])
+    p = ml_fit.predict(new)
+    assert list(p.unit.values) == ["boy", "girl"]
+    np.testing.assert_allclose(p.sel(unit="boy"), fixed.sel(unit="M01"))
+    with pytest.raises(ValueError, match="A_new"):
+        ml_fit.predict(np.ones((3, 2)))
+    r = ref["runs"]["head_signed"]
+    assert ml_fit.r_squared == pytest.approx(r["r_squared_grandmean_blup_recomputed"], rel=1e-6)
+    assert ml_fit.r_squared_fixed == pytest.approx(r["r_squared_grandmean_fixed_recomputed"], rel=1e-6)
+    assert 0 < ml_fit.r_squared_fixed < ml_fit.r_squared < 1
+
+
+def test_predict_checks_new_design(ml_fit):
+    one = ml_fit.predict([1.0, 0.0], random=True)
+    assert one.sizes == {"feature": 4, "unit": 1}
+    bad = pd.DataFrame([[1.0], [1.0]], index=["intercept", "female"], columns=["x"])
+    with pytest.raises(ValueError, match="do not match"):
+        ml_fit.predict(bad)
+    with pytest.raises(ValueError, match="A_new contains NaN"):
+        ml_fit.predict(np.array([[1.0], [np.nan]]))
+    with pytest.raises(ValueError, match="random"):
+        ml_fit.predict(random="yes")
+    da = xr.DataArray([[1.0, 1.0], [0.0, 1.0]], dims=("covariate", "unit"),
+                      coords={"covariate": ["intercept", "male"], "unit": ["g", "b"]})
+    assert list(ml_fit.predict(da).unit.values) == ["g", "b"]
+
+
+def test_netcdf_round_trip(tmp_path, orthodont):
+    Y, A = orthodont
+    fit = nmfre.fit(Y, A, rank=1, method="paper", df_cap="auto")
+    path = tmp_path / "fit.nc"
+    fit.to_netcdf(path)
+    back = nmfre.load(path)
+    assert back.to_dataset().identical(fit.to_dataset())
+    assert back.df_cap_rate == 0.3 and back.scan.attrs["chosen_rate"] == 0.3
+    assert back.loglik == fit.loglik and back.converged == fit.converged
+    assert back.settings == fit.settings
+    xr.testing.assert_identical(back.U, fit.U)
+    inf = back.infer(n_boot=50, seed=1)
+    assert np.isfinite(inf.table.se).all()
+    with pytest.raises(ValueError, match="not an nmfre fit"):
+        nmfre.NMFREFit.from_dataset(xr.Dataset({"Y": fit.Y}))
+
+
+def test_summary_renders_and_infer_does_not_change_it(ml_fit):
+    before = str(ml_fit.summary())
+    for key in ("sigma2", "tau2", "df_U", "Basis1", "intercept", "male", "Converged"):
+        assert key in before
+    assert "<table>" in ml_fit._repr_html_()
+    inf = ml_fit.infer(n_boot=50, seed=1)
+    assert str(ml_fit.summary()) == before  # infer() returns a result, it does not mutate the fit
+    with_inf = str(ml_fit.summary(inference=inf))
+    assert "Boot.SE" in with_inf and "Boot.SE" not in before
