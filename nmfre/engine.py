@@ -9,16 +9,18 @@ Sits between the numerical kernels (:mod:`nmfre.core`) and the labelled layer
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
-from .core import basis, dfcap
+from .core import basis, dfcap, passes
+from .core import stats as cstats
 from .core.bootstrap import align_components
 from .core.likelihood import LAMBDA_MIN, icc
 from .core.ml import Problem, fit_ml, theta_step
 from .core.paper import fit_paper
 from .core.solution import Solution
+from .core.stats import Stats
 from .settings import FitSettings
 
 #: ML standardises Y by a power of 2 when its root mean square leaves this range (exact
@@ -68,44 +70,45 @@ class Estimate:
 
 
 # ----------------------------------------------------------------------------- scale
-def rms(Y: np.ndarray) -> float:
-    """Root mean square of ``Y`` without overflow or underflow."""
-    m = float(np.max(np.abs(Y)))
-    if m == 0:
-        return 0.0
-    e = np.frexp(m)[1]
-    return float(np.sqrt(np.mean(np.ldexp(Y, -e) ** 2))) * 2.0**e
+def rms(Y) -> float:
+    """Root mean square of ``Y`` without overflow or underflow (any kind of Y)."""
+    return passes.describe(Y)["rms"]
 
 
-def scale_factor(Y: np.ndarray) -> float:
+def scale_factor(Y, r: float | None = None) -> float:
     """Power of 2 that brings ``rms(Y)`` into :data:`SAFE_SCALE` (1 when already there)."""
-    r = rms(Y)
+    r = rms(Y) if r is None else r
     if r == 0 or SAFE_SCALE[0] <= r <= SAFE_SCALE[1]:
         return 1.0
     return 2.0 ** int(np.frexp(r)[1])
 
 
-def check_estimable(Y: np.ndarray, A: np.ndarray, settings: FitSettings) -> None:
-    """Refuse data that no setting can fit, with a message saying what is wrong."""
-    P, N = Y.shape
-    if np.all(Y == Y.flat[0]):
-        raise ValueError(f"Y has zero variance (every entry equals {Y.flat[0]:g}); there is nothing to fit")
-    if N > 1 and np.all(Y == Y[:, :1]):
+def check_estimable(Y, A: np.ndarray, settings: FitSettings) -> dict:
+    """Refuse data that no setting can fit, with a message saying what is wrong; returns
+    :func:`nmfre.core.passes.describe` of Y."""
+    info = passes.describe(Y)
+    if info["min"] == info["max"]:
+        raise ValueError(f"Y has zero variance (every entry equals {info['min']:g}); there is nothing to fit")
+    if info["unit_spread"] == 0:
         raise ValueError("Y has zero variance across units (all units are identical): sigma2 and tau2 "
                          "cannot be estimated")
-    r = rms(Y)
+    r = info["rms"]
     if not REPRESENTABLE[0] <= r <= REPRESENTABLE[1]:
         raise ValueError(f"Y's scale (root mean square {r:.3g}) is outside [{REPRESENTABLE[0]:g}, "
                          f"{REPRESENTABLE[1]:g}]: the variances (about rms^2) are not representable in float64; "
                          "rescale Y")
     if settings.method == "paper":
-        if np.any(Y < 0):
-            raise ValueError(f"Y has {int((Y < 0).sum())} negative entries; method='paper' needs Y >= 0")
+        if info["n_negative"]:
+            raise ValueError(f"Y has {info['n_negative']} negative entries; method='paper' needs Y >= 0")
+        if passes.kind(Y) != "dense":
+            raise ValueError(f"method='paper' needs Y as a dense in-memory array (got a {passes.kind(Y)} Y): the "
+                             "paper's multiplicative updates form the dense residual; use method='ml'")
         if not PAPER_SCALE[0] <= r <= PAPER_SCALE[1]:
             raise ValueError(
                 f"Y's scale (root mean square {r:.3g}) is outside [{PAPER_SCALE[0]:g}, {PAPER_SCALE[1]:g}], where "
                 "method='paper' is meaningful: its constants are absolute (variances clipped to [1e-12, 1e12], "
                 "floors 1e-10, as in nmfkc). Rescale Y or use method='ml', which is scale-equivariant")
+    return info
 
 
 # ----------------------------------------------------------------------------- starts
@@ -115,41 +118,48 @@ def make_starts(Y: np.ndarray, Q: int, settings: FitSettings, rng: np.random.Gen
     if values is not None:
         return [Start("custom", values["X"], values.get("theta"), values.get("U"))]
     P = Y.shape[0]
-    first = Start("nndsvd", basis.nndsvd(Y, Q)) if settings.init == "nndsvd" else \
+    nndsvd = passes.nndsvd if passes.kind(Y) == "dask" else basis.nndsvd
+    first = Start("nndsvd", nndsvd(Y, Q)) if settings.init == "nndsvd" else \
         Start("random", basis.random_basis(P, Q, rng))
     return [first] + [Start("random", basis.random_basis(P, Q, rng)) for _ in range(settings.n_init - 1)]
 
 
 # ----------------------------------------------------------------------------- one run
 def solve(Y: np.ndarray, A: np.ndarray, Q: int, start: Start, rate: float | None,
-          settings: FitSettings) -> Solution:
-    """Run the settings' algorithm once from ``start`` with cap rate ``rate``."""
-    N = Y.shape[1]
+          settings: FitSettings, stats: Stats | None = None) -> Solution:
+    """Run the settings' algorithm once from ``start`` with cap rate ``rate``.
+
+    ML iterates on ``stats`` (built from ``Y`` when not given; pass it to reuse it across
+    restarts), then computes the random effects in one pass over the units.
+    """
     s = settings
     if s.method == "paper":
         theta0 = start.theta
         if theta0 is None:
-            prob = problem(Y, A, Q, None, s.replace(theta="nonneg"))
+            prob = problem(cstats.from_arrays(Y, A), Q, None, s.replace(theta="nonneg"))
             theta0 = theta_step(prob, basis.normalise_columns(start.X), s.sigma2 / s.tau2)
         return fit_paper(Y, A, start.X, theta0, start.U, rate=rate, sigma2=s.sigma2, tau2=s.tau2,
                          update_sigma2=not s.fix_sigma2, update_tau2=not s.fix_tau2,
                          max_iter=s.max_iter, tol=s.tol)
-    cap = None if rate is None else dfcap.cap_value(rate, N, Q)
-    prob = problem(Y, A, Q, cap, s)
-    return fit_ml(prob, basis.normalise_columns(start.X), start.theta, max_iter=s.max_iter, tol=s.tol)
+    stats = passes.stats_of(Y, A) if stats is None else stats
+    cap = None if rate is None else dfcap.cap_value(rate, stats.N, Q)
+    prob = problem(stats, Q, cap, s)
+    sol = fit_ml(prob, basis.normalise_columns(start.X), start.theta, max_iter=s.max_iter, tol=s.tol).ordered()
+    return replace(sol, U=passes.blup(Y, A, sol.X, sol.theta, sol.lam))
 
 
-def problem(Y, A, Q, cap, settings: FitSettings) -> Problem:
+def problem(stats: Stats, Q: int, cap, settings: FitSettings) -> Problem:
     """The ML solver's :class:`~nmfre.core.ml.Problem` for these settings."""
-    return Problem(Y, A, Q, settings.nonneg, settings.variance_mode, settings.sigma2, settings.tau2, cap)
+    return Problem(stats, Q, settings.nonneg, settings.variance_mode, settings.sigma2, settings.tau2, cap)
 
 
-def scan(Y: np.ndarray, A: np.ndarray, Q: int, start: Start, rates, settings: FitSettings):
+def scan(Y: np.ndarray, A: np.ndarray, Q: int, start: Start, rates, settings: FitSettings,
+         stats: Stats | None = None):
     """Fit at each cap rate from the same start: ``(rows, chosen_rate)`` (nmfkc 0.7.0's rule)."""
     N = Y.shape[1]
     rows = []
     for rate in rates:
-        out = solve(Y, A, Q, start, float(rate), settings)
+        out = solve(Y, A, Q, start, float(rate), settings, stats)
         d = np.linalg.eigvalsh(out.X.T @ out.X)
         df = float(dfcap.df_u(np.maximum(d, 0), N, out.lam))
         cap = dfcap.cap_value(float(rate), N, Q)
@@ -162,10 +172,10 @@ def scan(Y: np.ndarray, A: np.ndarray, Q: int, start: Start, rates, settings: Fi
 
 
 # ----------------------------------------------------------------------------- estimate
-def _standardised(Y, settings: FitSettings, values: dict | None):
+def _standardised(Y, settings: FitSettings, values: dict | None, r: float | None = None):
     """``(c, Y / c, settings, values)`` in the internal scale (``c = 1`` when in range or
     for the paper method, which is not scale-equivariant)."""
-    c = scale_factor(Y) if settings.method == "ml" else 1.0
+    c = scale_factor(Y, r) if settings.method == "ml" else 1.0
     if c == 1.0:
         return c, Y, settings, values
     s = settings.replace(sigma2=settings.sigma2 / c**2, tau2=settings.tau2 / c**2)
@@ -183,11 +193,16 @@ def _unscaled_rows(rows: list[dict], c: float, n_obs: int) -> list[dict]:
 def scan_rates(Y: np.ndarray, A: np.ndarray, Q: int, rates, settings: FitSettings, rng: np.random.Generator,
                values: dict | None = None):
     """:func:`scan` from the settings' first start, with ML's internal standardisation."""
-    check_estimable(Y, A, settings)
-    c, Ys, s, vals = _standardised(Y, settings, values)
+    info = check_estimable(Y, A, settings)
+    c, Ys, s, vals = _standardised(Y, settings, values, info["rms"])
     start = make_starts(Ys, Q, s, rng, vals)[0]
     rows, chosen = scan(Ys, A, Q, start, rates, s)
-    return _unscaled_rows(rows, c, Y.size), chosen
+    return _unscaled_rows(rows, c, _n_obs(Y)), chosen
+
+
+def _n_obs(Y) -> int:
+    """Number of entries of Y (``scipy.sparse`` ``.size`` counts only the stored ones)."""
+    return int(Y.shape[0]) * int(Y.shape[1])
 
 
 def _format_rows(rows: list[dict]) -> str:
@@ -201,33 +216,36 @@ def estimate(Y: np.ndarray, A: np.ndarray, Q: int, settings: FitSettings, rng: n
 
     Raises ``ValueError`` when ``df_cap="auto"`` finds no admissible rate.
     """
-    check_estimable(Y, A, settings)
-    c, Ys, s, vals = _standardised(Y, settings, values)
+    info = check_estimable(Y, A, settings)
+    c, Ys, s, vals = _standardised(Y, settings, values, info["rms"])
+    stats = passes.stats_of(Ys, A) if s.method == "ml" else None
     starts = make_starts(Ys, Q, s, rng, vals)
     rows, rate = None, s.df_cap
     if s.df_cap == "auto":
         starts = starts[:1]
-        rows, rate = scan(Ys, A, Q, starts[0], dfcap.DEFAULT_RATES, s)
+        rows, rate = scan(Ys, A, Q, starts[0], dfcap.DEFAULT_RATES, s, stats)
         if rate is None:
             raise ValueError("df_cap='auto': no rate in the scan gives a converged fit with "
                              f"df_U/cap < {dfcap.SAFEGUARD_RATIO}; give a rate explicitly. "
-                             f"The scan:\n{_format_rows(_unscaled_rows(rows, c, Y.size))}")
-    runs = [solve(Ys, A, Q, st, rate, s) for st in starts]
+                             f"The scan:\n{_format_rows(_unscaled_rows(rows, c, _n_obs(Y)))}")
+    runs = [solve(Ys, A, Q, st, rate, s, stats) for st in starts]
     if c != 1.0:
-        runs = [r.rescaled(c, Y.size) for r in runs]
+        runs = [r.rescaled(c, _n_obs(Y)) for r in runs]
     best = runs[int(np.nanargmin([r.nll for r in runs]))]
-    _check_solution(best, Y, Q, rate, s)
+    _check_solution(best, Y, Q, rate, s, info["rms"])
     restarts = [dict(init=st.name, nll=r.nll, converged=r.converged, n_iter=r.n_iter)
                 for st, r in zip(starts, runs, strict=True)]
-    return Estimate(best, rate, restarts, None if rows is None else _unscaled_rows(rows, c, Y.size), c)
+    return Estimate(best, rate, restarts, None if rows is None else _unscaled_rows(rows, c, _n_obs(Y)), c)
 
 
-def _check_solution(sol: Solution, Y: np.ndarray, Q: int, rate, settings: FitSettings) -> None:
+def _check_solution(sol: Solution, Y, Q: int, rate, settings: FitSettings, r: float) -> None:
     """Refuse ML solutions that are not estimates: unbounded likelihood, unrepresentable values."""
-    values = (sol.sigma2, sol.tau2, sol.nll, *np.ravel(sol.theta), *np.ravel(sol.U))
+    values = [sol.sigma2, sol.tau2, sol.nll, *np.ravel(sol.theta)]
+    if passes.kind(sol.U) != "dask":
+        values += list(np.ravel(sol.U))
     if not np.all(np.isfinite(values)):
         raise ValueError(f"the estimates are not representable in float64 at Y's scale (root mean square "
-                         f"{rms(Y):.3g}); rescale Y")
+                         f"{r:.3g}); rescale Y")
     unbounded = (settings.method == "ml" and rate is None and settings.variance_mode in ("free", "tau2")
                  and Y.shape[0] > Q and sol.lam <= LAMBDA_MIN * (1 + 1e-6))
     if unbounded:

@@ -16,7 +16,16 @@ import pandas as pd
 import xarray as xr
 
 from . import validation as v
-from .core.bootstrap import ALTERNATIVES, DISTS, draw_multipliers, onestep_draws, p_values
+from .core.bootstrap import (
+    ALTERNATIVES,
+    DISTS,
+    STREAM_UNITS,
+    draw_multipliers,
+    multiplier_matrix,
+    onestep_draws,
+    onestep_sum,
+    p_values,
+)
 from .core.covariance import Conditional, conditional
 from .engine import refit_draws
 
@@ -240,7 +249,7 @@ def _multipliers(n_boot, multipliers, N):
 
 def infer(fit: NMFREFit, n_boot: int = 1000, seed: Any = 123, multipliers: Any = None, dist: str = "exp",
           method: str = "onestep", level: float = 0.95, alternative: str | None = None,
-          progress: bool = False, max_iter: int | None = None) -> Inference:
+          progress: bool = False, max_iter: int | None = None, chunk_size: int = 1024) -> Inference:
     """Inference on Theta conditional on the fitted basis (and U).
 
     Parameters
@@ -270,10 +279,21 @@ def infer(fit: NMFREFit, n_boot: int = 1000, seed: Any = 123, multipliers: Any =
         tqdm progress bar for ``method="refit"``.
     max_iter : int, optional
         Iteration limit of each refit.
+    chunk_size : int
+        Units whose multipliers are held at once (memory ``chunk_size x n_boot`` per
+        thread, never ``N x n_boot``). The draws for a given seed do not depend on it.
 
     Returns
     -------
     Inference
+
+    Notes
+    -----
+    Multipliers for unit ``n`` and replicate ``b`` are ``W[n, b]`` of
+    ``draw_multipliers(dist, N, n_boot, rng)`` for ``N <= 4096``; beyond, units come in
+    streams of 4096, the first drawn from ``rng``, the others from generators spawned from
+    it, so that streams can be drawn in parallel and in chunks
+    (:func:`nmfre.core.bootstrap.onestep_sum`).
     """
     data, sol = fit.data, fit.solution
     method = v.choice(method, "method", METHODS)
@@ -282,16 +302,24 @@ def infer(fit: NMFREFit, n_boot: int = 1000, seed: Any = 123, multipliers: Any =
         v.choice(alternative, "alternative", ALTERNATIVES)
     level = v.open_unit(level, "level")
     W = _multipliers(n_boot, multipliers, data.N)
+    chunk_size = v.integer(chunk_size, "chunk_size")
     nonneg = fit.theta_kind == "nonneg"
     alternative = alternative or ("greater" if nonneg else "two-sided")
     ker = conditional(data.Y, data.A, sol.X, sol.theta, sol.U, fit.lam)
-    if W is None:
-        W = draw_multipliers(dist, data.N, int(n_boot), v.rng(seed))
-    else:
+    rng = v.rng(seed)
+    streamed = W is None and method == "onestep" and data.N > STREAM_UNITS
+    if W is not None:
         dist = "user"
+    elif method == "refit":
+        W = multiplier_matrix(dist, data.N, int(n_boot), rng)
+    elif not streamed:
+        W = draw_multipliers(dist, data.N, int(n_boot), rng)
     tvec = sol.theta.reshape(-1, order="F")
     extra = {}
-    if method == "onestep":
+    if streamed:
+        raw = tvec[:, None] - ker.cov_model @ onestep_sum(ker.scores, dist, int(n_boot), rng, chunk_size)
+        draws = np.maximum(raw, 0.0) if nonneg else raw
+    elif method == "onestep":
         draws, _ = onestep_draws(tvec, ker.cov_model, ker.scores, W, nonneg)
     else:
         settings = fit.settings if max_iter is None else fit.settings.replace(max_iter=v.integer(max_iter, "max_iter"))

@@ -49,10 +49,22 @@ class Data:
     def K(self) -> int:
         return self.A.shape[0]
 
+    @property
+    def kind(self) -> str:
+        """How Y is held: ``"dense"``, ``"sparse"`` (scipy) or ``"dask"`` (lazy)."""
+        return _array_kind(self.Y)
+
     def same_data(self, other: Data) -> bool:
-        """True when ``other`` holds the same Y and A values."""
-        return (self.Y.shape == other.Y.shape and self.A.shape == other.A.shape
-                and np.array_equal(self.Y, other.Y) and np.array_equal(self.A, other.A))
+        """True when ``other`` holds the same Y and A values (lazy Y: the same object)."""
+        if self.Y.shape != other.Y.shape or self.A.shape != other.A.shape or self.kind != other.kind:
+            return False
+        if not np.array_equal(self.A, other.A):
+            return False
+        if self.kind == "dask":
+            return self.Y is other.Y
+        if self.kind == "sparse":
+            return (self.Y != other.Y).nnz == 0
+        return np.array_equal(self.Y, other.Y)
 
 
 def labels(values, n: int, name: str, default_prefix: str | None) -> np.ndarray:
@@ -71,14 +83,47 @@ def labels(values, n: int, name: str, default_prefix: str | None) -> np.ndarray:
     return arr
 
 
-def to_matrix(obj: Any, name: str, dims: tuple[str, str]):
+def _nonfinite(values, kind: str) -> tuple[int, int]:
+    """Counts of NaN and of +-Inf entries, without a full-size temporary."""
+    if kind == "sparse":
+        data = values.data
+        return int(np.isnan(data).sum()), int(np.isinf(data).sum())
+    if kind == "dask":
+        import dask
+        import dask.array as da
+
+        n_nan, n_inf = dask.compute(da.isnan(values).sum(), da.isinf(values).sum())
+        return int(n_nan), int(n_inf)
+    if np.isfinite(values).all() if values.size <= 4_000_000 else _chunked_finite(values):
+        return 0, 0
+    return int(np.isnan(values).sum()), int(np.isinf(values).sum())
+
+
+def _chunked_finite(values: np.ndarray, chunk: int = 4096) -> bool:
+    return all(np.isfinite(values[:, s:s + chunk]).all() for s in range(0, values.shape[1], chunk))
+
+
+def _array_kind(values) -> str:
+    if hasattr(values, "dask") and hasattr(values, "chunks"):
+        return "dask"
+    if hasattr(values, "tocsr"):
+        return "sparse"
+    return "dense"
+
+
+def to_matrix(obj: Any, name: str, dims: tuple[str, str], large: bool = False):
     """A 2-D finite float matrix from numpy, pandas or xarray input.
 
     Returns ``(values, row labels or None, column labels or None)``; an xarray
-    DataArray must have exactly ``dims`` (in any order).
+    DataArray must have exactly ``dims`` (in any order). With ``large=True`` (for Y) a
+    ``scipy.sparse`` matrix, a pandas frame of sparse columns, a dask array or a
+    dask-backed DataArray is kept as it is (sparse as CSR, dask lazy; a dask Y must be
+    chunked along units only); otherwise they are refused or made dense. A float64 numpy
+    array is not copied.
     """
     if isinstance(obj, xr.Dataset):
         raise ArgumentTypeError(f"{name} must be a DataArray, DataFrame or array, not a Dataset")
+    rows = cols = None
     if isinstance(obj, xr.DataArray):
         if obj.ndim != 2:
             raise ValueError(f"{name} must be 2-D, got dims {obj.dims}")
@@ -87,28 +132,40 @@ def to_matrix(obj: Any, name: str, dims: tuple[str, str]):
         obj = obj.transpose(*dims)
         rows = obj[dims[0]].values if dims[0] in obj.coords else None
         cols = obj[dims[1]].values if dims[1] in obj.coords else None
-        values = obj.values
+        values = obj.data
     elif isinstance(obj, pd.DataFrame):
         rows, cols = obj.index.to_numpy(), obj.columns.to_numpy()
         if not all(pd.api.types.is_numeric_dtype(t) for t in obj.dtypes):
             raise ArgumentTypeError(f"{name} must be numeric; non-numeric columns found")
-        values = obj.to_numpy(dtype=float)
+        if large and len(obj.columns) and all(isinstance(t, pd.SparseDtype) for t in obj.dtypes):
+            values = obj.sparse.to_coo().tocsr()
+        else:
+            values = obj.to_numpy(dtype=float)
     elif isinstance(obj, pd.Series):
         raise ArgumentTypeError(f"{name} must be 2-D; got a pandas Series (use .to_frame().T)")
     else:
-        values = np.asarray(obj)
-        rows = cols = None
+        values = obj
+    kind = _array_kind(values)
+    if kind != "dense" and not large:
+        values = values.compute() if kind == "dask" else values.toarray()
+        kind = "dense"
+    if kind == "dense":
+        values = np.asarray(values)
     if values.dtype == object or values.dtype.kind not in "biuf":
         raise ArgumentTypeError(f"{name} must be numeric, got dtype {values.dtype}")
     if values.ndim != 2:
         raise ValueError(f"{name} must be 2-D ({dims[0]} x {dims[1]}), got {values.ndim}-D")
-    if values.size == 0:
+    if values.shape[0] * values.shape[1] == 0:
         raise ValueError(f"{name} is empty (shape {values.shape})")
-    values = values.astype(float)
-    if np.isnan(values).any():
-        raise ValueError(f"{name} contains NaN ({int(np.isnan(values).sum())} entries)")
-    if np.isinf(values).any():
-        raise ValueError(f"{name} contains Inf ({int(np.isinf(values).sum())} entries)")
+    if kind == "dask" and len(values.chunks[0]) > 1:
+        raise ValueError(f"{name} (a dask array) is chunked along {dims[0]}s ({len(values.chunks[0])} chunks); "
+                         f"it must be chunked along {dims[1]}s only, e.g. {name}.rechunk({{0: -1}})")
+    values = values.tocsr().astype(float, copy=False) if kind == "sparse" else values.astype(float, copy=False)
+    n_nan, n_inf = _nonfinite(values, kind)
+    if n_nan:
+        raise ValueError(f"{name} contains NaN ({n_nan} entries)")
+    if n_inf:
+        raise ValueError(f"{name} contains Inf ({n_inf} entries)")
     return values, rows, cols
 
 
@@ -133,7 +190,7 @@ def coerce(Y, A=None, *, covariates=None, formula: str | None = None) -> Data:
         Bad shapes, NaN/Inf, fewer than 2 units, no more units than covariates,
         collinear covariates, mismatched unit labels.
     """
-    Yv, feat, units = to_matrix(Y, "Y", DIMS_Y)
+    Yv, feat, units = to_matrix(Y, "Y", DIMS_Y, large=True)
     P, N = Yv.shape
     if N < 2:
         raise ValueError(f"Y has {N} unit (column); NMF-RE needs at least 2 units to separate the random "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -12,6 +13,7 @@ import xarray as xr
 
 from . import validation as v
 from ._version import __version__
+from .core import passes
 from .core.dfcap import cap_value, df_u
 from .core.likelihood import icc as icc_of
 from .core.solution import Solution
@@ -170,8 +172,15 @@ class NMFREFit:
 
     @property
     def Y(self) -> xr.DataArray:
-        """The data (feature, unit)."""
-        return self._da(self._data.Y, ("feature", "unit"), "Y")
+        """The data (feature, unit): lazy when Y is a dask array; a sparse Y is made dense
+        only when that takes at most 1e7 entries (otherwise use ``fit.data.Y``)."""
+        Y = self._data.Y
+        if self._data.kind == "sparse":
+            P, N = Y.shape
+            if P * N > 10_000_000:
+                raise ValueError(f"fit.Y would densify a {P} x {N} sparse Y; use fit.data.Y (scipy.sparse)")
+            Y = Y.toarray()
+        return self._da(Y, ("feature", "unit"), "Y")
 
     @property
     def A(self) -> xr.DataArray:
@@ -266,10 +275,16 @@ class NMFREFit:
         B = s.theta @ self._data.A + (s.U if random else 0.0)
         return self._da(s.X @ B, ("feature", "unit"), "fitted")
 
+    @cached_property
+    def _sums(self) -> dict:
+        s, d = self._solution, self._data
+        return passes.fitted_sums(d.Y, d.A, s.X, s.theta, s.U)
+
     def _r2(self, random: bool, centred: bool) -> float:
-        Y = self._data.Y
-        rss = float(np.sum((Y - self.fitted(random).values) ** 2))
-        tss = float(np.sum((Y - Y.mean()) ** 2)) if centred else float(np.sum(Y**2))
+        sums = self._sums
+        rss = sums["rss_random" if random else "rss_fixed"]
+        n = self._data.P * self._data.N
+        tss = sums["ss"] - sums["sum"] ** 2 / n if centred else sums["ss"]
         return 1.0 - rss / tss if tss > 0 else float("nan")
 
     @property
@@ -329,7 +344,7 @@ class NMFREFit:
     # ------------------------------------------------------------------ inference
     def infer(self, n_boot: int = 1000, seed: Any = 123, multipliers: Any = None, dist: str = "exp",
               method: str = "onestep", level: float = 0.95, alternative: str | None = None,
-              progress: bool = False, max_iter: int | None = None) -> Inference:
+              progress: bool = False, max_iter: int | None = None, chunk_size: int = 1024) -> Inference:
         """Inference on Theta conditional on the fitted basis; see :func:`nmfre.inference.infer`.
 
         Returns a new :class:`~nmfre.inference.Inference`; the fit is not changed (pass the
@@ -338,7 +353,8 @@ class NMFREFit:
         from .inference import infer
 
         return infer(self, n_boot=n_boot, seed=seed, multipliers=multipliers, dist=dist, method=method,
-                     level=level, alternative=alternative, progress=progress, max_iter=max_iter)
+                     level=level, alternative=alternative, progress=progress, max_iter=max_iter,
+                     chunk_size=chunk_size)
 
     # ------------------------------------------------------------------ summary
     def summary(self, inference: Inference | None = None) -> Summary:
@@ -389,8 +405,8 @@ class NMFREFit:
     def to_dataset(self) -> xr.Dataset:
         """Everything needed to rebuild the fit, as one ``xarray.Dataset``."""
         sol = self._solution
-        data_vars = {"Y": self.Y, "A": self.A, "X": self.X, "theta": self.theta, "U": self.U,
-                     "nll_trace": xr.DataArray(self.nll_trace, dims=("iteration",))}
+        data_vars = {"A": self.A, "X": self.X, "theta": self.theta, "U": self.U,
+                     "nll_trace": xr.DataArray(self.nll_trace, dims=("iteration",)), **self._y_variables()}
         if sol.objective_trace is not None:
             data_vars["objective_trace"] = xr.DataArray(np.asarray(sol.objective_trace, float), dims=("iteration",))
         attrs: dict[str, Any] = {
@@ -411,13 +427,39 @@ class NMFREFit:
         attrs["nmfre_version"] = __version__
         return xr.Dataset(data_vars, attrs=attrs)
 
+    def _y_variables(self) -> dict:
+        """Y as stored: dense as is, sparse as coordinate triplets, lazy (dask) not at all."""
+        kind = self._data.kind
+        if kind == "dense":
+            return {"Y": self.Y}
+        if kind == "sparse":
+            coo = self._data.Y.tocoo()
+            return {"Y_data": xr.DataArray(coo.data, dims="nonzero"),
+                    "Y_row": xr.DataArray(coo.row.astype(np.int64), dims="nonzero"),
+                    "Y_col": xr.DataArray(coo.col.astype(np.int64), dims="nonzero")}
+        return {}
+
     @classmethod
-    def from_dataset(cls, ds: xr.Dataset) -> NMFREFit:
-        """Rebuild a fit from :meth:`to_dataset` output."""
-        missing = {"Y", "A", "X", "theta", "U", "nll_trace"} - set(ds.data_vars)
+    def from_dataset(cls, ds: xr.Dataset, Y=None) -> NMFREFit:
+        """Rebuild a fit from :meth:`to_dataset` output.
+
+        ``Y`` (feature x unit, any accepted kind) is needed only for fits whose data were
+        a dask array and so were not stored.
+        """
+        missing = {"A", "X", "theta", "U", "nll_trace"} - set(ds.data_vars)
         if missing:
             raise ValueError(f"not an nmfre fit dataset: missing variables {sorted(missing)}")
-        data = coerce(ds["Y"], ds["A"])
+        if "Y" in ds:
+            Y = ds["Y"]
+        elif "Y_data" in ds:
+            import scipy.sparse as sp
+
+            shape = (ds.sizes["feature"], ds.sizes["unit"])
+            Ys = sp.csr_matrix((ds["Y_data"].values, (ds["Y_row"].values, ds["Y_col"].values)), shape=shape)
+            Y = _sparse_labelled(Ys, ds)
+        elif Y is None:
+            raise ValueError("this fit was saved without Y (it was a dask array): load it with nmfre.load(path, Y=Y)")
+        data = coerce(Y, ds["A"])
         a = ds.attrs
         obj = ds["objective_trace"].values if "objective_trace" in ds else None
         sol = Solution(X=ds["X"].values, theta=ds["theta"].values, U=ds["U"].values, sigma2=a["sigma2"],
@@ -435,10 +477,18 @@ class NMFREFit:
         return self.to_dataset().to_netcdf(path, **kwargs)
 
 
-def load(path) -> NMFREFit:
-    """Load a fit written by :meth:`NMFREFit.to_netcdf`."""
+def _sparse_labelled(Ys, ds: xr.Dataset):
+    """A sparse Y in a form :func:`nmfre.labels.coerce` accepts, with the dataset's labels."""
+    return pd.DataFrame.sparse.from_spmatrix(Ys, index=ds["feature"].values, columns=ds["unit"].values)
+
+
+def load(path, Y=None) -> NMFREFit:
+    """Load a fit written by :meth:`NMFREFit.to_netcdf`.
+
+    ``Y`` is needed only for fits of dask data (their Y is not written to the file).
+    """
     with xr.open_dataset(path) as ds:
-        return NMFREFit.from_dataset(ds.load())
+        return NMFREFit.from_dataset(ds.load(), Y=Y)
 
 
 __all__ = ["NMFREFit", "Summary", "load"]

@@ -6,6 +6,7 @@ import numpy as np
 from scipy.stats import multivariate_normal
 
 from nmfre import simulate
+from nmfre.core import stats
 from nmfre.core.ml import Problem, State, kkt_decrement
 
 
@@ -33,6 +34,6 @@ def kkt(fit) -> float:
     """The KKT stationarity measure (predicted remaining nll decrease) at an ML fit."""
     s, d = fit.solution, fit.data
     cap = fit.df_cap
-    prob = Problem(d.Y, d.A, s.X.shape[1], fit.theta_kind == "nonneg", fit.settings.variance_mode,
+    prob = Problem(stats.from_arrays(d.Y, d.A), s.X.shape[1], fit.theta_kind == "nonneg", fit.settings.variance_mode,
                    fit.settings.sigma2, fit.settings.tau2, cap)
     return kkt_decrement(prob, State(s.X, s.theta, s.sigma2, s.lam, s.nll))

@@ -5,7 +5,7 @@ import pytest
 from helpers import kkt, rank2
 
 import nmfre
-from nmfre.core import basis, ml
+from nmfre.core import basis, ml, stats
 from nmfre.core.bootstrap import align_components
 
 
@@ -58,7 +58,7 @@ def test_ecme_and_scoring_steps_never_increase_nll():
     Y, A, _, _ = rank2(4)
     X0 = basis.nndsvd(Y, 2)
     for cap in [None, 0.3 * 150 * 2]:
-        prob = ml.Problem(Y, A, 2, False, "free", 1.0, 1.0, cap)
+        prob = ml.Problem(stats.from_arrays(Y, A), 2, False, "free", 1.0, 1.0, cap)
         st = ml.initial_state(prob, X0, None)
         for _ in range(15):
             new = ml.ecme(prob, st)
@@ -74,15 +74,18 @@ def test_scoring_direction_solves_the_kkt_system():
     """The Newton direction keeps column sums (tangent to the simplex) and satisfies
     F d + g = E' mu on the free coordinates."""
     Y, A, _, _ = rank2(12)
-    prob = ml.Problem(Y, A, 2, False, "free", 1.0, 1.0, None)
+    prob = ml.Problem(stats.from_arrays(Y, A), 2, False, "free", 1.0, 1.0, None)
     st = ml.initial_state(prob, basis.nndsvd(Y, 2), None)
     st = ml.ecme(prob, st)
     F, g, gT, nV = ml.fisher_system(prob, st)
-    dX, dT = ml._newton_direction(prob, st, F, g, gT, nV)
+    d = ml.scoring_direction(prob, st)
+    dX, dT = d.dX, d.dT
     np.testing.assert_allclose(dX.sum(axis=0), 0.0, atol=1e-10)
     assert np.all(dX[st.X <= 0] == 0)
+    assert d.decrement == pytest.approx(-0.5 * (g[: dX.size] @ dX.ravel() + g[dX.size:dX.size + dT.size] @ dT.ravel()))
     P, Q = st.X.shape
-    free = np.concatenate([(st.X > 0).ravel(), np.ones(g.size - P * Q, bool)])
+    held = dX == 0
+    free = np.concatenate([~held.ravel(), np.ones(g.size - P * Q, bool)])
     delta = np.zeros(g.size)
     delta[:P * Q], delta[P * Q:P * Q + dT.size] = dX.ravel(), dT.ravel()
     assert nV == 2

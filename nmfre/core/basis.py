@@ -27,12 +27,35 @@ def normalise_columns(W: np.ndarray) -> np.ndarray:
     return W
 
 
-def nndsvd(Y: np.ndarray, rank: int) -> np.ndarray:
+def nndsvd(Y, rank: int) -> np.ndarray:
     """Basis from the NNDSVD of ``max(Y, 0)`` (Boutsidis & Gallopoulos 2008), columns
-    normalised to sum to 1. Deterministic."""
-    Yp = np.maximum(Y, 0.0)
-    Uu, _, Vt = np.linalg.svd(Yp, full_matrices=False)
-    W = np.zeros((Y.shape[0], rank))
+    normalised to sum to 1. Deterministic.
+
+    ``Y`` may be a dense array or a scipy.sparse matrix. Small problems use LAPACK's full
+    SVD; large ones (``P N > 4e6`` or sparse) the leading ``rank`` singular triplets from
+    ARPACK (a fixed start vector), without copying a non-negative Y.
+    """
+    sparse = hasattr(Y, "tocsr")
+    if sparse:
+        Yp = Y if Y.nnz == 0 or Y.data.min() >= 0 else Y.maximum(0)
+    else:
+        Yp = Y if Y.min() >= 0 else np.maximum(Y, 0.0)
+    P, N = Y.shape
+    if not sparse and P * N <= 4_000_000 or rank >= min(P, N) - 1:
+        Uu, _, Vt = np.linalg.svd(np.asarray(Yp.todense()) if sparse else Yp, full_matrices=False)
+    else:
+        from scipy.sparse.linalg import svds
+
+        Uu, sv, Vt = svds(Yp, k=rank, v0=np.full(min(P, N), 1.0 / np.sqrt(min(P, N))), tol=1e-10)
+        order = np.argsort(-sv)
+        Uu, Vt = Uu[:, order], Vt[order]
+    return nndsvd_from_svd(Uu, Vt, rank)
+
+
+def nndsvd_from_svd(Uu: np.ndarray, Vt: np.ndarray, rank: int) -> np.ndarray:
+    """NNDSVD basis from the leading singular vectors (``Uu``: ``P x >=rank``, ``Vt``:
+    ``>=rank x N``) of ``max(Y, 0)``; each pair keeps its larger-norm sign part."""
+    W = np.zeros((Uu.shape[0], rank))
     W[:, 0] = np.abs(Uu[:, 0])
     for j in range(1, rank):
         x, y = Uu[:, j], Vt[j, :]
@@ -47,3 +70,20 @@ def nndsvd(Y: np.ndarray, rank: int) -> np.ndarray:
 def random_basis(P: int, rank: int, rng: np.random.Generator) -> np.ndarray:
     """Random simplex columns (uniform on the simplex)."""
     return normalise_columns(rng.exponential(size=(P, rank)))
+
+
+def weighted_project_simplex(v: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """``argmin_x sum_p w_p (x_p - v_p)^2`` over the probability simplex (``w > 0``).
+
+    The solution is ``x_p = max(v_p - tau / w_p, 0)`` with ``tau`` found exactly from the
+    sorted breakpoints ``v_p w_p``; equal weights give :func:`project_simplex`.
+    """
+    t = v * w
+    order = np.argsort(-t)
+    inv = 1.0 / w[order]
+    csum_v = np.cumsum(v[order])
+    csum_i = np.cumsum(inv)
+    tau = (csum_v - 1.0) / csum_i
+    # the active set is the largest k with tau_k < t_(k)
+    k = int(np.flatnonzero(tau < t[order])[-1]) if np.any(tau < t[order]) else 0
+    return np.maximum(v - tau[k] / w, 0.0)

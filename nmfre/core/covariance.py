@@ -51,21 +51,29 @@ class Conditional:
 
 
 def conditional(Y, A, X, theta, U, lam) -> Conditional:
-    """Sandwich ingredients for vec(Theta) conditional on ``(X, U)`` (numpy in, numpy out)."""
-    P, N = Y.shape
+    """Sandwich ingredients for vec(Theta) conditional on ``(X, U)``; ``Y`` dense, sparse or
+    dask (one pass, :func:`nmfre.core.passes.conditional_pieces`)."""
+    from .passes import conditional_pieces
+
+    rss, XtR = conditional_pieces(Y, A, X, theta, U, lam)
+    return from_pieces(rss, XtR, A, X, theta, lam, Y.shape[0])
+
+
+def from_pieces(rss: float, XtR: np.ndarray, A: np.ndarray, X: np.ndarray, theta: np.ndarray, lam: float,
+                P: int) -> Conditional:
+    """:class:`Conditional` from ``RSS = ||Y - X(U + Theta A)||^2`` and ``X'R`` (``Q x N``)."""
+    N = A.shape[1]
     Q, K = theta.shape
-    Rc = Y - X @ U - X @ (theta @ A)
     XtX = X.T @ X
     M = XtX + max(lam, 1e-12) * np.eye(Q)
     Minv = np.linalg.inv(M)
     df_u = N * float(np.trace(Minv @ XtX))
-    sigma2_used = float(np.sum(Rc**2)) / max(P * N - df_u - Q * K, 1)
+    sigma2_used = float(rss) / max(P * N - df_u - Q * K, 1)
     s2 = max(sigma2_used, 1e-12)
     core = XtX - XtX @ Minv @ XtX
     info = np.kron(A @ A.T, core) / s2 + COV_RIDGE * np.eye(Q * K)
     Hinv = np.linalg.inv(info)
-    G = X.T @ Rc  # Q x N
-    S = -(A[:, None, :] * G[None, :, :]).reshape(Q * K, N) / s2  # rows k*Q + q (column-major vec)
+    S = -(A[:, None, :] * XtR[None, :, :]).reshape(Q * K, N) / s2  # rows k*Q + q (column-major vec)
     J = S @ S.T
     if N > 1:
         J *= N / (N - 1)

@@ -17,13 +17,16 @@ SAFEGUARD_RATIO = 0.99
 DEFAULT_RATES = tuple(np.round(np.arange(1, 11) / 10, 10))
 
 
-def df_u(d: np.ndarray, N: int, lam):
+def df_u(d: np.ndarray, N, lam):
     """Effective degrees of freedom of U, ``N sum_q d_q / (d_q + lambda)``.
 
-    Vectorised over ``lam``.
+    ``N`` is the number of units, or an array of weights like ``d`` (units per block,
+    for the per-unit df summed over blocks of missing data). Vectorised over ``lam``.
     """
     lam = np.asarray(lam, dtype=float)
-    return N * np.sum(d / (d + lam[..., None]), axis=-1)
+    if np.ndim(N) == 0:
+        return N * np.sum(d / (d + lam[..., None]), axis=-1)
+    return np.sum(N * d / (d + lam[..., None]), axis=-1)
 
 
 def cap_value(rate: float, N: int, Q: int) -> float:
@@ -37,7 +40,7 @@ def lambda_for_df(d: np.ndarray, N: int, target: float, lam_max: float = LAMBDA_
     Returns 0 when ``df_U`` cannot exceed ``target`` for any ``lambda > 0``.
     """
     d = np.maximum(np.asarray(d, dtype=float), 0.0)
-    if N * np.count_nonzero(d > 0) <= target:
+    if float(np.sum(np.broadcast_to(N, d.shape)[d > 0])) <= target:
         return 0.0
 
     def f(t):

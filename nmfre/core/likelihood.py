@@ -1,14 +1,17 @@
 """Marginal likelihood of NMF-RE and its exact profile in the variance components.
 
-Pure numpy kernels. With ``R = Y - X Theta A``, ``d_q`` and ``V`` the eigenvalues and
-eigenvectors of ``X'X`` and ``s_q`` the squared norm of row ``q`` of ``V'X'R``, the
-marginal negative log-likelihood of ``y_n ~ N(X Theta a_n, sigma2 I + tau2 X X')`` is
+Pure numpy kernels. For units sharing the observed features ``O`` (a block; complete data
+are one block), with ``R = Y - X Theta A`` on those rows, ``d_q`` and ``V`` the eigenvalues
+and eigenvectors of ``X_O'X_O`` and ``s_q`` the squared norm of row ``q`` of ``V'X_O'R``,
+the marginal negative log-likelihood of ``y_n ~ N(X_O Theta a_n, sigma2 I + tau2 X_O X_O')``
+summed over the blocks is
 
-    nll = 1/2 [ N P log(2 pi sigma2) + N sum_q log(1 + d_q / lambda)
-                + (||R||^2 - sum_q s_q / (d_q + lambda)) / sigma2 ],
+    nll = 1/2 [ n_obs log(2 pi sigma2) + sum_b N_b sum_q log(1 + d_bq / lambda)
+                + (||R||^2 - sum_bq s_bq / (d_bq + lambda)) / sigma2 ],
 
-with ``lambda = sigma2 / tau2``. For fixed ``lambda`` the optimal ``sigma2`` has a closed
-form, so the variance components reduce to a one-dimensional profile in ``lambda``.
+with ``lambda = sigma2 / tau2`` and ``n_obs`` the number of observed entries. For fixed
+``lambda`` the optimal ``sigma2`` has a closed form, so the variance components reduce to a
+one-dimensional profile in ``lambda``.
 """
 
 from __future__ import annotations
@@ -30,46 +33,48 @@ class Sufficient:
     Attributes
     ----------
     rss : float
-        ``||Y - X Theta A||^2``.
-    s : ndarray, shape (Q,)
-        Squared row norms of ``V' X' R``.
-    d : ndarray, shape (Q,)
-        Eigenvalues of ``X'X`` (clipped at 0).
-    N, P : int
-        Numbers of units and features.
+        ``||Y - X Theta A||^2`` over the observed entries.
+    s : ndarray
+        Squared row norms of ``V' X_O' R`` (``Q`` per block, concatenated).
+    d : ndarray
+        Eigenvalues of ``X_O'X_O`` (clipped at 0; ``Q`` per block).
+    w : ndarray
+        Number of units of each ``d`` entry's block.
+    n_obs : int
+        Number of observed entries (``N P`` for complete data).
     """
 
     rss: float
     s: np.ndarray
     d: np.ndarray
-    N: int
-    P: int
+    w: np.ndarray
+    n_obs: int
 
     def quad(self, lam):
-        """``||R||^2 - sum_q s_q / (d_q + lambda)`` (vectorised over ``lam``)."""
+        """``||R||^2 - sum s / (d + lambda)`` (vectorised over ``lam``)."""
         lam = np.asarray(lam, dtype=float)
         return self.rss - np.sum(self.s / (self.d + lam[..., None]), axis=-1)
 
     def logdet(self, lam):
-        """``N sum_q log(1 + d_q / lambda)`` (vectorised over ``lam``)."""
+        """``sum w log(1 + d / lambda)`` (vectorised over ``lam``)."""
         lam = np.asarray(lam, dtype=float)
-        return self.N * np.sum(np.log1p(self.d / lam[..., None]), axis=-1)
+        return np.sum(self.w * np.log1p(self.d / lam[..., None]), axis=-1)
 
 
 def sufficient(Y: np.ndarray, X: np.ndarray, mean: np.ndarray) -> Sufficient:
-    """Compute :class:`Sufficient` for residual ``Y - X @ mean`` (``mean`` = Theta A)."""
+    """:class:`Sufficient` for complete data and residual ``Y - X @ mean`` (``mean`` = Theta A)."""
     R = Y - X @ mean
     d, V = np.linalg.eigh(X.T @ X)
     d = np.maximum(d, 0.0)
     W = V.T @ (X.T @ R)
-    return Sufficient(float(np.vdot(R, R)), np.einsum("qn,qn->q", W, W), d, Y.shape[1], Y.shape[0])
+    return Sufficient(float(np.vdot(R, R)), np.einsum("qn,qn->q", W, W), d, np.full(d.size, float(Y.shape[1])),
+                      Y.size)
 
 
 def nll(suff: Sufficient, sigma2: float, lam: float) -> float:
     """Marginal negative log-likelihood (with the ``2 pi`` term)."""
-    N, P = suff.N, suff.P
     q = float(suff.quad(lam))
-    return 0.5 * (N * P * (LOG_2PI + np.log(sigma2)) + float(suff.logdet(lam)) + q / sigma2)
+    return 0.5 * (suff.n_obs * (LOG_2PI + np.log(sigma2)) + float(suff.logdet(lam)) + q / sigma2)
 
 
 def profile_objective(suff: Sufficient, lam, mode: str, sigma2: float = 1.0, tau2: float = 1.0):
@@ -78,24 +83,24 @@ def profile_objective(suff: Sufficient, lam, mode: str, sigma2: float = 1.0, tau
     ``mode`` is ``"free"`` (sigma2 profiled in closed form), ``"sigma2"`` (sigma2 fixed)
     or ``"tau2"`` (tau2 fixed, so sigma2 = lambda tau2).
     """
-    N, P = suff.N, suff.P
+    n = suff.n_obs
     lam = np.asarray(lam, dtype=float)
     q = np.maximum(suff.quad(lam), 1e-300)
     ld = suff.logdet(lam)
     if mode == "free":
-        return 0.5 * (N * P * (LOG_2PI + np.log(q / (N * P)) + 1.0) + ld)
+        return 0.5 * (n * (LOG_2PI + np.log(q / n) + 1.0) + ld)
     if mode == "sigma2":
-        return 0.5 * (N * P * (LOG_2PI + np.log(sigma2)) + ld + q / sigma2)
+        return 0.5 * (n * (LOG_2PI + np.log(sigma2)) + ld + q / sigma2)
     if mode == "tau2":
         s2 = lam * tau2
-        return 0.5 * (N * P * (LOG_2PI + np.log(s2)) + ld + q / s2)
+        return 0.5 * (n * (LOG_2PI + np.log(s2)) + ld + q / s2)
     raise ValueError(f"unknown profile mode {mode!r}")
 
 
 def variances_at(suff: Sufficient, lam: float, mode: str, sigma2: float, tau2: float):
     """``(sigma2, tau2)`` implied by ``lambda`` under ``mode``."""
     if mode == "free":
-        s2 = max(float(suff.quad(lam)) / (suff.N * suff.P), 1e-300)
+        s2 = max(float(suff.quad(lam)) / suff.n_obs, 1e-300)
     elif mode == "sigma2":
         s2 = sigma2
     elif mode == "tau2":

@@ -1,38 +1,47 @@
-"""Maximum likelihood for NMF-RE on plain numpy arrays.
+"""Maximum likelihood for NMF-RE on compressed statistics (plain numpy).
 
 ``Y (P x N) = X (Theta A + U) + E`` with ``X >= 0`` (columns on the simplex), ``U`` with
-iid ``N(0, tau2)`` entries and ``E`` iid ``N(0, sigma2)``. :func:`fit_ml` maximises the
-marginal likelihood: projected Fisher scoring in (X, Theta, sigma2, tau2) with the
-expected information in closed form, each step followed by an ECME sweep (E-step for U,
-exact per-column HALS block minimisation for X on the simplex, exact GLS/NNLS for Theta,
-exact 1-D profile for the variances); a SQUAREM cycle of the ECME map where scoring finds
-no decrease. Every accepted iteration does not increase the nll.
+iid ``N(0, tau2)`` entries and ``E`` iid ``N(0, sigma2)``; with missing values each unit
+contributes the likelihood of its observed entries. The data enter only through
+:class:`~nmfre.core.stats.Stats` (blocks of units sharing their observed features, each
+in dense, gram or sparse form), so one iteration costs ``O(P^2 Q)`` in gram form,
+independent of N.
+
+:func:`fit_ml` maximises the marginal likelihood: projected Fisher scoring in (X, Theta,
+sigma2, tau2) with the expected information in closed form (assembled densely for small
+problems, or kept as its Kronecker and low-rank parts and solved by Woodbury's identity,
+:mod:`nmfre.core.newton`), each step followed by an ECME sweep (E-step for U, exact
+per-column HALS block minimisation for X on the simplex, exact GLS/NNLS for Theta, exact
+1-D profile for the variances); a SQUAREM cycle of the ECME map where scoring finds no
+decrease. Every accepted iteration does not increase the nll.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from scipy.optimize import nnls
 
-from . import dfcap
-from .basis import project_simplex
-from .likelihood import LAMBDA_MIN, nll, optimize_lambda, sufficient, variances_at
+from . import dfcap, newton
+from .basis import project_simplex, weighted_project_simplex
+from .likelihood import LAMBDA_MIN, Sufficient, nll, optimize_lambda, variances_at
 from .solution import Solution
+from .stats import Moments, Stats
 
 #: variance modes: which of sigma2, tau2 are held fixed
 MODES = {(False, False): "free", (True, False): "sigma2", (False, True): "tau2", (True, True): "fixed"}
+#: largest number of Newton coordinates whose information is assembled densely
+DENSE_MAX = 1500
 
 
 @dataclass
 class Problem:
-    """Data and settings shared by the ML iterations.
+    """Data (as :class:`Stats`) and settings shared by the ML iterations.
 
     Attributes
     ----------
-    Y, A : ndarray
-        ``P x N`` data, ``K x N`` design.
+    stats : Stats
     rank : int
     nonneg : bool
         Theta constrained to ``>= 0``.
@@ -44,27 +53,32 @@ class Problem:
         The df cap value ``max(rate N Q, 1)`` (not the rate).
     """
 
-    Y: np.ndarray
-    A: np.ndarray
+    stats: Stats
     rank: int
     nonneg: bool
     mode: str
     sigma2: float
     tau2: float
     cap: float | None
+    _cache: dict = field(default_factory=dict, repr=False)
 
     def __post_init__(self):
-        self.P, self.N = self.Y.shape
-        self.K = self.A.shape[0]
-        self.YAt = self.Y @ self.A.T
-        self.AAt = self.A @ self.A.T
+        self.P, self.N, self.K = self.stats.P, self.stats.N, self.stats.K
+        self.AAt = self.stats.AA
         self.AAt_inv = np.linalg.inv(self.AAt)
 
-    def lam_floor(self, d: np.ndarray) -> float:
-        """Smallest admissible lambda given the eigenvalues ``d`` of X'X (the cap's root)."""
+    def lam_floor(self, suff: Sufficient) -> float:
+        """Smallest admissible lambda (the cap's root in the per-block df)."""
         if self.cap is None:
             return LAMBDA_MIN
-        return max(dfcap.lambda_for_df(d, self.N, self.cap), LAMBDA_MIN)
+        return max(dfcap.lambda_for_df(suff.d, suff.w, self.cap), LAMBDA_MIN)
+
+    def moments(self, X: np.ndarray, theta: np.ndarray) -> list[Moments]:
+        """Every block's :class:`~nmfre.core.stats.Moments` at ``(X, Theta)`` (cached once)."""
+        key = (X.tobytes(), theta.tobytes())
+        if self._cache.get("key") != key:
+            self._cache = {"key": key, "m": [b.moments(X, theta) for b in self.stats.blocks]}
+        return self._cache["m"]
 
 
 @dataclass
@@ -79,39 +93,57 @@ class State:
     cap_active: bool = False
 
 
+def sufficient(prob: Problem, X: np.ndarray, theta: np.ndarray) -> Sufficient:
+    """:class:`~nmfre.core.likelihood.Sufficient` summed over the blocks."""
+    rss, s, d, w = 0.0, [], [], []
+    for b, m in zip(prob.stats.blocks, prob.moments(X, theta), strict=True):
+        db, V = np.linalg.eigh(m.XtX)
+        rss += m.rss
+        s.append(np.einsum("qa,qr,ra->a", V, m.WR, V))
+        d.append(np.maximum(db, 0.0))
+        w.append(np.full(db.size, float(b.N)))
+    return Sufficient(rss, np.concatenate(s), np.concatenate(d), np.concatenate(w), prob.stats.n_obs)
+
+
 # ----------------------------------------------------------------------------- exact blocks
 def theta_step(prob: Problem, X: np.ndarray, lam: float) -> np.ndarray:
     """Exact minimiser of the marginal nll over Theta for fixed ``X`` and ``lambda``.
 
-    Free Theta: GLS equals OLS, ``(X'X)^-1 X'Y A'(AA')^-1``. Non-negative Theta: NNLS in
-    the metric ``AA' (x) M^-1 X'X`` (the GLS quadratic form).
+    Complete data, free Theta: GLS equals OLS, ``(X'X)^-1 X'Y A'(AA')^-1``. Otherwise the GLS
+    normal equations ``sum_b (A_bA_b' (x) M_b^-1 X_b'X_b) vec Theta = sum_b vec(M_b^-1 X_b'Y_bA_b')``;
+    non-negative Theta by NNLS in that metric.
     """
-    XtX = X.T @ X
-    XtYAt = X.T @ prob.YAt
-    if not prob.nonneg:
+    Q, K = prob.rank, prob.K
+    if prob.stats.complete and not prob.nonneg:
+        b = prob.stats.blocks[0]
+        XtX = X.T @ X
+        XtYAt = X.T @ b.YA
         try:
             return np.linalg.solve(XtX, XtYAt) @ prob.AAt_inv
         except np.linalg.LinAlgError:
             return np.linalg.lstsq(XtX, XtYAt, rcond=None)[0] @ prob.AAt_inv
-    Q = X.shape[1]
-    M = XtX + lam * np.eye(Q)
-    G = np.linalg.solve(M, XtX)
-    G = 0.5 * (G + G.T)
-    H = np.kron(prob.AAt, G)
-    g = np.linalg.solve(M, XtYAt).reshape(-1, order="F")
+    H = np.zeros((Q * K, Q * K))
+    g = np.zeros(Q * K)
+    for b in prob.stats.blocks:
+        Xb = b.take(X)
+        XtX = Xb.T @ Xb
+        M = XtX + lam * np.eye(Q)
+        G = np.linalg.solve(M, XtX)
+        H += np.kron(b.AA, 0.5 * (G + G.T))
+        g += np.linalg.solve(M, Xb.T @ b.YA).reshape(-1, order="F")
     free = np.linalg.lstsq(H, g, rcond=None)[0]
-    if np.all(free >= 0):
-        return free.reshape(Q, prob.K, order="F")
+    if not prob.nonneg or np.all(free >= 0):
+        return free.reshape(Q, K, order="F")
     ridge = 1e-12 * np.trace(H) / H.shape[0]
     L = np.linalg.cholesky(H + ridge * np.eye(H.shape[0]))
     sol = nnls(L.T, np.linalg.solve(L, g), maxiter=50 * H.shape[0])[0]
-    return sol.reshape(Q, prob.K, order="F")
+    return sol.reshape(Q, K, order="F")
 
 
 def profile(prob: Problem, X: np.ndarray, theta: np.ndarray, lam_current: float | None):
     """Exact variance step: returns ``(sigma2, lam, nll, suff, cap_active)``."""
-    suff = sufficient(prob.Y, X, theta @ prob.A)
-    lo = prob.lam_floor(suff.d)
+    suff = sufficient(prob, X, theta)
+    lo = prob.lam_floor(suff)
     if prob.mode == "fixed":
         lam = max(prob.sigma2 / prob.tau2, lo)
         s2 = prob.sigma2
@@ -122,35 +154,65 @@ def profile(prob: Problem, X: np.ndarray, theta: np.ndarray, lam_current: float 
     return s2, lam, nll(suff, s2, lam), suff, active
 
 
-def blup(prob: Problem, X: np.ndarray, theta: np.ndarray, lam: float) -> np.ndarray:
-    """BLUP of U: ``M^-1 X'(Y - X Theta A)``, ``M = X'X + lambda I``."""
-    M = X.T @ X + lam * np.eye(X.shape[1])
-    return np.linalg.solve(M, X.T @ (prob.Y - X @ (theta @ prob.A)))
+@dataclass(frozen=True)
+class Expectations:
+    """E-step quantities of one block: ``Minv = (X_O'X_O + lambda I)^-1``, ``BB = E[B]E[B]'``,
+    ``BA = E[B] A'``, ``C = Y E[B]'`` with ``B = Theta A + U``."""
+
+    Minv: np.ndarray
+    BB: np.ndarray
+    BA: np.ndarray
+    C: np.ndarray
+
+
+def expectations(prob: Problem, X: np.ndarray, theta: np.ndarray, lam: float) -> list[Expectations]:
+    """:class:`Expectations` of every block (no pass over the data: moments only)."""
+    Q = prob.rank
+    out = []
+    for b, m in zip(prob.stats.blocks, prob.moments(X, theta), strict=True):
+        Minv = np.linalg.inv(m.XtX + lam * np.eye(Q))
+        UA = Minv @ (m.XtYA - m.XtX @ theta @ b.AA)
+        UU = Minv @ m.WR @ Minv
+        BB = m.C1 + theta @ UA.T + UA @ theta.T + UU
+        out.append(Expectations(Minv, 0.5 * (BB + BB.T), theta @ b.AA + UA, b.YA @ theta.T + m.YRtX @ Minv))
+    return out
 
 
 def x_step(prob: Problem, st: State, sweeps: int = 10) -> np.ndarray:
     """Block minimisation of the expected complete-data loss over simplex columns.
 
-    Minimises ``||Y - X B||^2 + tr(X S X')`` with ``B = Theta A + E[U]`` and
-    ``S = N sigma2 M^-1`` by per-column HALS with exact Euclidean projections onto the
-    simplex (each column update is an exact block minimiser).
+    Minimises ``sum_n ||y_O - X_O b_n||^2 + tr(X_O S_n X_O')`` with ``b_n = E[Theta a_n + u_n]``
+    and ``S_n = sigma2 M_O^-1`` by per-column HALS with exact (weighted, for missing data)
+    Euclidean projections onto the simplex; each column update is an exact block minimiser.
     """
-    X = st.X
-    Q = X.shape[1]
-    M = X.T @ X + st.lam * np.eye(Q)
-    Minv = np.linalg.inv(M)
-    Ubar = Minv @ (X.T @ (prob.Y - X @ (st.theta @ prob.A)))
-    B = st.theta @ prob.A + Ubar
-    G = B @ B.T + prob.N * st.sigma2 * Minv
-    C = prob.Y @ B.T
-    X = X.copy()
+    X = st.X.copy()
+    P, Q = X.shape
+    ex = expectations(prob, st.X, st.theta, st.lam)
+    if prob.stats.complete:
+        e = ex[0]
+        G = e.BB + prob.N * st.sigma2 * e.Minv
+        C = e.C
+        rowG = None
+    else:
+        rowG = np.zeros((P, Q, Q))
+        C = np.zeros((P, Q))
+        for b, e in zip(prob.stats.blocks, ex, strict=True):
+            rowG[b.rows] += e.BB + b.N * st.sigma2 * e.Minv
+            C[b.rows] += e.C
     for _ in range(sweeps):
         X_old = X.copy()
         for q in range(Q):
-            if G[q, q] <= 0:
-                continue
-            v = X[:, q] + (C[:, q] - X @ G[:, q]) / G[q, q]
-            X[:, q] = project_simplex(v[:, None])[:, 0]
+            if rowG is None:
+                if G[q, q] <= 0:
+                    continue
+                v = X[:, q] + (C[:, q] - X @ G[:, q]) / G[q, q]
+                X[:, q] = project_simplex(v[:, None])[:, 0]
+            else:
+                w = rowG[:, q, q]
+                if np.any(w <= 0):
+                    continue
+                v = X[:, q] + (C[:, q] - np.einsum("pr,pr->p", X, rowG[:, :, q])) / w
+                X[:, q] = weighted_project_simplex(v, w)
         if Q == 1 or np.max(np.abs(X - X_old)) <= 1e-12:
             break
     return X
@@ -189,103 +251,119 @@ def initial_state(prob: Problem, X0: np.ndarray, theta0: np.ndarray | None) -> S
 
 
 # ----------------------------------------------------------------------------- scoring
-def _gradient_parts(prob: Problem, st: State):
-    """Shared pieces of the gradient: ``Minv, S, Z, W, R, B, gX, gT``."""
-    X, theta, s2, lam = st.X, st.theta, st.sigma2, st.lam
-    P, Q = prob.P, prob.rank
-    Minv = np.linalg.inv(X.T @ X + lam * np.eye(Q))
-    S = (np.eye(P) - X @ Minv @ X.T) / s2
-    Z = S @ X
-    W = X.T @ Z
-    TA = theta @ prob.A
-    R = prob.Y - X @ TA
-    B = TA + Minv @ (X.T @ R)
-    E = (prob.Y - X @ B) / s2
-    gX = prob.N * X @ Minv - E @ B.T
-    gT = -(X.T @ E @ prob.A.T)
-    return Minv, S, Z, W, R, gX, gT
+def gradient(prob: Problem, st: State):
+    """Gradient of the nll in X (``P x Q``) and Theta (``Q x K``), and the E-step quantities."""
+    X, theta, s2 = st.X, st.theta, st.sigma2
+    gX = np.zeros_like(X)
+    gT = np.zeros_like(theta)
+    ex = expectations(prob, X, theta, st.lam)
+    for b, m, e in zip(prob.stats.blocks, prob.moments(X, theta), ex, strict=True):
+        g = b.N * m.Xb @ e.Minv - (e.C - m.Xb @ e.BB) / s2
+        if b.rows is None:
+            gX += g
+        else:
+            gX[b.rows] += g
+        gT -= (m.XtYA - m.XtX @ e.BA) / s2
+    return gX, gT, ex
+
+
+def variance_directions(prob: Problem, st: State) -> list[str]:
+    """The variance coordinates that enter the Newton system (not when the cap binds)."""
+    if st.cap_active:
+        return []
+    out = []
+    if prob.mode in ("free", "tau2"):
+        out.append("sigma2")
+    if prob.mode in ("free", "sigma2"):
+        out.append("tau2")
+    return out
 
 
 def fisher_system(prob: Problem, st: State):
-    """Expected information ``F`` and gradient ``g`` of the nll in
-    ``(vec_row X, vec_row Theta[, variances])`` and the number of variance coordinates.
+    """Dense expected information ``F`` and gradient ``g`` of the nll in
+    ``(vec_row X, vec_row Theta[, variances])``, summed over the blocks, and the number of
+    variance coordinates.
 
-    For ``vec(X)`` and ``vec(Theta)``: a mean part ``S (x) Theta A A' Theta'`` and a
-    covariance part ``N tau2^2 (S (x) X'SX + T)`` with ``S = Sigma^-1``; the free
-    variances (not when the df cap binds) enter through ``N/2 tr(S dSigma S dSigma)``.
+    Per block: a mean part ``S (x) Theta A A' Theta'`` and a covariance part
+    ``N tau2^2 (S (x) X'SX + T)`` with ``S = Sigma_O^-1``; the free variances enter through
+    ``N/2 tr(S dSigma S dSigma)`` (:mod:`nmfre.core.newton` has the formulas).
     """
-    X, theta, s2, lam = st.X, st.theta, st.sigma2, st.lam
-    P, Q, K, N = prob.P, prob.rank, prob.K, prob.N
-    tau2 = s2 / lam
-    Minv, S, Z, W, R, gX, gT = _gradient_parts(prob, st)
-    C1 = theta @ prob.AAt @ theta.T
-    c = N * tau2**2
-    FXX = np.kron(S, C1 + c * W) + c * np.einsum("ps,rq->pqrs", Z, Z).reshape(P * Q, P * Q)
-    FXT = np.einsum("pj,qk->pqjk", Z, theta @ prob.AAt).reshape(P * Q, Q * K)
-    FTT = np.einsum("ab,kl->akbl", W, prob.AAt).reshape(Q * K, Q * K)
-    F = np.block([[FXX, FXT], [FXT.T, FTT]])
-    g = np.concatenate([gX.ravel(), gT.ravel()])
-    # variances that move with (X, Theta): their coupling with X is what makes
-    # alternating schemes crawl, so they enter the Newton system (then are re-profiled)
-    dSig = []
-    if not st.cap_active:
-        if prob.mode in ("free", "tau2"):
-            dSig.append(np.eye(P))
-        if prob.mode in ("free", "sigma2"):
-            dSig.append(X @ X.T)
-    if dSig:
-        SR = S @ R
-        FV = np.array([[0.5 * N * np.sum((S @ a) * (S @ b).T) for b in dSig] for a in dSig])
-        FXV = np.stack([N * tau2 * (S @ a @ Z).ravel() for a in dSig], axis=1)
-        gV = np.array([0.5 * (N * np.sum(S * a) - np.sum(SR * (a @ SR))) for a in dSig])
-        nV = len(dSig)
-        F = np.block([[F, np.vstack([FXV, np.zeros((Q * K, nV))])],
-                      [np.hstack([FXV.T, np.zeros((nV, Q * K))]), FV]])
-        g = np.concatenate([g, gV])
-    return F, g, gT, len(dSig)
+    gX, gT, ex = gradient(prob, st)
+    parts = newton.block_parts(prob, st, ex)
+    names = variance_directions(prob, st)
+    F, gV = newton.dense_information(prob, st, parts, names)
+    return F, np.concatenate([gX.ravel(), gT.ravel(), gV]), gT, len(names)
 
 
-def _newton_direction(prob: Problem, st: State, F, g, gT, nV):
-    """Solve the KKT system on the free coordinates (positive entries of X, Theta off its
-    bound) under the unit-column-sum constraints; None when singular."""
-    X, theta = st.X, st.theta
+def _free_mask(prob: Problem, st: State, gX: np.ndarray, gT: np.ndarray, nV: int, FX: np.ndarray) -> np.ndarray:
+    """Coordinates the Newton step moves: entries of X away from their bound, Theta off its
+    bound (non-negative case), the variances.
+
+    An entry of X is held when it is 0, or when it is within ``eps`` of 0 and the reduced
+    gradient pushes it down (Bertsekas' epsilon-active set, ``eps`` the size of a projected
+    scaled-gradient step, at most 1e-3): the quadratic model would otherwise send it far
+    below 0, and the projection would undo the step.
+    """
+    X = st.X
+    dev = gX - np.sum(X * gX, axis=0)
+    w = float(np.max(np.abs(X - project_simplex(X - dev / np.maximum(FX, 1e-300)))))
+    held = (X <= 0) | ((X <= min(1e-3, w)) & (dev > 0))
+    tfree = ~((st.theta <= 0) & (gT > 0)).ravel() if prob.nonneg else np.ones(prob.rank * prob.K, bool)
+    return np.concatenate([~held.ravel(), tfree, np.ones(nV, bool)])
+
+
+@dataclass(frozen=True)
+class Direction:
+    """A projected Newton direction and ``decrement = -g'd / 2``, the nll decrease its
+    quadratic model predicts (the Fisher-metric size of the gradient on the free set)."""
+
+    dX: np.ndarray
+    dT: np.ndarray
+    decrement: float
+
+
+def scoring_direction(prob: Problem, st: State) -> Direction | None:
+    """The projected Fisher-scoring direction, or None.
+
+    Dense assembly while ``PQ + QK <= DENSE_MAX``; otherwise (complete data) the
+    information is kept in its Kronecker and low-rank parts and the KKT system is solved
+    by Woodbury's identity (:func:`nmfre.core.newton.structured_kkt`), never forming a
+    ``PQ x PQ`` matrix. Several blocks of missing data above ``DENSE_MAX``: None (ECME).
+    """
     P, Q, K = prob.P, prob.rank, prob.K
-    act_X = X <= 0
-    free = np.concatenate([~act_X.ravel(), ~((theta <= 0) & (gT > 0)).ravel() if prob.nonneg
-                           else np.ones(Q * K, bool), np.ones(nV, bool)])
-    idx = np.flatnonzero(free)
-    nf = idx.size
-    Ecol = np.zeros((Q, nf))
-    for j, i in enumerate(idx):
-        if i < P * Q:
-            Ecol[i % Q, j] = 1.0
-    Ff = F[np.ix_(idx, idx)]
-    Ff = Ff + 1e-10 * np.mean(np.abs(np.diag(Ff))) * np.eye(nf)
-    kkt = np.block([[Ff, Ecol.T], [Ecol, np.zeros((Q, Q))]])
-    try:
-        sol = np.linalg.solve(kkt, np.concatenate([-g[idx], np.zeros(Q)]))
-    except np.linalg.LinAlgError:
+    dense = P * Q + Q * K <= DENSE_MAX
+    if not dense and not prob.stats.complete:
         return None
-    delta = np.zeros(P * Q + Q * K + nV)
-    delta[idx] = sol[:nf]
-    return delta[: P * Q].reshape(P, Q), delta[P * Q:P * Q + Q * K].reshape(Q, K)
+    gX, gT, ex = gradient(prob, st)
+    parts = newton.block_parts(prob, st, ex)
+    names = variance_directions(prob, st)
+    FX, _ = newton.information_diagonal(prob, st, parts)
+    free = _free_mask(prob, st, gX, gT, len(names), FX)
+    if dense:
+        F, gV = newton.dense_information(prob, st, parts, names)
+        delta = newton.dense_kkt(F, np.concatenate([gX.ravel(), gT.ravel(), gV]), free, P, Q)
+    else:
+        delta = newton.structured_kkt(prob, st, parts[0], names, gX, gT, free)
+    if delta is None or not np.all(np.isfinite(delta)):
+        return None
+    dX, dT = delta[: P * Q].reshape(P, Q), delta[P * Q:P * Q + Q * K].reshape(Q, K)
+    return Direction(dX, dT, -0.5 * float(np.sum(gX * dX) + np.sum(gT * dT)))
 
 
-def scoring_step(prob: Problem, st: State) -> State | None:
+def scoring_step(prob: Problem, st: State, direction: Direction | None = None) -> State | None:
     """One projected Fisher-scoring step in (X, Theta, sigma2, tau2).
 
-    The Newton system (:func:`fisher_system`) is solved on the positive entries of X
+    The Newton system (:func:`scoring_direction`) is solved on the positive entries of X
     (zeros stay, an ECME sweep can release them) and the free entries of Theta under the
     unit-column-sum constraints (KKT); the step, limited to 0.25 in any entry of X, is
     projected back onto the simplex (and Theta >= 0) and halved until the nll, with Theta
     (free case) and the variances re-profiled exactly, strictly decreases. Returns None
     when it does not.
     """
-    F, g, gT, nV = fisher_system(prob, st)
-    direction = _newton_direction(prob, st, F, g, gT, nV)
+    direction = scoring_direction(prob, st) if direction is None else direction
     if direction is None:
         return None
-    dX, dT = direction
+    dX, dT = direction.dX, direction.dT
     big = np.max(np.abs(dX))
     t = min(1.0, 0.25 / big) if big > 0 else 1.0  # trust radius in simplex units
     for _ in range(40):
@@ -302,61 +380,56 @@ def scoring_step(prob: Problem, st: State) -> State | None:
 def kkt_decrement(prob: Problem, st: State) -> float:
     """Predicted nll decrease still available at ``st`` (a stationarity measure).
 
-    For each free coordinate, ``(g - mu)^2 / (2 F_ii)`` with ``g`` the gradient, ``mu``
-    the multiplier of its constraint (X: the column's X-weighted mean gradient, the
-    simplex multiplier at a KKT point; Theta >= 0: 0) and ``F_ii`` the diagonal of the
-    expected information; entries at a bound count only if the gradient pushes inward.
+    For each coordinate, the decrease of the separable quadratic model
+    ``(g - mu) s + F_ii s^2 / 2`` at its minimiser ``s`` clipped to the feasible range
+    (``x + s >= 0``), with ``g`` the gradient, ``mu`` the multiplier of its constraint (X:
+    the column's X-weighted mean gradient, the simplex multiplier at a KKT point;
+    Theta >= 0: 0) and ``F_ii`` the diagonal of the expected information. An entry at (or
+    within rounding of) its bound can only contribute what moving it to the bound gains.
     Zero exactly at a KKT point of the profile nll.
     """
-    X, theta, s2, lam = st.X, st.theta, st.sigma2, st.lam
-    Q, N = prob.rank, prob.N
-    tau2 = s2 / lam
-    Minv = np.linalg.inv(X.T @ X + lam * np.eye(Q))
-    TA = theta @ prob.A
-    B = TA + Minv @ (X.T @ (prob.Y - X @ TA))
-    E = (prob.Y - X @ B) / s2
-    gX = N * X @ Minv - E @ B.T
-    Sdiag = (1.0 - np.einsum("pq,qr,pr->p", X, Minv, X)) / s2
-    Z = (X - X @ Minv @ (X.T @ X)) / s2
-    W = X.T @ Z
-    c = N * tau2**2
-    FX = Sdiag[:, None] * np.diag(theta @ prob.AAt @ theta.T + c * W)[None, :] + c * Z**2
-    dev = gX - np.sum(X * gX, axis=0)
-    dev = np.where(X > 0, dev, np.minimum(dev, 0.0))
-    out = float(np.sum(dev**2 / (2 * np.maximum(FX, 1e-300))))
+    X, theta = st.X, st.theta
+    gX, gT, ex = gradient(prob, st)
+    FX, FT = newton.information_diagonal(prob, st, newton.block_parts(prob, st, ex))
+
+    def gain(dev, F, x):
+        F = np.maximum(F, 1e-300)
+        step = np.maximum(-dev / F, -x)
+        return float(np.sum(-(dev * step + 0.5 * F * step**2)))
+
+    out = gain(gX - np.sum(X * gX, axis=0), FX, X)
     if prob.nonneg:
-        gT = -(X.T @ E @ prob.A.T)
-        FT = np.outer(np.diag(W), np.diag(prob.AAt))
-        devT = np.where(theta > 0, gT, np.minimum(gT, 0.0))
-        out += float(np.sum(devT**2 / (2 * np.maximum(FT, 1e-300))))
+        out += gain(gT, FT, theta)
     return out
 
 
 # ----------------------------------------------------------------------------- driver
 def fit_ml(prob: Problem, X0: np.ndarray, theta0: np.ndarray | None = None,
-           max_iter: int = 5000, tol: float = 1e-10, scoring_max_size: int = 1500) -> Solution:
+           max_iter: int = 5000, tol: float = 1e-10) -> Solution:
     """Maximum-likelihood fit; every iteration does not increase the nll.
 
-    An iteration is a projected Fisher-scoring step (:func:`scoring_step`, used while
-    ``P Q + Q K <= scoring_max_size``; the dense information is ``(PQ + QK)^2``) followed
-    by one ECME sweep; where scoring is too large or finds no decrease, a SQUAREM cycle
-    (Varadhan & Roland 2008) of the monotone ECME map is used instead: two ECME sweeps,
-    an extrapolation of X along them (projected back onto the simplex) and a stabilising
-    sweep, accepted only if not worse than the plain sweeps. Converged when an iteration
-    decreases the nll by less than ``tol * (1 + |nll|)``, moves X by less than
-    ``sqrt(tol)`` and :func:`kkt_decrement` (the predicted decrease still available) is
-    below ``tol * (1 + |nll|)``.
+    An iteration is a projected Fisher-scoring step (:func:`scoring_step`) followed by one
+    ECME sweep; where scoring finds no decrease, a SQUAREM cycle (Varadhan & Roland 2008)
+    of the monotone ECME map is used instead: two ECME sweeps, an extrapolation of X along
+    them (projected back onto the simplex) and a stabilising sweep, accepted only if not
+    worse than the plain sweeps. Converged when an iteration decreases the nll by less
+    than ``tol * (1 + |nll|)``, moves X by less than ``sqrt(tol)`` and
+    :func:`kkt_decrement` (the predicted decrease still available) is below
+    ``tol * (1 + |nll|)``.
+
+    The returned :class:`~nmfre.core.solution.Solution` has ``U = None``: random effects
+    need a pass over the units (:func:`blup`).
     """
     st = initial_state(prob, X0, theta0)
     trace: list[float] = []
     hits: list[int] = [0] if st.cap_active else []
-    use_scoring = prob.P * prob.rank + prob.rank * prob.K <= scoring_max_size
     step_max, mstep = 1.0, 4.0
     converged = False
     n_iter = 0
+    direction = scoring_direction(prob, st)
     while n_iter < max_iter:
         n_iter += 1
-        new = scoring_step(prob, st) if use_scoring else None
+        new = scoring_step(prob, st, direction)
         if new is None:
             new, step_max = _squarem_cycle(prob, st, step_max, mstep)
         else:
@@ -367,12 +440,15 @@ def fit_ml(prob: Problem, X0: np.ndarray, theta0: np.ndarray | None = None,
         trace.append(st.nll)
         if st.cap_active:
             hits.append(n_iter)
-        if dec <= tol * (1.0 + abs(st.nll)) and dx <= np.sqrt(tol) \
-                and kkt_decrement(prob, st) <= tol * (1.0 + abs(st.nll)):
-            converged = True
-            break
-    U = blup(prob, st.X, st.theta, st.lam)
-    return Solution(X=st.X, theta=st.theta, U=U, sigma2=st.sigma2, tau2=st.sigma2 / st.lam, lam=st.lam,
+        thr = tol * (1.0 + abs(st.nll))
+        if dec <= thr and dx <= np.sqrt(tol) and kkt_decrement(prob, st) <= thr:
+            direction = scoring_direction(prob, st)
+            if direction is None or direction.decrement <= thr:
+                converged = True
+                break
+        else:
+            direction = scoring_direction(prob, st)
+    return Solution(X=st.X, theta=st.theta, U=None, sigma2=st.sigma2, tau2=st.sigma2 / st.lam, lam=st.lam,
                     nll=st.nll, nll_trace=np.asarray(trace), converged=converged, n_iter=n_iter,
                     cap_hit=bool(hits), stop_reason="tol" if converged else "max_iter",
                     cap_hit_iters=tuple(hits))

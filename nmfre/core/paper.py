@@ -129,16 +129,12 @@ def fit_paper(Y: np.ndarray, A: np.ndarray, X0: np.ndarray, theta0: np.ndarray,
 
 
 def _finish(st: PaperState, P, nll_trace, trace, converged, it, stop_reason, rel) -> Solution:
-    """Order the components by ``sum_p (p/P) X[p, q]`` (Q > 1) and package the result."""
-    X, theta, U = st.X, st.theta, st.U
-    if X.shape[1] > 1:
-        order = np.argsort((np.arange(1, P + 1) / P) @ X, kind="stable")
-        X, theta, U = X[:, order], theta[order], U[order]
+    """Package the result, components ordered by ``sum_p (p/P) X[p, q]`` (Q > 1)."""
     lam = st.sigma2 / clip(st.tau2)
-    return Solution(X=X, theta=theta, U=U, sigma2=st.sigma2, tau2=st.tau2, lam=lam, nll=nll_trace[-1],
+    return Solution(X=st.X, theta=st.theta, U=st.U, sigma2=st.sigma2, tau2=st.tau2, lam=lam, nll=nll_trace[-1],
                     nll_trace=np.asarray(nll_trace), converged=converged, n_iter=it, cap_hit=bool(st.hit_iters),
                     stop_reason=stop_reason, objective_trace=np.asarray(trace),
-                    cap_hit_iters=tuple(st.hit_iters), rel_change=float(rel))
+                    cap_hit_iters=tuple(st.hit_iters), rel_change=float(rel)).ordered()
 
 
 def _safe_div(num: np.ndarray, den: np.ndarray) -> np.ndarray:

@@ -56,6 +56,18 @@ class Solution:
     cap_hit_iters: tuple[int, ...] = field(default_factory=tuple)
     rel_change: float = float("nan")
 
+    def ordered(self) -> Solution:
+        """Components in the paper's canonical order: increasing ``sum_p (p / P) X[p, q]``
+        (the centre of mass of each column along the features; stable for ties)."""
+        P, Q = self.X.shape
+        if Q == 1:
+            return self
+        order = np.argsort((np.arange(1, P + 1) / P) @ self.X, kind="stable")
+        if np.array_equal(order, np.arange(Q)):
+            return self
+        U = None if self.U is None else self.U[order]
+        return replace(self, X=self.X[:, order], theta=self.theta[order], U=U)
+
     def rescaled(self, c: float, n_obs: int) -> Solution:
         """The solution for data multiplied by ``c`` (Theta, U by ``c``; variances by
         ``c^2``; the nll shifts by ``n_obs log c``, ``n_obs`` the number of observed entries)."""

@@ -1,0 +1,232 @@
+"""The expected information of NMF-RE and the projected Newton (Fisher-scoring) system.
+
+Coordinates: ``vec_row X`` (``P Q``), ``vec_row Theta`` (``Q K``) and the free variances
+(``sigma2``: ``dSigma = I``; ``tau2``: ``dSigma = X X'``). Per block of units observing
+rows ``O`` (complete data: one block), with ``S = Sigma_O^-1 = (I - X M^-1 X')/sigma2``,
+``Z = S X = (lambda/sigma2) X M^-1``, ``W = X'Z``, ``C1 = Theta AA' Theta'``,
+``D = C1 + c W`` and ``c = N tau2^2``:
+
+* ``F_XX = S (x) D + c T``, ``T[pq, rs] = Z[p, s] Z[r, q]`` (so ``F_XX V = S V D + c Z V' Z``);
+* ``F_XTheta[pq, jk] = Z[p, j] (Theta AA')[q, k]``; ``F_ThetaTheta = W (x) AA'``;
+* ``F_XV = N tau2 vec(S a Z)``, ``F_VV = N/2 tr(S a S b)`` for ``a, b`` in ``{I, XX'}``.
+
+Small problems assemble ``F`` densely (:func:`dense_information`, :func:`dense_kkt`).
+Large complete-data problems never form a ``PQ x PQ`` matrix: ``F_XX`` is a block-diagonal
+base ``I (x) D / sigma2`` (one ``Q x Q`` block per feature) plus low-rank corrections of
+rank ``2 Q^2`` (``-(X M^-1 X') (x) D / sigma2`` and ``c T``), which Woodbury's identity
+inverts in ``O(P Q^4 + Q^6)``; Theta, the variances and the simplex constraints are
+eliminated through a small Schur complement (:func:`structured_kkt`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Parts:
+    """Per-block pieces of the information (plain arrays)."""
+
+    rows: np.ndarray | None
+    N: int
+    Xb: np.ndarray
+    Minv: np.ndarray
+    Z: np.ndarray
+    W: np.ndarray
+    D: np.ndarray
+    c: float
+    TAA: np.ndarray  # Theta AA'
+    AA: np.ndarray
+    XtX: np.ndarray
+    WR: np.ndarray
+    rss: float
+
+
+def block_parts(prob, st, ex) -> list[Parts]:
+    """:class:`Parts` of every block at state ``st`` (``ex``: the blocks' E-step quantities)."""
+    s2, lam = st.sigma2, st.lam
+    tau2 = s2 / lam
+    out = []
+    for b, m, e in zip(prob.stats.blocks, prob.moments(st.X, st.theta), ex, strict=True):
+        Z = (lam / s2) * m.Xb @ e.Minv
+        W = m.Xb.T @ Z
+        W = 0.5 * (W + W.T)
+        c = b.N * tau2**2
+        out.append(Parts(b.rows, b.N, m.Xb, e.Minv, Z, W, m.C1 + c * W, c, st.theta @ b.AA, b.AA, m.XtX, m.WR,
+                         m.rss))
+    return out
+
+
+def _variance_terms(p: Parts, s2: float, lam: float, names: list[str]):
+    """``F_VV`` (nV x nV), ``F_XV`` columns (P_O x Q each) and the variance gradient ``gV``."""
+    tau2 = s2 / lam
+    Po = p.Xb.shape[0]
+    H1 = np.trace(p.Minv @ p.XtX)
+    H2 = np.trace(p.Minv @ p.XtX @ p.Minv @ p.XtX)
+    trS = (Po - H1) / s2
+    trSS = (Po - 2 * H1 + H2) / s2**2
+    trW, trWW = np.trace(p.W), np.sum(p.W * p.W)
+    trZZ = np.sum(p.Z * p.Z)
+    tr = {("sigma2", "sigma2"): trSS, ("sigma2", "tau2"): trZZ, ("tau2", "sigma2"): trZZ, ("tau2", "tau2"): trWW}
+    FV = np.array([[0.5 * p.N * tr[a, b] for b in names] for a in names])
+    cols = {"sigma2": p.N * tau2 * (lam / s2) * p.Z @ p.Minv, "tau2": p.N * tau2 * p.Z @ p.W}
+    quad = {"sigma2": (p.rss - 2 * np.sum(p.Minv * p.WR) + np.trace(p.Minv @ p.XtX @ p.Minv @ p.WR)) / s2**2,
+            "tau2": (lam / s2) ** 2 * np.trace(p.Minv @ p.WR @ p.Minv)}
+    first = {"sigma2": trS, "tau2": trW}
+    gV = np.array([0.5 * (p.N * first[a] - quad[a]) for a in names])
+    return FV, [cols[a] for a in names], gV
+
+
+def dense_information(prob, st, parts: list[Parts], names: list[str]):
+    """Dense ``F`` in ``(vec_row X, vec_row Theta, variances)`` and the variance gradient."""
+    P, Q, K = prob.P, prob.rank, prob.K
+    nV = len(names)
+    n = P * Q + Q * K
+    F = np.zeros((n + nV, n + nV))
+    gV = np.zeros(nV)
+    for p in parts:
+        Po = p.Xb.shape[0]
+        S = (np.eye(Po) - p.Xb @ p.Minv @ p.Xb.T) / st.sigma2
+        FXX = np.kron(S, p.D) + p.c * np.einsum("ps,rq->pqrs", p.Z, p.Z).reshape(Po * Q, Po * Q)
+        FXT = np.einsum("pj,qk->pqjk", p.Z, p.TAA).reshape(Po * Q, Q * K)
+        rows = np.arange(P) if p.rows is None else p.rows
+        ix = (rows[:, None] * Q + np.arange(Q)[None, :]).ravel()
+        it = np.arange(P * Q, n)
+        F[np.ix_(ix, ix)] += FXX
+        F[np.ix_(ix, it)] += FXT
+        F[np.ix_(it, ix)] += FXT.T
+        F[np.ix_(it, it)] += np.einsum("ab,kl->akbl", p.W, p.AA).reshape(Q * K, Q * K)
+        if nV:
+            FV, cols, g = _variance_terms(p, st.sigma2, st.lam, names)
+            iv = np.arange(n, n + nV)
+            F[np.ix_(iv, iv)] += FV
+            for j, col in enumerate(cols):
+                F[ix, n + j] += col.ravel()
+                F[n + j, ix] += col.ravel()
+            gV += g
+    return F, gV
+
+
+def dense_kkt(F: np.ndarray, g: np.ndarray, free: np.ndarray, P: int, Q: int):
+    """Newton step on the ``free`` coordinates under the unit-column-sum constraints of X
+    (a tiny ridge ``1e-10 mean|diag|`` keeps it regular); None when singular."""
+    idx = np.flatnonzero(free)
+    nf = idx.size
+    Ecol = np.zeros((Q, nf))
+    xi = idx < P * Q
+    Ecol[idx[xi] % Q, np.flatnonzero(xi)] = 1.0
+    Ff = F[np.ix_(idx, idx)]
+    Ff = Ff + 1e-10 * np.mean(np.abs(np.diag(Ff))) * np.eye(nf)
+    kkt = np.block([[Ff, Ecol.T], [Ecol, np.zeros((Q, Q))]])
+    try:
+        sol = np.linalg.solve(kkt, np.concatenate([-g[idx], np.zeros(Q)]))
+    except np.linalg.LinAlgError:
+        return None
+    delta = np.zeros(F.shape[0])
+    delta[idx] = sol[:nf]
+    return delta
+
+
+def information_diagonal(prob, st, parts: list[Parts]):
+    """Diagonal of the information in X (``P x Q``) and Theta (``Q x K``), summed over blocks."""
+    FX = np.zeros((prob.P, prob.rank))
+    FT = np.zeros((prob.rank, prob.K))
+    for p in parts:
+        Sdiag = (1.0 - np.einsum("pq,qr,pr->p", p.Xb, p.Minv, p.Xb)) / st.sigma2
+        f = Sdiag[:, None] * np.diag(p.D)[None, :] + p.c * p.Z**2
+        if p.rows is None:
+            FX += f
+        else:
+            FX[p.rows] += f
+        FT += np.outer(np.diag(p.W), np.diag(p.AA))
+    return FX, FT
+
+
+# ----------------------------------------------------------------------------- structured
+class _Woodbury:
+    """``A = B0 + L K L'`` on the free entries of X, with ``B0`` block diagonal per feature."""
+
+    def __init__(self, p: Parts, s2: float, mask: np.ndarray, ridge: np.ndarray):
+        P, Q = mask.shape
+        self.mask, self.X, self.Z = mask, p.Xb, p.Z
+        B = np.broadcast_to(p.D / s2, (P, Q, Q)) + ridge[:, :, None] * np.eye(Q)
+        m2 = mask[:, :, None] & mask[:, None, :]
+        B = np.where(m2, B, np.eye(Q))  # bound entries: identity, removed by the mask
+        self.Binv = np.linalg.inv(B) * m2
+        K1 = -np.kron(p.Minv, p.D) / s2
+        Pi = np.zeros((Q * Q, Q * Q))
+        j, q = np.divmod(np.arange(Q * Q), Q)
+        Pi[np.arange(Q * Q), q * Q + j] = 1.0
+        self.K = np.block([[K1, np.zeros_like(K1)], [np.zeros_like(K1), p.c * Pi]])
+        LBL = np.block([[self._lbl(self.X, self.X), self._lbl(self.X, self.Z)],
+                        [self._lbl(self.Z, self.X), self._lbl(self.Z, self.Z)]])
+        self.cap = np.eye(2 * Q * Q) + LBL @ self.K
+
+    def _lbl(self, Ai, Aj):
+        """``sum_p kron(a_ip a_jp', Binv_p)`` reordered to ``[(j, q), (k, r)]`` (one GEMM)."""
+        P, Q = Ai.shape
+        outer = (Ai[:, :, None] * Aj[:, None, :]).reshape(P, Q * Q)  # p, (j, k)
+        out = outer.T @ self.Binv.reshape(P, Q * Q)  # (j, k), (q, r)
+        return out.reshape(Q, Q, Q, Q).transpose(0, 2, 1, 3).reshape(Q * Q, Q * Q)
+
+    def _binv(self, V):
+        return np.matmul(self.Binv, V)
+
+    def solve(self, V: np.ndarray) -> np.ndarray:
+        """``A^-1 V`` for ``V`` of shape ``(P, Q, r)`` (entries off the mask ignored)."""
+        Q = self.X.shape[1]
+        V = V * self.mask[:, :, None]
+        Y1 = self._binv(V)
+        P, _, r = Y1.shape
+        flat = Y1.reshape(P, Q * r)
+        T1 = np.concatenate([(self.X.T @ flat).reshape(Q * Q, r), (self.Z.T @ flat).reshape(Q * Q, r)])
+        T2 = self.K @ np.linalg.solve(self.cap, T1)
+        corr = (self.X @ T2[: Q * Q].reshape(Q, Q * r) + self.Z @ T2[Q * Q:].reshape(Q, Q * r)).reshape(P, Q, r)
+        return Y1 - self._binv(corr * self.mask[:, :, None])
+
+
+def structured_kkt(prob, st, p: Parts, names: list[str], gX: np.ndarray, gT: np.ndarray,
+                   free: np.ndarray):
+    """The Newton step of :func:`dense_kkt` for complete data without forming ``F``.
+
+    Solves ``[[F_ff, E'], [E, 0]] [delta, mu] = [-g_f, 0]`` (same ridge as the dense
+    solver) by Woodbury on the X block and a Schur complement of size
+    ``QK + nV + Q`` for Theta, the variances and the column-sum constraints.
+    """
+    P, Q, K = prob.P, prob.rank, prob.K
+    s2 = st.sigma2
+    nV = len(names)
+    n = P * Q + Q * K
+    mask = free[: P * Q].reshape(P, Q)
+    tfree = np.flatnonzero(free[P * Q:n])
+    FX, FT = information_diagonal(prob, st, [p])
+    FV, vcols, gV = _variance_terms(p, s2, st.lam, names) if nV else (np.zeros((0, 0)), [], np.zeros(0))
+    FTT = np.einsum("ab,kl->akbl", p.W, p.AA).reshape(Q * K, Q * K)[np.ix_(tfree, tfree)]
+    diag = np.concatenate([FX[mask], np.diag(FTT), np.diag(FV)])
+    ridge = 1e-10 * np.mean(np.abs(diag))
+    try:
+        A = _Woodbury(p, s2, mask, np.full((P, Q), ridge))
+        # columns coupling X with (Theta, variances, multipliers)
+        cols = [np.einsum("p,q->pq", p.Z[:, j], p.TAA[:, k]) for j, k in zip(*np.divmod(tfree, K), strict=True)]
+        cols += vcols
+        cols += [np.where(mask & (np.arange(Q)[None, :] == q), 1.0, 0.0) for q in range(Q)]
+        Bx = np.stack(cols, axis=-1) if cols else np.zeros((P, Q, 0))
+        sol = A.solve(np.concatenate([gX[:, :, None], Bx], axis=-1))
+        Ag, ABx = sol[:, :, 0], sol[:, :, 1:]
+        m_eta = tfree.size + nV
+        Deta = np.zeros((m_eta + Q, m_eta + Q))
+        Deta[: tfree.size, : tfree.size] = FTT + ridge * np.eye(tfree.size)
+        Deta[tfree.size:m_eta, tfree.size:m_eta] = FV + ridge * np.eye(nV)
+        Mx = np.einsum("pqa,pqb->ab", Bx * mask[:, :, None], ABx)
+        ry = np.concatenate([-gT.ravel()[tfree], -gV, np.zeros(Q)]) + np.einsum("pqa,pq->a", Bx * mask[:, :, None], Ag)
+        y = np.linalg.solve(Deta - Mx, ry)
+    except np.linalg.LinAlgError:
+        return None
+    dx = -Ag - np.einsum("pqa,a->pq", ABx, y)
+    delta = np.zeros(n + nV)
+    delta[: P * Q] = (dx * mask).ravel()
+    delta[P * Q + tfree] = y[: tfree.size]
+    delta[n:] = y[tfree.size:m_eta]
+    return delta

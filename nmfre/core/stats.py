@@ -1,0 +1,197 @@
+"""The data as the ML solver sees it: blocks of units that share their observed features,
+each holding what the likelihood needs of its data.
+
+For fixed A the marginal likelihood, its gradient, the information and every ECME/BLUP
+quantity depend on a block's data only through ``G = Y Y'``, ``Y A'``, ``A A'`` and the
+number of units (``||R||^2 = tr G - 2 tr(X'YA'Theta') + tr(Theta AA' Theta' X'X)``,
+``X'RR'X = X'GX - X'YA'Theta'X'X - X'X Theta AY'X + X'X Theta AA'Theta'X'X``). A block
+keeps its data in one of three forms, chosen per problem:
+
+* ``"dense"``: ``Y`` in memory; residuals are formed (exact, ``O(P N Q)`` per evaluation),
+  used for small problems and where ``N`` is not large against ``P``;
+* ``"gram"``: only ``G``, ``YA'``, ``AA'`` (one pass over Y, then ``O(P^2 Q)`` per
+  evaluation, independent of N): large N, dask arrays, files on disk;
+* ``"sparse"``: a ``scipy.sparse`` Y; products ``X'Y`` in ``O(nnz Q)``, the dense residual
+  is never formed.
+
+Complete data are one block; with missing values, units are grouped by their pattern of
+observed features (per-pattern statistics, so cost stays close to complete data when
+patterns are few).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+FORMS = ("dense", "gram", "sparse")
+
+
+@dataclass(frozen=True)
+class Moments:
+    """What one block contributes at ``(X, Theta)`` (plain arrays).
+
+    ``XtX = X_O'X_O``; ``XtYA = X_O'Y A'``; ``WR = X_O'R R'X_O``; ``rss = ||R||^2``;
+    ``YRtX = Y R' X_O`` (``P_O x Q``); ``GX = Y Y' X_O``; ``C1 = Theta AA' Theta'``.
+    """
+
+    Xb: np.ndarray
+    XtX: np.ndarray
+    XtYA: np.ndarray
+    WR: np.ndarray
+    rss: float
+    YRtX: np.ndarray
+    C1: np.ndarray
+
+
+@dataclass(frozen=True)
+class Block:
+    """Units that share their observed features ``rows``.
+
+    Attributes
+    ----------
+    rows : ndarray of int or None
+        Observed features (None: all ``P``).
+    units : ndarray of int
+        The block's units (positions in the data).
+    N : int
+    AA : ndarray (K, K)
+        ``A A'`` over the block's units.
+    YA : ndarray (P_O, K)
+        ``Y A'``.
+    trG : float
+        ``||Y||^2``.
+    form : {"dense", "gram", "sparse"}
+    G : ndarray (P_O, P_O) or None
+        ``Y Y'`` (gram form).
+    Y : ndarray or scipy.sparse matrix or None
+        The block's data (dense and sparse forms).
+    A : ndarray (K, N)
+        The block's covariates.
+    """
+
+    rows: np.ndarray | None
+    units: np.ndarray
+    N: int
+    AA: np.ndarray
+    YA: np.ndarray
+    trG: float
+    form: str
+    A: np.ndarray
+    G: np.ndarray | None = None
+    Y: Any = None
+
+    @property
+    def P(self) -> int:
+        return self.YA.shape[0]
+
+    def take(self, X: np.ndarray) -> np.ndarray:
+        """The rows of ``X`` this block observes."""
+        return X if self.rows is None else X[self.rows]
+
+    def moments(self, X: np.ndarray, theta: np.ndarray) -> Moments:
+        """:class:`Moments` at ``(X, Theta)``."""
+        Xb = self.take(X)
+        XtX = Xb.T @ Xb
+        XtYA = Xb.T @ self.YA
+        C1 = theta @ self.AA @ theta.T
+        if self.form == "dense":
+            R = self.Y - Xb @ (theta @ self.A)
+            XtR = Xb.T @ R
+            return Moments(Xb, XtX, XtYA, XtR @ XtR.T, float(np.vdot(R, R)), self.Y @ XtR.T, C1)
+        if self.form == "sparse":
+            XtR = np.asarray(self.Y.T @ Xb).T - XtX @ (theta @ self.A)  # Q x N, never P x N
+            rss = self.trG - 2.0 * float(np.sum(theta * XtYA)) + float(np.sum(C1 * XtX))
+            return Moments(Xb, XtX, XtYA, XtR @ XtR.T, rss, np.asarray(self.Y @ XtR.T), C1)
+        GX = self.G @ Xb
+        XtGX = Xb.T @ GX
+        T = XtYA @ theta.T @ XtX
+        WR = XtGX - T - T.T + XtX @ C1 @ XtX
+        rss = self.trG - 2.0 * float(np.sum(theta * XtYA)) + float(np.sum(C1 * XtX))
+        YRtX = GX - self.YA @ theta.T @ XtX
+        return Moments(Xb, XtX, XtYA, 0.5 * (WR + WR.T), rss, YRtX, C1)
+
+
+@dataclass(frozen=True)
+class Stats:
+    """All blocks of a data set: what the ML solver iterates on.
+
+    Attributes
+    ----------
+    P, N, K : int
+    blocks : list of Block
+    n_obs : int
+        Observed entries.
+    """
+
+    P: int
+    N: int
+    K: int
+    blocks: list[Block] = field(default_factory=list)
+
+    @property
+    def n_obs(self) -> int:
+        return int(sum(b.N * b.P for b in self.blocks))
+
+    @property
+    def complete(self) -> bool:
+        """One block observing every feature."""
+        return len(self.blocks) == 1 and self.blocks[0].rows is None
+
+    @property
+    def AA(self) -> np.ndarray:
+        return sum(b.AA for b in self.blocks)
+
+    @property
+    def unit_weights(self) -> np.ndarray:
+        """``N_b`` per block (the df weights)."""
+        return np.array([b.N for b in self.blocks], dtype=float)
+
+
+def choose_form(P: int, N: int, nnz: int | None = None, sparse: bool = False) -> str:
+    """The cheaper form for a ``P x N`` block: gram when ``G`` costs less per evaluation than
+    the data and the problem is large enough for it to matter; dense (exact residuals)
+    otherwise; sparse input stays sparse unless its gram is clearly cheaper."""
+    nnz = P * N if nnz is None else nnz
+    if sparse:
+        return "gram" if P * P <= nnz // 8 and P <= 4000 else "sparse"
+    return "gram" if P * N > 2_000_000 and N >= 4 * P else "dense"
+
+
+def block(Y, A: np.ndarray, rows: np.ndarray | None, units: np.ndarray, form: str) -> Block:
+    """One block from its data ``Y`` (``P_O x N_b``, dense or sparse) and covariates ``A``."""
+    AA = A @ A.T
+    YA = np.asarray(Y @ A.T)
+    if hasattr(Y, "multiply"):  # scipy.sparse
+        trG = float(Y.multiply(Y).sum())
+    else:
+        trG = float(np.vdot(Y, Y))
+    if form == "gram":
+        G = Y @ Y.T
+        G = np.asarray(G.todense()) if hasattr(G, "todense") else np.asarray(G)
+        return Block(rows, units, A.shape[1], AA, YA, trG, "gram", A, G=G, Y=None)
+    return Block(rows, units, A.shape[1], AA, YA, trG, form, A, Y=Y)
+
+
+def from_arrays(Y, A: np.ndarray, form: str = "auto") -> Stats:
+    """:class:`Stats` for complete data ``Y`` (dense ndarray or scipy.sparse) and ``A``."""
+    P, N = Y.shape
+    sparse = hasattr(Y, "tocsr")
+    if sparse:
+        Y = Y.tocsr()
+    if form == "auto":
+        form = choose_form(P, N, Y.nnz if sparse else None, sparse)
+    if form == "sparse" and not sparse:
+        raise ValueError("form='sparse' needs a scipy.sparse Y")
+    if form == "dense" and sparse:
+        raise ValueError("a sparse Y is never densified; use form='sparse' or 'gram'")
+    return Stats(P, N, A.shape[0], [block(Y, A, None, np.arange(N), form)])
+
+
+def from_gram(G: np.ndarray, YA: np.ndarray, AA: np.ndarray, trG: float, A: np.ndarray) -> Stats:
+    """:class:`Stats` from precomputed one-pass statistics (complete data)."""
+    P, N = G.shape[0], A.shape[1]
+    b = Block(None, np.arange(N), N, np.asarray(AA), np.asarray(YA), float(trG), "gram", A, G=np.asarray(G))
+    return Stats(P, N, A.shape[0], [b])

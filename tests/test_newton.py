@@ -1,0 +1,97 @@
+"""nmfre.core.newton: the structured (Woodbury) Newton step equals the dense one; the
+information's closed forms match finite differences of the gradient's expectation."""
+
+import numpy as np
+import pytest
+from helpers import rank2
+
+from nmfre.core import basis, ml, newton, stats
+from nmfre.simulate import block_sparse
+
+
+def _state(theta_kind, mode, cap, zeros, seed):
+    d = block_sparse(P=12, N=80, rank=3, K=2, seed=seed)
+    Y, A = d["Y"].values, d["A"].values
+    prob = ml.Problem(stats.from_arrays(Y, A), 3, theta_kind == "nonneg", mode, 1.0, 1.0, cap)
+    X = basis.nndsvd(Y, 3)
+    st = ml.initial_state(prob, X, None)
+    st = ml.ecme(prob, st)
+    if zeros:  # put some entries on the bound
+        X = st.X.copy()
+        X[np.argsort(X[:, 0])[:3], 0] = 0.0
+        X = X / X.sum(axis=0)
+        th = ml.theta_step(prob, X, st.lam)
+        if theta_kind == "nonneg":
+            th[0, 1] = 0.0
+        s2, lam, val, _, act = ml.profile(prob, X, th, st.lam)
+        st = ml.State(X, th, s2, lam, val, act)
+    return prob, st
+
+
+@pytest.mark.parametrize("theta_kind", ["free", "nonneg"])
+@pytest.mark.parametrize("mode", ["free", "sigma2", "fixed"])
+@pytest.mark.parametrize("zeros", [False, True])
+def test_structured_step_equals_dense_step(theta_kind, mode, zeros):
+    prob, st = _state(theta_kind, mode, None, zeros, seed=3)
+    F, g, gT, nV = ml.fisher_system(prob, st)
+    gX0 = g[: prob.P * prob.rank].reshape(prob.P, prob.rank)
+    FX, _ = newton.information_diagonal(prob, st, newton.block_parts(prob, st, ml.gradient(prob, st)[2]))
+    free = ml._free_mask(prob, st, gX0, gT, nV, FX)
+    dense = newton.dense_kkt(F, g, free, prob.P, prob.rank)
+    gX, gT2, ex = ml.gradient(prob, st)
+    parts = newton.block_parts(prob, st, ex)[0]
+    names = ml.variance_directions(prob, st)
+    fast = newton.structured_kkt(prob, st, parts, names, gX, gT2, free)
+    # the information is singular along the basis rotations that free Theta cannot see, so
+    # compare what matters: both steps solve the same (ridged) KKT system, predict the same
+    # decrease, and differ only in directions of (near) zero information
+    P, Q = prob.P, prob.rank
+    idx = np.flatnonzero(free)
+    Ff = F[np.ix_(idx, idx)]
+    Fr = Ff + 1e-10 * np.mean(np.abs(np.diag(Ff))) * np.eye(idx.size)
+    E = np.zeros((Q, idx.size))
+    E[idx[idx < P * Q] % Q, np.flatnonzero(idx < P * Q)] = 1.0
+    for d in (dense, fast):
+        r = Fr @ d[idx] + g[idx]
+        mu = np.linalg.lstsq(E.T, -r, rcond=None)[0]
+        assert np.abs(r + E.T @ mu).max() <= 1e-6 * np.abs(g).max()  # cond(F) reaches 1e14 here
+        np.testing.assert_allclose(E @ d[idx], 0.0, atol=1e-12)
+    pred = lambda d: g @ d + 0.5 * d @ F @ d  # noqa: E731
+    assert pred(fast) == pytest.approx(pred(dense), rel=1e-7)
+    diff = fast - dense
+    assert diff @ F @ diff <= 1e-8 * abs(dense @ F @ dense)
+
+
+def test_structured_step_never_forms_the_dense_information(monkeypatch):
+    """Above DENSE_MAX coordinates the step comes from the structured solver."""
+    Y, A, _, _ = rank2(4)
+    prob = ml.Problem(stats.from_arrays(Y, A), 2, False, "free", 1.0, 1.0, None)
+    st = ml.ecme(prob, ml.initial_state(prob, basis.nndsvd(Y, 2), None))
+    ref = ml.scoring_direction(prob, st)
+    monkeypatch.setattr(ml, "DENSE_MAX", 1)
+    monkeypatch.setattr(newton, "dense_information", lambda *a, **k: pytest.fail("dense F formed"))
+    fast = ml.scoring_direction(prob, st)
+    assert fast.decrement == pytest.approx(ref.decrement, rel=1e-7)
+    for a, b in ((fast.dX, ref.dX), (fast.dT, ref.dT)):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-9)
+
+
+def test_information_is_the_expected_outer_product_of_scores():
+    """F = E[g g'] at the true parameters (Monte Carlo over data sets drawn from the model)."""
+    rng = np.random.default_rng(0)
+    P, Q, K, N = 4, 2, 2, 30
+    X = np.array([[0.5, 0.1], [0.3, 0.2], [0.1, 0.3], [0.1, 0.4]])
+    theta = np.array([[5.0, 1.0], [3.0, -1.0]])
+    A = np.vstack([np.ones(N), rng.normal(size=N)])
+    s2, t2 = 0.5, 2.0
+    scores = []
+    for _ in range(3000):
+        Y = X @ (theta @ A + rng.normal(0, np.sqrt(t2), (Q, N))) + rng.normal(0, np.sqrt(s2), (P, N))
+        prob = ml.Problem(stats.from_arrays(Y, A), Q, False, "free", 1.0, 1.0, None)
+        st = ml.State(X, theta, s2, s2 / t2, 0.0)
+        gX, gT, _ = ml.gradient(prob, st)
+        scores.append(np.concatenate([gX.ravel(), gT.ravel()]))
+    G = np.cov(np.array(scores).T)
+    F, _, _, _ = ml.fisher_system(prob, ml.State(X, theta, s2, s2 / t2, 0.0, cap_active=True))
+    n = P * Q + Q * K
+    np.testing.assert_allclose(G, F[:n, :n], rtol=0.15, atol=0.05 * np.abs(F[:n, :n]).max())

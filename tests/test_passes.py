@@ -1,0 +1,177 @@
+"""Large and lazy data (nmfre.core.passes through fit and infer): scipy.sparse, pandas
+sparse frames, dask arrays, netCDF and zarr files opened with dask, a 2-worker
+LocalCluster; each equals the in-memory computation."""
+
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+import xarray as xr
+
+import nmfre
+from nmfre.core import passes, stats
+from nmfre.simulate import block_sparse
+
+da = pytest.importorskip("dask.array")
+
+
+@pytest.fixture(scope="module")
+def data():
+    """A well-determined problem, so that fits of the same data held differently agree to
+    1e-8: rank 2 and non-negative Theta. (For rank >= 3 the likelihood is invariant under
+    rotations X O, O'Theta with O fixing the vector of ones, pinned only where X >= 0 or
+    Theta >= 0 bind; there, and for sign-free Theta, estimates agree to the ~1e-7..1e-6 that
+    the likelihood's rounding determines.)"""
+    rng = np.random.default_rng(3)
+    P, N, Q = 12, 3000, 2
+    X = rng.dirichlet(np.full(P, 2.0), Q).T
+    A = np.vstack([np.ones(N), rng.uniform(size=N), rng.uniform(size=N)])
+    theta = np.array([[6.0, 2.0, 1.0], [3.0, 5.0, 2.0]])
+    Y = X @ (theta @ A + rng.normal(0, 0.5, (Q, N))) + rng.normal(0, 0.05, (P, N))
+    units = [f"u{n + 1}" for n in range(N)]
+    return (xr.DataArray(Y, dims=("feature", "unit"), coords={"feature": [f"f{p}" for p in range(P)], "unit": units}),
+            xr.DataArray(A, dims=("covariate", "unit"), coords={"covariate": ["intercept", "a1", "a2"], "unit": units}))
+
+
+@pytest.fixture(scope="module")
+def dense_fit(data):
+    Y, A = data
+    return nmfre.fit(Y, A, rank=2, theta="nonneg", tol=TOL)
+
+
+#: the default tolerance (fits of the same data in another form agree to about 1e-8)
+TOL = 1e-10
+
+
+def _assert_same_fit(f, g, rtol=1e-8):
+    assert f.converged and g.converged
+    assert f.loglik == pytest.approx(g.loglik, rel=1e-10)
+    np.testing.assert_allclose(f.theta, g.theta, rtol=rtol, atol=1e-8)
+    np.testing.assert_allclose(f.X, g.X, rtol=rtol, atol=1e-9)
+    np.testing.assert_allclose(np.asarray(f.U), np.asarray(g.U), rtol=1e-6, atol=1e-7)
+    assert f.sigma2 == pytest.approx(g.sigma2, rel=1e-7)
+
+
+def test_gram_sparse_and_dense_statistics_agree(data):
+    """The compressed statistics reproduce the exact residual-based moments."""
+    Y, A = (d.values for d in data)
+    rng = np.random.default_rng(0)
+    X = rng.dirichlet(np.ones(12), 2).T
+    theta = rng.uniform(0, 5, (2, 3))
+    ref = stats.from_arrays(Y, A, "dense").blocks[0].moments(X, theta)
+    for blk in (stats.from_arrays(Y, A, "gram").blocks[0], stats.from_arrays(sp.csr_matrix(Y), A, "sparse").blocks[0]):
+        m = blk.moments(X, theta)
+        assert m.rss == pytest.approx(ref.rss, rel=1e-10)
+        np.testing.assert_allclose(m.WR, ref.WR, rtol=1e-8, atol=1e-8 * np.abs(ref.WR).max())
+        np.testing.assert_allclose(m.YRtX, ref.YRtX, rtol=1e-8, atol=1e-8 * np.abs(ref.YRtX).max())
+
+
+def test_sparse_y_is_never_densified(data, monkeypatch):
+    Y, A = data
+    Ys = sp.csr_matrix(np.where(Y.values < 0.05, 0.0, Y.values))
+    dense = nmfre.fit(Ys.toarray(), A.values, rank=2, theta="nonneg", tol=TOL)
+    big = Ys.shape[0] * Ys.shape[1] // 4
+
+    def guard(original):
+        def call(self, *a, **k):  # small results (a column of row minima) may be made dense
+            if self.shape[0] * self.shape[1] >= big:
+                pytest.fail(f"a {self.shape} sparse matrix was densified")
+            return original(self, *a, **k)
+        return call
+
+    for cls in (sp.csr_matrix, sp.csc_matrix, sp.coo_matrix):
+        for name in ("toarray", "todense"):
+            monkeypatch.setattr(cls, name, guard(getattr(cls, name)))
+    f = nmfre.fit(Ys, A.values, rank=2, theta="nonneg", tol=TOL)
+    inf = f.infer(n_boot=50, seed=1)
+    monkeypatch.undo()
+    # the sparse and dense forms take different paths to optima that agree to the convergence
+    # criterion (loglik 2e-8 apart; two entries of X at 0 in one, 1e-7 in the other)
+    assert f.loglik >= dense.loglik - 1e-7
+    np.testing.assert_allclose(f.theta, dense.theta, rtol=1e-5)
+    ref = dense.infer(n_boot=50, seed=1)
+    np.testing.assert_allclose(inf.se, ref.se, rtol=1e-4)
+    np.testing.assert_allclose(inf.draws, ref.draws, rtol=1e-4, atol=1e-6)
+
+
+def test_pandas_sparse_frame(data):
+    Y, A = data
+    frame = pd.DataFrame(Y.values, index=Y.feature.values, columns=Y.unit.values).astype(pd.SparseDtype(float, 0.0))
+    f = nmfre.fit(frame, A.to_pandas(), rank=2, theta="nonneg")
+    assert passes.kind(f.data.Y) == "sparse"
+    assert list(f.U.unit.values[:2]) == ["u1", "u2"]
+
+
+def test_dask_array_equals_in_memory(data, dense_fit):
+    Y, A = data
+    f = nmfre.fit(da.from_array(Y.values, chunks=(12, 500)), A.values, rank=2, theta="nonneg", tol=TOL)
+    assert passes.kind(f.solution.U) == "dask"  # U comes back lazily
+    _assert_same_fit(f, dense_fit)
+    a, b = f.infer(n_boot=100, seed=3), dense_fit.infer(n_boot=100, seed=3)
+    np.testing.assert_allclose(a.se, b.se, rtol=1e-7)
+    np.testing.assert_allclose(a.draws, b.draws, rtol=1e-6, atol=1e-8)
+    assert f.r_squared == pytest.approx(dense_fit.r_squared, rel=1e-8)
+
+
+def test_netcdf_and_zarr_on_disk(tmp_path, data, dense_fit):
+    Y, _ = data
+    A = data[1]
+    Y.to_netcdf(tmp_path / "Y.nc")
+    with xr.open_dataarray(tmp_path / "Y.nc", chunks={"unit": 700}) as Yd:
+        assert passes.kind(Yd.data) == "dask"
+        f = nmfre.fit(Yd, A, rank=2, theta="nonneg", tol=TOL)
+        _assert_same_fit(f, dense_fit)
+        assert list(f.U.unit.values) == list(Y.unit.values)
+        f.to_netcdf(tmp_path / "fit.nc")  # the lazy Y is not copied into the fit's file
+        back = nmfre.load(tmp_path / "fit.nc", Y=Yd)
+        np.testing.assert_allclose(back.theta, f.theta)
+        with pytest.raises(ValueError, match="saved without Y"):
+            nmfre.load(tmp_path / "fit.nc")
+    zarr = pytest.importorskip("zarr")
+    assert zarr
+    Y.to_dataset(name="Y").chunk({"unit": 1000}).to_zarr(tmp_path / "Y.zarr")
+    Yz = xr.open_zarr(tmp_path / "Y.zarr")["Y"]
+    _assert_same_fit(nmfre.fit(Yz, A, rank=2, theta="nonneg", tol=TOL), dense_fit)
+
+
+def test_local_cluster(data, dense_fit):
+    distributed = pytest.importorskip("dask.distributed")
+    Y, A = data
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                  dashboard_address=None) as cluster, distributed.Client(cluster):
+        Yd = da.from_array(Y.values, chunks=(12, 600)).persist()
+        f = nmfre.fit(Yd, A.values, rank=2, theta="nonneg", tol=TOL)
+        inf = f.infer(n_boot=100, seed=3)
+        _assert_same_fit(f, dense_fit)  # (U is lazy: computed on the cluster, while it runs)
+    np.testing.assert_allclose(inf.se, dense_fit.infer(n_boot=100, seed=3).se, rtol=1e-7)
+
+
+def test_bad_large_inputs(data):
+    Y, A = data
+    with pytest.raises(ValueError, match="chunked along features"):
+        nmfre.fit(da.from_array(Y.values, chunks=(6, 3000)), A.values, rank=2)
+    bad = Y.values.copy()
+    bad[3, 1700] = np.nan
+    with pytest.raises(ValueError, match="Y contains NaN"):
+        nmfre.fit(da.from_array(bad, chunks=(12, 500)), A.values, rank=2)
+    neg = sp.csr_matrix(Y.values - 0.3)
+    with pytest.raises(ValueError, match="negative entries"):
+        nmfre.fit(neg, A.values, rank=2, method="paper")
+    with pytest.raises(ValueError, match="dense in-memory"):
+        nmfre.fit(sp.csr_matrix(Y.values), A.values, rank=2, method="paper")
+    with pytest.raises(ValueError, match="Inf"):
+        nmfre.fit(sp.csr_matrix(np.where(Y.values > 0.9, np.inf, Y.values)), A.values, rank=2)
+
+
+def test_large_dense_uses_the_gram_form(monkeypatch):
+    """Above the size threshold the solver iterates on Y Y' only (no pass over Y)."""
+    d = block_sparse(P=10, N=4000, rank=2, K=2, seed=4)
+    Y, A = d["Y"].values, d["A"].values
+    f_dense = nmfre.fit(Y, A, rank=2, theta="nonneg", tol=TOL)
+    monkeypatch.setattr(stats, "choose_form", lambda *a, **k: "gram")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        f_gram = nmfre.fit(Y, A, rank=2, theta="nonneg", tol=TOL)
+    _assert_same_fit(f_gram, f_dense)
