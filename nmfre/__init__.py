@@ -19,11 +19,12 @@ from .crossval import ECVResult, ecv
 from .datasets import load_orthodont
 from .exceptions import ArgumentTypeError, ConvergenceWarning, IdentifiabilityWarning, SingularFitWarning
 from .inference import Inference, load_inference
+from .labels import from_long
 from .model import df_scan, fit
 from .results import NMFREFit, load
 
 __all__ = [
     "ArgumentTypeError", "ConvergenceWarning", "ECVResult", "IdentifiabilityWarning", "Inference", "NMFREFit",
-    "SingularFitWarning",
-    "__version__", "df_scan", "ecv", "fit", "load", "load_inference", "load_orthodont", "simulate", "study",
+    "SingularFitWarning", "__version__", "df_scan", "ecv", "fit", "from_long", "load", "load_inference",
+    "load_orthodont", "simulate", "study",
 ]

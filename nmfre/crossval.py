@@ -1,10 +1,12 @@
 """Rank selection by element-wise (Wold) cross-validation.
 
-Cells of Y are split at random into folds. For each rank and fold the held-out cells are
-treated as missing: they are imputed by the model's own prediction ``X (Theta A + U)``
-(starting from the feature means) and the model is re-fitted, warm-started, until the
-imputations settle (EM for missing cells). The held-out error is the mean squared
-difference between the held-out cells and their final prediction.
+Cells of Y are split into folds ("speckled" hold-out: each unit's cells go to different
+folds, with a random offset per unit and a random order of its features, so no unit or
+feature loses all its cells at once). For each rank and fold the held-out cells are
+masked (NaN) and the model is fitted to the rest by maximum likelihood of the observed
+entries; the held-out error is the mean squared difference between the held-out cells and
+their conditional means ``X (Theta a_n + u_n)`` (``u_n`` the BLUP from the unit's observed
+cells).
 """
 
 from __future__ import annotations
@@ -52,60 +54,56 @@ class ECVResult:
         return plot_ecv(self.table, self.best_rank, ax=ax)
 
 
-def ecv(Y, A=None, ranks=(1, 2, 3), *, folds: int = 5, seed=0, max_impute: int = 100, tol: float = 1e-6,
-        inner_iter: int = 50, **fit_kwargs) -> ECVResult:
+def ecv(Y, A=None, ranks=(1, 2, 3), *, folds: int = 5, seed=0, **fit_kwargs) -> ECVResult:
     """Element-wise cross-validation over ``ranks``.
 
     Parameters
     ----------
     Y, A :
-        As for :func:`nmfre.fit`.
+        As for :func:`nmfre.fit` (Y may already have missing entries; they are never
+        held out).
     ranks : iterable of int
     folds : int
         Number of folds of cells (>= 2).
     seed : int or Generator
         Assignment of cells to folds.
-    max_impute, tol :
-        Imputation sweeps at most, and the relative change of the imputed cells that
-        stops them.
-    inner_iter : int
-        Fit iterations per imputation sweep (warm-started).
     **fit_kwargs :
-        Passed to :func:`nmfre.fit` (``method``, ``theta``, ``df_cap``, ...).
+        Passed to :func:`nmfre.fit` (``theta``, ``df_cap``, ``n_init``, ...); the method is
+        maximum likelihood (the paper's algorithm has no missing-data path).
     """
     data = coerce(Y, A)
+    if data.kind != "dense":
+        raise ValueError(f"ecv needs Y as a dense in-memory array (got a {data.kind} Y)")
+    if fit_kwargs.get("method", "ml") != "ml":
+        raise ValueError("ecv masks held-out cells, so it fits by maximum likelihood (method='ml')")
     P, N = data.Y.shape
     ranks = [check_rank(r, P, N) for r in ranks]
     folds = v.integer(folds, "folds", minimum=2)
     if folds > P * N:
         raise ValueError(f"folds must be at most P N = {P * N}, got {folds}")
-    max_impute = v.integer(max_impute, "max_impute")
-    inner_iter = v.integer(inner_iter, "inner_iter")
-    tol = v.positive_float(tol, "tol")
-    rng = v.rng(seed)
-    assign = rng.permutation(np.arange(P * N) % folds).reshape(P, N)
-    Yv, Av = data.Y, data.A
+    assign = speckled_folds(P, N, folds, v.rng(seed))
+    observed = ~np.isnan(data.Y)
     errors = np.empty((len(ranks), folds))
+    n_cells = np.zeros(len(ranks), int)
     for i, rank in enumerate(ranks):
         for f in range(folds):
-            mask = assign == f
-            Yc = Yv.copy()
-            obs_mean = np.nanmean(np.where(mask, np.nan, Yv), axis=1, keepdims=True)
-            obs_mean = np.where(np.isnan(obs_mean), Yv[~mask].mean(), obs_mean)
-            Yc[mask] = np.broadcast_to(obs_mean, Yv.shape)[mask]
-            init = "nndsvd"
+            held = (assign == f) & observed
+            Ym = np.where(held, np.nan, data.Y)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                for _ in range(max_impute):
-                    fit = nmfre_fit(Yc, Av, rank=rank, init=init, max_iter=inner_iter, **fit_kwargs)
-                    pred = fit.fitted(True).values
-                    change = np.max(np.abs(pred[mask] - Yc[mask])) / (np.max(np.abs(Yc)) or 1.0)
-                    Yc[mask] = pred[mask]
-                    init = {"X": fit.X.values, "theta": fit.theta.values}
-                    if change < tol:
-                        break
-            errors[i, f] = float(np.mean((Yv[mask] - pred[mask]) ** 2))
+                fit = nmfre_fit(Ym, data.A, rank=rank, **fit_kwargs)
+            pred = fit.fitted(True).values
+            errors[i, f] = float(np.mean((data.Y[held] - pred[held]) ** 2))
+            n_cells[i] += int(held.sum())
     err = xr.DataArray(errors, dims=("rank", "fold"), coords={"rank": ranks, "fold": np.arange(folds)},
                        name="heldout_mse")
-    n_cells = np.full(len(ranks), P * N)
     return ECVResult(err, n_cells)
+
+
+def speckled_folds(P: int, N: int, folds: int, rng: np.random.Generator) -> np.ndarray:
+    """Fold of each cell (``P x N``): unit ``n``'s features, in a random order, take folds
+    ``s_n, s_n + 1, ...`` (mod ``folds``) from a random offset ``s_n``, so a unit's cells are
+    spread over the folds and every fold holds about ``P N / folds`` cells."""
+    shift = rng.integers(0, folds, size=N)
+    order = np.argsort(rng.random((P, N)), axis=0)  # a random rank of each feature within each unit
+    return (order + shift[None, :]) % folds

@@ -98,6 +98,10 @@ def check_estimable(Y, A: np.ndarray, settings: FitSettings) -> dict:
                          f"{REPRESENTABLE[1]:g}]: the variances (about rms^2) are not representable in float64; "
                          "rescale Y")
     if settings.method == "paper":
+        if info["n_missing"]:
+            raise ValueError(f"Y has {info['n_missing']} missing (NaN) entries: method='paper' has no missing-data "
+                             "path (the paper's algorithm needs every cell); use method='ml', which maximises the "
+                             "likelihood of the observed entries")
         if info["n_negative"]:
             raise ValueError(f"Y has {info['n_negative']} negative entries; method='paper' needs Y >= 0")
         if passes.kind(Y) != "dense":
@@ -118,7 +122,14 @@ def make_starts(Y: np.ndarray, Q: int, settings: FitSettings, rng: np.random.Gen
     if values is not None:
         return [Start("custom", values["X"], values.get("theta"), values.get("U"))]
     P = Y.shape[0]
-    nndsvd = passes.nndsvd if passes.kind(Y) == "dask" else basis.nndsvd
+    kind = passes.kind(Y)
+    if kind == "dask":
+        nndsvd = passes.nndsvd
+    elif kind == "masked":  # the start only: missing entries at their feature's mean
+        def nndsvd(Y, Q):
+            return basis.nndsvd(np.where(np.isnan(Y), np.nanmean(Y, axis=1, keepdims=True), Y), Q)
+    else:
+        nndsvd = basis.nndsvd
     first = Start("nndsvd", nndsvd(Y, Q)) if settings.init == "nndsvd" else \
         Start("random", basis.random_basis(P, Q, rng))
     return [first] + [Start("random", basis.random_basis(P, Q, rng)) for _ in range(settings.n_init - 1)]
@@ -218,7 +229,7 @@ def estimate(Y: np.ndarray, A: np.ndarray, Q: int, settings: FitSettings, rng: n
     """
     info = check_estimable(Y, A, settings)
     c, Ys, s, vals = _standardised(Y, settings, values, info["rms"])
-    stats = passes.stats_of(Ys, A) if s.method == "ml" else None
+    stats = passes.stats_of(Ys, A, missing=info["n_missing"] > 0) if s.method == "ml" else None
     starts = make_starts(Ys, Q, s, rng, vals)
     rows, rate = None, s.df_cap
     if s.df_cap == "auto":

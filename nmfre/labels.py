@@ -50,6 +50,19 @@ class Data:
         return self.A.shape[0]
 
     @property
+    def has_missing(self) -> bool:
+        """Whether Y has missing (NaN) entries (dense and dask Y; computed once)."""
+        cache = self.__dict__.setdefault("_cache", {})
+        if "missing" not in cache:
+            if self.kind == "sparse":
+                cache["missing"] = False
+            elif self.kind == "dask":
+                cache["missing"] = bool((self.Y != self.Y).any().compute())
+            else:
+                cache["missing"] = bool(np.isnan(self.Y).any())
+        return cache["missing"]
+
+    @property
     def kind(self) -> str:
         """How Y is held: ``"dense"``, ``"sparse"`` (scipy) or ``"dask"`` (lazy)."""
         return _array_kind(self.Y)
@@ -111,7 +124,7 @@ def _array_kind(values) -> str:
     return "dense"
 
 
-def to_matrix(obj: Any, name: str, dims: tuple[str, str], large: bool = False):
+def to_matrix(obj: Any, name: str, dims: tuple[str, str], large: bool = False, missing: bool = False):
     """A 2-D finite float matrix from numpy, pandas or xarray input.
 
     Returns ``(values, row labels or None, column labels or None)``; an xarray
@@ -119,7 +132,8 @@ def to_matrix(obj: Any, name: str, dims: tuple[str, str], large: bool = False):
     ``scipy.sparse`` matrix, a pandas frame of sparse columns, a dask array or a
     dask-backed DataArray is kept as it is (sparse as CSR, dask lazy; a dask Y must be
     chunked along units only); otherwise they are refused or made dense. A float64 numpy
-    array is not copied.
+    array is not copied. With ``missing=True`` NaN marks a missing entry (dense and dask
+    arrays); Inf is always an error.
     """
     if isinstance(obj, xr.Dataset):
         raise ArgumentTypeError(f"{name} must be a DataArray, DataFrame or array, not a Dataset")
@@ -162,14 +176,17 @@ def to_matrix(obj: Any, name: str, dims: tuple[str, str], large: bool = False):
                          f"it must be chunked along {dims[1]}s only, e.g. {name}.rechunk({{0: -1}})")
     values = values.tocsr().astype(float, copy=False) if kind == "sparse" else values.astype(float, copy=False)
     n_nan, n_inf = _nonfinite(values, kind)
-    if n_nan:
+    if n_nan and kind == "sparse":
+        raise ValueError(f"{name} is a sparse matrix with {n_nan} NaN entries; a sparse Y cannot mark missing "
+                         "cells (its absent entries are zeros): pass a dense array with NaN instead")
+    if n_nan and not missing:
         raise ValueError(f"{name} contains NaN ({n_nan} entries)")
     if n_inf:
         raise ValueError(f"{name} contains Inf ({n_inf} entries)")
     return values, rows, cols
 
 
-def coerce(Y, A=None, *, covariates=None, formula: str | None = None) -> Data:
+def coerce(Y, A=None, *, covariates=None, formula: str | None = None, missing: bool = True) -> Data:
     """Validate and label ``Y`` and ``A`` (or build ``A`` from ``covariates`` + ``formula``).
 
     Parameters
@@ -183,20 +200,25 @@ def coerce(Y, A=None, *, covariates=None, formula: str | None = None) -> Data:
     formula : str, optional
         A formulaic right-hand side such as ``"~ male"``; its intercept is named
         ``intercept``.
+    missing : bool
+        Accept NaN in Y as missing entries (each unit and each feature must keep at least
+        one observed entry).
 
     Raises
     ------
     ValueError
-        Bad shapes, NaN/Inf, fewer than 2 units, no more units than covariates,
-        collinear covariates, mismatched unit labels.
+        Bad shapes, NaN in A, Inf, a unit or feature with no observed entry, fewer than 2
+        units, no more units than covariates, collinear covariates, mismatched unit labels.
     """
-    Yv, feat, units = to_matrix(Y, "Y", DIMS_Y, large=True)
+    Yv, feat, units = to_matrix(Y, "Y", DIMS_Y, large=True, missing=missing)
     P, N = Yv.shape
     if N < 2:
         raise ValueError(f"Y has {N} unit (column); NMF-RE needs at least 2 units to separate the random "
                          "effects from the noise")
     units = labels(units, N, "Y unit labels", None)
     feat = labels(feat, P, "Y feature labels", None)
+    if missing:
+        _check_observed(Yv, feat, units)
     if (covariates is None) != (formula is None):
         raise ValueError("covariates and formula must be given together")
     if formula is not None:
@@ -214,6 +236,29 @@ def coerce(Y, A=None, *, covariates=None, formula: str | None = None) -> Data:
     if np.linalg.matrix_rank(Av) < K:
         raise ValueError(f"A has collinear rows (rank {np.linalg.matrix_rank(Av)} < {K} covariates)")
     return Data(Yv, Av, feat, units, cov)
+
+
+def _check_observed(Y, feat: np.ndarray, units: np.ndarray) -> None:
+    """Every unit and every feature must have an observed (non-NaN) entry."""
+    kind = _array_kind(Y)
+    if kind == "sparse":
+        return
+    if kind == "dask":
+        import dask
+
+        obs = ~(Y != Y)  # NaN is the only value not equal to itself
+        per_unit, per_feature = dask.compute(obs.sum(axis=0), obs.sum(axis=1))
+    else:
+        if not np.isnan(Y).any():
+            return
+        obs = ~np.isnan(Y)
+        per_unit, per_feature = obs.sum(axis=0), obs.sum(axis=1)
+    for what, counts, names in (("unit", per_unit, units), ("feature", per_feature, feat)):
+        empty = np.flatnonzero(np.asarray(counts) == 0)
+        if empty.size:
+            shown = ", ".join(repr(str(x)) for x in np.asarray(names)[empty[:10]])
+            more = f" and {empty.size - 10} more" if empty.size > 10 else ""
+            raise ValueError(f"Y has no observed entry for {what}(s) {shown}{more}: drop them or give data")
 
 
 def _align_design(A, Y, units, N):
@@ -261,3 +306,86 @@ def check_rank(rank: Any, P: int, N: int) -> int:
 def component_labels(Q: int) -> np.ndarray:
     """Default component names ``Basis1..BasisQ`` (as in nmfkc)."""
     return np.array([f"Basis{q + 1}" for q in range(Q)], dtype=object)
+
+
+def from_long(df: pd.DataFrame, *, unit: str, feature: str, value: str, covariates=None,
+              formula: str | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """``(Y, A)`` from a long table (one row per unit and feature measured).
+
+    Y (``feature x unit``) has NaN where a unit has no row for a feature; A (``covariate x
+    unit``) is built from unit-level columns: ``covariates`` (a list of column names, with an
+    intercept; categorical columns become dummies) or a formulaic ``formula``; neither gives
+    an intercept only.
+
+    Parameters
+    ----------
+    df : pandas.DataFrame
+    unit, feature, value : str
+        Columns naming the unit, the feature and the measured value.
+    covariates : list of str, optional
+    formula : str, optional
+        E.g. ``"~ Diet"``.
+
+    Returns
+    -------
+    Y, A : pandas.DataFrame
+        Ready for :func:`nmfre.fit`, e.g. ``nmfre.fit(*nmfre.from_long(df, ...), rank=1)``.
+
+    Raises
+    ------
+    ValueError
+        A missing column, a repeated (unit, feature) pair, a NaN value or covariate, or a
+        covariate that is not constant within a unit (the message names the unit and column).
+    """
+    if not isinstance(df, pd.DataFrame):
+        raise ArgumentTypeError(f"df must be a pandas DataFrame in long format, got {type(df).__name__}")
+    if covariates is not None and formula is not None:
+        raise ValueError("give covariates or formula, not both")
+    covs = list(covariates) if covariates is not None else []
+    if isinstance(covariates, str):
+        covs = [covariates]
+    if formula is not None:
+        from formulaic import Formula
+
+        covs = sorted(Formula(formula).required_variables)
+        covs = [str(c) for c in covs]
+    needed = [unit, feature, value, *covs]
+    missing_cols = [c for c in needed if c not in df.columns]
+    if missing_cols:
+        raise ValueError(f"df has no column(s) {missing_cols}; it has {list(df.columns)}")
+    dup = df.duplicated([unit, feature])
+    if dup.any():
+        row = df.loc[dup, [unit, feature]].iloc[0]
+        raise ValueError(f"df has {int(dup.sum())} repeated ({unit}, {feature}) pairs, e.g. "
+                         f"{unit}={row[unit]!r}, {feature}={row[feature]!r}: one value per unit and feature")
+    if df[value].isna().any():
+        raise ValueError(f"column {value!r} has NaN: leave unmeasured (unit, feature) pairs out of the table")
+    units = list(pd.unique(df[unit]))
+    Y = df.pivot(index=feature, columns=unit, values=value).reindex(columns=units).astype(float)
+    Y.index.name, Y.columns.name = "feature", "unit"
+    unit_table = _unit_covariates(df, unit, covs).reindex(units)
+    if formula is None:
+        formula = "~ " + " + ".join(f"Q('{c}')" if not c.isidentifier() else c for c in covs) if covs else "~ 1"
+    A = design(unit_table, formula, np.asarray(units, dtype=object)) if covs else \
+        pd.DataFrame([np.ones(len(units))], index=["intercept"], columns=units)
+    A.index.name, A.columns.name = "covariate", "unit"
+    return Y, A
+
+
+def _unit_covariates(df: pd.DataFrame, unit: str, covs: list[str]) -> pd.DataFrame:
+    """One row per unit; every covariate must be constant (and not NaN) within a unit."""
+    if not covs:
+        return pd.DataFrame(index=pd.unique(df[unit]))
+    g = df.groupby(unit, sort=False)
+    for c in covs:
+        if df[c].isna().any():
+            u = df.loc[df[c].isna(), unit].iloc[0]
+            raise ValueError(f"covariate {c!r} is NaN for unit {u!r}")
+        n = g[c].nunique(dropna=False)
+        bad = n[n > 1]
+        if len(bad):
+            u = bad.index[0]
+            vals = list(pd.unique(df.loc[df[unit] == u, c]))[:4]
+            raise ValueError(f"covariate {c!r} is not constant within unit {u!r} (values {vals}); covariates must "
+                             "be unit-level")
+    return g[covs].first()

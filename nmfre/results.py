@@ -14,10 +14,10 @@ import xarray as xr
 from . import validation as v
 from ._version import __version__
 from .core import passes
-from .core.dfcap import cap_value, df_u
+from .core.dfcap import cap_value
 from .core.likelihood import icc as icc_of
 from .core.solution import Solution
-from .labels import DIMS_A, Data, coerce, component_labels, to_matrix
+from .labels import DIMS_A, DIMS_Y, Data, coerce, component_labels, to_matrix
 from .settings import FitSettings
 
 if TYPE_CHECKING:
@@ -249,12 +249,11 @@ class NMFREFit:
         """``{"P": ..., "N": ..., "Q": ..., "K": ...}``."""
         return dict(P=self._data.P, N=self._data.N, Q=self._solution.X.shape[1], K=self._data.K)
 
-    @property
+    @cached_property
     def df_u(self) -> float:
-        """``N sum_q d_q / (d_q + lambda)`` at the final X and lambda."""
-        X = self._solution.X
-        d = np.maximum(np.linalg.eigvalsh(X.T @ X), 0.0)
-        return float(df_u(d, self.shape["N"], self.lam))
+        """Effective df of U: ``sum_n tr((X_O'X_O + lambda I)^-1 X_O'X_O)`` over units and their
+        observed features ``O`` (``N sum_q d_q / (d_q + lambda)`` for complete data)."""
+        return passes.df_u(self._data.Y, self._solution.X, self.lam)
 
     @property
     def df_cap(self) -> float | None:
@@ -283,7 +282,7 @@ class NMFREFit:
     def _r2(self, random: bool, centred: bool) -> float:
         sums = self._sums
         rss = sums["rss_random" if random else "rss_fixed"]
-        n = self._data.P * self._data.N
+        n = sums["n_obs"]
         tss = sums["ss"] - sums["sum"] ** 2 / n if centred else sums["ss"]
         return 1.0 - rss / tss if tss > 0 else float("nan")
 
@@ -308,8 +307,8 @@ class NMFREFit:
         return self._r2(False, False)
 
 
-    def predict(self, A_new: Any = None, random: bool = True) -> xr.DataArray:
-        """Predicted means.
+    def predict(self, A_new: Any = None, random: bool = True, Y_new: Any = None) -> xr.DataArray:
+        """Predicted means ``X (Theta a + u)``.
 
         Parameters
         ----------
@@ -317,9 +316,11 @@ class NMFREFit:
             ``covariate x unit`` design of new units (a 1-D array is one unit). Default:
             the fitted units.
         random : bool
-            Include the random effects. For the fitted units this adds ``X U``; new
-            units have no data, so their U is 0 (its prior mean) and ``random`` has no
-            effect for them.
+            Include the random effects. For the fitted units this adds ``X U``. New units
+            without ``Y_new`` have no data, so their U is 0 (its prior mean).
+        Y_new : array-like, DataFrame or DataArray, optional
+            ``feature x unit`` data of the new units (NaN = not observed): their U is the
+            BLUP from their observed features, ``(X_O'X_O + lambda I)^-1 X_O'(y_O - X_O Theta a)``.
 
         Returns
         -------
@@ -327,6 +328,8 @@ class NMFREFit:
         """
         random = v.boolean(random, "random")
         if A_new is None:
+            if Y_new is not None:
+                raise ValueError("Y_new needs A_new (the new units' covariates)")
             return self.fitted(random).rename("prediction")
         if isinstance(A_new, list | tuple | np.ndarray) and np.ndim(A_new) == 1:
             A_new = np.asarray(A_new, dtype=float)[:, None]  # one new unit
@@ -337,9 +340,43 @@ class NMFREFit:
         if cov is not None and [str(c) for c in cov] != [str(c) for c in self._data.covariates]:
             raise ValueError(f"A_new covariates {list(cov)} do not match the fit's {list(self._data.covariates)}")
         units = np.arange(arr.shape[1]) if units is None else units
-        mean = self._solution.X @ (self._solution.theta @ arr)
+        B = self._solution.theta @ arr
+        if Y_new is not None and random:
+            B = B + self._new_blup(Y_new, arr, units)
+        mean = self._solution.X @ B
         return xr.DataArray(mean, dims=("feature", "unit"),
                             coords={"feature": self._data.features, "unit": units}, name="prediction")
+
+    def _new_blup(self, Y_new, A_new: np.ndarray, units) -> np.ndarray:
+        Yv, feats, new_units = to_matrix(Y_new, "Y_new", DIMS_Y, missing=True)
+        if Yv.shape != (self.shape["P"], A_new.shape[1]):
+            raise ValueError(f"Y_new must be {self.shape['P']} features x {A_new.shape[1]} units, got {Yv.shape}")
+        if feats is not None and [str(f) for f in feats] != [str(f) for f in self._data.features]:
+            raise ValueError("Y_new feature labels do not match the fit's")
+        if new_units is not None and [str(u) for u in new_units] != [str(u) for u in units]:
+            raise ValueError("Y_new unit labels do not match A_new's")
+        if np.isnan(Yv).all(axis=0).any():
+            raise ValueError("Y_new has a unit with no observed entry; leave it out of Y_new (its U is then 0)")
+        s = self._solution
+        return passes.blup(Yv, A_new, s.X, s.theta, s.lam)
+
+    def impute(self, random: bool = True) -> xr.DataArray:
+        """Y with its missing entries replaced by their conditional means.
+
+        ``random=True``: ``E[y_m | y_o] = X_m (Theta a_n + u_n)`` with ``u_n`` the BLUP from
+        the unit's observed entries (the conditional mean under the fitted model);
+        ``random=False``: the marginal mean ``X_m Theta a_n``. Observed entries are kept.
+        The result has ``attrs["n_imputed"]``.
+        """
+        random = v.boolean(random, "random")
+        Y = self._data.Y
+        if self._data.kind == "sparse":
+            raise ValueError("a sparse Y has no missing entries to impute")
+        F = self.fitted(random)
+        Yd = self.Y
+        out = Yd.where(~np.isnan(Yd), F).rename("Y_imputed")
+        out.attrs.update(n_imputed=int(np.isnan(Y).sum()), random=int(random))
+        return out
 
     # ------------------------------------------------------------------ inference
     def infer(self, n_boot: int = 1000, seed: Any = 123, multipliers: Any = None, dist: str = "exp",

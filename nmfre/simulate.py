@@ -64,10 +64,11 @@ def _errors(kind: str, size, rng) -> np.ndarray:
     raise ValueError(f"errors must be 'normal' or 'exp', got {kind!r}")
 
 
-def _paper_design(X, theta, N, errors, hypothesis, seed, fit_kwargs, design, params) -> dict:
+def _paper_design(X, theta, N, errors, hypothesis, seed, fit_kwargs, design, params, missing=0.0,
+                  mechanism="mcar") -> dict:
     """Shared generator of the paper's designs: A = intercept + male (Orthodont's share of
     boys, the first ``round(16 N / 27)`` units), ``U ~ N(0, 1)``, the male effect set to 0
-    under ``"null"``, errors N(0, 1) or Exp(1) - 1."""
+    under ``"null"``, errors N(0, 1) or Exp(1) - 1; then missing entries (:func:`mask`)."""
     v.choice(hypothesis, "hypothesis", ("alt", "null"))
     v.choice(errors, "errors", ("normal", "exp"))
     N = v.integer(N, "N", minimum=4)
@@ -78,7 +79,46 @@ def _paper_design(X, theta, N, errors, hypothesis, seed, fit_kwargs, design, par
     A = np.vstack([np.ones(N), (np.arange(N) < round(16 * N / 27)).astype(float)])
     U = rng.standard_normal((X.shape[1], N))
     Y = X @ (theta @ A + U) + _errors(errors, (X.shape[0], N), rng)
+    if missing:
+        Y = np.where(mask(Y.shape, missing, mechanism, rng), Y, np.nan)
+        fit_kwargs = {"method": "ml"}  # the paper's algorithm has no missing-data path
     return _labelled(Y, A, X.copy(), theta, U, 1.0, 1.0, fit_kwargs, design, params)
+
+
+def mask(shape: tuple[int, int], rate: float, mechanism: str = "mcar", seed=0) -> np.ndarray:
+    """Observed-entry mask (``True`` = observed) with a share ``rate`` of the later features
+    missing; the first feature (a baseline visit) is always observed.
+
+    ``"mcar"``: each of the other entries is missing independently with probability
+    ``rate P / (P - 1)`` (so that ``rate`` of all entries are missing); ``"dropout"``: each
+    unit leaves for good after visit ``t`` (monotone), with a constant hazard chosen so that
+    ``rate`` of all entries are missing on average.
+    """
+    v.choice(mechanism, "mechanism", ("mcar", "dropout"))
+    P, N = shape
+    if not (0 <= rate < (P - 1) / P):
+        raise ValueError(f"missing must be in [0, {(P - 1) / P:.3g}) with the first feature always observed, "
+                         f"got {rate!r}")
+    rng = v.rng(seed)
+    if mechanism == "mcar":
+        obs = rng.random((P, N)) >= rate * P / (P - 1)
+    else:
+        h = _dropout_hazard(P, rate)
+        last = np.minimum(1 + rng.geometric(h, size=N) - 1, P)  # visits kept (>= 1)
+        obs = np.arange(P)[:, None] < last[None, :]
+    obs[0] = True
+    return obs
+
+
+def _dropout_hazard(P: int, rate: float) -> float:
+    """Per-visit hazard ``h`` whose expected missing share after the first visit is ``rate``."""
+    from scipy.optimize import brentq
+
+    def share(h):
+        k = np.arange(1, P)  # P(missing at visit k+1) = 1 - (1 - h)^k
+        return float(np.sum(1 - (1 - h) ** k)) / P - rate
+
+    return 0.0 if rate == 0 else brentq(share, 1e-12, 1 - 1e-12)
 
 
 def _labelled(Y, A, X, theta, U, sigma2, tau2, fit_kwargs, design, params, covariates=("intercept", "male")):
@@ -98,18 +138,23 @@ def _labelled(Y, A, X, theta, U, sigma2, tau2, fit_kwargs, design, params, covar
     }
 
 
-def baseline(N: int = 100, errors: str = "normal", hypothesis: str = "alt", seed=0) -> dict:
+def baseline(N: int = 100, errors: str = "normal", hypothesis: str = "alt", seed=0, missing: float = 0.0,
+             mechanism: str = "mcar") -> dict:
     """The paper's baseline design: P = 4, Q = 1, Orthodont-based truth.
 
     ``X = (0.2308, 0.2409, 0.2566, 0.2717)``, ``Theta = (90.502, 9.4285)`` (``"alt"``) or
     male effect 0 (``"null"``); ``A`` = intercept + male, with the first ``round(16 N / 27)``
     units male (Orthodont's share); ``U ~ N(0, 1)``; errors ``N(0, 1)`` (``"normal"``) or
     ``Exp(1) - 1`` (``"exp"``). ``fit_kwargs`` holds the paper's fit (its algorithm with the
-    df cap at 0.21).
+    df cap at 0.21). With ``missing > 0`` a share of the entries is set to NaN (:func:`mask`,
+    ``mechanism`` ``"mcar"`` or ``"dropout"``) and ``fit_kwargs`` is maximum likelihood
+    (the paper's algorithm has no missing-data path).
     """
+    params = {"N": N, "errors": errors, "hypothesis": hypothesis}
+    if missing:
+        params.update(missing=missing, mechanism=mechanism)
     return _paper_design(BASELINE_X[:, None], BASELINE_THETA, N, errors, hypothesis, seed,
-                         {"method": "paper", "df_cap": 0.21}, "baseline",
-                         {"N": N, "errors": errors, "hypothesis": hypothesis})
+                         {"method": "paper", "df_cap": 0.21}, "baseline", params, missing, mechanism)
 
 
 def stress(arm: str = "cap0.21", errors: str = "normal", hypothesis: str = "alt", N: int = 100, seed=0) -> dict:

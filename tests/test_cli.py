@@ -37,8 +37,8 @@ def test_fit_command(tmp_path, capsys, orthodont):
 def _files(tmp_path):
     good = tmp_path / "Y.csv"
     pd.DataFrame(np.random.default_rng(0).uniform(1, 2, (4, 10))).to_csv(good)
-    nan = tmp_path / "nan.csv"
-    pd.DataFrame(np.where(np.eye(4, 10) > 0, np.nan, 1.0) + np.arange(10)).to_csv(nan)
+    nan = tmp_path / "nan.csv"  # missing entries are fine for ML, but not a unit with none observed
+    pd.DataFrame(np.where(np.arange(10)[None, :] == 3, np.nan, 1.0) + np.arange(4)[:, None]).to_csv(nan)
     text = tmp_path / "text.csv"
     text.write_text("id,a,b\nx,foo,bar\ny,baz,qux\n")
     binary = tmp_path / "binary.csv"
@@ -54,7 +54,8 @@ def _files(tmp_path):
     (["fit", "{binary}", "--rank", "1"], "cannot read Y file"),
     (["fit", "{empty}", "--rank", "1"], "cannot read Y file"),
     (["fit", "{text}", "--rank", "1"], "Y must be numeric"),
-    (["fit", "{nan}", "--rank", "1"], "Y contains NaN"),
+    (["fit", "{nan}", "--rank", "1"], "no observed entry for unit"),
+    (["fit", "{nan}", "--rank", "1", "--method", "paper"], "no observed entry for unit"),
     (["fit", "{good}", "--rank", "9"], "rank 9 is larger"),
     (["fit", "{good}", "--rank", "0"], "rank must be a positive integer"),
     (["fit", "{good}", "--rank", "x"], "argument --rank: invalid int value"),

@@ -153,9 +153,12 @@ def test_bad_large_inputs(data):
     with pytest.raises(ValueError, match="chunked along features"):
         nmfre.fit(da.from_array(Y.values, chunks=(6, 3000)), A.values, rank=2)
     bad = Y.values.copy()
-    bad[3, 1700] = np.nan
-    with pytest.raises(ValueError, match="Y contains NaN"):
+    bad[3, 1700] = np.inf
+    with pytest.raises(ValueError, match="Y contains Inf"):
         nmfre.fit(da.from_array(bad, chunks=(12, 500)), A.values, rank=2)
+    bad[3, 1700] = np.nan  # a missing entry: fine for ML (tests/test_missing.py), not for the paper method
+    with pytest.raises(ValueError, match="method='paper' needs Y as a dense|no missing-data path"):
+        nmfre.fit(da.from_array(bad, chunks=(12, 500)), A.values, rank=2, method="paper")
     neg = sp.csr_matrix(Y.values - 0.3)
     with pytest.raises(ValueError, match="negative entries"):
         nmfre.fit(neg, A.values, rank=2, method="paper")

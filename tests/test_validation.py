@@ -20,7 +20,8 @@ def bad(**kw):
 
 
 @pytest.mark.parametrize("kw, exc, match", [
-    ({"Y": np.where(np.eye(6, 20) > 0, np.nan, Y0)}, ValueError, "Y contains NaN"),
+    ({"Y": np.where(np.eye(6, 20) > 0, np.nan, Y0), "method": "paper"}, ValueError, "no missing-data path"),
+    ({"Y": np.where(np.arange(20) == 4, np.nan, Y0)}, ValueError, r"no observed entry for unit\(s\) '4'"),
     ({"Y": np.where(np.eye(6, 20) > 0, np.inf, Y0)}, ValueError, "Y contains Inf"),
     ({"Y": Y0 - 3, "method": "paper"}, ValueError, "negative"),
     ({"Y": Y0[0]}, ValueError, "Y must be 2-D"),

@@ -51,31 +51,26 @@ class Conditional:
 
 
 def conditional(Y, A, X, theta, U, lam) -> Conditional:
-    """Sandwich ingredients for vec(Theta) conditional on ``(X, U)``; ``Y`` dense, sparse or
-    dask (one pass, :func:`nmfre.core.passes.conditional_pieces`)."""
+    """Sandwich ingredients for vec(Theta) conditional on ``(X, U)``; ``Y`` dense (NaN =
+    missing), sparse or dask (one pass, :func:`nmfre.core.passes.conditional_pieces`)."""
     from .passes import conditional_pieces
 
-    rss, XtR = conditional_pieces(Y, A, X, theta, U, lam)
-    return from_pieces(rss, XtR, A, X, theta, lam, Y.shape[0])
+    return from_pieces(conditional_pieces(Y, A, X, theta, U, lam), A, theta)
 
 
-def from_pieces(rss: float, XtR: np.ndarray, A: np.ndarray, X: np.ndarray, theta: np.ndarray, lam: float,
-                P: int) -> Conditional:
-    """:class:`Conditional` from ``RSS = ||Y - X(U + Theta A)||^2`` and ``X'R`` (``Q x N``)."""
+def from_pieces(pc, A: np.ndarray, theta: np.ndarray) -> Conditional:
+    """:class:`Conditional` from :class:`nmfre.core.passes.Pieces`: ``sigma2_used =
+    RSS / max(n_obs - df_U - QK, 1)``, ``I = core / sigma2_used + 1e-8 I``, unit scores
+    ``s_n = -vec(X_O' r_n a_n') / sigma2_used``, CR1 meat and sandwich."""
     N = A.shape[1]
     Q, K = theta.shape
-    XtX = X.T @ X
-    M = XtX + max(lam, 1e-12) * np.eye(Q)
-    Minv = np.linalg.inv(M)
-    df_u = N * float(np.trace(Minv @ XtX))
-    sigma2_used = float(rss) / max(P * N - df_u - Q * K, 1)
+    sigma2_used = float(pc.rss) / max(pc.n_obs - pc.df_u - Q * K, 1)
     s2 = max(sigma2_used, 1e-12)
-    core = XtX - XtX @ Minv @ XtX
-    info = np.kron(A @ A.T, core) / s2 + COV_RIDGE * np.eye(Q * K)
+    info = pc.core / s2 + COV_RIDGE * np.eye(Q * K)
     Hinv = np.linalg.inv(info)
-    S = -(A[:, None, :] * XtR[None, :, :]).reshape(Q * K, N) / s2  # rows k*Q + q (column-major vec)
+    S = -(A[:, None, :] * pc.XtR[None, :, :]).reshape(Q * K, N) / s2  # rows k*Q + q (column-major vec)
     J = S @ S.T
     if N > 1:
         J *= N / (N - 1)
     V = Hinv @ J @ Hinv
-    return Conditional(sigma2_used, df_u, info, Hinv, S, J, V)
+    return Conditional(sigma2_used, pc.df_u, info, Hinv, S, J, V)

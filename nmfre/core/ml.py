@@ -252,19 +252,48 @@ def initial_state(prob: Problem, X0: np.ndarray, theta0: np.ndarray | None) -> S
 
 # ----------------------------------------------------------------------------- scoring
 def gradient(prob: Problem, st: State):
-    """Gradient of the nll in X (``P x Q``) and Theta (``Q x K``), and the E-step quantities."""
+    """Gradient of the nll in X (``P x Q``) and Theta (``Q x K``), and the E-step quantities.
+
+    When the df cap binds, lambda is the cap's root ``lambda(X)`` and the X gradient
+    includes ``(d nll / d lambda) (d lambda / d X)`` (implicit function theorem on
+    ``df_U(lambda, X) = cap``).
+    """
     X, theta, s2 = st.X, st.theta, st.sigma2
     gX = np.zeros_like(X)
     gT = np.zeros_like(theta)
     ex = expectations(prob, X, theta, st.lam)
+    ddf = np.zeros_like(X)  # d df_U / d X
+    ddf_lam = 0.0  # d df_U / d lambda
     for b, m, e in zip(prob.stats.blocks, prob.moments(X, theta), ex, strict=True):
         g = b.N * m.Xb @ e.Minv - (e.C - m.Xb @ e.BB) / s2
+        dd = 2.0 * st.lam * b.N * m.Xb @ e.Minv @ e.Minv
         if b.rows is None:
             gX += g
+            ddf += dd
         else:
             gX[b.rows] += g
+            ddf[b.rows] += dd
+        ddf_lam -= b.N * float(np.trace(e.Minv @ e.Minv @ m.XtX))
         gT -= (m.XtYA - m.XtX @ e.BA) / s2
+    if st.cap_active and ddf_lam < 0:
+        gX += _dnll_dlam(prob, st) * (-ddf / ddf_lam)
     return gX, gT, ex
+
+
+def _dnll_dlam(prob: Problem, st: State) -> float:
+    """Derivative of the profile nll in lambda at fixed ``(X, Theta)`` (free variance profiled)."""
+    suff = sufficient(prob, st.X, st.theta)
+    lam, d = st.lam, suff.d
+    q = float(suff.quad(lam))
+    dq = float(np.sum(suff.s / (d + lam) ** 2))
+    dL = -float(np.sum(suff.w * d / (lam * (lam + d))))
+    n = suff.n_obs
+    if prob.mode == "free":
+        return 0.5 * (n * dq / max(q, 1e-300) + dL)
+    if prob.mode == "tau2":
+        t2 = prob.tau2
+        return 0.5 * (n / lam + dL + dq / (lam * t2) - q / (lam**2 * t2))
+    return 0.5 * (dL + dq / st.sigma2)
 
 
 def variance_directions(prob: Problem, st: State) -> list[str]:

@@ -11,6 +11,7 @@ dask is imported only when a dask array is given.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -22,12 +23,29 @@ CHUNK = 8192
 
 
 def kind(Y: Any) -> str:
-    """``"dask"``, ``"sparse"`` or ``"dense"``."""
+    """``"dask"``, ``"sparse"``, ``"masked"`` (dense with NaN = missing) or ``"dense"``."""
     if hasattr(Y, "dask") and hasattr(Y, "chunks"):
         return "dask"
     if hasattr(Y, "tocsr"):
         return "sparse"
+    if np.isnan(Y).any() if Y.size <= 4_000_000 else any(np.isnan(Y[:, s]).any() for s in _chunks(Y.shape[1])):
+        return "masked"
     return "dense"
+
+
+def groups(Y: np.ndarray):
+    """``(rows or None, units)`` of each pattern of observed features of a masked Y."""
+    pats, inverse = cstats.patterns(~np.isnan(Y))
+    for k, pat in enumerate(pats):
+        yield (None if pat.all() else np.flatnonzero(pat)), np.flatnonzero(inverse == k)
+
+
+def _rows(X, rows):
+    return X if rows is None else X[rows]
+
+
+def _cell(Y, rows, units):
+    return Y[:, units] if rows is None else Y[np.ix_(rows, units)]
 
 
 def _chunks(N: int, chunk: int = CHUNK):
@@ -38,55 +56,99 @@ def _chunks(N: int, chunk: int = CHUNK):
 # ----------------------------------------------------------------------------- checks
 def describe(Y: Any) -> dict:
     """One pass: ``min``, ``max``, ``rms`` (overflow-free), ``unit_spread`` (largest
-    range of a feature across units) and ``n_negative``."""
+    range of a feature across units), ``n_negative`` and ``n_missing`` (NaN), over the
+    observed entries."""
     k = kind(Y)
     if k == "dask":
         import dask
+        import dask.array as da
 
-        lo, hi, rlo, rhi, neg, absmax = dask.compute(Y.min(), Y.max(), Y.min(axis=1), Y.max(axis=1), (Y < 0).sum(),
-                                                     abs(Y).max())
-        m = float(absmax)
-        e = int(np.frexp(m)[1]) if m > 0 else 0
-        ss = float(dask.compute(((Y * 2.0**-e) ** 2).sum())[0]) if m > 0 else 0.0
-    else:
-        if k == "sparse":
-            data = Y.data
-            full = Y.nnz == Y.shape[0] * Y.shape[1]
-            lo = data.min() if full else min(data.min(initial=0.0), 0.0)
-            hi = data.max() if full else max(data.max(initial=0.0), 0.0)
-            rlo = Y.min(axis=1).toarray().ravel()
-            rhi = Y.max(axis=1).toarray().ravel()
-            neg = int((data < 0).sum())
-        else:
-            lo, hi = Y.min(), Y.max()
-            rlo, rhi = Y.min(axis=1), Y.max(axis=1)
-            neg = int(np.count_nonzero(Y < 0)) if lo < 0 else 0
+        lo, hi, rlo, rhi, neg, nan = dask.compute(da.nanmin(Y), da.nanmax(Y), da.nanmin(Y, axis=1),
+                                                  da.nanmax(Y, axis=1), (Y < 0).sum(), da.isnan(Y).sum())
         m = float(max(abs(lo), abs(hi)))
         e = int(np.frexp(m)[1]) if m > 0 else 0
-        if m == 0:
-            ss = 0.0
-        elif k == "sparse":
-            ss = float(np.sum(np.ldexp(Y.data, -e) ** 2))
-        else:
-            ss = sum(float(np.sum(np.ldexp(Y[:, sl], -e) ** 2)) for sl in _chunks(Y.shape[1]))
-    n = Y.shape[0] * Y.shape[1]
+        ss = float(da.nansum((Y * 2.0**-e) ** 2).compute()) if m > 0 else 0.0
+    elif k == "sparse":
+        data = Y.data
+        full = Y.nnz == Y.shape[0] * Y.shape[1]
+        lo = data.min() if full else min(data.min(initial=0.0), 0.0)
+        hi = data.max() if full else max(data.max(initial=0.0), 0.0)
+        rlo, rhi = Y.min(axis=1).toarray().ravel(), Y.max(axis=1).toarray().ravel()
+        neg, nan = int((data < 0).sum()), 0
+        m = float(max(abs(lo), abs(hi)))
+        e = int(np.frexp(m)[1]) if m > 0 else 0
+        ss = float(np.sum(np.ldexp(data, -e) ** 2)) if m > 0 else 0.0
+    else:
+        lo, hi = np.nanmin(Y), np.nanmax(Y)
+        rlo, rhi = np.nanmin(Y, axis=1), np.nanmax(Y, axis=1)
+        neg = int(np.count_nonzero(Y < 0)) if lo < 0 else 0
+        nan = int(np.count_nonzero(np.isnan(Y))) if k == "masked" else 0
+        m = float(max(abs(lo), abs(hi)))
+        e = int(np.frexp(m)[1]) if m > 0 else 0
+        ss = sum(float(np.nansum(np.ldexp(Y[:, sl], -e) ** 2)) for sl in _chunks(Y.shape[1])) if m > 0 else 0.0
+    n = Y.shape[0] * Y.shape[1] - int(nan)
     rms = float(np.sqrt(ss / n)) * 2.0**e if m > 0 else 0.0
     spread = float(np.max(np.asarray(rhi) - np.asarray(rlo)))
-    spread = float(np.max(np.asarray(rhi) - np.asarray(rlo)))
-    return {"min": float(lo), "max": float(hi), "rms": rms, "unit_spread": spread, "n_negative": int(neg)}
+    return {"min": float(lo), "max": float(hi), "rms": rms, "unit_spread": spread, "n_negative": int(neg),
+            "n_missing": int(nan)}
 
 
 # ----------------------------------------------------------------------------- statistics
-def stats_of(Y: Any, A: np.ndarray, form: str = "auto") -> cstats.Stats:
-    """The :class:`~nmfre.core.stats.Stats` of complete data (one pass for dask)."""
-    if kind(Y) != "dask":
+def stats_of(Y: Any, A: np.ndarray, form: str = "auto", missing: bool | None = None) -> cstats.Stats:
+    """The :class:`~nmfre.core.stats.Stats` of Y (one pass for dask).
+
+    ``missing`` says whether a dask Y has NaN (computed when None); masked data get one
+    block per pattern of observed features.
+    """
+    k = kind(Y)
+    if k == "masked":
+        return cstats.from_masked(Y, A, form)
+    if k != "dask":
         return cstats.from_arrays(Y, A, form)
     import dask
     import dask.array as da
 
+    if missing is None:
+        missing = bool(da.isnan(Y).any().compute())
+    if missing:
+        return _masked_dask_stats(Y, A)
     Ad = da.from_array(A, chunks=(A.shape[0], Y.chunks[1]))
     G, YA, trG = dask.compute(Y @ Y.T, Y @ Ad.T, (Y * Y).sum())
     return cstats.from_gram(np.asarray(G), np.asarray(YA), A @ A.T, float(trG), A)
+
+
+def _chunk_pattern_stats(Yc: np.ndarray, Ac: np.ndarray, offset: int) -> dict:
+    """Per-pattern gram statistics of one chunk of units (keys: the pattern's bytes)."""
+    out = {}
+    for rows, units in groups(Yc) if np.isnan(Yc).any() else [(None, np.arange(Yc.shape[1]))]:
+        Yo = _cell(Yc, rows, units)
+        Ao = Ac[:, units]
+        mask = np.ones(Yc.shape[0], bool) if rows is None else np.isin(np.arange(Yc.shape[0]), rows)
+        out[mask.tobytes()] = [mask, Yo @ Yo.T, Yo @ Ao.T, Ao @ Ao.T, float(np.vdot(Yo, Yo)), units + offset]
+    return out
+
+
+def _masked_dask_stats(Y, A: np.ndarray) -> cstats.Stats:
+    """Per-pattern statistics of a dask Y with NaN: one pass, one task per chunk of units."""
+    import dask
+
+    offsets = np.concatenate([[0], np.cumsum(Y.chunks[1])])
+    tasks = [dask.delayed(_chunk_pattern_stats)(blk, A[:, a:b], a)
+             for blk, a, b in zip(Y.to_delayed().ravel(), offsets[:-1], offsets[1:], strict=True)]
+    merged: dict = {}
+    for part in dask.compute(*tasks):
+        for key, (mask, G, YA, AA, trG, units) in part.items():
+            if key in merged:
+                m = merged[key]
+                m[1], m[2], m[3], m[4], m[5] = m[1] + G, m[2] + YA, m[3] + AA, m[4] + trG, np.concatenate([m[5], units])
+            else:
+                merged[key] = [mask, G, YA, AA, trG, units]
+    blocks = []
+    for mask, G, YA, AA, trG, units in sorted(merged.values(), key=lambda v: v[5].min()):
+        rows = None if mask.all() else np.flatnonzero(mask)
+        blocks.append(cstats.Block(rows, np.sort(units), int(units.size), AA, YA, trG, "gram", A[:, np.sort(units)],
+                                   G=G))
+    return cstats.Stats(Y.shape[0], Y.shape[1], A.shape[0], blocks)
 
 
 def xty(Y: Any, X: np.ndarray) -> np.ndarray:
@@ -107,6 +169,8 @@ def nndsvd(Y: Any, rank: int) -> np.ndarray:
     from .basis import nndsvd_from_svd
 
     Yp = da.maximum(Y, 0.0)
+    if bool(da.isnan(Y).any().compute()):  # start only: missing entries at their feature's mean
+        Yp = da.where(da.isnan(Yp), da.nanmean(Yp, axis=1, keepdims=True), Yp)
     w, V = np.linalg.eigh(np.asarray((Yp @ Yp.T).compute()))
     order = np.argsort(-w)[:rank]
     s = np.sqrt(np.maximum(w[order], 1e-300))
@@ -131,12 +195,19 @@ def blup(Y: Any, A: np.ndarray, X: np.ndarray, theta: np.ndarray, lam: float):
     k = kind(Y)
     if k == "sparse":
         return np.linalg.solve(M, xty(Y, X) - (X.T @ X) @ (theta @ A))
+    if k == "masked":  # each unit from its observed features
+        U = np.empty((Q, Y.shape[1]))
+        for rows, units in groups(Y):
+            Xo = _rows(X, rows)
+            U[:, units] = np.linalg.solve(Xo.T @ Xo + lam * np.eye(Q),
+                                          Xo.T @ (_cell(Y, rows, units) - Xo @ (theta @ A[:, units])))
+        return U
     Minv = np.linalg.inv(M)
     if k == "dask":
         import dask.array as da
 
         Ad = da.from_array(A, chunks=(A.shape[0], Y.chunks[1]))
-        return da.map_blocks(_blup_dense, Y, Ad, X, theta, Minv, chunks=((Q,), Y.chunks[1]), dtype=float)
+        return da.map_blocks(blup, Y, Ad, X, theta, lam, chunks=((Q,), Y.chunks[1]), dtype=float)
     if Y.shape[1] <= CHUNK:  # the exact formula of the small case
         return np.linalg.solve(M, X.T @ (Y - X @ (theta @ A)))
     U = np.empty((Q, Y.shape[1]))
@@ -151,57 +222,115 @@ def _pieces_dense(Yc, Ac, X, theta, U):
     return float(np.sum(Rc**2)), X.T @ Rc
 
 
-def _pieces_dask_block(Yc, Ac, X, theta, Minv):
-    Uc = _blup_dense(Yc, Ac, X, theta, Minv)
-    rss, XtR = _pieces_dense(Yc, Ac, X, theta, Uc)
-    out = np.empty((XtR.shape[0] + 1, Yc.shape[1]))
-    out[:-1] = XtR
-    out[-1] = 0.0
-    out[-1, 0] = rss  # the chunk's RSS rides in the last row
-    return out
+@dataclass(frozen=True)
+class Pieces:
+    """What the conditional inference needs of the data (one pass).
+
+    Attributes
+    ----------
+    rss : float
+        ``sum_n ||r_n||^2`` over observed entries, ``r_n = y_n - X (u_n + Theta a_n)``.
+    XtR : ndarray (Q, N)
+        ``X_O' r_n`` per unit (its observed rows ``O``).
+    core : ndarray (QK, QK)
+        ``sum_n a_n a_n' (x) (X_O'X_O - X_O'X_O M_O^-1 X_O'X_O)``, the information times sigma2.
+    df_u : float
+        ``sum_n tr(M_O^-1 X_O'X_O)``, the random effects' degrees of freedom.
+    n_obs : int
+        Observed entries.
+    """
+
+    rss: float
+    XtR: np.ndarray
+    core: np.ndarray
+    df_u: float
+    n_obs: int
 
 
-def conditional_pieces(Y: Any, A: np.ndarray, X: np.ndarray, theta: np.ndarray, U, lam: float):
-    """``(RSS, X'R)`` of the conditional residual ``R = Y - X (U + Theta A)``.
+def _core(AA, X, lam):
+    XtX = X.T @ X
+    Minv = np.linalg.inv(XtX + max(lam, 1e-12) * np.eye(X.shape[1]))
+    return np.kron(AA, XtX - XtX @ Minv @ XtX), float(np.trace(Minv @ XtX))
 
-    ``RSS = ||R||^2`` (a float) and ``X'R`` (``Q x N``, numpy) are all the sandwich and
-    the bootstrap need of the data. Dense: exact residuals, chunk by chunk. Sparse:
-    ``||R||^2 = ||Y||^2 - 2 tr(B Y'X) + tr(B B' X'X)`` with ``B = U + Theta A``. Dask: one
-    pass that recomputes U per chunk (``U`` may be lazy).
+
+def conditional_pieces(Y: Any, A: np.ndarray, X: np.ndarray, theta: np.ndarray, U, lam: float) -> Pieces:
+    """:class:`Pieces` of the conditional residual ``R = Y - X (U + Theta A)``.
+
+    Dense: exact residuals, chunk by chunk. Masked (missing entries): per pattern of
+    observed features. Sparse: ``||R||^2 = ||Y||^2 - 2 tr(B Y'X) + tr(B B' X'X)`` with
+    ``B = U + Theta A``. Dask: one pass that recomputes U per chunk (``U`` may be lazy).
     """
     k = kind(Y)
-    B = None if k == "dask" else U + theta @ A
+    P, N = Y.shape
+    if k == "dask":
+        return _dask_pieces(Y, A, X, theta, lam)
+    if k == "masked":
+        rss, XtR, core, df, n_obs = 0.0, np.empty((X.shape[1], N)), 0.0, 0.0, 0
+        for rows, units in groups(Y):
+            Xo = _rows(X, rows)
+            r, XtR[:, units] = _pieces_dense(_cell(Y, rows, units), A[:, units], Xo, theta, U[:, units])
+            c, d = _core(A[:, units] @ A[:, units].T, Xo, lam)
+            rss, core, df, n_obs = rss + r, core + c, df + units.size * d, n_obs + units.size * Xo.shape[0]
+        return Pieces(rss, XtR, core, df, n_obs)
+    core, d = _core(A @ A.T, X, lam)
     if k == "sparse":
+        B = U + theta @ A
         XtY = xty(Y, X)
         XtX = X.T @ X
         trG = float(Y.multiply(Y).sum())
         rss = trG - 2.0 * float(np.sum(B * XtY)) + float(np.sum((B @ B.T) * XtX))
-        return max(rss, 0.0), XtY - XtX @ B
+        return Pieces(max(rss, 0.0), XtY - XtX @ B, core, N * d, P * N)
     if k == "dask":
-        import dask.array as da
-
-        Q = X.shape[1]
-        Minv = np.linalg.inv(X.T @ X + lam * np.eye(Q))
-        Ad = da.from_array(A, chunks=(A.shape[0], Y.chunks[1]))
-        out = da.map_blocks(_pieces_dask_block, Y, Ad, X, theta, Minv, chunks=((Q + 1,), Y.chunks[1]),
-                            dtype=float).compute()
-        return float(out[-1].sum()), np.asarray(out[:-1])
+        return _dask_pieces(Y, A, X, theta, lam)
     rss, parts = 0.0, []
-    for s in _chunks(Y.shape[1]):
-        r, xr = _pieces_dense(Y[:, s], A[:, s], X, theta, U[:, s])
+    for sl in _chunks(N):
+        r, xr = _pieces_dense(Y[:, sl], A[:, sl], X, theta, U[:, sl])
         rss += r
         parts.append(xr)
-    return rss, np.concatenate(parts, axis=1)
+    return Pieces(rss, np.concatenate(parts, axis=1), core, N * d, P * N)
+
+
+def _chunk_pieces(Yc, Ac, X, theta, lam) -> Pieces:
+    return conditional_pieces(Yc, Ac, X, theta, blup(Yc, Ac, X, theta, lam), lam)
+
+
+def _dask_pieces(Y, A, X, theta, lam) -> Pieces:
+    """:class:`Pieces` of a dask Y: one task per chunk of units (U recomputed there)."""
+    import dask
+
+    offsets = np.concatenate([[0], np.cumsum(Y.chunks[1])])
+    tasks = [dask.delayed(_chunk_pieces)(blk, A[:, a:b], X, theta, lam)
+             for blk, a, b in zip(Y.to_delayed().ravel(), offsets[:-1], offsets[1:], strict=True)]
+    parts = dask.compute(*tasks)
+    return Pieces(sum(p.rss for p in parts), np.concatenate([p.XtR for p in parts], axis=1),
+                  sum(p.core for p in parts), sum(p.df_u for p in parts), sum(p.n_obs for p in parts))
+
+
+def df_u(Y: Any, X: np.ndarray, lam: float) -> float:
+    """``sum_n tr((X_O'X_O + lambda I)^-1 X_O'X_O)``: per-unit df of U summed (``N sum_q
+    d_q / (d_q + lambda)`` for complete data, ``d`` the eigenvalues of ``X'X``)."""
+    from .dfcap import df_u as df_of
+
+    k = kind(Y)
+    if k == "dask":
+        import dask
+
+        return float(sum(dask.compute(*[dask.delayed(df_u)(blk, X, lam) for blk in Y.to_delayed().ravel()])))
+    if k != "masked":
+        return float(df_of(np.maximum(np.linalg.eigvalsh(X.T @ X), 0.0), Y.shape[1], lam))
+    return float(sum(df_of(np.maximum(np.linalg.eigvalsh(_rows(X, r).T @ _rows(X, r)), 0.0), u.size, lam)
+                     for r, u in groups(Y)))
 
 
 def fitted_sums(Y: Any, A: np.ndarray, X: np.ndarray, theta: np.ndarray, U) -> dict:
     """Sums for R-squared: ``||Y||^2``, ``sum Y``, ``||Y - X Theta A||^2``, ``||Y - X(Theta A + U)||^2``."""
     k = kind(Y)
     XtX = X.T @ X
-    if k == "dense" and Y.shape[1] <= CHUNK:
+    if k == "masked" or (k == "dense" and Y.shape[1] <= CHUNK):
         F = X @ (theta @ A)
-        return {"ss": float(np.vdot(Y, Y)), "sum": float(Y.sum()), "rss_fixed": float(np.sum((Y - F) ** 2)),
-                "rss_random": float(np.sum((Y - F - X @ U) ** 2))}
+        return {"ss": float(np.nansum(Y * Y)), "sum": float(np.nansum(Y)),
+                "rss_fixed": float(np.nansum((Y - F) ** 2)), "rss_random": float(np.nansum((Y - F - X @ U) ** 2)),
+                "n_obs": int(np.count_nonzero(~np.isnan(Y)))}
     if k == "dask":
         import dask
 
@@ -218,4 +347,4 @@ def fitted_sums(Y: Any, A: np.ndarray, X: np.ndarray, theta: np.ndarray, U) -> d
         return max(ss - 2.0 * float(np.sum(B * XtY)) + float(np.sum((B @ B.T) * XtX)), 0.0)
 
     TA = theta @ A
-    return {"ss": ss, "sum": total, "rss_fixed": rss(TA), "rss_random": rss(TA + U)}
+    return {"ss": ss, "sum": total, "rss_fixed": rss(TA), "rss_random": rss(TA + U), "n_obs": Y.shape[0] * Y.shape[1]}

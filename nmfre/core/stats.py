@@ -195,3 +195,33 @@ def from_gram(G: np.ndarray, YA: np.ndarray, AA: np.ndarray, trG: float, A: np.n
     P, N = G.shape[0], A.shape[1]
     b = Block(None, np.arange(N), N, np.asarray(AA), np.asarray(YA), float(trG), "gram", A, G=np.asarray(G))
     return Stats(P, N, A.shape[0], [b])
+
+
+def patterns(observed: np.ndarray):
+    """Group units by their pattern of observed features.
+
+    Returns ``(pattern_masks, inverse)``: ``pattern_masks`` (n_patterns x P, bool) and
+    ``inverse`` (N,) the pattern of each unit; patterns in order of first appearance.
+    """
+    packed = np.packbits(observed, axis=0).T.copy()
+    keys = packed.view(np.dtype((np.void, packed.shape[1]))).ravel()
+    _, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
+    order = np.argsort(first)  # number the patterns by first appearance
+    rank = np.empty_like(order)
+    rank[order] = np.arange(order.size)
+    return observed[:, first[order]].T, rank[inverse.ravel()]
+
+
+def from_masked(Y: np.ndarray, A: np.ndarray, form: str = "auto") -> Stats:
+    """:class:`Stats` for a dense Y with missing entries (NaN): one block per pattern of
+    observed features (a pattern observing every feature has ``rows=None``)."""
+    P, N = Y.shape
+    pats, inverse = patterns(~np.isnan(Y))
+    blocks = []
+    for k, pat in enumerate(pats):
+        units = np.flatnonzero(inverse == k)
+        rows = None if pat.all() else np.flatnonzero(pat)
+        Yb = Y[:, units] if rows is None else Y[np.ix_(rows, units)]
+        f = choose_form(*Yb.shape) if form == "auto" else form
+        blocks.append(block(Yb, A[:, units], rows, units, f))
+    return Stats(P, N, A.shape[0], blocks)

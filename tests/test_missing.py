@@ -1,0 +1,211 @@
+"""Missing values end to end: the masked likelihood, its ML fit, inference, BLUPs,
+imputation, prediction, long format, cross-validation, dask, simulation."""
+
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy.stats import multivariate_normal
+
+import nmfre
+from nmfre import simulate
+from nmfre.core import passes
+
+statsmodels = pytest.importorskip("statsmodels.api")
+
+
+def _masked_orthodont(rate=0.2, seed=0):
+    Y, A = nmfre.load_orthodont()
+    Ym = Y.copy()
+    Ym[np.random.default_rng(seed).random(Y.shape) < rate] = np.nan
+    Ym.iloc[0] = Y.iloc[0]  # every child keeps its first visit
+    return Ym, A
+
+
+@pytest.fixture(scope="module")
+def masked():
+    Y, A = _masked_orthodont()
+    return Y, A, nmfre.fit(Y, A, rank=1)
+
+
+def _direct_loglik(Y, A, X, theta, s2, t2):
+    ll = 0.0
+    for n in range(Y.shape[1]):
+        o = ~np.isnan(Y[:, n])
+        Xo = X[o]
+        ll += multivariate_normal(Xo @ theta @ A[:, n], s2 * np.eye(o.sum()) + t2 * Xo @ Xo.T).logpdf(Y[o, n])
+    return ll
+
+
+def test_loglik_is_the_likelihood_of_the_observed_entries(masked):
+    Y, A, f = masked
+    assert np.isnan(Y.to_numpy()).sum() > 10 and f.converged
+    direct = _direct_loglik(Y.to_numpy(), A.to_numpy(), f.X.values, f.theta.values, f.sigma2, f.tau2)
+    assert f.loglik == pytest.approx(direct, rel=1e-12)
+
+
+def test_mixed_model_at_the_fitted_basis_reaches_the_same_likelihood(masked):
+    """At NMF-RE's X, y_nO = X_O Theta a_n + x_O u_n + e is a linear mixed model (random slope
+    on x_O): statsmodels MixedLM on the observed rows reaches NMF-RE's likelihood."""
+    Y, A, f = masked
+    x = f.X.values[:, 0]
+    rows = [(n, p) for n in range(Y.shape[1]) for p in range(Y.shape[0]) if not np.isnan(Y.iat[p, n])]
+    y = np.array([Y.iat[p, n] for n, p in rows])
+    exog = np.array([A.to_numpy()[:, n] * x[p] for n, p in rows])
+    exog_re = np.array([[x[p]] for n, p in rows])
+    groups = np.array([n for n, _ in rows])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        lmm = statsmodels.MixedLM(y, exog, groups, exog_re=exog_re).fit(reml=False, method="lbfgs", gtol=1e-10)
+    assert lmm.llf == pytest.approx(f.loglik, abs=1e-6)
+    np.testing.assert_allclose(lmm.fe_params, f.theta.values.ravel(), rtol=1e-5)
+    assert lmm.scale == pytest.approx(f.sigma2, rel=1e-4)
+
+
+def test_blup_and_imputation_are_the_conditional_means(masked):
+    Y, A, f = masked
+    Yv, Av = Y.to_numpy(), A.to_numpy()
+    X, th = f.X.values, f.theta.values
+    Sigma = f.sigma2 * np.eye(4) + f.tau2 * X @ X.T
+    imp = f.impute()
+    imp0 = f.impute(random=False)
+    assert imp.attrs["n_imputed"] == int(np.isnan(Yv).sum())
+    for n in range(Yv.shape[1]):
+        o = ~np.isnan(Yv[:, n])
+        mu = X @ th @ Av[:, n]
+        u = np.linalg.solve(X[o].T @ X[o] + f.lam * np.eye(1), X[o].T @ (Yv[o, n] - mu[o]))
+        np.testing.assert_allclose(f.U.values[:, n], u, rtol=1e-10)
+        if (~o).any():  # E[y_m | y_o] from Gaussian conditioning
+            cond = mu[~o] + Sigma[np.ix_(~o, o)] @ np.linalg.solve(Sigma[np.ix_(o, o)], Yv[o, n] - mu[o])
+            np.testing.assert_allclose(imp.values[~o, n], cond, rtol=1e-10)
+            np.testing.assert_allclose(imp0.values[~o, n], mu[~o], rtol=1e-12)
+        np.testing.assert_array_equal(imp.values[o, n], Yv[o, n])
+
+
+def test_predict_new_units_from_their_observed_features(masked):
+    Y, A, f = masked
+    new_A = A.iloc[:, :3].set_axis(["a", "b", "c"], axis=1)
+    new_Y = Y.iloc[:, :3].set_axis(["a", "b", "c"], axis=1)
+    pred = f.predict(new_A, Y_new=new_Y)
+    np.testing.assert_allclose(pred.values, f.fitted(True).values[:, :3], rtol=1e-10)
+    np.testing.assert_allclose(f.predict(new_A).values, f.fitted(False).values[:, :3], rtol=1e-12)
+    with pytest.raises(ValueError, match="Y_new must be"):
+        f.predict(new_A, Y_new=new_Y.iloc[:, :2])
+    with pytest.raises(ValueError, match="no observed entry"):
+        f.predict(new_A, Y_new=new_Y * np.nan)
+
+
+def test_inference_uses_each_units_observed_rows(masked):
+    Y, A, f = masked
+    inf = f.infer(n_boot=200, seed=1)
+    Yv, Av = Y.to_numpy(), A.to_numpy()
+    X = f.X.values
+    s2 = inf.sigma2_used
+    info = sum(np.kron(np.outer(Av[:, n], Av[:, n]), X[o].T @ np.linalg.solve(
+        s2 * np.eye(o.sum()) + (s2 / f.lam) * X[o] @ X[o].T, X[o]))
+        for n in range(Yv.shape[1]) for o in [~np.isnan(Yv[:, n])])
+    np.testing.assert_allclose(inf.info.values, info + 1e-8 * np.eye(2), rtol=1e-9)
+    n_obs = int((~np.isnan(Yv)).sum())
+    assert inf.attrs["df_u"] == pytest.approx(f.df_u, rel=1e-12)
+    rss = np.nansum((Yv - f.fitted(True).values) ** 2)
+    assert s2 == pytest.approx(rss / (n_obs - f.df_u - 2), rel=1e-10)
+    assert np.isfinite(inf.table.boot_se).all()
+    ref = f.infer(n_boot=8, seed=2, method="refit")
+    assert ref.attrs["refit_converged_fraction"] == 1.0
+
+
+def test_df_u_is_the_per_unit_sum(masked):
+    Y, _, f = masked
+    X = f.X.values
+    expected = sum(np.trace(np.linalg.solve(X[o].T @ X[o] + f.lam * np.eye(1), X[o].T @ X[o]))
+                   for o in (~np.isnan(Y.to_numpy())).T)
+    assert f.df_u == pytest.approx(expected, rel=1e-12)
+    capped = nmfre.fit(Y, nmfre.load_orthodont()[1], rank=1, df_cap=0.5)
+    assert capped.df_u <= capped.df_cap * (1 + 1e-8) and capped.cap_hit
+
+
+@pytest.mark.parametrize("theta", ["free", "nonneg"])
+def test_rank2_masked_fit_is_monotone_and_optimal(theta):
+    d = simulate.rank2(N=200, seed=5)
+    Y = d["Y"].values.copy()
+    Y[np.random.default_rng(1).random(Y.shape) < 0.2] = np.nan
+    f = nmfre.fit(Y, d["A"].values, rank=2, theta=theta)
+    assert f.converged and np.all(np.diff(f.nll_trace) <= 0)
+    tight = nmfre.fit(Y, d["A"].values, rank=2, theta=theta, tol=1e-14, max_iter=20000)
+    assert f.loglik == pytest.approx(tight.loglik, abs=1e-7)
+    direct = _direct_loglik(Y, d["A"].values, f.X.values, f.theta.values, f.sigma2, f.tau2)
+    assert f.loglik == pytest.approx(direct, rel=1e-11)
+
+
+def test_no_missing_takes_the_complete_data_path(orthodont, ml_fit):
+    Y, A = orthodont
+    assert passes.kind(Y.to_numpy()) == "dense"
+    f = nmfre.fit(Y.astype(float), A, rank=1)
+    assert f.loglik == ml_fit.loglik and np.array_equal(f.theta.values, ml_fit.theta.values)
+
+
+def test_dask_with_missing_equals_in_memory(masked):
+    da = pytest.importorskip("dask.array")
+    Y, A, f = masked
+    g = nmfre.fit(da.from_array(Y.to_numpy(), chunks=(4, 10)), A.to_numpy(), rank=1)
+    assert g.loglik == pytest.approx(f.loglik, rel=1e-12)
+    np.testing.assert_allclose(g.theta.values, f.theta.values, rtol=1e-8)
+    np.testing.assert_allclose(np.asarray(g.U), f.U.values, rtol=1e-7, atol=1e-7)
+    np.testing.assert_allclose(g.infer(n_boot=50).se, f.infer(n_boot=50).se, rtol=1e-7)
+
+
+def test_from_long(orthodont):
+    long = nmfre.load_orthodont(long=True)
+    Y, A = nmfre.from_long(long, unit="Subject", feature="age", value="distance", formula="~ Sex")
+    np.testing.assert_array_equal(Y.to_numpy(), orthodont[0].to_numpy())
+    assert list(A.index) == ["intercept", "Sex[T.Male]"]
+    np.testing.assert_array_equal(A.to_numpy()[1], orthodont[1].to_numpy()[1])
+    dropped = long.drop(index=[1, 6, 11])  # three visits missing
+    Yd, _ = nmfre.from_long(dropped, unit="Subject", feature="age", value="distance", covariates=["Sex"])
+    assert int(Yd.isna().sum().sum()) == 3
+    bad = long.copy()
+    bad.loc[5, "Sex"] = "Female" if bad.loc[5, "Sex"] == "Male" else "Male"
+    with pytest.raises(ValueError, match=r"not constant within unit .*M02.*|not constant within unit"):
+        nmfre.from_long(bad, unit="Subject", feature="age", value="distance", covariates=["Sex"])
+    with pytest.raises(ValueError, match="repeated"):
+        nmfre.from_long(pd.concat([long, long.iloc[:1]]), unit="Subject", feature="age", value="distance")
+    with pytest.raises(ValueError, match="no column"):
+        nmfre.from_long(long, unit="child", feature="age", value="distance")
+
+
+def test_bad_missing_input(orthodont):
+    Y, A = orthodont
+    Ym = Y.copy()
+    Ym.iloc[:, 3] = np.nan
+    with pytest.raises(ValueError, match=r"no observed entry for unit\(s\) 'M04'"):
+        nmfre.fit(Ym, A, rank=1)
+    Yf = Y.copy()
+    Yf.iloc[2] = np.nan
+    with pytest.raises(ValueError, match=r"no observed entry for feature\(s\) 'age12'"):
+        nmfre.fit(Yf, A, rank=1)
+    Yp = Y.copy()
+    Yp.iat[1, 1] = np.nan
+    with pytest.raises(ValueError, match="method='paper' has no missing-data path"):
+        nmfre.fit(Yp, A, rank=1, method="paper")
+    Yi = Y.copy()
+    Yi.iat[1, 1] = np.inf
+    with pytest.raises(ValueError, match="Inf"):
+        nmfre.fit(Yi, A, rank=1)
+
+
+def test_ecv_masks_cells_and_picks_rank_one(orthodont):
+    Y, A = orthodont
+    res = nmfre.ecv(Y, A, ranks=(1, 2), seed=0)
+    assert res.best_rank == 1 and res.table.n_cells.tolist() == [108, 108]
+
+
+def test_simulated_missingness():
+    for mech in ("mcar", "dropout"):
+        m = simulate.mask((4, 20000), 0.3, mech, seed=1)
+        assert abs((1 - m.mean()) - 0.3) < 0.01 and m[0].all()
+        if mech == "dropout":  # monotone: once missing, missing after
+            assert (np.diff(m.astype(int), axis=0) <= 0).all()
+    d = simulate.baseline(N=100, missing=0.1, seed=2)
+    assert d["fit_kwargs"] == {"method": "ml"} and np.isnan(d["Y"].values).any()
+    np.testing.assert_array_equal(simulate.baseline(N=60, seed=4)["Y"], simulate.baseline(N=60, seed=4, missing=0)["Y"])
