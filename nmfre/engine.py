@@ -267,12 +267,14 @@ def _check_solution(sol: Solution, Y, Q: int, rate, settings: FitSettings, r: fl
 
 # ----------------------------------------------------------------------------- refit bootstrap
 def refit_draws(Y: np.ndarray, A: np.ndarray, sol: Solution, W: np.ndarray, rate: float | None,
-                settings: FitSettings, progress: bool = False):
+                settings: FitSettings, progress: bool = False, vcov: str | None = None):
     """Re-fit on ``Y_b = X Theta A + w_nb (y_n - X Theta a_n)`` for each column of ``W``.
 
     Warm-started at the estimate; each replicate's components are matched to the
     estimate's columns of X (Hungarian assignment). Returns ``(draws (QK x B, column-major
-    vec), report)`` with the converged and permuted fractions and the minimum alignment cosine.
+    vec), report, se)``: the converged and permuted fractions and the minimum alignment
+    cosine, and with ``vcov`` ("CR1" or "CR2") each replicate's own sandwich SE (for the
+    bootstrap-t; None otherwise).
     """
     from tqdm.auto import tqdm
 
@@ -283,6 +285,7 @@ def refit_draws(Y: np.ndarray, A: np.ndarray, sol: Solution, W: np.ndarray, rate
     start = Start("warm", sol.X, sol.theta / c)
     s = settings.replace(n_init=1, init="custom", sigma2=settings.sigma2 / c**2, tau2=settings.tau2 / c**2)
     out = np.empty((Q * K, W.shape[1]))
+    se = None if vcov is None else np.empty_like(out)
     permuted, min_cos, conv = 0, np.inf, 0
     for b in tqdm(range(W.shape[1]), disable=not progress, desc="refit bootstrap"):
         Yb = fitted + resid * W[:, b][None, :]
@@ -294,6 +297,19 @@ def refit_draws(Y: np.ndarray, A: np.ndarray, sol: Solution, W: np.ndarray, rate
         min_cos = min(min_cos, float(cos.min()))
         conv += bool(res.converged)
         out[:, b] = c * res.theta[perm].reshape(-1, order="F")
+        if se is not None:
+            se[:, b] = c * _replicate_se(Yb, A, res, perm, vcov)
     B = W.shape[1]
     return out, {"refit_converged_fraction": conv / B, "refit_permuted_fraction": permuted / B,
-                 "refit_min_alignment_cosine": min_cos}
+                 "refit_min_alignment_cosine": min_cos}, se
+
+
+def _replicate_se(Yb, A, res: Solution, perm, vcov: str) -> np.ndarray:
+    """A refit replicate's own sandwich SE of vec(Theta), components in the estimate's order."""
+    from .core.covariance import cr2, from_pieces
+
+    pc = passes.conditional_pieces(Yb, A, res.X, res.theta, res.U, res.lam)
+    cond = from_pieces(pc, A, res.theta)
+    cov = cond.cov if vcov == "CR1" else cr2(cond, pc, A, res.X, res.lam, satterthwaite=False)[0]
+    se = np.sqrt(np.maximum(np.diag(cov), 0.0)).reshape(res.theta.shape, order="F")
+    return se[perm].reshape(-1, order="F")

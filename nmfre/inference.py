@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 import xarray as xr
+from scipy.stats import norm
+from scipy.stats import t as student_t
 
 from . import validation as v
 from .core.bootstrap import (
@@ -25,8 +27,10 @@ from .core.bootstrap import (
     onestep_draws,
     onestep_sum,
     p_values,
+    studentized_se,
 )
-from .core.covariance import Conditional, conditional
+from .core.covariance import Conditional, cr2, from_pieces
+from .core.passes import conditional_pieces
 from .engine import refit_draws
 
 if TYPE_CHECKING:
@@ -247,9 +251,14 @@ def _multipliers(n_boot, multipliers, N):
     return None
 
 
+VCOVS = ("CR1", "CR2")
+CIS = ("percentile", "studentized")
+
+
 def infer(fit: NMFREFit, n_boot: int = 1000, seed: Any = 123, multipliers: Any = None, dist: str = "exp",
           method: str = "onestep", level: float = 0.95, alternative: str | None = None,
-          progress: bool = False, max_iter: int | None = None, chunk_size: int = 1024) -> Inference:
+          progress: bool = False, max_iter: int | None = None, chunk_size: int = 1024, vcov: str = "CR1",
+          df: str | int | None = None, ci: str = "percentile") -> Inference:
     """Inference on Theta conditional on the fitted basis (and U).
 
     Parameters
@@ -282,6 +291,18 @@ def infer(fit: NMFREFit, n_boot: int = 1000, seed: Any = 123, multipliers: Any =
     chunk_size : int
         Units whose multipliers are held at once (memory ``chunk_size x n_boot`` per
         thread, never ``N x n_boot``). The draws for a given seed do not depend on it.
+    vcov : {"CR1", "CR2"}
+        Sandwich: CR1 (nmfkc's; ``N/(N-1)``) or CR2, the bias-reduced linearisation of Bell
+        & McCaffrey (2002) for the GLS estimating equation (:func:`nmfre.core.covariance.cr2`).
+    df : None, "satterthwaite" or int
+        Reference distribution of ``z`` and of the Wald interval: normal (None), Student t
+        with Satterthwaite degrees of freedom per coefficient (Bell-McCaffrey /
+        Pustejovsky-Tipton, under the working model), or t with the given df.
+    ci : {"percentile", "studentized"}
+        Bootstrap interval: percentile of the replicates, or the wild bootstrap-t
+        ``[theta - q_{1-a/2}(t*) se, theta - q_{a/2}(t*) se]`` with
+        ``t*_b = (theta_b - theta) / se_b``, each replicate studentised by its own sandwich
+        (``vcov``); needs the multipliers in memory (N <= 4096 or ``multipliers``).
 
     Returns
     -------
@@ -298,16 +319,27 @@ def infer(fit: NMFREFit, n_boot: int = 1000, seed: Any = 123, multipliers: Any =
     data, sol = fit.data, fit.solution
     method = v.choice(method, "method", METHODS)
     dist = v.choice(dist, "dist", DISTS)
+    vcov = v.choice(vcov, "vcov", VCOVS)
+    ci = v.choice(ci, "ci", CIS)
+    df_kind = _check_df(df)
     if alternative is not None:
         v.choice(alternative, "alternative", ALTERNATIVES)
     level = v.open_unit(level, "level")
     W = _multipliers(n_boot, multipliers, data.N)
     chunk_size = v.integer(chunk_size, "chunk_size")
+    if method == "refit" and data.kind != "dense":
+        raise ValueError(f"method='refit' re-fits the model on B perturbed copies of a dense Y; with a {data.kind} "
+                         "Y use the one-step bootstrap (method='onestep')")
+    streamed = W is None and method == "onestep" and data.N > STREAM_UNITS
+    if streamed and ci == "studentized":
+        raise ValueError(f"ci='studentized' studentises each replicate, which needs its multipliers in memory: "
+                         f"N <= {STREAM_UNITS} units (here {data.N}) or explicit multipliers")
     nonneg = fit.theta_kind == "nonneg"
     alternative = alternative or ("greater" if nonneg else "two-sided")
-    ker = conditional(data.Y, data.A, sol.X, sol.theta, sol.U, fit.lam)
+    pc = conditional_pieces(data.Y, data.A, sol.X, sol.theta, sol.U, fit.lam)
+    ker = from_pieces(pc, data.A, sol.theta)
+    sand = _sandwich(ker, pc, data.A, sol.X, fit.lam, vcov, df, need_units=ci == "studentized")
     rng = v.rng(seed)
-    streamed = W is None and method == "onestep" and data.N > STREAM_UNITS
     if W is not None:
         dist = "user"
     elif method == "refit":
@@ -315,35 +347,82 @@ def infer(fit: NMFREFit, n_boot: int = 1000, seed: Any = 123, multipliers: Any =
     elif not streamed:
         W = draw_multipliers(dist, data.N, int(n_boot), rng)
     tvec = sol.theta.reshape(-1, order="F")
-    extra = {}
+    extra, rep_se = {}, None
     if streamed:
         raw = tvec[:, None] - ker.cov_model @ onestep_sum(ker.scores, dist, int(n_boot), rng, chunk_size)
-        draws = np.maximum(raw, 0.0) if nonneg else raw
     elif method == "onestep":
-        draws, _ = onestep_draws(tvec, ker.cov_model, ker.scores, W, nonneg)
+        _, raw = onestep_draws(tvec, ker.cov_model, ker.scores, W, nonneg)
+        if ci == "studentized":
+            rep_se = studentized_se(sand["scores"], sand["C"], data.A, ker.cov_model, raw - tvec[:, None], W)
     else:
         settings = fit.settings if max_iter is None else fit.settings.replace(max_iter=v.integer(max_iter, "max_iter"))
-        draws, extra = refit_draws(data.Y, data.A, sol, W, fit.df_cap_rate, settings, progress)
+        raw, extra, rep_se = refit_draws(data.Y, data.A, sol, W, fit.df_cap_rate, settings, progress,
+                                         vcov=vcov if ci == "studentized" else None)
         extra["refit_settings"] = json.dumps(settings.to_dict())
+    draws = np.maximum(raw, 0.0) if nonneg else raw
+    lo, hi = _interval(ci, level, tvec, sand["se"], draws, raw, rep_se, nonneg)
     attrs = {"method": method, "dist": dist, "n_boot": int(draws.shape[1]), "level": float(level),
              "alternative": alternative, "sigma2_used": ker.sigma2_used, "df_u": ker.df_u,
-             "theta_kind": fit.theta_kind, "fit_method": fit.method, "ci_kind": "percentile",
-             "ci_prob": float(level), **extra}
-    return Inference(_label(fit.coords, tvec, ker, draws, level, alternative, attrs))
+             "theta_kind": fit.theta_kind, "fit_method": fit.method, "ci_kind": ci, "ci_prob": float(level),
+             "vcov": vcov, "df_kind": df_kind, **extra}
+    return Inference(_label(fit.coords, tvec, ker, sand, draws, (lo, hi), level, alternative, attrs))
 
 
-def _label(coords: dict, tvec: np.ndarray, ker: Conditional, draws: np.ndarray, level: float,
-           alternative: str, attrs: dict) -> xr.Dataset:
+def _check_df(df) -> str:
+    """``"normal"``, ``"satterthwaite"`` or ``"fixed"`` for ``df`` = None, the string, an int >= 1."""
+    if df is None:
+        return "normal"
+    if isinstance(df, str):
+        v.choice(df, "df", ("satterthwaite",))
+        return "satterthwaite"
+    v.integer(df, "df")
+    return "fixed"
+
+
+def _sandwich(ker: Conditional, pc, A, X, lam, vcov: str, df, need_units: bool) -> dict:
+    """``se``, ``cov``, per-coefficient ``df`` (inf: normal) and, when needed, the unit
+    scores and ``C_n`` a replicate's own sandwich uses."""
+    QK = ker.cov.shape[0]
+    out = {"cov": ker.cov, "df": np.full(QK, np.inf), "scores": None, "C": None}
+    if vcov == "CR2" or df == "satterthwaite" or need_units:
+        cov, dfs, scores, C = cr2(ker, pc, A, X, lam, satterthwaite=df == "satterthwaite", kind=vcov)
+        out.update(scores=scores, C=C)
+        if vcov == "CR2":
+            out["cov"] = cov
+        if df == "satterthwaite":
+            out["df"] = dfs
+    if isinstance(df, int | np.integer) and not isinstance(df, bool):
+        out["df"] = np.full(QK, float(df))
+    out["se"] = np.sqrt(np.maximum(np.diag(out["cov"]), 0.0))
+    return out
+
+
+def _interval(ci: str, level: float, tvec, se, draws, raw, rep_se, nonneg: bool):
+    """The bootstrap interval: percentile of the (projected) draws, or bootstrap-t."""
+    a = (1 - level) / 2
+    if ci == "percentile":
+        return np.quantile(draws, [a, 1 - a], axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        t = (raw - tvec[:, None]) / rep_se
+    qlo, qhi = np.nanquantile(t, [a, 1 - a], axis=1)
+    lo, hi = tvec - qhi * se, tvec - qlo * se
+    return (np.maximum(lo, 0.0), np.maximum(hi, 0.0)) if nonneg else (lo, hi)
+
+
+def _label(coords: dict, tvec: np.ndarray, ker: Conditional, sand: dict, draws: np.ndarray, ci: tuple,
+           level: float, alternative: str, attrs: dict) -> xr.Dataset:
     """The labelled dataset: summaries per (component, covariate), draws, covariances."""
     comp, cov = coords["component"], coords["covariate"]
     Q, K = len(comp), len(cov)
     B = draws.shape[1]
-    se = np.sqrt(np.maximum(np.diag(ker.cov), 0.0))
+    se = sand["se"]
+    dfs = sand["df"]
     se_model = np.sqrt(np.maximum(np.diag(ker.cov_model), 0.0))
-    a = (1 - level) / 2
-    lo, hi = np.quantile(draws, [a, 1 - a], axis=1)
+    lo, hi = ci
     with np.errstate(divide="ignore", invalid="ignore"):
         z = np.where(se > 0, tvec / se, np.nan)
+    q = np.where(np.isfinite(dfs), student_t.ppf(1 - (1 - level) / 2, np.where(np.isfinite(dfs), dfs, 1.0)),
+                 norm.ppf(1 - (1 - level) / 2))
 
     def qk(vec):
         return xr.DataArray(np.asarray(vec).reshape(Q, K, order="F"), dims=("component", "covariate"))
@@ -356,12 +435,14 @@ def _label(coords: dict, tvec: np.ndarray, ker: Conditional, draws: np.ndarray, 
 
     ds = xr.Dataset(
         {"estimate": qk(tvec), "se": qk(se), "se_model": qk(se_model), "boot_se": qk(draws.std(axis=1, ddof=1)),
-         "z": qk(z), "p_value": qk(p_values(z, alternative)),
+         "z": qk(z), "p_value": qk(p_values(z, alternative, dfs)), "df": qk(dfs),
          "ci": xr.concat([qk(lo), qk(hi)], dim="ci_bound"),
+         "ci_wald": xr.concat([qk(tvec - q * se), qk(tvec + q * se)], dim="ci_bound"),
          "draws": xr.DataArray(draws.T.reshape(B, Q, K, order="F"), dims=("draw", "component", "covariate")),
-         "cov": square(ker.cov), "cov_model": square(ker.cov_model), "info": square(ker.info)},
+         "cov": square(sand["cov"]), "cov_model": square(ker.cov_model), "info": square(ker.info)},
         coords={"component": comp, "covariate": cov, "ci_bound": ["lower", "upper"], "draw": np.arange(B)},
         attrs=attrs,
     )
-    ds["ci"].attrs.update(ci_kind="percentile", ci_prob=float(level))
+    ds["ci"].attrs.update(ci_kind=attrs["ci_kind"], ci_prob=float(level))
+    ds["ci_wald"].attrs.update(ci_kind="wald", ci_prob=float(level))
     return ds

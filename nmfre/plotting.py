@@ -91,12 +91,20 @@ def growth(Y: pd.DataFrame, A: pd.DataFrame, fixed: pd.DataFrame, blup: pd.DataF
         ax.plot([], [], "-", color="tab:blue", label="with BLUP X (Theta a + u)")
         ax.plot([], [], "o", color="0.6", label="data")
         ax.set_xticks(list(x), [str(f) for f in Y.index], rotation=30 if Y.shape[0] > 6 else 0)
-        label = ", ".join(f"{k}={v:g}" for k, v in pattern.items())
-        ax.set_title(f"{label} ({len(units)} units)", fontsize=10)
+        ax.set_title(f"{_pattern_label(pattern)} ({len(units)} units)", fontsize=9, wrap=True)
         ax.set_xlabel("feature")
     axes[0][0].set_ylabel("Y")
     axes[0][0].legend(fontsize=8)
     return fig
+
+
+def _pattern_label(pattern: pd.Series) -> str:
+    """Short name of a covariate pattern: its non-zero covariates other than an intercept
+    (``k=v``, or ``k`` for indicators), or ``baseline``."""
+    shown = [(str(k), float(x)) for k, x in pattern.items() if str(k) != "intercept" and x != 0]
+    if not shown:
+        return "baseline"
+    return "\n".join(k if x == 1 else f"{k}={x:g}" for k, x in shown)
 
 
 def intervals(table: pd.DataFrame, sources: dict[str, tuple[str, str]], estimate: str | None = "estimate",

@@ -381,8 +381,11 @@ class NMFREFit:
     # ------------------------------------------------------------------ inference
     def infer(self, n_boot: int = 1000, seed: Any = 123, multipliers: Any = None, dist: str = "exp",
               method: str = "onestep", level: float = 0.95, alternative: str | None = None,
-              progress: bool = False, max_iter: int | None = None, chunk_size: int = 1024) -> Inference:
-        """Inference on Theta conditional on the fitted basis; see :func:`nmfre.inference.infer`.
+              progress: bool = False, max_iter: int | None = None, chunk_size: int = 1024, vcov: str = "CR1",
+              df: str | int | None = None, ci: str = "percentile") -> Inference:
+        """Inference on Theta conditional on the fitted basis; see :func:`nmfre.inference.infer`
+        (sandwich ``vcov`` CR1 or CR2, ``df`` normal/Satterthwaite/fixed t, ``ci`` percentile or
+        studentized bootstrap).
 
         Returns a new :class:`~nmfre.inference.Inference`; the fit is not changed (pass the
         result to :meth:`summary` to show it there).
@@ -391,7 +394,7 @@ class NMFREFit:
 
         return infer(self, n_boot=n_boot, seed=seed, multipliers=multipliers, dist=dist, method=method,
                      level=level, alternative=alternative, progress=progress, max_iter=max_iter,
-                     chunk_size=chunk_size)
+                     chunk_size=chunk_size, vcov=vcov, df=df, ci=ci)
 
     # ------------------------------------------------------------------ summary
     def summary(self, inference: Inference | None = None) -> Summary:

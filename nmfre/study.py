@@ -22,7 +22,7 @@ from .model import fit as nmfre_fit
 
 DESIGNS = {"baseline": simulate.baseline, "stress": simulate.stress}
 FIELDS = ("estimate", "se", "boot_se", "ci_low", "ci_high", "p_value")
-SCALARS = ("df_u_frac", "sigma2", "tau2", "lam", "converged", "cap_hit", "nll", "n_iter")
+SCALARS = ("df_u_frac", "sigma2", "tau2", "lam", "converged", "cap_hit", "nll", "n_iter", "missing_share")
 
 
 def _replicate(design, params: dict, seeds: tuple, n_boot: int, fit_overrides: dict, level: float) -> dict:
@@ -39,6 +39,7 @@ def _replicate(design, params: dict, seeds: tuple, n_boot: int, fit_overrides: d
     t = inf.table
     Q, K = d["theta"].shape
     out = {k: t[k].to_numpy().reshape(Q, K)[perm] for k in FIELDS}
+    out.update(missing_share=float(np.isnan(d["Y"].values).mean()))
     out.update(truth=d["theta"].values, df_u_frac=f.df_u / (f.shape["N"] * Q), sigma2=f.sigma2, tau2=f.tau2,
                lam=f.lam, converged=f.converged, cap_hit=f.cap_hit, nll=-f.loglik, n_iter=f.n_iter)
     return out

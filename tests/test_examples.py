@@ -25,6 +25,20 @@ def _check_orthodont(comp):
     assert nmf["log-likelihood"] > lmm["log-likelihood"]
 
 
+def _check_chickweight(comp):
+    """Unbalanced (578 of 600 cells): at NMF-RE's basis, statsmodels' MixedLM on the observed
+    rows has the same log-likelihood and estimates (the same model)."""
+    assert comp.attrs["n_observed"] == 578
+    ll = comp["log-likelihood"].to_numpy()
+    assert ll[1] == pytest.approx(ll[0], abs=1e-6) and ll[2] <= ll[0] + 1e-6
+    np.testing.assert_allclose(comp.attrs["theta_lmm"], comp.attrs["theta"], rtol=1e-6)
+
+
+def _check_missing_study(t):
+    np.testing.assert_allclose(t["missing_share"], t.index.get_level_values("missing"), atol=0.03)
+    assert ((t["cover_wald"] >= 0) & (t["cover_wald"] <= 1)).all() and (t["mean_se"] > 0).all()
+
+
 def _check_holzinger(t):
     sig = (t["p_value"] < 0.05).to_numpy().reshape(3, 3)
     np.testing.assert_array_equal(sig, [[True, False, False], [True, False, True], [True, True, True]])

@@ -206,3 +206,115 @@ def test_coverage_full():
     wald, pct = _coverage(1000, 100, seed=7, B=1000)
     assert np.all((wald >= 0.93) & (wald <= 0.97)), wald
     assert np.all((pct >= 0.93) & (pct <= 0.97)), pct
+
+
+# ----------------------------------------------------------------------------- small-sample inference
+def _direct_cr2(Y, A, X, theta, lam, s2, M):
+    """CR2 by its definition with full P_O x P_O matrices (Pustejovsky & Tipton 2018,
+    clubSandwich's inverse-variance case), unit by unit."""
+    from scipy.linalg import fractional_matrix_power
+
+    meat = 0.0
+    for n in range(Y.shape[1]):
+        o = ~np.isnan(Y[:, n])
+        Xo = X[o]
+        Z = np.kron(A[:, n][None, :], Xo)
+        Sig = s2 * (np.eye(o.sum()) + Xo @ Xo.T / lam)
+        Wn = np.linalg.inv(Sig)
+        e = Y[o, n] - Z @ theta.ravel(order="F")
+        D = np.linalg.cholesky(Sig).T
+        G = D @ (np.eye(o.sum()) - Z @ M @ Z.T @ Wn) @ Sig @ D.T
+        An = D.T @ np.real(fractional_matrix_power(0.5 * (G + G.T), -0.5)) @ D
+        sc = Z.T @ Wn @ An @ e
+        meat = meat + np.outer(sc, sc)
+    return M @ meat @ M
+
+
+@pytest.mark.parametrize("missing", [False, True])
+def test_cr2_equals_its_definition(orthodont, missing):
+    Y, A = (d.to_numpy() for d in orthodont)
+    Y = Y.copy()
+    if missing:
+        Y[np.random.default_rng(0).random(Y.shape) < 0.2] = np.nan
+        Y[0] = orthodont[0].to_numpy()[0]
+    f = nmfre.fit(Y, A, rank=1)
+    inf = f.infer(n_boot=20, vcov="CR2", df="satterthwaite")
+    direct = _direct_cr2(Y, A, f.X.values, f.theta.values, f.lam, inf.sigma2_used, inf.cov_model.values)
+    np.testing.assert_allclose(inf.cov.values, direct, rtol=1e-10)
+    assert inf.attrs["vcov"] == "CR2" and inf.attrs["df_kind"] == "satterthwaite"
+
+
+def test_satterthwaite_df_closed_forms(ml_fit):
+    """Intercept + group dummy, homoskedastic working model: the Bell-McCaffrey df of the
+    baseline mean is (n_girls - 1) = 10 and that of the difference is Welch's
+    (1/n1 + 1/n2)^2 / (1/(n1^2 (n1 - 1)) + 1/(n2^2 (n2 - 1))) = 21.65 (n1 = 16 boys, n2 = 11)."""
+    inf = ml_fit.infer(n_boot=20, vcov="CR2", df="satterthwaite")
+    n1, n2 = 16, 11
+    welch = (1 / n1 + 1 / n2) ** 2 / (1 / (n1**2 * (n1 - 1)) + 1 / (n2**2 * (n2 - 1)))
+    np.testing.assert_allclose(inf.dataset["df"].values.ravel(), [n2 - 1, welch], rtol=1e-6)
+    # and CR2 for complete data scales each unit's score by (1 - h_n)^(-1/2), h_n its leverage in A
+    from nmfre.core import covariance, passes
+
+    d, s = ml_fit.data, ml_fit.solution
+    ker = covariance.from_pieces(passes.conditional_pieces(d.Y, d.A, s.X, s.theta, s.U, ml_fit.lam), d.A, s.theta)
+    h = np.einsum("kn,kl,ln->n", d.A, np.linalg.inv(d.A @ d.A.T), d.A)
+    adj = ker.scores / np.sqrt(1 - h)
+    np.testing.assert_allclose(inf.cov.values, ker.cov_model @ adj @ adj.T @ ker.cov_model, rtol=1e-7)
+
+
+def test_t_reference_and_wald_interval(ml_fit):
+    from scipy.stats import t as student_t
+
+    inf = ml_fit.infer(n_boot=50, df=20)
+    est, se = inf.estimate.values.ravel(), inf.se.values.ravel()
+    q = student_t.ppf(0.975, 20)
+    np.testing.assert_allclose(inf.dataset["ci_wald"].values.reshape(2, -1), [est - q * se, est + q * se])
+    np.testing.assert_allclose(inf.p_value.values.ravel(), 2 * student_t.sf(np.abs(est / se), 20))
+    normal = ml_fit.infer(n_boot=50)
+    assert (inf.p_value.values >= normal.p_value.values).all()
+
+
+def test_studentized_replicate_se_is_the_replicates_own_sandwich(ml_fit, orthodont):
+    """A one-step replicate is exact OLS on y* = Z theta + w e (the model is linear in Theta
+    given X), so its own SE is the CR1 sandwich of OLS on y*, computed here from scratch."""
+    from nmfre.core import bootstrap as cb
+    from nmfre.core import covariance, passes
+
+    Y, A = (d.to_numpy() for d in orthodont)
+    s, lam = ml_fit.solution, ml_fit.lam
+    pc = passes.conditional_pieces(Y, A, s.X, s.theta, s.U, lam)
+    ker = covariance.from_pieces(pc, A, s.theta)
+    _, _, scores, C = covariance.cr2(ker, pc, A, s.X, lam, satterthwaite=False, kind="CR1")
+    W = cb.draw_multipliers("rademacher", 27, 5, np.random.default_rng(3))
+    tv = s.theta.reshape(-1, order="F")
+    _, raw = cb.onestep_draws(tv, ker.cov_model, ker.scores, W, False)
+    se = cb.studentized_se(scores, C, A, ker.cov_model, raw - tv[:, None], W)
+    X = s.X
+    Z = [np.kron(A[:, n][None, :], X) for n in range(27)]
+    e = [Y[:, n] - Z[n] @ tv for n in range(27)]
+    bread = np.linalg.inv(sum(z.T @ z for z in Z))
+    for b in range(5):
+        ystar = [Z[n] @ tv + W[n, b] * e[n] for n in range(27)]
+        beta = bread @ sum(z.T @ y for z, y in zip(Z, ystar, strict=True))
+        np.testing.assert_allclose(beta, raw[:, b], rtol=1e-6)
+        r = [y - z @ beta for z, y in zip(Z, ystar, strict=True)]
+        meat = sum(np.outer(z.T @ rr, z.T @ rr) for z, rr in zip(Z, r, strict=True)) * 27 / 26
+        np.testing.assert_allclose(se[:, b], np.sqrt(np.diag(bread @ meat @ bread)), rtol=1e-5)
+
+
+def test_studentized_interval(ml_fit):
+    inf = ml_fit.infer(n_boot=2000, seed=1, ci="studentized")
+    pct = ml_fit.infer(n_boot=2000, seed=1)
+    assert inf.attrs["ci_kind"] == "studentized"
+    lo, hi = inf.ci.values
+    # bootstrap-t at N = 27 is wider than the Wald interval (heavier-tailed t*)
+    assert np.all(hi - lo > pct.dataset["ci_wald"].values[1] - pct.dataset["ci_wald"].values[0])
+    ref = ml_fit.infer(n_boot=30, seed=1, ci="studentized", method="refit", vcov="CR2")
+    assert np.isfinite(ref.ci.values).all()
+
+
+@pytest.mark.parametrize("kw, match", [({"vcov": "HC3"}, "vcov"), ({"df": "kenward"}, "df"), ({"df": 0}, "df"),
+                                       ({"ci": "bca"}, "ci")])
+def test_bad_small_sample_options(ml_fit, kw, match):
+    with pytest.raises(ValueError, match=match):
+        ml_fit.infer(n_boot=10, **kw)

@@ -9,6 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 from scipy.stats import norm
+from scipy.stats import t as student_t
 
 DISTS = ("exp", "rademacher", "mammen", "normal")
 ALTERNATIVES = ("two-sided", "greater", "less")
@@ -128,13 +129,24 @@ def onestep_draws(theta_vec, cov_model, scores, W, nonneg: bool):
     return (np.maximum(raw, 0.0) if nonneg else raw), raw
 
 
-def p_values(z, alternative: str):
-    """Normal p-values for ``z = estimate / se``."""
+def p_values(z, alternative: str, df=None):
+    """p-values for ``z = estimate / se``: normal, or Student t with ``df`` (per entry;
+    ``inf`` is normal)."""
+    if df is None:
+        dist_sf, dist_cdf = norm.sf, norm.cdf
+    else:
+        df = np.asarray(df, float)
+
+        def dist_sf(x):
+            return np.where(np.isfinite(df), student_t.sf(x, np.where(np.isfinite(df), df, 1.0)), norm.sf(x))
+
+        def dist_cdf(x):
+            return np.where(np.isfinite(df), student_t.cdf(x, np.where(np.isfinite(df), df, 1.0)), norm.cdf(x))
     if alternative == "greater":
-        return norm.sf(z)
+        return dist_sf(z)
     if alternative == "less":
-        return norm.cdf(z)
-    return 2 * norm.sf(np.abs(z))
+        return dist_cdf(z)
+    return 2 * dist_sf(np.abs(z))
 
 
 def align_components(X_ref: np.ndarray, X_b: np.ndarray):
@@ -145,3 +157,29 @@ def align_components(X_ref: np.ndarray, X_b: np.ndarray):
     Xp = X_b[:, perm]
     cos = np.sum(X_ref * Xp, axis=0) / (np.linalg.norm(X_ref, axis=0) * np.linalg.norm(Xp, axis=0))
     return perm, cos
+
+
+def studentized_se(scores: np.ndarray, C: np.ndarray, A: np.ndarray, M: np.ndarray, delta: np.ndarray,
+                   W: np.ndarray, chunk: int = 128) -> np.ndarray:
+    """Each one-step replicate's own sandwich SE (``QK x B``), for the bootstrap-t.
+
+    Replicate ``b`` has residuals ``w_nb e_n - Z_n delta_b`` (``delta_b = theta_b - theta_hat``),
+    so its unit scores ``-Z_n'W_nA_n e*_n`` are ``w_nb s_n + (a_n a_n' (x) C_n) delta_b``
+    (``s_n`` the point estimate's adjusted scores, ``C_n = X_O'W_nA_nX_O``; they sum to 0 at
+    the replicate's estimate) and its SE of coefficient ``k`` is
+    ``sqrt(sum_n (M (w_nb s_n + G_n delta_b))_k^2)``. Column-major vec, index ``k Q + q``.
+    """
+    QK, N = scores.shape
+    K = A.shape[0]
+    Q = QK // K
+    V = M @ scores  # QK x N
+    M3 = M.reshape(QK, K, Q)
+    out = np.empty((QK, delta.shape[1]))
+    for b0 in range(0, delta.shape[1], chunk):
+        d = delta[:, b0:b0 + chunk].reshape(K, Q, -1)  # delta as Theta (k, q, b)
+        u = np.einsum("kqb,kn->nqb", d, A)  # Delta_b a_n
+        Cu = np.einsum("nqr,nrb->nqb", C, u)
+        corr = np.einsum("ikq,nqb,kn->inb", M3, Cu, A)
+        main = V[:, :, None] * W[:, b0:b0 + chunk][None, :, :]
+        out[:, b0:b0 + chunk] = np.sqrt(np.sum((main + corr) ** 2, axis=1))
+    return out

@@ -74,3 +74,100 @@ def from_pieces(pc, A: np.ndarray, theta: np.ndarray) -> Conditional:
         J *= N / (N - 1)
     V = Hinv @ J @ Hinv
     return Conditional(sigma2_used, pc.df_u, info, Hinv, S, J, V)
+
+
+# ----------------------------------------------------------------------------- CR2
+def _unit_blocks(M: np.ndarray, A: np.ndarray, Q: int) -> np.ndarray:
+    """``(a_n' (x) I_Q) M (a_n (x) I_Q)`` for every unit: ``(N, Q, Q)`` (column-major vec)."""
+    K = A.shape[0]
+    M4 = M.reshape(K, Q, K, Q)
+    return np.einsum("kn,kqlr,ln->nqr", A, M4, A)
+
+
+def _subspace(Xo: np.ndarray, lam: float, s2: float):
+    """Orthonormal basis ``U`` of col(X_O), ``T`` with ``X_O = U T`` and the working
+    covariance on that subspace, ``S = U' Sigma_O U = s2 (I + T T' / lambda)``."""
+    Uo, sv, Vt = np.linalg.svd(Xo, full_matrices=False)
+    r = int(np.sum(sv > sv.max() * 1e-12)) if sv.size else 0
+    Uo, T = Uo[:, :r], sv[:r, None] * Vt[:r]
+    return Uo, T, s2 * (np.eye(r) + T @ T.T / lam)
+
+
+def _inv_sqrt(G: np.ndarray) -> np.ndarray:
+    """Symmetric inverse square roots of a stack of SPD matrices."""
+    w, V = np.linalg.eigh(0.5 * (G + np.swapaxes(G, -1, -2)))
+    return np.einsum("...ij,...j,...kj->...ik", V, 1.0 / np.sqrt(np.maximum(w, 1e-300)), V)
+
+
+def cr2(cond: Conditional, pieces, A: np.ndarray, X: np.ndarray, lam: float, satterthwaite: bool = True,
+        kind: str = "CR2"):
+    """Bias-reduced linearisation (CR2, Bell & McCaffrey 2002; Pustejovsky & Tipton 2018)
+    for vec(Theta), with Satterthwaite degrees of freedom per coefficient.
+
+    The estimating equation is the GLS one ``sum_n Z_n' W_n (y_n - Z_n theta) = 0`` with
+    ``Z_n = a_n' (x) X_O``, ``W_n = Sigma_O^-1`` (working covariance ``Sigma_O``, each unit's
+    observed rows ``O``). CR2 replaces each unit's residual ``e_n`` by ``A_n e_n`` with
+    ``A_n = D' [D (I - H_nn) Sigma_O D']^{-1/2} D`` (``D'D = Sigma_O``, ``H_nn = Z_n M Z_n' W_n``,
+    ``M = (sum Z'WZ)^-1``), and drops CR1's ``N/(N-1)``. ``Sigma_O`` keeps col(X_O) invariant,
+    so everything reduces to ``r x r`` matrices on that subspace (for complete data ``A_n`` acts
+    there as ``(1 - h_n)^{-1/2}``, ``h_n = a_n'(AA')^{-1}a_n``). The Satterthwaite df of
+    coefficient ``c`` is ``tr(Omega)^2 / tr(Omega^2)`` with ``Omega = diag(g_n' Sigma_O g_n) -
+    B' M^-1 B`` the working-model covariance of the CR2 terms (``g_n = A_n W_n Z_n M c``,
+    ``b_n = M Z_n' g_n``).
+
+    ``kind="CR1"`` uses ``A_n = sqrt(N / (N - 1)) I`` instead (the CR1 sandwich and its
+    Satterthwaite df).
+
+    Returns ``(cov, df, scores, C)``: the covariance (QK x QK), the df per coefficient (QK,;
+    NaN when ``satterthwaite`` is False), the adjusted unit scores ``-Z_n'W_nA_ne_n`` (QK x N)
+    and ``C_n = X_O'W_nA_nX_O`` (N x Q x Q), what a replicate's own sandwich needs
+    (:func:`nmfre.core.bootstrap.studentized_se`).
+    """
+    Q = X.shape[1]
+    K, N = A.shape
+    s2 = max(cond.sigma2_used, 1e-12)
+    M, Minv = cond.cov_model, cond.info
+    Maa = _unit_blocks(M, A, Q)
+    adj = np.zeros((Q * K, N))
+    C = np.zeros((N, Q, Q))
+    g_parts = []  # per pattern: (units, T, S, A_sub) for the df
+    for rows, units in pieces.patterns:
+        Xo = X if rows is None else X[rows]
+        Uo, T, S = _subspace(Xo, lam, s2)
+        r = S.shape[0]
+        if kind == "CR1":
+            Asub = np.broadcast_to(np.sqrt(N / (N - 1)) * np.eye(r), (units.size, r, r))
+        else:
+            Dl = np.linalg.cholesky(S)  # S = Dl Dl', D = Dl'
+            h = np.einsum("ij,njk,lk->nil", T, Maa[units], T) @ np.linalg.inv(S)  # H on the subspace
+            G = np.einsum("ji,njk,kl,ml->nim", Dl, np.eye(r) - h, S, Dl)
+            Asub = np.einsum("ij,njk,lk->nil", Dl, _inv_sqrt(G), Dl)
+        C[units] = np.einsum("ji,jk,nkl,lm->nim", T, np.linalg.inv(S), Asub, T)
+        MO = Xo.T @ Xo + lam * np.eye(Q)
+        Xte = MO @ pieces.XtR[:, units] / lam  # X_O' e_n from X_O' r_n (conditional residual)
+        Ue = np.linalg.solve(T @ T.T, T @ Xte)  # U' e_n
+        z = np.linalg.solve(S, np.einsum("nij,jn->in", Asub, Ue))
+        adj[:, units] = -(A[:, units][:, None, :] * (T.T @ z)[None, :, :]).reshape(Q * K, -1)
+        g_parts.append((units, T, S, Asub))
+    V = M @ (adj @ adj.T) @ M
+    df = np.full(Q * K, np.nan)
+    if satterthwaite:
+        for c in range(Q * K):
+            df[c] = _satterthwaite(M, Minv, A, Maa, g_parts, c, Q)
+    return V, df, adj, C
+
+
+def _satterthwaite(M, Minv, A, Maa, g_parts, c: int, Q: int) -> float:
+    K, N = A.shape
+    m = np.einsum("kn,kq->qn", A, M[:, c].reshape(K, Q))  # (a_n' (x) I) M e_c
+    d = np.zeros(N)
+    B = np.zeros((Q * K, N))
+    for units, T, S, Asub in g_parts:
+        vv = np.einsum("nij,jn->in", Asub, np.linalg.solve(S, T @ m[:, units]))  # U' g_n
+        d[units] = np.einsum("in,ij,jn->n", vv, S, vv)
+        B[:, units] = M @ (A[:, units][:, None, :] * (T.T @ vv)[None, :, :]).reshape(Q * K, -1)
+    bMb = np.einsum("in,ij,jn->n", B, Minv, B)
+    MBB = Minv @ B @ B.T
+    tr1 = d.sum() - np.trace(MBB)
+    tr2 = np.sum(d**2) - 2 * np.sum(d * bMb) + np.sum(MBB * MBB.T)
+    return float(tr1**2 / tr2) if tr2 > 0 else float("inf")

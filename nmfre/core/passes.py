@@ -238,6 +238,8 @@ class Pieces:
         ``sum_n tr(M_O^-1 X_O'X_O)``, the random effects' degrees of freedom.
     n_obs : int
         Observed entries.
+    patterns : tuple of (rows or None, units)
+        Each unit's observed features (``rows`` None: all), for CR2.
     """
 
     rss: float
@@ -245,6 +247,7 @@ class Pieces:
     core: np.ndarray
     df_u: float
     n_obs: int
+    patterns: tuple = ()
 
 
 def _core(AA, X, lam):
@@ -266,12 +269,13 @@ def conditional_pieces(Y: Any, A: np.ndarray, X: np.ndarray, theta: np.ndarray, 
         return _dask_pieces(Y, A, X, theta, lam)
     if k == "masked":
         rss, XtR, core, df, n_obs = 0.0, np.empty((X.shape[1], N)), 0.0, 0.0, 0
-        for rows, units in groups(Y):
+        pats = tuple(groups(Y))
+        for rows, units in pats:
             Xo = _rows(X, rows)
             r, XtR[:, units] = _pieces_dense(_cell(Y, rows, units), A[:, units], Xo, theta, U[:, units])
             c, d = _core(A[:, units] @ A[:, units].T, Xo, lam)
             rss, core, df, n_obs = rss + r, core + c, df + units.size * d, n_obs + units.size * Xo.shape[0]
-        return Pieces(rss, XtR, core, df, n_obs)
+        return Pieces(rss, XtR, core, df, n_obs, pats)
     core, d = _core(A @ A.T, X, lam)
     if k == "sparse":
         B = U + theta @ A
@@ -279,7 +283,7 @@ def conditional_pieces(Y: Any, A: np.ndarray, X: np.ndarray, theta: np.ndarray, 
         XtX = X.T @ X
         trG = float(Y.multiply(Y).sum())
         rss = trG - 2.0 * float(np.sum(B * XtY)) + float(np.sum((B @ B.T) * XtX))
-        return Pieces(max(rss, 0.0), XtY - XtX @ B, core, N * d, P * N)
+        return Pieces(max(rss, 0.0), XtY - XtX @ B, core, N * d, P * N, ((None, np.arange(N)),))
     if k == "dask":
         return _dask_pieces(Y, A, X, theta, lam)
     rss, parts = 0.0, []
@@ -287,11 +291,12 @@ def conditional_pieces(Y: Any, A: np.ndarray, X: np.ndarray, theta: np.ndarray, 
         r, xr = _pieces_dense(Y[:, sl], A[:, sl], X, theta, U[:, sl])
         rss += r
         parts.append(xr)
-    return Pieces(rss, np.concatenate(parts, axis=1), core, N * d, P * N)
+    return Pieces(rss, np.concatenate(parts, axis=1), core, N * d, P * N, ((None, np.arange(N)),))
 
 
-def _chunk_pieces(Yc, Ac, X, theta, lam) -> Pieces:
-    return conditional_pieces(Yc, Ac, X, theta, blup(Yc, Ac, X, theta, lam), lam)
+def _chunk_pieces(Yc, Ac, X, theta, lam, offset) -> Pieces:
+    pc = conditional_pieces(Yc, Ac, X, theta, blup(Yc, Ac, X, theta, lam), lam)
+    return Pieces(pc.rss, pc.XtR, pc.core, pc.df_u, pc.n_obs, tuple((r, u + offset) for r, u in pc.patterns))
 
 
 def _dask_pieces(Y, A, X, theta, lam) -> Pieces:
@@ -299,11 +304,12 @@ def _dask_pieces(Y, A, X, theta, lam) -> Pieces:
     import dask
 
     offsets = np.concatenate([[0], np.cumsum(Y.chunks[1])])
-    tasks = [dask.delayed(_chunk_pieces)(blk, A[:, a:b], X, theta, lam)
+    tasks = [dask.delayed(_chunk_pieces)(blk, A[:, a:b], X, theta, lam, a)
              for blk, a, b in zip(Y.to_delayed().ravel(), offsets[:-1], offsets[1:], strict=True)]
     parts = dask.compute(*tasks)
     return Pieces(sum(p.rss for p in parts), np.concatenate([p.XtR for p in parts], axis=1),
-                  sum(p.core for p in parts), sum(p.df_u for p in parts), sum(p.n_obs for p in parts))
+                  sum(p.core for p in parts), sum(p.df_u for p in parts), sum(p.n_obs for p in parts),
+                  tuple(g for p in parts for g in p.patterns))
 
 
 def df_u(Y: Any, X: np.ndarray, lam: float) -> float:
