@@ -51,5 +51,8 @@ bench: $(VENV)/.test
 	$(BIN)/python benchmarks/bench_fit.py
 	$(BIN)/python benchmarks/bench_bayes.py
 
+bench-scale: $(VENV)/.test
+	$(BIN)/python benchmarks/bench_scale.py
+
 clean:
 	rm -rf $(VENV) nmfre-demo dist build docs/_build docs/generated

@@ -1,0 +1,73 @@
+"""Smoke test of benchmarks/bench_scale.py: the --quick ladder runs to the end, each case in
+its own process, and reports every case with nmfre's and scikit-learn's numbers."""
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("sklearn")
+pytest.importorskip("dask.array")
+pytest.importorskip("psutil")
+
+SCRIPT = Path(__file__).parent.parent / "benchmarks" / "bench_scale.py"
+
+
+def _module():
+    spec = importlib.util.spec_from_file_location("bench_scale", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod  # dataclasses look their module up by name
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_quick_ladder_reports_every_case(tmp_path):
+    bench = _module()
+    expected = [c.name for c in bench.ladder(quick=True)]
+    assert expected == [c.name for c in bench.ladder(quick=False)]  # same cases, smaller sizes
+    out = tmp_path / "results.json"
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--quick", "--out", str(out)], capture_output=True,
+                          text=True, timeout=600, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads(out.read_text())
+    assert res["quick"] and res["machine"]["cpu_count"] >= 1
+    assert [c["case"] for c in res["cases"]] == expected
+    for case in res["cases"]:
+        assert "error" not in case, case["error"]
+        rows = {r["method"]: r for r in case["results"]}
+        want = {"nmfre", "sklearn"} | ({"nmfre infer"} if case["n_boot"] else set())
+        assert set(rows) == want, case["case"]
+        for method, r in rows.items():
+            assert "error" not in r, (case["case"], method, r["error"])
+            assert r["wall_s"] > 0 and r["cpu_s"] >= 0
+            assert r["peak_mb"] >= r["rss_before_mb"] * 0.99 > 0
+        for method in ("nmfre", "sklearn"):
+            r = rows[method]
+            assert r["n_iter"] >= 1 and isinstance(r["converged"], bool)
+            assert r["resid_fro"] > 0 and r["objective"] == r["objective"]  # not NaN
+        assert rows["nmfre"]["converged"], case["case"]
+    lazy = {c["case"]: c for c in res["cases"]}["lazy"]
+    assert {r["method"]: r for r in lazy["results"]}["nmfre"]["u_lazy"]  # U comes back lazily
+
+    # the Markdown table: one row per case and method, after its header
+    lines = proc.stdout.splitlines()
+    head = next(i for i, line in enumerate(lines) if line.startswith("| case | data | method |"))
+    table = [line for line in lines[head + 2:] if line.startswith("| ")]
+    n_rows = sum(len(c["results"]) for c in res["cases"])
+    assert len(table) == n_rows
+    for name in expected:
+        assert sum(line.startswith(f"| {name} |") for line in table) >= 2
+    assert "machine:" in proc.stdout and "scikit-learn" in proc.stdout
+
+
+def test_case_selection():
+    bench = _module()
+    cases = bench.ladder(quick=True)
+    assert [c.name for c in bench.select(cases, "small-free,lazy")] == \
+        [f"small-free-s{s}" for s in range(5)] + ["lazy"]
+    assert len(bench.select(cases, "small")) == 10
+    with pytest.raises(SystemExit, match="unknown case"):
+        bench.select(cases, "nope")
