@@ -116,23 +116,33 @@ def check_estimable(Y, A: np.ndarray, settings: FitSettings) -> dict:
 
 
 # ----------------------------------------------------------------------------- starts
-def make_starts(Y: np.ndarray, Q: int, settings: FitSettings, rng: np.random.Generator,
-                values: dict | None = None) -> list[Start]:
-    """The starts of a fit: explicit ``values``, or NNDSVD/random then ``n_init - 1`` random."""
+def make_starts(Y, Q: int, settings: FitSettings, rng: np.random.Generator, values: dict | None = None,
+                stats: Stats | None = None, info: dict | None = None) -> list[Start]:
+    """The starts of a fit: explicit ``values``, or NNDSVD/random then ``n_init - 1`` random.
+
+    NNDSVD comes from the solver's gram statistics when Y is complete, non-negative and held
+    as a gram (large and lazy data: no copy of Y, one extra pass), else from Y itself
+    (missing entries at their feature's mean).
+    """
     if values is not None:
         return [Start("custom", values["X"], values.get("theta"), values.get("U"))]
     P = Y.shape[0]
-    kind = passes.kind(Y)
-    if kind == "dask":
-        nndsvd = passes.nndsvd
-    elif kind == "masked":  # the start only: missing entries at their feature's mean
-        def nndsvd(Y, Q):
-            return basis.nndsvd(np.where(np.isnan(Y), np.nanmean(Y, axis=1, keepdims=True), Y), Q)
-    else:
-        nndsvd = basis.nndsvd
-    first = Start("nndsvd", nndsvd(Y, Q)) if settings.init == "nndsvd" else \
+    first = Start("nndsvd", _nndsvd(Y, Q, stats, info)) if settings.init == "nndsvd" else \
         Start("random", basis.random_basis(P, Q, rng))
     return [first] + [Start("random", basis.random_basis(P, Q, rng)) for _ in range(settings.n_init - 1)]
+
+
+def _nndsvd(Y, Q: int, stats: Stats | None, info: dict | None) -> np.ndarray:
+    kind = passes.kind(Y)
+    missing = bool(info and info["n_missing"])
+    gram = stats is not None and stats.complete and stats.blocks[0].form == "gram"
+    if gram and info is not None and info["min"] >= 0:
+        return passes.nndsvd(Y, Q, G=stats.blocks[0].G)
+    if kind == "dask":
+        return passes.nndsvd(Y, Q, missing=missing)
+    if kind == "masked":  # the start only: missing entries at their feature's mean
+        return basis.nndsvd(np.where(np.isnan(Y), np.nanmean(Y, axis=1, keepdims=True), Y), Q)
+    return basis.nndsvd(Y, Q)
 
 
 # ----------------------------------------------------------------------------- one run
@@ -194,6 +204,10 @@ def _standardised(Y, settings: FitSettings, values: dict | None, r: float | None
     return c, Y / c, s, vals
 
 
+def _scaled_info(info: dict, c: float) -> dict:
+    return dict(info, min=info["min"] / c, max=info["max"] / c, rms=info["rms"] / c)
+
+
 def _unscaled_rows(rows: list[dict], c: float, n_obs: int) -> list[dict]:
     if c == 1.0:
         return rows
@@ -206,8 +220,9 @@ def scan_rates(Y: np.ndarray, A: np.ndarray, Q: int, rates, settings: FitSetting
     """:func:`scan` from the settings' first start, with ML's internal standardisation."""
     info = check_estimable(Y, A, settings)
     c, Ys, s, vals = _standardised(Y, settings, values, info["rms"])
-    start = make_starts(Ys, Q, s, rng, vals)[0]
-    rows, chosen = scan(Ys, A, Q, start, rates, s)
+    stats = passes.stats_of(Ys, A, missing=info["n_missing"] > 0) if s.method == "ml" else None
+    start = make_starts(Ys, Q, s, rng, vals, stats, _scaled_info(info, c))[0]
+    rows, chosen = scan(Ys, A, Q, start, rates, s, stats)
     return _unscaled_rows(rows, c, _n_obs(Y)), chosen
 
 
@@ -230,7 +245,7 @@ def estimate(Y: np.ndarray, A: np.ndarray, Q: int, settings: FitSettings, rng: n
     info = check_estimable(Y, A, settings)
     c, Ys, s, vals = _standardised(Y, settings, values, info["rms"])
     stats = passes.stats_of(Ys, A, missing=info["n_missing"] > 0) if s.method == "ml" else None
-    starts = make_starts(Ys, Q, s, rng, vals)
+    starts = make_starts(Ys, Q, s, rng, vals, stats, _scaled_info(info, c))
     rows, rate = None, s.df_cap
     if s.df_cap == "auto":
         starts = starts[:1]

@@ -125,6 +125,12 @@ def _array_kind(values) -> str:
 
 
 def to_matrix(obj: Any, name: str, dims: tuple[str, str], large: bool = False, missing: bool = False):
+    """A 2-D finite float matrix from numpy, pandas or xarray input (see :func:`_to_matrix`)."""
+    values, rows, cols, _ = _to_matrix(obj, name, dims, large, missing)
+    return values, rows, cols
+
+
+def _to_matrix(obj: Any, name: str, dims: tuple[str, str], large: bool = False, missing: bool = False):
     """A 2-D finite float matrix from numpy, pandas or xarray input.
 
     Returns ``(values, row labels or None, column labels or None)``; an xarray
@@ -133,7 +139,7 @@ def to_matrix(obj: Any, name: str, dims: tuple[str, str], large: bool = False, m
     dask-backed DataArray is kept as it is (sparse as CSR, dask lazy; a dask Y must be
     chunked along units only); otherwise they are refused or made dense. A float64 numpy
     array is not copied. With ``missing=True`` NaN marks a missing entry (dense and dask
-    arrays); Inf is always an error.
+    arrays); Inf is always an error. The fourth value is the number of NaN entries.
     """
     if isinstance(obj, xr.Dataset):
         raise ArgumentTypeError(f"{name} must be a DataArray, DataFrame or array, not a Dataset")
@@ -183,7 +189,7 @@ def to_matrix(obj: Any, name: str, dims: tuple[str, str], large: bool = False, m
         raise ValueError(f"{name} contains NaN ({n_nan} entries)")
     if n_inf:
         raise ValueError(f"{name} contains Inf ({n_inf} entries)")
-    return values, rows, cols
+    return values, rows, cols, n_nan
 
 
 def coerce(Y, A=None, *, covariates=None, formula: str | None = None, missing: bool = True) -> Data:
@@ -210,14 +216,14 @@ def coerce(Y, A=None, *, covariates=None, formula: str | None = None, missing: b
         Bad shapes, NaN in A, Inf, a unit or feature with no observed entry, fewer than 2
         units, no more units than covariates, collinear covariates, mismatched unit labels.
     """
-    Yv, feat, units = to_matrix(Y, "Y", DIMS_Y, large=True, missing=missing)
+    Yv, feat, units, n_nan = _to_matrix(Y, "Y", DIMS_Y, large=True, missing=missing)
     P, N = Yv.shape
     if N < 2:
         raise ValueError(f"Y has {N} unit (column); NMF-RE needs at least 2 units to separate the random "
                          "effects from the noise")
     units = labels(units, N, "Y unit labels", None)
     feat = labels(feat, P, "Y feature labels", None)
-    if missing:
+    if n_nan:  # the counts are read only when there is something missing
         _check_observed(Yv, feat, units)
     if (covariates is None) != (formula is None):
         raise ValueError("covariates and formula must be given together")
@@ -249,8 +255,6 @@ def _check_observed(Y, feat: np.ndarray, units: np.ndarray) -> None:
         obs = ~(Y != Y)  # NaN is the only value not equal to itself
         per_unit, per_feature = dask.compute(obs.sum(axis=0), obs.sum(axis=1))
     else:
-        if not np.isnan(Y).any():
-            return
         obs = ~np.isnan(Y)
         per_unit, per_feature = obs.sum(axis=0), obs.sum(axis=1)
     for what, counts, names in (("unit", per_unit, units), ("feature", per_feature, feat)):

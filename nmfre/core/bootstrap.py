@@ -107,15 +107,17 @@ def onestep_sum(scores: np.ndarray, dist: str, B: int, rng: np.random.Generator,
         return acc
 
     workers = workers or min(len(streams), os.cpu_count() or 1)
+    out = None
     with threadpool_limits(1):
         if workers == 1 or len(streams) == 1:
-            parts = [one(k) for k in range(len(streams))]
+            parts = (one(k) for k in range(len(streams)))
         else:
-            with ThreadPoolExecutor(workers) as pool:
-                parts = list(pool.map(one, range(len(streams))))
-    out = parts[0]
-    for part in parts[1:]:
-        out = out + part
+            pool = ThreadPoolExecutor(workers)
+            parts = pool.map(one, range(len(streams)))  # results in stream order, as they finish
+        for part in parts:  # added in stream order: the same sum whatever the workers
+            out = part if out is None else out + part
+        if workers > 1 and len(streams) > 1:
+            pool.shutdown()
     return out
 
 

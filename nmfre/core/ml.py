@@ -31,8 +31,11 @@ from .stats import Moments, Stats
 
 #: variance modes: which of sigma2, tau2 are held fixed
 MODES = {(False, False): "free", (True, False): "sigma2", (False, True): "tau2", (True, True): "fixed"}
-#: largest number of Newton coordinates whose information is assembled densely
-DENSE_MAX = 1500
+#: largest number of Newton coordinates (PQ + QK) whose information is assembled densely for
+#: complete data (above: the structured Woodbury solve, cheaper from about this size on)
+DENSE_MAX = 300
+#: the same for several blocks (missing values), which have no structured solve
+DENSE_MAX_BLOCKS = 1500
 
 
 @dataclass
@@ -357,11 +360,13 @@ def scoring_direction(prob: Problem, st: State) -> Direction | None:
     Dense assembly while ``PQ + QK <= DENSE_MAX``; otherwise (complete data) the
     information is kept in its Kronecker and low-rank parts and the KKT system is solved
     by Woodbury's identity (:func:`nmfre.core.newton.structured_kkt`), never forming a
-    ``PQ x PQ`` matrix. Several blocks of missing data above ``DENSE_MAX``: None (ECME).
+    ``PQ x PQ`` matrix. Several blocks of missing data: dense up to ``DENSE_MAX_BLOCKS``,
+    above that None (ECME and SQUAREM steps only).
     """
     P, Q, K = prob.P, prob.rank, prob.K
-    dense = P * Q + Q * K <= DENSE_MAX
-    if not dense and not prob.stats.complete:
+    n = P * Q + Q * K
+    dense = n <= DENSE_MAX or not prob.stats.complete
+    if not prob.stats.complete and n > DENSE_MAX_BLOCKS:
         return None
     gX, gT, ex = gradient(prob, st)
     parts = newton.block_parts(prob, st, ex)

@@ -18,8 +18,8 @@ import numpy as np
 
 from . import stats as cstats
 
-#: units per chunk when a pass over dense data forms residuals (bounds the temporaries)
-CHUNK = 8192
+#: entries per chunk when a pass over dense data forms temporaries (4e6 doubles = 32 MB)
+CHUNK_ENTRIES = 4_000_000
 
 
 def kind(Y: Any) -> str:
@@ -28,7 +28,7 @@ def kind(Y: Any) -> str:
         return "dask"
     if hasattr(Y, "tocsr"):
         return "sparse"
-    if np.isnan(Y).any() if Y.size <= 4_000_000 else any(np.isnan(Y[:, s]).any() for s in _chunks(Y.shape[1])):
+    if np.isnan(np.sum(Y)):  # one pass, no temporary (Inf was refused at input)
         return "masked"
     return "dense"
 
@@ -48,9 +48,16 @@ def _cell(Y, rows, units):
     return Y[:, units] if rows is None else Y[np.ix_(rows, units)]
 
 
-def _chunks(N: int, chunk: int = CHUNK):
-    for a in range(0, N, chunk):
-        yield slice(a, min(a + chunk, N))
+def _chunks(Y) -> list[slice]:
+    """Slices of units whose temporaries hold at most :data:`CHUNK_ENTRIES` entries."""
+    P, N = Y.shape
+    step = max(1, CHUNK_ENTRIES // max(P, 1))
+    return [slice(a, min(a + step, N)) for a in range(0, N, step)]
+
+
+def small(Y) -> bool:
+    """Whether one temporary of Y's size fits within :data:`CHUNK_ENTRIES`."""
+    return Y.shape[0] * Y.shape[1] <= CHUNK_ENTRIES
 
 
 # ----------------------------------------------------------------------------- checks
@@ -63,11 +70,15 @@ def describe(Y: Any) -> dict:
         import dask
         import dask.array as da
 
-        lo, hi, rlo, rhi, neg, nan = dask.compute(da.nanmin(Y), da.nanmax(Y), da.nanmin(Y, axis=1),
-                                                  da.nanmax(Y, axis=1), (Y < 0).sum(), da.isnan(Y).sum())
+        lo, hi, rlo, rhi, neg, nan, ss = dask.compute(da.nanmin(Y), da.nanmax(Y), da.nanmin(Y, axis=1),
+                                                      da.nanmax(Y, axis=1), (Y < 0).sum(), da.isnan(Y).sum(),
+                                                      da.nansum(Y * Y))
         m = float(max(abs(lo), abs(hi)))
-        e = int(np.frexp(m)[1]) if m > 0 else 0
-        ss = float(da.nansum((Y * 2.0**-e) ** 2).compute()) if m > 0 else 0.0
+        e = 0
+        ss = float(ss)
+        if m > 0 and not (1e-290 < ss < 1e290):  # over- or underflow: a second, scaled pass
+            e = int(np.frexp(m)[1])
+            ss = float(da.nansum((Y * 2.0**-e) ** 2).compute())
     elif k == "sparse":
         data = Y.data
         full = Y.nnz == Y.shape[0] * Y.shape[1]
@@ -85,7 +96,7 @@ def describe(Y: Any) -> dict:
         nan = int(np.count_nonzero(np.isnan(Y))) if k == "masked" else 0
         m = float(max(abs(lo), abs(hi)))
         e = int(np.frexp(m)[1]) if m > 0 else 0
-        ss = sum(float(np.nansum(np.ldexp(Y[:, sl], -e) ** 2)) for sl in _chunks(Y.shape[1])) if m > 0 else 0.0
+        ss = sum(float(np.nansum(np.ldexp(Y[:, sl], -e) ** 2)) for sl in _chunks(Y)) if m > 0 else 0.0
     n = Y.shape[0] * Y.shape[1] - int(nan)
     rms = float(np.sqrt(ss / n)) * 2.0**e if m > 0 else 0.0
     spread = float(np.max(np.asarray(rhi) - np.asarray(rlo)))
@@ -161,22 +172,35 @@ def xty(Y: Any, X: np.ndarray) -> np.ndarray:
     return X.T @ Y
 
 
-def nndsvd(Y: Any, rank: int) -> np.ndarray:
-    """NNDSVD start (:func:`nmfre.core.basis.nndsvd`) for a dask Y in two passes: the
-    gram of ``max(Y, 0)`` gives the left singular vectors, ``max(Y, 0)' U`` the right ones."""
-    import dask.array as da
-
+def nndsvd(Y: Any, rank: int, G: np.ndarray | None = None, missing: bool = False) -> np.ndarray:
+    """NNDSVD start (:func:`nmfre.core.basis.nndsvd`) from the gram of ``Yp = max(Y, 0)``:
+    its eigenvectors are the left singular vectors, ``Yp' U / s`` the right ones (one more
+    pass, ``N x rank``). ``G`` is ``Yp Yp'`` when already known (Y >= 0 and complete:
+    the solver's gram); for dask Y with ``missing`` entries they start at the feature means."""
     from .basis import nndsvd_from_svd
 
-    Yp = da.maximum(Y, 0.0)
-    if bool(da.isnan(Y).any().compute()):  # start only: missing entries at their feature's mean
-        Yp = da.where(da.isnan(Yp), da.nanmean(Yp, axis=1, keepdims=True), Yp)
-    w, V = np.linalg.eigh(np.asarray((Yp @ Yp.T).compute()))
+    k = kind(Y)
+    Yp = Y
+    if k == "dask":
+        import dask.array as da
+
+        Yp = da.maximum(Y, 0.0)
+        if missing:
+            Yp = da.where(da.isnan(Yp), da.nanmean(Yp, axis=1, keepdims=True), Yp)
+        G = np.asarray((Yp @ Yp.T).compute()) if G is None else G
+    elif G is None:
+        raise ValueError("nndsvd from the gram needs G for an in-memory Y")
+    w, V = np.linalg.eigh(G)
     order = np.argsort(-w)[:rank]
     s = np.sqrt(np.maximum(w[order], 1e-300))
     Uu = V[:, order]
-    Vt = (np.asarray((Yp.T @ Uu).compute()) / s).T
-    return nndsvd_from_svd(Uu, Vt, rank)
+    if k == "dask":
+        YtU = np.asarray((Yp.T @ Uu).compute())
+    elif k == "sparse":
+        YtU = np.asarray(Yp.T @ Uu)
+    else:
+        YtU = np.concatenate([Yp[:, sl].T @ Uu for sl in _chunks(Yp)])
+    return nndsvd_from_svd(Uu, (YtU / s).T, rank)
 
 
 # ----------------------------------------------------------------------------- random effects
@@ -208,10 +232,10 @@ def blup(Y: Any, A: np.ndarray, X: np.ndarray, theta: np.ndarray, lam: float):
 
         Ad = da.from_array(A, chunks=(A.shape[0], Y.chunks[1]))
         return da.map_blocks(blup, Y, Ad, X, theta, lam, chunks=((Q,), Y.chunks[1]), dtype=float)
-    if Y.shape[1] <= CHUNK:  # the exact formula of the small case
+    if small(Y):  # the exact formula of the small case
         return np.linalg.solve(M, X.T @ (Y - X @ (theta @ A)))
     U = np.empty((Q, Y.shape[1]))
-    for s in _chunks(Y.shape[1]):
+    for s in _chunks(Y):
         U[:, s] = _blup_dense(Y[:, s], A[:, s], X, theta, Minv)
     return U
 
@@ -287,7 +311,7 @@ def conditional_pieces(Y: Any, A: np.ndarray, X: np.ndarray, theta: np.ndarray, 
     if k == "dask":
         return _dask_pieces(Y, A, X, theta, lam)
     rss, parts = 0.0, []
-    for sl in _chunks(N):
+    for sl in _chunks(Y):
         r, xr = _pieces_dense(Y[:, sl], A[:, sl], X, theta, U[:, sl])
         rss += r
         parts.append(xr)
@@ -332,7 +356,7 @@ def fitted_sums(Y: Any, A: np.ndarray, X: np.ndarray, theta: np.ndarray, U) -> d
     """Sums for R-squared: ``||Y||^2``, ``sum Y``, ``||Y - X Theta A||^2``, ``||Y - X(Theta A + U)||^2``."""
     k = kind(Y)
     XtX = X.T @ X
-    if k == "masked" or (k == "dense" and Y.shape[1] <= CHUNK):
+    if k == "masked" or (k == "dense" and small(Y)):
         F = X @ (theta @ A)
         return {"ss": float(np.nansum(Y * Y)), "sum": float(np.nansum(Y)),
                 "rss_fixed": float(np.nansum((Y - F) ** 2)), "rss_random": float(np.nansum((Y - F - X @ U) ** 2)),

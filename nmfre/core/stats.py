@@ -157,7 +157,7 @@ def choose_form(P: int, N: int, nnz: int | None = None, sparse: bool = False) ->
     nnz = P * N if nnz is None else nnz
     if sparse:
         return "gram" if P * P <= nnz // 8 and P <= 4000 else "sparse"
-    return "gram" if P * N > 2_000_000 and N >= 4 * P else "dense"
+    return "gram" if P * N >= 100_000 and N >= 4 * P else "dense"
 
 
 def block(Y, A: np.ndarray, rows: np.ndarray | None, units: np.ndarray, form: str) -> Block:
