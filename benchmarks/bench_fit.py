@@ -15,7 +15,8 @@ import warnings
 import numpy as np
 
 import nmfre
-from nmfre.inference import conditional_kernel, draw_multipliers, onestep_draws
+from nmfre.core.bootstrap import draw_multipliers, onestep_draws
+from nmfre.core.covariance import conditional
 from nmfre.simulate import block_sparse
 
 
@@ -61,15 +62,16 @@ def main(argv=None):
     # loop (the shape of nmfkc's R code), on the same multipliers
     B = 10_000
     inf, sec_b = timed(ml.infer, n_boot=B, seed=1)
-    k = conditional_kernel(ml._data.Y, ml._data.A, ml._res["X"], ml._res["theta"], ml._res["U"], ml.lam)
+    sol = ml.solution
+    k = conditional(ml.data.Y, ml.data.A, sol.X, sol.theta, sol.U, ml.lam)
     W = draw_multipliers("exp", ml.shape["N"], B, np.random.default_rng(1))
-    tvec = ml._res["theta"].reshape(-1, order="F")
-    _, sec_mat = timed(onestep_draws, tvec, k["cov_model"], k["scores"], W, True)
+    tvec = sol.theta.reshape(-1, order="F")
+    _, sec_mat = timed(onestep_draws, tvec, k.cov_model, k.scores, W, True)
     nloop = 1000
     t = time.perf_counter()
     loop = np.empty((tvec.size, nloop))
     for b in range(nloop):
-        loop[:, b] = np.maximum(tvec - k["cov_model"] @ (k["scores"] @ W[:, b]), 0.0)
+        loop[:, b] = np.maximum(tvec - k.cov_model @ (k.scores @ W[:, b]), 0.0)
     per_loop = (time.perf_counter() - t) / nloop
     per_mat = sec_mat / B
     print(f"\none-step bootstrap, B={B}: fit.infer() {sec_b:.3f} s in all (multipliers, kernel, draws, "
