@@ -17,14 +17,21 @@ from . import simulate, study
 from ._version import __version__
 from .crossval import ECVResult, ecv
 from .datasets import load_orthodont
-from .exceptions import ArgumentTypeError, ConvergenceWarning, IdentifiabilityWarning, SingularFitWarning
+from .exceptions import (
+    ArgumentTypeError,
+    ConvergenceWarning,
+    DegenerateFitWarning,
+    IdentifiabilityWarning,
+    SingularFitWarning,
+)
 from .inference import Inference, load_inference
 from .labels import from_long
 from .model import df_scan, fit
 from .results import NMFREFit, load
 
 __all__ = [
-    "ArgumentTypeError", "ConvergenceWarning", "ECVResult", "IdentifiabilityWarning", "Inference", "NMFREFit",
+    "ArgumentTypeError", "ConvergenceWarning", "DegenerateFitWarning", "ECVResult", "IdentifiabilityWarning",
+    "Inference", "NMFREFit",
     "SingularFitWarning", "__version__", "df_scan", "ecv", "fit", "from_long", "load", "load_inference",
     "load_orthodont", "simulate", "study",
 ]

@@ -5,6 +5,11 @@ class ConvergenceWarning(UserWarning):
     """The final fit stopped at ``max_iter`` before meeting its tolerance."""
 
 
+class DegenerateFitWarning(ConvergenceWarning):
+    """A sign-free fit is degenerate: two components merge while their effects diverge in
+    opposite directions, so the likelihood has no interior maximum along the path."""
+
+
 class IdentifiabilityWarning(UserWarning):
     """sigma2 and tau2 are not separately identifiable (P <= Q without a cap or fixed variance)."""
 

@@ -16,7 +16,8 @@ from . import engine
 from . import validation as v
 from .core import dfcap
 from .core.likelihood import LAMBDA_MAX
-from .exceptions import ConvergenceWarning, IdentifiabilityWarning, SingularFitWarning
+from .core.ml import degeneracy
+from .exceptions import ConvergenceWarning, DegenerateFitWarning, IdentifiabilityWarning, SingularFitWarning
 from .labels import Data, check_rank, coerce
 from .results import NMFREFit
 from .settings import FitSettings, check_start_values
@@ -93,7 +94,9 @@ def fit(Y: Any, A: Any = None, rank: int = 2, *, method: str = "ml", theta: str 
     _warn_identifiability(data, Q, settings)
     est = engine.estimate(data.Y, data.A, Q, settings, rng, values)
     result = _wrap(data, est, settings)
-    if not result.converged:
+    if result.stop_reason == "degenerate":
+        warnings.warn(_degenerate_message(result), DegenerateFitWarning, stacklevel=2)
+    elif not result.converged:
         warnings.warn(f"NMF-RE ({settings.method}) did not converge in {result.n_iter} iterations "
                       f"(max_iter={settings.max_iter}, tol={settings.tol:g}); increase max_iter",
                       ConvergenceWarning, stacklevel=2)
@@ -102,6 +105,19 @@ def fit(Y: Any, A: Any = None, rank: int = 2, *, method: str = "ml", theta: str 
                       "random effects vanish; the model reduces to NMF with covariates", SingularFitWarning,
                       stacklevel=2)
     return result
+
+
+def _degenerate_message(result: NMFREFit) -> str:
+    sol = result.solution
+    index, i, j = degeneracy(sol.X, sol.theta)
+    comp = result.X.coords["component"].values
+    xn = sol.X / np.linalg.norm(sol.X, axis=0)
+    return (f"the sign-free fit is degenerate (stopped after {result.n_iter} iterations): components {comp[i]!r} "
+            f"and {comp[j]!r} have nearly equal basis columns (cosine {float(xn[:, i] @ xn[:, j]):.4f}) and "
+            f"opposite effects (congruence product {index:.3f}) that keep growing (max |Theta| "
+            f"{float(np.max(np.abs(sol.theta))):.3g}): the likelihood keeps rising as the two merge, toward a "
+            "boundary where their effects are not identified. Use theta='nonneg', a smaller rank, or other starts "
+            "(n_init)")
 
 
 def _warn_identifiability(data: Data, Q: int, settings: FitSettings) -> None:

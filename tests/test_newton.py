@@ -95,3 +95,46 @@ def test_information_is_the_expected_outer_product_of_scores():
     F, _, _, _ = ml.fisher_system(prob, ml.State(X, theta, s2, s2 / t2, 0.0, cap_active=True))
     n = P * Q + Q * K
     np.testing.assert_allclose(G, F[:n, :n], rtol=0.15, atol=0.05 * np.abs(F[:n, :n]).max())
+
+
+def test_degeneracy_index_closed_form():
+    rng = np.random.default_rng(0)
+    X = rng.dirichlet(np.ones(6), size=3).T  # 6 x 3, columns on the simplex
+    theta = rng.normal(size=(3, 2))
+    # two identical columns with opposite effects: index exactly -1 for that pair
+    Xd = X.copy()
+    Xd[:, 2] = Xd[:, 0]
+    td = theta.copy()
+    td[2] = -3.0 * td[0]
+    index, i, j = ml.degeneracy(Xd, td)
+    assert (i, j) == (0, 2)
+    np.testing.assert_allclose(index, -1.0, atol=1e-14)
+    # the value is cos(x_i, x_j) * cos(theta_i, theta_j), the minimum over pairs
+    xn = X / np.linalg.norm(X, axis=0)
+    tn = theta / np.linalg.norm(theta, axis=1, keepdims=True)
+    C = (xn.T @ xn) * (tn @ tn.T)
+    np.testing.assert_allclose(ml.degeneracy(X, theta)[0], min(C[0, 1], C[0, 2], C[1, 2]), rtol=1e-14)
+    # non-negative X and Theta: never negative; one component: no pair
+    assert ml.degeneracy(X, np.abs(theta))[0] >= 0.0
+    assert ml.degeneracy(X[:, :1], theta[:1]) == (1.0, -1, -1)
+
+
+def test_degenerate_sign_free_fit_stops_with_a_warning():
+    import warnings
+
+    import nmfre
+
+    # on this data set (seed 2) two sign-free components merge while their effects diverge
+    d = block_sparse(P=60, N=600, rank=5, K=4, seed=2)
+    with pytest.warns(nmfre.DegenerateFitWarning, match="congruence product"):
+        f = nmfre.fit(d["Y"], d["A"], rank=5, theta="free")
+    assert f.stop_reason == "degenerate" and not f.converged
+    index, _, _ = ml.degeneracy(f.solution.X, f.solution.theta)
+    assert index <= ml.DEGENERATE_INDEX
+    assert f.n_iter < 1000
+    assert np.all(np.diff(f.solution.nll_trace) <= 1e-9 * np.abs(f.solution.nll_trace[1:]))
+    # with non-negative effects the index cannot fall below 0: the same data converge
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", nmfre.ConvergenceWarning)
+        g = nmfre.fit(d["Y"], d["A"], rank=5, theta="nonneg")
+    assert g.converged and g.stop_reason == "tol"

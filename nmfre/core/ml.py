@@ -36,6 +36,12 @@ MODES = {(False, False): "free", (True, False): "sigma2", (False, True): "tau2",
 DENSE_MAX = 300
 #: the same for several blocks (missing values), which have no structured solve
 DENSE_MAX_BLOCKS = 1500
+#: a sign-free fit is degenerate when a pair of components has ``cos(x_i, x_j) cos(theta_i,
+#: theta_j) <= DEGENERATE_INDEX`` for ``DEGENERATE_PATIENCE`` iterations in a row while
+#: ``max |Theta|`` grows by the factor ``DEGENERATE_GROWTH`` (see :func:`degeneracy`)
+DEGENERATE_INDEX = -0.95
+DEGENERATE_PATIENCE = 100
+DEGENERATE_GROWTH = 1.5
 
 
 @dataclass
@@ -438,6 +444,28 @@ def kkt_decrement(prob: Problem, st: State) -> float:
 
 
 # ----------------------------------------------------------------------------- driver
+def degeneracy(X: np.ndarray, theta: np.ndarray) -> tuple[float, int, int]:
+    """The most negative ``cos(x_i, x_j) cos(theta_i, theta_j)`` over pairs of components,
+    with the pair (``(1.0, -1, -1)`` for one component).
+
+    Near -1: two basis columns almost coincide while their effects (rows of Theta) point in
+    opposite directions, so ``x_i theta_i + x_j theta_j`` stays finite while both effects
+    grow. This is the two-factor degeneracy of sign-free factor models (the congruence
+    product of Krijnen & Kiers, 1993): the likelihood keeps rising toward a boundary
+    where the two components merge, and no interior maximum is reached. Columns of X are
+    non-negative, so the index is >= 0 whenever Theta is.
+    """
+    Q = X.shape[1]
+    if Q < 2:
+        return 1.0, -1, -1
+    xn = X / np.maximum(np.linalg.norm(X, axis=0), 1e-300)
+    tn = theta / np.maximum(np.linalg.norm(theta, axis=1, keepdims=True), 1e-300)
+    C = (xn.T @ xn) * (tn @ tn.T)
+    C[np.diag_indices(Q)] = np.inf
+    i, j = np.unravel_index(int(np.argmin(C)), C.shape)
+    return float(C[i, j]), int(min(i, j)), int(max(i, j))
+
+
 def fit_ml(prob: Problem, X0: np.ndarray, theta0: np.ndarray | None = None,
            max_iter: int = 5000, tol: float = 1e-10) -> Solution:
     """Maximum-likelihood fit; every iteration does not increase the nll.
@@ -451,6 +479,11 @@ def fit_ml(prob: Problem, X0: np.ndarray, theta0: np.ndarray | None = None,
     :func:`kkt_decrement` (the predicted decrease still available) is below
     ``tol * (1 + |nll|)``.
 
+    A sign-free fit stops early with ``stop_reason="degenerate"`` (not converged) when
+    :func:`degeneracy` stays below ``DEGENERATE_INDEX`` for ``DEGENERATE_PATIENCE``
+    iterations while ``max |Theta|`` grows by ``DEGENERATE_GROWTH``: the iterations would
+    only inflate the cancelling effects of two merging components.
+
     The returned :class:`~nmfre.core.solution.Solution` has ``U = None``: random effects
     need a pass over the units (:func:`blup`).
     """
@@ -459,6 +492,9 @@ def fit_ml(prob: Problem, X0: np.ndarray, theta0: np.ndarray | None = None,
     hits: list[int] = [0] if st.cap_active else []
     step_max, mstep = 1.0, 4.0
     converged = False
+    reason = "max_iter"
+    watch = not prob.nonneg and prob.rank >= 2
+    since: tuple[int, float] | None = None  # (iteration, max |Theta|) when the index first fell
     n_iter = 0
     direction = scoring_direction(prob, st)
     while n_iter < max_iter:
@@ -478,13 +514,22 @@ def fit_ml(prob: Problem, X0: np.ndarray, theta0: np.ndarray | None = None,
         if dec <= thr and dx <= np.sqrt(tol) and kkt_decrement(prob, st) <= thr:
             direction = scoring_direction(prob, st)
             if direction is None or direction.decrement <= thr:
-                converged = True
+                converged, reason = True, "tol"
                 break
         else:
             direction = scoring_direction(prob, st)
+        if watch:
+            size = float(np.max(np.abs(st.theta)))
+            if degeneracy(st.X, st.theta)[0] > DEGENERATE_INDEX:
+                since = None
+            elif since is None:
+                since = (n_iter, size)
+            elif n_iter - since[0] >= DEGENERATE_PATIENCE and size >= DEGENERATE_GROWTH * since[1]:
+                reason = "degenerate"
+                break
     return Solution(X=st.X, theta=st.theta, U=None, sigma2=st.sigma2, tau2=st.sigma2 / st.lam, lam=st.lam,
                     nll=st.nll, nll_trace=np.asarray(trace), converged=converged, n_iter=n_iter,
-                    cap_hit=bool(hits), stop_reason="tol" if converged else "max_iter",
+                    cap_hit=bool(hits), stop_reason=reason,
                     cap_hit_iters=tuple(hits))
 
 

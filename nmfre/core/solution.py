@@ -30,7 +30,9 @@ class Solution:
     cap_hit : bool
         The df cap bound at some iteration.
     stop_reason : str
-        ``"tol"``, ``"max_iter"`` or ``"nonfinite"``.
+        ``"tol"``, ``"max_iter"``, ``"nonfinite"`` (paper) or ``"degenerate"`` (ML, sign-free
+        Theta: two components merge while their effects diverge,
+        :func:`nmfre.core.ml.degeneracy`).
     objective_trace : ndarray or None
         The paper algorithm's objective ``||R||^2 + lambda ||U||^2`` per iteration
         (None for ML).
