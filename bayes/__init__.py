@@ -9,7 +9,8 @@ posteriors:
 * :func:`sample`: NUTS, chains started at and aligned to the frequentist fit, returns an
   ArviZ DataTree with nmfre's coordinates;
 * :func:`compare`, :func:`plot_compare`, :func:`plot_diagnostics`;
-* :func:`configure`: parallel CPU chains (call before JAX starts).
+* :func:`configure`: parallel CPU chains (call before JAX starts);
+* :func:`fit_vi`: the variational twin; :func:`sbc`: simulation-based calibration.
 
 Importing ``bayes`` changes no global JAX setting. :func:`sample` computes in double
 precision inside ``jax.enable_x64(True)``; :func:`configure` sets the CPU device count.
@@ -17,10 +18,14 @@ precision inside ``jax.enable_x64(True)``; :func:`configure` sets the CPU device
 
 import nmfre  # noqa: F401  (bayes builds on nmfre, never the reverse)
 
+from .calibration import SBCResult, plot_sbc, sbc, sbc_power
 from .compare import compare, plot_compare, plot_diagnostics
 from .config import configure
+from .likelihood import Stats, statistics
 from .models import conditional, conditional_x, default_priors, joint, u_conditional
-from .sampling import SamplingWarning, diagnostics, sample
+from .sampling import Sampler, SamplingWarning, diagnostics, sample
+from .vi import VIWarning, fit_vi
 
-__all__ = ["SamplingWarning", "compare", "conditional", "conditional_x", "configure", "default_priors",
-           "diagnostics", "joint", "plot_compare", "plot_diagnostics", "sample", "u_conditional"]
+__all__ = ["Sampler", "SamplingWarning", "Stats", "compare", "conditional", "conditional_x", "configure",
+           "default_priors", "diagnostics", "joint", "plot_compare", "plot_diagnostics", "sample", "statistics",
+           "u_conditional", "VIWarning", "fit_vi", "plot_sbc", "sbc", "sbc_power", "SBCResult"]

@@ -1,13 +1,26 @@
 """NumPyro models of NMF-RE: plain model functions with plates named like nmfre's dims.
 
 All three share the likelihood ``y_n ~ N(X Theta a_n, sigma^2 I_P + tau^2 X X')`` with
-U marginalised out (a low-rank-plus-diagonal normal), so NUTS never sees the ``N Q``
-random effects; :func:`u_conditional` gives U's Gaussian conditional afterwards. Each
-model takes ``Y=None`` (then ``Y`` is a sampled site, for prior and posterior predictive
-draws through ``numpyro.infer.Predictive``; give ``n_features`` for the joint model).
+U marginalised out, so NUTS never sees the ``N Q`` random effects; :func:`u_conditional`
+gives U's Gaussian conditional afterwards. ``Y`` may be
+
+* an array (P x N; ``NaN`` marks a missing cell): it is reduced to compressed statistics
+  (:func:`bayes.likelihood.statistics`) and the log-likelihood enters as
+  ``numpyro.factor("Y", ...)``, so a gradient costs O(P^2 Q + P Q K) whatever N;
+* a :class:`bayes.likelihood.Stats` (the statistics themselves: what the compiled
+  sampler passes, so new data of the same shape reuse its compiled code; ``A`` may then
+  be None);
+* ``None``: ``Y`` is a sampled site (a low-rank-plus-diagonal normal over the units of
+  ``A``), for prior and posterior predictive draws through ``numpyro.infer.Predictive``;
+  give ``n_features`` for the joint model.
 
 * :func:`joint`: columns of X ~ Dirichlet, Theta ~ Normal (free) or HalfNormal
-  (non-negative), sigma and tau ~ HalfNormal.
+  (non-negative), sigma and tau ~ HalfNormal. The prior is the same whatever the
+  coordinates NUTS moves in (``simplex``): isometric log-ratios of X's columns
+  (``"ilr"``, :mod:`bayes.simplex`), NumPyro's stick-breaking (``"stickbreaking"``), or
+  folded coordinates (``"folded"``: each column is ``|w| / sum |w|`` and non-negative
+  Theta is ``|v|``, so the boundary where a feature does not load is a reflection;
+  what :func:`bayes.sample` uses).
 * :func:`conditional_x`: X fixed (at the frequentist X-hat); sigma, tau, Theta sampled.
 * :func:`conditional`: X and (sigma^2, tau^2) fixed; Theta with a flat prior by default.
   Its posterior is Gaussian with mean Theta-hat (GLS = OLS) and covariance the inverse of
@@ -27,20 +40,41 @@ import numpyro
 import numpyro.distributions as dist
 from numpyro.distributions import constraints
 
+from .likelihood import Stats, data_moments, loglik, statistics
+from .simplex import DirichletILR, FoldedDirichlet
+
 PRIOR_KEYS = ("x_concentration", "theta_scale", "sigma_scale", "tau_scale")
 
 
-def default_priors(Y: np.ndarray, rank: int) -> dict:
+def default_priors(Y, rank: int) -> dict:
     """Data-based weakly informative scales.
 
     ``sigma_scale = 2 sd(Y)``; ``tau_scale = 2 P sd(Y)`` (U lives on the scale of
     ``Theta a``, which is about P times that of Y because X's columns sum to 1);
     ``theta_scale = 10 P rms(Y)``; ``x_concentration = 1`` (uniform on the simplex).
+    sd and rms are over the observed cells (``Y`` may hold ``NaN`` or be a
+    :class:`bayes.likelihood.Stats`).
+
+    Parameters
+    ----------
+    Y : array (P, N) or Stats
+    rank : int
+
+    Returns
+    -------
+    dict
+        ``x_concentration``, ``theta_scale``, ``sigma_scale``, ``tau_scale``.
     """
-    Y = np.asarray(Y, dtype=float)
-    P = Y.shape[0]
-    sd = float(np.std(Y)) or 1.0
-    rms = float(np.sqrt(np.mean(Y**2))) or 1.0
+    if isinstance(Y, Stats):
+        P = Y.P
+        mean, sq = data_moments(Y)
+        sd = float(np.sqrt(max(sq - mean**2, 0.0))) or 1.0
+        rms = float(np.sqrt(sq)) or 1.0
+    else:
+        Y = np.asarray(Y, dtype=float)
+        P = Y.shape[0]
+        sd = float(np.nanstd(Y)) or 1.0
+        rms = float(np.sqrt(np.nanmean(Y**2))) or 1.0
     return {"x_concentration": 1.0, "theta_scale": 10.0 * P * rms, "sigma_scale": 2.0 * sd,
             "tau_scale": 2.0 * P * sd}
 
@@ -65,19 +99,46 @@ def resolve_priors(Y, rank: int, priors: dict | None) -> dict:
 
 
 def _likelihood(Y, A, X, theta, sigma2, tau2, P: int):
-    N = A.shape[1]
-    mean = (X @ theta @ A).T  # (N, P)
-    with numpyro.plate("unit", N):
-        numpyro.sample("Y", dist.LowRankMultivariateNormal(mean, jnp.sqrt(tau2) * X, sigma2 * jnp.ones(P)),
-                       obs=None if Y is None else Y.T)
+    if Y is None:
+        N = A.shape[1]
+        mean = (X @ theta @ A).T  # (N, P)
+        with numpyro.plate("unit", N):
+            numpyro.sample("Y", dist.LowRankMultivariateNormal(mean, jnp.sqrt(tau2) * X, sigma2 * jnp.ones(P)))
+        return
+    stats = Y if isinstance(Y, Stats) else statistics(Y, A)
+    numpyro.factor("Y", loglik(stats, X, theta, sigma2, tau2))
 
 
-def _theta(rank, K, nonneg, scale):
-    with numpyro.plate("covariate", K, dim=-1), numpyro.plate("component", rank, dim=-2):
-        if scale is None:
-            support = constraints.positive if nonneg else constraints.real
-            return numpyro.sample("theta", dist.ImproperUniform(support, (), ()))
-        return numpyro.sample("theta", dist.HalfNormal(scale) if nonneg else dist.Normal(0.0, scale))
+def _x_columns(P: int, rank: int, concentration, simplex: str):
+    """X's columns ~ Dirichlet(concentration), in the unconstrained coordinates of ``simplex``."""
+    alpha = concentration * jnp.ones(P)
+    with numpyro.plate("component", rank):
+        if simplex == "folded":
+            g = jnp.abs(numpyro.sample("X_raw", FoldedDirichlet(alpha)))
+            return numpyro.deterministic("X_columns", g / jnp.sum(g, axis=-1, keepdims=True))
+        return numpyro.sample("X_columns", (DirichletILR if simplex == "ilr" else dist.Dirichlet)(alpha))
+
+
+def _shape(Y, A) -> tuple[int, int]:
+    """(P, K) of the data (``Y`` an array or Stats; P is None when ``Y`` is None)."""
+    if isinstance(Y, Stats):
+        return Y.P, Y.K
+    return (None if Y is None else Y.shape[0]), A.shape[0]
+
+
+def _theta(rank, K, nonneg, scale, folded: bool = False):
+    """Theta (Q x K) as one site with event shape (Q, K) (no plates, so the ``component``
+    plate of X's columns keeps one dim)."""
+    shape = (rank, K)
+    if nonneg and folded:  # Theta = |v|: HalfNormal(s) is |Normal(0, s)|, a flat prior |flat|
+        base = (dist.ImproperUniform(constraints.real_matrix, (), shape) if scale is None
+                else dist.Normal(0.0, scale).expand(shape).to_event(2))
+        return numpyro.deterministic("theta", jnp.abs(numpyro.sample("theta_raw", base)))
+    if scale is None:
+        support = constraints.independent(constraints.positive if nonneg else constraints.real, 2)
+        return numpyro.sample("theta", dist.ImproperUniform(support, (), shape))
+    prior = dist.HalfNormal(scale) if nonneg else dist.Normal(0.0, scale)
+    return numpyro.sample("theta", prior.expand(shape).to_event(2))
 
 
 def _variances(p: dict):
@@ -86,14 +147,17 @@ def _variances(p: dict):
     return sigma**2, tau**2
 
 
-def joint(Y, A, rank: int, nonneg: bool = False, priors: dict | None = None, *, n_features: int | None = None):
+def joint(Y, A, rank: int, nonneg: bool = False, priors: dict | None = None, *, n_features: int | None = None,
+          simplex: str = "ilr"):
     """Full joint model: X, Theta, sigma, tau all sampled.
 
     Parameters
     ----------
-    Y : array (P, N) or None
-        Data; None to draw Y (then give ``n_features`` and ``priors``).
+    Y : array (P, N), Stats or None
+        Data (``NaN`` = missing), their compressed statistics, or None to draw Y (then
+        give ``n_features`` and ``priors``).
     A : array (K, N)
+        Covariates (may be None when ``Y`` is a Stats).
     rank : int
     nonneg : bool
         Theta half-normal (>= 0) instead of normal.
@@ -101,31 +165,37 @@ def joint(Y, A, rank: int, nonneg: bool = False, priors: dict | None = None, *, 
         See the module docstring.
     n_features : int, optional
         P, when ``Y`` is None.
+    simplex : {"ilr", "stickbreaking", "folded"}
+        Unconstrained coordinates of X's columns (and, ``"folded"``, of non-negative
+        Theta); the same prior either way. ``"folded"`` has sites ``X_raw`` (and
+        ``theta_raw``) with ``X_columns`` (and ``theta``) deterministic.
     """
     if Y is None and n_features is None:
         raise ValueError("joint(Y=None, ...) needs n_features (the number of features P)")
-    P = Y.shape[0] if Y is not None else int(n_features)
+    P, K = _shape(Y, A)
+    P = P if P is not None else int(n_features)
     p = resolve_priors(Y, rank, priors)
-    with numpyro.plate("component", rank):
-        Xc = numpyro.sample("X_columns", dist.Dirichlet(p["x_concentration"] * jnp.ones(P)))
-    X = numpyro.deterministic("X", Xc.T)
-    theta = _theta(rank, A.shape[0], nonneg, p["theta_scale"])
+    X = numpyro.deterministic("X", _x_columns(P, rank, p["x_concentration"], simplex).T)
+    theta = _theta(rank, K, nonneg, p["theta_scale"], simplex == "folded")
     sigma2, tau2 = _variances(p)
     _likelihood(Y, A, X, theta, sigma2, tau2, P)
 
 
-def conditional_x(Y, A, X, nonneg: bool = False, priors: dict | None = None):
-    """X fixed; Theta, sigma, tau sampled (``Y`` may be None)."""
+def conditional_x(Y, A, X, nonneg: bool = False, priors: dict | None = None, *, folded: bool = False):
+    """X fixed; Theta, sigma, tau sampled (``Y`` an array, a Stats or None; ``folded``:
+    non-negative Theta sampled as ``|v|``, see :class:`bayes.simplex.FoldedDirichlet`)."""
     p = resolve_priors(Y, X.shape[1], priors)
-    theta = _theta(X.shape[1], A.shape[0], nonneg, p["theta_scale"])
+    theta = _theta(X.shape[1], _shape(Y, A)[1], nonneg, p["theta_scale"], folded)
     sigma2, tau2 = _variances(p)
     _likelihood(Y, A, X, theta, sigma2, tau2, X.shape[0])
 
 
-def conditional(Y, A, X, sigma2: float, tau2: float, nonneg: bool = False, priors: dict | None = None):
-    """X, sigma^2 and tau^2 fixed; Theta flat (``priors`` None or ``theta_scale`` None) or normal."""
+def conditional(Y, A, X, sigma2: float, tau2: float, nonneg: bool = False, priors: dict | None = None, *,
+                folded: bool = False):
+    """X, sigma^2 and tau^2 fixed; Theta flat (``priors`` None or ``theta_scale`` None) or
+    normal (``folded``: non-negative Theta sampled as ``|v|``)."""
     scale = (priors or {}).get("theta_scale")
-    theta = _theta(X.shape[1], A.shape[0], nonneg, scale)
+    theta = _theta(X.shape[1], _shape(Y, A)[1], nonneg, scale, folded)
     _likelihood(Y, A, X, theta, sigma2, tau2, X.shape[0])
 
 

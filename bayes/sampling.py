@@ -1,60 +1,102 @@
-"""``bayes.sample``: run NUTS on one of the models and return an ArviZ ``xarray.DataTree``.
+"""``bayes.sample`` and ``bayes.Sampler``: NUTS on one of the models, compiled once per
+(model, data shape, settings) and reused, returning an ArviZ ``xarray.DataTree``.
 
-Chains run in parallel on the CPU when JAX sees enough devices (call
-:func:`bayes.configure` before JAX starts, or set
-``XLA_FLAGS=--xla_force_host_platform_device_count=N``); otherwise they run vectorized on
-one device. On a GPU: install ``jax[cuda12]``; JAX then places the sampler there, and
-``chain_method="vectorized"`` runs all chains on the one device.
+The sampler (:mod:`bayes.compiled`) sees the data only through compressed statistics
+(:mod:`bayes.likelihood`), so its compiled code depends on P, K, Q and the number of
+missing-data patterns, not on N, and a loop over data sets of one shape compiles once.
+Chains start from a Laplace approximation at the frequentist fit (a few Newton steps in
+unconstrained space; its inverse Hessian is the initial dense mass matrix), and for
+rank > 1 are aligned to the fit.
+
+``chain_method``: ``"vectorized"`` (default: all chains in one vectorized loop, the
+fastest on a CPU with few cores and the one to use on a GPU, where JAX places the sampler
+when ``jax[cuda]`` is installed), ``"sequential"`` (one after the other in one compiled
+function) or ``"parallel"`` (one chain per device; call :func:`bayes.configure` before
+JAX starts; with fewer devices than chains it falls back to ``"sequential"``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from dataclasses import dataclass
-from functools import partial
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import xarray as xr
 
 from nmfre import validation as v
-from nmfre.core.bootstrap import align_components
 from nmfre.core.covariance import conditional as conditional_covariance
 from nmfre.labels import Data, check_rank, coerce
 
-from . import models
+from . import compiled, datatree, likelihood, models
+from .datatree import SamplingWarning, diagnostics
+
+__all__ = ["CHAIN_METHODS", "MODELS", "ModelSpec", "Sampler", "SamplingWarning", "diagnostics", "model_spec",
+           "sample"]
 
 MODELS = ("joint", "conditional", "conditional_x")
 CHAIN_METHODS = ("parallel", "sequential", "vectorized")
-
-
-class SamplingWarning(UserWarning):
-    """The sampler's diagnostics fail a threshold (r_hat > 1.01, bulk ESS < 400, divergences)."""
+MASSES = ("dense", "diag")
+SIMPLEXES = ("folded", "ilr", "stickbreaking")
+_PREDICTIVE: dict = {}
 
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """A model ready to sample: the function, its arguments, starting values and the
-    fixed quantities the posterior is labelled with."""
+    """A model ready to sample: data, fit, priors, statistics, starting values and the
+    traced arguments of the compiled sampler."""
 
     name: str
-    fn: Any
-    args: tuple
-    init: dict
     data: Data
     fit: Any
     priors: dict
+    stats: likelihood.Stats
+    init: dict
+    args: tuple
+    nonneg: bool
+    flat: bool = False
     sigma2_fixed: float | None = None
 
 
+def coerce_missing(Y, A) -> Data:
+    """:func:`nmfre.labels.coerce` that lets ``NaN`` in ``Y`` mark missing cells."""
+    if isinstance(Y, xr.DataArray):
+        filled = Y.fillna(0.0)
+    elif isinstance(Y, pd.DataFrame):
+        filled = Y.fillna(0.0)
+    elif isinstance(Y, np.ndarray | list | tuple):
+        Yv = np.asarray(Y, dtype=float)
+        filled = np.where(np.isnan(Yv), 0.0, Yv)
+    else:
+        return coerce(Y, A)
+    data = coerce(filled, A)
+    Yv = np.asarray(Y.transpose("feature", "unit").values if isinstance(Y, xr.DataArray) else Y, dtype=float)
+    if not np.isnan(Yv).any():
+        return data
+    if np.isnan(Yv).all(axis=0).all():
+        raise ValueError("Y has no observed cell")
+    return dataclasses.replace(data, Y=Yv)
+
+
+def _impute(Y: np.ndarray) -> np.ndarray:
+    """Missing cells filled with their feature's observed mean (starting values only)."""
+    means = np.nanmean(np.where(np.isnan(Y).all(axis=1, keepdims=True), 0.0, Y), axis=1, keepdims=True)
+    return np.where(np.isnan(Y), np.nan_to_num(means), Y)
+
+
 def _frequentist_fit(fit, data: Data, rank: int, theta: str):
-    """The given fit (checked against the data) or a fresh ML fit."""
+    """The given fit (checked against the data) or a fresh ML fit (on mean-imputed data
+    when cells are missing: it only supplies starting values and labels)."""
     import nmfre
 
+    missing = isinstance(data.Y, np.ndarray) and np.isnan(data.Y).any()
     if fit is None:
+        Y = _impute(data.Y) if missing else data.Y
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", nmfre.ConvergenceWarning)
-            return nmfre.fit(xr.DataArray(data.Y, dims=("feature", "unit"),
+            return nmfre.fit(xr.DataArray(Y, dims=("feature", "unit"),
                                           coords={"feature": data.features, "unit": data.units}),
                              xr.DataArray(data.A, dims=("covariate", "unit"),
                                           coords={"covariate": data.covariates, "unit": data.units}),
@@ -63,76 +105,372 @@ def _frequentist_fit(fit, data: Data, rank: int, theta: str):
         raise v.ArgumentTypeError(f"fit must be an nmfre.NMFREFit, got {type(fit).__name__}")
     if fit.shape["Q"] != rank:
         raise ValueError(f"fit has rank {fit.shape['Q']} but rank={rank} was asked for")
-    if not fit.data.same_data(data):
+    same = (fit.data.Y.shape == data.Y.shape and np.array_equal(fit.data.A, data.A)
+            and np.array_equal(np.asarray(fit.data.Y)[~np.isnan(data.Y)], data.Y[~np.isnan(data.Y)])
+            ) if missing else fit.data.same_data(data)
+    if not same:
         raise ValueError("fit was estimated on different data (Y or A differ from those given)")
     if fit.theta_kind != theta:
         raise ValueError(f"fit has theta={fit.theta_kind!r} but theta={theta!r} was asked for")
     return fit
 
 
-def model_spec(Y, A, rank: int, model: str, fit=None, theta: str = "free", priors: dict | None = None) -> ModelSpec:
+def pad_patterns(stats: likelihood.Stats, n: int | None = None) -> likelihood.Stats:
+    """``stats`` with empty patterns appended up to ``n`` (default: the next power of 2),
+    so that data sets with similar missingness share one compiled sampler."""
+    B = stats.n_patterns
+    n = 1 << (B - 1).bit_length() if n is None else n
+    if n < B:
+        raise ValueError(f"the data have {B} missing-data patterns, more than the sampler's {n}")
+    if n == B:
+        return stats
+    return likelihood.Stats(*(np.concatenate([a, np.zeros((n - B,) + a.shape[1:])]) for a in stats))
+
+
+def _f(x) -> np.ndarray:
+    return np.asarray(x, dtype=float)
+
+
+def _init(name: str, fit, data: Data, nonneg: bool, cov_model) -> dict:
+    sol = fit.solution
+    th0 = _f(sol.theta)
+    if nonneg:  # start off the boundary, at a fraction of the standard error
+        se = np.sqrt(np.diag(cov_model)).reshape(th0.shape, order="F") if cov_model is not None else 0.0
+        th0 = np.maximum(th0, np.maximum(0.1 * se, 1e-6 * (np.abs(th0).max() or 1.0)))
+    init = {"theta": th0}
+    if name != "conditional":
+        init.update(sigma=_f(np.sqrt(fit.sigma2)), tau=_f(np.sqrt(fit.tau2)))
+    if name == "joint":
+        Xi = sol.X + 1e-3 / data.P
+        init["X_columns"] = _f((Xi / Xi.sum(axis=0)).T)
+    return init
+
+
+def model_spec(Y, A, rank: int, model: str, fit=None, theta: str = "free", priors: dict | None = None,
+               n_patterns: int | None = None) -> ModelSpec:
     """Validate the inputs and build the :class:`ModelSpec` for ``model``."""
     model = v.choice(model, "model", MODELS)
     theta = v.choice(theta, "theta", ("free", "nonneg"))
-    data = coerce(Y, A)
+    data = coerce_missing(Y, A)
     rank = check_rank(rank, data.P, data.N)
-    prior = models.resolve_priors(data.Y, rank, priors)
+    stats = pad_patterns(likelihood.statistics(data.Y, data.A), n_patterns)
+    prior = {k: float(x) for k, x in models.resolve_priors(stats, rank, priors).items()}
+    missing = bool(np.isnan(data.Y).any())
+    if missing and model == "conditional":
+        raise ValueError("model='conditional' fixes sigma2 at nmfre's sigma2_used, which needs complete data; "
+                         "use 'conditional_x' or 'joint' with missing values")
     fit = _frequentist_fit(fit, data, rank, theta)
     nonneg = theta == "nonneg"
     sol = fit.solution
-    X = sol.X
-    th0 = np.asarray(sol.theta, float)
-    init = {"theta": np.maximum(th0, 1e-6 * (np.abs(th0).max() or 1.0)) if nonneg else th0}
-    if model != "conditional":
-        init.update(sigma=np.sqrt(fit.sigma2), tau=np.sqrt(fit.tau2))
+    need = not missing and (model == "conditional" or nonneg)
+    cond = conditional_covariance(data.Y, data.A, sol.X, sol.theta, sol.U, fit.lam) if need else None
+    init = _init(model, fit, data, nonneg, None if cond is None else cond.cov_model)
+    pri = {k: _f(x) for k, x in prior.items()}
     if model == "joint":
-        Xi = X + 1e-3 / data.P
-        init["X_columns"] = (Xi / Xi.sum(axis=0)).T
-        return ModelSpec(model, partial(models.joint, nonneg=nonneg, priors=prior), (data.Y, data.A, rank),
-                         init, data, fit, prior)
+        return ModelSpec(model, data, fit, prior, stats, init, (stats, pri), nonneg)
+    X = _f(sol.X)
     if model == "conditional_x":
-        return ModelSpec(model, partial(models.conditional_x, nonneg=nonneg, priors=prior), (data.Y, data.A, X),
-                         init, data, fit, prior)
-    s2 = conditional_covariance(data.Y, data.A, X, sol.theta, sol.U, fit.lam).sigma2_used
-    cprior = {"theta_scale": (priors or {}).get("theta_scale")}
-    fn = partial(models.conditional, nonneg=nonneg, priors=cprior)
-    return ModelSpec(model, fn, (data.Y, data.A, X, s2, s2 / fit.lam), init, data, fit, prior, s2)
+        pri.pop("x_concentration")
+        return ModelSpec(model, data, fit, prior, stats, init, (stats, X, pri), nonneg)
+    s2 = cond.sigma2_used
+    scale = (priors or {}).get("theta_scale")
+    cprior = {} if scale is None else {"theta_scale": _f(scale)}
+    return ModelSpec(model, data, fit, prior, stats, init, (stats, X, _f(s2), _f(s2 / fit.lam), cprior), nonneg,
+                     flat=scale is None, sigma2_fixed=float(s2))
+
+
+def _key(seed):
+    import jax
+
+    if isinstance(seed, int | np.integer) or isinstance(seed, bool):
+        return jax.random.PRNGKey(v.seed_key(seed))
+    return seed
+
+
+class Sampler:
+    """NUTS for one model and data shape, compiled once and reused across data sets.
+
+    A study runner can call :meth:`sample` (or the lighter :meth:`run`) thousands of
+    times: the compiled code depends on the model, Q, P, K, the number of missing-data
+    patterns and the settings below, not on the data values, the prior scales or N, so
+    it is built on the first call and taken from a module-level cache afterwards (also
+    by other ``Sampler`` objects and :func:`sample` with the same settings).
+
+    Parameters
+    ----------
+    model : {"joint", "conditional", "conditional_x"}
+    rank : int
+        Q.
+    n_features : int
+        P.
+    n_units : int, optional
+        N; when given, data with another number of units are refused.
+    n_covariates : int
+        K.
+    theta : {"free", "nonneg"}
+    num_warmup, num_samples, num_chains : int
+    chain_method : {"vectorized", "sequential", "parallel"}, optional
+        Default ``"vectorized"``; see :mod:`bayes.sampling`.
+    target_accept : float
+        NUTS target acceptance probability.
+    mass : {"dense", "diag"}
+        Mass matrix structure; it starts at the Laplace approximation's inverse Hessian.
+    adapt_mass : bool
+        Re-estimate the mass matrix during warm-up (NumPyro's windowed estimates); else
+        keep the Laplace one.
+    simplex : {"folded", "ilr", "stickbreaking"}
+        Unconstrained coordinates of X's columns and of non-negative Theta (see
+        :mod:`bayes.models`); ``"folded"`` (default) turns the boundary of the simplex and
+        of Theta >= 0 into reflections (no divergences where features do not load).
+    jitter : float
+        Chains start at the Laplace mode plus ``jitter`` times a draw from it.
+    max_tree_depth : int
+    n_patterns : int, optional
+        Missing-data patterns the compiled code is built for (default: the next power of
+        two of the data's).
+    """
+
+    def __init__(self, model: str = "joint", rank: int = 1, n_features: int | None = None,
+                 n_units: int | None = None, n_covariates: int = 1, *, theta: str = "free",
+                 num_warmup: int = 1000, num_samples: int = 1000, num_chains: int = 4,
+                 chain_method: str | None = None, target_accept: float = 0.9, mass: str = "dense",
+                 adapt_mass: bool = True, simplex: str = "folded", jitter: float = 1.0,
+                 max_tree_depth: int = 10, n_patterns: int | None = None):
+        model = v.choice(model, "model", MODELS)
+        rank = v.integer(rank, "rank")
+        P = None if n_features is None else v.integer(n_features, "n_features")
+        self.n_units = None if n_units is None else v.integer(n_units, "n_units", minimum=2)
+        K = v.integer(n_covariates, "n_covariates")
+        self.theta = v.choice(theta, "theta", ("free", "nonneg"))
+        chain_method = _chain_method(chain_method, v.integer(num_chains, "num_chains"))
+        v.choice(mass, "mass", MASSES)
+        v.choice(simplex, "simplex", SIMPLEXES)
+        self.n_patterns = None if n_patterns is None else v.integer(n_patterns, "n_patterns")
+        self.adapt_mass = bool(adapt_mass)
+        self._used: set = set()
+        self.settings = compiled.Settings(
+            model, rank, P or 0, K, nonneg=self.theta == "nonneg", simplex=simplex,
+            num_warmup=v.integer(num_warmup, "num_warmup", minimum=0),
+            num_samples=v.integer(num_samples, "num_samples"), num_chains=num_chains, chain_method=chain_method,
+            target_accept=v.open_unit(target_accept, "target_accept"), mass=mass,
+            jitter=float(jitter), max_tree_depth=v.integer(max_tree_depth, "max_tree_depth"))
+
+    @property
+    def compilations(self) -> int:
+        """How many times the compiled code this sampler has used was traced (compiled)."""
+        return sum(compiled.TRACES[s] for s in self._used)
+
+    def spec(self, Y, A=None, *, fit=None, priors: dict | None = None) -> ModelSpec:
+        """Validated inputs (:class:`ModelSpec`) for data ``(Y, A)``."""
+        s = self.settings
+        spec = model_spec(Y, A, s.rank, s.model, fit, self.theta, priors, self.n_patterns)
+        if s.n_features and spec.data.P != s.n_features:
+            raise ValueError(f"Y has {spec.data.P} features; this sampler was built for {s.n_features}")
+        if spec.data.K != s.n_covariates:
+            raise ValueError(f"A has {spec.data.K} covariates; this sampler was built for {s.n_covariates}")
+        if self.n_units is not None and spec.data.N != self.n_units:
+            raise ValueError(f"Y has {spec.data.N} units; this sampler was built for {self.n_units}")
+        return spec
+
+    def settings_for(self, spec: ModelSpec) -> compiled.Settings:
+        """The static settings (cache key) of a run on ``spec``."""
+        return dataclasses.replace(self.settings, n_features=spec.data.P, n_patterns=spec.stats.n_patterns,
+                                   flat=spec.flat, adapt_mass=self.adapt_mass)
+
+    def run(self, Y, A=None, *, fit=None, priors: dict | None = None, seed=0, spec: ModelSpec | None = None):
+        """Sample and return plain arrays: ``(draws, stats, spec)``.
+
+        ``draws``: dict of numpy arrays with leading ``(chain, draw)`` (``theta``, ``sigma``,
+        ``tau``, and ``X`` for the joint model; chains not yet aligned); ``stats``: NUTS
+        statistics (``diverging``, ``n_steps``, ``acceptance_rate``, ``energy``, ``lp``,
+        ``step_size``).
+        """
+        import jax
+
+        spec = self.spec(Y, A, fit=fit, priors=priors) if spec is None else spec
+        s = self.settings_for(spec)
+        self._used.add(s)
+        with jax.enable_x64(True):
+            keys = jax.random.split(_key(seed), s.num_chains)
+            draws, stats = compiled.runner(s)(keys, spec.init, spec.args)
+            draws, stats = jax.device_get((draws, stats))
+        return dict(draws), dict(stats), spec
+
+    def sample(self, Y, A=None, *, fit=None, priors: dict | None = None, seed=0, draw_U: bool = False,
+               posterior_predictive: bool = False, warn: bool = True) -> xr.DataTree:
+        """Sample the posterior of ``(Y, A)``; the DataTree of :func:`bayes.sample`."""
+        import jax
+
+        key = _key(seed)
+        with jax.enable_x64(True):
+            key_mcmc, key_u, key_pp = jax.random.split(key, 3)
+        draws, stats, spec = self.run(Y, A, fit=fit, priors=priors, seed=key_mcmc)
+        dt = to_datatree(spec, self.settings_for(spec), draws, stats, key_u if draw_U else None,
+                         key_pp if posterior_predictive else None)
+        if warn:
+            datatree.warn_diagnostics(dt, stacklevel=3)
+        return dt
+
+    def sample_batch(self, datasets, *, fits=None, priors: dict | None = None, seed=0,
+                     warn: bool = False) -> list[xr.DataTree]:
+        """Sample several data sets of this shape through one vectorised compiled call.
+
+        Parameters
+        ----------
+        datasets : sequence of (Y, A)
+            Data sets with the sampler's P and K (N may differ: only the statistics
+            enter the sampler).
+        fits : sequence of nmfre.NMFREFit, optional
+            One per data set (fitted here when None).
+        priors : dict, optional
+        seed : int or JAX PRNG key
+        warn : bool
+            :class:`SamplingWarning` for each data set whose diagnostics fail.
+
+        Returns
+        -------
+        list of xarray.DataTree
+            As :meth:`sample` would return them (without U or replicated Y).
+        """
+        import jax
+
+        fits = [None] * len(datasets) if fits is None else list(fits)
+        specs = [self.spec(Y, A, fit=f, priors=priors) for (Y, A), f in zip(datasets, fits, strict=True)]
+        B = max(sp.stats.n_patterns for sp in specs)
+        specs = [dataclasses.replace(sp, args=(pad_patterns(sp.stats, B),) + sp.args[1:]) for sp in specs]
+        s = dataclasses.replace(self.settings_for(specs[0]), n_patterns=B)
+        self._used.add(s)
+        stack = lambda *xs: np.stack([np.asarray(x) for x in xs])  # noqa: E731
+        with jax.enable_x64(True):
+            keys = jax.vmap(lambda k: jax.random.split(k, s.num_chains))(jax.random.split(_key(seed), len(specs)))
+            init = jax.tree.map(stack, *[sp.init for sp in specs])
+            args = jax.tree.map(stack, *[sp.args for sp in specs])
+            draws, stats = jax.device_get(compiled.batch_runner(s)(keys, init, args))
+        out = []
+        for i, sp in enumerate(specs):
+            dt = to_datatree(sp, s, {k: x[i] for k, x in draws.items()}, {k: x[i] for k, x in stats.items()})
+            if warn:
+                datatree.warn_diagnostics(dt, stacklevel=3)
+            out.append(dt)
+        return out
+
+    def __repr__(self) -> str:
+        s = self.settings
+        return (f"Sampler(model={s.model!r}, rank={s.rank}, n_features={s.n_features or None}, "
+                f"n_covariates={s.n_covariates}, chains={s.num_chains} x ({s.num_warmup} + {s.num_samples}), "
+                f"chain_method={s.chain_method!r}, compilations={self.compilations})")
+
+
+def _chain_method(chain_method: str | None, num_chains: int) -> str:
+    import jax
+
+    if chain_method is None:
+        return "vectorized"
+    v.choice(chain_method, "chain_method", CHAIN_METHODS)
+    if chain_method == "parallel" and jax.local_device_count() < num_chains:
+        return "sequential"
+    return chain_method
+
+
+def to_datatree(spec: ModelSpec, s: compiled.Settings, draws: dict, stats: dict, key_u=None,
+                key_pp=None) -> xr.DataTree:
+    """The DataTree of a run: posterior (aligned), sample_stats, observed_data and, when a
+    key is given, U and replicated Y."""
+    import jax
+
+    data, fit = spec.data, spec.fit
+    draws, stats = dict(draws), dict(stats)
+    if spec.name == "conditional":  # fixed variances, held constant in the posterior
+        draws["sigma"] = np.sqrt(spec.sigma2_fixed)
+        draws["tau"] = np.sqrt(spec.sigma2_fixed / fit.lam)
+    stats["tree_depth"] = np.floor(np.log2(np.asarray(stats["n_steps"]) + 1)).astype(int)
+    U = None
+    if key_u is not None:
+        rng = np.random.default_rng(np.asarray(jax.random.key_data(key_u)).ravel().tolist())
+        U = lambda post: datatree.draw_u(post, data.Y, data.A, rng)  # noqa: E731
+    yrep = None if key_pp is None else predictive(spec, s, draws, key_pp)
+    attrs = {"model": spec.name, "theta_kind": fit.theta_kind, "nmfre_priors": str(spec.priors),
+             "inference_library": "numpyro", "sampler": "NUTS (bayes.compiled, Laplace warm start)",
+             "sampler_settings": str({k: getattr(s, k) for k in ("num_warmup", "num_samples", "num_chains",
+                                                                 "chain_method", "target_accept", "mass",
+                                                                 "adapt_mass", "simplex")})}
+    return datatree.build(draws, stats, fit, data, spec.name, attrs, U=U, yrep=yrep)
+
+
+def _predictive_fn(s: compiled.Settings):
+    """Jitted replicated-Y draws from the model with ``Y=None`` (cached per settings)."""
+    import jax
+    from numpyro.infer import Predictive
+
+    fn = _PREDICTIVE.get(s)
+    if fn is not None:
+        return fn
+    if s.model == "joint":  # X_columns is a sample site with "ilr" (substituted by the posterior draws)
+        def model(A, priors):
+            models.joint(None, A, s.rank, s.nonneg, priors, n_features=s.n_features, simplex="ilr")
+    elif s.model == "conditional_x":
+        def model(A, X, priors):
+            models.conditional_x(None, A, X, s.nonneg, priors)
+    else:
+        def model(A, X, sigma2, tau2, priors):
+            models.conditional(None, A, X, sigma2, tau2, s.nonneg, None if s.flat else priors)
+
+    def fn(key, samples, A, args):
+        return Predictive(model, posterior_samples=samples, return_sites=["Y"], batch_ndims=2)(key, A, *args)["Y"]
+
+    fn = _PREDICTIVE[s] = jax.jit(fn)
+    return fn
+
+
+def predictive(spec: ModelSpec, s: compiled.Settings, draws: dict, key) -> np.ndarray:
+    """Replicated Y (chain, draw, unit, feature) for every posterior draw."""
+    import jax
+
+    samples = {k: draws[k] for k in ("theta", "sigma", "tau") if k in draws}
+    if "X" in draws:
+        samples["X_columns"] = np.swapaxes(draws["X"], -1, -2)
+    with jax.enable_x64(True):
+        return np.asarray(_predictive_fn(s)(key, samples, spec.data.A, spec.args[1:]))
 
 
 def sample(Y, A=None, rank: int = 1, *, model: str = "joint", fit=None, theta: str = "free",
            priors: dict | None = None, num_warmup: int = 1000, num_samples: int = 1000,
            num_chains: int = 4, seed=0, progress: bool = False, draw_U: bool = False,
            posterior_predictive: bool = False, chain_method: str | None = None,
-           target_accept: float = 0.9) -> xr.DataTree:
+           target_accept: float = 0.9, mass: str = "dense", adapt_mass: bool = True,
+           simplex: str = "folded") -> xr.DataTree:
     """Sample the posterior of NMF-RE with NUTS.
 
     Parameters
     ----------
     Y, A, rank :
-        Data and rank, as for :func:`nmfre.fit` (same coercion and checks).
+        Data and rank, as for :func:`nmfre.fit` (same coercion and checks); ``NaN`` in
+        ``Y`` marks a missing cell (models ``joint`` and ``conditional_x``).
     model : {"joint", "conditional", "conditional_x"}
         See :mod:`bayes.models`. The conditional models fix X at ``fit``'s X-hat;
         ``conditional`` also fixes sigma^2 at the ``sigma2_used`` of nmfre's inference and
         lambda at the fit's, so its flat-prior posterior is N(Theta-hat, I^-1).
     fit : nmfre.NMFREFit, optional
-        The frequentist fit on the same data (fitted here when None). Chains start at it
-        and, for rank > 1, are aligned to it (columns of X matched by Hungarian assignment).
+        The frequentist fit on the same data (fitted here when None; with missing cells,
+        on mean-imputed data). Chains start at it and, for rank > 1, are aligned to it
+        (columns of X matched by Hungarian assignment).
     theta : {"free", "nonneg"}
     priors : dict, optional
         Overrides of :func:`bayes.models.default_priors`.
     num_warmup, num_samples, num_chains : int
     seed : int or JAX PRNG key
     progress : bool
-        NumPyro's progress bar.
+        Accepted for compatibility; the compiled sampler shows no progress bar.
     draw_U : bool
         Add U (component x unit) drawn from its Gaussian conditional for every draw.
     posterior_predictive : bool
         Add a ``posterior_predictive`` group with replicated Y (``numpyro.infer.Predictive``).
-    chain_method : {"parallel", "sequential", "vectorized"}, optional
-        Default "parallel" when JAX has a device per chain (see :func:`bayes.configure`),
-        else "vectorized".
+    chain_method : {"vectorized", "sequential", "parallel"}, optional
+        Default ``"vectorized"``; see :mod:`bayes.sampling`.
     target_accept : float
         NUTS target acceptance probability (higher: smaller steps, fewer divergences).
+    mass, adapt_mass, simplex :
+        Sampler geometry; see :class:`Sampler`.
 
     Returns
     -------
@@ -142,139 +480,10 @@ def sample(Y, A=None, rank: int = 1, *, model: str = "joint", fit=None, theta: s
         coordinates. Warns (:class:`SamplingWarning`) when max r_hat > 1.01, min bulk ESS
         < 400 or there are divergences.
     """
-    import jax
-
-    num_warmup = v.integer(num_warmup, "num_warmup", minimum=0)
-    num_samples = v.integer(num_samples, "num_samples")
-    num_chains = v.integer(num_chains, "num_chains")
-    target_accept = v.open_unit(target_accept, "target_accept")
-    if chain_method is not None:
-        v.choice(chain_method, "chain_method", CHAIN_METHODS)
-    spec = model_spec(Y, A, rank, model, fit, theta, priors)
-    with jax.enable_x64(True):
-        key = jax.random.PRNGKey(v.seed_key(seed)) if isinstance(seed, int | np.integer) else seed
-        key_mcmc, key_u, key_pp = jax.random.split(key, 3)
-        mcmc = _run_nuts(spec, key_mcmc, num_warmup, num_samples, num_chains, chain_method, target_accept, progress)
-        dt = _to_datatree(spec, mcmc, key_u if draw_U else None, key_pp if posterior_predictive else None)
-    _warn_diagnostics(dt)
-    return dt
-
-
-def _run_nuts(spec: ModelSpec, key, num_warmup, num_samples, num_chains, chain_method, target_accept, progress):
-    import jax
-    from numpyro.infer import MCMC, NUTS, init_to_value
-
-    if chain_method is None:
-        chain_method = "parallel" if jax.local_device_count() >= num_chains else "vectorized"
-    kernel = NUTS(spec.fn, init_strategy=init_to_value(values=spec.init), target_accept_prob=target_accept)
-    mcmc = MCMC(kernel, num_warmup=num_warmup, num_samples=num_samples, num_chains=num_chains,
-                chain_method=chain_method, progress_bar=progress)
-    mcmc.run(key, *spec.args)
-    return mcmc
-
-
-def _to_datatree(spec: ModelSpec, mcmc, key_u, key_pp) -> xr.DataTree:
-    """ArviZ DataTree with nmfre's coordinates; fixed quantities added, chains aligned."""
-    import arviz as az
-
-    fit, data = spec.fit, spec.data
-    coords = {**fit.coords}
-    dims = {"theta": ["component", "covariate"], "X": ["feature", "component"], "Y": ["unit", "feature"],
-            "X_columns": ["component", "feature"]}
-    pp = None
-    if key_pp is not None:
-        pp = _predictive(spec, mcmc, key_pp)
-    dt = az.from_numpyro(mcmc, coords=coords, dims=dims, posterior_predictive=pp)
-    post = dt["posterior"].to_dataset()
-    if "X_columns" in post:
-        post = post.drop_vars("X_columns")
-    if spec.name != "joint":
-        post["X"] = fit.X.copy()
-    if spec.name == "conditional":
-        post["sigma"] = xr.full_like(post["theta"].isel(component=0, covariate=0), np.sqrt(spec.sigma2_fixed))
-        post["tau"] = xr.full_like(post["sigma"], np.sqrt(spec.sigma2_fixed / fit.lam))
-    if spec.name == "joint" and fit.shape["Q"] > 1:
-        post = align_chains(post, fit.solution.X)
-    if key_u is not None:
-        post["U"] = _draw_u(post, data, key_u)
-    post.attrs.update({"model": spec.name, "theta_kind": fit.theta_kind, "nmfre_priors": str(spec.priors)})
-    dt["posterior"] = xr.DataTree(post)
-    return dt
-
-
-def _predictive(spec: ModelSpec, mcmc, key) -> dict:
-    """Replicated Y (chain, draw, unit, feature) from the model with ``Y=None``."""
-    from numpyro.infer import Predictive
-
-    samples = mcmc.get_samples(group_by_chain=True)
-    args = (None,) + spec.args[1:]
-    fn = spec.fn
-    if spec.name == "joint":
-        fn = partial(spec.fn, n_features=spec.data.P)
-    out = Predictive(fn, posterior_samples=samples, return_sites=["Y"], batch_ndims=2)(key, *args)
-    return {"Y": np.asarray(out["Y"])}
-
-
-def align_chains(post: xr.Dataset, X_ref: np.ndarray) -> xr.Dataset:
-    """Match each chain's components to the frequentist fit (label switching)."""
-    Xs = post["X"].transpose("chain", "draw", "feature", "component").values.copy()
-    th = post["theta"].transpose("chain", "draw", "component", "covariate").values.copy()
-    perms = []
-    for c in range(Xs.shape[0]):
-        perm, _ = align_components(X_ref, Xs[c].mean(axis=0))
-        Xs[c] = Xs[c][..., perm]
-        th[c] = th[c][:, perm, :]
-        perms.append(perm.tolist())
-    post = post.copy()
-    post["X"] = (("chain", "draw", "feature", "component"), Xs)
-    post["theta"] = (("chain", "draw", "component", "covariate"), th)
-    post.attrs["chain_permutations"] = str(perms)
-    return post
-
-
-def _draw_u(post, data: Data, key):
-    import jax
-
-    X = post["X"]
-    if "chain" not in X.dims:
-        X = X.broadcast_like(post["theta"].isel(component=0, covariate=0, drop=True))
-    X = X.transpose("chain", "draw", "feature", "component").values
-    th = post["theta"].transpose("chain", "draw", "component", "covariate").values
-    s2 = (post["sigma"] ** 2).transpose("chain", "draw").values
-    t2 = (post["tau"] ** 2).transpose("chain", "draw").values
-    C, D, _, Q = X.shape
-    z = np.asarray(jax.random.normal(key, (C, D, Q, data.N)))
-    U = np.empty((C, D, Q, data.N))
-    for c in range(C):
-        for d in range(D):
-            mean, cov = models.u_conditional(data.Y, data.A, X[c, d], th[c, d], s2[c, d], t2[c, d])
-            U[c, d] = mean + np.linalg.cholesky(cov) @ z[c, d]
-    return xr.DataArray(U, dims=("chain", "draw", "component", "unit"),
-                        coords={"component": post["component"].values, "unit": data.units})
-
-
-def diagnostics(dt: xr.DataTree, var_names=("theta", "sigma", "tau")) -> dict:
-    """Max r_hat, min bulk ESS over ``var_names`` and the number of divergences."""
-    import arviz as az
-
-    names = [name for name in var_names if name in dt["posterior"].data_vars
-             and dt["posterior"][name].std() > 0]
-    with warnings.catch_warnings():  # arviz divides by zero for coordinates held constant
-        warnings.simplefilter("ignore", RuntimeWarning)
-        s = az.summary(dt, var_names=names, ci_prob=0.95, ci_kind="eti")
-    div = int(dt["sample_stats"]["diverging"].sum()) if "diverging" in dt["sample_stats"] else 0
-    return {"max_r_hat": float(np.nanmax(s["r_hat"].astype(float))),
-            "min_ess_bulk": float(np.nanmin(s["ess_bulk"].astype(float))), "divergences": div}
-
-
-def _warn_diagnostics(dt):
-    d = diagnostics(dt)
-    problems = []
-    if d["max_r_hat"] > 1.01:
-        problems.append(f"max r_hat {d['max_r_hat']:.3f} > 1.01")
-    if d["min_ess_bulk"] < 400:
-        problems.append(f"min bulk ESS {d['min_ess_bulk']:.0f} < 400")
-    if d["divergences"]:
-        problems.append(f"{d['divergences']} divergent transitions")
-    if problems:
-        warnings.warn("sampler diagnostics: " + "; ".join(problems), SamplingWarning, stacklevel=3)
+    del progress
+    data = coerce_missing(Y, A)
+    sampler = Sampler(model, rank, data.P, None, data.K, theta=theta, num_warmup=num_warmup,
+                      num_samples=num_samples, num_chains=num_chains, chain_method=chain_method,
+                      target_accept=target_accept, mass=mass, adapt_mass=adapt_mass, simplex=simplex)
+    return sampler.sample(Y, A, fit=fit, priors=priors, seed=seed, draw_U=draw_U,
+                          posterior_predictive=posterior_predictive)

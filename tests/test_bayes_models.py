@@ -3,6 +3,7 @@
 import jax
 import numpy as np
 import pytest
+from helpers import rank2
 from numpyro.infer import Predictive
 from numpyro.infer.util import log_density
 
@@ -74,3 +75,125 @@ def test_u_conditional_is_the_blup(ml_fit, data):
     mean, cov = bayes.u_conditional(Y, A, ml_fit.X.values, ml_fit.theta.values, ml_fit.sigma2, ml_fit.tau2)
     np.testing.assert_allclose(mean, ml_fit.U.values, rtol=1e-10)
     assert cov.shape == (1, 1) and cov[0, 0] > 0
+
+
+def _random_params(rng, P, Q, K, simplex="ilr", nonneg=False):
+    theta = rng.uniform(5, 50, (Q, K)) if nonneg else rng.normal(30, 20, (Q, K))
+    params = {"sigma": rng.uniform(0.5, 3.0), "tau": rng.uniform(1.0, 10.0)}
+    if simplex == "folded":
+        params["X_raw"] = rng.normal(0, 1, (Q, P)) * rng.uniform(0.5, 2.0)
+        params["theta_raw" if nonneg else "theta"] = theta * (rng.choice([-1, 1], theta.shape) if nonneg else 1)
+    else:
+        params["X_columns"] = rng.dirichlet(np.ones(P), Q)
+        params["theta"] = theta
+    return params
+
+
+@pytest.mark.parametrize("simplex", ["ilr", "stickbreaking", "folded"])
+@pytest.mark.parametrize("nonneg", [False, True])
+def test_compressed_likelihood_equals_lowrank_normal_joint(simplex, nonneg):
+    """The joint model's likelihood on G = YY', YA', AA' (numpyro.factor) equals the
+    LowRankMultivariateNormal over the units (the Y=None model conditioned on Y) to 1e-10."""
+    from numpyro import handlers
+
+    rng = np.random.default_rng(7)
+    Y, A, _, _ = rank2(3, N=60)
+    P = Y.shape[0]
+    priors = bayes.default_priors(Y, 2)
+    kw = {"priors": priors, "simplex": simplex, "nonneg": nonneg}
+    with jax.enable_x64(True):
+        for _ in range(4):
+            params = _random_params(rng, P, 2, 2, simplex, nonneg)
+            a, _ = log_density(models.joint, (Y, A, 2), kw, params)
+            b, _ = log_density(handlers.condition(models.joint, {"Y": Y.T}), (None, A, 2), {**kw, "n_features": P},
+                               params)
+            assert abs(float(a) - float(b)) <= 1e-10 * abs(float(b))
+
+
+@pytest.mark.parametrize("model", ["conditional_x", "conditional"])
+def test_compressed_likelihood_equals_lowrank_normal_conditional(model, data):
+    from numpyro import handlers
+
+    Y, A = data
+    rng = np.random.default_rng(3)
+    X = rng.dirichlet(np.ones(4), 1).T
+    with jax.enable_x64(True):
+        for _ in range(4):
+            params = {"theta": rng.normal(50, 20, (1, 2))}
+            if model == "conditional_x":
+                params.update(sigma=rng.uniform(0.5, 3), tau=rng.uniform(1, 10))
+                args, kw = (A, X), {"priors": bayes.default_priors(Y, 1)}
+            else:
+                args, kw = (A, X, rng.uniform(0.5, 3), rng.uniform(1, 50)), {"priors": {"theta_scale": 100.0}}
+            fn = getattr(models, model)
+            a, _ = log_density(fn, (Y,) + args, kw, params)
+            b, _ = log_density(handlers.condition(fn, {"Y": Y.T}), (None,) + args, kw, params)
+            assert abs(float(a) - float(b)) <= 1e-10 * abs(float(b))
+
+
+def test_missing_values_likelihood_matches_per_unit_densities():
+    """NaN = missing: units sharing a pattern share statistics; the log-likelihood equals
+    the sum over units of the observed rows' normal densities (scipy) to 1e-10."""
+    from scipy.stats import multivariate_normal
+
+    rng = np.random.default_rng(11)
+    Y, A, _, _ = rank2(5, N=80)
+    Y[rng.random(Y.shape) < 0.15] = np.nan
+    Y[:, 7] = np.nan  # a unit with nothing observed drops out
+    X = rng.dirichlet(np.ones(Y.shape[0]), 2).T
+    theta, s2, t2 = rng.normal(20, 5, (2, 2)), 0.7, 3.0
+    ref = 0.0
+    for n in range(Y.shape[1]):
+        o = ~np.isnan(Y[:, n])
+        if o.any():
+            cov = s2 * np.eye(o.sum()) + t2 * X[o] @ X[o].T
+            ref += multivariate_normal(X[o] @ theta @ A[:, n], cov).logpdf(Y[o, n])
+    stats = bayes.statistics(Y, A)
+    assert 1 < stats.n_patterns < Y.shape[1] and stats.n.sum() == Y.shape[1] - 1
+    with jax.enable_x64(True):
+        direct = float(bayes.likelihood.loglik(stats, X, theta, s2, t2))
+        via_model, _ = log_density(models.conditional, (Y, A, X, s2, t2), {}, {"theta": theta})  # flat prior
+    assert abs(direct - ref) <= 1e-10 * abs(ref)
+    assert abs(float(via_model) - ref) <= 1e-10 * abs(ref)
+
+
+def test_statistics_do_not_depend_on_the_number_of_units(data):
+    Y, A = data
+    s1, s2 = bayes.statistics(Y, A), bayes.statistics(np.hstack([Y, Y]), np.hstack([A, A]))
+    assert all(np.shape(a) == np.shape(b) for a, b in zip(s1, s2, strict=True))
+    np.testing.assert_allclose(s2.G, 2 * s1.G)
+    with jax.enable_x64(True):
+        assert float(bayes.likelihood.loglik(bayes.sampling.pad_patterns(s1, 4), np.full((4, 1), 0.25),
+                                             np.array([[90.0, 9.0]]), 2.0, 40.0)) == pytest.approx(
+            float(bayes.likelihood.loglik(s1, np.full((4, 1), 0.25), np.array([[90.0, 9.0]]), 2.0, 40.0)), rel=1e-14)
+
+
+def test_ilr_transform_jacobian_and_inverse():
+    from bayes.simplex import ILRTransform
+
+    t = ILRTransform()
+    z = np.array([0.3, -1.2, 0.8, 2.0])
+    with jax.enable_x64(True):
+        x = t(z)
+        J = jax.jacfwd(lambda u: t(u)[:-1])(z)  # density convention: first P-1 coordinates
+        assert float(t.log_abs_det_jacobian(z, x)) == pytest.approx(np.linalg.slogdet(np.asarray(J))[1], rel=1e-12)
+        np.testing.assert_allclose(t.inv(x), z, rtol=1e-12)
+        assert float(x.sum()) == pytest.approx(1.0, abs=1e-14)
+
+
+def test_folded_dirichlet_columns_are_dirichlet():
+    """|w| / sum|w| ~ Dirichlet(alpha) and the density is Dir(x) LogNormal(G) / (G^(P-1) 2^P)."""
+    from scipy.stats import dirichlet, lognorm
+
+    from bayes.simplex import FoldedDirichlet
+
+    alpha = np.array([1.0, 2.0, 0.7, 1.5])
+    with jax.enable_x64(True):
+        d = FoldedDirichlet(alpha)
+        w = np.asarray(d.sample(jax.random.PRNGKey(0), (40000,)))
+        lp = np.asarray(d.log_prob(w[:5]))
+    x = np.abs(w) / np.abs(w).sum(axis=1, keepdims=True)
+    np.testing.assert_allclose(x.mean(axis=0), alpha / alpha.sum(), atol=0.005)
+    G = np.abs(w[:5]).sum(axis=1)
+    ref = (dirichlet(alpha).logpdf(x[:5].T) + lognorm(0.05, scale=4.0).logpdf(G) - 3 * np.log(G) - 4 * np.log(2))
+    np.testing.assert_allclose(lp, ref, rtol=1e-10)

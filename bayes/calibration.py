@@ -1,0 +1,299 @@
+"""Simulation-based calibration (Talts et al. 2018) of the models, with a test that has power.
+
+Each replicate draws parameters from the prior, simulates data, samples the posterior with
+the compiled sampler (:mod:`bayes.compiled`: one compilation for all replicates) and
+records the rank of every true value among ``L`` thinned posterior draws; when the
+posterior is right, every rank is uniform on ``0..L``.
+
+The quantities ranked are the scalar parameters (Theta's entries, sigma, tau) and a
+data-dependent one, the log-likelihood ``log p(y | theta)`` (Modrak et al. 2023): a
+posterior that is too narrow puts the truth among its lowest log-likelihoods whatever the
+direction, so this rank detects over- and under-dispersion that the marginal ranks spread
+thinly over several parameters. For each quantity two exact binomial tests (two-sided):
+location (ranks in the lower half, probability 1/2) and dispersion (ranks in the outer
+fifth, the lowest and highest tenth, probability 1/5). The calibration test rejects when
+the smallest of the ``m`` p-values is below ``alpha / m`` (Bonferroni: the false-alarm
+rate is at most ``alpha`` whatever the dependence between quantities). :func:`power`
+estimates the rejection rates of this test by simulating ranks directly (no MCMC).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+from scipy.stats import binom, chisquare
+
+from nmfre import validation as v
+
+from . import compiled, likelihood
+
+__all__ = ["SBCResult", "binom_two_sided", "calibration_tests", "plot_sbc", "sbc", "sbc_power"]
+
+DEFAULT_PRIORS = {"x_concentration": 1.0, "theta_scale": 10.0, "sigma_scale": 1.0, "tau_scale": 4.0}
+
+
+@dataclass
+class SBCResult:
+    """Ranks of the true values among ``L`` posterior draws, one row per replicate.
+
+    Attributes
+    ----------
+    ranks : xarray.DataArray (replicate, quantity)
+    L : int
+        Posterior draws per replicate (ranks lie in ``0..L``).
+    tests : pandas.DataFrame
+        One row per quantity: ``p_location``, ``p_dispersion`` (exact binomial, two-sided),
+        ``p_chisq`` (10 bins, for reference).
+    p_value : float
+        Bonferroni-combined p-value ``min(1, m min p)`` over the location and dispersion tests.
+    divergences : numpy.ndarray
+        Divergent transitions per replicate.
+    settings : dict
+    """
+
+    ranks: xr.DataArray
+    L: int
+    tests: pd.DataFrame
+    p_value: float
+    divergences: np.ndarray
+    settings: dict = field(default_factory=dict)
+
+    def reject(self, alpha: float = 0.01) -> bool:
+        """True when the calibration test rejects at level ``alpha``."""
+        return self.p_value < alpha
+
+    def plot(self, bins: int = 10):
+        """Rank histograms with a 99% band for uniform ranks (:func:`plot_sbc`)."""
+        return plot_sbc(self, bins=bins)
+
+
+def binom_two_sided(k, n: int, p: float) -> np.ndarray:
+    """Exact two-sided binomial p-values of counts ``k`` (vectorised; the sum of the
+    probabilities of outcomes no more likely than ``k``, as :func:`scipy.stats.binomtest`)."""
+    pmf = binom.pmf(np.arange(n + 1), n, p)
+    k = np.asarray(k, dtype=int)
+    return np.minimum(1.0, np.sum(np.where(pmf[None, :] <= pmf[k][..., None] * (1 + 1e-7), pmf[None, :], 0.0),
+                                  axis=-1))
+
+
+def calibration_tests(ranks: np.ndarray, L: int, names=None) -> tuple[pd.DataFrame, float]:
+    """Location and dispersion tests of ranks (replicate x quantity) in ``0..L``.
+
+    ``L + 1`` should be divisible by 10 so that the outer tenths hold exactly 1/5 of the
+    possible ranks. Returns the per-quantity table and the Bonferroni-combined p-value.
+    """
+    p_loc, p_disp, outer = _tests(ranks, L)
+    ranks = np.asarray(ranks, dtype=int)
+    d = ranks.shape[1]
+    counts = np.stack([np.bincount(ranks[:, j] * 10 // (L + 1), minlength=10) for j in range(d)])
+    tests = pd.DataFrame({"p_location": p_loc, "p_dispersion": p_disp, "p_chisq": chisquare(counts, axis=1).pvalue,
+                          "outer_fraction": outer},
+                         index=pd.Index(list(names) if names is not None else range(d), name="quantity"))
+    return tests, min(1.0, 2 * d * float(min(p_loc.min(), p_disp.min())))
+
+
+def _tests(ranks, L: int):
+    """Location and dispersion p-values per column of ``ranks`` (n x d), and the outer fraction."""
+    ranks = np.asarray(ranks, dtype=int)
+    n = ranks.shape[0]
+    if (L + 1) % 10:
+        raise ValueError(f"L + 1 must be a multiple of 10, got L = {L}")
+    tenth = (L + 1) // 10
+    low = np.sum(ranks < (L + 1) // 2, axis=0)
+    outer = np.sum((ranks < tenth) | (ranks >= L + 1 - tenth), axis=0)
+    return binom_two_sided(low, n, 0.5), binom_two_sided(outer, n, 0.2), outer / n
+
+
+def sbc_power(n_replicates: int, L: int, n_params: int, *, narrowing: float = 2.0, alpha: float = 0.01,
+          n_sim: int = 2000, seed=0) -> dict:
+    """Rejection rates of the calibration test, by simulating ranks (no MCMC).
+
+    Model: each replicate's posterior is ``N(0, I)`` in ``n_params`` standardised
+    parameters and the truth is a draw from it; the sampler's ``L`` draws are independent
+    from ``N(0, I / narrowing^2)`` (``narrowing = 1``: calibrated). Ranked quantities: the
+    ``n_params`` coordinates and the log-likelihood ``-|theta|^2 / 2`` (flat prior).
+
+    Returns
+    -------
+    dict
+        ``false_alarm`` (rate with ``narrowing = 1``), ``power`` (rate at ``narrowing``),
+        and their Monte Carlo standard errors.
+    """
+    rng = v.rng(seed)
+    out = {}
+    for label, k in (("false_alarm", 1.0), ("power", float(narrowing))):
+        rejections = 0
+        for _ in range(int(n_sim)):
+            truth = rng.standard_normal((n_replicates, n_params))
+            draws = rng.standard_normal((n_replicates, L, n_params)) / k
+            ranks = np.concatenate([(draws < truth[:, None, :]).sum(axis=1),
+                                    ((draws**2).sum(axis=2) > (truth**2).sum(axis=1)[:, None]).sum(axis=1)[:, None]],
+                                   axis=1)
+            p_loc, p_disp, _ = _tests(ranks, L)
+            rejections += 2 * ranks.shape[1] * min(p_loc.min(), p_disp.min()) < alpha
+        rate = rejections / n_sim
+        out[label] = rate
+        out[f"{label}_se"] = float(np.sqrt(max(rate * (1 - rate), 1.0 / n_sim) / n_sim))
+    return out
+
+
+def _prior_draw(rng, model: str, P: int, Q: int, K: int, priors: dict, X_fixed):
+    X = X_fixed if model == "conditional_x" else rng.dirichlet(np.full(P, priors["x_concentration"]), Q).T
+    theta = rng.normal(0.0, priors["theta_scale"], (Q, K))
+    sigma = abs(rng.normal(0.0, priors["sigma_scale"]))
+    tau = abs(rng.normal(0.0, priors["tau_scale"]))
+    return X, theta, sigma, tau
+
+
+def _start(model: str, Y, A, rank: int, X):
+    """Starting values from nmfre's ML fit (the joint model's X from the fit)."""
+    import warnings
+
+    import nmfre
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fit = nmfre.fit(Y, A, rank=rank, n_init=1)
+    init = {"theta": np.asarray(fit.theta.values, float), "sigma": np.asarray(np.sqrt(fit.sigma2), float),
+            "tau": np.asarray(np.sqrt(max(fit.tau2, 1e-6)), float)}
+    if model == "joint":
+        Xi = fit.X.values + 1e-3 / Y.shape[0]
+        init["X_columns"] = (Xi / Xi.sum(axis=0)).T
+    else:
+        init["theta"] = np.linalg.lstsq(X, Y @ np.linalg.pinv(A), rcond=None)[0]
+    return init
+
+
+def _loglik(stats, X, theta, sigma, tau):
+    import jax
+
+    f = jax.vmap(lambda x, t, s, u: likelihood.loglik(stats, x, t, s**2, u**2))
+    return np.asarray(f(X, theta, sigma, tau))
+
+
+def _replicate(s: compiled.Settings, rng, key, A, priors, X_fixed, thin: int):
+    """One SBC replicate: ranks of (theta..., sigma, tau, loglik) and the divergences."""
+    import jax
+
+    P, Q, K = s.n_features, s.rank, s.n_covariates
+    X, theta, sigma, tau = _prior_draw(rng, s.model, P, Q, K, priors, X_fixed)
+    N = A.shape[1]
+    Y = X @ (theta @ A + rng.normal(0.0, tau, (Q, N))) + rng.normal(0.0, sigma, (P, N))
+    stats = likelihood.statistics(Y, A)
+    pri = {k: np.asarray(x, float) for k, x in priors.items()}
+    if s.model == "joint":
+        args = (stats, pri)
+    else:
+        pri.pop("x_concentration", None)
+        args = (stats, np.asarray(X, float), pri)
+    draws, st = compiled.runner(s)(jax.random.split(key, s.num_chains), _start(s.model, Y, A, Q, X), args)
+    draws = {k: np.asarray(x).reshape((-1,) + np.shape(x)[2:])[::thin] for k, x in draws.items()}
+    Xd = draws["X"] if "X" in draws else np.broadcast_to(X, (len(draws["theta"]),) + X.shape)
+    ll = _loglik(stats, Xd, draws["theta"], draws["sigma"], draws["tau"])
+    ll_true = _loglik(stats, X[None], theta[None], np.array([sigma]), np.array([tau]))[0]
+    values = np.column_stack([draws["theta"].reshape(len(ll), -1), draws["sigma"], draws["tau"], ll])
+    truth = np.concatenate([theta.ravel(), [sigma, tau, ll_true]])
+    return (values < truth).sum(axis=0), int(np.asarray(st["diverging"]).sum())
+
+
+def sbc(n_replicates: int = 200, *, model: str = "joint", n_features: int = 4, n_units: int = 30, rank: int = 1,
+        A=None, priors: dict | None = None, L: int = 99, num_warmup: int = 300, num_chains: int = 2,
+        thin: int = 4, chain_method: str = "vectorized", simplex: str = "folded", X=None, seed=0) -> SBCResult:
+    """Simulation-based calibration of ``model`` (``"joint"`` or ``"conditional_x"``).
+
+    Parameters
+    ----------
+    n_replicates : int
+    model : {"joint", "conditional_x"}
+    n_features, n_units, rank : int
+        P, N, Q of the simulated data sets.
+    A : array (K, N), optional
+        Covariates (default: intercept and a Bernoulli(1/2) dummy, drawn once).
+    priors : dict, optional
+        Fixed prior scales (default :data:`DEFAULT_PRIORS`); data are drawn from them.
+    L : int
+        Posterior draws kept per replicate (thinned by ``thin``); ``L + 1`` a multiple of 10.
+    num_warmup, num_chains, thin : int
+        Sampler settings: ``num_chains * num_samples = L * thin`` draws before thinning.
+    chain_method, simplex : str
+        As for :class:`bayes.Sampler`.
+    X : array (P, Q), optional
+        The fixed basis of ``conditional_x`` (default: columns drawn once from the prior).
+    seed : int
+
+    Returns
+    -------
+    SBCResult
+    """
+    import jax
+
+    model = v.choice(model, "model", ("joint", "conditional_x"))
+    rng = v.rng(seed)
+    priors = {**DEFAULT_PRIORS, **(priors or {})}
+    if A is None:
+        A = np.vstack([np.ones(n_units), rng.binomial(1, 0.5, n_units)]).astype(float)
+    A = np.asarray(A, float)
+    if model == "conditional_x" and X is None:
+        X = rng.dirichlet(np.full(n_features, priors["x_concentration"]), rank).T
+    total = L * thin
+    if total % num_chains:
+        raise ValueError("L * thin must be a multiple of num_chains")
+    s = compiled.Settings(model, rank, n_features, A.shape[0], simplex=simplex, num_warmup=num_warmup,
+                          num_samples=total // num_chains, num_chains=num_chains, chain_method=chain_method,
+                          target_accept=0.9, mass="dense", adapt_mass=True)
+    ranks, div = [], []
+    with jax.enable_x64(True):
+        keys = jax.random.split(jax.random.PRNGKey(v.seed_key(seed)), n_replicates)
+        for r in range(n_replicates):
+            rk, d = _replicate(s, rng, keys[r], A, priors, X, thin)
+            ranks.append(rk)
+            div.append(d)
+    names = [f"theta[{q},{k}]" for q in range(rank) for k in range(A.shape[0])] + ["sigma", "tau", "loglik"]
+    ranks = np.array(ranks)
+    tests, p = calibration_tests(ranks, L, names)
+    da = xr.DataArray(ranks, dims=("replicate", "quantity"), coords={"quantity": names})
+    return SBCResult(da, L, tests, p, np.array(div),
+                     {"model": model, "P": n_features, "N": A.shape[1], "rank": rank, "priors": priors,
+                      "num_warmup": num_warmup, "num_chains": num_chains, "thin": thin, "simplex": simplex})
+
+
+def plot_sbc(result: SBCResult, bins: int = 10):
+    """Rank histograms, one panel per quantity, with the 99% band of a uniform histogram.
+
+    Parameters
+    ----------
+    result : SBCResult
+    bins : int
+        Bins over ``0..L`` (``L + 1`` should be a multiple of ``bins``).
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    import matplotlib.pyplot as plt
+    from scipy.stats import binom
+
+    ranks = result.ranks
+    names = list(ranks["quantity"].values)
+    n = ranks.sizes["replicate"]
+    cols = min(4, len(names))
+    rows = -(-len(names) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.6 * rows), squeeze=False)
+    lo, hi = binom.ppf([0.005, 0.995], n, 1.0 / bins)
+    for ax, name in zip(axes.ravel(), names, strict=False):
+        counts = np.bincount(ranks.sel(quantity=name).values * bins // (result.L + 1), minlength=bins)
+        ax.axhspan(lo, hi, color="0.85", zorder=0)
+        ax.axhline(n / bins, color="0.5", lw=0.8)
+        ax.bar(np.arange(bins), counts, width=0.9, color="C0")
+        p = result.tests.loc[name, ["p_location", "p_dispersion"]].min()
+        ax.set_title(f"{name} (min p {p:.2g})", fontsize=9)
+        ax.set_xticks([])
+    for ax in axes.ravel()[len(names):]:
+        ax.set_visible(False)
+    fig.suptitle(f"SBC of {result.settings.get('model')}: {n} replicates, L = {result.L}; "
+                 f"combined p = {result.p_value:.3g}", fontsize=10)
+    fig.tight_layout()
+    return fig

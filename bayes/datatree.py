@@ -1,0 +1,176 @@
+"""Posterior draws as an ArviZ ``xarray.DataTree`` with nmfre's coordinates, plus the
+sampler diagnostics and the draws that follow the posterior (U, replicated Y).
+
+Built directly with xarray (no ``az.from_numpyro``: the compiled sampler has no MCMC
+object). Groups: ``posterior``, ``sample_stats``, ``observed_data`` and, when asked,
+``posterior_predictive``.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import xarray as xr
+
+from nmfre.core.bootstrap import align_components
+
+__all__ = ["SamplingWarning", "align_chains", "build", "diagnostics", "draw_u", "warn_diagnostics"]
+
+THRESHOLDS = {"max_r_hat": 1.01, "min_ess_bulk": 400}
+
+
+class SamplingWarning(UserWarning):
+    """The sampler's diagnostics fail a threshold (r_hat > 1.01, bulk ESS < 400, divergences)."""
+
+
+def _posterior_dataset(draws: dict, fit, model: str) -> xr.Dataset:
+    C, D = np.shape(draws["theta"])[:2]
+    coords = {"chain": np.arange(C), "draw": np.arange(D), "component": fit.coords["component"],
+              "covariate": fit.coords["covariate"]}
+    post = xr.Dataset({"theta": (("chain", "draw", "component", "covariate"), np.asarray(draws["theta"]))},
+                      coords=coords)
+    if "X" in draws:
+        post["X"] = (("chain", "draw", "feature", "component"), np.asarray(draws["X"]))
+        post = post.assign_coords(feature=fit.coords["feature"])
+    else:
+        post["X"] = fit.X.copy()
+    for name in ("sigma", "tau"):
+        post[name] = (("chain", "draw"), np.broadcast_to(np.asarray(draws[name], float), (C, D)).copy())
+    return post
+
+
+def build(draws: dict, stats: dict | None, fit, data, model: str, attrs: dict, *, U=None, yrep=None) -> xr.DataTree:
+    """The DataTree of one posterior (draws: arrays with leading ``(chain, draw)``).
+
+    ``fit`` supplies the coordinates (and X for the conditional models); for the joint
+    model with rank > 1 every chain is aligned to ``fit``'s components.
+    """
+    post = _posterior_dataset(draws, fit, model)
+    if model == "joint" and fit.shape["Q"] > 1:
+        post = align_chains(post, fit.solution.X)
+    if U is not None:
+        post["U"] = xr.DataArray(U(post) if callable(U) else U, dims=("chain", "draw", "component", "unit"),
+                                 coords={"component": post["component"].values, "unit": data.units})
+    post.attrs.update(attrs)
+    groups = {"posterior": post,
+              "observed_data": xr.Dataset({"Y": (("unit", "feature"), np.asarray(data.Y).T)},
+                                          coords={"unit": data.units, "feature": data.features})}
+    if stats is not None:
+        groups["sample_stats"] = xr.Dataset({k: (("chain", "draw"), np.asarray(v)) for k, v in stats.items()},
+                                            coords={"chain": post["chain"], "draw": post["draw"]})
+    if yrep is not None:
+        groups["posterior_predictive"] = xr.Dataset(
+            {"Y": (("chain", "draw", "unit", "feature"), np.asarray(yrep))},
+            coords={"chain": post["chain"], "draw": post["draw"], "unit": data.units, "feature": data.features})
+    return xr.DataTree.from_dict(groups)
+
+
+def align_chains(post: xr.Dataset, X_ref: np.ndarray) -> xr.Dataset:
+    """Match each chain's components to the frequentist fit (label switching).
+
+    Parameters
+    ----------
+    post : xarray.Dataset
+        Posterior with ``X`` (chain, draw, feature, component) and ``theta``.
+    X_ref : array (P, Q)
+        The reference basis.
+
+    Returns
+    -------
+    xarray.Dataset
+        A copy with every chain's components permuted (``attrs["chain_permutations"]``).
+    """
+    Xs = post["X"].transpose("chain", "draw", "feature", "component").values.copy()
+    th = post["theta"].transpose("chain", "draw", "component", "covariate").values.copy()
+    perms = []
+    for c in range(Xs.shape[0]):
+        perm, _ = align_components(X_ref, Xs[c].mean(axis=0))
+        Xs[c] = Xs[c][..., perm]
+        th[c] = th[c][:, perm, :]
+        perms.append(perm.tolist())
+    post = post.copy()
+    post["X"] = (("chain", "draw", "feature", "component"), Xs)
+    post["theta"] = (("chain", "draw", "component", "covariate"), th)
+    post.attrs["chain_permutations"] = str(perms)
+    return post
+
+
+def draw_u(post: xr.Dataset, Y: np.ndarray, A: np.ndarray, rng) -> np.ndarray:
+    """U (chain, draw, component, unit) from its Gaussian conditional for every draw.
+
+    Unit ``n`` with observed rows ``O``: mean ``M_O^-1 X_O'(y_O - X_O Theta a_n)`` and
+    covariance ``sigma^2 M_O^-1``, ``M_O = X_O'X_O + lambda I`` (one batch of draws per
+    pattern of observed features).
+    """
+    th = post["theta"].transpose("chain", "draw", "component", "covariate").values
+    C, D, Q, _ = th.shape
+    X = post["X"]
+    X = (X.transpose("chain", "draw", "feature", "component").values if "chain" in X.dims
+         else np.broadcast_to(X.transpose("feature", "component").values, (C, D) + X.shape))
+    s2 = (post["sigma"] ** 2).transpose("chain", "draw").values[..., None, None]
+    lam = s2 / (post["tau"] ** 2).transpose("chain", "draw").values[..., None, None]
+    obs = ~np.isnan(Y)
+    patterns, inverse = np.unique(obs.T, axis=0, return_inverse=True)
+    U = np.empty((C, D, Q, Y.shape[1]))
+    z = rng.standard_normal(U.shape)
+    for b, pat in enumerate(patterns):
+        units = np.flatnonzero(inverse.ravel() == b)
+        Xo = X * pat[:, None]
+        M = np.swapaxes(Xo, -1, -2) @ Xo + lam * np.eye(Q)
+        R = np.where(pat[:, None], np.nan_to_num(Y[:, units]), 0.0) - Xo @ th @ A[:, units]
+        mean = np.linalg.solve(M, np.swapaxes(Xo, -1, -2) @ R)
+        L = np.linalg.cholesky(s2 * np.linalg.inv(M))
+        U[..., units] = mean + L @ z[..., units]
+    return U
+
+
+def diagnostics(dt: xr.DataTree, var_names=("theta", "sigma", "tau")) -> dict:
+    """Max r_hat (rank-normalised split), min bulk ESS over ``var_names`` and the number
+    of divergences (ArviZ's array functions: the same numbers as ``az.summary``).
+
+    Parameters
+    ----------
+    dt : xarray.DataTree
+        From :func:`bayes.sample` or :func:`bayes.fit_vi`.
+    var_names : sequence of str
+        Variables to check; those held constant (fixed in the model) are skipped.
+
+    Returns
+    -------
+    dict
+        ``max_r_hat``, ``min_ess_bulk``, ``divergences``.
+    """
+    from arviz_stats.base import array_stats
+
+    post = dt["posterior"]
+    arrays = []
+    for name in var_names:
+        if name in post.data_vars and "chain" in post[name].dims and float(post[name].std()) > 0:
+            da = post[name].transpose("chain", "draw", ...)
+            arrays.append(da.values.reshape(da.shape[0], da.shape[1], -1))
+    a = np.concatenate(arrays, axis=2)
+    a = a[..., a.std(axis=(0, 1)) > 0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        rhat = array_stats.rhat(a, chain_axis=0, draw_axis=1)
+        ess = array_stats.ess(a, chain_axis=0, draw_axis=1, method="bulk")
+    div = 0
+    if "sample_stats" in dt.children and "diverging" in dt["sample_stats"]:
+        div = int(dt["sample_stats"]["diverging"].sum())
+    return {"max_r_hat": float(np.nanmax(rhat)), "min_ess_bulk": float(np.nanmin(ess)), "divergences": div}
+
+
+def warn_diagnostics(dt: xr.DataTree, stacklevel: int = 3) -> dict:
+    """:func:`diagnostics`, with a :class:`SamplingWarning` when a threshold fails."""
+    d = diagnostics(dt)
+    problems = []
+    if d["max_r_hat"] > THRESHOLDS["max_r_hat"]:
+        problems.append(f"max r_hat {d['max_r_hat']:.3f} > 1.01")
+    if d["min_ess_bulk"] < THRESHOLDS["min_ess_bulk"]:
+        problems.append(f"min bulk ESS {d['min_ess_bulk']:.0f} < 400")
+    if d["divergences"]:
+        problems.append(f"{d['divergences']} divergent transitions")
+    if problems:
+        warnings.warn("sampler diagnostics: " + "; ".join(problems), SamplingWarning, stacklevel=stacklevel)
+    return d

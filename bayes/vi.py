@@ -1,0 +1,212 @@
+"""``bayes.fit_vi``: the variational twin of :func:`bayes.sample` (NumPyro SVI, an AutoGuide).
+
+The guide is a Gaussian in the model's unconstrained coordinates: ``"lowrank"``
+(:class:`~numpyro.infer.autoguide.AutoLowRankMultivariateNormal`), ``"full"``
+(:class:`~numpyro.infer.autoguide.AutoMultivariateNormal`) or ``"diag"``
+(:class:`~numpyro.infer.autoguide.AutoDiagonalNormal`). It starts at the Laplace
+approximation of :mod:`bayes.compiled` (mode and inverse Hessian at the frequentist fit)
+and Adam maximises the ELBO from there; the data enter through the compressed statistics,
+so each gradient step costs O(P^2 Q) whatever N. As with the sampler, the whole run
+(optimisation and draws from the guide) is one function compiled once per (model, data
+shape, settings) and cached: a loop over data sets of one shape compiles once.
+
+The result has the layout of :func:`bayes.sample` (``posterior`` with ``(chain, draw)``:
+the guide's draws split into ``num_chains`` groups, aligned to the fit for rank > 1;
+``observed_data``) with ``posterior.attrs["approximate"] = True`` (``plot_compare`` labels
+it "(approx.)"), and a ``variational`` group with the ELBO trace. :class:`VIWarning` when
+the ELBO has not settled (see :func:`elbo_settled`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import xarray as xr
+
+from nmfre import validation as v
+
+from . import compiled, datatree, sampling
+
+__all__ = ["GUIDES", "VIWarning", "elbo_settled", "fit_vi"]
+
+GUIDES = ("lowrank", "full", "diag")
+SITES = ["X", "theta", "sigma", "tau"]
+_CACHE: dict = {}
+
+
+class VIWarning(UserWarning):
+    """The ELBO has not settled: run more steps or change the learning rate."""
+
+
+@dataclass(frozen=True)
+class VISettings:
+    """Static settings of a variational fit (the cache key)."""
+
+    base: compiled.Settings
+    guide: str
+    guide_rank: int | None
+    num_steps: int
+    learning_rate: float
+    num_particles: int
+    num_draws: int
+
+
+def _guide(vs: VISettings, model, init_values):
+    from numpyro.infer import autoguide, init_to_value
+
+    kw = {"init_loc_fn": init_to_value(values=init_values)}
+    if vs.guide == "lowrank":
+        return autoguide.AutoLowRankMultivariateNormal(model, rank=vs.guide_rank, **kw)
+    if vs.guide == "full":
+        return autoguide.AutoMultivariateNormal(model, **kw)
+    return autoguide.AutoDiagonalNormal(model, **kw)
+
+
+def laplace_params(guide: str, z, cov, rank: int | None):
+    """Guide parameters (constrained values) equal to, or for ``"lowrank"`` close to,
+    the Gaussian ``N(z, cov)``."""
+    import jax.numpy as jnp
+
+    sd = jnp.sqrt(jnp.diagonal(cov))
+    if guide == "full":
+        return {"auto_loc": z, "auto_scale_tril": jnp.linalg.cholesky(cov)}
+    if guide == "diag":
+        return {"auto_loc": z, "auto_scale": sd}
+    r = int(round(z.shape[0] ** 0.5)) if rank is None else rank
+    w, U = jnp.linalg.eigh(cov / jnp.outer(sd, sd))  # correlation matrix, ascending eigenvalues
+    W = U[:, ::-1][:, :r] * jnp.sqrt(jnp.maximum(w[::-1][:r] - 1.0, 0.0))
+    return {"auto_loc": z, "auto_cov_factor": W, "auto_scale": sd}
+
+
+def _run(vs: VISettings, key, init, args):
+    """Optimise the ELBO from the Laplace approximation and draw from the guide."""
+    import jax
+    from numpyro.infer import SVI, Predictive, Trace_ELBO
+    from numpyro.infer.util import constrain_fn
+    from numpyro.optim import Adam
+
+    compiled.TRACES[vs] += 1
+    model = compiled.model_function(vs.base)
+    z, cov, _, unravel = compiled._prepare(vs.base, init, args)
+    start = constrain_fn(model, args, {}, unravel(z))
+    guide = _guide(vs, model, start)
+    svi = SVI(model, guide, Adam(vs.learning_rate), Trace_ELBO(num_particles=vs.num_particles))
+    key_init, key_draw = jax.random.split(key)
+    state = svi.init(key_init, *args, init_params=laplace_params(vs.guide, z, cov, vs.guide_rank))
+    state, losses = jax.lax.scan(lambda st, _: svi.stable_update(st, *args), state, None, length=vs.num_steps)
+    params = svi.get_params(state)
+    pred = Predictive(model, guide=guide, params=params, num_samples=vs.num_draws, return_sites=SITES)
+    return pred(key_draw, *args), losses
+
+
+def _runner(vs: VISettings):
+    import jax
+
+    fn = _CACHE.get(vs)
+    if fn is None:
+        fn = _CACHE[vs] = jax.jit(lambda key, init, args: _run(vs, key, init, args))
+    return fn
+
+
+def elbo_settled(elbo: np.ndarray, window: float = 0.1, tol: float = 0.5) -> tuple[bool, float]:
+    """Has the ELBO trace settled?
+
+    Compares the mean ELBO over the last ``window`` of the steps with the mean over the
+    window before: settled when the gain is below ``tol`` times the step-to-step noise
+    (the standard deviation of the ELBO estimates in the last window).
+
+    Parameters
+    ----------
+    elbo : array (steps,)
+    window : float
+        Fraction of the steps in each window.
+    tol : float
+
+    Returns
+    -------
+    (bool, float)
+        Settled or not, and the gain in units of the noise.
+    """
+    elbo = np.asarray(elbo, float)
+    w = max(int(len(elbo) * window), 2)
+    last, before = elbo[-w:], elbo[-2 * w:-w]
+    if not np.isfinite(last).all():
+        return False, float("nan")
+    noise = float(np.std(last)) or 1e-12
+    gain = (float(np.mean(last)) - float(np.mean(before))) / noise
+    return bool(gain < tol), gain
+
+
+def fit_vi(Y, A=None, rank: int = 1, *, model: str = "joint", guide: str = "full", fit=None,
+           theta: str = "free", priors: dict | None = None, num_steps: int = 3000, learning_rate: float = 0.005,
+           num_particles: int = 4, num_samples: int = 1000, num_chains: int = 4, guide_rank: int | None = None,
+           simplex: str = "folded", seed=0, warn: bool = True) -> xr.DataTree:
+    """Variational approximation of the posterior (NumPyro SVI with an AutoGuide).
+
+    Parameters
+    ----------
+    Y, A, rank, model, fit, theta, priors :
+        As for :func:`bayes.sample`.
+    guide : {"full", "lowrank", "diag"}
+        Gaussian guide in unconstrained space: full covariance (default: measured closest
+        to NUTS), low rank plus diagonal, or mean-field.
+    num_steps : int
+        Adam steps (the guide starts at the Laplace approximation).
+    learning_rate : float
+    num_particles : int
+        Monte Carlo draws per ELBO estimate.
+    num_samples, num_chains : int
+        Draws from the guide, shaped ``(chain, draw)`` like a sampler's.
+    guide_rank : int, optional
+        Rank of the ``"lowrank"`` guide (default ``round(sqrt(dim))``).
+    simplex : {"folded", "ilr", "stickbreaking"}
+        Unconstrained coordinates of X's columns (and, ``"folded"``, of non-negative
+        Theta), as for :func:`bayes.sample`.
+    seed : int or JAX PRNG key
+    warn : bool
+        :class:`VIWarning` when the ELBO has not settled.
+
+    Returns
+    -------
+    xarray.DataTree
+        ``posterior`` (``attrs["approximate"] = True``, ``guide``, ``elbo``,
+        ``elbo_settled``), ``observed_data`` and ``variational`` (``elbo`` per step).
+    """
+    import jax
+
+    v.choice(guide, "guide", GUIDES)
+    v.choice(simplex, "simplex", ("ilr", "stickbreaking", "folded"))
+    data = sampling.coerce_missing(Y, A)
+    sampler = sampling.Sampler(model, rank, data.P, None, data.K, theta=theta, num_samples=num_samples,
+                               num_chains=num_chains, simplex=simplex)
+    spec = sampler.spec(Y, A, fit=fit, priors=priors)
+    base = dataclasses.replace(sampler.settings_for(spec), num_warmup=0, num_samples=0, num_chains=0)
+    vs = VISettings(base, guide, None if guide_rank is None else v.integer(guide_rank, "guide_rank"),
+                    v.integer(num_steps, "num_steps", minimum=10), v.positive_float(learning_rate, "learning_rate"),
+                    v.integer(num_particles, "num_particles"), sampler.settings.num_samples * num_chains)
+    with jax.enable_x64(True):
+        draws, losses = jax.device_get(_runner(vs)(sampling._key(seed), spec.init, spec.args))
+    C, D = num_chains, sampler.settings.num_samples
+    draws = {k: np.asarray(x).reshape((C, D) + np.shape(x)[1:]) for k, x in draws.items()}
+    if spec.name == "conditional":
+        draws.pop("sigma", None), draws.pop("tau", None)
+        draws["sigma"], draws["tau"] = np.sqrt(spec.sigma2_fixed), np.sqrt(spec.sigma2_fixed / spec.fit.lam)
+    return _datatree(spec, vs, draws, -np.asarray(losses), warn)
+
+
+def _datatree(spec, vs: VISettings, draws: dict, elbo: np.ndarray, warn: bool) -> xr.DataTree:
+    settled, gain = elbo_settled(elbo)
+    attrs = {"model": spec.name, "theta_kind": spec.fit.theta_kind, "nmfre_priors": str(spec.priors),
+             "inference_library": "numpyro", "approximate": True, "method": "SVI", "guide": vs.guide,
+             "elbo": float(np.mean(elbo[-max(len(elbo) // 10, 1):])), "elbo_settled": int(settled),
+             "vi_settings": str({"num_steps": vs.num_steps, "learning_rate": vs.learning_rate,
+                                 "num_particles": vs.num_particles, "simplex": vs.base.simplex})}
+    dt = datatree.build(draws, None, spec.fit, spec.data, spec.name, attrs)
+    dt["variational"] = xr.DataTree(xr.Dataset({"elbo": ("step", elbo)}, coords={"step": np.arange(len(elbo))}))
+    if warn and not settled:
+        warnings.warn(f"the ELBO has not settled (last-window gain {gain:.2f} noise sd >= 0.5): "
+                      "increase num_steps or adjust learning_rate", VIWarning, stacklevel=3)
+    return dt
