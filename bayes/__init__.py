@@ -10,7 +10,8 @@ posteriors:
   ArviZ DataTree with nmfre's coordinates;
 * :func:`compare`, :func:`plot_compare`, :func:`plot_diagnostics`;
 * :func:`configure`: parallel CPU chains (call before JAX starts);
-* :func:`fit_vi`: the variational twin; :func:`sbc`: simulation-based calibration.
+* :func:`fit_vi`: the variational twin; :func:`sbc`: simulation-based calibration;
+* :mod:`bayes.study`: posterior intervals in :func:`nmfre.study.run` (coverage studies).
 
 Importing ``bayes`` changes no global JAX setting. :func:`sample` computes in double
 precision inside ``jax.enable_x64(True)``; :func:`configure` sets the CPU device count.
@@ -18,6 +19,7 @@ precision inside ``jax.enable_x64(True)``; :func:`configure` sets the CPU device
 
 import nmfre  # noqa: F401  (bayes builds on nmfre, never the reverse)
 
+from . import study
 from .calibration import SBCResult, plot_sbc, sbc, sbc_power
 from .compare import compare, plot_compare, plot_diagnostics
 from .config import configure
@@ -28,4 +30,4 @@ from .vi import VIWarning, fit_vi
 
 __all__ = ["Sampler", "SamplingWarning", "Stats", "compare", "conditional", "conditional_x", "configure",
            "default_priors", "diagnostics", "joint", "plot_compare", "plot_diagnostics", "sample", "statistics",
-           "u_conditional", "VIWarning", "fit_vi", "plot_sbc", "sbc", "sbc_power", "SBCResult"]
+           "u_conditional", "VIWarning", "fit_vi", "plot_sbc", "sbc", "sbc_power", "SBCResult", "study"]

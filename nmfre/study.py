@@ -23,26 +23,96 @@ from .model import fit as nmfre_fit
 DESIGNS = {"baseline": simulate.baseline, "stress": simulate.stress}
 FIELDS = ("estimate", "se", "boot_se", "ci_low", "ci_high", "p_value")
 SCALARS = ("df_u_frac", "sigma2", "tau2", "lam", "converged", "cap_hit", "nll", "n_iter", "missing_share")
+#: interval methods built into nmfre (the posterior ones come from :mod:`bayes.study`)
+METHODS = ("wald", "percentile", "cr2", "studentized", "refit")
+#: per replicate and method (NaN for the frequentist methods)
+SAMPLER_FIELDS = ("r_hat", "ess_bulk", "divergences")
 
 
-def _replicate(design, params: dict, seeds: tuple, n_boot: int, fit_overrides: dict, level: float) -> dict:
+def _interval(inf, kind: str, perm, Q: int, K: int) -> dict:
+    """Point estimate and interval of one method from an :class:`~nmfre.inference.Inference`."""
+    ci = inf.dataset["ci_wald" if kind == "wald" else "ci"].transpose("ci_bound", "component", "covariate").values
+    return {"point": inf.estimate.values.reshape(Q, K)[perm], "lower": ci[0][perm], "upper": ci[1][perm]}
+
+
+def _frequentist(f, methods: tuple, boot_seed, n_boot: int, n_boot_refit: int, level: float, perm) -> tuple:
+    """The requested built-in methods on one fit: CR1 Wald and percentile share one
+    bootstrap; CR2-t (Satterthwaite) and the studentized bootstrap share another with the
+    same multipliers; the refit bootstrap draws its own."""
+    Q, K = f.shape["Q"], f.shape["K"]
+    out: dict = {}
+    seq = np.random.SeedSequence(boot_seed.entropy, spawn_key=boot_seed.spawn_key)
+    refit_seed = seq.spawn(1)[0]  # child of the bootstrap seed: the CR1 draws stay as before
+    base = f.infer(n_boot=n_boot, seed=np.random.default_rng(boot_seed), level=level)
+    for m in ("wald", "percentile"):
+        if m in methods:
+            out[m] = _interval(base, m, perm, Q, K)
+    if "cr2" in methods or "studentized" in methods:
+        small = f.infer(n_boot=n_boot, seed=np.random.default_rng(boot_seed), level=level, vcov="CR2",
+                        df="satterthwaite", ci="studentized")
+        if "cr2" in methods:
+            out["cr2"] = _interval(small, "wald", perm, Q, K)
+        if "studentized" in methods:
+            out["studentized"] = _interval(small, "studentized", perm, Q, K)
+    if "refit" in methods:
+        out["refit"] = _interval(f.infer(n_boot=n_boot_refit, seed=np.random.default_rng(refit_seed), level=level,
+                                         method="refit"), "refit", perm, Q, K)
+    return base, out
+
+
+def _replicate(design, params: dict, seeds: tuple, n_boot: int, fit_overrides: dict, level: float,
+               methods: tuple = ("wald", "percentile"), extra: tuple = (), n_boot_refit: int = 200) -> dict:
     """Simulate, fit, infer one replicate; components aligned to the truth."""
     ss = np.random.SeedSequence(list(seeds))
-    data_seed, boot_seed = ss.spawn(2)
+    data_seed, boot_seed, *method_seeds = ss.spawn(2 + len(extra))
     d = design(**params, seed=np.random.default_rng(data_seed))
     kw = {**d["fit_kwargs"], **fit_overrides}
+    Q, K = d["theta"].shape
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         f = nmfre_fit(d["Y"], d["A"], rank=d["rank"], **kw)
-        inf = f.infer(n_boot=n_boot, seed=np.random.default_rng(boot_seed), level=level)
-    perm, _ = align_components(d["X"].values, f.X.values)
+        perm, _ = align_components(d["X"].values, f.X.values)
+        inf, intervals = _frequentist(f, methods, boot_seed, n_boot, n_boot_refit, level, perm)
+        for (name, fn), ms in zip(extra, method_seeds, strict=True):
+            r = fn(f, seed=int(ms.generate_state(1)[0]), level=level)
+            intervals[name] = {k: np.asarray(r[k], dtype=float)[perm] for k in ("point", "lower", "upper")}
+            intervals[name].update({k: float(r.get(k, np.nan)) for k in SAMPLER_FIELDS})
     t = inf.table
-    Q, K = d["theta"].shape
     out = {k: t[k].to_numpy().reshape(Q, K)[perm] for k in FIELDS}
+    out["intervals"] = intervals
     out.update(missing_share=float(np.isnan(d["Y"].values).mean()))
     out.update(truth=d["theta"].values, df_u_frac=f.df_u / (f.shape["N"] * Q), sigma2=f.sigma2, tau2=f.tau2,
                lam=f.lam, converged=f.converged, cap_hit=f.cap_hit, nll=-f.loglik, n_iter=f.n_iter)
     return out
+
+
+def _methods(methods) -> tuple[tuple, tuple]:
+    """Split ``methods`` into built-in names and ``(name, callable)`` pairs, checked."""
+    if isinstance(methods, str):
+        methods = (methods,)
+    names, builtin, extra = [], [], []
+    for m in methods:
+        if isinstance(m, str):
+            if m not in METHODS:
+                hint = (" (posterior intervals: run bayes.study.run, or pass bayes.study.Posterior(...))"
+                        if m in ("conditional", "conditional_x", "joint") else "")
+                raise ValueError(f"methods: unknown method {m!r}; nmfre has {METHODS}{hint}")
+            builtin.append(m)
+            names.append(m)
+        elif isinstance(m, tuple) and len(m) == 2 and isinstance(m[0], str) and callable(m[1]):
+            extra.append(m)
+            names.append(m[0])
+        elif callable(m) and isinstance(getattr(m, "name", None), str):
+            extra.append((m.name, m))
+            names.append(m.name)
+        else:
+            raise ValueError("methods: each entry must be a method name, a (name, callable) pair or a callable "
+                             f"with a .name, got {m!r}")
+    if not names:
+        raise ValueError("methods must name at least one method")
+    if len(set(names)) != len(names):
+        raise ValueError(f"methods: duplicate names in {names}")
+    return tuple(builtin), tuple(extra)
 
 
 def _task(args: tuple) -> dict:
@@ -73,7 +143,8 @@ def _subset(grid: dict, subset: dict | None) -> dict:
 
 def run(design: str | Callable = "baseline", grid: dict | None = None, n_rep: int = 100, seed: int = 0,
         client=None, *, n_boot: int = 1000, level: float = 0.95, progress: bool = False,
-        fit_kwargs: dict | None = None, subset: dict | None = None) -> xr.Dataset:
+        fit_kwargs: dict | None = None, subset: dict | None = None,
+        methods=("wald", "percentile"), n_boot_refit: int = 200) -> xr.Dataset:
     """Run a simulation study.
 
     Parameters
@@ -102,13 +173,28 @@ def run(design: str | Callable = "baseline", grid: dict | None = None, n_rep: in
     subset : dict, optional
         Run only these values of some grid keys (e.g. ``{"N": [27]}``), with the seeds
         they have in the full grid: the result equals the matching cells of the full run.
+    methods : sequence
+        Interval methods compared per replicate, on the same fit: ``"wald"`` (CR1
+        sandwich, normal), ``"percentile"`` (one-step wild bootstrap), ``"cr2"`` (CR2
+        sandwich, t with Satterthwaite df), ``"studentized"`` (wild bootstrap-t studentised
+        by each replicate's CR2 sandwich), ``"refit"`` (refit wild bootstrap,
+        ``n_boot_refit`` replicates); and ``(name, callable)`` pairs or callables with a
+        ``name`` (e.g. :class:`bayes.study.Posterior`), called as ``fn(fit, seed=int,
+        level=float)`` and returning ``point, lower, upper`` (Q x K) and optionally
+        ``r_hat, ess_bulk, divergences``. Each callable gets its own seed, child ``2 + i``
+        of the replicate's ``SeedSequence``, so adding one changes no other number.
+    n_boot_refit : int
+        Bootstrap size of ``"refit"``.
 
     Returns
     -------
     xarray.Dataset
         Dims: one per grid key, ``replicate``, ``component``, ``covariate``; variables
         ``estimate, se, boot_se, ci_low, ci_high, p_value, truth`` and per replicate
-        ``df_u_frac, sigma2, tau2, lam, converged, cap_hit, nll, n_iter``.
+        ``df_u_frac, sigma2, tau2, lam, converged, cap_hit, nll, n_iter``; per method
+        (dim ``interval``, labelled by method name) ``point, lower, upper`` and ``r_hat,
+        ess_bulk, divergences``
+        (NaN for the frequentist methods).
     """
     if isinstance(design, str) and design not in DESIGNS or not (isinstance(design, str) or callable(design)):
         raise ValueError(f"design must be one of {tuple(DESIGNS)} or a callable, got {design!r}")
@@ -119,12 +205,14 @@ def run(design: str | Callable = "baseline", grid: dict | None = None, n_rep: in
     n_rep = v.integer(n_rep, "n_rep")
     n_boot = v.integer(n_boot, "n_boot", minimum=2)
     level = v.open_unit(level, "level")
+    n_boot_refit = v.integer(n_boot_refit, "n_boot_refit", minimum=2)
+    builtin, extra = _methods(methods)
     full = _settings(grid)
     grid = _subset(grid, subset)
     settings = _settings(grid)
     index = [full.index(st) for st in settings]  # seeds follow the position in the full grid
     over = dict(fit_kwargs or {})
-    args = [(fn, settings[i], (seed, index[i], r), n_boot, over, level)
+    args = [(fn, settings[i], (seed, index[i], r), n_boot, over, level, builtin, extra, n_boot_refit)
             for i in range(len(settings)) for r in range(n_rep)]
     if client is None:
         from tqdm.auto import tqdm
@@ -143,14 +231,22 @@ def run(design: str | Callable = "baseline", grid: dict | None = None, n_rep: in
         data[k] = (dims + ["component", "covariate"], arr)
     for k in SCALARS:
         data[k] = (dims, np.array([r[k] for r in results]).reshape(shape))
+    names = list(builtin) + [n for n, _ in extra]
+    for k in ("point", "lower", "upper"):
+        arr = np.stack([[r["intervals"][m][k] for m in names] for r in results]).reshape(*shape, len(names), Q, K)
+        data[k] = (dims + ["interval", "component", "covariate"], arr)
+    for k in SAMPLER_FIELDS:
+        arr = np.array([[r["intervals"][m].get(k, np.nan) for m in names] for r in results], dtype=float)
+        data[k] = (dims + ["interval"], arr.reshape(*shape, len(names)))
     coords = dict(grid)
     coords["replicate"] = np.arange(n_rep)
+    coords["interval"] = names  # (not "method": ds.sel(method=...) is xarray's lookup method)
     coords["component"] = [f"Basis{q + 1}" for q in range(Q)]
     coords["covariate"] = ["intercept", "male"][:K] if K <= 2 else [f"covariate{k + 1}" for k in range(K)]
     ds = xr.Dataset(data, coords=coords)
     ds["truth"] = ds["truth"].isel(replicate=0, drop=True)
     ds.attrs.update(design=design if isinstance(design, str) else getattr(design, "__name__", "custom"),
-                    seed=seed, n_boot=n_boot, level=level, fit_overrides=str(over))
+                    seed=seed, n_boot=n_boot, level=level, fit_overrides=str(over), n_boot_refit=n_boot_refit)
     return ds
 
 
@@ -161,6 +257,15 @@ def summarize(ds: xr.Dataset, alpha: float = 0.05) -> xr.Dataset:
     ``reject`` (p < alpha); ``cover_wald`` (``|est - truth| <= z se``) and ``cover_pct``
     (truth in the percentile interval); per setting ``df_u_frac_q05/q50/q95``,
     ``cap_hit_rate``, ``converged_rate``, ``mean_sigma2``.
+
+    Per method (dim ``interval``, when the study ran ``methods``): ``coverage`` (truth in ``[lower,
+    upper]``) with its Monte Carlo standard error ``coverage_mcse = sqrt(c (1 - c) / R)``,
+    ``width`` (mean), ``width_ratio`` (mean width over that of ``"wald"``, or of the first
+    method), ``interval_score`` (mean of Gneiting & Raftery's ``(u - l) + (2 / a) (l - x)
+    1{x < l} + (2 / a) (x - u) 1{x > u}``, ``a = 1 - level``: width plus a penalty for
+    missing; lower is better), ``point_bias`` and ``point_rmse`` of the method's point
+    estimate, and ``warning_share``: replicates with r_hat > 1.01, bulk ESS < 400 or a
+    divergence (NaN for methods without a sampler).
     """
     from scipy.stats import norm
 
@@ -182,5 +287,86 @@ def summarize(ds: xr.Dataset, alpha: float = 0.05) -> xr.Dataset:
         "converged_rate": ds["converged"].astype(float).mean("replicate"),
         "mean_sigma2": ds["sigma2"].mean("replicate"),
     })
+    if "interval" in ds.dims:
+        out = out.merge(_method_metrics(ds))
     out.attrs.update(ds.attrs, alpha=alpha)
     return out
+
+
+def _method_metrics(ds: xr.Dataset) -> xr.Dataset:
+    a = 1.0 - float(ds.attrs.get("level", 0.95))
+    lo, hi, x = ds["lower"], ds["upper"], ds["truth"]
+    R = ds.sizes["replicate"]
+    cover = ((lo <= x) & (x <= hi)).mean("replicate")
+    width = (hi - lo).mean("replicate")
+    ref = "wald" if "wald" in ds["interval"].values else ds["interval"].values[0]
+    score = (hi - lo) + 2 / a * (lo - x).clip(min=0) + 2 / a * (x - hi).clip(min=0)
+    err = ds["point"] - x
+    flagged = (ds["r_hat"] > 1.01) | (ds["ess_bulk"] < 400) | (ds["divergences"] > 0)
+    share = flagged.mean("replicate").where(ds["r_hat"].notnull().any("replicate"))
+    return xr.Dataset({
+        "coverage": cover,
+        "coverage_mcse": np.sqrt(cover * (1 - cover) / R),
+        "width": width,
+        "width_ratio": width / width.sel(interval=ref, drop=True),
+        "interval_score": score.mean("replicate"),
+        "point_bias": err.mean("replicate"),
+        "point_rmse": np.sqrt((err**2).mean("replicate")),
+        "warning_share": share,
+    })
+
+
+def plot_coverage(summary: xr.Dataset, component=None, covariate=None):
+    """Coverage with Monte Carlo error bars (left) and mean width relative to Wald (right),
+    one row per (component, covariate), methods along the x axis and one marker per cell
+    of the grid.
+
+    Parameters
+    ----------
+    summary : xarray.Dataset
+        :func:`summarize` of a study run with ``methods``.
+    component, covariate : optional
+        Restrict to these labels (default: all).
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    import matplotlib.pyplot as plt
+
+    if "coverage" not in summary:
+        raise ValueError("summary has no per-method metrics: run the study with methods=(...) and summarize it")
+    s = summary
+    if component is not None:
+        s = s.sel(component=[component] if np.isscalar(component) else component)
+    if covariate is not None:
+        s = s.sel(covariate=[covariate] if np.isscalar(covariate) else covariate)
+    rows = [(c, k) for c in s["component"].values for k in s["covariate"].values]
+    cells = [d for d in s["coverage"].dims if d not in ("interval", "component", "covariate")]
+    stacked = s.stack(cell=cells) if cells else s.expand_dims(cell=[""])
+    methods = list(s["interval"].values)
+    level = float(s.attrs.get("level", 0.95))
+    fig, axes = plt.subplots(len(rows), 2, figsize=(10, 2.8 * len(rows) + 0.6), squeeze=False,
+                             constrained_layout=True)
+    n_cells = stacked.sizes["cell"]
+    offsets = np.linspace(-0.25, 0.25, n_cells) if n_cells > 1 else np.zeros(1)
+    x = np.arange(len(methods))
+    for (comp, cov), (ax_c, ax_w) in zip(rows, axes, strict=True):
+        sel = stacked.sel(component=comp, covariate=cov)
+        for j in range(n_cells):
+            cell = sel.isel(cell=j)
+            label = ", ".join(f"{d}={v}" for d, v in zip(cells, np.atleast_1d(cell["cell"].item()), strict=False))
+            ax_c.errorbar(x + offsets[j], cell["coverage"].values, yerr=1.96 * cell["coverage_mcse"].values,
+                          fmt="o", capsize=3, label=label or None)
+            ax_w.plot(x + offsets[j], cell["width_ratio"].values, "o", label=label or None)
+        ax_c.axhline(level, color="k", lw=0.8, ls="--")
+        ax_w.axhline(1.0, color="k", lw=0.8, ls="--")
+        for ax in (ax_c, ax_w):
+            ax.set_xticks(x, methods, rotation=30, ha="right")
+        ax_c.set_ylabel(f"{comp} / {cov}\ncoverage (+- 1.96 MCSE)")
+        ax_w.set_ylabel("width / Wald width")
+    axes[0, 0].set_title(f"coverage of the {level:.0%} intervals")
+    axes[0, 1].set_title("mean width relative to Wald")
+    if cells:
+        axes[0, 1].legend(fontsize="small", loc="best")
+    return fig

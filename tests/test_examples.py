@@ -39,6 +39,16 @@ def _check_missing_study(t):
     assert ((t["cover_wald"] >= 0) & (t["cover_wald"] <= 1)).all() and (t["mean_se"] > 0).all()
 
 
+def _check_coverage_study(t):
+    methods = ["wald", "percentile", "cr2", "studentized", "refit", "conditional", "joint"]
+    assert sorted(set(t.index.get_level_values("interval"))) == sorted(methods)
+    assert t["coverage"].between(0, 1).all() and (t["interval_score"] > 0).all()
+    assert (t.xs("wald", level="interval")["width_ratio"] == 1.0).all()
+    freq = t[t.index.get_level_values("interval").isin(methods[:5])]
+    assert freq["warning_share"].isna().all()
+    assert t.xs("joint", level="interval")["warning_share"].between(0, 1).all()
+
+
 def _check_holzinger(t):
     sig = (t["p_value"] < 0.05).to_numpy().reshape(3, 3)
     np.testing.assert_array_equal(sig, [[True, False, False], [True, False, True], [True, True, True]])

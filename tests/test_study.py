@@ -89,3 +89,98 @@ def test_study_ml_override_and_callable_design():
         study.run("unknown", {}, n_rep=1)
 
 
+
+
+@pytest.fixture(scope="module")
+def method_study():
+    return study.run("baseline", {"N": [27, 40]}, n_rep=6, seed=5, n_boot=100,
+                     methods=("wald", "percentile", "cr2", "studentized", "refit"), n_boot_refit=10)
+
+
+def test_methods_layout_and_wiring(method_study):
+    """Per-method intervals: Wald and percentile are the study's own fields; CR2-t and the
+    studentized bootstrap equal a hand-run infer on the same replicate with the same seeds."""
+    import nmfre
+
+    ds = method_study
+    assert ds["lower"].dims == ("N", "replicate", "interval", "component", "covariate")
+    assert ds["r_hat"].dims == ("N", "replicate", "interval") and bool(ds["r_hat"].isnull().all())
+    assert list(ds["interval"].values) == ["wald", "percentile", "cr2", "studentized", "refit"]
+    z = 1.959963984540054
+    np.testing.assert_allclose(ds["lower"].sel(interval="wald"), ds["estimate"] - z * ds["se"], rtol=1e-12)
+    np.testing.assert_allclose(ds["upper"].sel(interval="percentile"), ds["ci_high"], rtol=1e-15)
+    np.testing.assert_allclose(ds["point"].sel(interval="cr2"), ds["estimate"], rtol=1e-15)
+    # the numbers of the default run do not move when methods are added
+    plain = study.run("baseline", {"N": [27, 40]}, n_rep=2, seed=5, n_boot=100)
+    for k in ("estimate", "se", "ci_low", "ci_high", "p_value"):
+        xr.testing.assert_identical(plain[k], ds[k].isel(replicate=slice(0, 2)))
+    # replicate 1 of setting N=40 (position 1 of the grid) by hand
+    data_seed, boot_seed = np.random.SeedSequence([5, 1, 1]).spawn(2)
+    d = simulate.baseline(N=40, seed=np.random.default_rng(data_seed))
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        f = nmfre.fit(d["Y"], d["A"], rank=1, **d["fit_kwargs"])
+        inf = f.infer(n_boot=100, seed=np.random.default_rng(boot_seed), vcov="CR2", df="satterthwaite",
+                      ci="studentized")
+    cell = ds.sel(N=40, replicate=1, component="Basis1")
+    np.testing.assert_allclose(cell["lower"].sel(interval="cr2").values,
+                               inf.dataset["ci_wald"].sel(ci_bound="lower").values.ravel(), rtol=1e-12)
+    np.testing.assert_allclose(cell["upper"].sel(interval="studentized").values,
+                               inf.ci.sel(ci_bound="upper").values.ravel(), rtol=1e-12)
+    # CR2 with t references is wider than CR1 Wald on average at N = 27
+    w = (ds["upper"] - ds["lower"]).sel(N=27).mean(("replicate", "component", "covariate"))
+    assert float(w.sel(interval="cr2")) > float(w.sel(interval="wald"))
+
+
+def test_method_metrics_hand_computed(method_study):
+    ds = method_study
+    s = study.summarize(ds)
+    cell = dict(N=27, component="Basis1", covariate="male")
+    x = float(ds["truth"].sel(cell))
+    for m in ("wald", "refit"):
+        lo = ds["lower"].sel(cell).sel(interval=m).values
+        hi = ds["upper"].sel(cell).sel(interval=m).values
+        cov = np.mean((lo <= x) & (x <= hi))
+        assert float(s["coverage"].sel(cell).sel(interval=m)) == pytest.approx(cov)
+        assert float(s["coverage_mcse"].sel(cell).sel(interval=m)) == pytest.approx(np.sqrt(cov * (1 - cov) / 6))
+        score = (hi - lo) + 40 * np.maximum(lo - x, 0) + 40 * np.maximum(x - hi, 0)
+        assert float(s["interval_score"].sel(cell).sel(interval=m)) == pytest.approx(score.mean())
+    wl = ds["upper"].sel(cell) - ds["lower"].sel(cell)
+    ratio = wl.sel(interval="refit").mean() / wl.sel(interval="wald").mean()
+    assert float(s["width_ratio"].sel(cell).sel(interval="refit")) == pytest.approx(float(ratio))
+    assert float(s["width_ratio"].sel(cell).sel(interval="wald")) == 1.0
+    err = ds["point"].sel(cell).sel(interval="wald").values - x
+    assert float(s["point_rmse"].sel(cell).sel(interval="wald")) == pytest.approx(np.sqrt(np.mean(err**2)))
+    assert bool(s["warning_share"].isnull().all())  # no sampler among these methods
+    fig = study.plot_coverage(s)
+    assert len(fig.axes) == 4  # (intercept, male) x (coverage, width)
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+
+
+def test_callable_methods_and_errors():
+    calls = []
+
+    def shifted(fit, *, seed, level):
+        calls.append(seed)
+        est = fit.theta.values
+        return {"point": est, "lower": est - 1.0, "upper": est + 1.0, "r_hat": 1.02, "ess_bulk": 500.0,
+                "divergences": 0}
+
+    ds = study.run("baseline", {"N": [27]}, n_rep=3, seed=2, n_boot=20, methods=("wald", ("shift", shifted)))
+    np.testing.assert_allclose(ds["upper"].sel(interval="shift") - ds["lower"].sel(interval="shift"), 2.0)
+    assert len(set(calls)) == 3  # one seed per replicate
+    s = study.summarize(ds)
+    assert float(s["warning_share"].sel(interval="shift").isel(N=0)) == 1.0
+    with pytest.raises(ValueError, match="bayes.study"):
+        study.run("baseline", {"N": [27]}, n_rep=1, methods=("wald", "joint"))
+    with pytest.raises(ValueError, match="unknown method"):
+        study.run("baseline", {"N": [27]}, n_rep=1, methods=("bca",))
+    with pytest.raises(ValueError, match="duplicate"):
+        study.run("baseline", {"N": [27]}, n_rep=1, methods=("wald", "wald"))
+    with pytest.raises(ValueError, match="per-method"):
+        # a study saved before methods existed has no interval dim
+        study.plot_coverage(study.summarize(ds.drop_dims("interval")))
