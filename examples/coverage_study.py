@@ -1,22 +1,25 @@
 """Which intervals hold their level? Bootstrap versus posterior intervals over replicates.
 
-The paper's baseline design (P = 4, Q = 1, Orthodont-based truth, non-negative Theta,
-alternative) at N = 27 (Orthodont's size: few clusters) and N = 100, Gaussian errors,
-fitted by maximum likelihood; per replicate, on the same fit, seven 95% intervals for
-the male effect and the intercept:
+The paper's baseline design (P = 4, Q = 1, Orthodont-based truth, non-negative Theta)
+at N = 27 (Orthodont's size: few clusters) and N = 100, Gaussian and centred-exponential
+errors, alternative and null (male effect 0): 8 cells, fitted by maximum likelihood
+(no df cap); per replicate, on the same fit, eight 95% intervals for the male effect and
+the intercept:
 
 * ``wald``: CR1 sandwich, normal quantiles (nmfkc's);
 * ``percentile``: one-step wild bootstrap (Exp(1) - 1 multipliers), percentile;
 * ``cr2``: CR2 (Bell-McCaffrey) sandwich, t with Satterthwaite degrees of freedom;
 * ``studentized``: wild bootstrap-t, each replicate studentised by its own CR2 sandwich;
 * ``refit``: refit wild bootstrap (the slow gold standard), percentile;
-* ``conditional``: posterior with X fixed at the fit (NumPyro, NUTS);
+* ``conditional``: posterior with X, sigma2 and tau2 fixed at the fit, flat prior (NUTS);
+* ``conditional_x``: posterior with X fixed at the fit, variances sampled;
 * ``joint``: posterior of the whole model.
 
 Summaries (:func:`nmfre.study.summarize`): coverage with its Monte Carlo standard error,
 mean width relative to Wald, interval score (width plus 2/alpha times the miss; lower is
 better), bias and RMSE of each method's point estimate (the posterior mean for the
-posteriors), and the share of replicates with sampler warnings.
+posteriors), the share of replicates with sampler warnings and the wall time per
+replicate (``--quick``: 2 cells, 6 replicates).
 
 Run: ``python examples/coverage_study.py [--quick] [--out DIR] [--n-rep R] [--n-boot B]
 [--n-boot-refit B] [--workers W] [--frequentist-only]``; ``--workers`` runs on a local
@@ -33,15 +36,17 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from nmfre import study  # noqa: E402
 
-GRID = {"N": [27, 100], "hypothesis": ["alt"]}
+GRID = {"N": [27, 100], "errors": ["normal", "exp"], "hypothesis": ["alt", "null"]}
+QUICK_GRID = {"N": [27, 100], "errors": ["normal"], "hypothesis": ["alt"]}
 FREQUENTIST = ("wald", "percentile", "cr2", "studentized", "refit")
-POSTERIOR = ("conditional", "joint")
+POSTERIOR = ("conditional", "conditional_x", "joint")
 COLUMNS = ["coverage", "coverage_mcse", "width_ratio", "interval_score", "point_bias", "point_rmse",
-           "warning_share"]
+           "warning_share", "seconds"]
 
 
 def main(args) -> pd.DataFrame:
@@ -50,6 +55,7 @@ def main(args) -> pd.DataFrame:
     n_rep = args.n_rep or (6 if args.quick else 500)
     n_boot = args.n_boot or (100 if args.quick else 1000)
     n_boot_refit = args.n_boot_refit or (10 if args.quick else 200)
+    grid = QUICK_GRID if args.quick else GRID
     draws = 200 if args.quick else 500
     client = cluster = None
     if args.workers:
@@ -62,22 +68,23 @@ def main(args) -> pd.DataFrame:
     t = time.perf_counter()
     try:
         if args.frequentist_only:
-            ds = study.run("baseline", GRID, methods=FREQUENTIST, **kw)
+            ds = study.run("baseline", grid, methods=FREQUENTIST, **kw)
         else:
             import bayes
 
-            ds = bayes.study.run("baseline", GRID, methods=FREQUENTIST + POSTERIOR, num_warmup=draws,
+            ds = bayes.study.run("baseline", grid, methods=FREQUENTIST + POSTERIOR, num_warmup=draws,
                                  num_samples=draws, **kw)
     finally:
         if client is not None:
             client.close()
             cluster.close()
     secs = time.perf_counter() - t
-    summary = study.summarize(ds).squeeze("hypothesis", drop=True)
-    table = summary[COLUMNS].to_dataframe().reorder_levels(["N", "component", "covariate", "interval"]).sort_index(
-        level=["N", "component", "covariate"], sort_remaining=False)
-    table = table.droplevel("component")
-    print(f"coverage study: {n_rep} replicates x {len(GRID['N'])} cells, B = {n_boot} (refit {n_boot_refit}), "
+    summary = study.summarize(ds)
+    cells = list(grid)
+    table = summary[COLUMNS].to_dataframe().reorder_levels(cells + ["component", "covariate", "interval"])
+    table = table.sort_index(level=cells + ["component", "covariate"], sort_remaining=False).droplevel("component")
+    n_cells = int(np.prod([len(x) for x in grid.values()]))
+    print(f"coverage study: {n_rep} replicates x {n_cells} cells, B = {n_boot} (refit {n_boot_refit}), "
           f"posteriors 4 x ({draws} + {draws}): {secs:.1f} s wall\n")
     with pd.option_context("display.width", 160, "display.max_rows", 200):
         print(table.round(3).to_string())

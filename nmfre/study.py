@@ -9,6 +9,7 @@ depend on the scheduler: in-process and on any dask cluster they are identical.
 from __future__ import annotations
 
 import itertools
+import time
 import warnings
 from collections.abc import Callable
 
@@ -27,6 +28,9 @@ SCALARS = ("df_u_frac", "sigma2", "tau2", "lam", "converged", "cap_hit", "nll", 
 METHODS = ("wald", "percentile", "cr2", "studentized", "refit")
 #: per replicate and method (NaN for the frequentist methods)
 SAMPLER_FIELDS = ("r_hat", "ess_bulk", "divergences")
+#: per replicate and method: wall seconds of the computation that gave the interval (Wald and
+#: percentile share one bootstrap, CR2 and studentized another: each shows the shared time)
+TIMING = "seconds"
 
 
 def _interval(inf, kind: str, perm, Q: int, K: int) -> dict:
@@ -43,20 +47,25 @@ def _frequentist(f, methods: tuple, boot_seed, n_boot: int, n_boot_refit: int, l
     out: dict = {}
     seq = np.random.SeedSequence(boot_seed.entropy, spawn_key=boot_seed.spawn_key)
     refit_seed = seq.spawn(1)[0]  # child of the bootstrap seed: the CR1 draws stay as before
+    t0 = time.perf_counter()
     base = f.infer(n_boot=n_boot, seed=np.random.default_rng(boot_seed), level=level)
+    secs = time.perf_counter() - t0
     for m in ("wald", "percentile"):
         if m in methods:
-            out[m] = _interval(base, m, perm, Q, K)
+            out[m] = {**_interval(base, m, perm, Q, K), "seconds": secs}
     if "cr2" in methods or "studentized" in methods:
+        t0 = time.perf_counter()
         small = f.infer(n_boot=n_boot, seed=np.random.default_rng(boot_seed), level=level, vcov="CR2",
                         df="satterthwaite", ci="studentized")
+        secs = time.perf_counter() - t0
         if "cr2" in methods:
-            out["cr2"] = _interval(small, "wald", perm, Q, K)
+            out["cr2"] = {**_interval(small, "wald", perm, Q, K), "seconds": secs}
         if "studentized" in methods:
-            out["studentized"] = _interval(small, "studentized", perm, Q, K)
+            out["studentized"] = {**_interval(small, "studentized", perm, Q, K), "seconds": secs}
     if "refit" in methods:
-        out["refit"] = _interval(f.infer(n_boot=n_boot_refit, seed=np.random.default_rng(refit_seed), level=level,
-                                         method="refit"), "refit", perm, Q, K)
+        t0 = time.perf_counter()
+        inf = f.infer(n_boot=n_boot_refit, seed=np.random.default_rng(refit_seed), level=level, method="refit")
+        out["refit"] = {**_interval(inf, "refit", perm, Q, K), "seconds": time.perf_counter() - t0}
     return base, out
 
 
@@ -74,8 +83,10 @@ def _replicate(design, params: dict, seeds: tuple, n_boot: int, fit_overrides: d
         perm, _ = align_components(d["X"].values, f.X.values)
         inf, intervals = _frequentist(f, methods, boot_seed, n_boot, n_boot_refit, level, perm)
         for (name, fn), ms in zip(extra, method_seeds, strict=True):
+            t0 = time.perf_counter()
             r = fn(f, seed=int(ms.generate_state(1)[0]), level=level)
             intervals[name] = {k: np.asarray(r[k], dtype=float)[perm] for k in ("point", "lower", "upper")}
+            intervals[name]["seconds"] = time.perf_counter() - t0
             intervals[name].update({k: float(r.get(k, np.nan)) for k in SAMPLER_FIELDS})
     t = inf.table
     out = {k: t[k].to_numpy().reshape(Q, K)[perm] for k in FIELDS}
@@ -192,8 +203,9 @@ def run(design: str | Callable = "baseline", grid: dict | None = None, n_rep: in
         Dims: one per grid key, ``replicate``, ``component``, ``covariate``; variables
         ``estimate, se, boot_se, ci_low, ci_high, p_value, truth`` and per replicate
         ``df_u_frac, sigma2, tau2, lam, converged, cap_hit, nll, n_iter``; per method
-        (dim ``interval``, labelled by method name) ``point, lower, upper`` and ``r_hat,
-        ess_bulk, divergences``
+        (dim ``interval``, labelled by method name) ``point, lower, upper``, ``r_hat,
+        ess_bulk, divergences`` and ``seconds`` (wall time of the computation behind the
+        interval; Wald and percentile share one bootstrap, CR2 and studentized another)
         (NaN for the frequentist methods).
     """
     if isinstance(design, str) and design not in DESIGNS or not (isinstance(design, str) or callable(design)):
@@ -235,7 +247,7 @@ def run(design: str | Callable = "baseline", grid: dict | None = None, n_rep: in
     for k in ("point", "lower", "upper"):
         arr = np.stack([[r["intervals"][m][k] for m in names] for r in results]).reshape(*shape, len(names), Q, K)
         data[k] = (dims + ["interval", "component", "covariate"], arr)
-    for k in SAMPLER_FIELDS:
+    for k in SAMPLER_FIELDS + (TIMING,):
         arr = np.array([[r["intervals"][m].get(k, np.nan) for m in names] for r in results], dtype=float)
         data[k] = (dims + ["interval"], arr.reshape(*shape, len(names)))
     coords = dict(grid)
@@ -265,7 +277,8 @@ def summarize(ds: xr.Dataset, alpha: float = 0.05) -> xr.Dataset:
     1{x < l} + (2 / a) (x - u) 1{x > u}``, ``a = 1 - level``: width plus a penalty for
     missing; lower is better), ``point_bias`` and ``point_rmse`` of the method's point
     estimate, and ``warning_share``: replicates with r_hat > 1.01, bulk ESS < 400 or a
-    divergence (NaN for methods without a sampler).
+    divergence (NaN for methods without a sampler); ``seconds``, the mean wall time per
+    replicate.
     """
     from scipy.stats import norm
 
@@ -313,6 +326,7 @@ def _method_metrics(ds: xr.Dataset) -> xr.Dataset:
         "point_bias": err.mean("replicate"),
         "point_rmse": np.sqrt((err**2).mean("replicate")),
         "warning_share": share,
+        "seconds": ds["seconds"].mean("replicate"),
     })
 
 

@@ -40,13 +40,14 @@ def _check_missing_study(t):
 
 
 def _check_coverage_study(t):
-    methods = ["wald", "percentile", "cr2", "studentized", "refit", "conditional", "joint"]
+    methods = ["wald", "percentile", "cr2", "studentized", "refit", "conditional", "conditional_x", "joint"]
     assert sorted(set(t.index.get_level_values("interval"))) == sorted(methods)
     assert t["coverage"].between(0, 1).all() and (t["interval_score"] > 0).all()
     assert (t.xs("wald", level="interval")["width_ratio"] == 1.0).all()
     freq = t[t.index.get_level_values("interval").isin(methods[:5])]
     assert freq["warning_share"].isna().all()
     assert t.xs("joint", level="interval")["warning_share"].between(0, 1).all()
+    assert (t["seconds"] > 0).all()
 
 
 def _check_holzinger(t):

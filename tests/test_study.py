@@ -74,7 +74,9 @@ def test_study_identical_on_dask():
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
                                   dashboard_address=None) as cluster, distributed.Client(cluster) as client:
         remote = study.run("baseline", grid, n_rep=4, seed=9, n_boot=50, client=client)
-    assert remote.identical(local)
+    # identical numbers; only the wall times (``seconds``) differ between runs
+    assert remote.drop_vars("seconds").identical(local.drop_vars("seconds"))
+    assert bool((remote["seconds"] > 0).all())
 
 
 def test_study_ml_override_and_callable_design():
