@@ -360,8 +360,8 @@ def plot_coverage(summary: xr.Dataset, component=None, covariate=None):
     stacked = s.stack(cell=cells) if cells else s.expand_dims(cell=[""])
     methods = list(s["interval"].values)
     level = float(s.attrs.get("level", 0.95))
-    fig, axes = plt.subplots(len(rows), 2, figsize=(10, 2.8 * len(rows) + 0.6), squeeze=False,
-                             constrained_layout=True)
+    fig, axes = plt.subplots(len(rows), 2, figsize=(10, 2.8 * len(rows) + 0.9), squeeze=False,
+                             layout="constrained")
     n_cells = stacked.sizes["cell"]
     offsets = np.linspace(-0.25, 0.25, n_cells) if n_cells > 1 else np.zeros(1)
     x = np.arange(len(methods))
@@ -369,7 +369,7 @@ def plot_coverage(summary: xr.Dataset, component=None, covariate=None):
         sel = stacked.sel(component=comp, covariate=cov)
         for j in range(n_cells):
             cell = sel.isel(cell=j)
-            label = ", ".join(f"{d}={v}" for d, v in zip(cells, np.atleast_1d(cell["cell"].item()), strict=False))
+            label = ", ".join(str(v) for v in np.atleast_1d(cell["cell"].item()))
             ax_c.errorbar(x + offsets[j], cell["coverage"].values, yerr=1.96 * cell["coverage_mcse"].values,
                           fmt="o", capsize=3, label=label or None)
             ax_w.plot(x + offsets[j], cell["width_ratio"].values, "o", label=label or None)
@@ -382,5 +382,7 @@ def plot_coverage(summary: xr.Dataset, component=None, covariate=None):
     axes[0, 0].set_title(f"coverage of the {level:.0%} intervals")
     axes[0, 1].set_title("mean width relative to Wald")
     if cells:
-        axes[0, 1].legend(fontsize="small", loc="best")
+        handles, labels = axes[0, 0].get_legend_handles_labels()
+        fig.legend(handles, labels, loc="outside lower center", ncols=min(4, n_cells), fontsize="small",
+                   frameon=False, title=", ".join(cells), title_fontsize="small")
     return fig
