@@ -4,7 +4,7 @@ alignment of replicate components to the point estimate."""
 from __future__ import annotations
 
 import os
-from concurrent.futures import ThreadPoolExecutor
+from concurrent import futures
 
 import numpy as np
 from scipy.optimize import linear_sum_assignment
@@ -112,7 +112,7 @@ def onestep_sum(scores: np.ndarray, dist: str, B: int, rng: np.random.Generator,
         if workers == 1 or len(streams) == 1:
             parts = (one(k) for k in range(len(streams)))
         else:
-            pool = ThreadPoolExecutor(workers)
+            pool = futures.ThreadPoolExecutor(workers)
             parts = pool.map(one, range(len(streams)))  # results in stream order, as they finish
         for part in parts:  # added in stream order: the same sum whatever the workers
             out = part if out is None else out + part
