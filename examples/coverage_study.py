@@ -22,7 +22,7 @@ posteriors), the share of replicates with sampler warnings and the wall time per
 replicate (``--quick``: 2 cells, 6 replicates).
 
 Run: ``python examples/coverage_study.py [--quick] [--out DIR] [--n-rep R] [--n-boot B]
-[--n-boot-refit B] [--workers W] [--frequentist-only]``; ``--workers`` runs on a local
+[--n-boot-refit B] [--seed S] [--workers W] [--frequentist-only]``; ``--workers`` runs on a local
 dask cluster (each worker compiles each posterior once).
 """
 
@@ -63,7 +63,7 @@ def main(args) -> pd.DataFrame:
 
         cluster = LocalCluster(n_workers=args.workers, threads_per_worker=1)
         client = Client(cluster)
-    kw = dict(n_rep=n_rep, seed=20, client=client, n_boot=n_boot, n_boot_refit=n_boot_refit,
+    kw = dict(n_rep=n_rep, seed=args.seed, client=client, n_boot=n_boot, n_boot_refit=n_boot_refit,
               fit_kwargs={"method": "ml", "df_cap": None})
     t = time.perf_counter()
     try:
@@ -105,6 +105,7 @@ def parse(argv=None):
     p.add_argument("--n-boot", type=int, default=None)
     p.add_argument("--n-boot-refit", type=int, default=None)
     p.add_argument("--workers", type=int, default=0, help="dask LocalCluster workers (0: in-process)")
+    p.add_argument("--seed", type=int, default=20, help="master seed of the study (recorded run: 20)")
     p.add_argument("--frequentist-only", action="store_true", help="no posteriors (no JAX)")
     return p.parse_args(argv)
 
