@@ -57,7 +57,7 @@ class Settings:
     flat : bool
         Flat prior on Theta (``conditional`` only).
     simplex : str
-        ``"ilr"`` or ``"stickbreaking"`` (``joint`` only).
+        ``"folded"``, ``"ilr"`` or ``"stickbreaking"`` (``joint`` only).
     num_warmup, num_samples, num_chains : int
     chain_method : str
         ``"vectorized"``, ``"sequential"`` or ``"parallel"``.
@@ -71,6 +71,10 @@ class Settings:
     jitter : float
         Chains start at ``mode + jitter * L e`` (``L L'`` = Laplace covariance).
     max_tree_depth : int
+    theta_coords : str
+        ``"direct"`` or ``"conditional"`` (joint model: Theta centred and scaled by its
+        Gaussian conditional given X, sigma, tau; used with the folded simplex or free
+        Theta, see :func:`sheared`).
     """
 
     model: str
@@ -91,13 +95,15 @@ class Settings:
     newton_steps: int = 6
     jitter: float = 1.0
     max_tree_depth: int = 10
+    theta_coords: str = "direct"
 
 
 def model_function(s: Settings):
     """The model as a function of the traced arguments only (statics bound)."""
     if s.model == "joint":
         def fn(stats, priors):
-            models.joint(stats, None, s.rank, nonneg=s.nonneg, priors=priors, simplex=s.simplex)
+            models.joint(stats, None, s.rank, nonneg=s.nonneg, priors=priors, simplex=s.simplex,
+                         theta_coords=s.theta_coords)
     elif s.model == "conditional_x":
         def fn(stats, X, priors):
             models.conditional_x(stats, None, X, nonneg=s.nonneg, priors=priors, folded=s.simplex == "folded")
@@ -154,7 +160,7 @@ def laplace(pe, z, steps: int):
 def _prepare(s: Settings, init: dict, args: tuple):
     """Unconstrained mode, Laplace covariance and the unravel function."""
     model = model_function(s)
-    init = _coordinates(s, init)
+    init = _coordinates(s, init, args)
     zdict = unconstrain_fn(model, args, {}, init)
     z0, unravel = ravel_pytree(zdict)
 
@@ -166,15 +172,25 @@ def _prepare(s: Settings, init: dict, args: tuple):
     return z, cov, pe, unravel
 
 
-def _coordinates(s: Settings, init: dict) -> dict:
+def _coordinates(s: Settings, init: dict, args: tuple = ()) -> dict:
     """Starting values in the model's sampled sites (expanded coordinates of X)."""
     init = dict(init)
+    if s.model == "joint" and sheared(s):
+        stats, priors = args
+        X = jnp.asarray(init["X_columns"]).T
+        init["theta_delta"] = models.theta_delta(stats, X, init["sigma"] ** 2, init["tau"] ** 2,
+                                                 init.pop("theta"), priors["theta_scale"])
     if s.simplex == "folded":  # |w| summing to P; nonneg Theta = |v|
         if "X_columns" in init:
             init["X_raw"] = jnp.maximum(s.n_features * jnp.asarray(init.pop("X_columns")), 1e-8)
-        if s.nonneg:
+        if s.nonneg and "theta" in init:
             init["theta_raw"] = jnp.maximum(jnp.asarray(init.pop("theta")), 1e-8)
     return init
+
+
+def sheared(s: Settings) -> bool:
+    """Whether the joint model samples Theta in conditional (sheared) coordinates."""
+    return s.theta_coords == "conditional" and (s.simplex == "folded" or not s.nonneg)
 
 
 def _chain(s: Settings, key, z, cov, pe):
@@ -207,7 +223,7 @@ def _constrain(s: Settings, args, unravel, zs):
     def one(z):
         out = constrain_fn(model, args, {}, unravel(z), return_deterministic=True)
         out.pop("X_columns", None)
-        for name in ("X_raw", "theta_raw"):
+        for name in ("X_raw", "theta_raw", "theta_delta"):
             out.pop(name, None)
         return out
 

@@ -38,6 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 import numpyro
 import numpyro.distributions as dist
+from jax.scipy.linalg import cho_solve, solve_triangular
 from numpyro.distributions import constraints
 
 from .likelihood import Stats, data_moments, loglik, statistics
@@ -141,6 +142,53 @@ def _theta(rank, K, nonneg, scale, folded: bool = False):
     return numpyro.sample("theta", prior.expand(shape).to_event(2))
 
 
+def theta_conditional(stats: Stats, X, sigma2, tau2, scale):
+    """Mean and Cholesky factor of the precision of ``vec(Theta)`` (column-major) given
+    X, sigma^2 and tau^2 under a Normal(0, ``scale``) prior: the likelihood is Gaussian in
+    Theta, with precision ``sum_b A_bA_b' (x) X_b'Sigma_b^-1 X_b + I / scale^2`` (with
+    ``X_b'Sigma_b^-1 = C_b^-1 X_b' / sigma^2``, :mod:`bayes.likelihood`).
+
+    Returns ``(mean (QK,), L (QK, QK) lower)`` with ``L L'`` the precision.
+    """
+    s = stats
+    Q = X.shape[-1]
+    K = s.AA.shape[-1]
+    Xb = s.mask[:, :, None] * X
+    XtX = jnp.einsum("bpq,bpr->bqr", Xb, Xb)
+    C = jnp.eye(Q) + (tau2 / sigma2) * XtX
+    M = jnp.linalg.solve(C, XtX) / sigma2  # X_b' Sigma_b^-1 X_b (symmetric)
+    R = jnp.linalg.solve(C, jnp.einsum("bpq,bpk->bqk", Xb, s.YA)) / sigma2
+    M = 0.5 * (M + jnp.swapaxes(M, 1, 2))
+    prec = jnp.einsum("bkl,bqr->kqlr", s.AA, M).reshape(Q * K, Q * K)
+    prec = prec + jnp.eye(Q * K) / scale**2
+    L = jnp.linalg.cholesky(prec)
+    rhs = jnp.sum(R, axis=0).T.reshape(-1)  # vec column-major
+    return cho_solve((L, True), rhs), L
+
+
+def _theta_sheared(stats, X, sigma2, tau2, rank, K, nonneg, scale):
+    """Theta in coordinates centred and scaled by its Gaussian conditional given X, sigma
+    and tau (:func:`theta_conditional`): ``v = mean + L'^-1 delta``, Theta = v (free) or
+    ``|v|`` (non-negative, folded), v ~ Normal(0, scale) a priori. A shear of
+    ``(X, sigma, tau, v)`` with Jacobian ``det L^-1``: the density of Theta is unchanged,
+    but the ridge along which Theta follows X (X' = X R, Theta' = R^-1 Theta) is straight
+    and the conditional of ``delta`` is close to N(0, I) whatever X."""
+    mean, L = theta_conditional(stats, X, sigma2, tau2, scale)
+    delta = numpyro.sample("theta_delta", dist.ImproperUniform(constraints.real_vector, (), (rank * K,)))
+    v = mean + solve_triangular(L.T, delta, lower=False)
+    numpyro.factor("theta_jacobian", jnp.sum(dist.Normal(0.0, scale).log_prob(v))
+                   - jnp.sum(jnp.log(jnp.diagonal(L))))
+    theta = v.reshape(K, rank).T
+    return numpyro.deterministic("theta", jnp.abs(theta) if nonneg else theta)
+
+
+def theta_delta(stats: Stats, X, sigma2, tau2, theta, scale):
+    """The ``theta_delta`` coordinates of ``theta`` (inverse of :func:`_theta_sheared`, for
+    starting values; a non-negative Theta is taken as ``v = Theta``)."""
+    mean, L = theta_conditional(stats, X, sigma2, tau2, scale)
+    return L.T @ (jnp.asarray(theta).T.reshape(-1) - mean)
+
+
 def _variances(p: dict):
     sigma = numpyro.sample("sigma", dist.HalfNormal(p["sigma_scale"]))
     tau = numpyro.sample("tau", dist.HalfNormal(p["tau_scale"]))
@@ -148,7 +196,7 @@ def _variances(p: dict):
 
 
 def joint(Y, A, rank: int, nonneg: bool = False, priors: dict | None = None, *, n_features: int | None = None,
-          simplex: str = "ilr"):
+          simplex: str = "ilr", theta_coords: str = "direct"):
     """Full joint model: X, Theta, sigma, tau all sampled.
 
     Parameters
@@ -169,6 +217,11 @@ def joint(Y, A, rank: int, nonneg: bool = False, priors: dict | None = None, *, 
         Unconstrained coordinates of X's columns (and, ``"folded"``, of non-negative
         Theta); the same prior either way. ``"folded"`` has sites ``X_raw`` (and
         ``theta_raw``) with ``X_columns`` (and ``theta``) deterministic.
+    theta_coords : {"direct", "conditional"}
+        ``"conditional"`` (with data, and the folded simplex or free Theta): Theta is
+        ``mean + L'^-1 theta_delta`` with (mean, L L') its Gaussian conditional given X,
+        sigma, tau (:func:`theta_conditional`; ``|.|`` for non-negative Theta), an exact
+        change of coordinates (site ``theta_delta``, ``theta`` deterministic).
     """
     if Y is None and n_features is None:
         raise ValueError("joint(Y=None, ...) needs n_features (the number of features P)")
@@ -176,6 +229,12 @@ def joint(Y, A, rank: int, nonneg: bool = False, priors: dict | None = None, *, 
     P = P if P is not None else int(n_features)
     p = resolve_priors(Y, rank, priors)
     X = numpyro.deterministic("X", _x_columns(P, rank, p["x_concentration"], simplex).T)
+    if theta_coords == "conditional" and Y is not None and (simplex == "folded" or not nonneg):
+        sigma2, tau2 = _variances(p)
+        stats = Y if isinstance(Y, Stats) else statistics(Y, A)
+        theta = _theta_sheared(stats, X, sigma2, tau2, rank, K, nonneg, p["theta_scale"])
+        _likelihood(stats, A, X, theta, sigma2, tau2, P)
+        return
     theta = _theta(rank, K, nonneg, p["theta_scale"], simplex == "folded")
     sigma2, tau2 = _variances(p)
     _likelihood(Y, A, X, theta, sigma2, tau2, P)

@@ -246,3 +246,36 @@ def test_bad_input(orthodont, ml_fit):
         bayes.sample(Y, A, 1, fit=ml_fit, chain_method="threads")
     with pytest.raises(ValueError, match="seed"):
         bayes.sample(Y, A, 1, fit=ml_fit, seed=-1)
+
+
+def test_relabel_draws_undoes_label_switching_within_chains():
+    """Draws whose components were swapped part-way through a chain come back in the
+    reference labelling, Theta's rows moving with X's columns."""
+    from bayes.sampling import relabel_draws
+
+    rng = np.random.default_rng(0)
+    Xref = rng.dirichlet(np.ones(6), size=3).T  # 6 x 3
+    tref = rng.normal(size=(3, 2))
+    C, D = 2, 50
+    X = Xref + 0.01 * rng.normal(size=(C, D, 6, 3))
+    theta = tref + 0.01 * rng.normal(size=(C, D, 3, 2))
+    Xs, ts = X.copy(), theta.copy()
+    swap = [1, 2, 0]
+    Xs[0, 20:] = X[0, 20:][..., swap]
+    ts[1, :30] = theta[1, :30][:, [2, 0, 1]]
+    Xs[1, :30] = X[1, :30][..., [2, 0, 1]]
+    ts[0, 20:] = theta[0, 20:][:, swap]
+    Xr, tr = relabel_draws(Xs, ts, Xref)
+    np.testing.assert_array_equal(Xr, X)
+    np.testing.assert_array_equal(tr, theta)
+    # a single component is returned as it is
+    X1, t1 = relabel_draws(X[..., :1], theta[:, :, :1], Xref[:, :1])
+    assert X1 is not None and np.array_equal(X1, X[..., :1]) and np.array_equal(t1, theta[:, :, :1])
+
+
+def test_mass_auto_is_dense_for_rank_one_and_diagonal_above():
+    assert bayes.Sampler("joint", 1, 4, 27, 2).settings.mass == "dense"
+    assert bayes.Sampler("joint", 2, 4, 27, 2).settings.mass == "diag"
+    assert bayes.Sampler("joint", 2, 4, 27, 2, mass="dense").settings.mass == "dense"
+    with pytest.raises(ValueError, match="mass"):
+        bayes.Sampler("joint", 2, 4, 27, 2, mass="full")
