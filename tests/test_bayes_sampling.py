@@ -76,7 +76,9 @@ def test_rank2_joint_aligned_and_mixing():
     fit = nmfre.fit(Y, A, rank=2)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", bayes.SamplingWarning)
-        post = bayes.sample(Y, A, 2, model="joint", fit=fit, num_warmup=1000, num_samples=500, seed=3)
+        # 4 x 1000 draws: at 4 x 500 the r_hat estimate itself is noisy near 1.01 (seeds 3-8 gave
+        # 1.0045-1.0107); at 4 x 1000 they give 1.0035-1.0056
+        post = bayes.sample(Y, A, 2, model="joint", fit=fit, num_warmup=1000, num_samples=1000, seed=3)
     d = bayes.diagnostics(post)
     assert d["max_r_hat"] <= 1.01, d
     assert d["divergences"] == 0
