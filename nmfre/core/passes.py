@@ -190,7 +190,12 @@ def nndsvd(Y: Any, rank: int, G: np.ndarray | None = None, missing: bool = False
         G = np.asarray((Yp @ Yp.T).compute()) if G is None else G
     elif G is None:
         raise ValueError("nndsvd from the gram needs G for an in-memory Y")
-    w, V = np.linalg.eigh(G)
+    from scipy.linalg import eigh
+
+    P = G.shape[0]
+    # only the leading ``rank`` eigenpairs (LAPACK syevr): O(P rank) memory beyond G's copy,
+    # where all P eigenvectors and syevd's workspace would need about 3 more P x P arrays
+    w, V = eigh(G, subset_by_index=[max(P - rank, 0), P - 1], driver="evr")
     order = np.argsort(-w)[:rank]
     s = np.sqrt(np.maximum(w[order], 1e-300))
     Uu = V[:, order]
