@@ -24,7 +24,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import xarray as xr
 
 from nmfre import validation as v
@@ -62,43 +61,15 @@ class ModelSpec:
     sigma2_fixed: float | None = None
 
 
-def coerce_missing(Y, A) -> Data:
-    """:func:`nmfre.labels.coerce` that lets ``NaN`` in ``Y`` mark missing cells."""
-    if isinstance(Y, xr.DataArray):
-        filled = Y.fillna(0.0)
-    elif isinstance(Y, pd.DataFrame):
-        filled = Y.fillna(0.0)
-    elif isinstance(Y, np.ndarray | list | tuple):
-        Yv = np.asarray(Y, dtype=float)
-        filled = np.where(np.isnan(Yv), 0.0, Yv)
-    else:
-        return coerce(Y, A)
-    data = coerce(filled, A)
-    Yv = np.asarray(Y.transpose("feature", "unit").values if isinstance(Y, xr.DataArray) else Y, dtype=float)
-    if not np.isnan(Yv).any():
-        return data
-    if np.isnan(Yv).all(axis=0).all():
-        raise ValueError("Y has no observed cell")
-    return dataclasses.replace(data, Y=Yv)
-
-
-def _impute(Y: np.ndarray) -> np.ndarray:
-    """Missing cells filled with their feature's observed mean (starting values only)."""
-    means = np.nanmean(np.where(np.isnan(Y).all(axis=1, keepdims=True), 0.0, Y), axis=1, keepdims=True)
-    return np.where(np.isnan(Y), np.nan_to_num(means), Y)
-
-
 def _frequentist_fit(fit, data: Data, rank: int, theta: str):
-    """The given fit (checked against the data) or a fresh ML fit (on mean-imputed data
-    when cells are missing: it only supplies starting values and labels)."""
+    """The given fit (checked against the data) or a fresh ML fit (of the observed
+    entries when cells are missing)."""
     import nmfre
 
-    missing = isinstance(data.Y, np.ndarray) and np.isnan(data.Y).any()
     if fit is None:
-        Y = _impute(data.Y) if missing else data.Y
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", nmfre.ConvergenceWarning)
-            return nmfre.fit(xr.DataArray(Y, dims=("feature", "unit"),
+            return nmfre.fit(xr.DataArray(data.Y, dims=("feature", "unit"),
                                           coords={"feature": data.features, "unit": data.units}),
                              xr.DataArray(data.A, dims=("covariate", "unit"),
                                           coords={"covariate": data.covariates, "unit": data.units}),
@@ -107,10 +78,7 @@ def _frequentist_fit(fit, data: Data, rank: int, theta: str):
         raise v.ArgumentTypeError(f"fit must be an nmfre.NMFREFit, got {type(fit).__name__}")
     if fit.shape["Q"] != rank:
         raise ValueError(f"fit has rank {fit.shape['Q']} but rank={rank} was asked for")
-    same = (fit.data.Y.shape == data.Y.shape and np.array_equal(fit.data.A, data.A)
-            and np.array_equal(np.asarray(fit.data.Y)[~np.isnan(data.Y)], data.Y[~np.isnan(data.Y)])
-            ) if missing else fit.data.same_data(data)
-    if not same:
+    if not fit.data.same_data(data):
         raise ValueError("fit was estimated on different data (Y or A differ from those given)")
     if fit.theta_kind != theta:
         raise ValueError(f"fit has theta={fit.theta_kind!r} but theta={theta!r} was asked for")
@@ -153,7 +121,7 @@ def model_spec(Y, A, rank: int, model: str, fit=None, theta: str = "free", prior
     """Validate the inputs and build the :class:`ModelSpec` for ``model``."""
     model = v.choice(model, "model", MODELS)
     theta = v.choice(theta, "theta", ("free", "nonneg"))
-    data = coerce_missing(Y, A)
+    data = coerce(Y, A)
     rank = check_rank(rank, data.P, data.N)
     stats = pad_patterns(likelihood.statistics(data.Y, data.A), n_patterns)
     prior = {k: float(x) for k, x in models.resolve_priors(stats, rank, priors).items()}
@@ -561,7 +529,7 @@ def sample(Y, A=None, rank: int = 1, *, model: str = "joint", fit=None, theta: s
         < 400 or there are divergences.
     """
     del progress
-    data = coerce_missing(Y, A)
+    data = coerce(Y, A)
     sampler = Sampler(model, rank, data.P, None, data.K, theta=theta, num_warmup=num_warmup,
                       num_samples=num_samples, num_chains=num_chains, chain_method=chain_method,
                       target_accept=target_accept, mass=mass, adapt_mass=adapt_mass, simplex=simplex,

@@ -68,12 +68,9 @@ class Posterior:
         return self.model
 
     def __call__(self, fit, *, seed: int, level: float) -> dict:
-        d = fit.data
-        Y = xr.DataArray(d.Y, dims=("feature", "unit"), coords={"feature": d.features, "unit": d.units})
-        A = xr.DataArray(d.A, dims=("covariate", "unit"), coords={"covariate": d.covariates, "unit": d.units})
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", SamplingWarning)
-            post = _sample(Y, A, fit, self, seed)
+            post = _sample(fit.Y, fit.A, fit, self, seed)
         theta = post["posterior"]["theta"].transpose("chain", "draw", "component", "covariate").values
         flat = theta.reshape(-1, *theta.shape[2:])
         a = (1.0 - level) / 2

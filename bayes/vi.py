@@ -27,6 +27,7 @@ import numpy as np
 import xarray as xr
 
 from nmfre import validation as v
+from nmfre.labels import coerce
 
 from . import compiled, datatree, sampling
 
@@ -179,7 +180,7 @@ def fit_vi(Y, A=None, rank: int = 1, *, model: str = "joint", guide: str = "full
 
     v.choice(guide, "guide", GUIDES)
     v.choice(simplex, "simplex", ("ilr", "stickbreaking", "folded"))
-    data = sampling.coerce_missing(Y, A)
+    data = coerce(Y, A)
     sampler = sampling.Sampler(model, rank, data.P, None, data.K, theta=theta, num_samples=num_samples,
                                num_chains=num_chains, simplex=simplex)
     spec = sampler.spec(Y, A, fit=fit, priors=priors)

@@ -65,9 +65,7 @@ def batch(model: str, size: int, data) -> dict:
     t = time.perf_counter()
     sampler.sample_batch(sets, fits=fits, seed=1)
     vec = (time.perf_counter() - t) / size
-    for (Y, A), f in zip(sets, fits, strict=True):  # compile the single-call sampler
-        sampler.sample(Y, A, fit=f, seed=0, warn=False)
-        break
+    sampler.sample(*sets[0], fit=fits[0], seed=0, warn=False)  # compile the single-call sampler
     t = time.perf_counter()
     for i, ((Y, A), f) in enumerate(zip(sets, fits, strict=True)):
         sampler.sample(Y, A, fit=f, seed=i, warn=False)

@@ -68,7 +68,8 @@ class Data:
         return _array_kind(self.Y)
 
     def same_data(self, other: Data) -> bool:
-        """True when ``other`` holds the same Y and A values (lazy Y: the same object)."""
+        """True when ``other`` holds the same Y and A values (lazy Y: the same object;
+        missing entries of a dense Y, NaN, compare equal to NaN)."""
         if self.Y.shape != other.Y.shape or self.A.shape != other.A.shape or self.kind != other.kind:
             return False
         if not np.array_equal(self.A, other.A):
@@ -77,7 +78,7 @@ class Data:
             return self.Y is other.Y
         if self.kind == "sparse":
             return (self.Y != other.Y).nnz == 0
-        return np.array_equal(self.Y, other.Y)
+        return np.array_equal(self.Y, other.Y, equal_nan=True)
 
 
 def labels(values, n: int, name: str, default_prefix: str | None) -> np.ndarray:

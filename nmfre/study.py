@@ -45,8 +45,8 @@ def _frequentist(f, methods: tuple, boot_seed, n_boot: int, n_boot_refit: int, l
     same multipliers; the refit bootstrap draws its own."""
     Q, K = f.shape["Q"], f.shape["K"]
     out: dict = {}
-    seq = np.random.SeedSequence(boot_seed.entropy, spawn_key=boot_seed.spawn_key)
-    refit_seed = seq.spawn(1)[0]  # child of the bootstrap seed: the CR1 draws stay as before
+    # the bootstrap seed's first child (boot_seed.spawn(1)[0], without spawning from it)
+    refit_seed = np.random.SeedSequence(boot_seed.entropy, spawn_key=(*boot_seed.spawn_key, 0))
     t0 = time.perf_counter()
     base = f.infer(n_boot=n_boot, seed=np.random.default_rng(boot_seed), level=level)
     secs = time.perf_counter() - t0

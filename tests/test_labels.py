@@ -56,3 +56,18 @@ def test_dataset_and_series_refused():
         coerce(pd.Series(Y0[0]))
     with pytest.raises(nmfre.ArgumentTypeError):
         coerce(pd.Series(Y0[0]))
+
+
+def test_same_data_treats_missing_entries_as_equal():
+    import numpy as np
+
+    from nmfre.labels import coerce
+
+    Y = np.arange(1.0, 13.0).reshape(3, 4)
+    Y[1, 2] = np.nan
+    assert coerce(Y).same_data(coerce(Y.copy()))
+    other = Y.copy()
+    other[0, 0] += 1.0
+    assert not coerce(Y).same_data(coerce(other))
+    filled = np.nan_to_num(Y)
+    assert not coerce(Y).same_data(coerce(filled))
