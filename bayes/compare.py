@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import xarray as xr
-from scipy.stats import norm
+
+from nmfre.inference import provenance
 
 
 def _posteriors(posteriors, names):
@@ -20,6 +21,10 @@ def _posteriors(posteriors, names):
             names = [f"{n}{i + 1}" for i, n in enumerate(names)]
     if len(names) != len(posteriors):
         raise ValueError(f"{len(names)} names for {len(posteriors)} posteriors")
+    taken = {"wald", "boot", "estimate"} & set(names)
+    if taken or len(set(names)) < len(names):
+        raise ValueError(f"names must be distinct and not 'wald', 'boot' or 'estimate' (the inference's columns), "
+                         f"got {list(names)}")
     return list(names)
 
 
@@ -37,29 +42,45 @@ def _overlap(lo1, hi1, lo2, hi2):
     return inter / union
 
 
-def compare(inference, *posteriors, level: float = 0.95, names=None) -> pd.DataFrame:
+def compare(inference, *posteriors, level: float | None = None, names=None) -> pd.DataFrame:
     """Intervals for Theta side by side, one row per (component, covariate).
 
-    Columns: ``estimate``; ``wald_low/high`` (estimate +- z * sandwich SE);
-    ``boot_low/high`` (bootstrap percentile) and ``boot_width_ratio`` (bootstrap / Wald
-    width); for each posterior ``<name>_mean``, ``<name>_low/high`` (equal-tailed),
-    ``<name>_width_ratio`` (posterior / Wald width) and ``<name>_overlap`` (length of the
-    intersection of the posterior and bootstrap intervals over that of their union).
-    Several posteriors (e.g. conditional and joint) give the ladder of DESIGN.md.
+    The frequentist intervals are the inference's own (:meth:`nmfre.inference.Inference.interval`):
+    ``wald_low/high`` is its Wald interval (its sandwich, CR1 or CR2, with its normal or t
+    quantiles) and ``boot_low/high`` its bootstrap interval (percentile or bootstrap-t, as it
+    was computed), with ``boot_width_ratio`` (bootstrap / Wald width). For each posterior:
+    ``<name>_mean``, ``<name>_low/high`` (equal-tailed), ``<name>_width_ratio`` (posterior /
+    Wald width) and ``<name>_overlap`` (length of the intersection of the posterior and
+    bootstrap intervals over that of their union). ``attrs["intervals"]`` says what each
+    interval is, derived from the inference's settings.
+
+    Parameters
+    ----------
+    inference : nmfre.inference.Inference
+    *posteriors : xarray.DataTree
+        Results of :func:`bayes.sample` (or :func:`bayes.fit_vi`).
+    level : float, optional
+        Interval level; defaults to the inference's. At another level the Wald and
+        percentile intervals are recomputed; a bootstrap-t interval cannot be (re-run
+        ``infer`` at that level).
+    names : list of str, optional
+        Column prefixes of the posteriors (default: their ``model`` attribute).
     """
+    names = _posteriors(posteriors, names)
+    level = inference.level if level is None else level
     if not (0 < level < 1):
         raise ValueError(f"level must be in (0, 1), got {level!r}")
-    names = _posteriors(posteriors, names)
     a = (1 - level) / 2
+    wald, boot = inference.interval("wald", level), inference.interval("bootstrap", level)
     est = inference.estimate.values.ravel()
-    se = inference.se.values.ravel()
-    z = norm.ppf(1 - a)
-    wl, wh = est - z * se, est + z * se
-    bq = inference.draws.quantile([a, 1 - a], dim="draw").values.reshape(2, -1)
+    wl, wh = wald.values.reshape(2, -1)
+    bl, bh = boot.values.reshape(2, -1)
     idx = pd.MultiIndex.from_product([inference.estimate["component"].values, inference.estimate["covariate"].values],
                                      names=["component", "covariate"])
-    out = pd.DataFrame({"estimate": est, "wald_low": wl, "wald_high": wh, "boot_low": bq[0], "boot_high": bq[1],
-                        "boot_width_ratio": (bq[1] - bq[0]) / (wh - wl)}, index=idx)
+    out = pd.DataFrame({"estimate": est, "wald_low": wl, "wald_high": wh, "boot_low": bl, "boot_high": bh,
+                        "boot_width_ratio": (bh - bl) / (wh - wl)}, index=idx)
+    lab = provenance(inference.attrs)
+    kinds = {"wald": wald.attrs["description"], "boot": f"{boot.attrs['description']}; {lab['bootstrap']}"}
     for name, post in zip(names, posteriors, strict=True):
         _check_coords(inference, post)
         th = post["posterior"]["theta"].transpose(..., "component", "covariate")
@@ -67,27 +88,31 @@ def compare(inference, *posteriors, level: float = 0.95, names=None) -> pd.DataF
         out[f"{name}_mean"] = th.mean(("chain", "draw")).values.ravel()
         out[f"{name}_low"], out[f"{name}_high"] = q[0], q[1]
         out[f"{name}_width_ratio"] = (q[1] - q[0]) / (wh - wl)
-        out[f"{name}_overlap"] = _overlap(q[0], q[1], bq[0], bq[1])
-    out.attrs.update(level=level, interval_kinds="wald: sandwich SE; boot: percentile; posterior: equal-tailed")
+        out[f"{name}_overlap"] = _overlap(q[0], q[1], bl, bh)
+        approx = " (variational approximation)" if post["posterior"].attrs.get("approximate") else ""
+        kinds[name] = f"{100 * level:g}% equal-tailed posterior interval{approx}"
+    out.attrs.update(level=level, intervals=kinds)
     return out
 
 
-def plot_compare(inference, *posteriors, level: float = 0.95, names=None):
-    """Forest plot of Theta: Wald, bootstrap and posterior intervals side by side.
+def plot_compare(inference, *posteriors, level: float | None = None, names=None):
+    """Forest plot of Theta: the inference's Wald and bootstrap intervals and the posterior
+    intervals side by side.
 
     One panel per covariate, each with its own x scale (an intercept of 90 and an effect
     of 9 do not share an axis); rows are components, sources are stacked within a row.
-    Intervals are those of :func:`compare` (Wald: estimate +- z sandwich SE; bootstrap:
-    percentile; posteriors: equal-tailed) at ``level``; the dotted mark is the estimate.
-    Posteriors whose ``posterior`` group has ``attrs["approximate"]`` (variational
-    fits) are labelled "(approx.)". Returns the matplotlib Figure.
+    Intervals are those of :func:`compare` at ``level`` (default: the inference's), each
+    labelled with what it is (e.g. "Wald (CR2, t)", "bootstrap-t (one-step)"); the dotted
+    mark is the estimate. Posteriors whose ``posterior`` group has ``attrs["approximate"]``
+    (variational fits) are labelled "(approx.)". Returns the matplotlib Figure.
     """
     from nmfre.plotting import intervals
 
     names = _posteriors(posteriors, names)
     table = compare(inference, *posteriors, level=level, names=names)
-    sources = {"Wald (sandwich)": ("wald_low", "wald_high"),
-               f"bootstrap ({inference.method})": ("boot_low", "boot_high")}
+    level = table.attrs["level"]
+    short = provenance(inference.attrs)["short"]
+    sources = {short["wald"]: ("wald_low", "wald_high"), short["ci"]: ("boot_low", "boot_high")}
     approx = []
     for name, post in zip(names, posteriors, strict=True):
         sources[name] = (f"{name}_low", f"{name}_high")

@@ -37,7 +37,49 @@ if TYPE_CHECKING:
     from .results import NMFREFit
 
 METHODS = ("onestep", "refit")
-_TABLE = ("estimate", "se", "se_model", "boot_se", "z", "p_value")
+#: multiplier laws, as printed
+LAWS = {"exp": "Exp(1) - 1", "rademacher": "Rademacher", "mammen": "Mammen", "normal": "N(0, 1)",
+        "user": "user-supplied"}
+
+
+def provenance(attrs: dict) -> dict[str, str]:
+    """Human-readable labels of how an inference was computed, derived from its settings
+    (the attributes written by :func:`infer`); every title, column name and caption of an
+    :class:`Inference` comes from here.
+
+    Keys: ``vcov`` ("CR2 sandwich"), ``statistic`` ("z" or "t"), ``reference`` ("normal",
+    "t with Satterthwaite df per coefficient", "t with df = 5"), ``alternative``, ``p_column``
+    (R's ``Pr(>|t|)`` style), ``bootstrap`` ("one-step wild bootstrap, B = 1000, Exp(1) - 1
+    multipliers"), ``ci`` ("95% percentile interval"/"95% bootstrap-t interval ..."),
+    ``wald`` (the Wald interval of the same SE and reference), ``short`` (legend labels of
+    both intervals, e.g. "Wald (CR2, t)", "bootstrap-t (one-step bootstrap)") and
+    ``description`` (all of it in one line).
+    """
+    vcov = attrs.get("vcov", "CR1")
+    df_kind = attrs.get("df_kind", "normal")
+    stat = "z" if df_kind == "normal" else "t"
+    reference = {"normal": "normal", "satterthwaite": "t with Satterthwaite df per coefficient",
+                 "fixed": f"t with df = {attrs.get('df_value', '?')}"}[df_kind]
+    alt = attrs.get("alternative", "two-sided")
+    p_col = {"two-sided": f"Pr(>|{stat}|)", "greater": f"Pr(>{stat})", "less": f"Pr(<{stat})"}[alt]
+    kind = "one-step" if attrs.get("method") == "onestep" else "refit"
+    law = LAWS.get(attrs.get("dist", "user"), str(attrs.get("dist")))
+    boot = f"{kind} wild bootstrap, B = {attrs.get('n_boot')}, {law} multipliers"
+    if attrs.get("theta_kind") == "nonneg":
+        boot += ", replicates projected onto Theta >= 0"
+    pct = f"{100 * float(attrs.get('level', 0.95)):g}%"
+    if attrs.get("ci_kind", "percentile") == "studentized":
+        ci = f"{pct} bootstrap-t interval (each replicate studentized by its own {vcov} sandwich)"
+    else:
+        ci = f"{pct} percentile interval"
+    short = {"wald": f"Wald ({vcov}, {'normal' if stat == 'z' else 't'})",
+             "ci": (f"{'bootstrap-t' if attrs.get('ci_kind') == 'studentized' else 'percentile'} "
+                    f"({kind} bootstrap)")}
+    return {"vcov": f"{vcov} sandwich", "statistic": stat, "reference": reference, "alternative": alt,
+            "p_column": p_col, "bootstrap": boot, "ci": ci, "short": short,
+            "wald": f"{pct} Wald interval (estimate -+ q {vcov} sandwich SE, q from the {reference})",
+            "description": f"{vcov} sandwich SE; {stat} statistic against the {reference}; {alt} p-value; {ci}; "
+                           f"{boot}"}
 
 
 class Inference:
@@ -51,8 +93,10 @@ class Inference:
     Attributes
     ----------
     table : pandas.DataFrame
-        One row per (component, covariate): ``estimate, se (sandwich, CR1), se_model
-        (I^-1), boot_se, z, p_value, ci_low, ci_high`` (percentile bootstrap interval).
+        One row per (component, covariate): ``estimate, se`` (the ``vcov`` sandwich),
+        ``se_model`` (I^-1), ``boot_se``, the statistic ``z`` (normal reference) or ``t`` and
+        ``df`` (t reference), ``p_value``, ``ci_low, ci_high`` (the bootstrap interval of kind
+        ``ci``). :meth:`describe` says which.
     draws : xarray.DataArray (draw, component, covariate)
         Bootstrap replicates (aligned to the point estimate for ``method="refit"``).
     cov, cov_model : xarray.DataArray (param, param_2)
@@ -80,7 +124,7 @@ class Inference:
 
     @property
     def se(self) -> xr.DataArray:
-        """Sandwich (CR1) standard error."""
+        """Sandwich standard error (CR1 or CR2: ``attrs["vcov"]``)."""
         return self._ds["se"]
 
     @property
@@ -94,13 +138,40 @@ class Inference:
         return self._ds["boot_se"]
 
     @property
+    def statistic(self) -> xr.DataArray:
+        """``estimate / se``, named ``z`` (normal reference) or ``t`` (t reference)."""
+        return self._ds[self.statistic_name]
+
+    @property
+    def statistic_name(self) -> str:
+        """``"z"`` or ``"t"``: the reference distribution of :attr:`statistic`."""
+        return provenance(self._ds.attrs)["statistic"]
+
+    @property
     def z(self) -> xr.DataArray:
-        """estimate / se."""
-        return self._ds["z"]
+        """``estimate / se`` with a normal reference (an error for a t reference: use
+        :attr:`statistic` or :attr:`t`)."""
+        return self._named_statistic("z")
+
+    @property
+    def t(self) -> xr.DataArray:
+        """``estimate / se`` with a t reference (df in :attr:`df`)."""
+        return self._named_statistic("t")
+
+    def _named_statistic(self, name: str) -> xr.DataArray:
+        if self.statistic_name != name:
+            raise AttributeError(f"this inference has a {provenance(self._ds.attrs)['reference']} reference, so its "
+                                 f"statistic is {self.statistic_name!r}, not {name!r}: use .statistic")
+        return self.statistic
+
+    @property
+    def df(self) -> xr.DataArray:
+        """Degrees of freedom of the t reference per coefficient (``inf``: normal)."""
+        return self._ds["df"]
 
     @property
     def p_value(self) -> xr.DataArray:
-        """Normal p-value (see ``alternative``)."""
+        """p-value of :attr:`statistic` against its reference (normal or t), ``alternative``."""
         return self._ds["p_value"]
 
     @property
@@ -120,8 +191,50 @@ class Inference:
 
     @property
     def ci(self) -> xr.DataArray:
-        """Percentile interval with dim ``ci_bound`` (lower/upper)."""
+        """The bootstrap interval (percentile or bootstrap-t: ``attrs["ci_kind"]``) with dim
+        ``ci_bound`` (lower/upper)."""
         return self._ds["ci"]
+
+    @property
+    def ci_wald(self) -> xr.DataArray:
+        """Wald interval ``estimate -+ q se`` with the same SE and reference (normal or t)."""
+        return self._ds["ci_wald"]
+
+    def interval(self, kind: str = "bootstrap", level: float | None = None) -> xr.DataArray:
+        """An interval for Theta (dims ``ci_bound, component, covariate``) with its provenance
+        in ``attrs["description"]``.
+
+        Parameters
+        ----------
+        kind : {"bootstrap", "wald"}
+            The bootstrap interval this inference computed (percentile or bootstrap-t), or the
+            Wald interval of its SE and reference distribution.
+        level : float, optional
+            Defaults to the inference's level. At another level the Wald interval and the
+            percentile interval are recomputed (from the SEs, from the draws); a bootstrap-t
+            interval is not (its replicate SEs are not kept): re-run :func:`infer`.
+        """
+        kind = v.choice(kind, "kind", ("bootstrap", "wald"))
+        own = self.level
+        level = own if level is None else v.open_unit(level, "level")
+        attrs = {**self._ds.attrs, "level": level}
+        lab = provenance(attrs)
+        if np.isclose(level, own):
+            out = self._ds["ci" if kind == "bootstrap" else "ci_wald"].copy()
+        elif kind == "wald":
+            q = _wald_quantile(self._ds["df"].values, level)
+            est, se = self._ds["estimate"], self._ds["se"]
+            out = xr.concat([est - q * se, est + q * se], dim="ci_bound")
+        elif self._ds.attrs.get("ci_kind", "percentile") == "percentile":
+            a = (1 - level) / 2
+            out = self.draws.quantile([a, 1 - a], dim="draw").rename(quantile="ci_bound")
+        else:
+            raise ValueError(f"the bootstrap-t interval was computed at level {own:g} only (replicate SEs are not "
+                             f"kept); got level={level:g}: call infer(..., level={level:g}, ci='studentized')")
+        out = out.assign_coords(ci_bound=["lower", "upper"]).transpose("ci_bound", "component", "covariate")
+        out.attrs = {"ci_kind": "wald" if kind == "wald" else attrs.get("ci_kind", "percentile"),
+                     "ci_prob": float(level), "description": lab["wald" if kind == "wald" else "ci"]}
+        return out.rename("ci" if kind == "bootstrap" else "ci_wald")
 
     @property
     def level(self) -> float:
@@ -153,8 +266,9 @@ class Inference:
     def table(self) -> pd.DataFrame:
         """One row per (component, covariate); see the class docstring."""
         ds = self._ds
-        cols = {k: ds[k] for k in _TABLE}
-        df = xr.Dataset(cols).to_dataframe()[list(cols)]
+        stat = self.statistic_name
+        names = ["estimate", "se", "se_model", "boot_se", stat] + (["df"] if stat == "t" else []) + ["p_value"]
+        df = xr.Dataset({k: ds[k] for k in names}).to_dataframe()[names]
         ci = ds["ci"].to_dataset("ci_bound").to_dataframe()
         df["ci_low"], df["ci_high"] = ci["lower"], ci["upper"]
         order = pd.MultiIndex.from_product([ds["component"].values, ds["covariate"].values],
@@ -170,23 +284,28 @@ class Inference:
                           attrs={"alpha": alpha, "alternative": self.alternative})
 
     def describe(self) -> str:
-        """One line saying which standard errors, bootstrap and intervals these are."""
-        a = self._ds.attrs
-        kind = "one-step" if a["method"] == "onestep" else "refit"
-        return (f"sandwich SE (CR1); {kind} wild bootstrap, B={a['n_boot']} ({a['dist']} multipliers); "
-                f"{100 * a['level']:g}% percentile CI; p-value {a['alternative']}")
+        """One line saying which standard errors, reference distribution, bootstrap and
+        interval these are (derived from the settings used: :func:`provenance`)."""
+        return provenance(self._ds.attrs)["description"]
 
     def summary_table(self) -> pd.DataFrame:
-        """The R-style coefficient table (rounded, with significance stars)."""
+        """The R-style coefficient table (rounded, with significance stars); column names
+        follow the computation (SE kind, ``z`` or ``t`` with ``df``, the p-value's
+        alternative, the interval's level)."""
         t = self.table
+        lab = provenance(self._ds.attrs)
+        stat = lab["statistic"]
+        a = (1 - self.level) / 2
         stars = pd.cut(t["p_value"], [-np.inf, 0.001, 0.01, 0.05, 0.1, np.inf],
                        labels=["***", "**", "*", ".", ""], right=False).astype(str)
-        out = pd.DataFrame({
-            "Estimate": t["estimate"], "Std.Error": t["se"], "Boot.SE": t["boot_se"], "z": t["z"],
-            "p": t["p_value"].map(lambda p: "<2e-16" if p < 2.2e-16 else f"{p:.4g}"), "": stars,
-            "CI low": t["ci_low"], "CI high": t["ci_high"],
-        })
-        return out.round(4)
+        cols = {"Estimate": t["estimate"], f"SE ({self._ds.attrs.get('vcov', 'CR1')})": t["se"],
+                "Boot.SE": t["boot_se"], stat: t[stat]}
+        if stat == "t":
+            cols["df"] = t["df"]
+        cols[lab["p_column"]] = t["p_value"].map(lambda p: "<2e-16" if p < 2.2e-16 else f"{p:.4g}")
+        cols[""] = stars
+        cols[f"{100 * a:g}%"], cols[f"{100 * (1 - a):g}%"] = t["ci_low"], t["ci_high"]
+        return pd.DataFrame(cols).round(4)
 
     def __repr__(self) -> str:
         return f"Inference on Theta: {self.describe()}\n{self.summary_table().to_string()}"
@@ -195,10 +314,15 @@ class Inference:
         return f"<p><b>Inference on Theta</b>: {self.describe()}</p>{self.summary_table().to_html()}"
 
     def plot(self, alpha: float = 0.05, ax=None):
-        """Component x covariate effect matrix, coloured by estimate, stars for significance."""
+        """Component x covariate effect matrix, coloured by estimate, stars for significance
+        (the caption names the p-value's SE, reference and alternative)."""
         from .plotting import effects
 
-        return effects(self.estimate, self.p_value, v.open_unit(alpha, "alpha"), ax=ax)
+        alpha = v.open_unit(alpha, "alpha")
+        lab = provenance(self._ds.attrs)
+        title = (f"Theta; starred: p < {alpha:g} ({lab['statistic']} on {lab['vcov']} SE, {lab['reference']}, "
+                 f"{lab['alternative']})")
+        return effects(self.estimate, self.p_value, alpha, ax=ax, title=title)
 
     # -- ArviZ and IO
     def to_datatree(self, chains: int = 1) -> xr.DataTree:
@@ -215,8 +339,10 @@ class Inference:
                              dims=("chain", "draw", "component", "covariate"),
                              coords={"chain": np.arange(chains), "draw": np.arange(B),
                                      "component": d["component"].values, "covariate": d["covariate"].values})
-        post = xr.Dataset({"theta": theta}, attrs={"source": f"nmfre {self.method} bootstrap",
-                                                   "inference": self.describe()})
+        lab = provenance(self._ds.attrs)
+        post = xr.Dataset({"theta": theta}, attrs={"source": f"nmfre {lab['bootstrap']}", "inference": self.describe(),
+                                                   "interval": lab["ci"], "vcov": lab["vcov"],
+                                                   "reference": lab["reference"], "alternative": lab["alternative"]})
         point = xr.Dataset({"theta": self.estimate})
         return xr.DataTree.from_dict({"posterior": post, "point_estimate": point})
 
@@ -365,6 +491,9 @@ def infer(fit: NMFREFit, n_boot: int = 1000, seed: Any = 123, multipliers: Any =
              "alternative": alternative, "sigma2_used": ker.sigma2_used, "df_u": ker.df_u,
              "theta_kind": fit.theta_kind, "fit_method": fit.method, "ci_kind": ci, "ci_prob": float(level),
              "vcov": vcov, "df_kind": df_kind, **extra}
+    if df_kind == "fixed":
+        attrs["df_value"] = int(df)
+    attrs["description"] = provenance(attrs)["description"]
     return Inference(_label(fit.coords, tvec, ker, sand, draws, (lo, hi), level, alternative, attrs))
 
 
@@ -421,8 +550,8 @@ def _label(coords: dict, tvec: np.ndarray, ker: Conditional, sand: dict, draws: 
     lo, hi = ci
     with np.errstate(divide="ignore", invalid="ignore"):
         z = np.where(se > 0, tvec / se, np.nan)
-    q = np.where(np.isfinite(dfs), student_t.ppf(1 - (1 - level) / 2, np.where(np.isfinite(dfs), dfs, 1.0)),
-                 norm.ppf(1 - (1 - level) / 2))
+    q = _wald_quantile(dfs, level)
+    lab = provenance(attrs)
 
     def qk(vec):
         return xr.DataArray(np.asarray(vec).reshape(Q, K, order="F"), dims=("component", "covariate"))
@@ -435,7 +564,7 @@ def _label(coords: dict, tvec: np.ndarray, ker: Conditional, sand: dict, draws: 
 
     ds = xr.Dataset(
         {"estimate": qk(tvec), "se": qk(se), "se_model": qk(se_model), "boot_se": qk(draws.std(axis=1, ddof=1)),
-         "z": qk(z), "p_value": qk(p_values(z, alternative, dfs)), "df": qk(dfs),
+         lab["statistic"]: qk(z), "p_value": qk(p_values(z, alternative, dfs)), "df": qk(dfs),
          "ci": xr.concat([qk(lo), qk(hi)], dim="ci_bound"),
          "ci_wald": xr.concat([qk(tvec - q * se), qk(tvec + q * se)], dim="ci_bound"),
          "draws": xr.DataArray(draws.T.reshape(B, Q, K, order="F"), dims=("draw", "component", "covariate")),
@@ -443,6 +572,18 @@ def _label(coords: dict, tvec: np.ndarray, ker: Conditional, sand: dict, draws: 
         coords={"component": comp, "covariate": cov, "ci_bound": ["lower", "upper"], "draw": np.arange(B)},
         attrs=attrs,
     )
-    ds["ci"].attrs.update(ci_kind=attrs["ci_kind"], ci_prob=float(level))
-    ds["ci_wald"].attrs.update(ci_kind="wald", ci_prob=float(level))
+    ds["ci"].attrs.update(ci_kind=attrs["ci_kind"], ci_prob=float(level), description=lab["ci"])
+    ds["ci_wald"].attrs.update(ci_kind="wald", ci_prob=float(level), description=lab["wald"])
+    ds[lab["statistic"]].attrs.update(description=f"estimate / SE ({lab['vcov']}), reference {lab['reference']}")
+    ds["p_value"].attrs.update(description=f"{lab['alternative']} p-value of {lab['statistic']}, {lab['reference']}")
+    ds["se"].attrs.update(description=f"{lab['vcov']} standard error")
     return ds
+
+
+def _wald_quantile(dfs, level: float) -> np.ndarray:
+    """Upper ``(1 + level)/2`` quantile of the reference: t with ``dfs`` (per entry), normal where
+    ``dfs`` is infinite."""
+    dfs = np.asarray(dfs, float)
+    p = 1 - (1 - level) / 2
+    finite = np.isfinite(dfs)
+    return np.where(finite, student_t.ppf(p, np.where(finite, dfs, 1.0)), norm.ppf(p))

@@ -26,7 +26,7 @@ def _stars(p: float, alpha: float) -> str:
     return "***" if p < 0.001 else "**" if p < 0.01 else "*" if p < alpha else ""
 
 
-def effects(estimate, p_value, alpha: float = 0.05, ax=None):
+def effects(estimate, p_value, alpha: float = 0.05, ax=None, title: str | None = None):
     """Component x covariate effect matrix, coloured by estimate, stars for significance.
 
     Parameters
@@ -35,6 +35,8 @@ def effects(estimate, p_value, alpha: float = 0.05, ax=None):
     alpha : float
         Level below which a cell is starred.
     ax : matplotlib Axes, optional
+    title : str, optional
+        The caption (say which p-value this is); default "Covariate effects (p < alpha starred)".
     """
     est = estimate.transpose("component", "covariate")
     p = p_value.transpose("component", "covariate").values
@@ -56,7 +58,7 @@ def effects(estimate, p_value, alpha: float = 0.05, ax=None):
             ax.text(j, i, f"{vals[i, j]:.3g}\n{_stars(p[i, j], alpha)}", ha="center", va="center", fontsize=9,
                     color=color)
     ax.figure.colorbar(im, ax=ax, label="Theta")
-    ax.set_title(f"Covariate effects (p < {alpha:g} starred)", fontsize=10)
+    ax.set_title(title or f"Covariate effects (p < {alpha:g} starred)", fontsize=10, wrap=True)
     return ax.figure
 
 
@@ -126,8 +128,11 @@ def intervals(table: pd.DataFrame, sources: dict[str, tuple[str, str]], estimate
     comps = list(dict.fromkeys(table.index.get_level_values(0)))
     covs = list(dict.fromkeys(table.index.get_level_values(1)))
     n_src = len(sources)
-    height = 1.2 + len(comps) * (0.3 + 0.22 * n_src)
     width = max(3.0, 2.6 * len(covs)) + max(map(len, map(str, comps))) * _CHAR
+    labels = [f"{n} (approx.)" if n in approximate else n for n in sources]
+    entry = 0.6 + 0.065 * max(map(len, labels))  # inches per legend entry at fontsize 8
+    ncols = max(1, min(n_src, 4, int(width // entry)))
+    height = 1.0 + len(comps) * (0.3 + 0.22 * n_src) + 0.2 * -(-n_src // ncols)
     fig, axes = plt.subplots(1, len(covs), figsize=(width, height), sharey=True, squeeze=False,
                              layout="constrained")
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
@@ -147,7 +152,7 @@ def intervals(table: pd.DataFrame, sources: dict[str, tuple[str, str]], estimate
         ax.grid(axis="x", color="0.9")
     handles, names = axes[0][0].get_legend_handles_labels()
     names = [f"{n} (approx.)" if n in approximate else n for n in names]
-    fig.legend(handles, names, loc="outside lower center", ncols=min(n_src, 4), fontsize=8, frameon=False)
+    fig.legend(handles, names, loc="outside lower center", ncols=ncols, fontsize=8, frameon=False)
     if title:
         fig.suptitle(title, fontsize=10)
     return fig
