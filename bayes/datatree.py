@@ -14,10 +14,15 @@ import numpy as np
 import xarray as xr
 
 from nmfre.core.bootstrap import align_components
+from nmfre.core.stats import patterns
+from nmfre.study import SAMPLER_THRESHOLDS
+
+from .models import u_conditional
 
 __all__ = ["SamplingWarning", "align_chains", "build", "diagnostics", "draw_u", "warn_diagnostics"]
 
-THRESHOLDS = {"max_r_hat": 1.01, "min_ess_bulk": 400}
+#: the diagnostics' thresholds (defined once, in :mod:`nmfre.study`, whose ``warning_share`` counts the same failures)
+THRESHOLDS = SAMPLER_THRESHOLDS
 
 
 class SamplingWarning(UserWarning):
@@ -100,8 +105,8 @@ def draw_u(post: xr.Dataset, Y: np.ndarray, A: np.ndarray, rng) -> np.ndarray:
     """U (chain, draw, component, unit) from its Gaussian conditional for every draw.
 
     Unit ``n`` with observed rows ``O``: mean ``M_O^-1 X_O'(y_O - X_O Theta a_n)`` and
-    covariance ``sigma^2 M_O^-1``, ``M_O = X_O'X_O + lambda I`` (one batch of draws per
-    pattern of observed features).
+    covariance ``sigma^2 M_O^-1``, ``M_O = X_O'X_O + lambda I`` (:func:`bayes.u_conditional`,
+    one batch of draws per pattern of observed features).
     """
     th = post["theta"].transpose("chain", "draw", "component", "covariate").values
     C, D, Q, _ = th.shape
@@ -109,19 +114,16 @@ def draw_u(post: xr.Dataset, Y: np.ndarray, A: np.ndarray, rng) -> np.ndarray:
     X = (X.transpose("chain", "draw", "feature", "component").values if "chain" in X.dims
          else np.broadcast_to(X.transpose("feature", "component").values, (C, D) + X.shape))
     s2 = (post["sigma"] ** 2).transpose("chain", "draw").values[..., None, None]
-    lam = s2 / (post["tau"] ** 2).transpose("chain", "draw").values[..., None, None]
-    obs = ~np.isnan(Y)
-    patterns, inverse = np.unique(obs.T, axis=0, return_inverse=True)
+    t2 = (post["tau"] ** 2).transpose("chain", "draw").values[..., None, None]
+    pats, inverse = patterns(~np.isnan(Y), order="sorted")
     U = np.empty((C, D, Q, Y.shape[1]))
     z = rng.standard_normal(U.shape)
-    for b, pat in enumerate(patterns):
-        units = np.flatnonzero(inverse.ravel() == b)
+    for b, pat in enumerate(pats):
+        units = np.flatnonzero(inverse == b)
         Xo = X * pat[:, None]
-        M = np.swapaxes(Xo, -1, -2) @ Xo + lam * np.eye(Q)
-        R = np.where(pat[:, None], np.nan_to_num(Y[:, units]), 0.0) - Xo @ th @ A[:, units]
-        mean = np.linalg.solve(M, np.swapaxes(Xo, -1, -2) @ R)
-        L = np.linalg.cholesky(s2 * np.linalg.inv(M))
-        U[..., units] = mean + L @ z[..., units]
+        mean, cov = u_conditional(np.where(pat[:, None], np.nan_to_num(Y[:, units]), 0.0), A[:, units], Xo, th,
+                                  s2, t2)
+        U[..., units] = mean + np.linalg.cholesky(cov) @ z[..., units]
     return U
 
 
@@ -166,9 +168,9 @@ def warn_diagnostics(dt: xr.DataTree, stacklevel: int = 3) -> dict:
     d = diagnostics(dt)
     problems = []
     if d["max_r_hat"] > THRESHOLDS["max_r_hat"]:
-        problems.append(f"max r_hat {d['max_r_hat']:.3f} > 1.01")
+        problems.append(f"max r_hat {d['max_r_hat']:.3f} > {THRESHOLDS['max_r_hat']}")
     if d["min_ess_bulk"] < THRESHOLDS["min_ess_bulk"]:
-        problems.append(f"min bulk ESS {d['min_ess_bulk']:.0f} < 400")
+        problems.append(f"min bulk ESS {d['min_ess_bulk']:.0f} < {THRESHOLDS['min_ess_bulk']}")
     if d["divergences"]:
         problems.append(f"{d['divergences']} divergent transitions")
     if problems:

@@ -27,6 +27,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.scipy.linalg import cho_solve
 
+from nmfre.core.stats import patterns as observed_patterns
+
 __all__ = ["Stats", "loglik", "statistics"]
 
 
@@ -95,8 +97,9 @@ def statistics(Y, A) -> Stats:
     Returns
     -------
     Stats
-        numpy arrays (JAX arrays when ``Y`` is traced), patterns in order of first
-        appearance; units with no observed feature are dropped.
+        numpy arrays (JAX arrays when ``Y`` is traced), patterns sorted
+        lexicographically (:func:`nmfre.core.stats.patterns` with ``order="sorted"``);
+        units with no observed feature are dropped.
     """
     if _is_tracer(Y) or _is_tracer(A):
         Y, A = jnp.asarray(Y), jnp.asarray(A)
@@ -108,8 +111,7 @@ def statistics(Y, A) -> Stats:
     if obs.all():
         return Stats((Y @ Y.T)[None], (Y @ A.T)[None], (A @ A.T)[None], Y.sum(axis=1)[None],
                      np.array([float(Y.shape[1])]), np.ones((1, Y.shape[0])))
-    patterns, inverse = np.unique(obs.T, axis=0, return_inverse=True)
-    inverse = inverse.ravel()
+    patterns, inverse = observed_patterns(obs, order="sorted")
     Y0 = np.where(obs, Y, 0.0)
     keep = [b for b in range(len(patterns)) if patterns[b].any()]  # units with nothing observed drop out
     G, YA, AA, ys, n = [], [], [], [], []
@@ -152,12 +154,12 @@ def loglik(stats: Stats, X, theta, sigma2, tau2):
     rss = trG - 2.0 * jnp.trace(F, axis1=1, axis2=2) + jnp.einsum("bqr,brq->b", H, XtX)
     FX = F @ XtX
     W = XtGX - FX - jnp.swapaxes(FX, 1, 2) + XtX @ H @ XtX
-    ratio = tau2 / sigma2
-    C = jnp.eye(Q) + ratio * XtX
+    inv_lam = tau2 / sigma2  # 1 / lambda (nmfre's lam = sigma2 / tau2)
+    C = jnp.eye(Q) + inv_lam * XtX
     L = jnp.linalg.cholesky(C)
     logdet = 2.0 * jnp.sum(jnp.log(jnp.diagonal(L, axis1=1, axis2=2)), axis=1)
     CinvW = cho_solve((L, True), W)
-    quad = (rss - ratio * jnp.trace(CinvW, axis1=1, axis2=2)) / sigma2
+    quad = (rss - inv_lam * jnp.trace(CinvW, axis1=1, axis2=2)) / sigma2
     nobs = jnp.sum(s.mask, axis=1)
     return -0.5 * jnp.sum(s.n * (nobs * jnp.log(2.0 * jnp.pi * sigma2) + logdet) + quad)
 

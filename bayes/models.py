@@ -259,8 +259,17 @@ def conditional(Y, A, X, sigma2: float, tau2: float, nonneg: bool = False, prior
 
 
 def u_conditional(Y, A, X, theta, sigma2, tau2):
-    """Mean (Q x N) and covariance (Q x Q) of U given the data and the parameters."""
-    Q = X.shape[1]
-    M = X.T @ X + (sigma2 / tau2) * np.eye(Q)
-    Minv = np.linalg.inv(M)
-    return Minv @ X.T @ (Y - X @ theta @ A), sigma2 * Minv
+    """Mean (Q x N) and covariance (Q x Q) of U given the data and the parameters.
+
+    ``mean = M^-1 X'(Y - X Theta A)``, ``cov = sigma^2 M^-1``, ``M = X'X + lambda I`` with
+    ``lambda = sigma^2 / tau^2`` (numpy). Leading axes of ``X``, ``theta``, ``sigma2`` and
+    ``tau2`` broadcast, one conditional per posterior draw (then give ``sigma2`` and
+    ``tau2`` trailing axes of size 1). For units that share a pattern of observed
+    features, pass ``Y`` and ``X`` with the unobserved rows set to zero
+    (:func:`bayes.datatree.draw_u`).
+    """
+    Q = X.shape[-1]
+    Xt = np.swapaxes(X, -1, -2)
+    M = Xt @ X + (sigma2 / tau2) * np.eye(Q)
+    mean = np.linalg.solve(M, Xt @ (Y - X @ theta @ A))
+    return mean, sigma2 * np.linalg.inv(M)

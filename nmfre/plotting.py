@@ -158,29 +158,60 @@ def intervals(table: pd.DataFrame, sources: dict[str, tuple[str, str]], estimate
     return fig
 
 
-def coverage(summary: pd.DataFrame, target: float = 0.95, cells: str = "cell", method: str = "method"):
-    """Coverage with Monte Carlo error bars (left) and mean width relative to Wald (right).
+def coverage(summary, component=None, covariate=None):
+    """Coverage with Monte Carlo error bars (left) and mean width relative to Wald (right),
+    one row per (component, covariate), methods along the x axis and one marker per cell
+    of the grid.
 
-    ``summary`` has one row per (cell, method) with columns ``coverage``, ``coverage_mcse``
-    and ``width_ratio``.
+    Parameters
+    ----------
+    summary : xarray.Dataset
+        :func:`nmfre.study.summarize` of a study run with ``methods`` (``coverage``,
+        ``coverage_mcse``, ``width_ratio`` over ``interval``, ``component``, ``covariate``
+        and the grid's dims).
+    component, covariate : optional
+        Restrict to these labels (default: all).
+
+    Returns
+    -------
+    matplotlib.figure.Figure
     """
+    if "coverage" not in summary:
+        raise ValueError("summary has no per-method metrics: run the study with methods=(...) and summarize it")
     plt = _plt()
-    cell_names = list(dict.fromkeys(summary[cells]))
-    methods = list(dict.fromkeys(summary[method]))
-    height = 1.5 + 0.32 * len(cell_names) * max(1, len(methods)) / 3
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, height), sharey=True, layout="constrained")
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    offsets = np.linspace(0.35, -0.35, len(methods)) if len(methods) > 1 else np.zeros(1)
-    for j, m in enumerate(methods):
-        sub = summary[summary[method] == m].set_index(cells).reindex(cell_names)
-        y = np.arange(len(cell_names))[::-1] + offsets[j]
-        a1.errorbar(sub["coverage"], y, xerr=1.96 * sub["coverage_mcse"], fmt="o", ms=4, capsize=2,
-                    color=colors[j % len(colors)], label=m)
-        a2.plot(sub["width_ratio"], y, "o", ms=4, color=colors[j % len(colors)])
-    a1.axvline(target, color="0.3", ls="--", lw=1)
-    a2.axvline(1.0, color="0.3", ls="--", lw=1)
-    a1.set_yticks(np.arange(len(cell_names))[::-1], cell_names)
-    a1.set_xlabel(f"coverage (nominal {target:g}; bars: +-1.96 Monte Carlo SE)")
-    a2.set_xlabel("mean width / mean Wald width")
-    fig.legend(loc="outside lower center", ncols=min(len(methods), 8), fontsize=8, frameon=False)
+    s = summary
+    if component is not None:
+        s = s.sel(component=[component] if np.isscalar(component) else component)
+    if covariate is not None:
+        s = s.sel(covariate=[covariate] if np.isscalar(covariate) else covariate)
+    rows = [(c, k) for c in s["component"].values for k in s["covariate"].values]
+    cells = [d for d in s["coverage"].dims if d not in ("interval", "component", "covariate")]
+    stacked = s.stack(cell=cells) if cells else s.expand_dims(cell=[""])
+    methods = list(s["interval"].values)
+    level = float(s.attrs.get("level", 0.95))
+    fig, axes = plt.subplots(len(rows), 2, figsize=(10, 2.8 * len(rows) + 0.9), squeeze=False,
+                             layout="constrained")
+    n_cells = stacked.sizes["cell"]
+    offsets = np.linspace(-0.25, 0.25, n_cells) if n_cells > 1 else np.zeros(1)
+    x = np.arange(len(methods))
+    for (comp, cov), (ax_c, ax_w) in zip(rows, axes, strict=True):
+        sel = stacked.sel(component=comp, covariate=cov)
+        for j in range(n_cells):
+            cell = sel.isel(cell=j)
+            label = ", ".join(str(v) for v in np.atleast_1d(cell["cell"].item()))
+            ax_c.errorbar(x + offsets[j], cell["coverage"].values, yerr=1.96 * cell["coverage_mcse"].values,
+                          fmt="o", capsize=3, label=label or None)
+            ax_w.plot(x + offsets[j], cell["width_ratio"].values, "o", label=label or None)
+        ax_c.axhline(level, color="k", lw=0.8, ls="--")
+        ax_w.axhline(1.0, color="k", lw=0.8, ls="--")
+        for ax in (ax_c, ax_w):
+            ax.set_xticks(x, methods, rotation=30, ha="right")
+        ax_c.set_ylabel(f"{comp} / {cov}\ncoverage (+- 1.96 MCSE)")
+        ax_w.set_ylabel("width / Wald width")
+    axes[0, 0].set_title(f"coverage of the {level:.0%} intervals")
+    axes[0, 1].set_title("mean width relative to Wald")
+    if cells:
+        handles, labels = axes[0, 0].get_legend_handles_labels()
+        fig.legend(handles, labels, loc="outside lower center", ncols=min(4, n_cells), fontsize="small",
+                   frameon=False, title=", ".join(cells), title_fontsize="small")
     return fig

@@ -8,6 +8,12 @@ import xarray as xr
 from . import validation as v
 
 
+def _components(Q: int) -> list[str]:
+    """``Basis1..BasisQ``, the names :func:`nmfre.labels.component_labels` gives a fit's
+    components (simulate sits beside labels in the layers, so it cannot import it)."""
+    return [f"Basis{q + 1}" for q in range(Q)]
+
+
 def block_sparse(P: int = 100, N: int = 2000, rank: int = 5, K: int = 4, *, theta_scale: float = 10.0,
                  tau2: float = 0.25, noise_sd: float = 0.3, clip: bool = True, seed=0) -> dict:
     """The benchmark design: block-sparse X, non-negative Theta, Gaussian U and noise.
@@ -36,7 +42,7 @@ def block_sparse(P: int = 100, N: int = 2000, rank: int = 5, K: int = 4, *, thet
         Y = np.maximum(Y, 0.0)
     coords = {"feature": [f"f{p + 1}" for p in range(P)], "unit": [f"u{n + 1}" for n in range(N)],
               "covariate": ["intercept"] + [f"a{k}" for k in range(1, K)],
-              "component": [f"Basis{q + 1}" for q in range(rank)]}
+              "component": _components(rank)}
     return {
         "Y": xr.DataArray(Y, dims=("feature", "unit"), coords={k: coords[k] for k in ("feature", "unit")}),
         "A": xr.DataArray(A, dims=("covariate", "unit"), coords={k: coords[k] for k in ("covariate", "unit")}),
@@ -126,7 +132,7 @@ def _labelled(Y, A, X, theta, U, sigma2, tau2, fit_kwargs, design, params, covar
     Q, K = theta.shape
     feat = [f"f{p + 1}" for p in range(P)]
     units = [f"u{n + 1}" for n in range(N)]
-    comp = [f"Basis{q + 1}" for q in range(Q)]
+    comp = _components(Q)
     cov = list(covariates)[:K]
     return {
         "Y": xr.DataArray(Y, dims=("feature", "unit"), coords={"feature": feat, "unit": units}),

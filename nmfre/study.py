@@ -16,9 +16,10 @@ from collections.abc import Callable
 import numpy as np
 import xarray as xr
 
-from . import simulate
+from . import plotting, simulate
 from . import validation as v
 from .core.bootstrap import align_components
+from .labels import component_labels
 from .model import fit as nmfre_fit
 
 DESIGNS = {"baseline": simulate.baseline, "stress": simulate.stress}
@@ -28,6 +29,9 @@ SCALARS = ("df_u_frac", "sigma2", "tau2", "lam", "converged", "cap_hit", "nll", 
 METHODS = ("wald", "percentile", "cr2", "studentized", "refit")
 #: per replicate and method (NaN for the frequentist methods)
 SAMPLER_FIELDS = ("r_hat", "ess_bulk", "divergences")
+#: a sampler's diagnostics fail when r_hat exceeds or bulk ESS falls below these (or any divergence);
+#: the one definition of :func:`summarize`'s ``warning_share`` and of bayes's ``SamplingWarning``
+SAMPLER_THRESHOLDS = {"max_r_hat": 1.01, "min_ess_bulk": 400}
 #: per replicate and method: wall seconds of the computation that gave the interval (Wald and
 #: percentile share one bootstrap, CR2 and studentized another: each shows the shared time)
 TIMING = "seconds"
@@ -92,9 +96,22 @@ def _replicate(design, params: dict, seeds: tuple, n_boot: int, fit_overrides: d
     out = {k: t[k].to_numpy().reshape(Q, K)[perm] for k in FIELDS}
     out["intervals"] = intervals
     out.update(missing_share=float(np.isnan(d["Y"].values).mean()))
+    out["labels"] = _design_labels(d, Q, K)
     out.update(truth=d["theta"].values, df_u_frac=f.df_u / (f.shape["N"] * Q), sigma2=f.sigma2, tau2=f.tau2,
                lam=f.lam, converged=f.converged, cap_hit=f.cap_hit, nll=-f.loglik, n_iter=f.n_iter)
     return out
+
+
+def _design_labels(d: dict, Q: int, K: int) -> tuple[list, list]:
+    """Component and covariate labels of a simulated design: its truth's (or its A's
+    covariates) when labelled, else the defaults ``Basis1..`` and ``covariate1..``."""
+    def coords(name: str, dim: str):
+        c = getattr(d.get(name), "coords", {})
+        return list(c[dim].values) if dim in c else None
+
+    comp = coords("theta", "component") or list(component_labels(Q))
+    cov = coords("theta", "covariate") or coords("A", "covariate") or [f"covariate{k + 1}" for k in range(K)]
+    return comp, cov
 
 
 def _methods(methods) -> tuple[tuple, tuple]:
@@ -206,7 +223,8 @@ def run(design: str | Callable = "baseline", grid: dict | None = None, n_rep: in
         (dim ``interval``, labelled by method name) ``point, lower, upper``, ``r_hat,
         ess_bulk, divergences`` and ``seconds`` (wall time of the computation behind the
         interval; Wald and percentile share one bootstrap, CR2 and studentized another)
-        (NaN for the frequentist methods).
+        (NaN for the frequentist methods). Components and covariates carry the design's
+        labels (those of its ``theta``).
     """
     if isinstance(design, str) and design not in DESIGNS or not (isinstance(design, str) or callable(design)):
         raise ValueError(f"design must be one of {tuple(DESIGNS)} or a callable, got {design!r}")
@@ -253,8 +271,7 @@ def run(design: str | Callable = "baseline", grid: dict | None = None, n_rep: in
     coords = dict(grid)
     coords["replicate"] = np.arange(n_rep)
     coords["interval"] = names  # (not "method": ds.sel(method=...) is xarray's lookup method)
-    coords["component"] = [f"Basis{q + 1}" for q in range(Q)]
-    coords["covariate"] = ["intercept", "male"][:K] if K <= 2 else [f"covariate{k + 1}" for k in range(K)]
+    coords["component"], coords["covariate"] = first["labels"]  # the design's own labels
     ds = xr.Dataset(data, coords=coords)
     ds["truth"] = ds["truth"].isel(replicate=0, drop=True)
     ds.attrs.update(design=design if isinstance(design, str) else getattr(design, "__name__", "custom"),
@@ -315,7 +332,8 @@ def _method_metrics(ds: xr.Dataset) -> xr.Dataset:
     ref = "wald" if "wald" in ds["interval"].values else ds["interval"].values[0]
     score = (hi - lo) + 2 / a * (lo - x).clip(min=0) + 2 / a * (x - hi).clip(min=0)
     err = ds["point"] - x
-    flagged = (ds["r_hat"] > 1.01) | (ds["ess_bulk"] < 400) | (ds["divergences"] > 0)
+    flagged = ((ds["r_hat"] > SAMPLER_THRESHOLDS["max_r_hat"]) | (ds["ess_bulk"] < SAMPLER_THRESHOLDS["min_ess_bulk"])
+               | (ds["divergences"] > 0))
     share = flagged.mean("replicate").where(ds["r_hat"].notnull().any("replicate"))
     return xr.Dataset({
         "coverage": cover,
@@ -333,7 +351,7 @@ def _method_metrics(ds: xr.Dataset) -> xr.Dataset:
 def plot_coverage(summary: xr.Dataset, component=None, covariate=None):
     """Coverage with Monte Carlo error bars (left) and mean width relative to Wald (right),
     one row per (component, covariate), methods along the x axis and one marker per cell
-    of the grid.
+    of the grid (drawn by :func:`nmfre.plotting.coverage`).
 
     Parameters
     ----------
@@ -346,43 +364,4 @@ def plot_coverage(summary: xr.Dataset, component=None, covariate=None):
     -------
     matplotlib.figure.Figure
     """
-    import matplotlib.pyplot as plt
-
-    if "coverage" not in summary:
-        raise ValueError("summary has no per-method metrics: run the study with methods=(...) and summarize it")
-    s = summary
-    if component is not None:
-        s = s.sel(component=[component] if np.isscalar(component) else component)
-    if covariate is not None:
-        s = s.sel(covariate=[covariate] if np.isscalar(covariate) else covariate)
-    rows = [(c, k) for c in s["component"].values for k in s["covariate"].values]
-    cells = [d for d in s["coverage"].dims if d not in ("interval", "component", "covariate")]
-    stacked = s.stack(cell=cells) if cells else s.expand_dims(cell=[""])
-    methods = list(s["interval"].values)
-    level = float(s.attrs.get("level", 0.95))
-    fig, axes = plt.subplots(len(rows), 2, figsize=(10, 2.8 * len(rows) + 0.9), squeeze=False,
-                             layout="constrained")
-    n_cells = stacked.sizes["cell"]
-    offsets = np.linspace(-0.25, 0.25, n_cells) if n_cells > 1 else np.zeros(1)
-    x = np.arange(len(methods))
-    for (comp, cov), (ax_c, ax_w) in zip(rows, axes, strict=True):
-        sel = stacked.sel(component=comp, covariate=cov)
-        for j in range(n_cells):
-            cell = sel.isel(cell=j)
-            label = ", ".join(str(v) for v in np.atleast_1d(cell["cell"].item()))
-            ax_c.errorbar(x + offsets[j], cell["coverage"].values, yerr=1.96 * cell["coverage_mcse"].values,
-                          fmt="o", capsize=3, label=label or None)
-            ax_w.plot(x + offsets[j], cell["width_ratio"].values, "o", label=label or None)
-        ax_c.axhline(level, color="k", lw=0.8, ls="--")
-        ax_w.axhline(1.0, color="k", lw=0.8, ls="--")
-        for ax in (ax_c, ax_w):
-            ax.set_xticks(x, methods, rotation=30, ha="right")
-        ax_c.set_ylabel(f"{comp} / {cov}\ncoverage (+- 1.96 MCSE)")
-        ax_w.set_ylabel("width / Wald width")
-    axes[0, 0].set_title(f"coverage of the {level:.0%} intervals")
-    axes[0, 1].set_title("mean width relative to Wald")
-    if cells:
-        handles, labels = axes[0, 0].get_legend_handles_labels()
-        fig.legend(handles, labels, loc="outside lower center", ncols=min(4, n_cells), fontsize="small",
-                   frameon=False, title=", ".join(cells), title_fontsize="small")
-    return fig
+    return plotting.coverage(summary, component=component, covariate=covariate)

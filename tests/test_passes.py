@@ -178,3 +178,18 @@ def test_large_dense_uses_the_gram_form(monkeypatch):
         warnings.simplefilter("error")
         f_gram = nmfre.fit(Y, A, rank=2, theta="nonneg", tol=TOL)
     _assert_same_fit(f_gram, f_dense)
+
+
+def test_one_grouping_of_units_by_pattern():
+    rng = np.random.default_rng(0)
+    obs = rng.random((7, 60)) < 0.7
+    masks, inverse = stats.patterns(obs)  # first appearance
+    assert (masks[inverse].T == obs).all()
+    assert (np.diff(np.unique(inverse, return_index=True)[1]) > 0).all()
+    srt, inv_s = stats.patterns(obs, order="sorted")  # numpy.unique's order (what bayes uses)
+    ref, inv_ref = np.unique(obs.T, axis=0, return_inverse=True)
+    np.testing.assert_array_equal(srt, ref)
+    np.testing.assert_array_equal(inv_s, inv_ref.ravel())
+    with pytest.raises(ValueError, match="order"):
+        stats.patterns(obs, order="random")
+

@@ -63,9 +63,12 @@ def test_intervals_give_each_covariate_its_own_scale():
 
 
 def test_coverage_figure():
-    s = pd.DataFrame({"cell": ["N=27 alt", "N=27 alt", "N=100 null", "N=100 null"],
-                      "method": ["wald", "percentile"] * 2, "coverage": [0.93, 0.92, 0.95, 0.96],
-                      "coverage_mcse": [0.01] * 4, "width_ratio": [1.0, 0.98, 1.0, 1.02]})
+    dims = ("N", "interval", "component", "covariate")
+    s = xr.Dataset({"coverage": (dims, np.array([0.93, 0.92, 0.95, 0.96]).reshape(2, 2, 1, 1)),
+                    "coverage_mcse": (dims, np.full((2, 2, 1, 1), 0.01)),
+                    "width_ratio": (dims, np.array([1.0, 0.98, 1.0, 1.02]).reshape(2, 2, 1, 1))},
+                   coords={"N": [27, 100], "interval": ["wald", "percentile"], "component": ["Basis1"],
+                           "covariate": ["male"]}, attrs={"level": 0.95})
     assert_nothing_clipped(plotting.coverage(s))
 
 

@@ -186,3 +186,11 @@ def test_callable_methods_and_errors():
     with pytest.raises(ValueError, match="per-method"):
         # a study saved before methods existed has no interval dim
         study.plot_coverage(study.summarize(ds.drop_dims("interval")))
+
+
+def test_outputs_take_the_designs_labels():
+    ds = study.run(simulate.rank2, {"N": [40]}, n_rep=1, seed=1, n_boot=20, methods=("wald",))
+    assert list(ds["covariate"].values) == ["intercept", "group"]  # not "male": the design's own labels
+    assert list(ds["component"].values) == ["Basis1", "Basis2"]
+    plain = study._design_labels({"theta": np.zeros((1, 3)), "A": np.ones((3, 5))}, 1, 3)
+    assert plain == (["Basis1"], ["covariate1", "covariate2", "covariate3"])

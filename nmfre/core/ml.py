@@ -29,8 +29,6 @@ from .likelihood import LAMBDA_MIN, Sufficient, nll, optimize_lambda, variances_
 from .solution import Solution
 from .stats import Moments, Stats
 
-#: variance modes: which of sigma2, tau2 are held fixed
-MODES = {(False, False): "free", (True, False): "sigma2", (False, True): "tau2", (True, True): "fixed"}
 #: largest number of Newton coordinates (PQ + QK) whose information is assembled densely for
 #: complete data (above: the structured Woodbury solve, cheaper from about this size on)
 DENSE_MAX = 300

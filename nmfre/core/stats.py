@@ -197,19 +197,37 @@ def from_gram(G: np.ndarray, YA: np.ndarray, AA: np.ndarray, trG: float, A: np.n
     return Stats(P, N, A.shape[0], [b])
 
 
-def patterns(observed: np.ndarray):
-    """Group units by their pattern of observed features.
+def patterns(observed: np.ndarray, order: str = "appearance"):
+    """Group units by their pattern of observed features (the one grouping of nmfre's ML
+    solver and of bayes's statistics and U draws).
 
-    Returns ``(pattern_masks, inverse)``: ``pattern_masks`` (n_patterns x P, bool) and
-    ``inverse`` (N,) the pattern of each unit; patterns in order of first appearance.
+    Parameters
+    ----------
+    observed : ndarray (P, N) of bool
+        True where a cell is observed.
+    order : {"appearance", "sorted"}
+        Number the patterns by first appearance among the units, or sort them
+        lexicographically (False before True, the order of ``numpy.unique(observed.T,
+        axis=0)``).
+
+    Returns
+    -------
+    pattern_masks : ndarray (n_patterns, P) of bool
+    inverse : ndarray (N,) of int
+        The pattern of each unit.
     """
+    if order not in ("appearance", "sorted"):
+        raise ValueError(f"order must be 'appearance' or 'sorted', got {order!r}")
     packed = np.packbits(observed, axis=0).T.copy()
     keys = packed.view(np.dtype((np.void, packed.shape[1]))).ravel()
     _, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
-    order = np.argsort(first)  # number the patterns by first appearance
-    rank = np.empty_like(order)
-    rank[order] = np.arange(order.size)
-    return observed[:, first[order]].T, rank[inverse.ravel()]
+    inverse = inverse.ravel()
+    if order == "sorted":  # bytes of the packed bits sort as the bool rows do
+        return observed[:, first].T, inverse
+    order_ = np.argsort(first)  # number the patterns by first appearance
+    rank = np.empty_like(order_)
+    rank[order_] = np.arange(order_.size)
+    return observed[:, first[order_]].T, rank[inverse]
 
 
 def from_masked(Y: np.ndarray, A: np.ndarray, form: str = "auto") -> Stats:
