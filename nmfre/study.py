@@ -9,6 +9,7 @@ depend on the scheduler: in-process and on any dask cluster they are identical.
 from __future__ import annotations
 
 import itertools
+import json
 import time
 import warnings
 from collections.abc import Callable
@@ -18,9 +19,12 @@ import xarray as xr
 
 from . import plotting, simulate
 from . import validation as v
+from ._version import __version__
 from .core.bootstrap import align_components
 from .labels import component_labels
 from .model import fit as nmfre_fit
+from .performance import performance
+from .store import Store, read_spec
 
 DESIGNS = {"baseline": simulate.baseline, "stress": simulate.stress}
 FIELDS = ("estimate", "se", "boot_se", "ci_low", "ci_high", "p_value")
@@ -46,59 +50,104 @@ def _interval(inf, kind: str, perm, Q: int, K: int) -> dict:
 def _frequentist(f, methods: tuple, boot_seed, n_boot: int, n_boot_refit: int, level: float, perm) -> tuple:
     """The requested built-in methods on one fit: CR1 Wald and percentile share one
     bootstrap; CR2-t (Satterthwaite) and the studentized bootstrap share another with the
-    same multipliers; the refit bootstrap draws its own."""
+    same multipliers; the refit bootstrap draws its own. Each computation's failure and
+    warnings are recorded on the methods it serves (``error``, ``warnings``)."""
     Q, K = f.shape["Q"], f.shape["K"]
     out: dict = {}
     # the bootstrap seed's first child (boot_seed.spawn(1)[0], without spawning from it)
     refit_seed = np.random.SeedSequence(boot_seed.entropy, spawn_key=(*boot_seed.spawn_key, 0))
-    t0 = time.perf_counter()
-    base = f.infer(n_boot=n_boot, seed=np.random.default_rng(boot_seed), level=level)
-    secs = time.perf_counter() - t0
-    for m in ("wald", "percentile"):
-        if m in methods:
-            out[m] = {**_interval(base, m, perm, Q, K), "seconds": secs}
-    if "cr2" in methods or "studentized" in methods:
+    groups = [(("wald", "percentile"), dict(n_boot=n_boot, seed=boot_seed)),
+              (("cr2", "studentized"), dict(n_boot=n_boot, seed=boot_seed, vcov="CR2", df="satterthwaite",
+                                            ci="studentized")),
+              (("refit",), dict(n_boot=n_boot_refit, seed=refit_seed, method="refit"))]
+    base = None
+    for members, kw in groups:
+        wanted = [m for m in members if m in methods]
+        if not wanted and members[0] != "wald":  # the CR1 bootstrap always runs: it gives FIELDS
+            continue
         t0 = time.perf_counter()
-        small = f.infer(n_boot=n_boot, seed=np.random.default_rng(boot_seed), level=level, vcov="CR2",
-                        df="satterthwaite", ci="studentized")
+        inf, w, err = _caught("/".join(members), f.infer, **{**kw, "seed": np.random.default_rng(kw["seed"])},
+                              level=level)
         secs = time.perf_counter() - t0
-        if "cr2" in methods:
-            out["cr2"] = {**_interval(small, "wald", perm, Q, K), "seconds": secs}
-        if "studentized" in methods:
-            out["studentized"] = {**_interval(small, "studentized", perm, Q, K), "seconds": secs}
-    if "refit" in methods:
-        t0 = time.perf_counter()
-        inf = f.infer(n_boot=n_boot_refit, seed=np.random.default_rng(refit_seed), level=level, method="refit")
-        out["refit"] = {**_interval(inf, "refit", perm, Q, K), "seconds": time.perf_counter() - t0}
+        if members[0] == "wald":
+            base = inf
+        for m in wanted:
+            kind = {"wald": "wald", "cr2": "wald"}.get(m, m)
+            got = _interval(inf, kind, perm, Q, K) if inf is not None else {}
+            out[m] = {**got, "seconds": secs, "error": err, "warnings": _warning_text(w)}
     return base, out
 
 
+class StudyError(RuntimeError):
+    """A study stopped because too many replicates of a cell failed (see ``max_errors``)."""
+
+
+def _caught(stage: str, fn, *args, **kwargs):
+    """``fn(*args, **kwargs)`` with its warnings counted and its exception kept:
+    ``(value or None, warnings as {category: count}, error message or "")``."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            value, err = fn(*args, **kwargs), ""
+        except Exception as exc:  # noqa: BLE001 - a study records every failure and goes on
+            value, err = None, f"{stage}: {type(exc).__name__}: {exc}"
+    counts: dict[str, int] = {}
+    for w in caught:
+        counts[w.category.__name__] = counts.get(w.category.__name__, 0) + 1
+    return value, counts, err
+
+
+def _warning_text(counts: dict) -> str:
+    return ", ".join(f"{k} x{n}" for k, n in sorted(counts.items()))
+
+
 def _replicate(design, params: dict, seeds: tuple, n_boot: int, fit_overrides: dict, level: float,
-               methods: tuple = ("wald", "percentile"), extra: tuple = (), n_boot_refit: int = 200) -> dict:
-    """Simulate, fit, infer one replicate; components aligned to the truth."""
+               methods: tuple = ("wald", "percentile"), extra: tuple = (), n_boot_refit: int = 200,
+               shape: tuple | None = None) -> dict:
+    """Simulate, fit, infer one replicate; components aligned to the truth.
+
+    Failures are isolated: an exception in the simulation or the fit leaves the whole
+    replicate NaN, one in a method leaves that method NaN, and each is recorded (``error``,
+    ``fit_error``) with the warnings of each stage counted (``warnings``, ``fit_warnings``).
+    ``shape`` is ``(Q, K)`` (needed to fill a replicate whose simulation failed)."""
     ss = np.random.SeedSequence(list(seeds))
     data_seed, boot_seed, *method_seeds = ss.spawn(2 + len(extra))
-    d = design(**params, seed=np.random.default_rng(data_seed))
-    kw = {**d["fit_kwargs"], **fit_overrides}
-    Q, K = d["theta"].shape
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        f = nmfre_fit(d["Y"], d["A"], rank=d["rank"], **kw)
+    names = list(methods) + [n for n, _ in extra]
+    d, fit_w, fit_err = _caught("simulate", design, **params, seed=np.random.default_rng(data_seed))
+    f = None
+    if d is not None:
+        Q, K = d["theta"].shape
+        kw = {**d["fit_kwargs"], **fit_overrides}
+        f, w, fit_err = _caught("fit", nmfre_fit, d["Y"], d["A"], rank=d["rank"], **kw)
+        fit_w.update(w)
+    else:
+        Q, K = shape
+    out = {k: np.full((Q, K), np.nan) for k in FIELDS}
+    out.update({k: np.nan for k in SCALARS}, truth=np.full((Q, K), np.nan) if d is None else d["theta"].values)
+    nan = {"point": np.full((Q, K), np.nan), "lower": np.full((Q, K), np.nan), "upper": np.full((Q, K), np.nan),
+           "seconds": np.nan}
+    intervals = {m: {**nan, "error": fit_err, "warnings": ""} for m in names}
+    if f is not None:
         perm, _ = align_components(d["X"].values, f.X.values)
-        inf, intervals = _frequentist(f, methods, boot_seed, n_boot, n_boot_refit, level, perm)
+        inf, found = _frequentist(f, methods, boot_seed, n_boot, n_boot_refit, level, perm)
+        for m in methods:
+            intervals[m].update(found[m])
         for (name, fn), ms in zip(extra, method_seeds, strict=True):
             t0 = time.perf_counter()
-            r = fn(f, seed=int(ms.generate_state(1)[0]), level=level)
-            intervals[name] = {k: np.asarray(r[k], dtype=float)[perm] for k in ("point", "lower", "upper")}
-            intervals[name]["seconds"] = time.perf_counter() - t0
-            intervals[name].update({k: float(r.get(k, np.nan)) for k in SAMPLER_FIELDS})
-    t = inf.table
-    out = {k: t[k].to_numpy().reshape(Q, K)[perm] for k in FIELDS}
+            r, w, err = _caught(name, fn, f, seed=int(ms.generate_state(1)[0]), level=level)
+            intervals[name].update(error=err, warnings=_warning_text(w), seconds=time.perf_counter() - t0)
+            if r is not None:
+                intervals[name].update({k: np.asarray(r[k], dtype=float)[perm] for k in ("point", "lower", "upper")})
+                intervals[name].update({k: float(r.get(k, np.nan)) for k in SAMPLER_FIELDS})
+        if inf is not None:
+            t = inf.table
+            out.update({k: t[k].to_numpy().reshape(Q, K)[perm] for k in FIELDS})
+        out.update(df_u_frac=f.df_u / (f.shape["N"] * Q), sigma2=f.sigma2, tau2=f.tau2, lam=f.lam,
+                   converged=f.converged, cap_hit=f.cap_hit, nll=-f.loglik, n_iter=f.n_iter)
+    if d is not None:
+        out.update(missing_share=float(np.isnan(d["Y"].values).mean()), labels=_design_labels(d, Q, K))
     out["intervals"] = intervals
-    out.update(missing_share=float(np.isnan(d["Y"].values).mean()))
-    out["labels"] = _design_labels(d, Q, K)
-    out.update(truth=d["theta"].values, df_u_frac=f.df_u / (f.shape["N"] * Q), sigma2=f.sigma2, tau2=f.tau2,
-               lam=f.lam, converged=f.converged, cap_hit=f.cap_hit, nll=-f.loglik, n_iter=f.n_iter)
+    out.update(fit_error=fit_err, fit_warnings=_warning_text(fit_w))
     return out
 
 
@@ -172,7 +221,8 @@ def _subset(grid: dict, subset: dict | None) -> dict:
 def run(design: str | Callable = "baseline", grid: dict | None = None, n_rep: int = 100, seed: int = 0,
         client=None, *, n_boot: int = 1000, level: float = 0.95, progress: bool = False,
         fit_kwargs: dict | None = None, subset: dict | None = None,
-        methods=("wald", "percentile"), n_boot_refit: int = 200) -> xr.Dataset:
+        methods=("wald", "percentile"), n_boot_refit: int = 200, store=None, max_errors=0.05,
+        flush_seconds: float = 2.0) -> xr.Dataset:
     """Run a simulation study.
 
     Parameters
@@ -213,6 +263,19 @@ def run(design: str | Callable = "baseline", grid: dict | None = None, n_rep: in
         of the replicate's ``SeedSequence``, so adding one changes no other number.
     n_boot_refit : int
         Bootstrap size of ``"refit"``.
+    store : str or path, optional
+        A directory (:mod:`nmfre.store`) where finished replicates are written as they
+        arrive (at most every ``flush_seconds``), from this process or as a cluster's futures
+        complete. Running the same call again skips the replicates already there; a store
+        of a study with another design, grid, seed, methods, settings or nmfre version is
+        refused, naming what differs. :func:`open` reads it, also while the study runs.
+    max_errors : float, int or None
+        Failed replicates allowed per cell before the study stops with :class:`StudyError`:
+        a share of ``n_rep`` (default 0.05), a count, or None (no limit). A replicate
+        fails when its simulation, fit or any method raises; it is recorded (``fit_error``,
+        ``error``) with NaN values, and the study goes on.
+    flush_seconds : float
+        With a store, write finished replicates at least this often (0: each one).
 
     Returns
     -------
@@ -224,7 +287,11 @@ def run(design: str | Callable = "baseline", grid: dict | None = None, n_rep: in
         ess_bulk, divergences`` and ``seconds`` (wall time of the computation behind the
         interval; Wald and percentile share one bootstrap, CR2 and studentized another)
         (NaN for the frequentist methods). Components and covariates carry the design's
-        labels (those of its ``theta``).
+        labels (those of its ``theta``). Failures and warnings: ``fit_error``,
+        ``fit_warnings`` per replicate (simulation and fit) and ``error``, ``warnings`` per
+        replicate and method (text; warnings as ``"ConvergenceWarning x2, ..."``, empty when
+        none); ``done`` marks replicates that ran (with a store: are in it). With a store
+        the variables are dask-backed (lazy).
     """
     if isinstance(design, str) and design not in DESIGNS or not (isinstance(design, str) or callable(design)):
         raise ValueError(f"design must be one of {tuple(DESIGNS)} or a callable, got {design!r}")
@@ -236,51 +303,257 @@ def run(design: str | Callable = "baseline", grid: dict | None = None, n_rep: in
     n_boot = v.integer(n_boot, "n_boot", minimum=2)
     level = v.open_unit(level, "level")
     n_boot_refit = v.integer(n_boot_refit, "n_boot_refit", minimum=2)
+    allowed = _allowed_errors(max_errors, n_rep)
+    flush_seconds = v.positive_float(flush_seconds, "flush_seconds") if flush_seconds else 0.0
     builtin, extra = _methods(methods)
     full = _settings(grid)
-    grid = _subset(grid, subset)
-    settings = _settings(grid)
+    sub = _subset(grid, subset)
+    settings = _settings(sub)
     index = [full.index(st) for st in settings]  # seeds follow the position in the full grid
     over = dict(fit_kwargs or {})
-    args = [(fn, settings[i], (seed, index[i], r), n_boot, over, level, builtin, extra, n_boot_refit)
-            for i in range(len(settings)) for r in range(n_rep)]
-    if client is None:
-        from tqdm.auto import tqdm
-
-        results = [_replicate(*a) for a in tqdm(args, disable=not progress, desc="study")]
-    else:
-        futures = client.map(_task, args, pure=False)
-        results = client.gather(futures)
-    first = results[0]
-    Q, K = first["truth"].shape
-    shape = [len(x) for x in grid.values()] + [n_rep]
-    dims = list(grid) + ["replicate"]
-    data = {}
-    for k in FIELDS + ("truth",):
-        arr = np.stack([r[k] for r in results]).reshape(*shape, Q, K)
-        data[k] = (dims + ["component", "covariate"], arr)
-    for k in SCALARS:
-        data[k] = (dims, np.array([r[k] for r in results]).reshape(shape))
     names = list(builtin) + [n for n, _ in extra]
+    # the design's shape and labels, from the first replicate's simulated data (no fit)
+    probe = fn(**full[0], seed=np.random.default_rng(np.random.SeedSequence([seed, 0, 0]).spawn(1)[0]))
+    Q, K = probe["theta"].shape
+    labels = _design_labels(probe, Q, K)
+    design_name = design if isinstance(design, str) else getattr(design, "__name__", "custom")
+    spec = {"design": design_name, "grid": grid, "n_rep": n_rep, "seed": seed, "methods": names,
+            "method_specs": [repr(m) for _, m in extra], "n_boot": n_boot, "level": level,
+            "fit_overrides": over, "n_boot_refit": n_boot_refit, "nmfre_version": __version__,
+            "component": labels[0], "covariate": labels[1]}
+    st = Store(store, spec) if store is not None else None
+    done = st.done() if st is not None else set()
+    tasks = [((index[i], r), (fn, settings[i], (seed, index[i], r), n_boot, over, level, builtin, extra,
+                              n_boot_refit, (Q, K)))
+             for i in range(len(settings)) for r in range(n_rep) if (index[i], r) not in done]
+    ctx = {"names": names, "Q": Q, "K": K, "labels": labels}
+    records: list[dict] = []
+    failed: dict[int, list] = {}
+    last = time.monotonic()
+    total = len(settings) * n_rep
+    try:
+        for (cell, r), rec in _execute(tasks, client, progress, total, total - len(tasks)):
+            rec.update(cell=cell, replicate=r)
+            records.append(rec)
+            if _failed(rec):
+                failed.setdefault(cell, []).append(rec)
+                if allowed is not None and len(failed[cell]) > allowed:
+                    first = failed[cell][0]
+                    msg = first["fit_error"] or next(iv["error"] for iv in first["intervals"].values() if iv["error"])
+                    raise StudyError(
+                        f"cell {full[cell]} had {len(failed[cell])} failed replicates (max_errors allows {allowed} "
+                        f"of {n_rep}); first: replicate {first['replicate']} (seeds {(seed, cell, first['replicate'])})"
+                        f": {msg}. Finished replicates are {'in the store' if st else 'lost (no store)'}; study."
+                        "replicate(...) re-creates one for debugging")
+            if st is not None and time.monotonic() - last >= flush_seconds:
+                st.write(_flat(records, ctx))
+                records, last = [], time.monotonic()
+    finally:
+        if st is not None and records:
+            st.write(_flat(records, ctx))
+            records = []
+    flat = st.read() if st is not None else _flat(records, ctx)
+    ds = _to_grid(flat, sub, full, n_rep, ctx)
+    ds.attrs.update(design=design_name, seed=seed, n_boot=n_boot, level=level, fit_overrides=str(over),
+                    n_boot_refit=n_boot_refit, spec=json.dumps(_jsonable(spec)))
+    if st is not None:
+        ds.attrs["store"] = str(st.path)
+    return ds
+
+
+def open(path) -> xr.Dataset:  # noqa: A001 - study.open(path), as xarray.open_dataset
+    """The study in the store at ``path`` as :func:`run` returns it (lazy), also while the
+    study is running in another process: replicates not yet written are NaN with ``done``
+    False."""
+    spec = read_spec(path)
+    grid = spec["grid"]
+    st = Store(path, spec)
+    labels = (spec["component"], spec["covariate"])
+    ctx = {"names": spec["methods"], "Q": len(labels[0]), "K": len(labels[1]), "labels": labels}
+    flat = st.read()
+    if flat is None:
+        flat = _flat([], ctx)
+    ds = _to_grid(flat, grid, _settings(grid), spec["n_rep"], ctx)
+    ds.attrs.update(design=spec["design"], seed=spec["seed"], n_boot=spec["n_boot"], level=spec["level"],
+                    fit_overrides=str(spec["fit_overrides"]), n_boot_refit=spec["n_boot_refit"],
+                    spec=json.dumps(spec), store=str(st.path))
+    return ds
+
+
+def replicate(ds: xr.Dataset, replicate: int, design: Callable | None = None, **cell) -> dict:
+    """Re-create one replicate of a study from its seeds, for debugging: its simulated data,
+    its fit (or the exception the fit raised) and its seed triple.
+
+    Parameters
+    ----------
+    ds : xarray.Dataset
+        A result of :func:`run` or :func:`open`.
+    replicate : int
+    design : callable, optional
+        The design function, when the study used one of its own (built-in designs are
+        found by name).
+    **cell
+        The grid values of the cell, e.g. ``N=27, errors="exp"``.
+
+    Returns
+    -------
+    dict
+        ``data`` (the design's output), ``fit`` (an :class:`~nmfre.results.NMFREFit` or None),
+        ``fit_error`` (text), ``seeds`` (``(seed, cell, replicate)``).
+    """
+    spec = json.loads(ds.attrs["spec"])
+    grid = spec["grid"]
+    if set(cell) != set(grid):
+        raise ValueError(f"give the cell's value of every grid key {sorted(grid)}, got {sorted(cell)}")
+    full = _settings(grid)
+    target = {k: cell[k] for k in grid}
+    if target not in full:
+        raise ValueError(f"cell {target} is not in the study's grid {grid}")
+    if design is None:
+        if spec["design"] not in DESIGNS:
+            raise ValueError(f"the study used its own design {spec['design']!r}: pass it as design=")
+        design = DESIGNS[spec["design"]]
+    replicate = v.integer(replicate, "replicate", minimum=0)
+    if replicate >= spec["n_rep"]:
+        raise ValueError(f"replicate must be below n_rep = {spec['n_rep']}, got {replicate}")
+    seeds = (spec["seed"], full.index(target), replicate)
+    data_seed = np.random.SeedSequence(list(seeds)).spawn(1)[0]
+    d = design(**target, seed=np.random.default_rng(data_seed))
+    f, _, err = _caught("fit", nmfre_fit, d["Y"], d["A"], rank=d["rank"], **{**d["fit_kwargs"],
+                                                                               **spec["fit_overrides"]})
+    return {"data": d, "fit": f, "fit_error": err, "seeds": seeds}
+
+
+def _allowed_errors(max_errors, n_rep: int) -> int | None:
+    """Failed replicates a cell may have: ``max_errors`` as a share of ``n_rep`` (float in
+    [0, 1)), a count (int) or no limit (None)."""
+    if max_errors is None:
+        return None
+    if isinstance(max_errors, bool) or not isinstance(max_errors, int | float | np.integer | np.floating):
+        raise ValueError(f"max_errors must be a share in [0, 1), a count >= 1 or None, got {max_errors!r}")
+    if isinstance(max_errors, int | np.integer):
+        return v.integer(max_errors, "max_errors", minimum=0)
+    if not 0 <= max_errors < 1:
+        raise ValueError(f"max_errors as a share must be in [0, 1), got {max_errors!r} (an int is a count)")
+    return int(np.floor(max_errors * n_rep))
+
+
+def _failed(rec: dict) -> bool:
+    return bool(rec["fit_error"]) or any(iv["error"] for iv in rec["intervals"].values())
+
+
+def _execute(tasks: list, client, progress: bool, total: int, initial: int):
+    """``(key, record)`` as replicates finish: in this process in order, or on a dask cluster
+    as futures complete, with at most a few tasks per worker in flight (the client never
+    holds more than that many results)."""
+    from tqdm.auto import tqdm
+
+    with tqdm(total=total, initial=initial, disable=not progress, desc="study", unit="rep",
+              smoothing=0.05) as bar:
+        if client is None:
+            for key, args in tasks:
+                yield key, _replicate(*args)
+                bar.update()
+            return
+        from distributed import as_completed
+
+        limit = max(8, 4 * sum(w.get("nthreads", 1) for w in client.scheduler_info()["workers"].values()))
+        it = iter(tasks)
+        keys = {}
+        ac = as_completed()
+        for key, args in itertools.islice(it, limit):
+            fut = client.submit(_task, args, pure=False)
+            keys[fut.key] = key
+            ac.add(fut)
+        try:
+            for fut in ac:
+                rec = fut.result()
+                key = keys.pop(fut.key)
+                fut.release()
+                nxt = next(it, None)
+                if nxt is not None:
+                    new = client.submit(_task, nxt[1], pure=False)
+                    keys[new.key] = nxt[0]
+                    ac.add(new)
+                bar.update()
+                yield key, rec
+        finally:
+            for f in list(ac.futures):
+                f.cancel()
+
+
+def _jsonable(x):
+    """``x`` with numpy scalars and arrays as Python values (for JSON)."""
+    return json.loads(json.dumps(x, default=lambda o: o.item() if isinstance(o, np.generic) else str(o)))
+
+
+def _flat(records: list[dict], ctx: dict) -> xr.Dataset:
+    """Finished replicates as one Dataset along ``item`` (the store's batch format)."""
+    names, Q, K = ctx["names"], ctx["Q"], ctx["K"]
+    n = len(records)
+    data = {"cell": ("item", np.array([r["cell"] for r in records], dtype=np.int64)),
+            "replicate": ("item", np.array([r["replicate"] for r in records], dtype=np.int64))}
+    for k in FIELDS + ("truth",):
+        data[k] = (("item", "component", "covariate"), np.array([r[k] for r in records], float).reshape(n, Q, K))
+    for k in SCALARS:
+        data[k] = ("item", np.array([r[k] for r in records], dtype=float))
     for k in ("point", "lower", "upper"):
-        arr = np.stack([[r["intervals"][m][k] for m in names] for r in results]).reshape(*shape, len(names), Q, K)
-        data[k] = (dims + ["interval", "component", "covariate"], arr)
+        arr = np.array([[r["intervals"][m][k] for m in names] for r in records], float).reshape(n, len(names), Q, K)
+        data[k] = (("item", "interval", "component", "covariate"), arr)
     for k in SAMPLER_FIELDS + (TIMING,):
-        arr = np.array([[r["intervals"][m].get(k, np.nan) for m in names] for r in results], dtype=float)
-        data[k] = (dims + ["interval"], arr.reshape(*shape, len(names)))
-    coords = dict(grid)
-    coords["replicate"] = np.arange(n_rep)
-    coords["interval"] = names  # (not "method": ds.sel(method=...) is xarray's lookup method)
-    coords["component"], coords["covariate"] = first["labels"]  # the design's own labels
-    ds = xr.Dataset(data, coords=coords)
-    ds["truth"] = ds["truth"].isel(replicate=0, drop=True)
-    ds.attrs.update(design=design if isinstance(design, str) else getattr(design, "__name__", "custom"),
-                    seed=seed, n_boot=n_boot, level=level, fit_overrides=str(over), n_boot_refit=n_boot_refit)
+        arr = np.array([[r["intervals"][m].get(k, np.nan) for m in names] for r in records], dtype=float)
+        data[k] = (("item", "interval"), arr.reshape(n, len(names)))
+    for k in ("error", "warnings"):
+        arr = np.array([[r["intervals"][m][k] for m in names] for r in records], dtype=object)
+        data[k] = (("item", "interval"), arr.reshape(n, len(names)))
+    for k in ("fit_error", "fit_warnings"):
+        data[k] = ("item", np.array([r[k] for r in records], dtype=object))
+    return xr.Dataset(data, coords={"interval": names, "component": ctx["labels"][0],
+                                    "covariate": ctx["labels"][1]})
+
+
+def _to_grid(flat: xr.Dataset, grid: dict, full: list[dict], n_rep: int, ctx: dict) -> xr.Dataset:
+    """Flat replicates (any order, any subset) on the grid: dims grid keys, ``replicate``,
+    then ``interval``, ``component``, ``covariate``; cells not (yet) computed are NaN and
+    ``done`` is False there."""
+    keys = list(grid)
+    cells = flat["cell"].values
+    wanted = {i for i, st in enumerate(full) if all(st[k] in grid[k] for k in keys)}
+    keep = np.flatnonzero(np.isin(cells, sorted(wanted)))
+    flat = flat.isel(item=keep)
+    cells = cells[keep]
+    coords = {k: ("item", [full[c][k] for c in cells]) for k in keys}
+    coords["replicate"] = ("item", flat["replicate"].values)
+    text = ("error", "warnings", "fit_error", "fit_warnings")
+    flat = flat.assign({k: flat[k].astype(object) for k in text})  # (zarr reads text back as StringDType)
+    ds = flat.drop_vars(["cell", "replicate"]).assign_coords(coords).set_index(item=keys + ["replicate"])
+    ds = ds.unstack("item").reindex({**{k: grid[k] for k in keys}, "replicate": np.arange(n_rep)})
+    ds["done"] = ds["n_iter"].notnull() | (ds["fit_error"].fillna("") != "")
+    for k in text:
+        ds[k] = ds[k].fillna("")
+    order = keys + ["replicate", "interval", "component", "covariate"]
+    ds = ds.transpose(*[d for d in order if d in ds.dims])
+    truth = ds["truth"].values  # the estimand per cell: from any simulated replicate
+    ok = ~np.isnan(truth)
+    first = ok.argmax(axis=len(keys))
+    ds["truth"] = (keys + ["component", "covariate"],
+                   np.take_along_axis(truth, np.expand_dims(first, len(keys)), axis=len(keys)).squeeze(len(keys)))
     return ds
 
 
 def summarize(ds: xr.Dataset, alpha: float = 0.05) -> xr.Dataset:
-    """The paper's metrics per setting and (component, covariate).
+    """The paper's metrics and the ADEMP performance measures with their Monte Carlo SEs
+    (:mod:`nmfre.performance`; Morris, White & Crowther 2019, Table 6), per setting and
+    (component, covariate). Failed replicates (NaN) are left out cell by cell (``n_valid``).
+
+    ADEMP, of the estimate: ``bias``, ``empse``, ``mse``, ``modse`` (from the sandwich SE)
+    and ``modse_relerr`` (percent), ``rejection`` (p < alpha: power, or type I error under
+    the null), each with ``<measure>_mcse``; per method: ``coverage``, ``be_coverage``
+    (bias-eliminated, centred on the mean of the method's point estimate), ``width``,
+    ``interval_score`` and ``point_bias``, each with ``<measure>_mcse``.
+    :func:`nmfre.performance.tidy` gives the long frame.
+
+    The paper's:
 
     ``bias, sd, rmse`` of the estimate; ``mean_se`` (sandwich), ``mean_boot_se``;
     ``reject`` (p < alpha); ``cover_wald`` (``|est - truth| <= z se``) and ``cover_pct``
@@ -317,6 +590,10 @@ def summarize(ds: xr.Dataset, alpha: float = 0.05) -> xr.Dataset:
         "converged_rate": ds["converged"].astype(float).mean("replicate"),
         "mean_sigma2": ds["sigma2"].mean("replicate"),
     })
+    level = float(ds.attrs.get("level", 0.95))
+    perf = performance(ds["estimate"], ds["truth"], se=ds["se"], p_value=ds["p_value"], alpha=alpha, level=level)
+    out = out.assign({k: perf[k] for k in perf.data_vars if k not in out})
+    out["bias"], out["reject"] = perf["bias"], perf["rejection"]  # failed (NaN) replicates left out
     if "interval" in ds.dims:
         out = out.merge(_method_metrics(ds))
     out.attrs.update(ds.attrs, alpha=alpha)
@@ -324,28 +601,18 @@ def summarize(ds: xr.Dataset, alpha: float = 0.05) -> xr.Dataset:
 
 
 def _method_metrics(ds: xr.Dataset) -> xr.Dataset:
-    a = 1.0 - float(ds.attrs.get("level", 0.95))
-    lo, hi, x = ds["lower"], ds["upper"], ds["truth"]
-    R = ds.sizes["replicate"]
-    cover = ((lo <= x) & (x <= hi)).mean("replicate")
-    width = (hi - lo).mean("replicate")
+    level = float(ds.attrs.get("level", 0.95))
+    perf = performance(ds["point"], ds["truth"], lower=ds["lower"], upper=ds["upper"], level=level)
     ref = "wald" if "wald" in ds["interval"].values else ds["interval"].values[0]
-    score = (hi - lo) + 2 / a * (lo - x).clip(min=0) + 2 / a * (x - hi).clip(min=0)
-    err = ds["point"] - x
     flagged = ((ds["r_hat"] > SAMPLER_THRESHOLDS["max_r_hat"]) | (ds["ess_bulk"] < SAMPLER_THRESHOLDS["min_ess_bulk"])
                | (ds["divergences"] > 0))
     share = flagged.mean("replicate").where(ds["r_hat"].notnull().any("replicate"))
-    return xr.Dataset({
-        "coverage": cover,
-        "coverage_mcse": np.sqrt(cover * (1 - cover) / R),
-        "width": width,
-        "width_ratio": width / width.sel(interval=ref, drop=True),
-        "interval_score": score.mean("replicate"),
-        "point_bias": err.mean("replicate"),
-        "point_rmse": np.sqrt((err**2).mean("replicate")),
-        "warning_share": share,
-        "seconds": ds["seconds"].mean("replicate"),
-    })
+    keep = ("coverage", "be_coverage", "width", "interval_score")
+    out = {k: perf[k] for m in keep for k in (m, f"{m}_mcse")}
+    out.update(width_ratio=perf["width"] / perf["width"].sel(interval=ref, drop=True), point_bias=perf["bias"],
+               point_bias_mcse=perf["bias_mcse"], point_rmse=np.sqrt(perf["mse"]), warning_share=share,
+               seconds=ds["seconds"].mean("replicate"))
+    return xr.Dataset(out)
 
 
 def plot_coverage(summary: xr.Dataset, component=None, covariate=None):

@@ -1,0 +1,120 @@
+"""A simulation study on disk: finished replicates in a zarr directory, written as they
+arrive, readable while the study runs and after it was killed.
+
+Layout of ``path``::
+
+    study.json              what the study is (design, grid, seed, methods, settings,
+                            package version); a resumed run must match it
+    batches/<k>.zarr        finished replicates, one zarr group per flush: dim ``item``
+                            with the replicate's cell and index and all its values
+
+A batch is written under a temporary name and renamed into ``batches/`` when complete
+(an atomic rename on a local or POSIX file system), so a run killed mid-write leaves at most
+a ``.tmp`` directory, which readers ignore and the next run removes: every batch a reader
+sees is whole, and a replicate is either in the store or computed again.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import xarray as xr
+
+SPEC_FILE = "study.json"
+BATCHES = "batches"
+
+
+class StoreMismatchError(ValueError):
+    """The store at a path was written by a study with other settings."""
+
+
+def _canonical(spec: dict) -> dict:
+    """``spec`` as it reads back from JSON (tuples become lists, numpy scalars Python's)."""
+    return json.loads(json.dumps(spec, default=_jsonable))
+
+
+def _jsonable(x):
+    if isinstance(x, np.generic):
+        return x.item()
+    if isinstance(x, np.ndarray):
+        return x.tolist()
+    return repr(x)
+
+
+class Store:
+    """A study's replicates on disk (see the module docstring).
+
+    Parameters
+    ----------
+    path : str or Path
+        Directory of the store (created when absent).
+    spec : dict
+        What the study is; an existing store must have been written with an equal spec,
+        else :class:`StoreMismatchError` names the differing keys.
+    """
+
+    def __init__(self, path, spec: dict):
+        self.path = Path(path)
+        self.spec = _canonical(spec)
+        spec_path = self.path / SPEC_FILE
+        if spec_path.exists():
+            old = json.loads(spec_path.read_text())
+            diff = sorted(k for k in set(old) | set(self.spec) if old.get(k) != self.spec.get(k))
+            if diff:
+                details = "; ".join(f"{k}: store has {old.get(k)!r}, this run {self.spec.get(k)!r}" for k in diff)
+                raise StoreMismatchError(f"store {str(self.path)!r} holds another study ({details}); use another "
+                                         "path or the same settings")
+        else:
+            if self.path.exists() and any(self.path.iterdir()):
+                raise ValueError(f"store {str(self.path)!r} exists and is not a study store (no {SPEC_FILE})")
+            (self.path / BATCHES).mkdir(parents=True, exist_ok=True)
+            tmp = self.path / f".{SPEC_FILE}.{uuid.uuid4().hex}.tmp"
+            tmp.write_text(json.dumps(self.spec, indent=1, sort_keys=True))
+            os.replace(tmp, spec_path)
+        for junk in (self.path / BATCHES).glob("*.tmp"):  # left by a killed writer
+            shutil.rmtree(junk, ignore_errors=True)
+
+    def batches(self) -> list[Path]:
+        """The complete batches, in the order they were written."""
+        return sorted(p for p in (self.path / BATCHES).glob("*.zarr"))
+
+    def done(self) -> set[tuple[int, int]]:
+        """``(cell, replicate)`` pairs already in the store."""
+        out: set[tuple[int, int]] = set()
+        for p in self.batches():
+            with xr.open_zarr(p, consolidated=False) as b:
+                out.update(zip(b["cell"].values.tolist(), b["replicate"].values.tolist(), strict=True))
+        return out
+
+    def write(self, flat: xr.Dataset) -> Path:
+        """Write one batch (a Dataset with dim ``item`` and variables ``cell``, ``replicate``)
+        atomically; returns its path."""
+        name = f"{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.zarr"
+        final = self.path / BATCHES / name
+        tmp = self.path / BATCHES / f"{name}.tmp"
+        flat.to_zarr(tmp, mode="w", consolidated=False, zarr_format=2)
+        os.replace(tmp, final)
+        return final
+
+    def read(self) -> xr.Dataset | None:
+        """All complete batches as one flat Dataset along ``item`` (lazy, dask-backed);
+        None when nothing has been written yet."""
+        paths = self.batches()
+        if not paths:
+            return None
+        parts = [xr.open_zarr(p, consolidated=False) for p in paths]
+        return xr.concat(parts, dim="item", data_vars="all", coords="minimal", compat="override", join="override")
+
+
+def read_spec(path) -> dict:
+    """The ``study.json`` of the store at ``path``."""
+    p = Path(path) / SPEC_FILE
+    if not p.exists():
+        raise FileNotFoundError(f"{str(path)!r} is not a study store (no {SPEC_FILE})")
+    return json.loads(p.read_text())

@@ -1,0 +1,176 @@
+"""Studies that survive (issue 16): a zarr store written as replicates finish, resumed after
+SIGKILL, refused when the settings differ; failures isolated and counted; one replicate
+re-created from its seeds. All checks are exact: the study's numbers are deterministic given
+its seeds (wall times aside)."""
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+import warnings
+
+import numpy as np
+import pytest
+import xarray as xr
+
+import nmfre
+from nmfre import study
+from nmfre.exceptions import ConvergenceWarning
+from nmfre.store import StoreMismatchError
+
+KW = dict(n_rep=6, seed=11, n_boot=50, methods=("wald", "percentile"))
+GRID = {"N": [27, 40]}
+
+
+def _same(a: xr.Dataset, b: xr.Dataset):
+    """Identical studies, wall times and store bookkeeping aside."""
+    drop = ["seconds"]
+    a, b = a.drop_vars(drop).compute(), b.drop_vars(drop).compute()
+    xr.testing.assert_identical(a.drop_attrs(), b.drop_attrs())
+
+
+@pytest.fixture(scope="module")
+def plain():
+    return study.run("baseline", GRID, **KW)
+
+
+def test_store_equals_in_memory_and_is_lazy(plain, tmp_path):
+    path = tmp_path / "s.zarr"
+    ds = study.run("baseline", GRID, store=path, **KW)
+    assert ds["estimate"].chunks is not None  # dask-backed
+    _same(ds, plain)
+    assert bool(ds["done"].all()) and (plain["fit_error"] == "").all()
+    again = study.run("baseline", GRID, store=path, **KW)  # nothing left to compute
+    _same(again, plain)
+    _same(study.open(path), plain)
+    with pytest.raises(StoreMismatchError, match="seed: store has 11, this run 12"):
+        study.run("baseline", GRID, store=path, **{**KW, "seed": 12})
+    with pytest.raises(StoreMismatchError, match="methods"):
+        study.run("baseline", GRID, store=path, **{**KW, "methods": ("wald",)})
+
+
+def test_subset_then_rest(plain, tmp_path):
+    path = tmp_path / "s.zarr"
+    part = study.run("baseline", GRID, store=path, subset={"N": [40]}, **KW)
+    assert list(part["N"].values) == [40]
+    mid = study.open(path)
+    assert int(mid["done"].sum()) == 6 and bool(mid["estimate"].sel(N=27).isnull().all())
+    _same(study.run("baseline", GRID, store=path, **KW), plain)
+
+
+SCRIPT = """
+import sys
+from nmfre import study
+study.run("baseline", {{"N": [27, 40]}}, store=sys.argv[1], flush_seconds=0, **{kw!r})
+"""
+
+
+def test_sigkill_and_resume(plain, tmp_path):
+    """Kill the study process (SIGKILL) while it writes, at several points; each time the
+    store stays readable and the resumed study equals the uninterrupted one, no replicate
+    missing or stored twice."""
+    path = tmp_path / "killed.zarr"
+    script = tmp_path / "run_study.py"
+    script.write_text(textwrap.dedent(SCRIPT.format(kw=KW)))
+    batches = path / "batches"
+    for target in (2, 5):  # kill after at least this many replicates are stored
+        proc = subprocess.Popen([sys.executable, str(script), str(path)])
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < 120:
+            n = len(list(batches.glob("*.zarr"))) if batches.exists() else 0
+            if n >= target or proc.poll() is not None:
+                break
+            time.sleep(0.01)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        mid = study.open(path)  # readable after the kill
+        assert 0 < int(mid["done"].sum()) < 12
+    resumed = study.run("baseline", GRID, store=path, **KW)
+    _same(resumed, plain)
+    flat = xr.concat([xr.open_zarr(p, consolidated=False) for p in sorted(batches.glob("*.zarr"))], "item")
+    pairs = list(zip(flat["cell"].values.tolist(), flat["replicate"].values.tolist(), strict=True))
+    assert len(pairs) == len(set(pairs)) == 12
+
+
+def test_half_written_batch_is_ignored(plain, tmp_path):
+    path = tmp_path / "s.zarr"
+    study.run("baseline", GRID, store=path, subset={"N": [27]}, **KW)
+    junk = path / "batches" / "99999999999999999999-deadbeef.zarr.tmp"
+    junk.mkdir()
+    (junk / "zarr.json").write_text("{ truncated")
+    assert int(study.open(path)["done"].sum()) == 6
+    _same(study.run("baseline", GRID, store=path, **KW), plain)
+    assert not junk.exists()
+
+
+def fragile(N=27, seed=0, **kw):
+    """The baseline design, whose simulation fails for some seeds (about 1 in 4)."""
+    if seed.random() < 0.25:
+        raise np.linalg.LinAlgError("singular design (on purpose)")
+    return nmfre.simulate.baseline(N=N, seed=seed, **kw)
+
+
+def shaky(fit, *, seed, level):
+    """A method that raises for odd seeds and warns otherwise."""
+    if seed % 2:
+        raise RuntimeError("sampler blew up (on purpose)")
+    warnings.warn("not converged (on purpose)", ConvergenceWarning, stacklevel=2)
+    th = fit.theta.values
+    return {"point": th, "lower": th - 1, "upper": th + 1}
+
+
+def test_failures_isolated_counted_and_limited(tmp_path):
+    kw = dict(n_rep=12, seed=3, n_boot=30, methods=("wald", ("shaky", shaky)))
+    ds = study.run(fragile, {"N": [27]}, max_errors=None, **kw)
+    sim_failed = ds["fit_error"].str.startswith("simulate: LinAlgError: singular design").squeeze("N")
+    assert 0 < int(sim_failed.sum()) < 12
+    # a failed simulation: the whole replicate is NaN, and every method carries the error
+    assert bool(ds["estimate"].squeeze("N")[sim_failed].isnull().all())
+    assert bool(ds["estimate"].squeeze("N")[~sim_failed].notnull().all())
+    shaky_err = ds["error"].sel(interval="shaky").squeeze("N")
+    raised = shaky_err.str.startswith("shaky: RuntimeError: sampler blew up")
+    assert 0 < int(raised.sum()) and not bool((raised & sim_failed).any())
+    ok = ~sim_failed & ~raised
+    assert bool(ds["lower"].sel(interval="shaky").squeeze("N")[ok].notnull().all())
+    assert bool(ds["lower"].sel(interval="shaky").squeeze("N")[raised].isnull().all())
+    assert bool((ds["warnings"].sel(interval="shaky").squeeze("N")[ok] == "ConvergenceWarning x1").all())
+    assert bool((ds["error"].sel(interval="wald").squeeze("N")[~sim_failed] == "").all())
+    # the summary leaves failed replicates out
+    s = study.summarize(ds)
+    assert np.isfinite(s["bias"]).all()
+    lo, hi = (ds[k].sel(interval="shaky").squeeze("N").values[ok.values] for k in ("lower", "upper"))
+    truth = ds["truth"].squeeze("N").values
+    cov = ((lo <= truth) & (truth <= hi)).mean(axis=0)
+    np.testing.assert_allclose(s["coverage"].sel(interval="shaky").squeeze("N"), cov, rtol=1e-12)
+    np.testing.assert_allclose(s["coverage_mcse"].sel(interval="shaky").squeeze("N"),
+                               np.sqrt(cov * (1 - cov) / ok.values.sum()), rtol=1e-12)
+    assert int(s["n_valid"].squeeze("N")[0, 0]) == int((~sim_failed).sum())
+    # max_errors: a share of n_rep per cell
+    with pytest.raises(study.StudyError, match=r"failed replicates \(max_errors allows 1 of 12\)"):
+        study.run(fragile, {"N": [27]}, max_errors=1, **kw)
+    with pytest.raises(ValueError, match="max_errors"):
+        study.run(fragile, {"N": [27]}, max_errors=1.5, **kw)
+    # the same replicate re-created from its seeds
+    r = int(np.flatnonzero(ok.values)[0])
+    one = study.replicate(ds, r, design=fragile, N=27)
+    assert one["seeds"] == (3, 0, r) and one["fit_error"] == ""
+    np.testing.assert_allclose(-one["fit"].loglik, ds["nll"].sel(N=27, replicate=r), rtol=1e-12)
+    bad = int(np.flatnonzero(sim_failed.values)[0])
+    with pytest.raises(np.linalg.LinAlgError):
+        study.replicate(ds, bad, design=fragile, N=27)
+    with pytest.raises(ValueError, match="pass it as design="):
+        study.replicate(ds, r, N=27)
+
+
+def test_cluster_writes_to_store_as_futures_complete(plain, tmp_path):
+    """On a dask cluster (2 worker processes) the store fills as futures complete and the
+    result equals the in-process run."""
+    distributed = pytest.importorskip("distributed")
+    path = tmp_path / "c.zarr"
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                  dashboard_address=None) as cluster, distributed.Client(cluster) as client:
+        ds = study.run("baseline", GRID, store=path, client=client, flush_seconds=0, **KW)
+    _same(ds, plain)
+    assert len(list((path / "batches").glob("*.zarr"))) == 12  # one batch per finished replicate
