@@ -9,17 +9,27 @@ The quantities ranked are the scalar parameters (Theta's entries, sigma, tau) an
 data-dependent one, the log-likelihood ``log p(y | theta)`` (Modrak et al. 2023): a
 posterior that is too narrow puts the truth among its lowest log-likelihoods whatever the
 direction, so this rank detects over- and under-dispersion that the marginal ranks spread
-thinly over several parameters. For each quantity two exact binomial tests (two-sided):
-location (ranks in the lower half, probability 1/2) and dispersion (ranks in the outer
-fifth, the lowest and highest tenth, probability 1/5). The calibration test rejects when
-the smallest of the ``m`` p-values is below ``alpha / m`` (Bonferroni: the false-alarm
-rate is at most ``alpha`` whatever the dependence between quantities). :func:`power`
-estimates the rejection rates of this test by simulating ranks directly (no MCMC).
+thinly over several parameters.
+
+The calibration test is the PIT-ECDF test with simultaneous confidence bands (Säilynoja,
+Bürkner & Vehtari 2022; ArviZ's ``plot_ecdf_pit``): for each quantity the empirical CDF
+of the ranks must stay, at every point ``i / (L + 1)``, inside a band of equal pointwise
+tail probability whose family-wise coverage is exact. Its p-value is computed exactly for
+discrete ranks by the paper's recursion over the evaluation points (the ECDF's counts
+form a Markov chain of binomial increments), so the level holds at any ``alpha``, also
+1e-4 where ArviZ's simulated band would need millions of simulations. The test rejects
+when the smallest of the ``m`` p-values is below ``alpha / m`` (Bonferroni: the false-alarm
+rate is at most ``alpha`` whatever the dependence between quantities). The binomial
+location (ranks in the lower half) and dispersion (ranks in the outer fifth) p-values are
+reported beside it; at equal level the ECDF test has more power against a posterior too
+narrow, too wide or shifted (:func:`sbc_power` with ``test="binomial"`` gives the old
+test's rates). :func:`sbc_power` estimates the rejection rates by simulating ranks (no MCMC).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 import numpy as np
 import pandas as pd
@@ -30,7 +40,7 @@ from nmfre import validation as v
 
 from . import compiled, likelihood
 
-__all__ = ["SBCResult", "binom_two_sided", "calibration_tests", "plot_sbc", "sbc", "sbc_power"]
+__all__ = ["SBCResult", "binom_two_sided", "calibration_tests", "ecdf_pvalues", "plot_sbc", "sbc", "sbc_power"]
 
 DEFAULT_PRIORS = {"x_concentration": 1.0, "theta_scale": 10.0, "sigma_scale": 1.0, "tau_scale": 4.0}
 
@@ -45,10 +55,11 @@ class SBCResult:
     L : int
         Posterior draws per replicate (ranks lie in ``0..L``).
     tests : pandas.DataFrame
-        One row per quantity: ``p_location``, ``p_dispersion`` (exact binomial, two-sided),
-        ``p_chisq`` (10 bins, for reference).
+        One row per quantity: ``p_ecdf`` (the PIT-ECDF simultaneous-band test, exact),
+        ``p_location``, ``p_dispersion`` (exact binomial, two-sided), ``p_chisq`` (10 bins)
+        and ``outer_fraction`` (ranks in the outer fifth; 0.2 expected), for reference.
     p_value : float
-        Bonferroni-combined p-value ``min(1, m min p)`` over the location and dispersion tests.
+        Bonferroni-combined p-value ``min(1, m min p_ecdf)`` over the ``m`` quantities.
     divergences : numpy.ndarray
         Divergent transitions per replicate.
     settings : dict
@@ -62,7 +73,8 @@ class SBCResult:
     settings: dict = field(default_factory=dict)
 
     def reject(self, alpha: float = 0.01) -> bool:
-        """True when the calibration test rejects at level ``alpha``."""
+        """True when the calibration test rejects at level ``alpha`` (its false-alarm rate
+        on a calibrated sampler is at most ``alpha``)."""
         return self.p_value < alpha
 
     def plot(self, bins: int = 10):
@@ -80,19 +92,89 @@ def binom_two_sided(k, n: int, p: float) -> np.ndarray:
 
 
 def calibration_tests(ranks: np.ndarray, L: int, names=None) -> tuple[pd.DataFrame, float]:
-    """Location and dispersion tests of ranks (replicate x quantity) in ``0..L``.
+    """Calibration tests of ranks (replicate x quantity) in ``0..L``.
 
     ``L + 1`` should be divisible by 10 so that the outer tenths hold exactly 1/5 of the
-    possible ranks. Returns the per-quantity table and the Bonferroni-combined p-value.
+    possible ranks. Returns the per-quantity table (``p_ecdf`` and, for reference, the
+    binomial location and dispersion p-values, the 10-bin chi-square p-value and the outer
+    fraction) and the Bonferroni-combined p-value of the PIT-ECDF tests, ``min(1, m min p_ecdf)``.
     """
     p_loc, p_disp, outer = _tests(ranks, L)
     ranks = np.asarray(ranks, dtype=int)
     d = ranks.shape[1]
+    p_ecdf = ecdf_pvalues(ranks, L)
     counts = np.stack([np.bincount(ranks[:, j] * 10 // (L + 1), minlength=10) for j in range(d)])
-    tests = pd.DataFrame({"p_location": p_loc, "p_dispersion": p_disp, "p_chisq": chisquare(counts, axis=1).pvalue,
-                          "outer_fraction": outer},
+    tests = pd.DataFrame({"p_ecdf": p_ecdf, "p_location": p_loc, "p_dispersion": p_disp,
+                          "p_chisq": chisquare(counts, axis=1).pvalue, "outer_fraction": outer},
                          index=pd.Index(list(names) if names is not None else range(d), name="quantity"))
-    return tests, min(1.0, 2 * d * float(min(p_loc.min(), p_disp.min())))
+    return tests, min(1.0, d * float(p_ecdf.min()))
+
+
+@lru_cache(maxsize=4)
+def _ecdf_chain(n: int, L: int):
+    """Tail probabilities and transitions of the rank ECDF's counts under uniform ranks.
+
+    ``N_i`` (ranks below ``i``, ``i = 1..L``) is Binomial(n, i / (L + 1)); ``tail[i - 1, k]``
+    is ``min(P(N_i <= k), P(N_i >= k))``. Given ``N_i``, the ``n - N_i`` ranks at or above
+    ``i`` are uniform on ``i..L``, so ``N_{i+1} - N_i`` is Binomial(n - N_i, 1 / (L + 1 - i)):
+    ``step[i]`` is that transition matrix from ``N_i`` (``N_0 = 0``) to ``N_{i+1}``.
+    """
+    z = np.arange(1, L + 1) / (L + 1)
+    k = np.arange(n + 1)
+    tail = np.minimum(binom.cdf(k[None, :], n, z[:, None]), binom.sf(k[None, :] - 1, n, z[:, None]))
+    step = np.zeros((L, n + 1, n + 1))
+    for i in range(L):
+        for a in range(n + 1):
+            step[i, a, a:] = binom.pmf(np.arange(n - a + 1), n - a, 1.0 / (L + 1 - i))
+    return tail, step
+
+
+def _ecdf_pmin(ranks, L: int) -> np.ndarray:
+    """Smallest pointwise tail probability of each column's ECDF (the band statistic)."""
+    ranks = np.asarray(ranks, dtype=int)
+    n = ranks.shape[0]
+    tail, _ = _ecdf_chain(n, L)
+    counts = (ranks[:, None, :] < np.arange(1, L + 1)[None, :, None]).sum(axis=0)  # L x d
+    return tail[np.arange(L)[:, None], counts].min(axis=0)
+
+
+def _ecdf_pvalue_of(pmin, n: int, L: int) -> np.ndarray:
+    """P(smallest tail probability <= pmin) under uniform ranks: 1 - P(the ECDF stays
+    inside the band of pointwise tail probability > pmin at every point), exactly."""
+    tail, step = _ecdf_chain(n, L)
+    pmin = np.atleast_1d(np.asarray(pmin, float))
+    v = np.zeros((len(pmin), n + 1))
+    v[:, 0] = 1.0
+    for i in range(L):
+        v = (v @ step[i]) * (tail[i][None, :] > pmin[:, None])
+    return np.clip(1.0 - v.sum(axis=1), 0.0, 1.0)
+
+
+def ecdf_pvalues(ranks, L: int) -> np.ndarray:
+    """Exact p-values of the PIT-ECDF simultaneous-band test, one per column of ``ranks``.
+
+    The test of Säilynoja, Bürkner & Vehtari (2022) (``plot_ecdf_pit`` in ArviZ): the
+    statistic is the smallest, over the points ``i / (L + 1)``, of the two-sided pointwise
+    tail probabilities of the ECDF of the ranks; the p-value is the probability under
+    uniform ranks that the statistic is at most the observed one, computed by the
+    recursion over the evaluation points (no simulation; exact for discrete ranks, so
+    ``P(p <= a) <= a`` for every ``a``).
+
+    Parameters
+    ----------
+    ranks : array (n, d) of int in ``0..L``
+    L : int
+
+    Returns
+    -------
+    numpy.ndarray (d,)
+    """
+    ranks = np.asarray(ranks, dtype=int)
+    if ranks.ndim == 1:
+        ranks = ranks[:, None]
+    if ranks.min() < 0 or ranks.max() > L:
+        raise ValueError(f"ranks must lie in 0..{L}")
+    return _ecdf_pvalue_of(_ecdf_pmin(ranks, L), ranks.shape[0], L)
 
 
 def _tests(ranks, L: int):
@@ -107,34 +189,57 @@ def _tests(ranks, L: int):
     return binom_two_sided(low, n, 0.5), binom_two_sided(outer, n, 0.2), outer / n
 
 
-def sbc_power(n_replicates: int, L: int, n_params: int, *, narrowing: float = 2.0, alpha: float = 0.01,
-          n_sim: int = 2000, seed=0) -> dict:
+def sbc_power(n_replicates: int, L: int, n_params: int, *, narrowing: float = 2.0, shift: float = 0.0,
+              alpha: float = 1e-4, n_sim: int = 2000, test: str = "ecdf", seed=0) -> dict:
     """Rejection rates of the calibration test, by simulating ranks (no MCMC).
 
     Model: each replicate's posterior is ``N(0, I)`` in ``n_params`` standardised
     parameters and the truth is a draw from it; the sampler's ``L`` draws are independent
-    from ``N(0, I / narrowing^2)`` (``narrowing = 1``: calibrated). Ranked quantities: the
-    ``n_params`` coordinates and the log-likelihood ``-|theta|^2 / 2`` (flat prior).
+    from ``N(shift, I / narrowing^2)`` (``narrowing = 1, shift = 0``: calibrated; the
+    named faults: ``narrowing = 2`` a posterior twice too narrow, ``narrowing = 0.5``
+    twice too wide, ``shift = 0.5`` a bias of half a posterior sd in every parameter).
+    Ranked quantities: the ``n_params`` coordinates and the log-likelihood
+    ``-|theta|^2 / 2`` (flat prior).
+
+    Parameters
+    ----------
+    n_replicates, L, n_params : int
+    narrowing, shift : float
+        The fault whose detection rate is ``power``.
+    alpha : float
+        Family-wise level of the test.
+    n_sim : int
+        Simulated SBC runs per rate.
+    test : {"ecdf", "binomial"}
+        The PIT-ECDF simultaneous-band test (:func:`sbc`'s) or the binomial location and
+        dispersion tests (Bonferroni over ``2 m``), for comparison.
+    seed : int
 
     Returns
     -------
     dict
-        ``false_alarm`` (rate with ``narrowing = 1``), ``power`` (rate at ``narrowing``),
+        ``false_alarm`` (rate on a calibrated sampler), ``power`` (rate under the fault),
         and their Monte Carlo standard errors.
     """
+    test = v.choice(test, "test", ("ecdf", "binomial"))
     rng = v.rng(seed)
     out = {}
-    for label, k in (("false_alarm", 1.0), ("power", float(narrowing))):
-        rejections = 0
-        for _ in range(int(n_sim)):
+    for label, k, mu in (("false_alarm", 1.0, 0.0), ("power", float(narrowing), float(shift))):
+        stat = np.empty(int(n_sim))
+        for s in range(int(n_sim)):
             truth = rng.standard_normal((n_replicates, n_params))
-            draws = rng.standard_normal((n_replicates, L, n_params)) / k
+            draws = rng.standard_normal((n_replicates, L, n_params)) / k + mu
             ranks = np.concatenate([(draws < truth[:, None, :]).sum(axis=1),
                                     ((draws**2).sum(axis=2) > (truth**2).sum(axis=1)[:, None]).sum(axis=1)[:, None]],
                                    axis=1)
-            p_loc, p_disp, _ = _tests(ranks, L)
-            rejections += 2 * ranks.shape[1] * min(p_loc.min(), p_disp.min()) < alpha
-        rate = rejections / n_sim
+            if test == "binomial":
+                p_loc, p_disp, _ = _tests(ranks, L)
+                stat[s] = 2 * ranks.shape[1] * min(p_loc.min(), p_disp.min())
+            else:
+                stat[s] = _ecdf_pmin(ranks, L).min()  # the smallest p-value has the smallest pmin
+        if test == "ecdf":
+            stat = (n_params + 1) * _ecdf_pvalue_of(stat, n_replicates, L)
+        rate = float(np.mean(stat < alpha))
         out[label] = rate
         out[f"{label}_se"] = float(np.sqrt(max(rate * (1 - rate), 1.0 / n_sim) / n_sim))
     return out

@@ -9,6 +9,50 @@ from nmfre import simulate
 from nmfre.core import stats
 from nmfre.core.ml import Problem, State, kkt_decrement
 
+SEED_ENV = "NMFRE_TEST_SEED_OFFSET"
+SEED_STRIDE = 1000
+SEED_OFFSET = 0  # set by conftest from --seed-offset or $NMFRE_TEST_SEED_OFFSET
+
+
+def set_seed_offset(k) -> int:
+    """Set the suite's seed offset (a non-negative integer)."""
+    global SEED_OFFSET
+    try:
+        k = int(k)
+    except (TypeError, ValueError):
+        raise ValueError(f"seed offset must be a non-negative integer, got {k!r}") from None
+    if k < 0:
+        raise ValueError(f"seed offset must be a non-negative integer, got {k}")
+    SEED_OFFSET = k
+    return k
+
+
+def seed(n: int) -> int:
+    """Seed ``n`` of a stochastic test under the suite's seed offset K: ``n + 1000 K``.
+
+    Every test whose outcome is a random variable (docs/testing.md) takes its seeds from
+    here, so ``--seed-offset K`` (or ``NMFRE_TEST_SEED_OFFSET=K``) re-draws it; the stride
+    keeps the seeds of different offsets apart as long as a test's own seeds stay below 1000.
+    Exact tests keep fixed seeds: their assertions are about those inputs.
+    """
+    if not 0 <= n < SEED_STRIDE:
+        raise ValueError(f"test seeds lie in 0..{SEED_STRIDE - 1}, got {n}")
+    return int(n) + SEED_STRIDE * SEED_OFFSET
+
+
+def record(test: str, **values) -> None:
+    """Append the statistics a stochastic test bounds to ``$NMFRE_TEST_RECORD`` (JSON lines),
+    when set: the margins of docs/testing.md are measured from these over seed offsets."""
+    import json
+    import os
+
+    path = os.environ.get("NMFRE_TEST_RECORD")
+    if path:
+        row = {"test": test, "offset": SEED_OFFSET}
+        row.update({k: np.asarray(x, float).round(6).tolist() for k, x in values.items()})
+        with open(path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+
 
 def rank2(seed: int = 0, N: int = 150, P: int = 8):
     """``(Y, A, X, theta)`` as numpy arrays from :func:`nmfre.simulate.rank2`."""

@@ -1,10 +1,17 @@
-"""bayes.sampling: closed form, mixing, alignment, calibration, the DataTree, bad input."""
+"""bayes.sampling: closed form, mixing, alignment, calibration, the DataTree, bad input.
+
+Stochastic tests (their seeds move with the suite's seed offset, ``helpers.seed``) have a
+false-alarm rate of at most 1e-4 on a correct sampler and a stated power against a named
+fault; docs/testing.md has the table. Sampler diagnostics (r_hat, ESS, divergences) at a
+seed are reported by benchmarks/bench_bayes.py; the tests bound r_hat only where a stuck or
+label-switched chain is the fault (r_hat < 1.05, see ``RHAT_FAULT``).
+"""
 
 import warnings
 
 import numpy as np
 import pytest
-from helpers import rank2
+from helpers import rank2, record, seed
 
 import bayes
 import nmfre
@@ -15,43 +22,72 @@ def inf_ortho(ml_fit):
     return ml_fit.infer(n_boot=4000, seed=1)
 
 
+# A stuck chain or one in another labelling has r_hat >> 1.1. For chains that mix (bulk ESS
+# at least 0.1 per draw, measured >= 0.25), split-r_hat at 4 x >= 300 draws exceeds 1 +
+# chi2_7(1 - 1e-4) / 7 / (2 ESS per split chain) < 1.03 with probability below 1e-4: so
+# r_hat < 1.05 is a test of the fault with a false-alarm rate below 1e-4 (docs/testing.md).
+RHAT_FAULT = 1.05
+
+# z of a two-sided Monte Carlo check at 1e-5 per comparison (<= 1e-4 for up to 10 per test)
+Z = 4.42
+
+
 @pytest.fixture(scope="session")
 def post_conditional(orthodont, ml_fit):
     Y, A = orthodont
-    return bayes.sample(Y, A, 1, model="conditional", fit=ml_fit, num_warmup=500, num_samples=1000, seed=1)
+    return bayes.sample(Y, A, 1, model="conditional", fit=ml_fit, num_warmup=500, num_samples=1000, seed=seed(1))
 
 
 @pytest.fixture(scope="session")
 def post_joint(orthodont, ml_fit):
     Y, A = orthodont
-    return bayes.sample(Y, A, 1, model="joint", fit=ml_fit, seed=2, draw_U=True, posterior_predictive=True)
+    return bayes.sample(Y, A, 1, model="joint", fit=ml_fit, seed=seed(2), draw_U=True, posterior_predictive=True)
 
 
-def _mcse(post, method):
-    import arviz as az
+def _mean_mcse(a):
+    """Mean over (chain, draw) of a (chain, draw, ...) array and its Monte Carlo SE (ArviZ)."""
+    from arviz_stats.base import array_stats
 
-    return az.mcse(post, var_names=["theta"], method=method)["theta"]
+    a = np.asarray(a, float)
+    return a.mean(axis=(0, 1)), np.asarray(array_stats.mcse(a, chain_axis=0, draw_axis=1, method="mean"))
 
 
 def test_conditional_posterior_matches_closed_form(post_conditional, ml_fit, inf_ortho):
-    """Flat prior, X and variances fixed: posterior = N(theta_hat, I^-1). Mean and sd agree
-    with the closed form within 4 Monte Carlo standard errors."""
-    th = post_conditional["posterior"]["theta"]
-    se = inf_ortho.se_model
-    assert (np.abs(th.mean(("chain", "draw")) - ml_fit.theta) <= 4 * _mcse(post_conditional, "mean")).all()
-    assert (np.abs(th.std(("chain", "draw")) - se) <= 4 * _mcse(post_conditional, "sd")).all()
-    cov = np.cov(th.stack(s=("chain", "draw")).transpose("s", "covariate", "component").values.reshape(-1, 2).T)
-    np.testing.assert_allclose(cov, inf_ortho.cov_model.values, rtol=0.12)
+    """Flat prior, X and variances fixed: the posterior is N(theta_hat, I^-1) exactly.
+
+    The draws whitened by the closed form, w = C^-1 (theta - theta_hat) with C C' = I^-1,
+    are N(0, I): the means of w_j, w_j^2 - 1 and w_1 w_2 are zero. Each of the 5 is checked
+    against its own Monte Carlo SE (ArviZ's mcse) at z = 4.42 (two-sided 1e-5 each: false
+    alarm <= 5e-5). Power: the test's MCSEs make a bias of half a posterior sd (mean w =
+    0.5) and a posterior twice too narrow (mean w^2 = 0.25) shifts of > 2 z MCSE, caught with
+    probability > 1 - 1e-5 (asserted below from the MCSEs of this run)."""
+    th = post_conditional["posterior"]["theta"].transpose("chain", "draw", "component", "covariate").values
+    C = np.linalg.cholesky(inf_ortho.cov_model.values)
+    w = np.linalg.solve(C, (th.reshape(*th.shape[:2], -1) - ml_fit.theta.values.ravel())[..., None])[..., 0]
+    stats = np.concatenate([w, w**2 - 1, w[..., :1] * w[..., 1:]], axis=-1)
+    m, se = _mean_mcse(stats)
+    record("conditional_closed_form", z=m / se, mcse=se)
+    assert (np.abs(m) <= Z * se).all(), (m, se)
+    # power against the named faults, from this run's MCSEs
+    assert (2 * Z * se[:2] < 0.5).all() and (2 * Z * se[2:4] < 0.75).all(), se
 
 
 def test_joint_mixes_on_orthodont(post_joint, ml_fit):
+    """The joint posterior (X, Theta, sigma, tau) is centred at the ML fit and its chains agree.
+
+    Posterior mean within 0.25 posterior sd of the MLE (measured 0.01 sd: asymptotically
+    O(sd / sqrt(N)) apart) plus z = 4.42 MCSE; false alarm < 1e-5 per entry. Fault caught: a
+    posterior shifted by 0.25 sd + 2 z MCSE (about 0.45 sd). r_hat < 1.05 (``RHAT_FAULT``):
+    a chain stuck away from the others."""
     d = bayes.diagnostics(post_joint)
-    assert d["max_r_hat"] <= 1.01 and d["min_ess_bulk"] >= 400 and d["divergences"] == 0
     th = post_joint["posterior"]["theta"]
-    # posterior mean within 0.25 posterior sd (asymptotically O(sd / sqrt(N)) apart) plus
-    # 4 Monte Carlo SE of the MLE (measured on Orthodont: 0.01 sd)
-    gap = np.abs(th.mean(("chain", "draw")) - ml_fit.theta)
-    assert (gap <= 0.25 * th.std(("chain", "draw")) + 4 * _mcse(post_joint, "mean")).all()
+    m, se = _mean_mcse(th.transpose("chain", "draw", ...).values)
+    sd = th.std(("chain", "draw")).values
+    gap = np.abs(m - ml_fit.theta.values)
+    record("joint_orthodont", gap_sd=gap / sd, mcse_sd=se / sd, r_hat=d["max_r_hat"], ess=d["min_ess_bulk"],
+           divergences=d["divergences"])
+    assert d["max_r_hat"] < RHAT_FAULT, d
+    assert (gap <= 0.25 * sd + Z * se).all(), (gap / sd, se / sd)
 
 
 def test_datatree_layout(post_joint, ml_fit):
@@ -64,30 +100,37 @@ def test_datatree_layout(post_joint, ml_fit):
         assert list(post[dim].values) == list(ml_fit.coords[dim])
     assert list(post["unit"].values) == list(ml_fit.coords["unit"])
     np.testing.assert_allclose(post["X"].sum("feature"), 1.0, atol=1e-10)
-    # U's posterior mean is close to the BLUP at the ML fit
-    assert float(np.corrcoef(post["U"].mean(("chain", "draw")).values.ravel(), ml_fit.U.values.ravel())[0, 1]) > 0.99
+    # U's posterior mean is close to the BLUP at the ML fit (stochastic, measured margin in
+    # docs/testing.md: the correlation's Monte Carlo noise is O(1e-3))
+    corr = float(np.corrcoef(post["U"].mean(("chain", "draw")).values.ravel(), ml_fit.U.values.ravel())[0, 1])
     yrep = post_joint["posterior_predictive"]["Y"]
-    assert yrep.dims == ("chain", "draw", "unit", "feature")
-    assert abs(float(yrep.mean()) - float(ml_fit.Y.mean())) < 0.5
+    assert yrep.dims == ("chain", "draw", "feature", "unit")  # nmfre's order, as observed_data
+    gap = abs(float(yrep.mean()) - float(ml_fit.Y.mean()))
+    record("datatree_layout", corr=corr, yrep_gap=gap)
+    assert corr > 0.99
+    assert gap < 0.5
 
 
 def test_rank2_joint_aligned_and_mixing():
-    Y, A, X, theta = rank2(21, N=150)
+    """Rank 2: every chain's mean basis matches the fit's columns in order (cosine > 0.98)
+    and the chains agree (r_hat < 1.05): the fault is a chain in another labelling or
+    stuck, which gives a permutation, cosines near 0.5 and r_hat >> 1.1. Data and sampler
+    seeds move with the offset; the r_hat and divergences of a fixed seed are the
+    benchmark's (bench_bayes.py)."""
+    Y, A, X, theta = rank2(seed(21), N=150)
     fit = nmfre.fit(Y, A, rank=2)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", bayes.SamplingWarning)
-        # 4 x 1000 draws: at 4 x 500 the r_hat estimate itself is noisy near 1.01 (seeds 3-8 gave
-        # 1.0045-1.0107); at 4 x 1000 they give 1.0035-1.0056
-        post = bayes.sample(Y, A, 2, model="joint", fit=fit, num_warmup=1000, num_samples=1000, seed=3)
+        post = bayes.sample(Y, A, 2, model="joint", fit=fit, num_warmup=1000, num_samples=1000, seed=seed(3))
     d = bayes.diagnostics(post)
-    assert d["max_r_hat"] <= 1.01, d
-    assert d["divergences"] == 0
-    # chains aligned to the fit: every chain's mean basis matches the fit's columns in order
     from nmfre.core.bootstrap import align_components
 
     Xc = post["posterior"]["X"].mean("draw").transpose("chain", "feature", "component").values
-    for c in range(Xc.shape[0]):
-        perm, cos = align_components(fit.X.values, Xc[c])
+    aligned = [align_components(fit.X.values, Xc[c]) for c in range(Xc.shape[0])]
+    record("rank2_joint", r_hat=d["max_r_hat"], ess=d["min_ess_bulk"], divergences=d["divergences"],
+           cos=min(float(cos.min()) for _, cos in aligned))
+    assert d["max_r_hat"] < RHAT_FAULT, d
+    for perm, cos in aligned:
         assert list(perm) == [0, 1] and cos.min() > 0.98, (perm, cos)
 
 
@@ -95,13 +138,13 @@ def test_five_calls_one_compilation():
     """Five bayes.sample calls on different data of one shape (and different N: the
     sampler sees compressed statistics) compile the sampler once."""
     before = sum(bayes.compiled.TRACES.values())
-    for seed, N in enumerate([27, 27, 40, 27, 60]):
-        d = nmfre.simulate.baseline(N=N, seed=seed)
+    for i, N in enumerate([27, 27, 40, 27, 60]):
+        d = nmfre.simulate.baseline(N=N, seed=i)
         fit = nmfre.fit(d["Y"], d["A"], rank=1)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", bayes.SamplingWarning)
             post = bayes.sample(d["Y"], d["A"], 1, model="conditional", fit=fit, num_warmup=123, num_samples=200,
-                                seed=seed)
+                                seed=i)
         assert post["posterior"]["theta"].shape == (4, 200, 1, 2)
     assert sum(bayes.compiled.TRACES.values()) - before == 1
     sampler = bayes.Sampler("conditional", 1, 4, None, 2, num_warmup=123, num_samples=200)
@@ -135,14 +178,18 @@ def test_sample_batch_equals_the_layout_of_sample():
     data = [nmfre.simulate.baseline(N=27, seed=s) for s in range(3)]
     fits = [nmfre.fit(d["Y"], d["A"], rank=1) for d in data]
     sampler = bayes.Sampler("conditional", 1, 4, None, 2, num_warmup=300, num_samples=300)
-    posts = sampler.sample_batch([(d["Y"], d["A"]) for d in data], fits=fits, seed=1)
+    posts = sampler.sample_batch([(d["Y"], d["A"]) for d in data], fits=fits, seed=seed(1))
     for post, fit in zip(posts, fits, strict=True):
         assert set(post.children) >= {"posterior", "sample_stats", "observed_data"}
         th = post["posterior"]["theta"]
         assert th.dims == ("chain", "draw", "component", "covariate") and th.shape == (4, 300, 1, 2)
         d = bayes.diagnostics(post)
-        assert d["max_r_hat"] < 1.02 and d["divergences"] == 0
-        assert (np.abs(th.mean(("chain", "draw")) - fit.theta) < 4 * th.std(("chain", "draw"))).all()
+        # the flat-prior conditional posterior is centred at the fit: its mean is a few
+        # hundredths of an sd away (MCSE), 4 sd is a gross fault (a draw of another data set)
+        gap = (np.abs(th.mean(("chain", "draw")) - fit.theta) / th.std(("chain", "draw"))).values
+        record("sample_batch", r_hat=d["max_r_hat"], gap_sd=gap)
+        assert d["max_r_hat"] < RHAT_FAULT
+        assert (gap < 4).all()
 
 
 def test_missing_values(orthodont, ml_fit):
@@ -153,11 +200,13 @@ def test_missing_values(orthodont, ml_fit):
     Ym.iloc[1, 3] = Ym.iloc[2, 10] = Ym.iloc[0, 20] = np.nan
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", bayes.SamplingWarning)
-        post = bayes.sample(Ym, A, 1, model="conditional_x", num_warmup=300, num_samples=500, seed=4, draw_U=True,
-                            posterior_predictive=True)
+        post = bayes.sample(Ym, A, 1, model="conditional_x", num_warmup=300, num_samples=500, seed=seed(4),
+                            draw_U=True, posterior_predictive=True)
     assert np.isnan(post["observed_data"]["Y"].values).sum() == 3
     th = post["posterior"]["theta"]
-    assert (np.abs(th.mean(("chain", "draw")) - ml_fit.theta) < 0.5 * th.std(("chain", "draw"))).all()
+    gap = (np.abs(th.mean(("chain", "draw")) - ml_fit.theta) / th.std(("chain", "draw"))).values
+    record("missing_values", gap_sd=gap)
+    assert (gap < 0.5).all(), gap
     assert np.isfinite(post["posterior"]["U"].values).all()
     assert np.isfinite(post["posterior_predictive"]["Y"].values).all()
     with pytest.raises(ValueError, match="complete data"):
@@ -165,9 +214,10 @@ def test_missing_values(orthodont, ml_fit):
 
 
 def test_sampling_warning_when_diagnostics_fail(orthodont, ml_fit):
+    """Exact at any seed: ArviZ caps the bulk ESS of S draws at S log10 S, 353 < 400 for 4 x 40."""
     Y, A = orthodont
     with pytest.warns(bayes.SamplingWarning, match="bulk ESS"):
-        bayes.sample(Y, A, 1, model="conditional", fit=ml_fit, num_warmup=50, num_samples=40, seed=0)
+        bayes.sample(Y, A, 1, model="conditional", fit=ml_fit, num_warmup=50, num_samples=40, seed=seed(0))
 
 
 # -- simulation-based calibration ---------------------------------------------------------
@@ -176,54 +226,82 @@ CX = {"n_features": 3, "n_units": 12, "X": np.array([[0.2], [0.3], [0.5]]), "L":
       "priors": {"theta_scale": 5.0, "sigma_scale": 1.0, "tau_scale": 2.0}}
 
 
-def _old_reduced_test_power(n_rep=24, L=49, n_sim=2000, seed=0):
-    """Rejection rate of the former reduced test (5-bin chi-square of the pooled theta
-    ranks, p < 0.001) for a posterior twice too narrow (ranks simulated as in bayes.sbc_power)."""
-    from scipy.stats import chisquare
-
-    rng = np.random.default_rng(seed)
-    hits = 0
-    for _ in range(n_sim):
-        truth = rng.standard_normal((n_rep, 2))
-        ranks = (rng.standard_normal((n_rep, L, 2)) / 2 < truth[:, None, :]).sum(axis=1)
-        hits += chisquare(np.bincount(ranks.ravel() * 5 // (L + 1), minlength=5)).pvalue < 0.001
-    return hits / n_sim
+# Level of the SBC tests: the PIT-ECDF simultaneous-band test, Bonferroni over the ranked
+# quantities, is exact, so a calibrated sampler is rejected with probability <= 1e-4.
+SBC_ALPHA = 1e-4
 
 
-@pytest.mark.parametrize("n_rep, L, n_params", [(24, 49, 4), (24, 99, 4)])
-def test_reduced_sbc_has_power(n_rep, L, n_params):
-    """The reduced SBC tests (24 replicates; theta, sigma, tau and the log-likelihood
-    ranked) reject a posterior twice too narrow with probability >= 0.9 and keep the
-    false-alarm rate at its level 0.01 (ranks simulated, no MCMC). The former test
-    caught it about half the time."""
-    r = bayes.sbc_power(n_rep, L, n_params, narrowing=2.0, alpha=0.01, n_sim=2000, seed=1)
-    assert r["power"] >= 0.9, r
-    assert r["false_alarm"] <= 0.01 + 3 * r["false_alarm_se"], r
-    assert _old_reduced_test_power() < 0.75
+@pytest.mark.parametrize("n_rep, L", [(24, 49), (24, 99)])
+def test_reduced_sbc_has_power(n_rep, L):
+    """The reduced SBC tests (24 replicates; theta, sigma, tau and the log-likelihood ranked;
+    level 1e-4) reject a posterior twice too narrow and one twice too wide with probability
+    >= 0.9 (measured: 1.0 of 2000), by simulating ranks as bayes.sbc_power does (no MCMC).
+    The level itself is exact (a theorem, not simulated at 1e-4); at 0.05, where a simulation
+    can see it, the false-alarm rate stays below 0.05 (checked at 1e-5)."""
+    from scipy.stats import binom
+
+    narrow = bayes.sbc_power(n_rep, L, 4, narrowing=2.0, alpha=SBC_ALPHA, n_sim=500, seed=seed(1))
+    wide = bayes.sbc_power(n_rep, L, 4, narrowing=0.5, alpha=SBC_ALPHA, n_sim=500, seed=seed(2))
+    level = bayes.sbc_power(n_rep, L, 4, narrowing=1.0, alpha=0.05, n_sim=1000, seed=seed(3))
+    record(f"sbc_power_L{L}", narrow=narrow["power"], wide=wide["power"], level05=level["false_alarm"])
+    assert narrow["power"] >= 0.9 and wide["power"] >= 0.9, (narrow, wide)
+    assert level["false_alarm"] <= binom.isf(1e-5, 1000, 0.05) / 1000, level
+
+
+def test_ecdf_test_beats_the_binomial_tests():
+    """Why the PIT-ECDF band test replaced the binomial location/dispersion tests: at the same
+    level (1e-4) and 24 replicates it catches a posterior 1.5 times too narrow about 0.7 of
+    the time, the binomial tests about 0.2 (rates of 600 simulated SBC runs, SE <= 0.02:
+    the margin 0.2 is > 7 SE of the difference)."""
+    ecdf = bayes.sbc_power(24, 49, 4, narrowing=1.5, alpha=SBC_ALPHA, n_sim=600, seed=seed(4))
+    old = bayes.sbc_power(24, 49, 4, narrowing=1.5, alpha=SBC_ALPHA, n_sim=600, seed=seed(5), test="binomial")
+    record("ecdf_vs_binomial", ecdf=ecdf["power"], binomial=old["power"])
+    assert ecdf["power"] > old["power"] + 0.2, (ecdf, old)
+
+
+def test_ecdf_pvalues_exact():
+    """Exact: the recursion's p-values equal brute-force enumeration for 3 ranks in 0..4."""
+    import itertools
+
+    from bayes.calibration import ecdf_pvalues
+
+    L, n = 4, 3
+    allr = np.array(list(itertools.product(range(L + 1), repeat=n)))
+    p = np.array([ecdf_pvalues(r[:, None], L)[0] for r in allr])
+    # p = P(statistic <= observed): under uniform ranks, the fraction of outcomes at least as extreme
+    brute = np.array([(p <= q + 1e-12).mean() for q in p])
+    np.testing.assert_allclose(p, brute, rtol=1e-10)
+    with pytest.raises(ValueError, match="ranks"):
+        ecdf_pvalues(np.array([[5]]), 4)
 
 
 def test_sbc_conditional_x_reduced():
-    r = bayes.sbc(24, model="conditional_x", seed=1, **CX)
-    assert not r.reject(0.01), r.tests
+    """Level 1e-4 (exact); power 1.0 against a posterior twice too narrow or wide
+    (test_reduced_sbc_has_power, same n_rep, L and quantities)."""
+    r = bayes.sbc(24, model="conditional_x", seed=seed(1), **CX)
+    record("sbc_conditional_x", p=r.p_value, p_ecdf=r.tests["p_ecdf"].values)
+    assert not r.reject(SBC_ALPHA), r.tests
 
 
 def test_sbc_joint_reduced(tmp_path):
-    r = bayes.sbc(24, model="joint", seed=3)
-    assert not r.reject(0.01), r.tests
+    """As the conditional_x test, for the joint model (L = 99)."""
+    r = bayes.sbc(24, model="joint", seed=seed(3))
+    record("sbc_joint", p=r.p_value, p_ecdf=r.tests["p_ecdf"].values)
+    assert not r.reject(SBC_ALPHA), r.tests
     assert r.ranks.dims == ("replicate", "quantity") and r.ranks.shape == (24, 5)
     r.plot().savefig(tmp_path / "sbc.png")
 
 
 @pytest.mark.slow
 def test_sbc_conditional_x_full():
-    r = bayes.sbc(200, model="conditional_x", seed=2, **{**CX, "L": 99})
-    assert not r.reject(0.01), r.tests
+    r = bayes.sbc(200, model="conditional_x", seed=seed(2), **{**CX, "L": 99})
+    assert not r.reject(SBC_ALPHA), r.tests
 
 
 @pytest.mark.slow
 def test_sbc_joint_full():
-    r = bayes.sbc(200, model="joint", seed=4)
-    assert not r.reject(0.01), r.tests
+    r = bayes.sbc(200, model="joint", seed=seed(4))
+    assert not r.reject(SBC_ALPHA), r.tests
 
 
 def test_bad_input(orthodont, ml_fit):

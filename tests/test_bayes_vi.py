@@ -1,7 +1,12 @@
-"""bayes.fit_vi: the variational twin, against NUTS on Orthodont and on block-sparse data."""
+"""bayes.fit_vi: the variational twin, against NUTS on Orthodont and on block-sparse data.
+
+The NUTS-vs-VI bounds are stochastic (seeds move with the suite's offset): each bound sits
+at least 4.5 measured standard deviations of its statistic (over seed offsets) from the
+statistic's mean, a false alarm below 1e-4 per test (docs/testing.md has the numbers)."""
 
 import numpy as np
 import pytest
+from helpers import record, seed
 
 import bayes
 import nmfre
@@ -18,13 +23,13 @@ def _gaps(nuts, vi):
 @pytest.fixture(scope="module")
 def vi_ortho(orthodont, ml_fit):
     Y, A = orthodont
-    return bayes.fit_vi(Y, A, 1, fit=ml_fit, seed=1)
+    return bayes.fit_vi(Y, A, 1, fit=ml_fit, seed=seed(1))
 
 
 @pytest.fixture(scope="module")
 def nuts_ortho(orthodont, ml_fit):
     Y, A = orthodont
-    return bayes.sample(Y, A, 1, fit=ml_fit, num_warmup=500, num_samples=1000, seed=2)
+    return bayes.sample(Y, A, 1, fit=ml_fit, num_warmup=500, num_samples=1000, seed=seed(2))
 
 
 def test_layout_and_labels(vi_ortho, ml_fit):
@@ -40,9 +45,10 @@ def test_layout_and_labels(vi_ortho, ml_fit):
 
 def test_matches_nuts_on_orthodont(vi_ortho, nuts_ortho, ml_fit):
     gap, ratio = _gaps(nuts_ortho, vi_ortho)
+    tab = bayes.compare(ml_fit.infer(n_boot=2000, seed=1), nuts_ortho, vi_ortho, names=["nuts", "vi"])
+    record("vi_orthodont", gap=gap, ratio=ratio, vi_overlap=tab.vi_overlap.values, nuts_overlap=tab.nuts_overlap.values)
     assert (gap < 0.2).all(), gap
     assert ((ratio > 0.85) & (ratio < 1.15)).all(), ratio
-    tab = bayes.compare(ml_fit.infer(n_boot=2000, seed=1), nuts_ortho, vi_ortho, names=["nuts", "vi"])
     assert (tab.vi_overlap > 0.8).all() and (tab.nuts_overlap > 0.8).all()
     fig = bayes.plot_compare(ml_fit.infer(n_boot=200, seed=1), nuts_ortho, vi_ortho, names=["nuts", "vi"])
     labels = [t.get_text() for ax in fig.axes for t in ax.get_yticklabels() + ax.texts]
@@ -58,14 +64,15 @@ def test_block_sparse_20x300():
     (measured: ratios 0.68-0.78, mean gaps <= 0.65 sd, interval overlap 0.7-0.84)."""
     d = nmfre.simulate.block_sparse(20, 300, rank=2, K=2, seed=1)
     fit = nmfre.fit(d["Y"], d["A"], rank=2, theta="nonneg")
-    nuts = bayes.sample(d["Y"], d["A"], 2, fit=fit, theta="nonneg", num_warmup=500, num_samples=500, seed=1)
-    vi = bayes.fit_vi(d["Y"], d["A"], 2, fit=fit, theta="nonneg", seed=1)
+    nuts = bayes.sample(d["Y"], d["A"], 2, fit=fit, theta="nonneg", num_warmup=500, num_samples=500, seed=seed(1))
+    vi = bayes.fit_vi(d["Y"], d["A"], 2, fit=fit, theta="nonneg", seed=seed(1))
     gap, ratio = _gaps(nuts, vi)
-    assert (gap < 1.0).all(), gap
-    assert ((ratio > 0.55) & (ratio < 1.1)).all(), ratio
     tab = bayes.compare(fit.infer(n_boot=1000, seed=1), nuts, vi, names=["nuts", "vi"])
     overlap = (np.minimum(tab.vi_high, tab.nuts_high) - np.maximum(tab.vi_low, tab.nuts_low)).clip(0) / (
         np.maximum(tab.vi_high, tab.nuts_high) - np.minimum(tab.vi_low, tab.nuts_low))
+    record("vi_block_sparse", gap=gap, ratio=ratio, overlap=overlap.values)
+    assert (gap < 1.0).all(), gap
+    assert ((ratio > 0.55) & (ratio < 1.1)).all(), ratio
     assert (overlap > 0.55).all(), overlap
 
 
@@ -82,7 +89,9 @@ def test_one_compilation_and_guides(orthodont, ml_fit):
 
 
 def test_elbo_settled_and_warning(orthodont, ml_fit, monkeypatch):
-    rng = np.random.default_rng(0)
+    # exact in effect: on flat noise the gain is N(0, 0.1) against the threshold 0.5 (z = 5,
+    # false alarm 3e-7); the rising trace gains about 2.8 noise sds
+    rng = np.random.default_rng(seed(0))
     flat = -100 + rng.normal(0, 1, 2000)
     rising = flat + np.linspace(0, 50, 2000)
     assert bayes.vi.elbo_settled(flat)[0] and not bayes.vi.elbo_settled(rising)[0]
