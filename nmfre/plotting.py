@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-__all__ = ["coverage", "ecv", "effects", "growth", "intervals"]
+__all__ = ["coverage", "ecv", "effects", "growth", "intervals", "nested_loop", "zip_plot"]
 
 _CHAR = 0.075  # inches per character of tick label at the default font size
 
@@ -214,4 +214,107 @@ def coverage(summary, component=None, covariate=None):
         handles, labels = axes[0, 0].get_legend_handles_labels()
         fig.legend(handles, labels, loc="outside lower center", ncols=min(4, n_cells), fontsize="small",
                    frameon=False, title=", ".join(cells), title_fontsize="small")
+    return fig
+
+
+def zip_plot(point, lower, upper, truth: float, level: float = 0.95, ax=None, title: str | None = None):
+    """Zip plot of one method's intervals in one cell of a study (Morris, White & Crowther
+    2019, Fig. 4).
+
+    Each replicate's interval is a horizontal line, ranked (y axis) by the fractional
+    centile of ``|z|``, ``z = (point - truth) / s`` with ``s`` the interval's half-width over
+    the normal quantile of ``level`` (the SE for a Wald interval); intervals covering the
+    truth are blue, those missing it red. The dashed line is the observed coverage, the band
+    its 95% Monte Carlo interval, the solid line the nominal level: non-covering intervals
+    should start near it. Replicates with a NaN (failed) are left out.
+
+    Parameters
+    ----------
+    point, lower, upper : array-like (replicate,)
+    truth : float
+    level : float
+        Nominal level of the intervals.
+    ax : matplotlib Axes, optional
+    title : str, optional
+    """
+    from scipy.stats import norm
+
+    point, lower, upper = (np.asarray(x, float).ravel() for x in (point, lower, upper))
+    ok = np.isfinite(point) & np.isfinite(lower) & np.isfinite(upper)
+    point, lower, upper = point[ok], lower[ok], upper[ok]
+    n = point.size
+    if n == 0:
+        raise ValueError("no replicate has a finite point estimate and interval")
+    s = (upper - lower) / (2 * norm.ppf(0.5 + level / 2))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        z = np.abs(point - truth) / s
+    order = np.argsort(z, kind="stable")
+    centile = 100 * (np.arange(1, n + 1) - 0.5) / n
+    covers = (lower <= truth) & (truth <= upper)
+    if ax is None:
+        _, ax = _plt().subplots(figsize=(6.4, 4.2), layout="constrained")
+    for hit, color, label in ((True, "tab:blue", "covers"), (False, "tab:red", "misses")):
+        rows = [i for i in range(n) if covers[order[i]] == hit]
+        if rows:
+            ax.hlines(centile[rows], lower[order[rows]], upper[order[rows]], color=color, lw=0.8, label=label)
+    c = covers.mean()
+    mcse = np.sqrt(c * (1 - c) / n)
+    ax.axhspan(100 * (c - 1.96 * mcse), 100 * (c + 1.96 * mcse), color="0.85", zorder=0,
+               label="coverage +- 1.96 MCSE")
+    ax.axhline(100 * c, color="k", ls="--", lw=0.9, label=f"coverage {c:.3f}")
+    ax.axhline(100 * level, color="k", lw=0.9, label=f"nominal {level:g}")
+    ax.axvline(truth, color="0.3", lw=0.8)
+    ax.set_ylim(0, 100)
+    ax.set_xlabel("interval")
+    ax.set_ylabel("fractional centile of |z|")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    ax.set_title(title or f"Zip plot: {n} intervals", fontsize=10, wrap=True)
+    return ax.figure
+
+
+def nested_loop(values, reference: float | None = None, ylabel: str = "", title: str | None = None):
+    """Nested-loop plot (Rücker & Schwarzer 2014) of one performance measure over many
+    cells of a study: cells along the x axis in nested order of the grid's factors (the
+    first factor the outermost loop), one step line per method, and below it one step line
+    per factor showing its level.
+
+    Parameters
+    ----------
+    values : xarray.DataArray
+        The measure with dim ``interval`` (methods) and one dim per grid factor (any other
+        dims must have been selected away).
+    reference : float, optional
+        A horizontal reference line (e.g. the nominal coverage).
+    ylabel, title : str
+    """
+    factors = [d for d in values.dims if d != "interval"]
+    if "interval" not in values.dims or not factors:
+        raise ValueError(f"values needs dims 'interval' and at least one grid factor, got {values.dims}")
+    stacked = values.transpose(*factors, "interval").stack(cell=factors)
+    n_cells = stacked.sizes["cell"]
+    x = np.arange(n_cells)
+    plt = _plt()
+    fig, (ax, ax_f) = plt.subplots(2, 1, figsize=(max(5.0, 0.35 * n_cells + 2.5), 4.2 + 0.45 * len(factors)),
+                                   sharex=True, layout="constrained",
+                                   gridspec_kw={"height_ratios": [3, 0.5 + 0.4 * len(factors)]})
+    for m in values["interval"].values:
+        ax.step(x, stacked.sel(interval=m).values, where="mid", label=str(m))
+    if reference is not None:
+        ax.axhline(reference, color="k", lw=0.8, ls="--")
+    ax.set_ylabel(ylabel)
+    ax.legend(fontsize=7, ncols=min(4, values.sizes["interval"]), loc="upper center", bbox_to_anchor=(0.5, -0.02),
+              frameon=False)
+    ax.grid(axis="y", color="0.92")
+    for j, f in enumerate(factors):
+        levels = list(values[f].values)
+        idx = np.array([levels.index(v) for v in stacked[f].values])
+        y0 = -j * 1.2
+        span = max(len(levels) - 1, 1)
+        ax_f.step(x, y0 + 0.8 * idx / span, where="mid", color="0.3", lw=1)
+        ax_f.text(-0.6, y0 + 0.4, f"{f}: {', '.join(map(str, levels))}", ha="right", va="center", fontsize=7)
+    ax_f.set_yticks([])
+    ax_f.set_xlabel("cell (nested loops over the factors)")
+    for side in ("top", "right", "left"):
+        ax_f.spines[side].set_visible(False)
+    ax.set_title(title or "", fontsize=10)
     return fig

@@ -39,6 +39,9 @@ SAMPLER_THRESHOLDS = {"max_r_hat": 1.01, "min_ess_bulk": 400}
 #: per replicate and method: wall seconds of the computation that gave the interval (Wald and
 #: percentile share one bootstrap, CR2 and studentized another: each shows the shared time)
 TIMING = "seconds"
+#: an in-memory study keeps at most this many finished replicates as dicts before packing
+#: them into arrays (the client holds the result's size, not the records')
+_COMPACT = 1000
 
 
 def _interval(inf, kind: str, perm, Q: int, K: int) -> dict:
@@ -328,6 +331,7 @@ def run(design: str | Callable = "baseline", grid: dict | None = None, n_rep: in
              for i in range(len(settings)) for r in range(n_rep) if (index[i], r) not in done]
     ctx = {"names": names, "Q": Q, "K": K, "labels": labels}
     records: list[dict] = []
+    parts: list[xr.Dataset] = []
     failed: dict[int, list] = {}
     last = time.monotonic()
     total = len(settings) * n_rep
@@ -348,11 +352,18 @@ def run(design: str | Callable = "baseline", grid: dict | None = None, n_rep: in
             if st is not None and time.monotonic() - last >= flush_seconds:
                 st.write(_flat(records, ctx))
                 records, last = [], time.monotonic()
+            elif st is None and len(records) >= _COMPACT:  # compact: arrays instead of per-replicate dicts
+                parts.append(_flat(records, ctx))
+                records = []
     finally:
         if st is not None and records:
             st.write(_flat(records, ctx))
             records = []
-    flat = st.read() if st is not None else _flat(records, ctx)
+    if st is not None:
+        flat = st.read()
+    else:
+        parts.append(_flat(records, ctx))
+        flat = xr.concat(parts, dim="item") if len(parts) > 1 else parts[0]
     ds = _to_grid(flat, sub, full, n_rep, ctx)
     ds.attrs.update(design=design_name, seed=seed, n_boot=n_boot, level=level, fit_overrides=str(over),
                     n_boot_refit=n_boot_refit, spec=json.dumps(_jsonable(spec)))
@@ -632,3 +643,61 @@ def plot_coverage(summary: xr.Dataset, component=None, covariate=None):
     matplotlib.figure.Figure
     """
     return plotting.coverage(summary, component=component, covariate=covariate)
+
+
+def plot_zip(ds: xr.Dataset, interval: str, component=None, covariate=None, **cell):
+    """Zip plot (:func:`nmfre.plotting.zip_plot`) of one method's intervals in one cell.
+
+    Parameters
+    ----------
+    ds : xarray.Dataset
+        A study (:func:`run` or :func:`open`).
+    interval : str
+        The method, e.g. ``"wald"``.
+    component, covariate : optional
+        Which entry of Theta (default: the only one, else an error naming the choices).
+    **cell
+        The grid values of the cell, e.g. ``N=27`` (every grid key with more than one value).
+    """
+    sel = {"interval": interval}
+    for dim, val in (("component", component), ("covariate", covariate)):
+        if val is None:
+            if ds.sizes[dim] > 1:
+                raise ValueError(f"choose {dim}= among {list(ds[dim].values)}")
+            val = ds[dim].values[0]
+        sel[dim] = val
+    grid = [d for d in ds["point"].dims if d not in ("replicate", "interval", "component", "covariate")]
+    for d in grid:
+        if d not in cell:
+            if ds.sizes[d] > 1:
+                raise ValueError(f"choose the cell: {d}= among {list(ds[d].values)}")
+            cell[d] = ds[d].values[0]
+    unknown = set(cell) - set(grid)
+    if unknown:
+        raise ValueError(f"{sorted(unknown)} are not grid keys of this study ({grid})")
+    one = ds.sel({**sel, **cell})
+    level = float(ds.attrs.get("level", 0.95))
+    where = ", ".join(f"{k}={v}" for k, v in cell.items())
+    title = f"{interval}: {sel['component']} / {sel['covariate']}" + (f" ({where})" if where else "")
+    return plotting.zip_plot(one["point"].values, one["lower"].values, one["upper"].values,
+                             float(one["truth"].values), level=level, title=title)
+
+
+def plot_nested_loop(summary: xr.Dataset, measure: str = "coverage", component=None, covariate=None):
+    """Nested-loop plot (:func:`nmfre.plotting.nested_loop`) of one per-method measure of
+    :func:`summarize` over all cells of the grid, methods as lines; the nominal level is
+    drawn for the coverage measures."""
+    if measure not in summary or "interval" not in summary[measure].dims:
+        per = sorted(k for k in summary.data_vars if "interval" in summary[k].dims)
+        raise ValueError(f"measure must be a per-method measure of the summary, one of {per}; got {measure!r}")
+    da = summary[measure]
+    for dim, val in (("component", component), ("covariate", covariate)):
+        if val is None:
+            if da.sizes[dim] > 1:
+                raise ValueError(f"choose {dim}= among {list(da[dim].values)}")
+            val = da[dim].values[0]
+        da = da.sel({dim: val})
+    level = float(summary.attrs.get("level", 0.95))
+    ref = level if measure in ("coverage", "be_coverage") else (1.0 if measure == "width_ratio" else None)
+    return plotting.nested_loop(da, reference=ref, ylabel=measure,
+                                title=f"{measure}: {da['component'].item()} / {da['covariate'].item()}")

@@ -174,3 +174,55 @@ def test_cluster_writes_to_store_as_futures_complete(plain, tmp_path):
         ds = study.run("baseline", GRID, store=path, client=client, flush_seconds=0, **KW)
     _same(ds, plain)
     assert len(list((path / "batches").glob("*.zarr"))) == 12  # one batch per finished replicate
+
+
+def test_study_figures(tmp_path):
+    """Zip plot: one line per replicate, coloured by coverage; nested-loop plot: a step line
+    per method and per factor; nothing clipped."""
+    from test_plotting import assert_nothing_clipped
+
+    ds = study.run("baseline", {"N": [27, 40], "errors": ["normal", "exp"]}, n_rep=20, seed=2, n_boot=50,
+                   methods=("wald", "percentile", "cr2"))
+    fig = study.plot_zip(ds, "wald", covariate="male", N=27, errors="exp")
+    ax = fig.axes[0]
+    one = ds.sel(interval="wald", covariate="male", N=27, errors="exp").squeeze("component")
+    covered = int(((one["lower"] <= one["truth"]) & (one["truth"] <= one["upper"])).sum())
+    segs = {c.get_label(): len(c.get_segments()) for c in ax.collections if c.get_label() in ("covers", "misses")}
+    assert segs.get("covers", 0) == covered and segs.get("covers", 0) + segs.get("misses", 0) == 20
+    fig.savefig(tmp_path / "zip.png")
+    assert_nothing_clipped(fig)
+    with pytest.raises(ValueError, match="choose the cell: N="):
+        study.plot_zip(ds, "wald", covariate="male", errors="exp")
+    s = study.summarize(ds)
+    fig = study.plot_nested_loop(s, "coverage", covariate="male")
+    main, factors = fig.axes
+    assert len(main.get_lines()) == 3 + 1  # three methods and the nominal level
+    np.testing.assert_allclose(main.get_lines()[0].get_ydata(),
+                               s["coverage"].sel(interval="wald", covariate="male").squeeze("component")
+                               .transpose("N", "errors").values.ravel())
+    assert len(factors.get_lines()) == 2
+    fig.savefig(tmp_path / "nested.png")
+    assert_nothing_clipped(fig)
+    with pytest.raises(ValueError, match="per-method measure"):
+        study.plot_nested_loop(s, "bias")
+
+
+def labelled_design(N=30, seed=0):
+    """A user design returning labelled data: its labels flow through to the study."""
+    d = nmfre.simulate.baseline(N=N, seed=seed)
+    theta = d["theta"].assign_coords(component=["growth"], covariate=["base", "boy"])
+    A = d["A"].assign_coords(covariate=["base", "boy"])
+    return {**d, "theta": theta, "A": A}
+
+
+def test_user_design_labels_flow_through():
+    ds = study.run(labelled_design, {"N": [30]}, n_rep=2, seed=1, n_boot=20)
+    assert list(ds["component"].values) == ["growth"] and list(ds["covariate"].values) == ["base", "boy"]
+    assert ds.attrs["design"] == "labelled_design"
+
+
+def test_many_replicates_compacted(plain, monkeypatch):
+    """The in-memory run packs its records into arrays every _COMPACT replicates; the
+    result does not depend on it."""
+    monkeypatch.setattr(study, "_COMPACT", 5)
+    _same(study.run("baseline", GRID, **KW), plain)
