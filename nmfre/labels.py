@@ -7,6 +7,8 @@ Nothing is silently dropped or coerced away.
 
 from __future__ import annotations
 
+import functools
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,7 +22,30 @@ from .exceptions import ArgumentTypeError
 DIMS_Y = ("feature", "unit")
 DIMS_A = ("covariate", "unit")
 
-__all__ = ["DIMS_A", "DIMS_Y", "Data", "check_rank", "coerce", "component_labels", "design", "to_matrix"]
+__all__ = ["DIMS_A", "DIMS_Y", "Data", "check_rank", "coerce", "component_labels", "design", "renamed", "to_matrix"]
+
+
+def renamed(**old_to_new: str):
+    """Decorator: an argument renamed (docs/vocabulary.md) still accepted by its old keyword,
+    with a ``FutureWarning`` naming the new one (giving both is an error)."""
+
+    def decorate(fn):
+        name = fn.__qualname__.replace(".__init__", "")
+
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):
+            for old, new in old_to_new.items():
+                if old in kwargs:
+                    if new in kwargs:
+                        raise ArgumentTypeError(f"{name}() got both {old}= (deprecated) and {new}=")
+                    warnings.warn(f"{name}(): {old}= is deprecated, use {new}= instead", FutureWarning,
+                                  stacklevel=2)
+                    kwargs[new] = kwargs.pop(old)
+            return fn(*args, **kwargs)
+
+        return wrapper
+
+    return decorate
 
 
 @dataclass(frozen=True)
@@ -313,7 +338,8 @@ def component_labels(Q: int) -> np.ndarray:
     return np.array([f"Basis{q + 1}" for q in range(Q)], dtype=object)
 
 
-def from_long(df: pd.DataFrame, *, unit: str, feature: str, value: str, covariates=None,
+@renamed(df="table")
+def from_long(table: pd.DataFrame, *, unit: str, feature: str, value: str, covariates=None,
               formula: str | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """``(Y, A)`` from a long table (one row per unit and feature measured).
 
@@ -324,7 +350,8 @@ def from_long(df: pd.DataFrame, *, unit: str, feature: str, value: str, covariat
 
     Parameters
     ----------
-    df : pandas.DataFrame
+    table : pandas.DataFrame
+        The long table (``df=`` is its deprecated name: ``df`` means degrees of freedom).
     unit, feature, value : str
         Columns naming the unit, the feature and the measured value.
     covariates : list of str, optional
@@ -342,8 +369,8 @@ def from_long(df: pd.DataFrame, *, unit: str, feature: str, value: str, covariat
         A missing column, a repeated (unit, feature) pair, a NaN value or covariate, or a
         covariate that is not constant within a unit (the message names the unit and column).
     """
-    if not isinstance(df, pd.DataFrame):
-        raise ArgumentTypeError(f"df must be a pandas DataFrame in long format, got {type(df).__name__}")
+    if not isinstance(table, pd.DataFrame):
+        raise ArgumentTypeError(f"table must be a pandas DataFrame in long format, got {type(table).__name__}")
     if covariates is not None and formula is not None:
         raise ValueError("give covariates or formula, not both")
     covs = list(covariates) if covariates is not None else []
@@ -355,20 +382,20 @@ def from_long(df: pd.DataFrame, *, unit: str, feature: str, value: str, covariat
         covs = sorted(Formula(formula).required_variables)
         covs = [str(c) for c in covs]
     needed = [unit, feature, value, *covs]
-    missing_cols = [c for c in needed if c not in df.columns]
+    missing_cols = [c for c in needed if c not in table.columns]
     if missing_cols:
-        raise ValueError(f"df has no column(s) {missing_cols}; it has {list(df.columns)}")
-    dup = df.duplicated([unit, feature])
+        raise ValueError(f"table has no column(s) {missing_cols}; it has {list(table.columns)}")
+    dup = table.duplicated([unit, feature])
     if dup.any():
-        row = df.loc[dup, [unit, feature]].iloc[0]
-        raise ValueError(f"df has {int(dup.sum())} repeated ({unit}, {feature}) pairs, e.g. "
+        row = table.loc[dup, [unit, feature]].iloc[0]
+        raise ValueError(f"table has {int(dup.sum())} repeated ({unit}, {feature}) pairs, e.g. "
                          f"{unit}={row[unit]!r}, {feature}={row[feature]!r}: one value per unit and feature")
-    if df[value].isna().any():
+    if table[value].isna().any():
         raise ValueError(f"column {value!r} has NaN: leave unmeasured (unit, feature) pairs out of the table")
-    units = list(pd.unique(df[unit]))
-    Y = df.pivot(index=feature, columns=unit, values=value).reindex(columns=units).astype(float)
+    units = list(pd.unique(table[unit]))
+    Y = table.pivot(index=feature, columns=unit, values=value).reindex(columns=units).astype(float)
     Y.index.name, Y.columns.name = "feature", "unit"
-    unit_table = _unit_covariates(df, unit, covs).reindex(units)
+    unit_table = _unit_covariates(table, unit, covs).reindex(units)
     if formula is None:
         formula = "~ " + " + ".join(f"Q('{c}')" if not c.isidentifier() else c for c in covs) if covs else "~ 1"
     A = design(unit_table, formula, np.asarray(units, dtype=object)) if covs else \

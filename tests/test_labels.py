@@ -71,3 +71,12 @@ def test_same_data_treats_missing_entries_as_equal():
     assert not coerce(Y).same_data(coerce(other))
     filled = np.nan_to_num(Y)
     assert not coerce(Y).same_data(coerce(filled))
+
+
+def test_from_long_takes_table_and_warns_on_df():
+    long = pd.DataFrame({"u": ["a", "a", "b", "b", "c"], "t": [1, 2, 1, 2, 1], "y": [1.0, 2.0, 3.0, 4.0, 5.0]})
+    Y, A = nmfre.from_long(long, unit="u", feature="t", value="y")
+    with pytest.warns(FutureWarning, match="df= is deprecated, use table="):
+        Y2, A2 = nmfre.from_long(df=long, unit="u", feature="t", value="y")
+    pd.testing.assert_frame_equal(Y, Y2)
+    pd.testing.assert_frame_equal(A, A2)
