@@ -35,7 +35,8 @@ from numpyro.infer.util import constrain_fn, potential_energy, unconstrain_fn
 
 from . import models
 
-__all__ = ["TRACES", "Settings", "batch_runner", "clear_cache", "hessian_fd", "laplace", "runner"]
+__all__ = ["TRACES", "Settings", "batch_runner", "clear_cache", "hessian_fd", "laplace", "model_function", "prepare",
+           "runner"]
 
 #: number of traces (compilations) per :class:`Settings`
 TRACES: Counter = Counter()
@@ -98,19 +99,32 @@ class Settings:
     theta_coords: str = "direct"
 
 
-def model_function(s: Settings):
-    """The model as a function of the traced arguments only (statics bound)."""
+def model_function(s: Settings, predictive: bool = False):
+    """The model as a function of the traced arguments only (statics bound): the one
+    dispatch from :class:`Settings` to :mod:`bayes.models`.
+
+    The function's first argument is the compressed statistics (what the sampler traces);
+    with ``predictive=True`` it is ``A`` instead and the model draws ``Y`` (for
+    ``numpyro.infer.Predictive``; X's columns and Theta are then plain sample sites,
+    ``"ilr"`` and unfolded, so posterior draws substitute for them).
+    """
+    simplex = "ilr" if predictive else s.simplex
+    folded = simplex == "folded"
+
+    def data(first):  # (Y, A): the statistics, or the covariates of replicated Y
+        return (None, first) if predictive else (first, None)
+
     if s.model == "joint":
-        def fn(stats, priors):
-            models.joint(stats, None, s.rank, nonneg=s.nonneg, priors=priors, simplex=s.simplex,
+        def fn(first, priors):
+            models.joint(*data(first), s.rank, nonneg=s.nonneg, priors=priors, P=s.n_features, simplex=simplex,
                          theta_coords=s.theta_coords)
     elif s.model == "conditional_x":
-        def fn(stats, X, priors):
-            models.conditional_x(stats, None, X, nonneg=s.nonneg, priors=priors, folded=s.simplex == "folded")
+        def fn(first, X, priors):
+            models.conditional_x(*data(first), X, nonneg=s.nonneg, priors=priors, folded=folded)
     else:
-        def fn(stats, X, sigma2, tau2, priors):
-            models.conditional(stats, None, X, sigma2, tau2, nonneg=s.nonneg, priors=None if s.flat else priors,
-                               folded=s.simplex == "folded")
+        def fn(first, X, sigma2, tau2, priors):
+            models.conditional(*data(first), X, sigma2, tau2, nonneg=s.nonneg, priors=None if s.flat else priors,
+                               folded=folded)
     return fn
 
 
@@ -157,8 +171,9 @@ def laplace(pe, z, steps: int):
     return jax.lax.fori_loop(0, steps + 1, body, (z, jnp.eye(z.shape[0], dtype=z.dtype)))
 
 
-def _prepare(s: Settings, init: dict, args: tuple):
-    """Unconstrained mode, Laplace covariance and the unravel function."""
+def prepare(s: Settings, init: dict, args: tuple):
+    """The Laplace warm start shared by the sampler and :func:`bayes.fit_vi`: unconstrained
+    mode ``z``, Laplace covariance, potential energy and the unravel function."""
     model = model_function(s)
     init = _coordinates(s, init, args)
     zdict = unconstrain_fn(model, args, {}, init)
@@ -233,7 +248,7 @@ def _constrain(s: Settings, args, unravel, zs):
 def _run_all(s: Settings, keys, init, args):
     """All chains inside one traced function (vectorized or one after the other)."""
     TRACES[s] += 1
-    z, cov, pe, unravel = _prepare(s, init, args)
+    z, cov, pe, unravel = prepare(s, init, args)
     chain = partial(_chain, s, z=z, cov=cov, pe=pe)
     if s.chain_method == "vectorized":
         zs, stats = jax.vmap(lambda k: chain(k))(keys)
@@ -245,7 +260,7 @@ def _run_all(s: Settings, keys, init, args):
 def _run_one(s: Settings, key, init, args):
     """One chain, from its own Laplace start (the body of the pmapped runner)."""
     TRACES[s] += 1
-    z, cov, pe, unravel = _prepare(s, init, args)
+    z, cov, pe, unravel = prepare(s, init, args)
     zs, stats = _chain(s, key, z, cov, pe)
     return _constrain(s, args, unravel, zs[None]), stats
 

@@ -42,11 +42,18 @@ def _posterior_dataset(draws: dict, fit, model: str) -> xr.Dataset:
         post["X"] = fit.X.copy()
     for name in ("sigma", "tau"):
         post[name] = (("chain", "draw"), np.broadcast_to(np.asarray(draws[name], float), (C, D)).copy())
+    # nmfre's variances beside the standard deviations the models sample (derived, not sampled)
+    post["sigma2"], post["tau2"] = post["sigma"] ** 2, post["tau"] ** 2
     return post
 
 
 def build(draws: dict, stats: dict | None, fit, data, model: str, attrs: dict, *, U=None, yrep=None) -> xr.DataTree:
     """The DataTree of one posterior (draws: arrays with leading ``(chain, draw)``).
+
+    ``posterior`` holds ``theta``, ``X``, ``sigma``, ``tau`` and the derived variances
+    ``sigma2``, ``tau2`` (nmfre's names); ``observed_data`` and ``posterior_predictive``
+    hold ``Y`` with nmfre's dims ``(feature, unit)`` (``yrep`` comes in as
+    ``(chain, draw, unit, feature)``, NumPyro's plate order).
 
     ``fit`` supplies the coordinates (and X for the conditional models); for the joint
     model with rank > 1 every chain is aligned to ``fit``'s components.
@@ -59,15 +66,15 @@ def build(draws: dict, stats: dict | None, fit, data, model: str, attrs: dict, *
                                  coords={"component": post["component"].values, "unit": data.units})
     post.attrs.update(attrs)
     groups = {"posterior": post,
-              "observed_data": xr.Dataset({"Y": (("unit", "feature"), np.asarray(data.Y).T)},
-                                          coords={"unit": data.units, "feature": data.features})}
+              "observed_data": xr.Dataset({"Y": (("feature", "unit"), np.asarray(data.Y))},
+                                          coords={"feature": data.features, "unit": data.units})}
     if stats is not None:
         groups["sample_stats"] = xr.Dataset({k: (("chain", "draw"), np.asarray(v)) for k, v in stats.items()},
                                             coords={"chain": post["chain"], "draw": post["draw"]})
     if yrep is not None:
         groups["posterior_predictive"] = xr.Dataset(
-            {"Y": (("chain", "draw", "unit", "feature"), np.asarray(yrep))},
-            coords={"chain": post["chain"], "draw": post["draw"], "unit": data.units, "feature": data.features})
+            {"Y": (("chain", "draw", "feature", "unit"), np.swapaxes(np.asarray(yrep), -1, -2))},
+            coords={"chain": post["chain"], "draw": post["draw"], "feature": data.features, "unit": data.units})
     return xr.DataTree.from_dict(groups)
 
 

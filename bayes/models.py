@@ -12,7 +12,7 @@ gives U's Gaussian conditional afterwards. ``Y`` may be
   be None);
 * ``None``: ``Y`` is a sampled site (a low-rank-plus-diagonal normal over the units of
   ``A``), for prior and posterior predictive draws through ``numpyro.infer.Predictive``;
-  give ``n_features`` for the joint model.
+  give ``P`` (the number of features) for the joint model.
 
 * :func:`joint`: columns of X ~ Dirichlet, Theta ~ Normal (free) or HalfNormal
   (non-negative), sigma and tau ~ HalfNormal. The prior is the same whatever the
@@ -40,6 +40,8 @@ import numpyro
 import numpyro.distributions as dist
 from jax.scipy.linalg import cho_solve, solve_triangular
 from numpyro.distributions import constraints
+
+from nmfre.labels import renamed
 
 from .likelihood import Stats, data_moments, loglik, statistics
 from .simplex import DirichletILR, FoldedDirichlet
@@ -195,7 +197,8 @@ def _variances(p: dict):
     return sigma**2, tau**2
 
 
-def joint(Y, A, rank: int, nonneg: bool = False, priors: dict | None = None, *, n_features: int | None = None,
+@renamed(n_features="P")
+def joint(Y, A, rank: int, nonneg: bool = False, priors: dict | None = None, *, P: int | None = None,
           simplex: str = "ilr", theta_coords: str = "direct"):
     """Full joint model: X, Theta, sigma, tau all sampled.
 
@@ -203,7 +206,7 @@ def joint(Y, A, rank: int, nonneg: bool = False, priors: dict | None = None, *, 
     ----------
     Y : array (P, N), Stats or None
         Data (``NaN`` = missing), their compressed statistics, or None to draw Y (then
-        give ``n_features`` and ``priors``).
+        give ``P`` and ``priors``).
     A : array (K, N)
         Covariates (may be None when ``Y`` is a Stats).
     rank : int
@@ -211,7 +214,7 @@ def joint(Y, A, rank: int, nonneg: bool = False, priors: dict | None = None, *, 
         Theta half-normal (>= 0) instead of normal.
     priors : dict, optional
         See the module docstring.
-    n_features : int, optional
+    P : int, optional
         P, when ``Y`` is None.
     simplex : {"ilr", "stickbreaking", "folded"}
         Unconstrained coordinates of X's columns (and, ``"folded"``, of non-negative
@@ -223,10 +226,10 @@ def joint(Y, A, rank: int, nonneg: bool = False, priors: dict | None = None, *, 
         sigma, tau (:func:`theta_conditional`; ``|.|`` for non-negative Theta), an exact
         change of coordinates (site ``theta_delta``, ``theta`` deterministic).
     """
-    if Y is None and n_features is None:
-        raise ValueError("joint(Y=None, ...) needs n_features (the number of features P)")
-    P, K = _shape(Y, A)
-    P = P if P is not None else int(n_features)
+    if Y is None and P is None:
+        raise ValueError("joint(Y=None, ...) needs P (the number of features; formerly n_features)")
+    P_data, K = _shape(Y, A)
+    P = P_data if P_data is not None else int(P)
     p = resolve_priors(Y, rank, priors)
     X = numpyro.deterministic("X", _x_columns(P, rank, p["x_concentration"], simplex).T)
     if theta_coords == "conditional" and Y is not None and (simplex == "folded" or not nonneg):

@@ -1,6 +1,11 @@
 """``bayes.sample`` and ``bayes.Sampler``: NUTS on one of the models, compiled once per
 (model, data shape, settings) and reused, returning an ArviZ ``xarray.DataTree``.
 
+The pieces: :mod:`bayes.spec` (validated inputs and starting values of a run),
+:mod:`bayes.compiled` (the compiled runs), :mod:`bayes.postprocess` (relabelling, U,
+replicated Y and the DataTree), :mod:`bayes.seeds` (seeds to JAX keys); this module holds
+the public API.
+
 The sampler (:mod:`bayes.compiled`) sees the data only through compressed statistics
 (:mod:`bayes.likelihood`), so its compiled code depends on P, K, Q and the number of
 missing-data patterns, not on N, and a loop over data sets of one shape compiles once.
@@ -18,143 +23,27 @@ JAX starts; with fewer devices than chains it falls back to ``"sequential"``).
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import warnings
-from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import xarray as xr
 
 from nmfre import validation as v
-from nmfre.core.covariance import conditional as conditional_covariance
-from nmfre.labels import Data, check_rank, coerce
+from nmfre.labels import coerce, renamed
 
-from . import compiled, datatree, likelihood, models
+from . import compiled, datatree
 from .datatree import SamplingWarning, diagnostics
+from .postprocess import predictive, relabel_draws, to_datatree
+from .seeds import prng_key
+from .spec import MODELS, THETA_KINDS, ModelSpec, model_spec, pad_patterns
 
 __all__ = ["CHAIN_METHODS", "MODELS", "ModelSpec", "Sampler", "SamplingWarning", "diagnostics", "model_spec",
-           "sample"]
+           "pad_patterns", "predictive", "relabel_draws", "sample", "to_datatree"]
 
-MODELS = ("joint", "conditional", "conditional_x")
 CHAIN_METHODS = ("parallel", "sequential", "vectorized")
 MASSES = ("auto", "dense", "diag")
 SIMPLEXES = ("folded", "ilr", "stickbreaking")
 THETA_COORDS = ("conditional", "direct")
-_PREDICTIVE: dict = {}
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """A model ready to sample: data, fit, priors, statistics, starting values and the
-    traced arguments of the compiled sampler."""
-
-    name: str
-    data: Data
-    fit: Any
-    priors: dict
-    stats: likelihood.Stats
-    init: dict
-    args: tuple
-    nonneg: bool
-    flat: bool = False
-    sigma2_fixed: float | None = None
-
-
-def _frequentist_fit(fit, data: Data, rank: int, theta: str):
-    """The given fit (checked against the data) or a fresh ML fit (of the observed
-    entries when cells are missing)."""
-    import nmfre
-
-    if fit is None:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", nmfre.ConvergenceWarning)
-            return nmfre.fit(xr.DataArray(data.Y, dims=("feature", "unit"),
-                                          coords={"feature": data.features, "unit": data.units}),
-                             xr.DataArray(data.A, dims=("covariate", "unit"),
-                                          coords={"covariate": data.covariates, "unit": data.units}),
-                             rank=rank, theta=theta, n_init=1)
-    if not isinstance(fit, nmfre.NMFREFit):
-        raise v.ArgumentTypeError(f"fit must be an nmfre.NMFREFit, got {type(fit).__name__}")
-    if fit.shape["Q"] != rank:
-        raise ValueError(f"fit has rank {fit.shape['Q']} but rank={rank} was asked for")
-    if not fit.data.same_data(data):
-        raise ValueError("fit was estimated on different data (Y or A differ from those given)")
-    if fit.theta_kind != theta:
-        raise ValueError(f"fit has theta={fit.theta_kind!r} but theta={theta!r} was asked for")
-    return fit
-
-
-def pad_patterns(stats: likelihood.Stats, n: int | None = None) -> likelihood.Stats:
-    """``stats`` with empty patterns appended up to ``n`` (default: the next power of 2),
-    so that data sets with similar missingness share one compiled sampler."""
-    B = stats.n_patterns
-    n = 1 << (B - 1).bit_length() if n is None else n
-    if n < B:
-        raise ValueError(f"the data have {B} missing-data patterns, more than the sampler's {n}")
-    if n == B:
-        return stats
-    return likelihood.Stats(*(np.concatenate([a, np.zeros((n - B,) + a.shape[1:])]) for a in stats))
-
-
-def _f(x) -> np.ndarray:
-    return np.asarray(x, dtype=float)
-
-
-def _init(name: str, fit, data: Data, nonneg: bool, cov_model) -> dict:
-    sol = fit.solution
-    th0 = _f(sol.theta)
-    if nonneg:  # start off the boundary, at a fraction of the standard error
-        se = np.sqrt(np.diag(cov_model)).reshape(th0.shape, order="F") if cov_model is not None else 0.0
-        th0 = np.maximum(th0, np.maximum(0.1 * se, 1e-6 * (np.abs(th0).max() or 1.0)))
-    init = {"theta": th0}
-    if name != "conditional":
-        init.update(sigma=_f(np.sqrt(fit.sigma2)), tau=_f(np.sqrt(fit.tau2)))
-    if name == "joint":
-        Xi = sol.X + 1e-3 / data.P
-        init["X_columns"] = _f((Xi / Xi.sum(axis=0)).T)
-    return init
-
-
-def model_spec(Y, A, rank: int, model: str, fit=None, theta: str = "free", priors: dict | None = None,
-               n_patterns: int | None = None) -> ModelSpec:
-    """Validate the inputs and build the :class:`ModelSpec` for ``model``."""
-    model = v.choice(model, "model", MODELS)
-    theta = v.choice(theta, "theta", ("free", "nonneg"))
-    data = coerce(Y, A)
-    rank = check_rank(rank, data.P, data.N)
-    stats = pad_patterns(likelihood.statistics(data.Y, data.A), n_patterns)
-    prior = {k: float(x) for k, x in models.resolve_priors(stats, rank, priors).items()}
-    missing = bool(np.isnan(data.Y).any())
-    if missing and model == "conditional":
-        raise ValueError("model='conditional' fixes sigma2 at nmfre's sigma2_used, which needs complete data; "
-                         "use 'conditional_x' or 'joint' with missing values")
-    fit = _frequentist_fit(fit, data, rank, theta)
-    nonneg = theta == "nonneg"
-    sol = fit.solution
-    need = not missing and (model == "conditional" or nonneg)
-    cond = conditional_covariance(data.Y, data.A, sol.X, sol.theta, sol.U, fit.lam) if need else None
-    init = _init(model, fit, data, nonneg, None if cond is None else cond.cov_model)
-    pri = {k: _f(x) for k, x in prior.items()}
-    if model == "joint":
-        return ModelSpec(model, data, fit, prior, stats, init, (stats, pri), nonneg)
-    X = _f(sol.X)
-    if model == "conditional_x":
-        pri.pop("x_concentration")
-        return ModelSpec(model, data, fit, prior, stats, init, (stats, X, pri), nonneg)
-    s2 = cond.sigma2_used
-    scale = (priors or {}).get("theta_scale")
-    cprior = {} if scale is None else {"theta_scale": _f(scale)}
-    return ModelSpec(model, data, fit, prior, stats, init, (stats, X, _f(s2), _f(s2 / fit.lam), cprior), nonneg,
-                     flat=scale is None, sigma2_fixed=float(s2))
-
-
-def _key(seed):
-    import jax
-
-    if isinstance(seed, int | np.integer) or isinstance(seed, bool):
-        return jax.random.PRNGKey(v.seed_key(seed))
-    return seed
 
 
 class Sampler:
@@ -171,13 +60,14 @@ class Sampler:
     model : {"joint", "conditional", "conditional_x"}
     rank : int
         Q.
-    n_features : int
-        P.
-    n_units : int, optional
-        N; when given, data with another number of units are refused.
-    n_covariates : int
-        K.
+    P : int, optional
+        Features (formerly ``n_features``).
+    N : int, optional
+        Units (formerly ``n_units``); when given, data with another number of units are refused.
+    K : int
+        Covariates (formerly ``n_covariates``).
     theta : {"free", "nonneg"}
+        The constraint on Theta, as for :func:`nmfre.fit` (kept as :attr:`theta_kind`).
     num_warmup, num_samples, num_chains : int
     chain_method : {"vectorized", "sequential", "parallel"}, optional
         Default ``"vectorized"``; see :mod:`bayes.sampling`.
@@ -211,8 +101,9 @@ class Sampler:
         two of the data's).
     """
 
-    def __init__(self, model: str = "joint", rank: int = 1, n_features: int | None = None,
-                 n_units: int | None = None, n_covariates: int = 1, *, theta: str = "free",
+    @renamed(n_features="P", n_units="N", n_covariates="K")
+    def __init__(self, model: str = "joint", rank: int = 1, P: int | None = None,
+                 N: int | None = None, K: int = 1, *, theta: str = "free",
                  num_warmup: int = 1000, num_samples: int = 1000, num_chains: int = 4,
                  chain_method: str | None = None, target_accept: float = 0.9, mass: str = "auto",
                  adapt_mass: bool = True, simplex: str = "folded", jitter: float = 1.0,
@@ -220,10 +111,10 @@ class Sampler:
                  relabel: bool = True):
         model = v.choice(model, "model", MODELS)
         rank = v.integer(rank, "rank")
-        P = None if n_features is None else v.integer(n_features, "n_features")
-        self.n_units = None if n_units is None else v.integer(n_units, "n_units", minimum=2)
-        K = v.integer(n_covariates, "n_covariates")
-        self.theta = v.choice(theta, "theta", ("free", "nonneg"))
+        P = None if P is None else v.integer(P, "P")
+        self.N = None if N is None else v.integer(N, "N", minimum=2)
+        K = v.integer(K, "K")
+        self.theta_kind = v.choice(theta, "theta", THETA_KINDS)
         chain_method = _chain_method(chain_method, v.integer(num_chains, "num_chains"))
         mass = _mass(v.choice(mass, "mass", MASSES), rank)
         v.choice(simplex, "simplex", SIMPLEXES)
@@ -232,12 +123,24 @@ class Sampler:
         self.relabel = bool(relabel)
         self._used: set = set()
         self.settings = compiled.Settings(
-            model, rank, P or 0, K, nonneg=self.theta == "nonneg", simplex=simplex,
+            model, rank, P or 0, K, nonneg=self.theta_kind == "nonneg", simplex=simplex,
             num_warmup=v.integer(num_warmup, "num_warmup", minimum=0),
             num_samples=v.integer(num_samples, "num_samples"), num_chains=num_chains, chain_method=chain_method,
             target_accept=v.open_unit(target_accept, "target_accept"), mass=mass,
             jitter=float(jitter), max_tree_depth=v.integer(max_tree_depth, "max_tree_depth"),
             theta_coords=v.choice(theta_coords, "theta_coords", THETA_COORDS))
+
+    @property
+    def theta(self) -> str:
+        """Deprecated name of :attr:`theta_kind` (``theta`` is the array of effects)."""
+        warnings.warn("Sampler.theta is deprecated, use Sampler.theta_kind", FutureWarning, stacklevel=2)
+        return self.theta_kind
+
+    @property
+    def n_units(self) -> int | None:
+        """Deprecated name of :attr:`N`."""
+        warnings.warn("Sampler.n_units is deprecated, use Sampler.N", FutureWarning, stacklevel=2)
+        return self.N
 
     @property
     def compilations(self) -> int:
@@ -247,13 +150,13 @@ class Sampler:
     def spec(self, Y, A=None, *, fit=None, priors: dict | None = None) -> ModelSpec:
         """Validated inputs (:class:`ModelSpec`) for data ``(Y, A)``."""
         s = self.settings
-        spec = model_spec(Y, A, s.rank, s.model, fit, self.theta, priors, self.n_patterns)
+        spec = model_spec(Y, A, s.rank, s.model, fit, self.theta_kind, priors, self.n_patterns)
         if s.n_features and spec.data.P != s.n_features:
             raise ValueError(f"Y has {spec.data.P} features; this sampler was built for {s.n_features}")
         if spec.data.K != s.n_covariates:
             raise ValueError(f"A has {spec.data.K} covariates; this sampler was built for {s.n_covariates}")
-        if self.n_units is not None and spec.data.N != self.n_units:
-            raise ValueError(f"Y has {spec.data.N} units; this sampler was built for {self.n_units}")
+        if self.N is not None and spec.data.N != self.N:
+            raise ValueError(f"Y has {spec.data.N} units; this sampler was built for {self.N}")
         return spec
 
     def settings_for(self, spec: ModelSpec) -> compiled.Settings:
@@ -275,7 +178,7 @@ class Sampler:
         s = self.settings_for(spec)
         self._used.add(s)
         with jax.enable_x64(True):
-            keys = jax.random.split(_key(seed), s.num_chains)
+            keys = jax.random.split(prng_key(seed), s.num_chains)
             draws, stats = compiled.runner(s)(keys, spec.init, spec.args)
             draws, stats = jax.device_get((draws, stats))
         return dict(draws), dict(stats), spec
@@ -285,7 +188,7 @@ class Sampler:
         """Sample the posterior of ``(Y, A)``; the DataTree of :func:`bayes.sample`."""
         import jax
 
-        key = _key(seed)
+        key = prng_key(seed)
         with jax.enable_x64(True):
             key_mcmc, key_u, key_pp = jax.random.split(key, 3)
         draws, stats, spec = self.run(Y, A, fit=fit, priors=priors, seed=key_mcmc)
@@ -307,7 +210,7 @@ class Sampler:
         fits : sequence of nmfre.NMFREFit, optional
             One per data set (fitted here when None).
         priors : dict, optional
-        seed : int or JAX PRNG key
+        seed : int, numpy.random.Generator or JAX PRNG key
         warn : bool
             :class:`SamplingWarning` for each data set whose diagnostics fail.
 
@@ -326,7 +229,7 @@ class Sampler:
         self._used.add(s)
         stack = lambda *xs: np.stack([np.asarray(x) for x in xs])  # noqa: E731
         with jax.enable_x64(True):
-            keys = jax.vmap(lambda k: jax.random.split(k, s.num_chains))(jax.random.split(_key(seed), len(specs)))
+            keys = jax.vmap(lambda k: jax.random.split(k, s.num_chains))(jax.random.split(prng_key(seed), len(specs)))
             init = jax.tree.map(stack, *[sp.init for sp in specs])
             args = jax.tree.map(stack, *[sp.args for sp in specs])
             draws, stats = jax.device_get(compiled.batch_runner(s)(keys, init, args))
@@ -341,61 +244,9 @@ class Sampler:
 
     def __repr__(self) -> str:
         s = self.settings
-        return (f"Sampler(model={s.model!r}, rank={s.rank}, n_features={s.n_features or None}, "
-                f"n_covariates={s.n_covariates}, chains={s.num_chains} x ({s.num_warmup} + {s.num_samples}), "
+        return (f"Sampler(model={s.model!r}, rank={s.rank}, P={s.n_features or None}, "
+                f"K={s.n_covariates}, chains={s.num_chains} x ({s.num_warmup} + {s.num_samples}), "
                 f"chain_method={s.chain_method!r}, compilations={self.compilations})")
-
-
-def relabel_draws(X: np.ndarray, theta: np.ndarray, X_ref: np.ndarray, iterations: int = 2):
-    """Relabel every draw's components (label switching within chains).
-
-    The joint model is invariant under permutations of the components, and where two
-    components are close (a weakly identified rank) chains cross between the Q! labellings
-    of the posterior. Aligning whole chains then mixes labellings within a chain (inflated
-    r_hat, deflated ESS). Here each draw's columns of X (and rows of Theta) are permuted
-    to the reference at least L1 cost (the cost of :func:`nmfre.core.bootstrap.align_components`),
-    the reference is replaced by the mean of the relabelled draws and the relabelling
-    repeated (``iterations`` passes, Stephens' scheme); finally the labelling is matched
-    to ``X_ref`` once for all draws. The posterior (a symmetric density) is unchanged.
-
-    Parameters
-    ----------
-    X : array (chain, draw, P, Q)
-    theta : array (chain, draw, Q, K)
-    X_ref : array (P, Q)
-    iterations : int
-
-    Returns
-    -------
-    X, theta : relabelled copies
-    """
-    from nmfre.core.bootstrap import align_components
-
-    X, theta = np.asarray(X), np.asarray(theta)
-    Q = X.shape[-1]
-    if Q < 2:
-        return X, theta
-    lead = X.shape[:-2]
-    Xf = X.reshape((-1,) + X.shape[-2:])
-    tf = theta.reshape((-1,) + theta.shape[-2:])
-    perms = np.array(list(itertools.permutations(range(Q)))) if Q <= 6 else None
-    ref = np.asarray(X_ref, dtype=float)
-    idx = np.tile(np.arange(Q), (Xf.shape[0], 1))
-    for _ in range(max(1, iterations)):
-        cost = np.abs(ref[None, :, :, None] - Xf[:, :, None, :]).sum(axis=1)  # (draw, ref comp, draw comp)
-        if perms is not None:
-            total = cost[:, np.arange(Q)[None, :], perms].sum(axis=-1)  # (draw, permutation)
-            idx = perms[np.argmin(total, axis=1)]
-        else:
-            from scipy.optimize import linear_sum_assignment
-
-            idx = np.array([linear_sum_assignment(c)[1] for c in cost])
-        ref = np.take_along_axis(Xf, idx[:, None, :], axis=2).mean(axis=0)
-    perm, _ = align_components(np.asarray(X_ref, dtype=float), ref)
-    idx = idx[:, perm]
-    Xf = np.take_along_axis(Xf, idx[:, None, :], axis=2)
-    tf = np.take_along_axis(tf, idx[:, :, None], axis=1)
-    return Xf.reshape(lead + Xf.shape[1:]), tf.reshape(lead + tf.shape[1:])
 
 
 def _mass(mass: str, rank: int) -> str:
@@ -414,69 +265,6 @@ def _chain_method(chain_method: str | None, num_chains: int) -> str:
     if chain_method == "parallel" and jax.local_device_count() < num_chains:
         return "sequential"
     return chain_method
-
-
-def to_datatree(spec: ModelSpec, s: compiled.Settings, draws: dict, stats: dict, key_u=None,
-                key_pp=None, relabel: bool = True) -> xr.DataTree:
-    """The DataTree of a run: posterior (aligned), sample_stats, observed_data and, when a
-    key is given, U and replicated Y."""
-    import jax
-
-    data, fit = spec.data, spec.fit
-    draws, stats = dict(draws), dict(stats)
-    if "X" in draws and relabel and np.shape(draws["X"])[-1] > 1:
-        draws["X"], draws["theta"] = relabel_draws(draws["X"], draws["theta"], _f(fit.solution.X))
-    if spec.name == "conditional":  # fixed variances, held constant in the posterior
-        draws["sigma"] = np.sqrt(spec.sigma2_fixed)
-        draws["tau"] = np.sqrt(spec.sigma2_fixed / fit.lam)
-    stats["tree_depth"] = np.floor(np.log2(np.asarray(stats["n_steps"]) + 1)).astype(int)
-    U = None
-    if key_u is not None:
-        rng = np.random.default_rng(np.asarray(jax.random.key_data(key_u)).ravel().tolist())
-        U = lambda post: datatree.draw_u(post, data.Y, data.A, rng)  # noqa: E731
-    yrep = None if key_pp is None else predictive(spec, s, draws, key_pp)
-    attrs = {"model": spec.name, "theta_kind": fit.theta_kind, "nmfre_priors": str(spec.priors),
-             "inference_library": "numpyro", "sampler": "NUTS (bayes.compiled, Laplace warm start)",
-             "sampler_settings": str({k: getattr(s, k) for k in ("num_warmup", "num_samples", "num_chains",
-                                                                 "chain_method", "target_accept", "mass",
-                                                                 "adapt_mass", "simplex")})}
-    return datatree.build(draws, stats, fit, data, spec.name, attrs, U=U, yrep=yrep)
-
-
-def _predictive_fn(s: compiled.Settings):
-    """Jitted replicated-Y draws from the model with ``Y=None`` (cached per settings)."""
-    import jax
-    from numpyro.infer import Predictive
-
-    fn = _PREDICTIVE.get(s)
-    if fn is not None:
-        return fn
-    if s.model == "joint":  # X_columns is a sample site with "ilr" (substituted by the posterior draws)
-        def model(A, priors):
-            models.joint(None, A, s.rank, s.nonneg, priors, n_features=s.n_features, simplex="ilr")
-    elif s.model == "conditional_x":
-        def model(A, X, priors):
-            models.conditional_x(None, A, X, s.nonneg, priors)
-    else:
-        def model(A, X, sigma2, tau2, priors):
-            models.conditional(None, A, X, sigma2, tau2, s.nonneg, None if s.flat else priors)
-
-    def fn(key, samples, A, args):
-        return Predictive(model, posterior_samples=samples, return_sites=["Y"], batch_ndims=2)(key, A, *args)["Y"]
-
-    fn = _PREDICTIVE[s] = jax.jit(fn)
-    return fn
-
-
-def predictive(spec: ModelSpec, s: compiled.Settings, draws: dict, key) -> np.ndarray:
-    """Replicated Y (chain, draw, unit, feature) for every posterior draw."""
-    import jax
-
-    samples = {k: draws[k] for k in ("theta", "sigma", "tau") if k in draws}
-    if "X" in draws:
-        samples["X_columns"] = np.swapaxes(draws["X"], -1, -2)
-    with jax.enable_x64(True):
-        return np.asarray(_predictive_fn(s)(key, samples, spec.data.A, spec.args[1:]))
 
 
 def sample(Y, A=None, rank: int = 1, *, model: str = "joint", fit=None, theta: str = "free",
@@ -504,7 +292,8 @@ def sample(Y, A=None, rank: int = 1, *, model: str = "joint", fit=None, theta: s
     priors : dict, optional
         Overrides of :func:`bayes.models.default_priors`.
     num_warmup, num_samples, num_chains : int
-    seed : int or JAX PRNG key
+    seed : int, numpy.random.Generator or JAX PRNG key
+        See :func:`bayes.seeds.prng_key`.
     progress : bool
         Accepted for compatibility; the compiled sampler shows no progress bar.
     draw_U : bool
@@ -523,8 +312,9 @@ def sample(Y, A=None, rank: int = 1, *, model: str = "joint", fit=None, theta: s
     Returns
     -------
     xarray.DataTree
-        Groups ``posterior`` (``theta``, ``X``, ``sigma``, ``tau``, ``U`` when drawn),
-        ``sample_stats``, ``observed_data`` (and ``posterior_predictive``), with the fit's
+        Groups ``posterior`` (``theta``, ``X``, ``sigma``, ``tau``, the variances ``sigma2``,
+        ``tau2``, ``U`` when drawn), ``sample_stats``, ``observed_data`` (and
+        ``posterior_predictive``; ``Y`` with dims ``(feature, unit)`` as in nmfre), with the fit's
         coordinates. Warns (:class:`SamplingWarning`) when max r_hat > 1.01, min bulk ESS
         < 400 or there are divergences.
     """

@@ -30,6 +30,7 @@ from nmfre import validation as v
 from nmfre.labels import coerce
 
 from . import compiled, datatree, sampling
+from .seeds import prng_key
 
 __all__ = ["GUIDES", "VIWarning", "elbo_settled", "fit_vi"]
 
@@ -91,7 +92,7 @@ def _run(vs: VISettings, key, init, args):
 
     compiled.TRACES[vs] += 1
     model = compiled.model_function(vs.base)
-    z, cov, _, unravel = compiled._prepare(vs.base, init, args)
+    z, cov, _, unravel = compiled.prepare(vs.base, init, args)
     start = constrain_fn(model, args, {}, unravel(z))
     guide = _guide(vs, model, start)
     svi = SVI(model, guide, Adam(vs.learning_rate), Trace_ELBO(num_particles=vs.num_particles))
@@ -166,7 +167,7 @@ def fit_vi(Y, A=None, rank: int = 1, *, model: str = "joint", guide: str = "full
     simplex : {"folded", "ilr", "stickbreaking"}
         Unconstrained coordinates of X's columns (and, ``"folded"``, of non-negative
         Theta), as for :func:`bayes.sample`.
-    seed : int or JAX PRNG key
+    seed : int, numpy.random.Generator or JAX PRNG key
     warn : bool
         :class:`VIWarning` when the ELBO has not settled.
 
@@ -189,7 +190,7 @@ def fit_vi(Y, A=None, rank: int = 1, *, model: str = "joint", guide: str = "full
                     v.integer(num_steps, "num_steps", minimum=10), v.positive_float(learning_rate, "learning_rate"),
                     v.integer(num_particles, "num_particles"), sampler.settings.num_samples * num_chains)
     with jax.enable_x64(True):
-        draws, losses = jax.device_get(_runner(vs)(sampling._key(seed), spec.init, spec.args))
+        draws, losses = jax.device_get(_runner(vs)(prng_key(seed), spec.init, spec.args))
     C, D = num_chains, sampler.settings.num_samples
     draws = {k: np.asarray(x).reshape((C, D) + np.shape(x)[1:]) for k, x in draws.items()}
     if spec.name == "conditional":

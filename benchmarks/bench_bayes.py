@@ -31,6 +31,7 @@ import numpy as np
 import bayes  # first: parallel host devices and x64 before JAX starts
 import nmfre
 from bayes import sampling
+from nmfre.labels import coerce
 from nmfre.simulate import block_sparse
 
 BASELINE = {"simplex": "stickbreaking", "mass": "diag"}
@@ -48,7 +49,7 @@ def _data(case):
 
 def nuts(Y, A, Q, theta, fit, warmup, samples, **settings):
     """One run of the compiled sampler (compilation included); returns (seconds, diagnostics, posterior)."""
-    data = sampling.coerce_missing(Y, A)
+    data = coerce(Y, A)
     s = sampling.Sampler("joint", Q, data.P, None, data.K, theta=theta, num_warmup=warmup, num_samples=samples,
                          **settings)
     bayes.compiled.clear_cache()  # every row pays its compilation

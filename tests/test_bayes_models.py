@@ -44,13 +44,13 @@ def test_prior_predictive_through_predictive(data):
     priors = bayes.default_priors(Y, 1)
     with jax.enable_x64(True):
         out = Predictive(models.joint, num_samples=200)(jax.random.PRNGKey(0), None, A, 1, priors=priors,
-                                                         n_features=4)
+                                                         P=4)
         assert out["Y"].shape == (200, 27, 4) and out["theta"].shape == (200, 1, 2)
         X = np.array([[0.25], [0.25], [0.25], [0.25]])
         cond = Predictive(models.conditional, num_samples=50)(jax.random.PRNGKey(1), None, A, X, 2.0, 50.0,
                                                                priors={"theta_scale": 100.0})
     assert cond["Y"].shape == (50, 27, 4)
-    with pytest.raises(ValueError, match="n_features"):
+    with pytest.raises(ValueError, match="needs P"):
         Predictive(models.joint, num_samples=2)(jax.random.PRNGKey(0), None, A, 1, priors=priors)
 
 
@@ -105,7 +105,7 @@ def test_compressed_likelihood_equals_lowrank_normal_joint(simplex, nonneg):
         for _ in range(4):
             params = _random_params(rng, P, 2, 2, simplex, nonneg)
             a, _ = log_density(models.joint, (Y, A, 2), kw, params)
-            b, _ = log_density(handlers.condition(models.joint, {"Y": Y.T}), (None, A, 2), {**kw, "n_features": P},
+            b, _ = log_density(handlers.condition(models.joint, {"Y": Y.T}), (None, A, 2), {**kw, "P": P},
                                params)
             assert abs(float(a) - float(b)) <= 1e-10 * abs(float(b))
 
@@ -197,3 +197,61 @@ def test_folded_dirichlet_columns_are_dirichlet():
     G = np.abs(w[:5]).sum(axis=1)
     ref = (dirichlet(alpha).logpdf(x[:5].T) + lognorm(0.05, scale=4.0).logpdf(G) - 3 * np.log(G) - 4 * np.log(2))
     np.testing.assert_allclose(lp, ref, rtol=1e-10)
+
+
+def test_seeds_int_generator_or_key():
+    """bayes accepts nmfre's seeds (int, Generator) and JAX keys; a Generator gives a key
+    deterministically (one draw of its stream); anything else is a clear error."""
+    from bayes.seeds import prng_key
+    from nmfre import ArgumentTypeError
+
+    assert (np.asarray(prng_key(3)) == np.asarray(jax.random.PRNGKey(3))).all()
+    k1, k2 = prng_key(np.random.default_rng(7)), prng_key(np.random.default_rng(7))
+    assert (np.asarray(k1) == np.asarray(k2)).all()
+    key = jax.random.PRNGKey(1)
+    assert prng_key(key) is key
+    typed = jax.random.key(2)
+    assert prng_key(typed) is typed
+    for bad in (1.5, "1", None, np.zeros(2), -1):
+        with pytest.raises((ArgumentTypeError, ValueError), match="seed"):
+            prng_key(bad)
+
+
+def test_renamed_arguments_warn_and_still_work(data):
+    """docs/vocabulary.md: sizes are P, N, K; Theta's constraint is theta_kind; the old
+    keywords still work with a FutureWarning naming the new one."""
+    Y, A = data
+    with pytest.warns(FutureWarning, match="n_features= is deprecated, use P="):
+        s = bayes.Sampler("joint", 1, n_features=4, n_units=27, n_covariates=2)
+    assert (s.settings.n_features, s.N, s.settings.n_covariates) == (4, 27, 2)
+    assert bayes.Sampler("joint", 1, P=4, N=27, K=2).settings == s.settings
+    with pytest.warns(FutureWarning, match="theta_kind"):
+        assert s.theta == s.theta_kind == "free"
+    with pytest.warns(FutureWarning, match="Sampler.N"):
+        assert s.n_units == 27
+    with pytest.raises(TypeError, match="both"):
+        bayes.Sampler("joint", 1, P=4, n_features=4)
+    priors = bayes.default_priors(Y, 1)
+    with jax.enable_x64(True), pytest.warns(FutureWarning, match="n_features= is deprecated, use P="):
+        out = Predictive(models.joint, num_samples=3)(jax.random.PRNGKey(0), None, A, 1, priors=priors,
+                                                       n_features=4)
+    assert out["Y"].shape == (3, 27, 4)
+
+
+def test_datatree_layout_matches_nmfre(ml_fit):
+    """observed_data and posterior_predictive have nmfre's (feature, unit); the posterior
+    has the variances sigma2, tau2 beside sigma, tau."""
+    from bayes import datatree
+
+    C, D = 2, 3
+    fit = ml_fit
+    Q, K = fit.shape["Q"], fit.shape["K"]
+    P, N = fit.shape["P"], fit.shape["N"]
+    draws = {"theta": np.broadcast_to(fit.theta.values, (C, D, Q, K)), "sigma": np.full((C, D), 1.5),
+             "tau": np.full((C, D), 7.0)}
+    dt = datatree.build(draws, None, fit, fit.data, "conditional_x", {}, yrep=np.ones((C, D, N, P)))
+    assert dt["observed_data"]["Y"].dims == ("feature", "unit")
+    np.testing.assert_array_equal(dt["observed_data"]["Y"].values, fit.data.Y)
+    assert dt["posterior_predictive"]["Y"].dims == ("chain", "draw", "feature", "unit")
+    np.testing.assert_allclose(dt["posterior"]["sigma2"], 2.25)
+    np.testing.assert_allclose(dt["posterior"]["tau2"], 49.0)

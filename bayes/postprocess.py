@@ -1,0 +1,129 @@
+"""From a compiled run's arrays to the ArviZ DataTree: components relabelled draw by draw
+(:func:`relabel_draws`), conditional variances held constant, U and replicated Y drawn
+(:func:`predictive`), groups built by :mod:`bayes.datatree`.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import xarray as xr
+
+from . import compiled, datatree
+from .spec import ModelSpec
+
+__all__ = ["predictive", "relabel_draws", "to_datatree"]
+
+_PREDICTIVE: dict = {}
+
+
+def _f(x) -> np.ndarray:
+    return np.asarray(x, dtype=float)
+
+
+def relabel_draws(X: np.ndarray, theta: np.ndarray, X_ref: np.ndarray, iterations: int = 2):
+    """Relabel every draw's components (label switching within chains).
+
+    The joint model is invariant under permutations of the components, and where two
+    components are close (a weakly identified rank) chains cross between the Q! labellings
+    of the posterior. Aligning whole chains then mixes labellings within a chain (inflated
+    r_hat, deflated ESS). Here each draw's columns of X (and rows of Theta) are permuted
+    to the reference at least L1 cost (the cost of :func:`nmfre.core.bootstrap.align_components`),
+    the reference is replaced by the mean of the relabelled draws and the relabelling
+    repeated (``iterations`` passes, Stephens' scheme); finally the labelling is matched
+    to ``X_ref`` once for all draws. The posterior (a symmetric density) is unchanged.
+
+    Parameters
+    ----------
+    X : array (chain, draw, P, Q)
+    theta : array (chain, draw, Q, K)
+    X_ref : array (P, Q)
+    iterations : int
+
+    Returns
+    -------
+    X, theta : relabelled copies
+    """
+    from nmfre.core.bootstrap import align_components
+
+    X, theta = np.asarray(X), np.asarray(theta)
+    Q = X.shape[-1]
+    if Q < 2:
+        return X, theta
+    lead = X.shape[:-2]
+    Xf = X.reshape((-1,) + X.shape[-2:])
+    tf = theta.reshape((-1,) + theta.shape[-2:])
+    perms = np.array(list(itertools.permutations(range(Q)))) if Q <= 6 else None
+    ref = np.asarray(X_ref, dtype=float)
+    idx = np.tile(np.arange(Q), (Xf.shape[0], 1))
+    for _ in range(max(1, iterations)):
+        cost = np.abs(ref[None, :, :, None] - Xf[:, :, None, :]).sum(axis=1)  # (draw, ref comp, draw comp)
+        if perms is not None:
+            total = cost[:, np.arange(Q)[None, :], perms].sum(axis=-1)  # (draw, permutation)
+            idx = perms[np.argmin(total, axis=1)]
+        else:
+            from scipy.optimize import linear_sum_assignment
+
+            idx = np.array([linear_sum_assignment(c)[1] for c in cost])
+        ref = np.take_along_axis(Xf, idx[:, None, :], axis=2).mean(axis=0)
+    perm, _ = align_components(np.asarray(X_ref, dtype=float), ref)
+    idx = idx[:, perm]
+    Xf = np.take_along_axis(Xf, idx[:, None, :], axis=2)
+    tf = np.take_along_axis(tf, idx[:, :, None], axis=1)
+    return Xf.reshape(lead + Xf.shape[1:]), tf.reshape(lead + tf.shape[1:])
+
+
+def to_datatree(spec: ModelSpec, s: compiled.Settings, draws: dict, stats: dict, key_u=None,
+                key_pp=None, relabel: bool = True) -> xr.DataTree:
+    """The DataTree of a run: posterior (aligned), sample_stats, observed_data and, when a
+    key is given, U and replicated Y."""
+    import jax
+
+    data, fit = spec.data, spec.fit
+    draws, stats = dict(draws), dict(stats)
+    if "X" in draws and relabel and np.shape(draws["X"])[-1] > 1:
+        draws["X"], draws["theta"] = relabel_draws(draws["X"], draws["theta"], _f(fit.solution.X))
+    if spec.name == "conditional":  # fixed variances, held constant in the posterior
+        draws["sigma"] = np.sqrt(spec.sigma2_fixed)
+        draws["tau"] = np.sqrt(spec.sigma2_fixed / fit.lam)
+    stats["tree_depth"] = np.floor(np.log2(np.asarray(stats["n_steps"]) + 1)).astype(int)
+    U = None
+    if key_u is not None:
+        rng = np.random.default_rng(np.asarray(jax.random.key_data(key_u)).ravel().tolist())
+        U = lambda post: datatree.draw_u(post, data.Y, data.A, rng)  # noqa: E731
+    yrep = None if key_pp is None else predictive(spec, s, draws, key_pp)
+    attrs = {"model": spec.name, "theta_kind": fit.theta_kind, "nmfre_priors": str(spec.priors),
+             "inference_library": "numpyro", "sampler": "NUTS (bayes.compiled, Laplace warm start)",
+             "sampler_settings": str({k: getattr(s, k) for k in ("num_warmup", "num_samples", "num_chains",
+                                                                 "chain_method", "target_accept", "mass",
+                                                                 "adapt_mass", "simplex")})}
+    return datatree.build(draws, stats, fit, data, spec.name, attrs, U=U, yrep=yrep)
+
+
+def _predictive_fn(s: compiled.Settings):
+    """Jitted replicated-Y draws from the model with ``Y=None`` (cached per settings)."""
+    import jax
+    from numpyro.infer import Predictive
+
+    fn = _PREDICTIVE.get(s)
+    if fn is not None:
+        return fn
+    model = compiled.model_function(s, predictive=True)
+
+    def fn(key, samples, A, args):
+        return Predictive(model, posterior_samples=samples, return_sites=["Y"], batch_ndims=2)(key, A, *args)["Y"]
+
+    fn = _PREDICTIVE[s] = jax.jit(fn)
+    return fn
+
+
+def predictive(spec: ModelSpec, s: compiled.Settings, draws: dict, key) -> np.ndarray:
+    """Replicated Y (chain, draw, unit, feature) for every posterior draw."""
+    import jax
+
+    samples = {k: draws[k] for k in ("theta", "sigma", "tau") if k in draws}
+    if "X" in draws:
+        samples["X_columns"] = np.swapaxes(draws["X"], -1, -2)
+    with jax.enable_x64(True):
+        return np.asarray(_predictive_fn(s)(key, samples, spec.data.A, spec.args[1:]))

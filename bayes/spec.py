@@ -1,0 +1,133 @@
+"""What a compiled run needs: validated data, the frequentist fit, priors, compressed
+statistics, starting values and the traced arguments (:class:`ModelSpec`).
+
+:func:`model_spec` builds it for one data set; :func:`pad_patterns` gives data sets with
+similar missingness one compiled sampler.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import xarray as xr
+
+from nmfre import validation as v
+from nmfre.core.covariance import conditional as conditional_covariance
+from nmfre.labels import Data, check_rank, coerce
+
+from . import likelihood, models
+
+__all__ = ["MODELS", "THETA_KINDS", "ModelSpec", "model_spec", "pad_patterns"]
+
+MODELS = ("joint", "conditional", "conditional_x")
+#: the constraint on Theta (nmfre.fit's ``theta=``)
+THETA_KINDS = ("free", "nonneg")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A model ready to sample: data, fit, priors, statistics, starting values and the
+    traced arguments of the compiled sampler."""
+
+    name: str
+    data: Data
+    fit: Any
+    priors: dict
+    stats: likelihood.Stats
+    init: dict
+    args: tuple
+    nonneg: bool
+    flat: bool = False
+    sigma2_fixed: float | None = None
+
+
+def _frequentist_fit(fit, data: Data, rank: int, theta: str):
+    """The given fit (checked against the data) or a fresh ML fit (of the observed
+    entries when cells are missing)."""
+    import nmfre
+
+    if fit is None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", nmfre.ConvergenceWarning)
+            return nmfre.fit(xr.DataArray(data.Y, dims=("feature", "unit"),
+                                          coords={"feature": data.features, "unit": data.units}),
+                             xr.DataArray(data.A, dims=("covariate", "unit"),
+                                          coords={"covariate": data.covariates, "unit": data.units}),
+                             rank=rank, theta=theta, n_init=1)
+    if not isinstance(fit, nmfre.NMFREFit):
+        raise v.ArgumentTypeError(f"fit must be an nmfre.NMFREFit, got {type(fit).__name__}")
+    if fit.shape["Q"] != rank:
+        raise ValueError(f"fit has rank {fit.shape['Q']} but rank={rank} was asked for")
+    if not fit.data.same_data(data):
+        raise ValueError("fit was estimated on different data (Y or A differ from those given)")
+    if fit.theta_kind != theta:
+        raise ValueError(f"fit has theta={fit.theta_kind!r} but theta={theta!r} was asked for")
+    return fit
+
+
+def pad_patterns(stats: likelihood.Stats, n: int | None = None) -> likelihood.Stats:
+    """``stats`` with empty patterns appended up to ``n`` (default: the next power of 2),
+    so that data sets with similar missingness share one compiled sampler."""
+    B = stats.n_patterns
+    n = 1 << (B - 1).bit_length() if n is None else n
+    if n < B:
+        raise ValueError(f"the data have {B} missing-data patterns, more than the sampler's {n}")
+    if n == B:
+        return stats
+    return likelihood.Stats(*(np.concatenate([a, np.zeros((n - B,) + a.shape[1:])]) for a in stats))
+
+
+def _f(x) -> np.ndarray:
+    return np.asarray(x, dtype=float)
+
+
+def _init(name: str, fit, data: Data, nonneg: bool, cov_model) -> dict:
+    sol = fit.solution
+    th0 = _f(sol.theta)
+    if nonneg:  # start off the boundary, at a fraction of the standard error
+        se = np.sqrt(np.diag(cov_model)).reshape(th0.shape, order="F") if cov_model is not None else 0.0
+        th0 = np.maximum(th0, np.maximum(0.1 * se, 1e-6 * (np.abs(th0).max() or 1.0)))
+    init = {"theta": th0}
+    if name != "conditional":
+        init.update(sigma=_f(np.sqrt(fit.sigma2)), tau=_f(np.sqrt(fit.tau2)))
+    if name == "joint":
+        Xi = sol.X + 1e-3 / data.P
+        init["X_columns"] = _f((Xi / Xi.sum(axis=0)).T)
+    return init
+
+
+def model_spec(Y, A, rank: int, model: str, fit=None, theta: str = "free", priors: dict | None = None,
+               n_patterns: int | None = None) -> ModelSpec:
+    """Validate the inputs and build the :class:`ModelSpec` for ``model`` (``theta``: the
+    constraint on Theta, ``"free"`` or ``"nonneg"``)."""
+    model = v.choice(model, "model", MODELS)
+    theta = v.choice(theta, "theta", THETA_KINDS)
+    data = coerce(Y, A)
+    rank = check_rank(rank, data.P, data.N)
+    stats = pad_patterns(likelihood.statistics(data.Y, data.A), n_patterns)
+    prior = {k: float(x) for k, x in models.resolve_priors(stats, rank, priors).items()}
+    missing = bool(np.isnan(data.Y).any())
+    if missing and model == "conditional":
+        raise ValueError("model='conditional' fixes sigma2 at nmfre's sigma2_used, which needs complete data; "
+                         "use 'conditional_x' or 'joint' with missing values")
+    fit = _frequentist_fit(fit, data, rank, theta)
+    nonneg = theta == "nonneg"
+    sol = fit.solution
+    need = not missing and (model == "conditional" or nonneg)
+    cond = conditional_covariance(data.Y, data.A, sol.X, sol.theta, sol.U, fit.lam) if need else None
+    init = _init(model, fit, data, nonneg, None if cond is None else cond.cov_model)
+    pri = {k: _f(x) for k, x in prior.items()}
+    if model == "joint":
+        return ModelSpec(model, data, fit, prior, stats, init, (stats, pri), nonneg)
+    X = _f(sol.X)
+    if model == "conditional_x":
+        pri.pop("x_concentration")
+        return ModelSpec(model, data, fit, prior, stats, init, (stats, X, pri), nonneg)
+    s2 = cond.sigma2_used
+    scale = (priors or {}).get("theta_scale")
+    cprior = {} if scale is None else {"theta_scale": _f(scale)}
+    return ModelSpec(model, data, fit, prior, stats, init, (stats, X, _f(s2), _f(s2 / fit.lam), cprior), nonneg,
+                     flat=scale is None, sigma2_fixed=float(s2))
