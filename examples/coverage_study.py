@@ -22,8 +22,9 @@ posteriors), the share of replicates with sampler warnings and the wall time per
 replicate (``--quick``: 2 cells, 6 replicates).
 
 Run: ``python examples/coverage_study.py [--quick] [--out DIR] [--n-rep R] [--n-boot B]
-[--n-boot-refit B] [--seed S] [--workers W] [--frequentist-only]``; ``--workers`` runs on a local
-dask cluster (each worker compiles each posterior once).
+[--n-boot-refit B] [--seed S] [--workers W] [--frequentist-only] [--methods M1,M2] [--store PATH]
+[--progress]``; ``--workers`` runs on a local dask cluster (each worker compiles each posterior
+once); ``--store`` writes replicates as they finish, and the same command resumes a killed run.
 """
 
 from __future__ import annotations
@@ -64,15 +65,16 @@ def main(args) -> pd.DataFrame:
         cluster = LocalCluster(n_workers=args.workers, threads_per_worker=1)
         client = Client(cluster)
     kw = dict(n_rep=n_rep, seed=args.seed, client=client, n_boot=n_boot, n_boot_refit=n_boot_refit,
-              fit_kwargs={"method": "ml", "df_cap": None})
+              fit_kwargs={"method": "ml", "df_cap": None}, store=args.store, progress=args.progress)
+    frequentist = tuple(args.methods.split(",")) if args.methods else FREQUENTIST
     t = time.perf_counter()
     try:
         if args.frequentist_only:
-            ds = study.run("baseline", grid, methods=FREQUENTIST, **kw)
+            ds = study.run("baseline", grid, methods=frequentist, **kw)
         else:
             import bayes
 
-            ds = bayes.study.run("baseline", grid, methods=FREQUENTIST + POSTERIOR, num_warmup=draws,
+            ds = bayes.study.run("baseline", grid, methods=frequentist + POSTERIOR, num_warmup=draws,
                                  num_samples=draws, **kw)
     finally:
         if client is not None:
@@ -107,6 +109,9 @@ def parse(argv=None):
     p.add_argument("--workers", type=int, default=0, help="dask LocalCluster workers (0: in-process)")
     p.add_argument("--seed", type=int, default=20, help="master seed of the study (recorded run: 20)")
     p.add_argument("--frequentist-only", action="store_true", help="no posteriors (no JAX)")
+    p.add_argument("--methods", default=None, help="comma-separated frequentist methods (default: all five)")
+    p.add_argument("--store", default=None, help="zarr store: replicates written as they finish; re-run to resume")
+    p.add_argument("--progress", action="store_true", help="progress bar")
     return p.parse_args(argv)
 
 

@@ -540,8 +540,8 @@ def _to_grid(flat: xr.Dataset, grid: dict, full: list[dict], n_rep: int, ctx: di
     ds = flat.drop_vars(["cell", "replicate"]).assign_coords(coords).set_index(item=keys + ["replicate"])
     ds = ds.unstack("item").reindex({**{k: grid[k] for k in keys}, "replicate": np.arange(n_rep)})
     ds["done"] = ds["n_iter"].notnull() | (ds["fit_error"].fillna("") != "")
-    for k in text:
-        ds[k] = ds[k].fillna("")
+    for k in text:  # small, and read whole: fixed-width text (netCDF- and zarr-friendly)
+        ds[k] = ds[k].load().fillna("").astype(str)
     order = keys + ["replicate", "interval", "component", "covariate"]
     ds = ds.transpose(*[d for d in order if d in ds.dims])
     truth = ds["truth"].values  # the estimand per cell: from any simulated replicate
