@@ -90,7 +90,7 @@ class Data:
     @property
     def kind(self) -> str:
         """How Y is held: ``"dense"``, ``"sparse"`` (scipy) or ``"dask"`` (lazy)."""
-        return _array_kind(self.Y)
+        return v.array_kind(self.Y)
 
     def same_data(self, other: Data) -> bool:
         """True when ``other`` holds the same Y and A values (lazy Y: the same object;
@@ -142,14 +142,6 @@ def _chunked_finite(values: np.ndarray, chunk: int = 4096) -> bool:
     return all(np.isfinite(values[:, s:s + chunk]).all() for s in range(0, values.shape[1], chunk))
 
 
-def _array_kind(values) -> str:
-    if hasattr(values, "dask") and hasattr(values, "chunks"):
-        return "dask"
-    if hasattr(values, "tocsr"):
-        return "sparse"
-    return "dense"
-
-
 def to_matrix(obj: Any, name: str, dims: tuple[str, str], large: bool = False, missing: bool = False):
     """A 2-D finite float matrix from numpy, pandas or xarray input (see :func:`_to_matrix`)."""
     values, rows, cols, _ = _to_matrix(obj, name, dims, large, missing)
@@ -191,7 +183,7 @@ def _to_matrix(obj: Any, name: str, dims: tuple[str, str], large: bool = False, 
         raise ArgumentTypeError(f"{name} must be 2-D; got a pandas Series (use .to_frame().T)")
     else:
         values = obj
-    kind = _array_kind(values)
+    kind = v.array_kind(values)
     if kind != "dense" and not large:
         values = values.compute() if kind == "dask" else values.toarray()
         kind = "dense"
@@ -272,7 +264,7 @@ def coerce(Y, A=None, *, covariates=None, formula: str | None = None, missing: b
 
 def _check_observed(Y, feat: np.ndarray, units: np.ndarray) -> None:
     """Every unit and every feature must have an observed (non-NaN) entry."""
-    kind = _array_kind(Y)
+    kind = v.array_kind(Y)
     if kind == "sparse":
         return
     if kind == "dask":
@@ -333,9 +325,7 @@ def check_rank(rank: Any, P: int, N: int) -> int:
     return rank
 
 
-def component_labels(Q: int) -> np.ndarray:
-    """Default component names ``Basis1..BasisQ`` (as in nmfkc)."""
-    return np.array([f"Basis{q + 1}" for q in range(Q)], dtype=object)
+component_labels = v.component_labels
 
 
 @renamed(df="table")

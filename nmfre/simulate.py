@@ -9,9 +9,8 @@ from . import validation as v
 
 
 def _components(Q: int) -> list[str]:
-    """``Basis1..BasisQ``, the names :func:`nmfre.labels.component_labels` gives a fit's
-    components (simulate sits beside labels in the layers, so it cannot import it)."""
-    return [f"Basis{q + 1}" for q in range(Q)]
+    """``Basis1..BasisQ``, the names a fit's components get (:func:`nmfre.validation.component_labels`)."""
+    return list(v.component_labels(Q))
 
 
 def block_sparse(P: int = 100, N: int = 2000, rank: int = 5, K: int = 4, *, theta_scale: float = 10.0,

@@ -16,7 +16,8 @@ import numpy as np
 
 from .exceptions import ArgumentTypeError
 
-__all__ = ["boolean", "choice", "integer", "open_unit", "positive_float", "rate", "rng", "seed_key"]
+__all__ = ["array_kind", "boolean", "choice", "component_labels", "integer", "open_unit", "positive_float", "rate",
+           "rng", "seed_key"]
 
 
 def integer(value: Any, name: str, *, minimum: int = 1) -> int:
@@ -93,3 +94,18 @@ def seed_key(seed: Any, name: str = "seed") -> int:
     if seed < 0:
         raise ValueError(f"{name} must be non-negative, got {seed}")
     return int(seed)
+
+
+def array_kind(values: Any) -> str:
+    """How an array is held: ``"dask"`` (lazy), ``"sparse"`` (scipy) or ``"dense"`` (the one
+    test behind :attr:`nmfre.labels.Data.kind` and :func:`nmfre.core.passes.kind`)."""
+    if hasattr(values, "dask") and hasattr(values, "chunks"):
+        return "dask"
+    if hasattr(values, "tocsr"):
+        return "sparse"
+    return "dense"
+
+
+def component_labels(Q: int) -> np.ndarray:
+    """Default component names ``Basis1..BasisQ`` (as in nmfkc)."""
+    return np.array([f"Basis{q + 1}" for q in range(Q)], dtype=object)

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from ..validation import array_kind
 from . import stats as cstats
 
 #: entries per chunk when a pass over dense data forms temporaries (4e6 doubles = 32 MB)
@@ -23,11 +24,11 @@ CHUNK_ENTRIES = 4_000_000
 
 
 def kind(Y: Any) -> str:
-    """``"dask"``, ``"sparse"``, ``"masked"`` (dense with NaN = missing) or ``"dense"``."""
-    if hasattr(Y, "dask") and hasattr(Y, "chunks"):
-        return "dask"
-    if hasattr(Y, "tocsr"):
-        return "sparse"
+    """``"dask"``, ``"sparse"``, ``"masked"`` (dense with NaN = missing) or ``"dense"``
+    (:func:`nmfre.validation.array_kind`, dense split by missingness)."""
+    held = array_kind(Y)
+    if held != "dense":
+        return held
     if np.isnan(np.sum(Y)):  # one pass, no temporary (Inf was refused at input)
         return "masked"
     return "dense"
