@@ -3,7 +3,7 @@
 Given X, Theta, sigma^2 and tau^2, unit ``n`` has ``y_n ~ N(X Theta a_n, Sigma)`` with
 ``Sigma = sigma^2 I + tau^2 X X'`` (U marginalised). The log-likelihood of all units
 depends on ``Y`` only through ``G = Y Y'`` (P x P), ``Y A'`` (P x K), ``A A'`` (K x K)
-and the counts (DESIGN.md, "Compressed statistics"):
+and the counts (the compressed statistics of :mod:`nmfre.core.stats`; docs: Methods):
 
 * ``||R||^2 = tr G - 2 tr(X'YA'Theta') + tr(Theta AA'Theta' X'X)``;
 * ``W = X'RR'X = X'GX - X'YA'Theta'X'X - X'X Theta AY'X + X'X Theta AA'Theta'X'X``;

@@ -285,8 +285,8 @@ def sample(Y, A=None, rank: int = 1, *, model: str = "joint", fit=None, theta: s
         ``conditional`` also fixes sigma^2 at the ``sigma2_used`` of nmfre's inference and
         lambda at the fit's, so its flat-prior posterior is N(Theta-hat, I^-1).
     fit : nmfre.NMFREFit, optional
-        The frequentist fit on the same data (fitted here when None; with missing cells,
-        on mean-imputed data). Chains start at it and, for rank > 1, are aligned to it
+        The frequentist fit on the same data (fitted here by ML when None; with missing
+        cells, on the likelihood of the observed entries). Chains start at it and, for rank > 1, are aligned to it
         (columns of X matched by Hungarian assignment).
     theta : {"free", "nonneg"}
     priors : dict, optional
