@@ -17,7 +17,6 @@ or a dask worker, compiles each model shape once.
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,7 +25,7 @@ import xarray as xr
 from nmfre import study as nmfre_study
 from nmfre import validation as v
 
-from .datatree import SamplingWarning, diagnostics
+from .datatree import diagnostics
 from .sampling import MODELS
 
 __all__ = ["Posterior", "run"]
@@ -47,7 +46,9 @@ class Posterior:
     Calling it as ``post(fit, seed=int, level=float)`` samples the posterior on
     ``fit.data`` (chains started at and aligned to ``fit``) and returns ``point``
     (posterior mean), ``lower``, ``upper`` (Q x K) and ``r_hat``, ``ess_bulk``,
-    ``divergences`` (:func:`bayes.diagnostics` over theta, sigma, tau).
+    ``divergences`` (:func:`bayes.diagnostics` over theta, sigma, tau). Its
+    ``SamplingWarning`` is not silenced: in a study it is counted in the method's
+    ``warnings``.
     """
 
     model: str = "joint"
@@ -68,9 +69,7 @@ class Posterior:
         return self.model
 
     def __call__(self, fit, *, seed: int, level: float) -> dict:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", SamplingWarning)
-            post = _sample(fit.Y, fit.A, fit, self, seed)
+        post = _sample(fit.Y, fit.A, fit, self, seed)  # a SamplingWarning is counted by the study
         theta = post["posterior"]["theta"].transpose("chain", "draw", "component", "covariate").values
         flat = theta.reshape(-1, *theta.shape[2:])
         a = (1.0 - level) / 2

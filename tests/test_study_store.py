@@ -226,3 +226,18 @@ def test_many_replicates_compacted(plain, monkeypatch):
     result does not depend on it."""
     monkeypatch.setattr(study, "_COMPACT", 5)
     _same(study.run("baseline", GRID, **KW), plain)
+
+
+def test_posterior_methods_in_a_store(tmp_path):
+    """bayes.study.run passes the store through; the posterior method's settings are part
+    of the study's identity, and a re-run computes nothing."""
+    bstudy = pytest.importorskip("bayes.study")
+    kw = dict(n_rep=2, seed=4, n_boot=20, methods=("wald", "conditional"), num_warmup=100, num_samples=100)
+    path = tmp_path / "b.zarr"
+    ds = bstudy.run("baseline", {"N": [27]}, store=path, **kw)
+    assert bool(ds["done"].all()) and bool(ds["upper"].sel(interval="conditional").notnull().all())
+    assert set(np.unique(ds["warnings"].values)) <= {"", "SamplingWarning x1"}
+    again = bstudy.run("baseline", {"N": [27]}, store=path, **kw)
+    _same(again, ds)
+    with pytest.raises(StoreMismatchError, match="method_specs"):
+        bstudy.run("baseline", {"N": [27]}, store=path, **{**kw, "num_samples": 150})
