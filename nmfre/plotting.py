@@ -159,9 +159,9 @@ def intervals(table: pd.DataFrame, sources: dict[str, tuple[str, str]], estimate
 
 
 def coverage(summary, component=None, covariate=None):
-    """Coverage with Monte Carlo error bars (left) and mean width relative to Wald (right),
-    one row per (component, covariate), methods along the x axis and one marker per cell
-    of the grid.
+    """Coverage with Monte Carlo error bars (left) and mean width relative to the reference
+    method (right: Wald when the study has it, ``width_ratio.attrs["relative_to"]``), one row
+    per (component, covariate), methods along the x axis and one marker per cell of the grid.
 
     Parameters
     ----------
@@ -189,6 +189,7 @@ def coverage(summary, component=None, covariate=None):
     stacked = s.stack(cell=cells) if cells else s.expand_dims(cell=[""])
     methods = list(s["interval"].values)
     level = float(s.attrs.get("level", 0.95))
+    ref = s["width_ratio"].attrs.get("relative_to", "wald" if "wald" in methods else methods[0])
     fig, axes = plt.subplots(len(rows), 2, figsize=(10, 2.8 * len(rows) + 0.9), squeeze=False,
                              layout="constrained")
     n_cells = stacked.sizes["cell"]
@@ -207,9 +208,9 @@ def coverage(summary, component=None, covariate=None):
         for ax in (ax_c, ax_w):
             ax.set_xticks(x, methods, rotation=30, ha="right")
         ax_c.set_ylabel(f"{comp} / {cov}\ncoverage (+- 1.96 MCSE)")
-        ax_w.set_ylabel("width / Wald width")
+        ax_w.set_ylabel(f"width / {ref} width")
     axes[0, 0].set_title(f"coverage of the {level:.0%} intervals")
-    axes[0, 1].set_title("mean width relative to Wald")
+    axes[0, 1].set_title(f"mean width relative to {ref}")
     if cells:
         handles, labels = axes[0, 0].get_legend_handles_labels()
         fig.legend(handles, labels, loc="outside lower center", ncols=min(4, n_cells), fontsize="small",
@@ -317,4 +318,94 @@ def nested_loop(values, reference: float | None = None, ylabel: str = "", title:
     for side in ("top", "right", "left"):
         ax_f.spines[side].set_visible(False)
     ax.set_title(title or "", fontsize=10)
+    return fig
+
+
+def loadings(summary, kind: str = "support", ax=None, title: str | None = None):
+    """Feature x component figure of a loading summary (:func:`nmfre.loadings.summarize`,
+    :meth:`nmfre.Inference.loadings`, :func:`bayes.loadings`).
+
+    Parameters
+    ----------
+    summary : xarray.Dataset
+        With ``estimate``, ``ci``, ``support``, ``selected`` over (feature, component) and
+        attrs ``threshold``, ``min_support``.
+    kind : {"support", "intervals"}
+        A heat map of the support (share of draws above the threshold; selected cells
+        framed, each annotated with the estimate), or one panel per component with each
+        feature's interval and estimate against the threshold line (selected in colour).
+    ax : matplotlib Axes, optional
+        Only for ``kind="support"``.
+    title : str, optional
+    """
+    if kind not in ("support", "intervals"):
+        raise ValueError(f"kind must be 'support' or 'intervals', got {kind!r}")
+    s = summary.transpose("feature", "component", ...)
+    feats = [str(f) for f in s["feature"].values]
+    comps = [str(c) for c in s["component"].values]
+    P, Q = len(feats), len(comps)
+    thr, ms = float(summary.attrs["threshold"]), float(summary.attrs["min_support"])
+    caption = title or (f"Loadings: support = share of draws with X > {thr:.3g}; framed: support >= {ms:g}")
+    plt = _plt()
+    if kind == "support":
+        if ax is None:
+            width = 2.0 + max(map(len, feats)) * _CHAR + 0.9 * Q + 1.0
+            _, ax = plt.subplots(figsize=(width, 1.4 + 0.32 * P), layout="constrained")
+        sup = s["support"].values
+        est = s["estimate"].values
+        sel = s["selected"].values
+        im = ax.imshow(sup, cmap="Greens", vmin=0, vmax=1, aspect="auto")
+        ax.set_xticks(range(Q), comps, rotation=30, ha="right")
+        ax.set_yticks(range(P), feats)
+        for i in range(P):
+            for j in range(Q):
+                ax.text(j, i, f"{est[i, j]:.2f}", ha="center", va="center", fontsize=8,
+                        color="white" if sup[i, j] > 0.6 else "black")
+                if sel[i, j]:
+                    ax.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, lw=1.5, ec="black"))
+        ax.figure.colorbar(im, ax=ax, label="support")
+        ax.set_title(caption, fontsize=9, wrap=True)
+        return ax.figure
+    fig, axes = plt.subplots(1, Q, figsize=(1.5 + max(map(len, feats)) * _CHAR + 2.4 * Q, 1.4 + 0.3 * P),
+                             layout="constrained", sharey=True, squeeze=False)
+    lo, hi = s["ci"].sel(ci_bound="lower").values, s["ci"].sel(ci_bound="upper").values
+    y = np.arange(P)
+    for j, a in enumerate(axes[0]):
+        sel = s["selected"].values[:, j]
+        for mask, color in ((sel, "tab:blue"), (~sel, "0.6")):
+            a.hlines(y[mask], lo[mask, j], hi[mask, j], color=color, lw=2)
+            a.plot(s["estimate"].values[mask, j], y[mask], "o", color=color, ms=4)
+        a.axvline(thr, color="tab:red", ls=":", lw=1)
+        a.set_title(comps[j], fontsize=9)
+        a.set_xlabel("loading")
+    axes[0][0].set_yticks(y, feats)
+    axes[0][0].invert_yaxis()
+    fig.suptitle(caption + f"; intervals {100 * float(summary.attrs.get('level', 0.95)):g}%", fontsize=9)
+    return fig
+
+
+def profile_traces(profile, ncols: int = 3):
+    """The profile traces of :func:`nmfre.profile.profile`: the signed root deviance
+    ``zeta(psi)`` of each profiled quantity with the interval's cut-off ``+-sqrt(chi2_1(level))``
+    (a straight line would mean a quadratic log-likelihood, where Wald and profile agree)."""
+    labels = list(dict.fromkeys(str(t) for t in profile["trace_of"].values))
+    if not labels:
+        raise ValueError("profile has no traces (nothing was profiled)")
+    ncols = min(ncols, len(labels))
+    nrows = -(-len(labels) // ncols)
+    plt = _plt()
+    fig, axes = plt.subplots(nrows, ncols, figsize=(3.2 * ncols, 2.6 * nrows), layout="constrained", squeeze=False)
+    cut = float(np.sqrt(profile.attrs["cutoff"]))
+    of = profile["trace_of"].values.astype(str)
+    for ax, lab in zip(axes.ravel(), labels, strict=False):
+        m = of == lab
+        ax.plot(profile["trace_value"].values[m], profile["trace_zeta"].values[m], "o-", ms=3)
+        for c in (-cut, cut):
+            ax.axhline(c, color="tab:red", ls=":", lw=1)
+        ax.set_title(lab, fontsize=9)
+        ax.set_ylabel("zeta")
+    for ax in axes.ravel()[len(labels):]:
+        ax.set_visible(False)
+    fig.suptitle(f"Profile traces ({profile.attrs['x']} X); dotted: the {100 * profile.attrs['level']:g}% cut-off",
+                 fontsize=9)
     return fig

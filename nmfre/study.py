@@ -620,7 +620,8 @@ def _method_metrics(ds: xr.Dataset) -> xr.Dataset:
     share = flagged.mean("replicate").where(ds["r_hat"].notnull().any("replicate"))
     keep = ("coverage", "be_coverage", "width", "interval_score")
     out = {k: perf[k] for m in keep for k in (m, f"{m}_mcse")}
-    out.update(width_ratio=perf["width"] / perf["width"].sel(interval=ref, drop=True), point_bias=perf["bias"],
+    ratio = (perf["width"] / perf["width"].sel(interval=ref, drop=True)).assign_attrs(relative_to=str(ref))
+    out.update(width_ratio=ratio, point_bias=perf["bias"],
                point_bias_mcse=perf["bias_mcse"], point_rmse=np.sqrt(perf["mse"]), warning_share=share,
                seconds=ds["seconds"].mean("replicate"))
     return xr.Dataset(out)
