@@ -26,12 +26,13 @@ from .exceptions import (
 )
 from .inference import Inference, load_inference
 from .labels import from_long
+from .likelihood_tests import LRTResult, lrt, lrt_tau2
 from .model import df_scan, fit
 from .results import NMFREFit, load
 
 __all__ = [
     "ArgumentTypeError", "ConvergenceWarning", "DegenerateFitWarning", "ECVResult", "IdentifiabilityWarning",
-    "Inference", "NMFREFit",
+    "Inference", "LRTResult", "NMFREFit",
     "SingularFitWarning", "__version__", "df_scan", "ecv", "fit", "from_long", "load", "load_inference",
-    "load_orthodont", "simulate", "study",
+    "load_orthodont", "lrt", "lrt_tau2", "simulate", "study",
 ]

@@ -282,14 +282,20 @@ def _check_solution(sol: Solution, Y, Q: int, rate, settings: FitSettings, r: fl
 
 # ----------------------------------------------------------------------------- refit bootstrap
 def refit_draws(Y: np.ndarray, A: np.ndarray, sol: Solution, W: np.ndarray, rate: float | None,
-                settings: FitSettings, progress: bool = False, vcov: str | None = None):
+                settings: FitSettings, progress: bool = False, vcov: str | None = None, keep_X: bool = False,
+                workers: int | None = None, client=None):
     """Re-fit on ``Y_b = X Theta A + w_nb (y_n - X Theta a_n)`` for each column of ``W``.
 
     Warm-started at the estimate; each replicate's components are matched to the
     estimate's columns of X (Hungarian assignment). Returns ``(draws (QK x B, column-major
-    vec), report, se)``: the converged and permuted fractions and the minimum alignment
-    cosine, and with ``vcov`` ("CR1" or "CR2") each replicate's own sandwich SE (for the
-    bootstrap-t; None otherwise).
+    vec), report, se, X_draws)``: the converged and permuted fractions and the minimum
+    alignment cosine, with ``vcov`` ("CR1" or "CR2") each replicate's own sandwich SE (for the
+    bootstrap-t; None otherwise), and with ``keep_X`` the aligned bases (P x Q x B; None
+    otherwise).
+
+    Replicate ``b`` depends only on column ``b`` of ``W`` (drawn before any replicate runs), so
+    the draws are the same in a loop, on ``workers`` threads or on a dask ``client``
+    (``client.map`` over blocks of replicates): the scheduler never touches the randomness.
     """
     from tqdm.auto import tqdm
 
@@ -297,26 +303,102 @@ def refit_draws(Y: np.ndarray, A: np.ndarray, sol: Solution, W: np.ndarray, rate
     fitted = sol.X @ (sol.theta @ A) / c
     resid = Y / c - fitted
     Q, K = sol.theta.shape
+    P, B = sol.X.shape[0], W.shape[1]
     start = Start("warm", sol.X, sol.theta / c)
     s = settings.replace(n_init=1, init="custom", sigma2=settings.sigma2 / c**2, tau2=settings.tau2 / c**2)
-    out = np.empty((Q * K, W.shape[1]))
+    job = _RefitJob(fitted, resid, A, sol.X, Q, start, rate, s, c, vcov, keep_X)
+    blocks = [np.arange(b, min(b + _REFIT_BLOCK, B)) for b in range(0, B, _REFIT_BLOCK)]
+    bar = tqdm(total=B, disable=not progress, desc="refit bootstrap")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        results = _run_blocks(job, W, blocks, bar, workers, client)
+    bar.close()
+    out = np.empty((Q * K, B))
     se = None if vcov is None else np.empty_like(out)
-    permuted, min_cos, conv = 0, np.inf, 0
-    for b in tqdm(range(W.shape[1]), disable=not progress, desc="refit bootstrap"):
-        Yb = fitted + resid * W[:, b][None, :]
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            res = solve(Yb, A, Q, start, rate, s)
-        perm, cos = align_components(sol.X, res.X)
-        permuted += bool(np.any(perm != np.arange(Q)))
-        min_cos = min(min_cos, float(cos.min()))
-        conv += bool(res.converged)
-        out[:, b] = c * res.theta[perm].reshape(-1, order="F")
+    Xd = np.empty((P, Q, B)) if keep_X else None
+    for b in range(B):
+        r = results[b]
+        out[:, b] = r["theta"]
         if se is not None:
-            se[:, b] = c * _replicate_se(Yb, A, res, perm, vcov)
-    B = W.shape[1]
-    return out, {"refit_converged_fraction": conv / B, "refit_permuted_fraction": permuted / B,
-                 "refit_min_alignment_cosine": min_cos}, se
+            se[:, b] = r["se"]
+        if Xd is not None:
+            Xd[:, :, b] = r["X"]
+    report = {"refit_converged_fraction": sum(r["converged"] for r in results.values()) / B,
+              "refit_permuted_fraction": sum(r["permuted"] for r in results.values()) / B,
+              "refit_min_alignment_cosine": min(r["min_cos"] for r in results.values())}
+    return out, report, se, Xd
+
+
+def _run_blocks(job, W: np.ndarray, blocks: list, bar, workers: int | None, client) -> dict[int, dict]:
+    """Blocks of refit replicates in a loop, on threads or on a dask client."""
+    results: dict[int, dict] = {}
+    if client is not None:
+        from dask.distributed import as_completed
+
+        futures = client.map(_quiet, [job] * len(blocks), [W[:, idx] for idx in blocks], blocks, pure=False)
+        for fut in as_completed(futures):
+            part = fut.result()
+            results.update(part)
+            bar.update(len(part))
+    elif workers is not None and workers > 1:
+        from concurrent.futures import ThreadPoolExecutor, as_completed
+
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            futs = [pool.submit(job, W[:, idx], idx) for idx in blocks]
+            for fut in as_completed(futs):
+                part = fut.result()
+                results.update(part)
+                bar.update(len(part))
+    else:
+        for idx in blocks:
+            part = job(W[:, idx], idx)
+            results.update(part)
+            bar.update(len(part))
+    return results
+
+
+def _quiet(job, Wblock, idx):
+    """``job(Wblock, idx)`` with warnings silenced (on a dask worker)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return job(Wblock, idx)
+
+
+#: replicates per task of the parallel refit bootstrap
+_REFIT_BLOCK = 8
+
+
+@dataclass(frozen=True)
+class _RefitJob:
+    """One block of refit replicates (picklable, for threads and dask workers)."""
+
+    fitted: np.ndarray
+    resid: np.ndarray
+    A: np.ndarray
+    X: np.ndarray
+    Q: int
+    start: Start
+    rate: float | None
+    settings: FitSettings
+    c: float
+    vcov: str | None
+    keep_X: bool
+
+    def __call__(self, Wblock: np.ndarray, idx) -> dict[int, dict]:
+        out = {}  # warnings are silenced by the caller (process-wide state, so not per thread)
+        for j, b in enumerate(np.asarray(idx)):
+            Yb = self.fitted + self.resid * Wblock[:, j][None, :]
+            res = solve(Yb, self.A, self.Q, self.start, self.rate, self.settings)
+            perm, cos = align_components(self.X, res.X)
+            rec = {"theta": self.c * res.theta[perm].reshape(-1, order="F"),
+                   "permuted": bool(np.any(perm != np.arange(self.Q))), "min_cos": float(cos.min()),
+                   "converged": bool(res.converged)}
+            if self.vcov is not None:
+                rec["se"] = self.c * _replicate_se(Yb, self.A, res, perm, self.vcov)
+            if self.keep_X:
+                rec["X"] = res.X[:, perm]
+            out[int(b)] = rec
+        return out
 
 
 def _replicate_se(Yb, A, res: Solution, perm, vcov: str) -> np.ndarray:

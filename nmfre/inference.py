@@ -283,6 +283,49 @@ class Inference:
         return xr.Dataset({"significant": p < alpha, "p_value": p, "estimate": self._ds["estimate"]},
                           attrs={"alpha": alpha, "alternative": self.alternative})
 
+    @property
+    def X_draws(self) -> xr.DataArray:
+        """The refit replicates of X (draw, feature, component), aligned to the estimate
+        (``method="refit"`` with ``keep_X``)."""
+        if "X_draws" not in self._ds:
+            raise AttributeError("this inference kept no draws of X: use fit.infer(method='refit', keep_X=True)")
+        return self._ds["X_draws"]
+
+    def loadings(self, threshold: float | None = None, level: float | None = None,
+                 min_support: float | None = None) -> xr.Dataset:
+        """The measurement-side selection: per-loading intervals and bootstrap support from the
+        refit replicates of X (:func:`nmfre.loadings.summarize`).
+
+        Parameters
+        ----------
+        threshold : float, optional
+            A feature belongs to a component when its loading exceeds this; default ``1/P``,
+            its share under a uniform column.
+        level : float, optional
+            Interval level (default: the inference's).
+        min_support : float, optional
+            Share of replicates above the threshold for ``selected`` (default 0.95).
+
+        Returns
+        -------
+        xarray.Dataset (feature, component)
+            ``estimate``, ``mean``, ``sd``, ``ci``, ``support``, ``selected``.
+        """
+        from .loadings import MIN_SUPPORT, summarize
+
+        lab = provenance(self._ds.attrs)
+        return summarize(self.X_draws, self._ds["X"], threshold=threshold,
+                         level=self.level if level is None else level,
+                         min_support=MIN_SUPPORT if min_support is None else min_support, source=lab["bootstrap"])
+
+    def plot_loadings(self, threshold: float | None = None, level: float | None = None, kind: str = "support",
+                      ax=None):
+        """Feature x component figure of :meth:`loadings`: the support as a heat map
+        (``kind="support"``) or the intervals against the threshold (``kind="intervals"``)."""
+        from .plotting import loadings as plot
+
+        return plot(self.loadings(threshold=threshold, level=level), kind=kind, ax=ax)
+
     def describe(self) -> str:
         """One line saying which standard errors, reference distribution, bootstrap and
         interval these are (derived from the settings used: :func:`provenance`)."""
@@ -384,7 +427,8 @@ CIS = ("percentile", "studentized")
 def infer(fit: NMFREFit, n_boot: int = 1000, seed: Any = 123, multipliers: Any = None, dist: str = "exp",
           method: str = "onestep", level: float = 0.95, alternative: str | None = None,
           progress: bool = False, max_iter: int | None = None, chunk_size: int = 1024, vcov: str = "CR1",
-          df: str | int | None = None, ci: str = "percentile") -> Inference:
+          df: str | int | None = None, ci: str = "percentile", keep_X: bool | None = None,
+          workers: int | None = None, client=None) -> Inference:
     """Inference on Theta conditional on the fitted basis (and U).
 
     Parameters
@@ -429,6 +473,16 @@ def infer(fit: NMFREFit, n_boot: int = 1000, seed: Any = 123, multipliers: Any =
         ``[theta - q_{1-a/2}(t*) se, theta - q_{a/2}(t*) se]`` with
         ``t*_b = (theta_b - theta) / se_b``, each replicate studentised by its own sandwich
         (``vcov``); needs the multipliers in memory (N <= 4096 or ``multipliers``).
+    keep_X : bool, optional
+        ``method="refit"``: keep every replicate's aligned basis (``X_draws``, draw x
+        feature x component) for :meth:`Inference.loadings`. Default: on when
+        ``P Q B <= KEEP_X_MAX`` (5e6 values, 40 MB), off above.
+    workers : int, optional
+        ``method="refit"``: run the replicates on this many threads.
+    client : dask.distributed.Client, optional
+        ``method="refit"``: run the replicates on this cluster. The draws are the same in a
+        loop, on threads or on a client (the multipliers are drawn first, replicate b uses
+        column b).
 
     Returns
     -------
@@ -453,6 +507,15 @@ def infer(fit: NMFREFit, n_boot: int = 1000, seed: Any = 123, multipliers: Any =
     level = v.open_unit(level, "level")
     W = _multipliers(n_boot, multipliers, data.N)
     chunk_size = v.integer(chunk_size, "chunk_size")
+    if workers is not None:
+        workers = v.integer(workers, "workers")
+    if keep_X is not None:
+        keep_X = v.boolean(keep_X, "keep_X")
+        if keep_X and method != "refit":
+            raise ValueError("keep_X=True needs method='refit' (the one-step bootstrap does not re-estimate X)")
+    if method == "refit" and keep_X is None:
+        B = int(W.shape[1]) if W is not None else int(n_boot)
+        keep_X = data.P * sol.X.shape[1] * B <= KEEP_X_MAX
     if method == "refit" and data.kind != "dense":
         raise ValueError(f"method='refit' re-fits the model on B perturbed copies of a dense Y; with a {data.kind} "
                          "Y use the one-step bootstrap (method='onestep')")
@@ -473,7 +536,7 @@ def infer(fit: NMFREFit, n_boot: int = 1000, seed: Any = 123, multipliers: Any =
     elif not streamed:
         W = draw_multipliers(dist, data.N, int(n_boot), rng)
     tvec = sol.theta.reshape(-1, order="F")
-    extra, rep_se = {}, None
+    extra, rep_se, X_draws = {}, None, None
     if streamed:
         raw = tvec[:, None] - ker.cov_model @ onestep_sum(ker.scores, dist, int(n_boot), rng, chunk_size)
     elif method == "onestep":
@@ -482,8 +545,9 @@ def infer(fit: NMFREFit, n_boot: int = 1000, seed: Any = 123, multipliers: Any =
             rep_se = studentized_se(sand["scores"], sand["C"], data.A, ker.cov_model, raw - tvec[:, None], W)
     else:
         settings = fit.settings if max_iter is None else fit.settings.replace(max_iter=v.integer(max_iter, "max_iter"))
-        raw, extra, rep_se = refit_draws(data.Y, data.A, sol, W, fit.df_cap_rate, settings, progress,
-                                         vcov=vcov if ci == "studentized" else None)
+        raw, extra, rep_se, X_draws = refit_draws(data.Y, data.A, sol, W, fit.df_cap_rate, settings, progress,
+                                                  vcov=vcov if ci == "studentized" else None, keep_X=bool(keep_X),
+                                                  workers=workers, client=client)
         extra["refit_settings"] = json.dumps(settings.to_dict())
     draws = np.maximum(raw, 0.0) if nonneg else raw
     lo, hi = _interval(ci, level, tvec, sand["se"], draws, raw, rep_se, nonneg)
@@ -494,7 +558,25 @@ def infer(fit: NMFREFit, n_boot: int = 1000, seed: Any = 123, multipliers: Any =
     if df_kind == "fixed":
         attrs["df_value"] = int(df)
     attrs["description"] = provenance(attrs)["description"]
-    return Inference(_label(fit.coords, tvec, ker, sand, draws, (lo, hi), level, alternative, attrs))
+    ds = _label(fit.coords, tvec, ker, sand, draws, (lo, hi), level, alternative, attrs)
+    if X_draws is not None:
+        ds = _with_X(ds, fit, X_draws)
+    return Inference(ds)
+
+
+#: largest P x Q x B kept by default as ``X_draws`` (float64: 40 MB)
+KEEP_X_MAX = 5_000_000
+
+
+def _with_X(ds: xr.Dataset, fit: NMFREFit, X_draws: np.ndarray) -> xr.Dataset:
+    """Add the refit replicates' aligned bases (draw, feature, component) and the estimate of X."""
+    feat, comp = fit.coords["feature"], fit.coords["component"]
+    ds = ds.assign_coords(feature=feat)
+    ds["X_draws"] = xr.DataArray(np.moveaxis(X_draws, 2, 0), dims=("draw", "feature", "component"),
+                                 coords={"draw": ds["draw"].values, "feature": feat, "component": comp})
+    ds["X_draws"].attrs["description"] = "refit bootstrap replicates of X, components aligned to the estimate"
+    ds["X"] = xr.DataArray(fit.solution.X, dims=("feature", "component"), coords={"feature": feat, "component": comp})
+    return ds
 
 
 def _check_df(df) -> str:

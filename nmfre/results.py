@@ -245,6 +245,34 @@ class NMFREFit:
 
 
     @property
+    def n_params(self) -> int:
+        """Number of free parameters: ``Q (P - 1)`` for the simplex columns of X, ``Q K`` for
+        Theta and the free variances (2, fewer with ``fix_sigma2`` / ``fix_tau2``). U is not a
+        parameter (it is integrated out); the df cap and Theta's sign do not change the count."""
+        s = self.shape
+        n_var = 2 - int(self._settings.fix_sigma2) - int(self._settings.fix_tau2)
+        return s["Q"] * (s["P"] - 1) + s["Q"] * s["K"] + n_var
+
+    @property
+    def n_obs(self) -> int:
+        """Number of observed entries of Y (``P N`` for complete data): the ``n`` of :attr:`bic`."""
+        Y = self._data.Y
+        if self._data.kind == "dense":
+            return int(np.sum(~np.isnan(Y)))
+        return int(Y.shape[0]) * int(Y.shape[1])
+
+    @property
+    def aic(self) -> float:
+        """Akaike's criterion ``-2 loglik + 2 n_params`` (:attr:`n_params`; marginal likelihood)."""
+        return -2.0 * self.loglik + 2.0 * self.n_params
+
+    @property
+    def bic(self) -> float:
+        """Schwarz's criterion ``-2 loglik + n_params log(n_obs)`` with ``n_obs`` the number of
+        observed entries of Y (as lme4 and statsmodels' MixedLM count observations)."""
+        return -2.0 * self.loglik + self.n_params * float(np.log(self.n_obs))
+
+    @property
     def shape(self) -> dict[str, int]:
         """``{"P": ..., "N": ..., "Q": ..., "K": ...}``."""
         return dict(P=self._data.P, N=self._data.N, Q=self._solution.X.shape[1], K=self._data.K)
@@ -382,10 +410,12 @@ class NMFREFit:
     def infer(self, n_boot: int = 1000, seed: Any = 123, multipliers: Any = None, dist: str = "exp",
               method: str = "onestep", level: float = 0.95, alternative: str | None = None,
               progress: bool = False, max_iter: int | None = None, chunk_size: int = 1024, vcov: str = "CR1",
-              df: str | int | None = None, ci: str = "percentile") -> Inference:
+              df: str | int | None = None, ci: str = "percentile", keep_X: bool | None = None,
+              workers: int | None = None, client=None) -> Inference:
         """Inference on Theta conditional on the fitted basis; see :func:`nmfre.inference.infer`
         (sandwich ``vcov`` CR1 or CR2, ``df`` normal/Satterthwaite/fixed t, ``ci`` percentile or
-        studentized bootstrap).
+        studentized bootstrap; ``method="refit"`` keeps the replicates of X (``keep_X``) and runs
+        on ``workers`` threads or a dask ``client``).
 
         Returns a new :class:`~nmfre.inference.Inference`; the fit is not changed (pass the
         result to :meth:`summary` to show it there).
@@ -394,7 +424,14 @@ class NMFREFit:
 
         return infer(self, n_boot=n_boot, seed=seed, multipliers=multipliers, dist=dist, method=method,
                      level=level, alternative=alternative, progress=progress, max_iter=max_iter,
-                     chunk_size=chunk_size, vcov=vcov, df=df, ci=ci)
+                     chunk_size=chunk_size, vcov=vcov, df=df, ci=ci, keep_X=keep_X, workers=workers, client=client)
+
+    def profile(self, params=None, *, level: float = 0.95, x: str = "free", tol: float = 1e-10) -> xr.Dataset:
+        """Profile-likelihood intervals for Theta, sigma2, tau2 and the ICC; see
+        :func:`nmfre.profile.profile` (``x="fixed"``: X held at the estimate)."""
+        from .profile import profile
+
+        return profile(self, params, level=level, x=x, tol=tol)
 
     # ------------------------------------------------------------------ summary
     def summary(self, inference: Inference | None = None) -> Summary:

@@ -1,0 +1,73 @@
+"""Uncertainty for X: refit replicates of the basis, loading intervals and support."""
+
+import numpy as np
+import pytest
+import xarray as xr
+from helpers import record, seed
+
+import nmfre
+from nmfre.core.bootstrap import align_components
+from nmfre.loadings import selection_error, summarize
+
+
+def test_summarize_by_hand():
+    """Support, selection and intervals of a hand-made set of draws (exact)."""
+    vals = np.zeros((4, 3, 2))  # draw x feature x component
+    vals[:, 0, 0] = [0.5, 0.6, 0.7, 0.2]  # 3 of 4 above 1/3
+    vals[:, 1, 0] = 0.5
+    vals[:, 2, 0] = [0.0, -0.3, -0.7, 0.8]
+    vals[:, :, 1] = 1 / 3
+    d = xr.DataArray(vals, dims=("draw", "feature", "component"),
+                     coords={"feature": ["a", "b", "c"], "component": ["k1", "k2"]})
+    s = summarize(d, min_support=0.75)
+    np.testing.assert_allclose(s["support"].sel(component="k1").values, [0.75, 1.0, 0.25])
+    np.testing.assert_array_equal(s["support"].sel(component="k2").values, 0.0)  # equal is not above
+    assert s["selected"].sel(component="k1").values.tolist() == [True, True, False]
+    assert s.attrs["threshold"] == pytest.approx(1 / 3)
+    np.testing.assert_allclose(s["ci"].sel(feature="a", component="k1").values,
+                               np.quantile([0.5, 0.6, 0.7, 0.2], [0.025, 0.975]))
+    err = selection_error(s, np.array([[0.5, 0.0], [0.5, 0.0], [0.0, 1.0]]))
+    assert err["false_positive_share"] == 0.0 and err["n_zero"] == 3
+    with pytest.raises(ValueError, match="threshold"):
+        summarize(d, threshold=-1.0)
+    with pytest.raises(ValueError, match="draws"):
+        summarize(d.isel(draw=0))
+
+
+def test_refit_keeps_X_and_threads_agree(orthodont):
+    """X_draws are kept (aligned, on the simplex); the same multipliers on 2 threads give
+    the same replicates as the loop (exact: replicate b depends on column b only)."""
+    Y, A = orthodont
+    f = nmfre.fit(Y, A, rank=1)
+    a = f.infer(method="refit", n_boot=10, seed=3)
+    b = f.infer(method="refit", n_boot=10, seed=3, workers=2)
+    assert a.X_draws.dims == ("draw", "feature", "component") and a.X_draws.shape == (10, 4, 1)
+    np.testing.assert_allclose(a.X_draws.sum("feature").values, 1.0)
+    np.testing.assert_array_equal(a.X_draws.values, b.X_draws.values)
+    np.testing.assert_array_equal(a.draws.values, b.draws.values)
+    assert a.loadings()["selected"].dims == ("feature", "component")
+    assert "X_draws" not in f.infer(method="refit", n_boot=4, keep_X=False).dataset
+    with pytest.raises(ValueError, match="keep_X"):
+        f.infer(keep_X=True)
+    with pytest.raises(AttributeError, match="keep_X"):
+        _ = f.infer(n_boot=10).X_draws
+    fig = a.plot_loadings()
+    assert fig.axes
+    fig2 = a.plot_loadings(kind="intervals")
+    assert fig2.axes
+
+
+def test_support_on_a_design_with_known_zeros():
+    """Block-sparse X (P = 12, rank 2, half the loadings exactly 0), N = 150, tau2 = 4: the
+    refit support (B = 30, threshold 1/P, support >= 0.95) flags at most 1 of the 12 true zeros
+    and misses at most 3 of the (about 11) true loadings above 1.5/P (those just above 1/P are
+    genuinely uncertain and not counted). Measured at seed offsets 0-3: 0 flagged, 0-2 missed. Named fault:
+    replicates not aligned to the estimate (components swapped in about half the draws), which
+    puts every support near 1/2: all 12 loadings missed."""
+    d = nmfre.simulate.block_sparse(P=12, N=150, rank=2, K=2, tau2=4.0, seed=seed(190))
+    f = nmfre.fit(d["Y"], d["A"], rank=2)
+    perm, _ = align_components(d["X"].values, f.X.values)
+    inf = f.infer(method="refit", n_boot=30, seed=seed(191))
+    err = selection_error(inf.loadings(), d["X"].values[:, np.argsort(perm)], min_loading=1.5 / 12)
+    record("loadings_support", fp=err["false_positive_share"], missed=err["missed_share"])
+    assert err["false_positive_share"] <= 1 / 12 and err["missed_share"] * err["n_loading"] <= 3, err
