@@ -134,3 +134,60 @@ def plot_diagnostics(posterior, var_names=("theta", "sigma", "tau"), kind: str =
     else:
         raise ValueError(f"kind must be 'trace' or 'rank', got {kind!r}")
     return pc.viz["figure"].item()
+
+
+def compare_loadings(inference, *posteriors, threshold: float | None = None, level: float | None = None,
+                     names=None) -> pd.DataFrame:
+    """The loading selection side by side: refit-bootstrap and posterior intervals and support
+    for X, one row per (feature, component).
+
+    Columns: ``estimate`` (the fit's X), ``boot_low/high``, ``boot_support``,
+    ``boot_selected`` (:meth:`nmfre.Inference.loadings`: the refit replicates, which need
+    ``fit.infer(method="refit", keep_X=True)``), and for each posterior ``<name>_mean``,
+    ``<name>_low/high``, ``<name>_support``, ``<name>_selected``, ``<name>_width_ratio``
+    (posterior / bootstrap width) and ``<name>_overlap`` (intersection over union of the
+    two intervals). ``attrs`` hold the threshold, level and what each interval is. The
+    columns of :func:`compare` (Theta) are not changed.
+
+    Parameters
+    ----------
+    inference : nmfre.Inference
+        A refit-bootstrap inference that kept X.
+    *posteriors : xarray.DataTree
+        Joint posteriors (X sampled) of the same fit.
+    threshold : float, optional
+        Default ``1/P``.
+    level : float, optional
+        Default: the inference's.
+    names : list of str, optional
+    """
+    from .loadings import loadings, posterior_X
+
+    names = _posteriors(posteriors, names)
+    level = inference.level if level is None else level
+    boot = inference.loadings(threshold=threshold, level=level)
+    idx = pd.MultiIndex.from_product([boot["feature"].values, boot["component"].values],
+                                     names=["feature", "component"])
+    bl, bh = boot["ci"].values.reshape(2, -1)
+    out = pd.DataFrame({"estimate": boot["estimate"].values.ravel(), "boot_low": bl, "boot_high": bh,
+                        "boot_support": boot["support"].values.ravel(),
+                        "boot_selected": boot["selected"].values.ravel()}, index=idx)
+    kinds = {"boot": boot.attrs["description"]}
+    for name, post in zip(names, posteriors, strict=True):
+        X = posterior_X(post)
+        for dim in ("feature", "component"):
+            if [str(a) for a in X[dim].values] != [str(b) for b in boot[dim].values]:
+                raise ValueError(f"{dim} labels differ between inference and posterior {name!r}")
+        s = loadings(post, threshold=boot.attrs["threshold"], level=level, min_support=boot.attrs["min_support"])
+        lo, hi = s["ci"].values.reshape(2, -1)
+        out[f"{name}_mean"] = s["mean"].values.ravel()
+        out[f"{name}_low"], out[f"{name}_high"] = lo, hi
+        out[f"{name}_support"] = s["support"].values.ravel()
+        out[f"{name}_selected"] = s["selected"].values.ravel()
+        with np.errstate(divide="ignore", invalid="ignore"):
+            out[f"{name}_width_ratio"] = (hi - lo) / (bh - bl)
+        out[f"{name}_overlap"] = _overlap(lo, hi, bl, bh)
+        kinds[name] = s.attrs["description"]
+    out.attrs.update(level=level, threshold=boot.attrs["threshold"], min_support=boot.attrs["min_support"],
+                     intervals=kinds)
+    return out

@@ -30,7 +30,7 @@ DESIGNS = {"baseline": simulate.baseline, "stress": simulate.stress}
 FIELDS = ("estimate", "se", "boot_se", "ci_low", "ci_high", "p_value")
 SCALARS = ("df_u_frac", "sigma2", "tau2", "lam", "converged", "cap_hit", "nll", "n_iter", "missing_share")
 #: interval methods built into nmfre (the posterior ones come from :mod:`bayes.study`)
-METHODS = ("wald", "percentile", "cr2", "studentized", "refit")
+METHODS = ("wald", "percentile", "cr2", "studentized", "refit", "profile")
 #: per replicate and method (NaN for the frequentist methods)
 SAMPLER_FIELDS = ("r_hat", "ess_bulk", "divergences")
 #: a sampler's diagnostics fail when r_hat exceeds or bulk ESS falls below these (or any divergence);
@@ -78,7 +78,18 @@ def _frequentist(f, methods: tuple, boot_seed, n_boot: int, n_boot_refit: int, l
             kind = {"wald": "wald", "cr2": "wald"}.get(m, m)
             got = _interval(inf, kind, perm, Q, K) if inf is not None else {}
             out[m] = {**got, "seconds": secs, "error": err, "warnings": _warning_text(w)}
+    if "profile" in methods:  # profile-likelihood intervals, X re-estimated (nmfre.profile; issue 19)
+        out["profile"] = _profile_interval(f, level, perm)
     return base, out
+
+
+def _profile_interval(f, level: float, perm) -> dict:
+    """The ``"profile"`` method: :meth:`~nmfre.NMFREFit.profile` of every entry of Theta."""
+    t0 = time.perf_counter()
+    prof, w, err = _caught("profile", f.profile, params="theta", level=level)
+    got = {} if prof is None else {"point": prof["estimate"].values[perm], "lower": prof["ci"].values[0][perm],
+                                   "upper": prof["ci"].values[1][perm]}
+    return {**got, "seconds": time.perf_counter() - t0, "error": err, "warnings": _warning_text(w)}
 
 
 class StudyError(RuntimeError):

@@ -71,3 +71,39 @@ def test_support_on_a_design_with_known_zeros():
     err = selection_error(inf.loadings(), d["X"].values[:, np.argsort(perm)], min_loading=1.5 / 12)
     record("loadings_support", fp=err["false_positive_share"], missed=err["missed_share"])
     assert err["false_positive_share"] <= 1 / 12 and err["missed_share"] * err["n_loading"] <= 3, err
+
+
+def _fake_posterior(inf, shift: float = 0.0, fixed: bool = False) -> xr.DataTree:
+    """A DataTree shaped like bayes.sample's joint posterior, its X draws the refit replicates
+    (2 chains) moved by ``shift``; ``fixed`` gives X without draws (a conditional model)."""
+    Xd = inf.X_draws.values + shift
+    B = Xd.shape[0] // 2
+    X = xr.DataArray(Xd[: 2 * B].reshape(2, B, *Xd.shape[1:]), dims=("chain", "draw", "feature", "component"),
+                     coords={"feature": inf.X_draws["feature"].values, "component": inf.X_draws["component"].values})
+    if fixed:
+        X = X.isel(chain=0, draw=0, drop=True)
+    post = xr.Dataset({"X": X, "theta": inf.draws.isel(draw=0, drop=True)}, attrs={"model": "joint"})
+    return xr.DataTree.from_dict({"posterior": post})
+
+
+def test_bayes_loadings_and_compare(orthodont):
+    """bayes.loadings on draws equal to the refit replicates gives the bootstrap's summary
+    (exact); compare_loadings puts them side by side (overlap 1, width ratio 1) and a shifted
+    posterior moves its columns only; a posterior without X draws is refused."""
+    bayes = pytest.importorskip("bayes")
+    Y, A = orthodont
+    inf = nmfre.fit(Y, A, rank=1).infer(method="refit", n_boot=10, seed=3)
+    post = _fake_posterior(inf)
+    s = bayes.loadings(post)
+    b = inf.loadings()
+    np.testing.assert_allclose(s["ci"].values, b["ci"].values)
+    np.testing.assert_array_equal(s["support"].values, b["support"].values)
+    t = bayes.compare_loadings(inf, post, names=["joint"])
+    np.testing.assert_allclose(t["joint_overlap"], 1.0)
+    np.testing.assert_allclose(t["joint_width_ratio"], 1.0)
+    t2 = bayes.compare_loadings(inf, _fake_posterior(inf, shift=0.5), names=["shifted"])
+    np.testing.assert_allclose(t2["shifted_low"], t["boot_low"] + 0.5)
+    np.testing.assert_array_equal(t2["boot_low"], t["boot_low"])
+    assert t2["shifted_support"].eq(1.0).all()
+    with pytest.raises(ValueError, match="joint"):
+        bayes.loadings(_fake_posterior(inf, fixed=True))

@@ -139,3 +139,15 @@ def test_bad_arguments(fit, orthodont):
     fixed = nmfre.fit(Y, A, rank=1, sigma2=2.0, fix_sigma2=True)
     with pytest.raises(ValueError, match="params"):
         fixed.profile(params="variances")
+
+
+def test_profile_is_a_study_method():
+    """study.run(methods=("wald", "profile")): the profile interval of every entry of Theta per
+    replicate, around the ML point (exact given seeds; 2 replicates)."""
+    ds = nmfre.study.run("baseline", {"N": [27]}, n_rep=2, seed=1, n_boot=50, methods=("wald", "profile"),
+                         fit_kwargs={"method": "ml", "df_cap": None})
+    lo = ds["lower"].sel(method="profile").values
+    hi = ds["upper"].sel(method="profile").values
+    pt = ds["point"].sel(method="profile").values
+    assert np.all(np.isfinite(lo)) and np.all(lo < pt) and np.all(pt < hi)
+    np.testing.assert_allclose(pt, ds["point"].sel(method="wald").values, rtol=1e-6)
