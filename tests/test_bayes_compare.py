@@ -29,11 +29,12 @@ def test_compare_and_plot(inf_ortho, posts, tmp_path):
     for col in ["estimate", "wald_low", "boot_high", "conditional_low", "joint_high", "joint_width_ratio",
                 "conditional_overlap"]:
         assert col in tab.columns
-    # stochastic (seed offset): bounds >= 4.5 measured sds of these statistics from their
-    # means over seed offsets (docs/testing.md)
+    # stochastic (seed offset): bounds >= 5 measured sds of these statistics from their
+    # means over seed offsets (docs/testing.md: overlaps 0.93-0.96, sd <= 0.045; width
+    # ratios 0.99-1.04, sd 0.03); an interval of another parameter or scale fails
     record("compare", **{c: tab[c].values for c in ("conditional_overlap", "joint_overlap", "joint_width_ratio")
                          if c in tab.columns})
-    assert (tab.conditional_overlap > 0.8).all() and (tab.joint_overlap > 0.8).all()
+    assert (tab.conditional_overlap > 0.7).all() and (tab.joint_overlap > 0.7).all()
     assert ((tab.joint_width_ratio > 0.8) & (tab.joint_width_ratio < 1.3)).all()
     fig = bayes.plot_compare(inf_ortho, post_conditional, post_joint)
     fig.savefig(tmp_path / "cmp.png")

@@ -22,10 +22,12 @@ def inf_ortho(ml_fit):
     return ml_fit.infer(n_boot=4000, seed=1)
 
 
-# A stuck chain or one in another labelling has r_hat >> 1.1. For chains that mix (bulk ESS
-# at least 0.1 per draw, measured >= 0.25), split-r_hat at 4 x >= 300 draws exceeds 1 +
-# chi2_7(1 - 1e-4) / 7 / (2 ESS per split chain) < 1.03 with probability below 1e-4: so
-# r_hat < 1.05 is a test of the fault with a false-alarm rate below 1e-4 (docs/testing.md).
+# A stuck chain or one in another labelling has r_hat >> 1.1. For chains that mix, split
+# r_hat - 1 is about (chi2_7 / 7 - 1) / (2 n) with n the ESS per split chain (8 of them):
+# its 1 - 1e-4 quantile is 1 + 1.63 / n, 1 + 2.1 / n with the heavier tail of the rank-
+# normalised estimate (simulated AR(1) chains). Used only at 4 x 1000 draws where the
+# measured bulk ESS is >= 600 (n >= 75: quantile <= 1.03), r_hat < 1.05 tests the fault
+# with a false-alarm rate below 1e-4 (docs/testing.md has the measured ESS per offset).
 RHAT_FAULT = 1.05
 
 # z of a two-sided Monte Carlo check at 1e-5 per comparison (<= 1e-4 for up to 10 per test)
@@ -185,10 +187,11 @@ def test_sample_batch_equals_the_layout_of_sample():
         assert th.dims == ("chain", "draw", "component", "covariate") and th.shape == (4, 300, 1, 2)
         d = bayes.diagnostics(post)
         # the flat-prior conditional posterior is centred at the fit: its mean is a few
-        # hundredths of an sd away (MCSE), 4 sd is a gross fault (a draw of another data set)
+        # hundredths of an sd away (MCSE), 4 sd is a gross fault (a draw of another data set);
+        # r_hat at 4 x 300 draws is the benchmark's to report
         gap = (np.abs(th.mean(("chain", "draw")) - fit.theta) / th.std(("chain", "draw"))).values
-        record("sample_batch", r_hat=d["max_r_hat"], gap_sd=gap)
-        assert d["max_r_hat"] < RHAT_FAULT
+        record("sample_batch", r_hat=d["max_r_hat"], ess=d["min_ess_bulk"], gap_sd=gap)
+        assert np.isfinite(d["max_r_hat"])
         assert (gap < 4).all()
 
 

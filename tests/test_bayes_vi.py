@@ -47,8 +47,10 @@ def test_matches_nuts_on_orthodont(vi_ortho, nuts_ortho, ml_fit):
     gap, ratio = _gaps(nuts_ortho, vi_ortho)
     tab = bayes.compare(ml_fit.infer(n_boot=2000, seed=1), nuts_ortho, vi_ortho, names=["nuts", "vi"])
     record("vi_orthodont", gap=gap, ratio=ratio, vi_overlap=tab.vi_overlap.values, nuts_overlap=tab.nuts_overlap.values)
-    assert (gap < 0.2).all(), gap
-    assert ((ratio > 0.85) & (ratio < 1.15)).all(), ratio
+    # measured over seed offsets (docs/testing.md): gap 0.03 (sd 0.03), sd ratio 0.94 (sd
+    # 0.045, SVI's end point moves with the seed), overlaps 0.95 (sd 0.03)
+    assert (gap < 0.25).all(), gap
+    assert ((ratio > 0.7) & (ratio < 1.3)).all(), ratio
     assert (tab.vi_overlap > 0.8).all() and (tab.nuts_overlap > 0.8).all()
     fig = bayes.plot_compare(ml_fit.infer(n_boot=200, seed=1), nuts_ortho, vi_ortho, names=["nuts", "vi"])
     labels = [t.get_text() for ax in fig.axes for t in ax.get_yticklabels() + ax.texts]
@@ -61,7 +63,9 @@ def test_block_sparse_20x300():
     """Non-negative Theta, rank 2: the posterior is far from Gaussian (components that
     trade features against the non-negativity walls); the full-covariance guide in folded
     coordinates finds the NUTS means and understates the sds by about a quarter
-    (measured: ratios 0.68-0.78, mean gaps <= 0.65 sd, interval overlap 0.7-0.84)."""
+    (measured over seed offsets: ratios 0.62-0.81, mean gaps <= 0.85 sd, interval overlap
+    0.63-0.83). Faults caught: VI collapsing (sd ratio < 0.45) or centred on another mode
+    (gap > 1.4 sd)."""
     d = nmfre.simulate.block_sparse(20, 300, rank=2, K=2, seed=1)
     fit = nmfre.fit(d["Y"], d["A"], rank=2, theta="nonneg")
     nuts = bayes.sample(d["Y"], d["A"], 2, fit=fit, theta="nonneg", num_warmup=500, num_samples=500, seed=seed(1))
@@ -71,9 +75,11 @@ def test_block_sparse_20x300():
     overlap = (np.minimum(tab.vi_high, tab.nuts_high) - np.maximum(tab.vi_low, tab.nuts_low)).clip(0) / (
         np.maximum(tab.vi_high, tab.nuts_high) - np.minimum(tab.vi_low, tab.nuts_low))
     record("vi_block_sparse", gap=gap, ratio=ratio, overlap=overlap.values)
-    assert (gap < 1.0).all(), gap
-    assert ((ratio > 0.55) & (ratio < 1.1)).all(), ratio
-    assert (overlap > 0.55).all(), overlap
+    # measured over seed offsets (docs/testing.md): gaps up to 0.75 on average (sd 0.08),
+    # ratios 0.70-0.78 (sd <= 0.05), overlaps 0.70-0.79 (sd <= 0.05); bounds >= 5 sd away
+    assert (gap < 1.4).all(), gap
+    assert ((ratio > 0.45) & (ratio < 1.1)).all(), ratio
+    assert (overlap > 0.45).all(), overlap
 
 
 def test_one_compilation_and_guides(orthodont, ml_fit):
