@@ -16,7 +16,7 @@ Per replicate and criterion, the chosen rank:
   this is the naive practice being measured), stopping at the first non-significant step.
 
 Fits are ML with sign-free Theta and no cap (``theta="nonneg"`` for ranks above the truth
-gives the same picture). Run: ``python examples/rank_selection.py [--n-rep R] [--seed S]
+gives the same picture). Run: ``python benchmarks/rank_selection.py [--n-rep R] [--seed S]
 [--out DIR]``; writes ``rank_selection.csv`` (one row per replicate, design and criterion).
 """
 
@@ -95,5 +95,5 @@ if __name__ == "__main__":
     p.add_argument("--n-rep", type=int, default=20)
     p.add_argument("--max-rank", type=int, default=3)
     p.add_argument("--seed", type=int, default=19)
-    p.add_argument("--out", default="examples/results")
+    p.add_argument("--out", default="benchmarks/results")
     main(p.parse_args())
