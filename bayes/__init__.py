@@ -23,6 +23,7 @@ from . import study
 from .calibration import SBCResult, plot_sbc, sbc, sbc_power
 from .compare import compare, compare_loadings, plot_compare, plot_diagnostics
 from .config import configure
+from .datatree import mixing
 from .likelihood import Stats, statistics
 from .loadings import loadings
 from .models import conditional, conditional_x, default_priors, joint, u_conditional
@@ -30,6 +31,6 @@ from .sampling import Sampler, SamplingWarning, diagnostics, sample
 from .vi import VIWarning, fit_vi
 
 __all__ = ["Sampler", "SamplingWarning", "Stats", "compare", "compare_loadings", "conditional", "conditional_x",
-           "configure", "default_priors", "diagnostics", "joint", "loadings", "plot_compare", "plot_diagnostics",
-           "sample",
+           "configure", "default_priors", "diagnostics", "joint", "mixing", "loadings", "plot_compare",
+           "plot_diagnostics", "sample",
            "statistics", "u_conditional", "VIWarning", "fit_vi", "plot_sbc", "sbc", "sbc_power", "SBCResult", "study"]

@@ -299,14 +299,19 @@ def _replicate(s: compiled.Settings, rng, key, A, priors, X_fixed, thin: int):
     Xd = draws["X"] if "X" in draws else np.broadcast_to(X, (len(draws["theta"]),) + X.shape)
     ll = _loglik(stats, Xd, draws["theta"], draws["sigma"], draws["tau"])
     ll_true = _loglik(stats, X[None], theta[None], np.array([sigma]), np.array([tau]))[0]
-    values = np.column_stack([draws["theta"].reshape(len(ll), -1), draws["sigma"], draws["tau"], ll])
-    truth = np.concatenate([theta.ravel(), [sigma, tau, ll_true]])
+    if Q > 1:  # labels switch: rank the label-invariant column sums of Theta (= of X Theta)
+        th_draws, th_true = draws["theta"].sum(axis=1), theta.sum(axis=0)
+    else:
+        th_draws, th_true = draws["theta"].reshape(len(ll), -1), theta.ravel()
+    values = np.column_stack([th_draws, draws["sigma"], draws["tau"], ll])
+    truth = np.concatenate([th_true, [sigma, tau, ll_true]])
     return (values < truth).sum(axis=0), int(np.asarray(st["diverging"]).sum())
 
 
 def sbc(n_replicates: int = 200, *, model: str = "joint", n_features: int = 4, n_units: int = 30, rank: int = 1,
         A=None, priors: dict | None = None, L: int = 99, num_warmup: int = 300, num_chains: int = 2,
-        thin: int = 4, chain_method: str = "vectorized", simplex: str = "folded", X=None, seed=0) -> SBCResult:
+        thin: int = 4, chain_method: str = "vectorized", simplex: str = "folded", X=None, seed=0,
+        mass: str = "dense", theta_coords: str = "direct") -> SBCResult:
     """Simulation-based calibration of ``model`` (``"joint"`` or ``"conditional_x"``).
 
     Parameters
@@ -328,6 +333,10 @@ def sbc(n_replicates: int = 200, *, model: str = "joint", n_features: int = 4, n
     X : array (P, Q), optional
         The fixed basis of ``conditional_x`` (default: columns drawn once from the prior).
     seed : int
+    mass, theta_coords : str
+        As for :class:`bayes.Sampler`. With ``rank > 1`` the ranked quantities are the
+        label-invariant ``sum_theta[k]`` (Theta's column sums, = the column sums of
+        ``X Theta``), sigma, tau and the log-likelihood.
 
     Returns
     -------
@@ -348,7 +357,7 @@ def sbc(n_replicates: int = 200, *, model: str = "joint", n_features: int = 4, n
         raise ValueError("L * thin must be a multiple of num_chains")
     s = compiled.Settings(model, rank, n_features, A.shape[0], simplex=simplex, num_warmup=num_warmup,
                           num_samples=total // num_chains, num_chains=num_chains, chain_method=chain_method,
-                          target_accept=0.9, mass="dense", adapt_mass=True)
+                          target_accept=0.9, mass=mass, adapt_mass=True, theta_coords=theta_coords)
     ranks, div = [], []
     with jax.enable_x64(True):
         keys = jax.random.split(jax.random.PRNGKey(v.seed_key(seed)), n_replicates)
@@ -356,13 +365,15 @@ def sbc(n_replicates: int = 200, *, model: str = "joint", n_features: int = 4, n
             rk, d = _replicate(s, rng, keys[r], A, priors, X, thin)
             ranks.append(rk)
             div.append(d)
-    names = [f"theta[{q},{k}]" for q in range(rank) for k in range(A.shape[0])] + ["sigma", "tau", "loglik"]
+    names = ([f"sum_theta[{k}]" for k in range(A.shape[0])] if rank > 1 else
+             [f"theta[{q},{k}]" for q in range(rank) for k in range(A.shape[0])]) + ["sigma", "tau", "loglik"]
     ranks = np.array(ranks)
     tests, p = calibration_tests(ranks, L, names)
     da = xr.DataArray(ranks, dims=("replicate", "quantity"), coords={"quantity": names})
     return SBCResult(da, L, tests, p, np.array(div),
                      {"model": model, "P": n_features, "N": A.shape[1], "rank": rank, "priors": priors,
-                      "num_warmup": num_warmup, "num_chains": num_chains, "thin": thin, "simplex": simplex})
+                      "num_warmup": num_warmup, "num_chains": num_chains, "thin": thin, "simplex": simplex,
+                      "mass": mass, "theta_coords": theta_coords})
 
 
 def plot_sbc(result: SBCResult, bins: int = 10):

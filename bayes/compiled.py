@@ -73,9 +73,14 @@ class Settings:
         Chains start at ``mode + jitter * L e`` (``L L'`` = Laplace covariance).
     max_tree_depth : int
     theta_coords : str
-        ``"direct"`` or ``"conditional"`` (joint model: Theta centred and scaled by its
+        ``"direct"``, ``"conditional"`` (joint model: Theta centred and scaled by its
         Gaussian conditional given X, sigma, tau; used with the folded simplex or free
-        Theta, see :func:`sheared`).
+        Theta, see :func:`sheared`) or ``"marginal"`` (joint model: Theta integrated out,
+        NUTS on X, sigma, tau, Theta drawn from its conditional after every transition;
+        see :func:`marginal`).
+    theta_draws : int
+        ``"marginal"`` with non-negative Theta: draws of Theta's Gaussian conditional per
+        transition in the accept/reject correction (:func:`_theta_step`).
     """
 
     model: str
@@ -97,6 +102,7 @@ class Settings:
     jitter: float = 1.0
     max_tree_depth: int = 10
     theta_coords: str = "direct"
+    theta_draws: int = 16
 
 
 def model_function(s: Settings, predictive: bool = False):
@@ -190,7 +196,9 @@ def prepare(s: Settings, init: dict, args: tuple):
 def _coordinates(s: Settings, init: dict, args: tuple = ()) -> dict:
     """Starting values in the model's sampled sites (expanded coordinates of X)."""
     init = dict(init)
-    if s.model == "joint" and sheared(s):
+    if marginal(s):
+        init.pop("theta", None)
+    elif s.model == "joint" and sheared(s):
         stats, priors = args
         X = jnp.asarray(init["X_columns"]).T
         init["theta_delta"] = models.theta_delta(stats, X, init["sigma"] ** 2, init["tau"] ** 2,
@@ -208,8 +216,61 @@ def sheared(s: Settings) -> bool:
     return s.theta_coords == "conditional" and (s.simplex == "folded" or not s.nonneg)
 
 
-def _chain(s: Settings, key, z, cov, pe):
-    """Warm-up and sampling for one chain; returns unconstrained draws and statistics."""
+def marginal(s: Settings) -> bool:
+    """Whether the joint model integrates Theta out (NUTS on X, sigma, tau)."""
+    return s.model == "joint" and s.theta_coords == "marginal"
+
+
+def theta_sampler(s: Settings, args, unravel):
+    """``(z, key) -> (Theta, log p_hat)``: Theta given the unconstrained ``z`` of (X, sigma, tau).
+
+    Free Theta: one exact draw of its Gaussian conditional (:func:`bayes.models.theta_conditional`),
+    ``log p_hat = 0``. Non-negative Theta (half-normal prior = the normal prior restricted
+    to ``Theta >= 0``): ``theta_draws`` draws of the Gaussian conditional; ``p_hat`` is the
+    fraction that are >= 0 in every entry (an unbiased estimate of the orthant probability
+    ``p_+(X, sigma, tau)`` by which the marginal of (X, sigma, tau) differs from the
+    free-Theta one NUTS samples) and Theta is one of those, chosen uniformly: given
+    (X, sigma, tau) it is an exact draw of the truncated Gaussian."""
+    stats, priors = args
+    model = model_function(s)
+    Q = s.rank
+
+    def fn(z, key):
+        c = constrain_fn(model, args, {}, unravel(z), return_deterministic=True)
+        mean, L = models.theta_conditional(stats, c["X"], c["sigma"] ** 2, c["tau"] ** 2, priors["theta_scale"])
+        if not s.nonneg:
+            return models.theta_draw(mean, L, jax.random.normal(key, mean.shape), Q), jnp.zeros((), mean.dtype)
+        k1, k2 = jax.random.split(key)
+        th = models.theta_draw(mean, L, jax.random.normal(k1, (s.theta_draws,) + mean.shape), Q)
+        ok = jnp.all(th >= 0.0, axis=(-2, -1))
+        pick = jax.random.categorical(k2, jnp.where(ok, 0.0, -jnp.inf))
+        return th[pick], jnp.log(jnp.mean(ok))
+
+    return fn
+
+
+def _theta_step(s: Settings, theta_fn, key, old, new, theta, logp):
+    """After a NUTS transition ``old -> new`` on (X, sigma, tau): Theta and the correction.
+
+    Free Theta: Theta drawn given ``new``. Non-negative: a pseudo-marginal accept/reject
+    (Andrieu & Roberts 2009) with NUTS, reversible for the free-Theta marginal, as the
+    proposal: accept ``new`` with probability ``min(1, p_hat(new) / p_hat(old))``, else stay
+    at ``old`` (with its Theta and ``p_hat``). The chain of (X, sigma, tau, Theta) then has
+    the half-normal model's posterior as its invariant law, exactly, whatever the number of
+    draws in ``p_hat`` (more draws: fewer rejections)."""
+    k_theta, k_u = jax.random.split(key)
+    th, lp = theta_fn(new.z, k_theta)
+    if not s.nonneg:
+        return new, th, lp, jnp.ones((), bool)
+    accept = jnp.isfinite(lp) & (jnp.log(jax.random.uniform(k_u)) < lp - logp)
+    kept = new._replace(z=old.z, z_grad=old.z_grad, potential_energy=old.potential_energy)
+    state = jax.tree.map(lambda a, b: jnp.where(accept, a, b), new, kept)
+    return state, jnp.where(accept, th, theta), jnp.where(accept, lp, logp), accept
+
+
+def _chain(s: Settings, key, z, cov, pe, theta_fn=None):
+    """Warm-up and sampling for one chain; returns unconstrained draws and statistics
+    (and Theta's draws when it is integrated out: ``theta_fn``, :func:`theta_sampler`)."""
     key_init, key_run = jax.random.split(key)
     c, V = jnp.linalg.eigh(cov)  # start at a draw from the Laplace approximation, sd at most 1 per direction
     z = z + s.jitter * (V * jnp.sqrt(jnp.clip(c, 0.0, 1.0))) @ jax.random.normal(key_init, z.shape)
@@ -219,20 +280,37 @@ def _chain(s: Settings, key, z, cov, pe):
                         dense_mass=s.mass == "dense", target_accept_prob=s.target_accept,
                         max_tree_depth=s.max_tree_depth, rng_key=key_run)
 
-    def step(st, _):
-        st = sample_kernel(st)
-        return st, (st.z, {"diverging": st.diverging, "n_steps": st.num_steps, "acceptance_rate": st.accept_prob,
-                           "energy": st.energy, "lp": -st.potential_energy})
+    def stats_of(st):
+        return {"diverging": st.diverging, "n_steps": st.num_steps, "acceptance_rate": st.accept_prob,
+                "energy": st.energy, "lp": -st.potential_energy}
 
-    # one loop over warm-up and sampling (one copy of the NUTS kernel in the compiled code)
-    state, (zs, stats) = jax.lax.scan(step, state, None, length=s.num_warmup + s.num_samples)
+    n = s.num_warmup + s.num_samples
+    if theta_fn is None:
+        def step(st, _):
+            st = sample_kernel(st)
+            return st, (st.z, stats_of(st))
+
+        # one loop over warm-up and sampling (one copy of the NUTS kernel in the compiled code)
+        state, (zs, stats) = jax.lax.scan(step, state, None, length=n)
+    else:
+        key_theta, key_steps = jax.random.split(jax.random.fold_in(key_run, 1))
+        theta0, logp0 = theta_fn(state.z, key_theta)
+
+        def step(carry, k):
+            st, theta, logp = carry
+            new = sample_kernel(st)
+            new, theta, logp, acc = _theta_step(s, theta_fn, k, st, new, theta, logp)
+            return (new, theta, logp), (new.z, {**stats_of(new), "theta": theta, "theta_accept": acc})
+
+        (state, _, _), (zs, stats) = jax.lax.scan(step, (state, theta0, logp0), jax.random.split(key_steps, n))
     zs, stats = jax.tree.map(lambda x: x[s.num_warmup:], (zs, stats))
     stats["step_size"] = jnp.full(s.num_samples, state.adapt_state.step_size)
     return zs, stats
 
 
-def _constrain(s: Settings, args, unravel, zs):
-    """Constrained draws (and deterministic sites) for an array of unconstrained draws."""
+def _constrain(s: Settings, args, unravel, zs, stats=None):
+    """Constrained draws (and deterministic sites) for an array of unconstrained draws
+    (Theta from ``stats`` when it was integrated out and drawn in the chain)."""
     model = model_function(s)
 
     def one(z):
@@ -242,27 +320,33 @@ def _constrain(s: Settings, args, unravel, zs):
             out.pop(name, None)
         return out
 
-    return jax.vmap(jax.vmap(one))(zs)
+    draws = jax.vmap(jax.vmap(one))(zs)
+    if stats is not None and "theta" in stats:
+        draws["theta"] = stats.pop("theta")
+    return draws, stats
 
 
 def _run_all(s: Settings, keys, init, args):
     """All chains inside one traced function (vectorized or one after the other)."""
     TRACES[s] += 1
     z, cov, pe, unravel = prepare(s, init, args)
-    chain = partial(_chain, s, z=z, cov=cov, pe=pe)
+    theta_fn = theta_sampler(s, args, unravel) if marginal(s) else None
+    chain = partial(_chain, s, z=z, cov=cov, pe=pe, theta_fn=theta_fn)
     if s.chain_method == "vectorized":
         zs, stats = jax.vmap(lambda k: chain(k))(keys)
     else:
         zs, stats = jax.lax.map(lambda k: chain(k), keys)
-    return _constrain(s, args, unravel, zs), stats
+    return _constrain(s, args, unravel, zs, stats)
 
 
 def _run_one(s: Settings, key, init, args):
     """One chain, from its own Laplace start (the body of the pmapped runner)."""
     TRACES[s] += 1
     z, cov, pe, unravel = prepare(s, init, args)
-    zs, stats = _chain(s, key, z, cov, pe)
-    return _constrain(s, args, unravel, zs[None]), stats
+    theta_fn = theta_sampler(s, args, unravel) if marginal(s) else None
+    zs, stats = _chain(s, key, z, cov, pe, theta_fn)
+    theta = {"theta": stats.pop("theta")[None]} if "theta" in stats else None
+    return _constrain(s, args, unravel, zs[None], theta)[0], stats
 
 
 def runner(s: Settings):

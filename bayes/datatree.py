@@ -19,7 +19,12 @@ from nmfre.study import SAMPLER_THRESHOLDS
 
 from .models import u_conditional
 
-__all__ = ["SamplingWarning", "align_chains", "build", "diagnostics", "draw_u", "warn_diagnostics"]
+__all__ = ["INVARIANT", "SamplingWarning", "align_chains", "build", "diagnostics", "draw_u", "invariant_draws",
+           "mixing", "warn_diagnostics"]
+
+#: the label-invariant quantities: the feature effects X Theta (feature x covariate), the
+#: variances' standard deviations and the log-likelihood (``sample_stats``)
+INVARIANT = ("X_theta", "sigma", "tau", "loglik")
 
 #: the diagnostics' thresholds (defined once, in :mod:`nmfre.study`, whose ``warning_share`` counts the same failures)
 THRESHOLDS = SAMPLER_THRESHOLDS
@@ -134,7 +139,7 @@ def draw_u(post: xr.Dataset, Y: np.ndarray, A: np.ndarray, rng) -> np.ndarray:
     return U
 
 
-def diagnostics(dt: xr.DataTree, var_names=("theta", "sigma", "tau")) -> dict:
+def diagnostics(dt: xr.DataTree, var_names=("theta", "sigma", "tau"), *, invariant: bool = False) -> dict:
     """Max r_hat (rank-normalised split), min bulk ESS over ``var_names`` and the number
     of divergences (ArviZ's array functions: the same numbers as ``az.summary``).
 
@@ -144,34 +149,105 @@ def diagnostics(dt: xr.DataTree, var_names=("theta", "sigma", "tau")) -> dict:
         From :func:`bayes.sample` or :func:`bayes.fit_vi`.
     var_names : sequence of str
         Variables to check; those held constant (fixed in the model) are skipped.
+    invariant : bool
+        Check the label-invariant quantities instead (:func:`invariant_draws`: X Theta,
+        sigma, tau, the log-likelihood), which mix where weakly identified components
+        do not (:func:`mixing` has both, per quantity).
 
     Returns
     -------
     dict
         ``max_r_hat``, ``min_ess_bulk``, ``divergences``.
     """
+    post = dt["posterior"]
+    if invariant:
+        arrays = list(invariant_draws(dt).values())
+    else:
+        arrays = [post[name].transpose("chain", "draw", ...).values for name in var_names
+                  if name in post.data_vars and "chain" in post[name].dims and float(post[name].std()) > 0]
+    rhat, ess = _rhat_ess(arrays)
+    div = 0
+    if "sample_stats" in dt.children and "diverging" in dt["sample_stats"]:
+        div = int(dt["sample_stats"]["diverging"].sum())
+    return {"max_r_hat": rhat, "min_ess_bulk": ess, "divergences": div}
+
+
+def _rhat_ess(arrays) -> tuple[float, float]:
+    """Max rank-normalised split r_hat and min bulk ESS over (chain, draw, ...) arrays
+    (entries constant over the draws skipped)."""
     from arviz_stats.base import array_stats
 
-    post = dt["posterior"]
-    arrays = []
-    for name in var_names:
-        if name in post.data_vars and "chain" in post[name].dims and float(post[name].std()) > 0:
-            da = post[name].transpose("chain", "draw", ...)
-            arrays.append(da.values.reshape(da.shape[0], da.shape[1], -1))
-    a = np.concatenate(arrays, axis=2)
+    a = np.concatenate([np.asarray(x, float).reshape(x.shape[0], x.shape[1], -1) for x in arrays], axis=2)
     a = a[..., a.std(axis=(0, 1)) > 0]
+    if a.shape[-1] == 0:
+        return float("nan"), float("nan")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         rhat = array_stats.rhat(a, chain_axis=0, draw_axis=1)
         ess = array_stats.ess(a, chain_axis=0, draw_axis=1, method="bulk")
-    div = 0
-    if "sample_stats" in dt.children and "diverging" in dt["sample_stats"]:
-        div = int(dt["sample_stats"]["diverging"].sum())
-    return {"max_r_hat": float(np.nanmax(rhat)), "min_ess_bulk": float(np.nanmin(ess)), "divergences": div}
+    return float(np.nanmax(rhat)), float(np.nanmin(ess))
+
+
+def invariant_draws(dt: xr.DataTree) -> dict:
+    """The label-invariant quantities of a posterior, as (chain, draw, ...) arrays.
+
+    ``X_theta``: the feature effects ``X Theta`` (feature x covariate: the mean of Y is
+    ``X Theta A``, whatever the labelling and the scaling shared by X and Theta);
+    ``sigma``, ``tau``; ``loglik``: the marginal log-likelihood of the draw (from
+    ``sample_stats`` when the sampler recorded it). Quantities a posterior lacks (or
+    holds constant) are left out.
+    """
+    post = dt["posterior"]
+    th = post["theta"].transpose("chain", "draw", "component", "covariate").values
+    X = post["X"]
+    X = (X.transpose("chain", "draw", "feature", "component").values if "chain" in X.dims
+         else X.transpose("feature", "component").values)
+    out = {"X_theta": X @ th}
+    for name in ("sigma", "tau"):
+        if name in post.data_vars and "chain" in post[name].dims:
+            out[name] = post[name].transpose("chain", "draw").values
+    if "sample_stats" in dt.children and "loglik" in dt["sample_stats"]:
+        out["loglik"] = dt["sample_stats"]["loglik"].transpose("chain", "draw").values
+    return out
+
+
+def mixing(dt: xr.DataTree):
+    """Mixing reported separately for label-invariant and per-component quantities.
+
+    Rows: the label-invariant quantities (:data:`INVARIANT`: ``X_theta``, ``sigma``,
+    ``tau``, ``loglik``), then one row per component (its column of X and row of Theta,
+    labelled by the component's name). A component whose rows fail the thresholds while
+    the invariant rows pass is not identified by the data (weakly separated from another
+    component, or crossing between labellings): its X column and Theta row are not
+    interpretable, the feature effects ``X Theta`` are.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Index ``quantity``; columns ``kind`` (``"invariant"`` or ``"component"``),
+        ``max_r_hat``, ``min_ess_bulk``, ``ok`` (r_hat and ESS within :data:`THRESHOLDS`).
+    """
+    import pandas as pd
+
+    rows = []
+    for name, a in invariant_draws(dt).items():
+        rows.append((name, "invariant") + _rhat_ess([a]))
+    post = dt["posterior"]
+    for c in post["component"].values:
+        arrays = [post["theta"].sel(component=c).transpose("chain", "draw", ...).values]
+        if "chain" in post["X"].dims:
+            arrays.append(post["X"].sel(component=c).transpose("chain", "draw", ...).values)
+        rows.append((str(c), "component") + _rhat_ess(arrays))
+    table = pd.DataFrame(rows, columns=["quantity", "kind", "max_r_hat", "min_ess_bulk"]).set_index("quantity")
+    good = (table["max_r_hat"] <= THRESHOLDS["max_r_hat"]) & (table["min_ess_bulk"] >= THRESHOLDS["min_ess_bulk"])
+    table["ok"] = good | table["max_r_hat"].isna()
+    return table
 
 
 def warn_diagnostics(dt: xr.DataTree, stacklevel: int = 3) -> dict:
-    """:func:`diagnostics`, with a :class:`SamplingWarning` when a threshold fails."""
+    """:func:`diagnostics`, with a :class:`SamplingWarning` when a threshold fails; when
+    the label-invariant quantities mix but some components do not, the warning names
+    those components as not identified by the data (:func:`mixing`)."""
     d = diagnostics(dt)
     problems = []
     if d["max_r_hat"] > THRESHOLDS["max_r_hat"]:
@@ -181,5 +257,24 @@ def warn_diagnostics(dt: xr.DataTree, stacklevel: int = 3) -> dict:
     if d["divergences"]:
         problems.append(f"{d['divergences']} divergent transitions")
     if problems:
-        warnings.warn("sampler diagnostics: " + "; ".join(problems), SamplingWarning, stacklevel=stacklevel)
+        msg = "sampler diagnostics: " + "; ".join(problems)
+        if d["max_r_hat"] > THRESHOLDS["max_r_hat"] or d["min_ess_bulk"] < THRESHOLDS["min_ess_bulk"]:
+            msg += _identification_note(dt)
+        warnings.warn(msg, SamplingWarning, stacklevel=stacklevel)
     return d
+
+
+def _identification_note(dt: xr.DataTree) -> str:
+    """The sentence naming the components that do not mix while the invariant quantities do."""
+    if dt["posterior"].sizes.get("component", 1) < 2 or "chain" not in dt["posterior"]["X"].dims:
+        return ""
+    table = mixing(dt)
+    inv, comp = table[table["kind"] == "invariant"], table[table["kind"] == "component"]
+    bad = list(comp.index[~comp["ok"]])
+    if not bad:
+        return ""
+    if inv["ok"].all():
+        return (f". Components {bad} are not identified by the data (their X columns and Theta rows do not mix; "
+                "the label-invariant quantities X Theta, sigma, tau and the log-likelihood do): interpret X Theta, "
+                "not those components (bayes.mixing has the table)")
+    return f". Components {bad} do not mix, nor do the label-invariant quantities (bayes.mixing has the table)"

@@ -168,6 +168,61 @@ def theta_conditional(stats: Stats, X, sigma2, tau2, scale):
     return cho_solve((L, True), rhs), L
 
 
+def theta_marginal(stats: Stats, X, sigma2, tau2, scale):
+    """Theta integrated out: ``log p(Y | X, sigma, tau)`` under ``vec(Theta) ~ N(0, scale^2 I)``,
+    with the mean and Cholesky factor of the precision of Theta's Gaussian conditional.
+
+    The log-likelihood is quadratic in ``theta = vec(Theta)``:
+    ``l(theta) = l(0) + g'theta - theta'H theta / 2`` (:func:`theta_conditional` builds
+    ``H + I / scale^2 = L L'`` and its mean ``m = (H + I / scale^2)^-1 g``), so
+    ``log p(Y | X, sigma, tau) = l(0) - d log(scale) - log det L + |L'm|^2 / 2``
+    (``d = QK``), an O(B P^2 Q + (QK)^3) evaluation whatever N.
+
+    Returns ``(log marginal likelihood, mean (QK,), L (QK, QK) lower)``.
+    """
+    mean, L = theta_conditional(stats, X, sigma2, tau2, scale)
+    d = mean.shape[0]
+    l0 = loglik(stats, X, jnp.zeros((X.shape[-1], stats.AA.shape[-1]), dtype=mean.dtype), sigma2, tau2)
+    Lm = L.T @ mean
+    return l0 - d * jnp.log(scale) - jnp.sum(jnp.log(jnp.diagonal(L))) + 0.5 * jnp.dot(Lm, Lm), mean, L
+
+
+def theta_draw(mean, L, e, rank: int):
+    """Theta (..., Q, K) from standard-normal ``e`` (..., QK): ``vec(Theta) = mean + L'^-1 e``,
+    a draw from the Gaussian conditional of :func:`theta_conditional` (column-major vec)."""
+    v = mean + solve_triangular(L.T, jnp.reshape(e, (-1, mean.shape[0])).T, lower=False).T
+    return jnp.swapaxes(v.reshape(jnp.shape(e)[:-1] + (-1, rank)), -1, -2)
+
+
+def theta_truncated(mean, L, key, rank: int, sweeps: int = 20):
+    """Theta (Q x K) from the Gaussian conditional N(mean, (L L')^-1) restricted to
+    ``Theta >= 0``, by ``sweeps`` Gibbs sweeps over the entries (each an exact draw of a
+    univariate truncated normal by the inverse CDF, in the tail's log scale) from the
+    mean clipped at 0: an approximate draw whose error vanishes as ``sweeps`` grows."""
+    import jax
+    from jax.scipy.special import log_ndtr, ndtri
+
+    prec = L @ L.T
+    d = mean.shape[0]
+    diag = jnp.diagonal(prec)
+
+    def entry(carry, i):
+        v, key = carry
+        key, k = jax.random.split(key)
+        m = mean[i] - (jnp.dot(prec[i], v - mean) - diag[i] * (v[i] - mean[i])) / diag[i]
+        sd = 1.0 / jnp.sqrt(diag[i])
+        a = -m / sd  # lower bound in standard units; draw z >= a with P(Z >= z) = u P(Z >= a)
+        u = jax.random.uniform(k, minval=1e-300)
+        z = -ndtri(jnp.exp(jnp.log(u) + log_ndtr(-a)))
+        return (v.at[i].set(jnp.maximum(m + sd * z, 0.0)), key), None
+
+    def sweep(carry, _):
+        return jax.lax.scan(entry, carry, jnp.arange(d))[0], None
+
+    (v, _), _ = jax.lax.scan(sweep, (jnp.maximum(mean, 0.0), key), None, length=sweeps)
+    return v.reshape(-1, rank).T
+
+
 def _theta_sheared(stats, X, sigma2, tau2, rank, K, nonneg, scale):
     """Theta in coordinates centred and scaled by its Gaussian conditional given X, sigma
     and tau (:func:`theta_conditional`): ``v = mean + L'^-1 delta``, Theta = v (free) or
@@ -220,11 +275,17 @@ def joint(Y, A, rank: int, nonneg: bool = False, priors: dict | None = None, *, 
         Unconstrained coordinates of X's columns (and, ``"folded"``, of non-negative
         Theta); the same prior either way. ``"folded"`` has sites ``X_raw`` (and
         ``theta_raw``) with ``X_columns`` (and ``theta``) deterministic.
-    theta_coords : {"direct", "conditional"}
+    theta_coords : {"direct", "conditional", "marginal"}
         ``"conditional"`` (with data, and the folded simplex or free Theta): Theta is
         ``mean + L'^-1 theta_delta`` with (mean, L L') its Gaussian conditional given X,
         sigma, tau (:func:`theta_conditional`; ``|.|`` for non-negative Theta), an exact
         change of coordinates (site ``theta_delta``, ``theta`` deterministic).
+        ``"marginal"`` (with data): Theta integrated out in closed form under its Normal
+        prior (:func:`theta_marginal`); the sites are X, sigma and tau, and the density
+        is their exact marginal posterior for free Theta. For non-negative Theta it is the
+        density of the free-Theta model with the same (normal) scale, whose restriction to
+        ``Theta >= 0`` is the half-normal model: :mod:`bayes.compiled` corrects for the
+        restriction with an exact accept/reject step on a draw of Theta.
     """
     if Y is None and P is None:
         raise ValueError("joint(Y=None, ...) needs P (the number of features; formerly n_features)")
@@ -232,6 +293,11 @@ def joint(Y, A, rank: int, nonneg: bool = False, priors: dict | None = None, *, 
     P = P_data if P_data is not None else int(P)
     p = resolve_priors(Y, rank, priors)
     X = numpyro.deterministic("X", _x_columns(P, rank, p["x_concentration"], simplex).T)
+    if theta_coords == "marginal" and Y is not None:
+        sigma2, tau2 = _variances(p)
+        stats = Y if isinstance(Y, Stats) else statistics(Y, A)
+        numpyro.factor("Y", theta_marginal(stats, X, sigma2, tau2, p["theta_scale"])[0])
+        return
     if theta_coords == "conditional" and Y is not None and (simplex == "folded" or not nonneg):
         sigma2, tau2 = _variances(p)
         stats = Y if isinstance(Y, Stats) else statistics(Y, A)

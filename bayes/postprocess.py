@@ -88,6 +88,7 @@ def to_datatree(spec: ModelSpec, s: compiled.Settings, draws: dict, stats: dict,
         draws["sigma"] = np.sqrt(spec.sigma2_fixed)
         draws["tau"] = np.sqrt(spec.sigma2_fixed / fit.lam)
     stats["tree_depth"] = np.floor(np.log2(np.asarray(stats["n_steps"]) + 1)).astype(int)
+    stats["loglik"] = draw_loglik(spec, draws)
     U = None
     if key_u is not None:
         rng = np.random.default_rng(np.asarray(jax.random.key_data(key_u)).ravel().tolist())
@@ -99,6 +100,34 @@ def to_datatree(spec: ModelSpec, s: compiled.Settings, draws: dict, stats: dict,
                                                                  "chain_method", "target_accept", "mass",
                                                                  "adapt_mass", "simplex")})}
     return datatree.build(draws, stats, fit, data, spec.name, attrs, U=U, yrep=yrep)
+
+
+def _loglik_fn():
+    import jax
+
+    from .likelihood import loglik
+
+    fn = _PREDICTIVE.get("loglik")
+    if fn is None:
+        fn = _PREDICTIVE["loglik"] = jax.jit(jax.vmap(loglik, in_axes=(None, 0, 0, 0, 0)))
+    return fn
+
+
+def draw_loglik(spec: ModelSpec, draws: dict) -> np.ndarray:
+    """The marginal log-likelihood (U integrated out, all units) of every draw, (chain, draw):
+    a label-invariant scalar for the mixing checks (:func:`bayes.datatree.mixing`)."""
+    import jax
+
+    th = np.asarray(draws["theta"], float)
+    lead = th.shape[:2]
+    X = np.broadcast_to(np.asarray(draws["X"], float) if "X" in draws else _f(spec.fit.solution.X),
+                        lead + (spec.data.P, th.shape[-2]))
+    s2 = np.broadcast_to(np.asarray(draws["sigma"], float) ** 2, lead)
+    t2 = np.broadcast_to(np.asarray(draws["tau"], float) ** 2, lead)
+    flat = lambda a: a.reshape((-1,) + a.shape[2:])  # noqa: E731
+    with jax.enable_x64(True):
+        ll = _loglik_fn()(spec.stats, flat(X), flat(th), flat(s2), flat(t2))
+    return np.asarray(ll).reshape(lead)
 
 
 def _predictive_fn(s: compiled.Settings):

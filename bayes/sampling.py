@@ -43,7 +43,7 @@ __all__ = ["CHAIN_METHODS", "MODELS", "ModelSpec", "Sampler", "SamplingWarning",
 CHAIN_METHODS = ("parallel", "sequential", "vectorized")
 MASSES = ("auto", "dense", "diag")
 SIMPLEXES = ("folded", "ilr", "stickbreaking")
-THETA_COORDS = ("conditional", "direct")
+THETA_COORDS = ("conditional", "direct", "marginal")
 
 
 class Sampler:
@@ -89,10 +89,14 @@ class Sampler:
     jitter : float
         Chains start at the Laplace mode plus ``jitter`` times a draw from it.
     max_tree_depth : int
-    theta_coords : {"direct", "conditional"}
+    theta_coords : {"direct", "conditional", "marginal"}
         Coordinates of Theta in the joint model: ``"conditional"`` samples it centred
         and scaled by its Gaussian conditional given X, sigma and tau (an exact shear,
-        :func:`bayes.models.theta_conditional`; folded simplex or free Theta only).
+        :func:`bayes.models.theta_conditional`; folded simplex or free Theta only);
+        ``"marginal"`` integrates it out (NUTS on X, sigma, tau only, on the closed-form
+        marginal :func:`bayes.models.theta_marginal`) and draws it from its conditional
+        after every transition (non-negative Theta: with an exact pseudo-marginal
+        accept/reject step, :func:`bayes.compiled.theta_sampler`).
     relabel : bool
         Relabel components draw by draw (:func:`relabel_draws`) rather than chain by
         chain (rank > 1, joint model).

@@ -100,8 +100,31 @@ def _run(vs: VISettings, key, init, args):
     state = svi.init(key_init, *args, init_params=laplace_params(vs.guide, z, cov, vs.guide_rank))
     state, losses = jax.lax.scan(lambda st, _: svi.stable_update(st, *args), state, None, length=vs.num_steps)
     params = svi.get_params(state)
+    key_draw, key_theta = jax.random.split(key_draw)
     pred = Predictive(model, guide=guide, params=params, num_samples=vs.num_draws, return_sites=SITES)
-    return pred(key_draw, *args), losses
+    draws = pred(key_draw, *args)
+    if compiled.marginal(vs.base):  # Theta integrated out: drawn from its conditional given each draw
+        draws["theta"] = _theta_draws(vs.base, args, draws, key_theta)
+    return draws, losses
+
+
+def _theta_draws(s: compiled.Settings, args, draws, key):
+    """Theta given each guide draw of (X, sigma, tau): its Gaussian conditional (free) or
+    that restricted to Theta >= 0 (Gibbs sweeps, :func:`bayes.models.theta_truncated`)."""
+    import jax
+
+    from . import models
+
+    stats, priors = args
+
+    def one(X, sigma, tau, k):
+        mean, L = models.theta_conditional(stats, X, sigma**2, tau**2, priors["theta_scale"])
+        if s.nonneg:
+            return models.theta_truncated(mean, L, k, s.rank)
+        return models.theta_draw(mean, L, jax.random.normal(k, mean.shape), s.rank)
+
+    keys = jax.random.split(key, draws["X"].shape[0])
+    return jax.vmap(one)(draws["X"], draws["sigma"], draws["tau"], keys)
 
 
 def _runner(vs: VISettings):
@@ -145,7 +168,7 @@ def elbo_settled(elbo: np.ndarray, window: float = 0.1, tol: float = 0.5) -> tup
 def fit_vi(Y, A=None, rank: int = 1, *, model: str = "joint", guide: str = "full", fit=None,
            theta: str = "free", priors: dict | None = None, num_steps: int = 3000, learning_rate: float = 0.005,
            num_particles: int = 4, num_samples: int = 1000, num_chains: int = 4, guide_rank: int | None = None,
-           simplex: str = "folded", seed=0, warn: bool = True) -> xr.DataTree:
+           simplex: str = "folded", theta_coords: str = "direct", seed=0, warn: bool = True) -> xr.DataTree:
     """Variational approximation of the posterior (NumPyro SVI with an AutoGuide).
 
     Parameters
@@ -167,6 +190,12 @@ def fit_vi(Y, A=None, rank: int = 1, *, model: str = "joint", guide: str = "full
     simplex : {"folded", "ilr", "stickbreaking"}
         Unconstrained coordinates of X's columns (and, ``"folded"``, of non-negative
         Theta), as for :func:`bayes.sample`.
+    theta_coords : {"direct", "marginal"}
+        ``"marginal"`` (joint model): Theta integrated out, the guide covers X, sigma and
+        tau only and Theta is drawn from its exact conditional given each guide draw (for
+        non-negative Theta the guide fits the free-Theta marginal and Theta is drawn from
+        the conditional restricted to Theta >= 0): the spread that X's uncertainty adds
+        to Theta is carried by the conditional, not by the Gaussian guide.
     seed : int, numpy.random.Generator or JAX PRNG key
     warn : bool
         :class:`VIWarning` when the ELBO has not settled.
@@ -183,7 +212,8 @@ def fit_vi(Y, A=None, rank: int = 1, *, model: str = "joint", guide: str = "full
     v.choice(simplex, "simplex", ("ilr", "stickbreaking", "folded"))
     data = coerce(Y, A)
     sampler = sampling.Sampler(model, rank, data.P, None, data.K, theta=theta, num_samples=num_samples,
-                               num_chains=num_chains, simplex=simplex)
+                               num_chains=num_chains, simplex=simplex,
+                               theta_coords=v.choice(theta_coords, "theta_coords", ("direct", "marginal")))
     spec = sampler.spec(Y, A, fit=fit, priors=priors)
     base = dataclasses.replace(sampler.settings_for(spec), num_warmup=0, num_samples=0, num_chains=0)
     vs = VISettings(base, guide, None if guide_rank is None else v.integer(guide_rank, "guide_rank"),
@@ -205,7 +235,8 @@ def _datatree(spec, vs: VISettings, draws: dict, elbo: np.ndarray, warn: bool) -
              "inference_library": "numpyro", "approximate": True, "method": "SVI", "guide": vs.guide,
              "elbo": float(np.mean(elbo[-max(len(elbo) // 10, 1):])), "elbo_settled": int(settled),
              "vi_settings": str({"num_steps": vs.num_steps, "learning_rate": vs.learning_rate,
-                                 "num_particles": vs.num_particles, "simplex": vs.base.simplex})}
+                                 "num_particles": vs.num_particles, "simplex": vs.base.simplex,
+                                 "theta_coords": vs.base.theta_coords})}
     dt = datatree.build(draws, None, spec.fit, spec.data, spec.name, attrs)
     dt["variational"] = xr.DataTree(xr.Dataset({"elbo": ("step", elbo)}, coords={"step": np.arange(len(elbo))}))
     if warn and not settled:

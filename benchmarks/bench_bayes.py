@@ -14,9 +14,16 @@ Then, at 20 x 300: the sampler geometry (mass dense/diag x simplex folded/ilr/
 stick-breaking, and Theta in conditional coordinates), and the variational twin
 (:func:`bayes.fit_vi`) against the NUTS posterior standard deviations.
 
-Run: ``python benchmarks/bench_bayes.py [--quick] [--full]`` (``--quick``: a smoke run
-with short chains, no 50 x 1000 case and a reduced geometry grid). On a shared machine,
-pin it, e.g. ``taskset -c 1`` with
+``--marginal``: the ladder of issue 18 instead, Theta integrated out
+(``theta_coords="marginal"``, dense and diagonal mass) against the defaults, on
+``--data-seeds`` (default 11 12: at least two data sets per size), with the diagnostics
+of Theta/sigma/tau, of X, of the label-invariant quantities (``bayes.mixing``: X Theta,
+sigma, tau, log-likelihood), the gradient evaluations and ESS per 1000 of them (what a
+loaded machine does not change), and the VI twin with Theta integrated out.
+
+Run: ``python benchmarks/bench_bayes.py [--quick] [--full] [--marginal]`` (``--quick``: a
+smoke run with short chains, no 50 x 1000 case and a reduced geometry grid). On a shared
+machine, pin it, e.g. ``taskset -c 1`` with
 ``XLA_FLAGS="--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"``.
 """
 
@@ -38,12 +45,12 @@ BASELINE = {"simplex": "stickbreaking", "mass": "diag"}
 TARGETS = {"max_r_hat": 1.01, "min_ess_bulk": 400}
 
 
-def _data(case):
+def _data(case, seed=0):
     if case == "orthodont":
         Y, A = nmfre.load_orthodont()
         return Y, A, 1, "free"
     P, N, Q, K = case
-    d = block_sparse(P=P, N=N, rank=Q, K=K, seed=0)
+    d = block_sparse(P=P, N=N, rank=Q, K=K, seed=seed)
     return d["Y"], d["A"], Q, "nonneg"
 
 
@@ -129,14 +136,67 @@ def vi(quick, data):
     print("  mean shift / NUTS sd:    ", np.array2string((m_v - m_n) / s_n, precision=2).replace("\n", ""))
 
 
+MARGINAL = ({}, {"theta_coords": "marginal", "mass": "dense"}, {"theta_coords": "marginal", "mass": "diag"})
+
+
+def marginal_ladder(quick, full, seeds):
+    """Issue 18's ladder: defaults against Theta integrated out, per data set."""
+    n = 200 if quick else 500
+    cases = [("20x300 Q=2", (20, 300, 2, 2), 20.0)]
+    if not quick:
+        cases.append(("50x1000 Q=3", (50, 1000, 3, 2), 120.0))
+    if full:
+        cases.append(("100x2000 Q=5 K=4", (100, 2000, 5, 4), 600.0))
+    print(f"\nMarginal ladder: 4 x ({n} + {n}), data seeds {seeds}, compilation included")
+    print(f"  {'case':<18} {'seed':>4} {'setting':<34} {'time s':>7} {'r_hat':>6} {'ESS':>5} {'X r_hat':>7} "
+          f"{'X ESS':>5} {'inv r_hat':>9} {'inv ESS':>7} {'div':>4} {'grads':>8} {'ESS/kgrad':>9} {'accept':>6}")
+    for name, case, _budget in cases:
+        for sd in seeds:
+            Y, A, Q, theta = _data(case, sd)
+            fit = nmfre.fit(Y, A, rank=Q, theta=theta)
+            for settings in MARGINAL:
+                el, dg, post = nuts(Y, A, Q, theta, fit, n, n, **settings)
+                dx = bayes.diagnostics(post, var_names=("X",))
+                di = bayes.diagnostics(post, invariant=True)
+                ss = post["sample_stats"]
+                grads = float(ss["n_steps"].sum())
+                acc = float(ss["theta_accept"].mean()) if "theta_accept" in ss else float("nan")
+                print(f"  {name:<18} {sd:>4} {_label(settings):<34} {el:7.1f} {dg['max_r_hat']:6.3f} "
+                      f"{dg['min_ess_bulk']:5.0f} {dx['max_r_hat']:7.3f} {dx['min_ess_bulk']:5.0f} "
+                      f"{di['max_r_hat']:9.3f} {di['min_ess_bulk']:7.0f} {dg['divergences']:4d} {grads:8.0f} "
+                      f"{1000 * min(dg['min_ess_bulk'], dx['min_ess_bulk']) / grads:9.2f} {acc:6.3f}", flush=True)
+            if case[0] == 20:
+                vi_marginal(Y, A, Q, theta, fit, sd, quick)
+
+
+def vi_marginal(Y, A, Q, theta, fit, sd, quick):
+    """VI with Theta integrated out against a long NUTS run (Theta integrated out, dense mass)."""
+    el, dg, ref = nuts(Y, A, Q, theta, fit, 1000, 1000, theta_coords="marginal", mass="dense")
+    _, s_n = _theta_sd(ref)
+    for tc in ("direct", "marginal"):
+        t = time.perf_counter()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            q = bayes.fit_vi(Y, A, Q, fit=fit, theta=theta, num_steps=300 if quick else 3000, seed=1, theta_coords=tc)
+        t = time.perf_counter() - t
+        ratio = _theta_sd(q)[1] / s_n
+        print(f"    VI theta_coords={tc:<9} {t:6.1f} s: Theta sd / NUTS sd (reference r_hat {dg['max_r_hat']:.3f}, "
+              f"ESS {dg['min_ess_bulk']:.0f}) {np.array2string(ratio.ravel(), precision=2)}", flush=True)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="smoke run: short chains, small grid")
     ap.add_argument("--full", action="store_true", help="add the 100 x 2000, Q = 5 case")
+    ap.add_argument("--marginal", action="store_true", help="issue 18's ladder: Theta integrated out vs defaults")
+    ap.add_argument("--data-seeds", type=int, nargs="+", default=[11, 12], help="data sets of --marginal")
     a = ap.parse_args(argv)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", bayes.SamplingWarning)
         warnings.simplefilter("ignore", nmfre.ConvergenceWarning)
+        if a.marginal:
+            marginal_ladder(a.quick, a.full, a.data_seeds)
+            return
         out = ladder(a.quick, a.full)
         mid = out[(20, 300, 2, 2)]
         geometry(a.quick, mid)

@@ -6,7 +6,12 @@ From cheapest to fullest: model-based SE, sandwich SE and one-step wild bootstra
 equal N(theta_hat, I^-1)), the posterior conditional on X-hat only, and the full joint
 posterior (how much does conditioning on X-hat understate uncertainty?).
 
-Run: ``python examples/bayes_vs_bootstrap.py [--quick] [--out DIR]``.
+``--large`` adds the 50 x 1000 rung (block-sparse data, Q = 3, K = 2, free Theta): the
+bootstrap against the conditional and joint posteriors, the joint one with Theta
+integrated out (``theta_coords="marginal"``, dense mass; issue 18), with a smaller refit
+bootstrap (100 replicates) and 4 x (500 + 500) draws.
+
+Run: ``python examples/bayes_vs_bootstrap.py [--quick] [--large] [--out DIR]``.
 """
 
 from __future__ import annotations
@@ -24,13 +29,16 @@ import bayes  # noqa: E402
 import nmfre  # noqa: E402
 
 
-def ladder(name, Y, A, rank, args, out: Path) -> pd.DataFrame:
+def ladder(name, Y, A, rank, args, out: Path, large: bool = False) -> pd.DataFrame:
     q = args.quick
     fit = nmfre.fit(Y, A, rank=rank, n_init=1 if q else 3, seed=1)
     one = fit.infer(n_boot=400 if q else 4000, seed=1)
-    refit = fit.infer(n_boot=40 if q else 400, seed=2, method="refit")
-    kw = dict(fit=fit, num_warmup=300 if q else 1000, num_samples=300 if q else 1000, seed=3)
-    posts = {m: bayes.sample(Y, A, rank, model=m, **kw) for m in ("conditional", "conditional_x", "joint")}
+    refit = fit.infer(n_boot=40 if q else (100 if large else 400), seed=2, method="refit")
+    n = 300 if q else (500 if large else 1000)
+    kw = dict(fit=fit, num_warmup=n, num_samples=n, seed=3)
+    joint = {"theta_coords": "marginal", "mass": "dense"} if large else {}
+    posts = {m: bayes.sample(Y, A, rank, model=m, **kw, **(joint if m == "joint" else {}))
+             for m in ("conditional", "conditional_x", "joint")}
     table = bayes.compare(one, *posts.values(), names=list(posts))
     rt = refit.table
     table.insert(5, "refit_boot_low", rt["ci_low"].to_numpy())
@@ -63,12 +71,17 @@ def main(args) -> dict:
     d = nmfre.simulate.rank2(N=120 if args.quick else 200, seed=0)
     Y2, A2 = d["Y"].values, d["A"].values
     t2 = ladder("rank2", Y2, A2, 2, args, out)
-    return {"orthodont": t1, "rank2": t2}
+    result = {"orthodont": t1, "rank2": t2}
+    if args.large:
+        d = nmfre.simulate.block_sparse(P=50, N=1000, rank=3, K=2, seed=11)
+        result["block50x1000"] = ladder("block50x1000", d["Y"].values, d["A"].values, 3, args, out, large=True)
+    return result
 
 
 def parse(argv=None):
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--quick", action="store_true", help="small, fast run")
+    p.add_argument("--large", action="store_true", help="add the 50 x 1000, Q = 3 rung")
     p.add_argument("--out", default="bayes-vs-bootstrap-out", help="folder for tables and figures")
     return p.parse_args(argv)
 

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 pytest.importorskip("sklearn")
@@ -71,3 +72,37 @@ def test_case_selection():
     assert len(bench.select(cases, "small")) == 10
     with pytest.raises(SystemExit, match="unknown case"):
         bench.select(cases, "nope")
+
+
+ITER_SCRIPT = Path(__file__).parent.parent / "benchmarks" / "bench_iterations.py"
+
+
+def test_iteration_ladder_quick_runs_every_rung(tmp_path):
+    """benchmarks/bench_iterations.py --quick: every rung, two seeds and both noise levels,
+    nmfre and scikit-learn on each data set, the summary table with one row per rung and noise."""
+    out = tmp_path / "iters.json"
+    proc = subprocess.run([sys.executable, str(ITER_SCRIPT), "--quick", "--seeds", "0,1", "--out", str(out)],
+                          capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads(out.read_text())
+    assert set(res["results"]) == {"small", "medium", "sparse"}
+    for runs in res["results"].values():
+        assert len(runs) == 4
+        for r in runs:
+            assert r["nmfre"]["converged"] and r["nmfre"]["n_iter"] >= 1
+            assert r["sklearn"]["wall_s"] > 0 and r["ratio"] > 0
+    table = [line for line in res["table"].splitlines() if line.startswith("| ") and "rung" not in line]
+    assert len(table) == 6
+
+
+def test_iteration_generator_is_not_the_tests_design():
+    """The benchmark's generator: random supports (not contiguous blocks), Theta >= 0 with
+    exact zeros, sparse Y never dense."""
+    spec = importlib.util.spec_from_file_location("bench_iterations", ITER_SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    Y, A = mod.generate(60, 300, 4, 3, seed=1)
+    assert Y.shape == (60, 300) and A.shape == (3, 300) and Y.min() >= 0
+    np.testing.assert_array_equal(A[0], 1.0)
+    Ys, _ = mod.generate(200, 400, 3, 2, seed=1, density=0.05)
+    assert hasattr(Ys, "tocsr") and abs(Ys.nnz / (200 * 400) - 0.05) < 0.02

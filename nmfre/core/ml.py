@@ -7,13 +7,16 @@ contributes the likelihood of its observed entries. The data enter only through
 in dense, gram or sparse form), so one iteration costs ``O(P^2 Q)`` in gram form,
 independent of N.
 
-:func:`fit_ml` maximises the marginal likelihood: projected Fisher scoring in (X, Theta,
-sigma2, tau2) with the expected information in closed form (assembled densely for small
-problems, or kept as its Kronecker and low-rank parts and solved by Woodbury's identity,
-:mod:`nmfre.core.newton`), each step followed by an ECME sweep (E-step for U, exact
-per-column HALS block minimisation for X on the simplex, exact GLS/NNLS for Theta, exact
-1-D profile for the variances); a SQUAREM cycle of the ECME map where scoring finds no
-decrease. Every accepted iteration does not increase the nll.
+:func:`fit_ml` maximises the marginal likelihood. An iteration is a second-order step in
+(X, Theta, sigma2, tau2) with Theta and the variances re-solved exactly along it (variable
+projection), followed by an ECME sweep (E-step for U, exact per-column HALS block
+minimisation for X on the simplex, exact GLS/NNLS for Theta, exact 1-D profile for the
+variances). The step (:func:`second_order_step`) minimises the expected-information model
+under the bounds (simplex columns, Theta >= 0: :func:`nmfre.core.trust.bound_qp`), then
+refines it on that face with the observed Hessian by truncated CG in a trust region
+(:func:`nmfre.core.trust.newton_step`; Hessian products matrix-free by complex step,
+the expected information as preconditioner). A SQUAREM cycle of the ECME map is used where
+no step decreases the nll. Every accepted iteration does not increase the nll.
 """
 
 from __future__ import annotations
@@ -23,9 +26,9 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy.optimize import nnls
 
-from . import dfcap, newton
+from . import dfcap, newton, trust
 from .basis import project_simplex, weighted_project_simplex
-from .likelihood import LAMBDA_MIN, Sufficient, nll, optimize_lambda, variances_at
+from .likelihood import LAMBDA_MAX, LAMBDA_MIN, Sufficient, nll, optimize_lambda, variances_at
 from .solution import Solution
 from .stats import Moments, Stats
 
@@ -40,6 +43,9 @@ DENSE_MAX_BLOCKS = 1500
 DEGENERATE_INDEX = -0.95
 DEGENERATE_PATIENCE = 100
 DEGENERATE_GROWTH = 1.5
+#: starting radius of the Newton steps' trust region, in the information norm (about
+#: ``radius^2 / 2`` units of nll)
+TRUST_RADIUS = 10.0
 
 
 @dataclass
@@ -73,6 +79,7 @@ class Problem:
         self.P, self.N, self.K = self.stats.P, self.stats.N, self.stats.K
         self.AAt = self.stats.AA
         self.AAt_inv = np.linalg.inv(self.AAt)
+        self.data = trust.Data.of(self.stats) if self.stats.complete else None
 
     def lam_floor(self, suff: Sufficient) -> float:
         """Smallest admissible lambda (the cap's root in the per-block df)."""
@@ -304,8 +311,9 @@ def _dnll_dlam(prob: Problem, st: State) -> float:
 
 
 def variance_directions(prob: Problem, st: State) -> list[str]:
-    """The variance coordinates that enter the Newton system (not when the cap binds)."""
-    if st.cap_active:
+    """The variance coordinates that enter the Newton system (not when the cap binds, nor at
+    either end of lambda's range, where the profile holds the variances on their bound)."""
+    if st.cap_active or st.lam <= LAMBDA_MIN * (1 + 1e-6) or st.lam >= LAMBDA_MAX * (1 - 1e-6):
         return []
     out = []
     if prob.mode in ("free", "tau2"):
@@ -441,6 +449,98 @@ def kkt_decrement(prob: Problem, st: State) -> float:
     return out
 
 
+# ----------------------------------------------------------------------------- second order
+def fisher_model(prob: Problem, st: State) -> trust.FisherModel | None:
+    """The expected-information model of the nll at ``st`` (:class:`~nmfre.core.trust.FisherModel`):
+    dense while ``PQ + QK <= DENSE_MAX`` (or for several blocks up to ``DENSE_MAX_BLOCKS``),
+    matrix-free with the structured face solves above (complete data); None for several
+    blocks above ``DENSE_MAX_BLOCKS``."""
+    n = prob.P * prob.rank + prob.rank * prob.K
+    if not prob.stats.complete and n > DENSE_MAX_BLOCKS:
+        return None
+    gX, gT, ex = gradient(prob, st)
+    parts = newton.block_parts(prob, st, ex)
+    names = variance_directions(prob, st)
+    # the variances are profiled exactly at every state (zero gradient inside lambda's range;
+    # at its ends the profile holds them on the bound): their gradient is left out, their
+    # coupling with X and Theta kept
+    gV = np.zeros(len(names))
+    dense = n <= DENSE_MAX or not prob.stats.complete
+    return trust.FisherModel(prob, st, parts, names, gX, gT, gV, dense)
+
+
+def _flat_point(prob: Problem, st: State, nV: int) -> np.ndarray:
+    return np.concatenate([st.X.ravel(), st.theta.ravel(), np.zeros(nV)])
+
+
+def qp_direction(prob: Problem, st: State):
+    """``(model, QP step)``: the bound-constrained Fisher-scoring step
+    (:func:`nmfre.core.trust.bound_qp`) and its model, or ``(None, None)``."""
+    model = fisher_model(prob, st)
+    if model is None:
+        return None, None
+    qp = trust.bound_qp(model, _flat_point(prob, st, model.nV), prob.nonneg)
+    if not np.all(np.isfinite(qp.d)):
+        return model, None
+    return model, qp
+
+
+def _varpro(prob: Problem, st: State, X: np.ndarray) -> State:
+    """The state at basis ``X`` with Theta and the variances re-solved exactly (variable
+    projection: the step searches over X only)."""
+    theta = theta_step(prob, X, st.lam)
+    s2, lam, val, _, active = profile(prob, X, theta, st.lam)
+    return State(X, theta, s2, lam, val, active)
+
+
+def _moved(X: np.ndarray, dX: np.ndarray, t: float) -> np.ndarray:
+    """``X + t dX`` clipped at 0 with unit column sums (exactly ``X + t dX`` for a feasible step)."""
+    Xn = np.maximum(X + t * dX, 0.0)
+    s = Xn.sum(axis=0)
+    return Xn / np.where(s > 0, s, 1.0)
+
+
+def second_order_step(prob: Problem, st: State, radius: float | None = None):
+    """One second-order step in X with Theta and the variances re-solved exactly along it.
+
+    The bound-constrained Fisher-scoring step (:func:`qp_direction`); with a trust
+    ``radius`` (complete data) first the bound-constrained truncated Newton step from it with
+    the observed Hessian within that radius (:func:`nmfre.core.trust.newton_step`),
+    accepted at full length when it achieves at least a tenth of its predicted decrease.
+    Otherwise the Fisher step is halved until the nll decreases. Returns ``(state or None,
+    info)`` with ``info``: ``kind`` (``"newton"``/``"fisher"``), ``t``, ``ratio`` (actual
+    over predicted decrease), ``decrement`` (the Fisher model's predicted decrease) and, when
+    a Newton step was tried, ``ratio_newton`` and ``boundary`` (it reached the radius).
+    """
+    model, qp = qp_direction(prob, st)
+    if qp is None:
+        return None, {"kind": None, "decrement": np.inf}
+    info = {"decrement": qp.decrement}
+    P, Q = prob.P, prob.rank
+    if radius is not None and prob.data is not None and qp.decrement > 0:
+        hess = trust.Hessian(prob.data, model, st.X, st.theta, st.sigma2, st.sigma2 / st.lam)
+        res = trust.newton_step(hess, model, _flat_point(prob, st, model.nV), prob.nonneg, qp, radius)
+        if res is not None and res[1] > 0:
+            dN, pred, boundary = res
+            cand = _varpro(prob, st, _moved(st.X, dN[: P * Q].reshape(P, Q), 1.0))
+            ratio = (st.nll - cand.nll) / pred
+            info.update(ratio_newton=ratio, boundary=boundary)
+            if ratio >= 0.1:
+                info.update(kind="newton", t=1.0, ratio=ratio)
+                return cand, info
+    dX = qp.d[: P * Q].reshape(P, Q)
+    t = 1.0
+    for _ in range(40):
+        cand = _varpro(prob, st, _moved(st.X, dX, t))
+        if cand.nll < st.nll:
+            pred = t * qp.decrement if t == 1.0 else np.nan
+            info.update(kind="fisher", t=t, ratio=(st.nll - cand.nll) / pred if pred > 0 else np.nan)
+            return cand, info
+        t *= 0.5
+    info["kind"] = None
+    return None, info
+
+
 # ----------------------------------------------------------------------------- driver
 def degeneracy(X: np.ndarray, theta: np.ndarray) -> tuple[float, int, int]:
     """The most negative ``cos(x_i, x_j) cos(theta_i, theta_j)`` over pairs of components,
@@ -468,14 +568,15 @@ def fit_ml(prob: Problem, X0: np.ndarray, theta0: np.ndarray | None = None,
            max_iter: int = 5000, tol: float = 1e-10) -> Solution:
     """Maximum-likelihood fit; every iteration does not increase the nll.
 
-    An iteration is a projected Fisher-scoring step (:func:`scoring_step`) followed by one
-    ECME sweep; where scoring finds no decrease, a SQUAREM cycle (Varadhan & Roland 2008)
-    of the monotone ECME map is used instead: two ECME sweeps, an extrapolation of X along
-    them (projected back onto the simplex) and a stabilising sweep, accepted only if not
-    worse than the plain sweeps. Converged when an iteration decreases the nll by less
-    than ``tol * (1 + |nll|)``, moves X by less than ``sqrt(tol)`` and
-    :func:`kkt_decrement` (the predicted decrease still available) is below
-    ``tol * (1 + |nll|)``.
+    An iteration is a second-order step (:func:`second_order_step`: the bound-constrained
+    Fisher step, refined with the observed Hessian in a trust region whose radius follows
+    the ratio of actual to predicted decrease) followed by one ECME sweep; where no step
+    decreases the nll, a SQUAREM cycle (Varadhan & Roland 2008) of the monotone ECME map is
+    used instead: two ECME sweeps, an extrapolation of X along them (projected back onto the
+    simplex) and a stabilising sweep, accepted only if not worse than the plain sweeps.
+    Converged when an iteration decreases the nll by less than ``tol * (1 + |nll|)``, moves
+    X by less than ``sqrt(tol)``, and both :func:`kkt_decrement` and the decrease the
+    bound-constrained Fisher model still predicts are below ``tol * (1 + |nll|)``.
 
     A sign-free fit stops early with ``stop_reason="degenerate"`` (not converged) when
     :func:`degeneracy` stays below ``DEGENERATE_INDEX`` for ``DEGENERATE_PATIENCE``
@@ -494,10 +595,17 @@ def fit_ml(prob: Problem, X0: np.ndarray, theta0: np.ndarray | None = None,
     watch = not prob.nonneg and prob.rank >= 2
     since: tuple[int, float] | None = None  # (iteration, max |Theta|) when the index first fell
     n_iter = 0
-    direction = scoring_direction(prob, st)
+    radius = TRUST_RADIUS
     while n_iter < max_iter:
         n_iter += 1
-        new = scoring_step(prob, st, direction)
+        new, info = second_order_step(prob, st, radius)
+        rn = info.get("ratio_newton")
+        if rn is not None:  # the trust region of the Newton steps
+            if rn < 0.25:
+                radius /= 4.0
+            elif rn > 0.75 and info.get("boundary"):
+                radius *= 2.0
+            radius = min(max(radius, 1e-3), 1e6)
         if new is None:
             new, step_max = _squarem_cycle(prob, st, step_max, mstep)
         else:
@@ -510,12 +618,10 @@ def fit_ml(prob: Problem, X0: np.ndarray, theta0: np.ndarray | None = None,
             hits.append(n_iter)
         thr = tol * (1.0 + abs(st.nll))
         if dec <= thr and dx <= np.sqrt(tol) and kkt_decrement(prob, st) <= thr:
-            direction = scoring_direction(prob, st)
-            if direction is None or direction.decrement <= thr:
+            _, qp = qp_direction(prob, st)
+            if qp is None or qp.decrement <= thr:
                 converged, reason = True, "tol"
                 break
-        else:
-            direction = scoring_direction(prob, st)
         if watch:
             size = float(np.max(np.abs(st.theta)))
             if degeneracy(st.X, st.theta)[0] > DEGENERATE_INDEX:

@@ -20,9 +20,11 @@ eliminated through a small Schur complement (:func:`structured_kkt`).
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.linalg import LinAlgWarning, lu_factor, lu_solve
 
 
 @dataclass(frozen=True)
@@ -187,46 +189,117 @@ class _Woodbury:
         return Y1 - self._binv(corr * self.mask[:, :, None])
 
 
-def structured_kkt(prob, st, p: Parts, names: list[str], gX: np.ndarray, gT: np.ndarray,
-                   free: np.ndarray):
-    """The Newton step of :func:`dense_kkt` for complete data without forming ``F``.
+class StructuredKKT:
+    """The projected Newton system of :func:`dense_kkt` for complete data, factorised once for
+    a set of ``free`` coordinates and solved for any gradient without forming ``F``.
 
     Solves ``[[F_ff, E'], [E, 0]] [delta, mu] = [-g_f, 0]`` (same ridge as the dense
-    solver) by Woodbury on the X block and a Schur complement of size
-    ``QK + nV + Q`` for Theta, the variances and the column-sum constraints.
+    solver) by Woodbury on the X block and a Schur complement of size ``QK + nV + Q`` for
+    Theta, the variances and the column-sum constraints. Factorising costs
+    ``O(P Q^4 + Q^6)``; each solve ``O(P Q^2 (QK + nV + Q))``. Raises
+    ``numpy.linalg.LinAlgError`` when singular.
     """
-    P, Q, K = prob.P, prob.rank, prob.K
-    s2 = st.sigma2
-    nV = len(names)
-    n = P * Q + Q * K
-    mask = free[: P * Q].reshape(P, Q)
-    tfree = np.flatnonzero(free[P * Q:n])
-    FX, FT = information_diagonal(prob, st, [p])
-    FV, vcols, gV = _variance_terms(p, s2, st.lam, names) if nV else (np.zeros((0, 0)), [], np.zeros(0))
-    FTT = np.einsum("ab,kl->akbl", p.W, p.AA).reshape(Q * K, Q * K)[np.ix_(tfree, tfree)]
-    diag = np.concatenate([FX[mask], np.diag(FTT), np.diag(FV)])
-    ridge = 1e-10 * np.mean(np.abs(diag))
-    try:
-        A = _Woodbury(p, s2, mask, np.full((P, Q), ridge))
+
+    def __init__(self, prob, st, p: Parts, names: list[str], free: np.ndarray):
+        P, Q, K = prob.P, prob.rank, prob.K
+        s2 = st.sigma2
+        nV = len(names)
+        n = P * Q + Q * K
+        self.P, self.Q, self.K, self.nV, self.n = P, Q, K, nV, n
+        self.mask = mask = free[: P * Q].reshape(P, Q)
+        self.tfree = tfree = np.flatnonzero(free[P * Q:n])
+        FX, FT = information_diagonal(prob, st, [p])
+        FV, vcols, _ = _variance_terms(p, s2, st.lam, names) if nV else (np.zeros((0, 0)), [], np.zeros(0))
+        FTT = np.einsum("ab,kl->akbl", p.W, p.AA).reshape(Q * K, Q * K)[np.ix_(tfree, tfree)]
+        diag = np.concatenate([FX[mask], np.diag(FTT), np.diag(FV)])
+        ridge = 1e-10 * np.mean(np.abs(diag))
+        self.A = A = _Woodbury(p, s2, mask, np.full((P, Q), ridge))
         # columns coupling X with (Theta, variances, multipliers)
-        cols = [np.einsum("p,q->pq", p.Z[:, j], p.TAA[:, k]) for j, k in zip(*np.divmod(tfree, K), strict=True)]
+        cols = [np.outer(p.Z[:, j], p.TAA[:, k]) for j, k in zip(*np.divmod(tfree, K), strict=True)]
         cols += vcols
         cols += [np.where(mask & (np.arange(Q)[None, :] == q), 1.0, 0.0) for q in range(Q)]
         Bx = np.stack(cols, axis=-1) if cols else np.zeros((P, Q, 0))
-        sol = A.solve(np.concatenate([gX[:, :, None], Bx], axis=-1))
-        Ag, ABx = sol[:, :, 0], sol[:, :, 1:]
+        self.Bm = Bx * mask[:, :, None]
+        self.ABx = A.solve(Bx)
         m_eta = tfree.size + nV
         Deta = np.zeros((m_eta + Q, m_eta + Q))
         Deta[: tfree.size, : tfree.size] = FTT + ridge * np.eye(tfree.size)
         Deta[tfree.size:m_eta, tfree.size:m_eta] = FV + ridge * np.eye(nV)
-        Mx = np.einsum("pqa,pqb->ab", Bx * mask[:, :, None], ABx)
-        ry = np.concatenate([-gT.ravel()[tfree], -gV, np.zeros(Q)]) + np.einsum("pqa,pq->a", Bx * mask[:, :, None], Ag)
-        y = np.linalg.solve(Deta - Mx, ry)
+        m = Bx.shape[2]
+        self.Bm2 = self.Bm.reshape(P * Q, m)
+        self.ABx2 = self.ABx.reshape(P * Q, m)
+        Mx = self.Bm2.T @ self.ABx2
+        S = Deta - Mx
+        if not np.all(np.isfinite(S)):
+            raise np.linalg.LinAlgError("non-finite Schur complement")
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", LinAlgWarning)
+            try:
+                self.schur = lu_factor(S, check_finite=False)
+            except LinAlgWarning as exc:
+                raise np.linalg.LinAlgError(str(exc)) from exc
+        if np.any(np.diag(self.schur[0]) == 0):
+            raise np.linalg.LinAlgError("singular Schur complement")
+        self.m_eta = m_eta
+
+    def solve(self, gX: np.ndarray, gT: np.ndarray, gV: np.ndarray) -> np.ndarray:
+        """The step ``delta`` (length ``PQ + QK + nV``) for gradient ``(gX, gT, gV)``."""
+        P, Q, n, tfree = self.P, self.Q, self.n, self.tfree
+        Ag = self.A.solve(gX[:, :, None])[:, :, 0]
+        ry = np.concatenate([-gT.ravel()[tfree], -np.asarray(gV, dtype=float), np.zeros(Q)])
+        ry = ry + self.Bm2.T @ Ag.ravel()
+        y = lu_solve(self.schur, ry, check_finite=False)
+        dx = -Ag - (self.ABx2 @ y).reshape(P, Q)
+        delta = np.zeros(n + self.nV)
+        delta[: P * Q] = (dx * self.mask).ravel()
+        delta[P * Q + tfree] = y[: tfree.size]
+        delta[n:] = y[tfree.size:self.m_eta]
+        return delta
+
+
+def structured_kkt(prob, st, p: Parts, names: list[str], gX: np.ndarray, gT: np.ndarray,
+                   free: np.ndarray, gV: np.ndarray | None = None):
+    """The Newton step of :func:`dense_kkt` for complete data without forming ``F``
+    (:class:`StructuredKKT`); None when singular. ``gV``: the variance gradient (default:
+    the state's)."""
+    if gV is None:
+        gV = _variance_terms(p, st.sigma2, st.lam, names)[2] if names else np.zeros(0)
+    try:
+        return StructuredKKT(prob, st, p, names, free).solve(gX, gT, gV)
     except np.linalg.LinAlgError:
         return None
-    dx = -Ag - np.einsum("pqa,a->pq", ABx, y)
-    delta = np.zeros(n + nV)
-    delta[: P * Q] = (dx * mask).ravel()
-    delta[P * Q + tfree] = y[: tfree.size]
-    delta[n:] = y[tfree.size:m_eta]
-    return delta
+
+
+# ----------------------------------------------------------------------------- matrix-free
+def fisher_product(prob, st, parts: list[Parts], names: list[str], dX: np.ndarray, dT: np.ndarray,
+                   dV: np.ndarray | None = None, vterms: list | None = None):
+    """The expected information times a direction, ``F (vec_row dX, vec_row dT, dV)``, without
+    forming ``F``: ``O(P Q^2 + P Q K + Q^3)`` per block (no data).
+
+    Per block: ``F_XX V = S V D + c Z V' Z``, ``F_XTheta W = Z W (Theta AA')'``,
+    ``F_ThetaX V = Z' V Theta AA'``, ``F_ThetaTheta W = W_ W AA'`` and the variance rows of
+    :func:`_variance_terms` (``vterms``: those terms per block when already computed).
+    Returns ``(FX (P x Q), FT (Q x K), FV (nV,))``.
+    """
+    s2 = st.sigma2
+    nV = len(names)
+    dV = np.zeros(nV) if dV is None else np.asarray(dV, dtype=float)
+    oX = np.zeros_like(dX, dtype=float)
+    oT = np.zeros_like(dT, dtype=float)
+    oV = np.zeros(nV)
+    for i, p in enumerate(parts):
+        V = dX if p.rows is None else dX[p.rows]
+        SV = (V - p.Xb @ (p.Minv @ (p.Xb.T @ V))) / s2
+        out = SV @ p.D + p.c * p.Z @ (V.T @ p.Z) + p.Z @ dT @ p.TAA.T
+        oT += p.Z.T @ V @ p.TAA + p.W @ dT @ p.AA
+        if nV:
+            FV, cols, _ = _variance_terms(p, s2, st.lam, names) if vterms is None else vterms[i]
+            for j, col in enumerate(cols):
+                out = out + dV[j] * col
+                oV[j] += float(np.sum(col * V))
+            oV += FV @ dV
+        if p.rows is None:
+            oX += out
+        else:
+            oX[p.rows] += out
+    return oX, oT, oV

@@ -1,0 +1,262 @@
+"""Benchmark: iterations to convergence on data the tests never see (issue 17).
+
+Every rung fits ``nmfre.fit(Y, A, rank=Q, theta="nonneg")`` (maximum likelihood, default
+settings and tolerance) and scikit-learn's ``NMF(n_components=Q, init="nndsvda")``
+(solver ``"cd"``, ``max_iter=200``) on the same Y, one after the other in the same
+process, over several data seeds and two noise levels, and reports the distribution
+(median and max) of iterations and wall time and the ratio of wall times.
+
+The generator (:func:`generate`) is written here and shares nothing with
+:func:`nmfre.simulate.block_sparse` or the tests' designs:
+
+* X: every feature loads on one component drawn at random (random supports, not
+  contiguous blocks), with weight Gamma(2, 1), and on each other component with
+  probability ``overlap / Q`` with weight Gamma(1, 0.5); columns scaled to sum 1;
+* Theta >= 0: Exp(mean 5) entries, a quarter of them exactly 0, plus 1 on the intercept;
+* A: intercept, then alternating binary (Bernoulli 0.4) and Gaussian N(0, 1) covariates
+  (``K`` varies by rung);
+* U ~ N(0, tau2) with ``tau2 ~ U(0.1, 1)`` per data set; noise sd ``c / sqrt(P)`` with
+  ``c`` in ``{0.3, 1.0}``; Y clipped at 0;
+* sparse rung: positions drawn uniformly without replacement at the given density, values
+  from the model mean at those positions plus noise, clipped at 0 (never a dense P x N).
+
+Targets (issue 17, on two cores): every dense rung converged in <= 100 iterations with
+wall time no more than scikit-learn's (ratio <= 1); 2000 x 20000, Q = 10 in <= 60 s on every
+seed; the sparse rung's ratio <= 3.
+
+Run::
+
+    python benchmarks/bench_iterations.py                        # the whole ladder (long)
+    python benchmarks/bench_iterations.py --rungs medium,large --seeds 0-4 --noise 0.3,1.0
+    python benchmarks/bench_iterations.py --quick                # smoke test (seconds)
+    python benchmarks/bench_iterations.py --out results.json
+
+Columns of the summary table (one row per rung and noise level): ``runs``; nmfre's
+``iters median/max``, ``conv`` (converged runs), ``wall s median/max``;
+scikit-learn's ``wall s median/max``; ``ratio median/max`` (nmfre / scikit-learn wall time
+per data set); ``target`` (met or what was missed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+import warnings
+
+import numpy as np
+
+#: noise levels: sd = c / sqrt(P)
+NOISE = (0.3, 1.0)
+
+
+def rungs(quick: bool = False) -> dict:
+    """The rungs: name -> sizes, density (sparse) and targets."""
+    if quick:
+        return {
+            "small": dict(P=30, N=400, Q=3, K=2, targets={}),
+            "medium": dict(P=60, N=1200, Q=3, K=3, targets={}),
+            "sparse": dict(P=400, N=2000, Q=3, K=3, density=0.02, targets={}),
+        }
+    return {
+        "small": dict(P=100, N=2000, Q=5, K=4, targets={"iters": 100, "ratio": 1.0}),
+        "medium": dict(P=500, N=5000, Q=5, K=3, targets={"iters": 100, "ratio": 1.0}),
+        "large": dict(P=2000, N=20_000, Q=10, K=3, targets={"iters": 100, "ratio": 1.0, "wall_s": 60.0}),
+        "sparse": dict(P=5000, N=20_000, Q=10, K=3, density=0.01, targets={"ratio": 3.0}),
+    }
+
+
+def _design(P: int, Q: int, K: int, rng, overlap: float = 1.5):
+    X = np.zeros((P, Q))
+    X[np.arange(P), rng.integers(0, Q, P)] = rng.gamma(2.0, 1.0, P)
+    extra = rng.random((P, Q)) < (overlap - 1.0) / Q
+    X[extra] += rng.gamma(1.0, 0.5, int(extra.sum()))
+    empty = X.sum(axis=0) == 0
+    X[rng.integers(0, P, int(empty.sum())), np.flatnonzero(empty)] = 1.0
+    X /= X.sum(axis=0)
+    theta = rng.exponential(5.0, (Q, K)) * (rng.random((Q, K)) >= 0.25)
+    theta[:, 0] += 1.0
+    return X, theta
+
+
+def _covariates(K: int, N: int, rng) -> np.ndarray:
+    rows = [np.ones(N)]
+    for k in range(1, K):
+        rows.append(rng.binomial(1, 0.4, N).astype(float) if k % 2 else rng.normal(0.0, 1.0, N))
+    return np.vstack(rows)
+
+
+def generate(P: int, N: int, Q: int, K: int, seed: int, noise: float = 0.3, density: float | None = None):
+    """One data set ``(Y, A)`` of the benchmark's own design (see the module docstring).
+
+    Parameters
+    ----------
+    P, N, Q, K : int
+    seed : int
+    noise : float
+        ``c`` in the noise sd ``c / sqrt(P)``.
+    density : float or None
+        Fraction of stored entries for a sparse (CSR) Y; None: dense.
+    """
+    rng = np.random.default_rng([17, seed, P, Q, K])
+    X, theta = _design(P, Q, K, rng)
+    A = _covariates(K, N, rng)
+    tau2 = rng.uniform(0.1, 1.0)
+    B = theta @ A + rng.normal(0.0, np.sqrt(tau2), (Q, N))
+    sd = noise / np.sqrt(P)
+    if density is None:
+        Y = X @ B
+        Y += rng.normal(0.0, sd, (P, N))
+        np.maximum(Y, 0.0, out=Y)
+        return Y, A
+    import scipy.sparse as sp
+
+    nnz = int(round(density * P * N))
+    pos = np.sort(rng.choice(P * N, size=nnz, replace=False))
+    rows, cols = np.divmod(pos, N)
+    del pos
+    vals = np.empty(nnz)
+    step = 1 << 18
+    for a in range(0, nnz, step):
+        s = slice(a, a + step)
+        vals[s] = np.einsum("iq,qi->i", X[rows[s]], B[:, cols[s]])
+    vals += rng.normal(0.0, sd, nnz)
+    np.maximum(vals, 0.0, out=vals)
+    Y = sp.csr_matrix((vals, (rows, cols)), shape=(P, N))
+    Y.eliminate_zeros()
+    return Y, A
+
+
+def run_one(spec: dict, seed: int, noise: float, sklearn: bool = True) -> dict:
+    """Fit nmfre and scikit-learn on one data set; wall and CPU seconds, iterations, nll."""
+    import nmfre
+
+    Y, A = generate(spec["P"], spec["N"], spec["Q"], spec["K"], seed, noise, spec.get("density"))
+    rec = {"seed": seed, "noise": noise}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        w0, c0 = time.perf_counter(), time.process_time()
+        fit = nmfre.fit(Y, A, rank=spec["Q"], theta="nonneg")
+        rec["nmfre"] = {"wall_s": time.perf_counter() - w0, "cpu_s": time.process_time() - c0,
+                        "n_iter": int(fit.n_iter), "converged": bool(fit.converged), "nll": float(-fit.loglik),
+                        "stop_reason": fit.stop_reason,
+                        "warnings": sorted({f"{w.category.__name__}: {str(w.message)[:120]}" for w in caught})}
+    del fit
+    if sklearn:
+        from sklearn.decomposition import NMF
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model = NMF(n_components=spec["Q"], init="nndsvda", random_state=0)
+            w0, c0 = time.perf_counter(), time.process_time()
+            model.fit_transform(Y)
+            rec["sklearn"] = {"wall_s": time.perf_counter() - w0, "cpu_s": time.process_time() - c0,
+                              "n_iter": int(model.n_iter_), "err": float(model.reconstruction_err_)}
+        rec["ratio"] = rec["nmfre"]["wall_s"] / rec["sklearn"]["wall_s"]
+    return rec
+
+
+def check(spec: dict, runs: list[dict]) -> str:
+    """``met`` or what was missed, against the rung's targets."""
+    t = spec.get("targets", {})
+    if not t:
+        return "n/a"
+    miss = []
+    bad = [r["seed"] for r in runs if not r["nmfre"]["converged"]]
+    if bad:
+        miss.append(f"not converged (seeds {bad})")
+    if "iters" in t:
+        worst = max(r["nmfre"]["n_iter"] for r in runs)
+        if worst > t["iters"]:
+            miss.append(f"max {worst} iterations > {t['iters']}")
+    if "wall_s" in t:
+        worst = max(r["nmfre"]["wall_s"] for r in runs)
+        if worst > t["wall_s"]:
+            miss.append(f"max {worst:.3g} s > {t['wall_s']:g} s")
+    if "ratio" in t and all("ratio" in r for r in runs):
+        worst = max(r["ratio"] for r in runs)
+        if worst > t["ratio"]:
+            miss.append(f"max ratio {worst:.3g} > {t['ratio']:g}")
+    return "met" if not miss else "missed: " + "; ".join(miss)
+
+
+def summary(results: dict, specs: dict) -> str:
+    """Markdown table, one row per rung and noise level."""
+    head = ["rung", "data", "noise c", "runs", "iters median/max", "conv", "nmfre wall s median/max",
+            "sklearn wall s median/max", "ratio median/max", "target"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, runs in results.items():
+        spec = specs[name]
+        data = (f"{'sparse' if spec.get('density') else 'dense'} {spec['P']}×{spec['N']}, Q={spec['Q']}, "
+                f"K={spec['K']}" + (f", {spec['density']:.0%}" if spec.get("density") else ""))
+        for c in sorted({r["noise"] for r in runs}):
+            rr = [r for r in runs if r["noise"] == c]
+            it = [r["nmfre"]["n_iter"] for r in rr]
+            wt = [r["nmfre"]["wall_s"] for r in rr]
+            cells = [name, data, f"{c:g}", str(len(rr)), f"{np.median(it):g} / {max(it)}",
+                     f"{sum(r['nmfre']['converged'] for r in rr)}/{len(rr)}",
+                     f"{np.median(wt):.3g} / {max(wt):.3g}"]
+            if all("sklearn" in r for r in rr):
+                sw = [r["sklearn"]["wall_s"] for r in rr]
+                ra = [r["ratio"] for r in rr]
+                cells += [f"{np.median(sw):.3g} / {max(sw):.3g}", f"{np.median(ra):.3g} / {max(ra):.3g}"]
+            else:
+                cells += ["—", "—"]
+            cells.append(check(spec, rr))
+            lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _seeds(text: str) -> list[int]:
+    if "-" in text:
+        a, b = text.split("-")
+        return list(range(int(a), int(b) + 1))
+    return [int(s) for s in text.split(",")]
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="tiny sizes (smoke test)")
+    parser.add_argument("--rungs", help="comma-separated rung names (default: all)")
+    parser.add_argument("--seeds", default="0-4", help="data seeds, '0-4' or '0,3' (default 0-4)")
+    parser.add_argument("--noise", default=",".join(str(c) for c in NOISE), help="noise levels c (sd c/sqrt(P))")
+    parser.add_argument("--no-sklearn", action="store_true", help="nmfre only")
+    parser.add_argument("--out", help="write all numbers as JSON")
+    args = parser.parse_args(argv)
+    specs = rungs(args.quick)
+    names = list(specs) if not args.rungs else [s.strip() for s in args.rungs.split(",")]
+    for n in names:
+        if n not in specs:
+            raise SystemExit(f"unknown rung {n!r}; rungs: {', '.join(specs)}")
+    seeds = _seeds(args.seeds)
+    noises = [float(c) for c in args.noise.split(",")]
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    print(f"cpus usable {cpus}; load average {os.getloadavg()}", flush=True)
+    results: dict = {}
+    for n in names:
+        results[n] = []
+        for c in noises:
+            for s in seeds:
+                rec = run_one(specs[n], s, c, sklearn=not args.no_sklearn)
+                results[n].append(rec)
+                m = rec["nmfre"]
+                line = (f"{n} c={c:g} seed={s}: nmfre {m['wall_s']:.3g} s, {m['n_iter']} it, "
+                        f"converged={m['converged']}, nll={m['nll']:.10g}")
+                if "sklearn" in rec:
+                    line += f"; sklearn {rec['sklearn']['wall_s']:.3g} s ({rec['sklearn']['n_iter']} it), " \
+                            f"ratio {rec['ratio']:.3g}"
+                print(line, flush=True)
+    table = summary(results, specs)
+    print(f"\nload average at end {os.getloadavg()}\n\n" + table)
+    out = {"quick": args.quick, "cpus": cpus, "results": results, "table": table}
+    if args.out:
+        with open(args.out, "w") as fh:
+            json.dump(out, fh, indent=1)
+    return out
+
+
+if __name__ == "__main__":
+    sys.exit(main() and 0)

@@ -1,0 +1,487 @@
+"""Exact second-order information of the NMF-RE marginal likelihood, matrix-free.
+
+Complete data (one block of :class:`~nmfre.core.stats.Stats`, in any form). Coordinates
+``(X, Theta, sigma2, tau2)``; the nll is
+
+    nll = 1/2 [ n log(2 pi sigma2) + N log det M - N Q log lambda + q / sigma2 ],
+    M = X'X + lambda I,  lambda = sigma2 / tau2,  q = ||R||^2 - tr(M^-1 X'RR'X),  R = Y - X Theta A,
+
+and its gradient (:func:`gradient`) needs the data only through ``Y Y' X`` (gram form:
+``G X``, ``O(P^2 Q)``; dense or sparse: ``Y (Y'X)``, ``O(nnz Q)``), plus ``Y A'``,
+``A A'`` and ``||Y||^2``.
+
+* :func:`hessian_product`: the observed Hessian times a direction, exact to rounding, by
+  differentiating the gradient along the direction in complex arithmetic (complex step,
+  Squire & Trapp 1998: ``H v = Im g(x + i h v) / h`` with no subtractive cancellation);
+  every operation of :func:`gradient` is complex-analytic, and real data matrices multiply
+  the real and imaginary parts separately (no complex copy of the data). One product costs
+  about two gradients: ``O(P^2 Q)`` in gram form.
+* :func:`fisher_product`: the expected information times a direction in ``O(P Q^2 + P Q K
+  + Q^3)`` (no data), with the formulas of :mod:`nmfre.core.newton`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+#: imaginary step of the complex-step derivative (relative to the direction's scale)
+COMPLEX_STEP = 1e-30
+
+
+def _rmul(Y, Z):
+    """``Y @ Z`` for a real (dense or sparse) ``Y`` and a real or complex ``Z``, without a
+    complex copy of ``Y``."""
+    if np.iscomplexobj(Z):
+        return np.asarray(Y @ Z.real) + 1j * np.asarray(Y @ Z.imag)
+    return np.asarray(Y @ Z)
+
+
+@dataclass(frozen=True)
+class Data:
+    """The data of a complete-data problem as :func:`gradient` needs it.
+
+    Attributes
+    ----------
+    form : {"dense", "gram", "sparse"}
+    YA : ndarray (P, K)
+    AA : ndarray (K, K)
+    trG : float
+    A : ndarray (K, N)
+    G : ndarray (P, P) or None
+    Y : ndarray or scipy.sparse matrix or None
+    N : int
+    """
+
+    form: str
+    YA: np.ndarray
+    AA: np.ndarray
+    trG: float
+    A: np.ndarray
+    N: int
+    G: np.ndarray | None = None
+    Y: object = None
+
+    @classmethod
+    def of(cls, stats) -> Data:
+        """From complete-data :class:`~nmfre.core.stats.Stats` (one block observing every row)."""
+        b = stats.blocks[0]
+        if not stats.complete:
+            raise ValueError("trust.Data needs complete data (one block)")
+        return cls(b.form, b.YA, b.AA, b.trG, b.A, b.N, b.G, b.Y)
+
+    @property
+    def P(self) -> int:
+        return self.YA.shape[0]
+
+
+@dataclass(frozen=True)
+class Moments:
+    """What the gradient needs at ``(X, Theta)``: ``XtX``, ``XtYA = X'YA'``, ``WR = X'RR'X``,
+    ``rss``, ``RRtX = RR'X`` (``P x Q``) and ``JA = X'RA'`` (complex-analytic in X, Theta)."""
+
+    XtX: np.ndarray
+    XtYA: np.ndarray
+    WR: np.ndarray
+    rss: object
+    RRtX: np.ndarray
+    JA: np.ndarray
+    C1: np.ndarray
+
+
+def data_product(data: Data, X: np.ndarray) -> np.ndarray:
+    """The one product of the data with X that :func:`moments` needs: ``G X`` (gram form,
+    ``P x Q``) or ``Y'X`` (dense and sparse, ``N x Q``)."""
+    return _rmul(data.G, X) if data.form == "gram" else _rmul(data.Y.T, X)
+
+
+def moments(data: Data, X: np.ndarray, theta: np.ndarray, DX: np.ndarray | None = None) -> Moments:
+    """:class:`Moments` (exact residual products in dense form, the gram identities otherwise).
+
+    ``DX``: :func:`data_product` of ``X`` when already known (for a complex ``X``, of its real
+    part: only the imaginary part is then multiplied)."""
+    if DX is None:
+        DX = data_product(data, X)
+    elif np.iscomplexobj(X):
+        DX = DX + 1j * data_product(data, X.imag)
+    XtX = X.T @ X
+    XtYA = X.T @ data.YA
+    C1 = theta @ data.AA @ theta.T
+    if data.form == "gram":
+        GX = DX
+        XtGX = X.T @ GX
+        T = XtYA @ theta.T @ XtX
+        WR = XtGX - T - T.T + XtX @ C1 @ XtX
+        RRtX = GX - data.YA @ theta.T @ XtX - X @ theta @ XtYA.T + X @ C1 @ XtX
+        rss = data.trG - 2.0 * np.sum(theta * XtYA) + np.sum(C1 * XtX)
+        JA = XtYA - XtX @ theta @ data.AA
+        return Moments(XtX, XtYA, WR, rss, RRtX, JA, C1)
+    TA = theta @ data.A
+    J = DX.T - XtX @ TA  # X'R, Q x N
+    if data.form == "dense":
+        R = data.Y - X @ TA
+        rss = np.sum(R * R)
+    else:
+        rss = data.trG - 2.0 * np.sum(theta * XtYA) + np.sum(C1 * XtX)
+    JA = J @ data.A.T
+    RRtX = _rmul(data.Y, J.T) - X @ theta @ JA.T
+    return Moments(XtX, XtYA, J @ J.T, rss, RRtX, JA, C1)
+
+
+def gradient(data: Data, X: np.ndarray, theta: np.ndarray, sigma2, tau2, m: Moments | None = None,
+             DX: np.ndarray | None = None):
+    """Gradient of the nll in ``(X, Theta, sigma2, tau2)``: ``(gX, gT, g_sigma2, g_tau2)``.
+
+    Complex-analytic in all arguments (so :func:`hessian_product` can differentiate it).
+    ``DX``: see :func:`moments`.
+    """
+    m = moments(data, X, theta, DX) if m is None else m
+    N, Q = data.N, X.shape[1]
+    n = N * data.P
+    lam = sigma2 / tau2
+    Minv = np.linalg.inv(m.XtX + lam * np.eye(Q))
+    MJ = Minv @ m.JA
+    MWM = Minv @ m.WR @ Minv
+    gX = N * X @ Minv + (X @ (m.C1 + MWM + MJ @ theta.T) - data.YA @ theta.T - m.RRtX @ Minv) / sigma2
+    gT = (m.XtX @ (theta @ data.AA + MJ) - m.XtYA) / sigma2
+    q = m.rss - np.sum(Minv * m.WR)
+    L_lam = 0.5 * (N * np.trace(Minv) - N * Q / lam + np.trace(MWM) / sigma2)
+    L_s2 = 0.5 * (n / sigma2 - q / sigma2**2)
+    return gX, gT, L_s2 + L_lam / tau2, -L_lam * lam / tau2
+
+
+def hessian_product(data: Data, X, theta, sigma2, tau2, dX, dT, ds2=0.0, dt2=0.0, DX=None):
+    """Observed Hessian of the nll times ``(dX, dT, d_sigma2, d_tau2)`` (complex step; exact
+    to rounding). Returns ``(HX, HT, H_sigma2, H_tau2)``. ``DX``: :func:`data_product` of
+    ``X`` (then each product multiplies the data once, by ``dX``)."""
+    scale = max(float(np.max(np.abs(dX))), float(np.max(np.abs(dT), initial=0.0)), abs(ds2) / max(sigma2, 1e-300),
+                abs(dt2) / max(tau2, 1e-300), 1e-300)
+    h = COMPLEX_STEP / scale
+    g = gradient(data, X + 1j * h * dX, theta + 1j * h * dT, sigma2 + 1j * h * ds2, tau2 + 1j * h * dt2, DX=DX)
+    return tuple(np.imag(x) / h for x in g)
+
+
+# ----------------------------------------------------------------------------- the step
+class FisherModel:
+    """The quadratic model ``m(d) = g'd + d'F d / 2`` of the nll at a state, with ``F`` the
+    expected information, in the flat coordinates ``(vec_row X, vec_row Theta, variances)``.
+
+    ``F`` is never formed for large complete-data problems: products come from
+    :func:`nmfre.core.newton.fisher_product` (``O(P Q^2)``) and solves on a face (a set of
+    free coordinates, under the unit-column-sum constraints of X) from
+    :class:`nmfre.core.newton.StructuredKKT` (factorised once per face). Small problems and
+    several blocks (missing values) use the dense information.
+    """
+
+    def __init__(self, prob, st, parts, names: list[str], gX, gT, gV, dense: bool):
+        from . import newton
+
+        self._newton = newton
+        self.prob, self.st, self.parts, self.names = prob, st, parts, names
+        self.P, self.Q, self.K, self.nV = prob.P, prob.rank, prob.K, len(names)
+        self.nX = self.P * self.Q
+        self.nT = self.Q * self.K
+        self.g = np.concatenate([gX.ravel(), gT.ravel(), np.asarray(gV, dtype=float)])
+        self.F = newton.dense_information(prob, st, parts, names)[0] if dense else None
+        self._face = None
+        self._vterms = [newton._variance_terms(p, st.sigma2, st.lam, names) for p in parts] if names else None
+
+    def split(self, v: np.ndarray):
+        """``(X part (P x Q), Theta part (Q x K), variance part)`` of a flat vector."""
+        return (v[: self.nX].reshape(self.P, self.Q), v[self.nX:self.nX + self.nT].reshape(self.Q, self.K),
+                v[self.nX + self.nT:])
+
+    def product(self, v: np.ndarray) -> np.ndarray:
+        """``F v``."""
+        if self.F is not None:
+            return self.F @ v
+        oX, oT, oV = self._newton.fisher_product(self.prob, self.st, self.parts, self.names, *self.split(v),
+                                                 vterms=self._vterms)
+        return np.concatenate([oX.ravel(), oT.ravel(), oV])
+
+    def value(self, d: np.ndarray) -> float:
+        """``m(d)``."""
+        return float(self.g @ d + 0.5 * d @ self.product(d))
+
+    def factor(self, free: np.ndarray):
+        """A solver of the face's KKT system: ``solve(r)`` returns the step ``delta`` (zero off
+        ``free``, column sums of its X part zero) minimising ``r'delta + delta'F delta / 2``.
+        Raises ``numpy.linalg.LinAlgError`` when singular."""
+        key = free.tobytes()
+        if self._face is not None and self._face[0] == key:
+            return self._face[1]
+        if self.F is not None:
+            solver = _DenseFace(self.F, free, self.P, self.Q)
+        else:
+            K = self._newton.StructuredKKT(self.prob, self.st, self.parts[0], self.names, free)
+            solver = _Solver(lambda r: K.solve(*self.split(r)))
+        self._face = (key, solver)  # the last face (the Fisher step's, reused by the Newton step)
+        return solver
+
+
+class _Solver:
+    def __init__(self, fn):
+        self.solve = fn
+
+
+class _DenseFace:
+    """LU factors of the dense KKT matrix of a face (same ridge as
+    :func:`nmfre.core.newton.dense_kkt`)."""
+
+    def __init__(self, F: np.ndarray, free: np.ndarray, P: int, Q: int):
+        from scipy.linalg import lu_factor
+
+        idx = np.flatnonzero(free)
+        nf = idx.size
+        E = np.zeros((Q, nf))
+        xi = idx < P * Q
+        E[idx[xi] % Q, np.flatnonzero(xi)] = 1.0
+        Ff = F[np.ix_(idx, idx)]
+        Ff = Ff + 1e-10 * np.mean(np.abs(np.diag(Ff))) * np.eye(nf)
+        kkt = np.block([[Ff, E.T], [E, np.zeros((Q, Q))]])
+        # a column of X with no free entry leaves an empty constraint row: pin its multiplier
+        empty = ~np.any(E, axis=1)
+        kkt[nf + np.flatnonzero(empty), nf + np.flatnonzero(empty)] = 1.0
+        self.lu = lu_factor(kkt, check_finite=False)
+        if not np.all(np.isfinite(self.lu[0])) or np.any(np.diag(self.lu[0]) == 0):
+            raise np.linalg.LinAlgError("singular KKT matrix")
+        self.idx, self.n, self.Q = idx, F.shape[0], Q
+
+    def solve(self, r: np.ndarray) -> np.ndarray:
+        from scipy.linalg import lu_solve
+
+        sol = lu_solve(self.lu, np.concatenate([-r[self.idx], np.zeros(self.Q)]), check_finite=False)
+        out = np.zeros(self.n)
+        out[self.idx] = sol[: self.idx.size]
+        return out
+
+
+@dataclass(frozen=True)
+class QPStep:
+    """Solution of the bound-constrained model problem: the displacement ``d`` (flat),
+    ``decrement = -m(d)`` (the nll decrease the model predicts) and the face it lies on
+    (``free``: coordinates not at a bound)."""
+
+    d: np.ndarray
+    decrement: float
+    free: np.ndarray
+
+
+def _project(model: FisherModel, x: np.ndarray, nonneg: bool) -> np.ndarray:
+    """Euclidean projection of a flat point onto the feasible set (simplex columns of X,
+    Theta >= 0 when ``nonneg``; variances free)."""
+    from .basis import project_simplex
+
+    X, T, V = model.split(x)
+    T = np.maximum(T, 0.0) if nonneg else T
+    return np.concatenate([project_simplex(X).ravel(), T.ravel(), V])
+
+
+def bound_qp(model: FisherModel, x: np.ndarray, nonneg: bool, max_inner: int = 12) -> QPStep:
+    """Minimise the model over the feasible set (simplex columns of X, Theta >= 0 when
+    ``nonneg``): ``min m(d)`` subject to ``x + d`` feasible.
+
+    Active-set iterations in the manner of Moré & Toraldo's GPCG, with an exact solve on
+    each face instead of CG: on the face of the current point (coordinates at a bound held
+    there) the equality-constrained minimiser is computed exactly
+    (:meth:`FisherModel.factor`); when it is infeasible, its projection (many bounds at
+    once) or the longest feasible part of the segment towards it (at least one bound),
+    whichever has the lower model, gives a new face; when it is feasible, the
+    bound multipliers are checked and the coordinates whose multiplier has the wrong sign
+    are released. Every iterate is feasible and decreases the model; at most ``max_inner``
+    face solves.
+    """
+    n = x.size
+    lower = np.zeros(n, bool)
+    lower[: model.nX] = True
+    if nonneg:
+        lower[model.nX:model.nX + model.nT] = True
+    d = np.zeros(n)
+    free = ~(lower & (x <= 0))
+    mval = 0.0
+    scale = float(np.max(np.abs(model.g), initial=0.0)) or 1.0
+    for _ in range(max_inner):
+        r = model.g + model.product(d)
+        try:
+            delta = model.factor(free).solve(r)
+        except np.linalg.LinAlgError:
+            break
+        if not np.all(np.isfinite(delta)):
+            break
+        z = x + d + delta
+        bad = lower & free & (z < 0)
+        if not bad.any():
+            d = d + delta
+            d[lower & ~free] = -x[lower & ~free]
+            mval = model.value(d)
+            r = model.g + model.product(d)
+            rX = r[: model.nX].reshape(model.P, model.Q)
+            fX = free[: model.nX].reshape(model.P, model.Q)
+            cnt = fX.sum(axis=0)
+            mu = -np.where(cnt > 0, np.sum(np.where(fX, rX, 0.0), axis=0) / np.maximum(cnt, 1), 0.0)
+            nu = r.copy()
+            nu[: model.nX] = (rX + mu[None, :]).ravel()
+            release = lower & ~free & (nu < -1e-12 * scale)
+            if not release.any():
+                break
+            free |= release
+            continue
+        # a new face: the projection of the face minimiser (many bounds at once) or the
+        # longest feasible part of the segment towards it (at least one bound), the lower model
+        ratios = np.full(n, np.inf)
+        ratios[bad] = (x + d)[bad] / -delta[bad]
+        frac = float(np.min(ratios))
+        if frac <= 1e-12:  # blocked at once by coordinates at (or within rounding of) their bound
+            hold = ratios <= 1e-12
+            free &= ~hold
+            d[hold] = -x[hold]
+            continue
+        cands = [d + frac * delta]
+        cands[0][bad & (x + cands[0] < 0)] = -x[bad & (x + cands[0] < 0)]
+        cands.append(_project(model, x + d + delta, nonneg) - x)
+        vals = [model.value(c) for c in cands]
+        j = int(np.argmin(vals))
+        if not vals[j] < mval:
+            break
+        d, mval = cands[j], vals[j]
+        free = ~(lower & (x + d <= 0))
+        d[~free] = -x[~free]
+    return QPStep(d, -mval, free)
+
+
+class Hessian:
+    """Products with the observed Hessian in the flat coordinates of a :class:`FisherModel`
+    (the model's variance coordinates; the data multiplied once per product)."""
+
+    def __init__(self, data: Data, model: FisherModel, X, theta, sigma2, tau2):
+        self.data, self.model = data, model
+        self.args = (X, theta, sigma2, tau2)
+        self.DX = data_product(data, X)
+        self.count = 0
+
+    def __call__(self, v: np.ndarray) -> np.ndarray:
+        names = self.model.names
+        vX, vT, vV = self.model.split(v)
+        ds2 = vV[names.index("sigma2")] if "sigma2" in names else 0.0
+        dt2 = vV[names.index("tau2")] if "tau2" in names else 0.0
+        hX, hT, hs, ht = hessian_product(self.data, *self.args, vX, vT, ds2, dt2, self.DX)
+        self.count += 1
+        return np.concatenate([hX.ravel(), hT.ravel(), [hs if nm == "sigma2" else ht for nm in names]])
+
+
+def _to_boundary(model: FisherModel, s: np.ndarray, p: np.ndarray, radius: float) -> float:
+    """``tau >= 0`` with ``||s + tau p||_F = radius`` (``||s||_F <= radius``)."""
+    Fp = model.product(p)
+    a = float(p @ Fp)
+    b = 2.0 * float(s @ Fp)
+    c = float(s @ model.product(s)) - radius**2
+    if a <= 0:
+        return 0.0
+    return max((-b + np.sqrt(max(b * b - 4 * a * c, 0.0))) / (2 * a), 0.0)
+
+
+def face_cg(hess: Hessian, model: FisherModel, free: np.ndarray, d0: np.ndarray, hd0: np.ndarray,
+            radius: float = np.inf, rtol: float = 1e-3, max_iter: int = 25):
+    """Truncated Newton on a face in a trust region (Steihaug-Toint CG).
+
+    Preconditioned CG on ``g'd + d'H d / 2`` (``H`` the observed Hessian) over the
+    ``free`` coordinates under the unit-column-sum constraints, preconditioned by the
+    face's expected information (an exact KKT solve, so every iterate keeps the constraints;
+    Gould, Hribar & Nocedal 2001), started at ``d0`` (``hd0 = H d0``), the displacement
+    ``s = d - d0`` kept within ``||s||_F <= radius`` (the information norm, which makes the
+    region the preconditioner's). On negative curvature, or when an iterate would leave the
+    region, the step goes to the boundary. Stops when the preconditioned residual has fallen
+    by ``rtol`` or at ``max_iter``.
+
+    Returns ``(d, H d, on_boundary)`` or None when no step was taken.
+    """
+    try:
+        solver = model.factor(free)
+    except np.linalg.LinAlgError:
+        return None
+    d, hd = d0.copy(), hd0.copy()
+    s = np.zeros_like(d)
+    r = (model.g + hd) * free
+    z = -solver.solve(r)
+    rz0 = rz = float(r @ z)
+    if not rz > 0:
+        return None
+    p = -z
+    moved = False
+    for _ in range(max_iter):
+        hp = hess(p)
+        kap = float(p @ hp)
+        a = rz / kap if kap > 0 else np.inf
+        if np.isfinite(radius):
+            sn = s + a * p if np.isfinite(a) else None
+            if sn is None or float(sn @ model.product(sn)) > radius**2:
+                tau = _to_boundary(model, s, p, radius)
+                if tau > 0:
+                    d, hd, s = d + tau * p, hd + tau * hp, s + tau * p
+                    moved = True
+                return (d, hd, True) if moved else None
+        elif not kap > 0:
+            break
+        d, hd, s = d + a * p, hd + a * hp, s + a * p
+        moved = True
+        r = r + a * hp * free
+        z = -solver.solve(r)
+        rzn = float(r @ z)
+        if rzn <= rtol**2 * rz0 or rzn > rz:
+            break
+        p = -z + (rzn / rz) * p
+        rz = rzn
+    return (d, hd, False) if moved else None
+
+
+def newton_step(hess: Hessian, model: FisherModel, x: np.ndarray, nonneg: bool, qp: QPStep,
+                radius: float = np.inf, rounds: int = 3):
+    """The bound-constrained truncated Newton step with the observed Hessian.
+
+    Starts at the Fisher step ``qp`` (:func:`bound_qp`) and its face; on the face, CG on the
+    Hessian model (:func:`face_cg`); when the result leaves the feasible set, its projection
+    or the longest feasible part of the segment towards it (whichever has the lower Hessian
+    model) gives a new face, and CG continues there (at most ``rounds`` faces), all within
+    the trust region ``radius`` around the Fisher step. Returns ``(d, predicted decrease, on_boundary)`` with ``x + d`` feasible,
+    or None.
+    """
+    n = x.size
+    lower = np.zeros(n, bool)
+    lower[: model.nX] = True
+    if nonneg:
+        lower[model.nX:model.nX + model.nT] = True
+    d, free = qp.d.copy(), qp.free.copy()
+    hd = hess(d)
+    mval = float(model.g @ d + 0.5 * d @ hd)
+    moved = boundary = False
+    for _ in range(rounds):
+        res = face_cg(hess, model, free, d, hd, radius)
+        if res is None:
+            break
+        dN, hdN, boundary = res
+        radius = np.sqrt(max(radius**2 - float((dN - d) @ model.product(dN - d)), 0.0))
+        z = x + dN
+        if not np.any(lower & (z < 0)):
+            d, hd, moved = dN, hdN, True
+            mval = float(model.g @ d + 0.5 * d @ hd)
+            break
+        # a new face: the projection of the CG point or the longest feasible part of the
+        # segment towards it, the lower Hessian model
+        step = dN - d
+        neg = lower & (z < 0)
+        frac = float(np.min((x + d)[neg] / -step[neg]))
+        d1, hd1 = d + frac * step, hd + frac * (hdN - hd)
+        d1[neg & (x + d1 < 0)] = -x[neg & (x + d1 < 0)]
+        m1 = float(model.g @ d1 + 0.5 * d1 @ hd1)
+        d2 = _project(model, z, nonneg) - x
+        hd2 = hess(d2)
+        m2 = float(model.g @ d2 + 0.5 * d2 @ hd2)
+        if min(m1, m2) >= mval:
+            break
+        d, hd, mval = (d1, hd1, m1) if m1 <= m2 else (d2, hd2, m2)
+        moved = True
+        free = ~(lower & (x + d <= 0))
+    if not moved or not mval < 0:
+        return None
+    return d, -mval, boundary

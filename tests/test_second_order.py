@@ -1,0 +1,194 @@
+"""nmfre.core.trust: exact matrix-free second-order information of the ML objective.
+
+The gradient against the solver's and against finite differences of the nll; the observed
+Hessian's products (complex step) against fourth-order finite differences of the gradient
+and for symmetry; the expected information's products against the dense information; the
+truncated-Newton face step against the dense Newton step; the bound-constrained Fisher step
+against its optimality conditions; the second-order step never increases the nll.
+"""
+
+import numpy as np
+import pytest
+
+from nmfre.core import basis, likelihood, ml, newton, stats, trust
+from nmfre.simulate import block_sparse
+
+
+def _problem(form, nonneg=True, mode="free", P=14, N=300, Q=3, K=2, seed=4, sweeps=3, clip=True):
+    d = block_sparse(P=P, N=N, rank=Q, K=K, seed=seed, clip=clip)
+    Y, A = d["Y"].values, d["A"].values
+    if form == "sparse":
+        import scipy.sparse as sp
+
+        Y = sp.csr_matrix(np.where(Y > np.quantile(Y, 0.3), Y, 0.0))
+    prob = ml.Problem(stats.from_arrays(Y, A, form), Q, nonneg, mode, 1.0, 1.0, None)
+    st = ml.initial_state(prob, basis.nndsvd(Y, Q), None)
+    for _ in range(sweeps):
+        st = ml.ecme(prob, st)
+    return prob, st
+
+
+def _nll(prob, X, theta, s2, t2):
+    return likelihood.nll(ml.sufficient(prob, X, theta), s2, s2 / t2)
+
+
+@pytest.mark.parametrize("form", ["dense", "gram", "sparse"])
+def test_gradient_matches_the_solver_and_finite_differences(form):
+    prob, st = _problem(form)
+    s2, t2 = st.sigma2, st.sigma2 / st.lam
+    gX, gT, gs, gt = trust.gradient(prob.data, st.X, st.theta, s2, t2)
+    rX, rT, _ = ml.gradient(prob, st)
+    np.testing.assert_allclose(gX, rX, rtol=1e-9, atol=1e-9 * np.abs(rX).max())
+    np.testing.assert_allclose(gT, rT, rtol=1e-9, atol=1e-9 * np.abs(rT).max())
+    rng = np.random.default_rng(0)
+    V, W = rng.normal(size=st.X.shape), rng.normal(size=st.theta.shape)
+    a, b = 0.3, -0.7
+
+    def f(h):
+        return _nll(prob, st.X + h * V, st.theta + h * W, s2 * (1 + h * a), t2 * (1 + h * b))
+
+    h = 1e-5
+    fd = (-f(2 * h) + 8 * f(h) - 8 * f(-h) + f(-2 * h)) / (12 * h)
+    an = np.sum(gX * V) + np.sum(gT * W) + gs * a * s2 + gt * b * t2
+    assert fd == pytest.approx(an, rel=1e-6, abs=1e-6 * np.sum(np.abs(gX * V)))
+
+
+@pytest.mark.parametrize("form", ["dense", "gram", "sparse"])
+@pytest.mark.parametrize("mode", ["free", "tau2"])
+def test_hessian_products_match_finite_differences_and_are_symmetric(form, mode):
+    prob, st = _problem(form, mode=mode)
+    s2, t2 = st.sigma2, st.sigma2 / st.lam
+    rng = np.random.default_rng(1)
+    dirs = [(rng.normal(size=st.X.shape), rng.normal(size=st.theta.shape), 0.2 * s2 * rng.normal(),
+             0.2 * t2 * rng.normal()) for _ in range(2)]
+    data = prob.data
+    DX = trust.data_product(data, st.X)
+    H = [trust.hessian_product(data, st.X, st.theta, s2, t2, *d, DX=DX) for d in dirs]
+    H_plain = trust.hessian_product(data, st.X, st.theta, s2, t2, *dirs[0])
+    for a, b in zip(H[0], H_plain, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12 * np.max(np.abs(b)))
+
+    def grad(t, d):
+        return trust.gradient(data, st.X + t * d[0], st.theta + t * d[1], s2 + t * d[2], t2 + t * d[3])
+
+    h = 2e-4
+    for d, Hd in zip(dirs, H, strict=True):  # fourth-order central differences of the gradient
+        g = [grad(t, d) for t in (2 * h, h, -h, -2 * h)]
+        for i, hv in enumerate(Hd):
+            fd = (-np.asarray(g[0][i]) + 8 * np.asarray(g[1][i]) - 8 * np.asarray(g[2][i]) + np.asarray(g[3][i])) \
+                / (12 * h)
+            scale = np.max(np.abs(fd))
+            assert np.max(np.abs(np.asarray(hv) - fd)) <= 1e-8 * max(scale, 1e-300) + 1e-8 * np.max(np.abs(Hd[0]))
+
+    def dot(u, v):
+        return float(np.sum(u[0] * v[0]) + np.sum(u[1] * v[1]) + u[2] * v[2] + u[3] * v[3])
+
+    assert dot(dirs[0], H[1]) == pytest.approx(dot(dirs[1], H[0]), rel=1e-10)
+
+
+@pytest.mark.parametrize("blocks", [False, True])
+@pytest.mark.parametrize("mode", ["free", "tau2", "fixed"])
+def test_fisher_products_equal_the_dense_information(blocks, mode):
+    d = block_sparse(P=12, N=200, rank=3, K=2, seed=2)
+    Y, A = d["Y"].values.copy(), d["A"].values
+    if blocks:
+        Y[0, :40] = np.nan
+        Y[5, 30:90] = np.nan
+    s = stats.from_masked(Y, A) if blocks else stats.from_arrays(Y, A)
+    prob = ml.Problem(s, 3, True, mode, 1.0, 1.0, None)
+    st = ml.ecme(prob, ml.initial_state(prob, basis.nndsvd(np.nan_to_num(Y), 3), None))
+    parts = newton.block_parts(prob, st, ml.gradient(prob, st)[2])
+    names = ml.variance_directions(prob, st)
+    F, _ = newton.dense_information(prob, st, parts, names)
+    rng = np.random.default_rng(3)
+    for _ in range(3):
+        v = rng.normal(size=F.shape[0])
+        P, Q, K = prob.P, 3, prob.K
+        out = newton.fisher_product(prob, st, parts, names, v[: P * Q].reshape(P, Q),
+                                    v[P * Q:P * Q + Q * K].reshape(Q, K), v[P * Q + Q * K:])
+        flat = np.concatenate([out[0].ravel(), out[1].ravel(), out[2]])
+        np.testing.assert_allclose(flat, F @ v, rtol=1e-12, atol=1e-12 * np.abs(F @ v).max())
+
+
+def _dense_hessian(prob, st, names):
+    model = ml.fisher_model(prob, st)
+    hess = trust.Hessian(prob.data, model, st.X, st.theta, st.sigma2, st.sigma2 / st.lam)
+    n = model.g.size
+    H = np.column_stack([hess(e) for e in np.eye(n)])
+    return model, hess, 0.5 * (H + H.T)
+
+
+@pytest.mark.parametrize("structured", [False, True])
+def test_face_newton_step_equals_the_dense_newton_step(structured, monkeypatch):
+    # near the optimum, where H is positive definite on the face (its region of convexity is
+    # small: at a relative perturbation of X of 1e-2 it has negative curvature)
+    prob, st = _problem("gram", P=40, N=800, Q=2, K=2, sweeps=0, clip=False)
+    sol = ml.fit_ml(prob, st.X, st.theta)
+    rng = np.random.default_rng(5)
+    X = sol.X * np.exp(1e-4 * rng.normal(size=sol.X.shape))
+    X /= X.sum(axis=0)
+    theta = ml.theta_step(prob, X, sol.lam)
+    s2, lam, val, _, act = ml.profile(prob, X, theta, sol.lam)
+    st = ml.State(X, theta, s2, lam, val, act)
+    if structured:
+        monkeypatch.setattr(ml, "DENSE_MAX", 1)
+    names = ml.variance_directions(prob, st)
+    model, hess, H = _dense_hessian(prob, st, names)
+    assert (model.F is None) == structured
+    x = ml._flat_point(prob, st, model.nV)
+    free = ~((x <= 0) & (np.arange(x.size) < model.nX + model.nT))
+    d0 = np.zeros_like(x)
+    d, hd, _ = trust.face_cg(hess, model, free, d0, np.zeros_like(x), rtol=1e-12, max_iter=200)
+    ref = newton.dense_kkt(H, model.g, free, prob.P, prob.rank)
+    pred = lambda v: model.g @ v + 0.5 * v @ H @ v  # noqa: E731
+    assert pred(d) == pytest.approx(pred(ref), rel=1e-8)
+    diff = d - ref
+    assert diff @ H @ diff <= 1e-8 * abs(ref @ H @ ref)
+    np.testing.assert_allclose(hd, H @ d, rtol=1e-8, atol=1e-8 * np.abs(H @ d).max())
+
+
+@pytest.mark.parametrize("structured", [False, True])
+def test_bound_constrained_fisher_step_is_optimal(structured, monkeypatch):
+    """KKT conditions of min g'd + d'Fd/2 over x + d feasible: feasibility, stationarity on the
+    free coordinates (one multiplier per simplex column), the right sign at the bounds."""
+    prob, st = _problem("gram", P=30, N=600, Q=3, K=3, sweeps=2)
+    if structured:
+        monkeypatch.setattr(ml, "DENSE_MAX", 1)
+    model = ml.fisher_model(prob, st)
+    x = ml._flat_point(prob, st, model.nV)
+    qp = trust.bound_qp(model, x, True, max_inner=100)
+    P, Q = prob.P, prob.rank
+    z = x + qp.d
+    X = z[: P * Q].reshape(P, Q)
+    assert X.min() >= -1e-12 and z[P * Q:P * Q + model.nT].min() >= -1e-12
+    np.testing.assert_allclose(X.sum(axis=0), 1.0, atol=1e-10)
+    r = model.g + model.product(qp.d)
+    scale = np.abs(model.g).max()
+    rX = r[: P * Q].reshape(P, Q)
+    fX = qp.free[: P * Q].reshape(P, Q)
+    for q in range(Q):
+        mu = -np.mean(rX[fX[:, q], q])
+        assert np.ptp(rX[fX[:, q], q]) <= 1e-6 * scale
+        assert np.all(rX[~fX[:, q], q] + mu >= -1e-6 * scale)
+    rT = r[P * Q:P * Q + model.nT]
+    fT = qp.free[P * Q:P * Q + model.nT]
+    assert np.all(np.abs(rT[fT]) <= 1e-6 * scale) and np.all(rT[~fT] >= -1e-6 * scale)
+    np.testing.assert_allclose(r[P * Q + model.nT:], 0.0, atol=1e-6 * scale)
+    assert qp.decrement == pytest.approx(-model.value(qp.d))
+
+
+@pytest.mark.parametrize("form", ["dense", "gram"])
+@pytest.mark.parametrize("nonneg", [True, False])
+def test_second_order_steps_never_increase_the_nll(form, nonneg):
+    prob, st = _problem(form, nonneg=nonneg, sweeps=0)
+    for radius in (None, 10.0, 1e3):
+        s = st
+        for _ in range(8):
+            new, info = ml.second_order_step(prob, s, radius)
+            if new is None:
+                break
+            assert new.nll < s.nll
+            assert np.all(new.X >= 0) and np.allclose(new.X.sum(axis=0), 1.0)
+            if nonneg:
+                assert np.all(new.theta >= 0)
+            s = ml.ecme(prob, new)
