@@ -37,8 +37,10 @@ import xarray as xr
 from scipy.stats import binom, chisquare
 
 from nmfre import validation as v
+from nmfre.labels import renamed
 
 from . import compiled, likelihood
+from .seeds import is_key, prng_key
 
 __all__ = ["SBCResult", "binom_two_sided", "calibration_tests", "ecdf_pvalues", "plot_sbc", "sbc", "sbc_power"]
 
@@ -189,7 +191,8 @@ def _tests(ranks, L: int):
     return binom_two_sided(low, n, 0.5), binom_two_sided(outer, n, 0.2), outer / n
 
 
-def sbc_power(n_replicates: int, L: int, n_params: int, *, narrowing: float = 2.0, shift: float = 0.0,
+@renamed(n_replicates="n_rep")
+def sbc_power(n_rep: int, L: int, n_params: int, *, narrowing: float = 2.0, shift: float = 0.0,
               alpha: float = 1e-4, n_sim: int = 2000, test: str = "ecdf", seed=0) -> dict:
     """Rejection rates of the calibration test, by simulating ranks (no MCMC).
 
@@ -203,7 +206,9 @@ def sbc_power(n_replicates: int, L: int, n_params: int, *, narrowing: float = 2.
 
     Parameters
     ----------
-    n_replicates, L, n_params : int
+    n_rep, L, n_params : int
+        Replicates per SBC run, draws per replicate, standardised parameters (``n_rep=``
+        is the deprecated name of ``n_rep``).
     narrowing, shift : float
         The fault whose detection rate is ``power``.
     alpha : float
@@ -227,8 +232,8 @@ def sbc_power(n_replicates: int, L: int, n_params: int, *, narrowing: float = 2.
     for label, k, mu in (("false_alarm", 1.0, 0.0), ("power", float(narrowing), float(shift))):
         stat = np.empty(int(n_sim))
         for s in range(int(n_sim)):
-            truth = rng.standard_normal((n_replicates, n_params))
-            draws = rng.standard_normal((n_replicates, L, n_params)) / k + mu
+            truth = rng.standard_normal((n_rep, n_params))
+            draws = rng.standard_normal((n_rep, L, n_params)) / k + mu
             ranks = np.concatenate([(draws < truth[:, None, :]).sum(axis=1),
                                     ((draws**2).sum(axis=2) > (truth**2).sum(axis=1)[:, None]).sum(axis=1)[:, None]],
                                    axis=1)
@@ -238,7 +243,7 @@ def sbc_power(n_replicates: int, L: int, n_params: int, *, narrowing: float = 2.
             else:
                 stat[s] = _ecdf_pmin(ranks, L).min()  # the smallest p-value has the smallest pmin
         if test == "ecdf":
-            stat = (n_params + 1) * _ecdf_pvalue_of(stat, n_replicates, L)
+            stat = (n_params + 1) * _ecdf_pvalue_of(stat, n_rep, L)
         rate = float(np.mean(stat < alpha))
         out[label] = rate
         out[f"{label}_se"] = float(np.sqrt(max(rate * (1 - rate), 1.0 / n_sim) / n_sim))
@@ -308,7 +313,22 @@ def _replicate(s: compiled.Settings, rng, key, A, priors, X_fixed, thin: int):
     return (values < truth).sum(axis=0), int(np.asarray(st["diverging"]).sum())
 
 
-def sbc(n_replicates: int = 200, *, model: str = "joint", n_features: int = 4, n_units: int = 30, rank: int = 1,
+def _seeds(seed):
+    """``(numpy Generator for the data, JAX key for the sampler)`` from ``seed``; an int
+    gives exactly the generator and key it always gave."""
+    import jax
+
+    if isinstance(seed, np.random.Generator | np.random.SeedSequence):
+        rng = v.rng(seed)
+        return rng, prng_key(rng)
+    if is_key(seed):
+        data_key, key = jax.random.split(seed)
+        return np.random.default_rng(np.asarray(jax.random.key_data(data_key)).ravel().tolist()), key
+    return v.rng(seed), jax.random.PRNGKey(v.seed_key(seed))
+
+
+@renamed(n_replicates="n_rep", n_features="P", n_units="N")
+def sbc(n_rep: int = 200, *, model: str = "joint", P: int = 4, N: int = 30, rank: int = 1,
         A=None, priors: dict | None = None, L: int = 99, num_warmup: int = 300, num_chains: int = 2,
         thin: int = 4, chain_method: str = "vectorized", simplex: str = "folded", X=None, seed=0,
         mass: str = "dense", theta_coords: str = "direct") -> SBCResult:
@@ -316,10 +336,12 @@ def sbc(n_replicates: int = 200, *, model: str = "joint", n_features: int = 4, n
 
     Parameters
     ----------
-    n_replicates : int
+    n_rep : int
+        Replicates (data sets); ``n_replicates=`` is the deprecated name.
     model : {"joint", "conditional_x"}
-    n_features, n_units, rank : int
-        P, N, Q of the simulated data sets.
+    P, N, rank : int
+        Features, units and rank Q of the simulated data sets (``n_features=``,
+        ``n_units=``: deprecated names).
     A : array (K, N), optional
         Covariates (default: intercept and a Bernoulli(1/2) dummy, drawn once).
     priors : dict, optional
@@ -332,7 +354,11 @@ def sbc(n_replicates: int = 200, *, model: str = "joint", n_features: int = 4, n
         As for :class:`bayes.Sampler`.
     X : array (P, Q), optional
         The fixed basis of ``conditional_x`` (default: columns drawn once from the prior).
-    seed : int
+    seed : int, numpy.random.Generator or JAX key
+        An int gives the data generator ``numpy.random.default_rng(seed)`` and the sampler
+        keys ``jax.random.PRNGKey(seed)`` split; a Generator draws the data and one key
+        (:func:`bayes.seeds.prng_key`); a JAX key gives the sampler keys and the data
+        generator seeded from it.
     mass, theta_coords : str
         As for :class:`bayes.Sampler`. With ``rank > 1`` the ranked quantities are the
         label-invariant ``sum_theta[k]`` (Theta's column sums, = the column sums of
@@ -345,23 +371,23 @@ def sbc(n_replicates: int = 200, *, model: str = "joint", n_features: int = 4, n
     import jax
 
     model = v.choice(model, "model", ("joint", "conditional_x"))
-    rng = v.rng(seed)
+    rng, key = _seeds(seed)
     priors = {**DEFAULT_PRIORS, **(priors or {})}
     if A is None:
-        A = np.vstack([np.ones(n_units), rng.binomial(1, 0.5, n_units)]).astype(float)
+        A = np.vstack([np.ones(N), rng.binomial(1, 0.5, N)]).astype(float)
     A = np.asarray(A, float)
     if model == "conditional_x" and X is None:
-        X = rng.dirichlet(np.full(n_features, priors["x_concentration"]), rank).T
+        X = rng.dirichlet(np.full(P, priors["x_concentration"]), rank).T
     total = L * thin
     if total % num_chains:
         raise ValueError("L * thin must be a multiple of num_chains")
-    s = compiled.Settings(model, rank, n_features, A.shape[0], simplex=simplex, num_warmup=num_warmup,
+    s = compiled.Settings(model, rank, P, A.shape[0], simplex=simplex, num_warmup=num_warmup,
                           num_samples=total // num_chains, num_chains=num_chains, chain_method=chain_method,
                           target_accept=0.9, mass=mass, adapt_mass=True, theta_coords=theta_coords)
     ranks, div = [], []
     with jax.enable_x64(True):
-        keys = jax.random.split(jax.random.PRNGKey(v.seed_key(seed)), n_replicates)
-        for r in range(n_replicates):
+        keys = jax.random.split(key, n_rep)
+        for r in range(n_rep):
             rk, d = _replicate(s, rng, keys[r], A, priors, X, thin)
             ranks.append(rk)
             div.append(d)
@@ -371,7 +397,7 @@ def sbc(n_replicates: int = 200, *, model: str = "joint", n_features: int = 4, n
     tests, p = calibration_tests(ranks, L, names)
     da = xr.DataArray(ranks, dims=("replicate", "quantity"), coords={"quantity": names})
     return SBCResult(da, L, tests, p, np.array(div),
-                     {"model": model, "P": n_features, "N": A.shape[1], "rank": rank, "priors": priors,
+                     {"model": model, "P": P, "N": A.shape[1], "rank": rank, "priors": priors,
                       "num_warmup": num_warmup, "num_chains": num_chains, "thin": thin, "simplex": simplex,
                       "mass": mass, "theta_coords": theta_coords})
 

@@ -15,10 +15,10 @@ import numpy as np
 from nmfre import validation as v
 from nmfre.exceptions import ArgumentTypeError
 
-__all__ = ["prng_key"]
+__all__ = ["is_key", "prng_key"]
 
 
-def _is_key(seed: Any) -> bool:
+def is_key(seed: Any) -> bool:
     """A JAX PRNG key: a typed key array, or a raw ``uint32`` key (``jax.random.PRNGKey``)."""
     import jax
 
@@ -55,7 +55,7 @@ def prng_key(seed: Any, name: str = "seed"):
         seed = np.random.default_rng(seed)
     if isinstance(seed, np.random.Generator):
         return jax.random.PRNGKey(int(seed.integers(2**32)))
-    if _is_key(seed):
+    if is_key(seed):
         return seed
     raise ArgumentTypeError(f"{name} must be a non-negative int, a numpy.random.Generator or a JAX PRNG key "
                             f"(jax.random.key / PRNGKey), got {type(seed).__name__}")

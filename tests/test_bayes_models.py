@@ -255,3 +255,26 @@ def test_datatree_layout_matches_nmfre(ml_fit):
     assert dt["posterior_predictive"]["Y"].dims == ("chain", "draw", "feature", "unit")
     np.testing.assert_allclose(dt["posterior"]["sigma2"], 2.25)
     np.testing.assert_allclose(dt["posterior"]["tau2"], 49.0)
+
+
+def test_sbc_vocabulary_and_seeds():
+    """sbc/sbc_power speak nmfre's vocabulary (n_rep, P, N; old names warn) and take an int,
+    a Generator or a JAX key; an int gives the generator and key it always gave (exact)."""
+    import jax
+
+    from bayes import calibration
+
+    with pytest.warns(FutureWarning, match="n_replicates= is deprecated, use n_rep="):
+        old = bayes.sbc_power(n_replicates=10, L=9, n_params=1, n_sim=20, seed=3)
+    assert old == bayes.sbc_power(n_rep=10, L=9, n_params=1, n_sim=20, seed=3)
+    rng, key = calibration._seeds(5)
+    assert rng.integers(1000) == np.random.default_rng(5).integers(1000)
+    assert np.array_equal(jax.random.key_data(key), jax.random.key_data(jax.random.PRNGKey(5)))
+    a, ka = calibration._seeds(np.random.default_rng(7))
+    b, kb = calibration._seeds(np.random.default_rng(7))
+    assert a.integers(1000) == b.integers(1000) and np.array_equal(ka, kb)
+    c, _ = calibration._seeds(jax.random.PRNGKey(1))
+    d, _ = calibration._seeds(jax.random.PRNGKey(1))
+    assert c.integers(1000) == d.integers(1000)
+    with pytest.raises((TypeError, ValueError), match="seed"):
+        calibration._seeds("one")
