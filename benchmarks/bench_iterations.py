@@ -29,6 +29,7 @@ Run::
     python benchmarks/bench_iterations.py                        # the whole ladder (long)
     python benchmarks/bench_iterations.py --rungs medium,large --seeds 0-4 --noise 0.3,1.0
     python benchmarks/bench_iterations.py --quick                # smoke test (seconds)
+    python benchmarks/bench_iterations.py --solver second-order  # the experimental solver
     python benchmarks/bench_iterations.py --out results.json
 
 Columns of the summary table (one row per rung and noise level): ``runs``; nmfre's
@@ -129,16 +130,27 @@ def generate(P: int, N: int, Q: int, K: int, seed: int, noise: float = 0.3, dens
     return Y, A
 
 
-def run_one(spec: dict, seed: int, noise: float, sklearn: bool = True) -> dict:
-    """Fit nmfre and scikit-learn on one data set; wall and CPU seconds, iterations, nll."""
+def run_one(spec: dict, seed: int, noise: float, sklearn: bool = True, solver: str = "default") -> dict:
+    """Fit nmfre and scikit-learn on one data set; wall and CPU seconds, iterations, nll.
+
+    ``solver``: ``"default"`` (nmfre's default ML iteration) or ``"second-order"``
+    (:data:`nmfre.core.ml.SECOND_ORDER` switched on for this fit).
+    """
     import nmfre
+    from nmfre.core import ml
 
     Y, A = generate(spec["P"], spec["N"], spec["Q"], spec["K"], seed, noise, spec.get("density"))
     rec = {"seed": seed, "noise": noise}
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        w0, c0 = time.perf_counter(), time.process_time()
-        fit = nmfre.fit(Y, A, rank=spec["Q"], theta="nonneg")
+        saved = ml.SECOND_ORDER
+        ml.SECOND_ORDER = solver == "second-order" or (saved and solver == "default")
+        try:
+            w0, c0 = time.perf_counter(), time.process_time()
+            fit = nmfre.fit(Y, A, rank=spec["Q"], theta="nonneg")
+        finally:
+            ml.SECOND_ORDER = saved
+        rec["solver"] = solver
         rec["nmfre"] = {"wall_s": time.perf_counter() - w0, "cpu_s": time.process_time() - c0,
                         "n_iter": int(fit.n_iter), "converged": bool(fit.converged), "nll": float(-fit.loglik),
                         "stop_reason": fit.stop_reason,
@@ -224,6 +236,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--seeds", default="0-4", help="data seeds, '0-4' or '0,3' (default 0-4)")
     parser.add_argument("--noise", default=",".join(str(c) for c in NOISE), help="noise levels c (sd c/sqrt(P))")
     parser.add_argument("--no-sklearn", action="store_true", help="nmfre only")
+    parser.add_argument("--solver", default="default", choices=["default", "second-order"],
+                        help="nmfre's ML iteration (default: the package default)")
     parser.add_argument("--out", help="write all numbers as JSON")
     args = parser.parse_args(argv)
     specs = rungs(args.quick)
@@ -240,7 +254,7 @@ def main(argv=None) -> dict:
         results[n] = []
         for c in noises:
             for s in seeds:
-                rec = run_one(specs[n], s, c, sklearn=not args.no_sklearn)
+                rec = run_one(specs[n], s, c, sklearn=not args.no_sklearn, solver=args.solver)
                 results[n].append(rec)
                 m = rec["nmfre"]
                 line = (f"{n} c={c:g} seed={s}: nmfre {m['wall_s']:.3g} s, {m['n_iter']} it, "
@@ -251,7 +265,7 @@ def main(argv=None) -> dict:
                 print(line, flush=True)
     table = summary(results, specs)
     print(f"\nload average at end {os.getloadavg()}\n\n" + table)
-    out = {"quick": args.quick, "cpus": cpus, "results": results, "table": table}
+    out = {"quick": args.quick, "cpus": cpus, "solver": args.solver, "results": results, "table": table}
     if args.out:
         with open(args.out, "w") as fh:
             json.dump(out, fh, indent=1)

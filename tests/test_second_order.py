@@ -192,3 +192,15 @@ def test_second_order_steps_never_increase_the_nll(form, nonneg):
             if nonneg:
                 assert np.all(new.theta >= 0)
             s = ml.ecme(prob, new)
+
+
+@pytest.mark.parametrize("nonneg", [True, False])
+def test_second_order_fit_converges_at_least_as_well(nonneg):
+    """fit_ml(second_order=True): converged, monotone, nll no worse than the default
+    iteration's beyond the tolerance, in no more iterations on this design."""
+    prob, st = _problem("gram", nonneg=nonneg, P=30, N=1500, Q=3, K=2, sweeps=0)
+    ref = ml.fit_ml(prob, st.X, st.theta)
+    new = ml.fit_ml(prob, st.X, st.theta, second_order=True)
+    assert new.converged and ref.converged
+    assert np.all(np.diff(new.nll_trace) <= 0)
+    assert new.nll <= ref.nll + 1e-10 * (1 + abs(ref.nll))

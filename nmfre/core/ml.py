@@ -43,6 +43,12 @@ DENSE_MAX_BLOCKS = 1500
 DEGENERATE_INDEX = -0.95
 DEGENERATE_PATIENCE = 100
 DEGENERATE_GROWTH = 1.5
+#: use :func:`second_order_step` in :func:`fit_ml` by default. Off: measured on the
+#: benchmark ladder (benchmarks/bench_iterations.py) it cuts iterations on 500 x 5000 but
+#: not below 100 on 2000 x 20000, each iteration costs more (face factorisations), and fits
+#: of the same data in different forms (dense, gram, dask) then agree to ~5e-7 in Theta
+#: instead of 1e-8 (the gram form's nll cannot resolve the last Newton steps)
+SECOND_ORDER = False
 #: starting radius of the Newton steps' trust region, in the information norm (about
 #: ``radius^2 / 2`` units of nll)
 TRUST_RADIUS = 10.0
@@ -311,9 +317,8 @@ def _dnll_dlam(prob: Problem, st: State) -> float:
 
 
 def variance_directions(prob: Problem, st: State) -> list[str]:
-    """The variance coordinates that enter the Newton system (not when the cap binds, nor at
-    either end of lambda's range, where the profile holds the variances on their bound)."""
-    if st.cap_active or st.lam <= LAMBDA_MIN * (1 + 1e-6) or st.lam >= LAMBDA_MAX * (1 - 1e-6):
+    """The variance coordinates that enter the Newton system (not when the cap binds)."""
+    if st.cap_active:
         return []
     out = []
     if prob.mode in ("free", "tau2"):
@@ -460,7 +465,9 @@ def fisher_model(prob: Problem, st: State) -> trust.FisherModel | None:
         return None
     gX, gT, ex = gradient(prob, st)
     parts = newton.block_parts(prob, st, ex)
-    names = variance_directions(prob, st)
+    # none at either end of lambda's range either, where the profile holds them on the bound
+    bound = st.lam <= LAMBDA_MIN * (1 + 1e-6) or st.lam >= LAMBDA_MAX * (1 - 1e-6)
+    names = [] if bound else variance_directions(prob, st)
     # the variances are profiled exactly at every state (zero gradient inside lambda's range;
     # at its ends the profile holds them on the bound): their gradient is left out, their
     # coupling with X and Theta kept
@@ -565,18 +572,24 @@ def degeneracy(X: np.ndarray, theta: np.ndarray) -> tuple[float, int, int]:
 
 
 def fit_ml(prob: Problem, X0: np.ndarray, theta0: np.ndarray | None = None,
-           max_iter: int = 5000, tol: float = 1e-10) -> Solution:
+           max_iter: int = 5000, tol: float = 1e-10, second_order: bool | None = None) -> Solution:
     """Maximum-likelihood fit; every iteration does not increase the nll.
 
-    An iteration is a second-order step (:func:`second_order_step`: the bound-constrained
-    Fisher step, refined with the observed Hessian in a trust region whose radius follows
-    the ratio of actual to predicted decrease) followed by one ECME sweep; where no step
-    decreases the nll, a SQUAREM cycle (Varadhan & Roland 2008) of the monotone ECME map is
-    used instead: two ECME sweeps, an extrapolation of X along them (projected back onto the
-    simplex) and a stabilising sweep, accepted only if not worse than the plain sweeps.
-    Converged when an iteration decreases the nll by less than ``tol * (1 + |nll|)``, moves
-    X by less than ``sqrt(tol)``, and both :func:`kkt_decrement` and the decrease the
-    bound-constrained Fisher model still predicts are below ``tol * (1 + |nll|)``.
+    An iteration is a projected Fisher-scoring step (:func:`scoring_step`) followed by one
+    ECME sweep; where scoring finds no decrease, a SQUAREM cycle (Varadhan & Roland 2008)
+    of the monotone ECME map is used instead: two ECME sweeps, an extrapolation of X along
+    them (projected back onto the simplex) and a stabilising sweep, accepted only if not
+    worse than the plain sweeps. Converged when an iteration decreases the nll by less
+    than ``tol * (1 + |nll|)``, moves X by less than ``sqrt(tol)`` and
+    :func:`kkt_decrement` (the predicted decrease still available) is below
+    ``tol * (1 + |nll|)``.
+
+    ``second_order`` (default :data:`SECOND_ORDER`): the step is
+    :func:`second_order_step` instead (the bound-constrained Fisher step, refined with the
+    observed Hessian in a trust region whose radius follows the ratio of actual to predicted
+    decrease; convergence also asks the bound-constrained Fisher model to predict less than
+    ``tol * (1 + |nll|)``, and the converged fit is polished by up to three Newton steps
+    that do not increase the nll). Experimental: see :data:`SECOND_ORDER`.
 
     A sign-free fit stops early with ``stop_reason="degenerate"`` (not converged) when
     :func:`degeneracy` stays below ``DEGENERATE_INDEX`` for ``DEGENERATE_PATIENCE``
@@ -595,17 +608,22 @@ def fit_ml(prob: Problem, X0: np.ndarray, theta0: np.ndarray | None = None,
     watch = not prob.nonneg and prob.rank >= 2
     since: tuple[int, float] | None = None  # (iteration, max |Theta|) when the index first fell
     n_iter = 0
+    second = SECOND_ORDER if second_order is None else second_order
     radius = TRUST_RADIUS
+    direction = None if second else scoring_direction(prob, st)
     while n_iter < max_iter:
         n_iter += 1
-        new, info = second_order_step(prob, st, radius)
-        rn = info.get("ratio_newton")
-        if rn is not None:  # the trust region of the Newton steps
-            if rn < 0.25:
-                radius /= 4.0
-            elif rn > 0.75 and info.get("boundary"):
-                radius *= 2.0
-            radius = min(max(radius, 1e-3), 1e6)
+        if second:
+            new, info = second_order_step(prob, st, radius)
+            rn = info.get("ratio_newton")
+            if rn is not None:  # the trust region of the Newton steps
+                if rn < 0.25:
+                    radius /= 4.0
+                elif rn > 0.75 and info.get("boundary"):
+                    radius *= 2.0
+                radius = min(max(radius, 1e-3), 1e6)
+        else:
+            new = scoring_step(prob, st, direction)
         if new is None:
             new, step_max = _squarem_cycle(prob, st, step_max, mstep)
         else:
@@ -618,10 +636,20 @@ def fit_ml(prob: Problem, X0: np.ndarray, theta0: np.ndarray | None = None,
             hits.append(n_iter)
         thr = tol * (1.0 + abs(st.nll))
         if dec <= thr and dx <= np.sqrt(tol) and kkt_decrement(prob, st) <= thr:
-            _, qp = qp_direction(prob, st)
-            if qp is None or qp.decrement <= thr:
-                converged, reason = True, "tol"
-                break
+            if second:
+                _, qp = qp_direction(prob, st)
+                if qp is None or qp.decrement <= thr:
+                    converged, reason = True, "tol"
+                    st = _polish(prob, st)
+                    trace[-1] = st.nll
+                    break
+            else:
+                direction = scoring_direction(prob, st)
+                if direction is None or direction.decrement <= thr:
+                    converged, reason = True, "tol"
+                    break
+        elif not second:
+            direction = scoring_direction(prob, st)
         if watch:
             size = float(np.max(np.abs(st.theta)))
             if degeneracy(st.X, st.theta)[0] > DEGENERATE_INDEX:
@@ -635,6 +663,28 @@ def fit_ml(prob: Problem, X0: np.ndarray, theta0: np.ndarray | None = None,
                     nll=st.nll, nll_trace=np.asarray(trace), converged=converged, n_iter=n_iter,
                     cap_hit=bool(hits), stop_reason=reason,
                     cap_hit_iters=tuple(hits))
+
+
+def _polish(prob: Problem, st: State, steps: int = 3) -> State:
+    """At convergence, up to ``steps`` further second-order steps (full Newton steps where the
+    observed Hessian is available), kept while they do not increase the nll: near a regular
+    optimum they converge quadratically, so the estimates are settled well below the
+    tolerance of the nll (fits of the same data in different forms agree closely)."""
+    P, Q = prob.P, prob.rank
+    for _ in range(steps):
+        model, qp = qp_direction(prob, st)
+        if qp is None:
+            break
+        d = qp.d
+        if prob.data is not None:
+            hess = trust.Hessian(prob.data, model, st.X, st.theta, st.sigma2, st.sigma2 / st.lam)
+            res = trust.newton_step(hess, model, _flat_point(prob, st, model.nV), prob.nonneg, qp)
+            d = d if res is None else res[0]
+        new = _varpro(prob, st, _moved(st.X, d[: P * Q].reshape(P, Q), 1.0))
+        if not new.nll <= st.nll:
+            break
+        st = new
+    return st
 
 
 def _squarem_cycle(prob: Problem, st: State, step_max: float, mstep: float):

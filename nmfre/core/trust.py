@@ -443,8 +443,8 @@ def newton_step(hess: Hessian, model: FisherModel, x: np.ndarray, nonneg: bool, 
     Hessian model (:func:`face_cg`); when the result leaves the feasible set, its projection
     or the longest feasible part of the segment towards it (whichever has the lower Hessian
     model) gives a new face, and CG continues there (at most ``rounds`` faces), all within
-    the trust region ``radius`` around the Fisher step. Returns ``(d, predicted decrease, on_boundary)`` with ``x + d`` feasible,
-    or None.
+    the trust region ``radius`` around the Fisher step. Returns ``(d, predicted decrease,
+    on_boundary)`` with ``x + d`` feasible, or None.
     """
     n = x.size
     lower = np.zeros(n, bool)
