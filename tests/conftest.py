@@ -79,3 +79,13 @@ def ml_fit(orthodont):
 
     Y, A = orthodont
     return nmfre.fit(Y, A, rank=1)
+
+
+@pytest.fixture(autouse=True)
+def _close_figures():
+    """Every figure a test opened is closed after it (matplotlib warns past 20 open figures,
+    and nmfre's RuntimeWarnings are errors in the tests)."""
+    yield
+    import matplotlib.pyplot as plt
+
+    plt.close("all")
