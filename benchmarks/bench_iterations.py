@@ -49,6 +49,8 @@ import warnings
 
 import numpy as np
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # sibling benchmark scripts
+
 #: noise levels: sd = c / sqrt(P)
 NOISE = (0.3, 1.0)
 
@@ -112,22 +114,9 @@ def generate(P: int, N: int, Q: int, K: int, seed: int, noise: float = 0.3, dens
         Y += rng.normal(0.0, sd, (P, N))
         np.maximum(Y, 0.0, out=Y)
         return Y, A
-    import scipy.sparse as sp
+    from bench_scale import sparse_at_random  # (benchmarks/ is on sys.path: see the imports)
 
-    nnz = int(round(density * P * N))
-    pos = np.sort(rng.choice(P * N, size=nnz, replace=False))
-    rows, cols = np.divmod(pos, N)
-    del pos
-    vals = np.empty(nnz)
-    step = 1 << 18
-    for a in range(0, nnz, step):
-        s = slice(a, a + step)
-        vals[s] = np.einsum("iq,qi->i", X[rows[s]], B[:, cols[s]])
-    vals += rng.normal(0.0, sd, nnz)
-    np.maximum(vals, 0.0, out=vals)
-    Y = sp.csr_matrix((vals, (rows, cols)), shape=(P, N))
-    Y.eliminate_zeros()
-    return Y, A
+    return sparse_at_random(X, B, density, sd, rng), A
 
 
 def run_one(spec: dict, seed: int, noise: float, sklearn: bool = True, solver: str = "default") -> dict:

@@ -327,13 +327,22 @@ def sparse_block_sparse(P: int, N: int, Q: int, K: int, density: float, noise_sd
     A : ndarray (K, N)
     """
     import numpy as np
-    import scipy.sparse as sp
 
     rng = np.random.default_rng(seed)
     X = _block_sparse_x(P, Q, rng)
     theta = rng.uniform(0.0, theta_scale, (Q, K))
     A = np.vstack([np.ones(N), rng.uniform(0.0, 1.0, (K - 1, N))])
     B = theta @ A + rng.normal(0.0, np.sqrt(tau2), (Q, N))
+    return sparse_at_random(X, B, density, noise_sd, rng), A
+
+
+def sparse_at_random(X, B, density: float, noise_sd: float, rng):
+    """CSR ``Y``: ``X B + E`` at ``density P N`` positions drawn at random, clipped at 0 (zeros
+    removed), never forming a dense ``P x N`` array."""
+    import numpy as np
+    import scipy.sparse as sp
+
+    P, N = X.shape[0], B.shape[1]
     nnz = int(round(density * P * N))
     pos = np.sort(rng.choice(P * N, size=nnz, replace=False))
     rows, cols = np.divmod(pos, N)
@@ -347,7 +356,7 @@ def sparse_block_sparse(P: int, N: int, Q: int, K: int, density: float, noise_sd
     np.maximum(vals, 0.0, out=vals)
     Y = sp.csr_matrix((vals, (rows, cols)), shape=(P, N))
     Y.eliminate_zeros()
-    return Y, A
+    return Y
 
 
 def generate(d: Dataset, root: Path) -> dict:
