@@ -111,17 +111,25 @@ def dense_information(prob, st, parts: list[Parts], names: list[str]):
     return F, gV
 
 
-def dense_kkt(F: np.ndarray, g: np.ndarray, free: np.ndarray, P: int, Q: int):
-    """Newton step on the ``free`` coordinates under the unit-column-sum constraints of X
-    (a tiny ridge ``1e-10 mean|diag|`` keeps it regular); None when singular."""
+def kkt_matrix(F: np.ndarray, free: np.ndarray, P: int, Q: int):
+    """``(kkt, idx, E)``: the KKT matrix of the ``free`` coordinates (indices ``idx``) under
+    the unit-column-sum constraints of X (rows of ``E``), with a tiny ridge
+    ``1e-10 mean|diag|`` on the free block."""
     idx = np.flatnonzero(free)
     nf = idx.size
-    Ecol = np.zeros((Q, nf))
+    E = np.zeros((Q, nf))
     xi = idx < P * Q
-    Ecol[idx[xi] % Q, np.flatnonzero(xi)] = 1.0
+    E[idx[xi] % Q, np.flatnonzero(xi)] = 1.0
     Ff = F[np.ix_(idx, idx)]
     Ff = Ff + 1e-10 * np.mean(np.abs(np.diag(Ff))) * np.eye(nf)
-    kkt = np.block([[Ff, Ecol.T], [Ecol, np.zeros((Q, Q))]])
+    return np.block([[Ff, E.T], [E, np.zeros((Q, Q))]]), idx, E
+
+
+def dense_kkt(F: np.ndarray, g: np.ndarray, free: np.ndarray, P: int, Q: int):
+    """Newton step on the ``free`` coordinates under the unit-column-sum constraints of X
+    (:func:`kkt_matrix`); None when singular."""
+    kkt, idx, _ = kkt_matrix(F, free, P, Q)
+    nf = idx.size
     try:
         sol = np.linalg.solve(kkt, np.concatenate([-g[idx], np.zeros(Q)]))
     except np.linalg.LinAlgError:

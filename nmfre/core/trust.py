@@ -226,20 +226,15 @@ class _Solver:
 
 
 class _DenseFace:
-    """LU factors of the dense KKT matrix of a face (same ridge as
-    :func:`nmfre.core.newton.dense_kkt`)."""
+    """LU factors of the dense KKT matrix of a face (:func:`nmfre.core.newton.kkt_matrix`)."""
 
     def __init__(self, F: np.ndarray, free: np.ndarray, P: int, Q: int):
         from scipy.linalg import lu_factor
 
-        idx = np.flatnonzero(free)
+        from .newton import kkt_matrix
+
+        kkt, idx, E = kkt_matrix(F, free, P, Q)
         nf = idx.size
-        E = np.zeros((Q, nf))
-        xi = idx < P * Q
-        E[idx[xi] % Q, np.flatnonzero(xi)] = 1.0
-        Ff = F[np.ix_(idx, idx)]
-        Ff = Ff + 1e-10 * np.mean(np.abs(np.diag(Ff))) * np.eye(nf)
-        kkt = np.block([[Ff, E.T], [E, np.zeros((Q, Q))]])
         # a column of X with no free entry leaves an empty constraint row: pin its multiplier
         empty = ~np.any(E, axis=1)
         kkt[nf + np.flatnonzero(empty), nf + np.flatnonzero(empty)] = 1.0
