@@ -635,23 +635,26 @@ def _label(coords: dict, tvec: np.ndarray, ker: Conditional, sand: dict, draws: 
     q = _wald_quantile(dfs, level)
     lab = provenance(attrs)
 
-    def qk(vec):
-        return xr.DataArray(np.asarray(vec).reshape(Q, K, order="F"), dims=("component", "covariate"))
+    cc = ("component", "covariate")
+
+    def qk(vec):  # (dims, values): a labelled Dataset without per-variable alignment
+        return cc, np.asarray(vec).reshape(Q, K, order="F")
+
+    def bounds(a, b):
+        return ("ci_bound",) + cc, np.stack([np.asarray(a).reshape(Q, K, order="F"),
+                                             np.asarray(b).reshape(Q, K, order="F")])
 
     params = [f"{c}|{k}" for k in cov for c in comp]
-    pc = {"param": params, "component_of": ("param", np.tile(comp, K)), "covariate_of": ("param", np.repeat(cov, Q))}
-
-    def square(M):
-        return xr.DataArray(M, dims=("param", "param_2"), coords={**pc, "param_2": params})
-
+    sq = ("param", "param_2")
     ds = xr.Dataset(
         {"estimate": qk(tvec), "se": qk(se), "se_model": qk(se_model), "boot_se": qk(draws.std(axis=1, ddof=1)),
          lab["statistic"]: qk(z), "p_value": qk(p_values(z, alternative, dfs)), "df": qk(dfs),
-         "ci": xr.concat([qk(lo), qk(hi)], dim="ci_bound"),
-         "ci_wald": xr.concat([qk(tvec - q * se), qk(tvec + q * se)], dim="ci_bound"),
-         "draws": xr.DataArray(draws.T.reshape(B, Q, K, order="F"), dims=("draw", "component", "covariate")),
-         "cov": square(sand["cov"]), "cov_model": square(ker.cov_model), "info": square(ker.info)},
-        coords={"component": comp, "covariate": cov, "ci_bound": ["lower", "upper"], "draw": np.arange(B)},
+         "ci": bounds(lo, hi), "ci_wald": bounds(tvec - q * se, tvec + q * se),
+         "draws": (("draw",) + cc, draws.T.reshape(B, Q, K, order="F")),
+         "cov": (sq, sand["cov"]), "cov_model": (sq, ker.cov_model), "info": (sq, ker.info)},
+        coords={"component": comp, "covariate": cov, "ci_bound": ["lower", "upper"], "draw": np.arange(B),
+                "param": params, "component_of": ("param", np.tile(comp, K)),
+                "covariate_of": ("param", np.repeat(cov, Q)), "param_2": params},
         attrs=attrs,
     )
     ds["ci"].attrs.update(ci_kind=attrs["ci_kind"], ci_prob=float(level), description=lab["ci"])

@@ -42,6 +42,10 @@ TIMING = "seconds"
 #: an in-memory study keeps at most this many finished replicates as dicts before packing
 #: them into arrays (the client holds the result's size, not the records')
 _COMPACT = 1000
+#: on a cluster, replicates are sent in batches of about this many seconds of work (at most
+#: ``_BATCH_MAX`` replicates): cheap replicates then do not pay the scheduler's cost one by one
+_BATCH_SECONDS = 1.0
+_BATCH_MAX = 100
 
 
 def _interval(inf, kind: str, perm, Q: int, K: int) -> dict:
@@ -153,9 +157,11 @@ def _replicate(design, params: dict, seeds: tuple, n_boot: int, fit_overrides: d
             if r is not None:
                 intervals[name].update({k: np.asarray(r[k], dtype=float)[perm] for k in ("point", "lower", "upper")})
                 intervals[name].update({k: float(r.get(k, np.nan)) for k in SAMPLER_FIELDS})
-        if inf is not None:
-            t = inf.table
-            out.update({k: t[k].to_numpy().reshape(Q, K)[perm] for k in FIELDS})
+        if inf is not None:  # the inference's own arrays (its table, without building the frame)
+            ds = inf.dataset
+            got = {k: ds[k] for k in ("estimate", "se", "boot_se", "p_value")}
+            got.update(ci_low=ds["ci"].sel(ci_bound="lower"), ci_high=ds["ci"].sel(ci_bound="upper"))
+            out.update({k: got[k].transpose("component", "covariate").values[perm] for k in FIELDS})
         out.update(df_u_frac=f.df_u / (f.shape["N"] * Q), sigma2=f.sigma2, tau2=f.tau2, lam=f.lam,
                    converged=f.converged, cap_hit=f.cap_hit, nll=-f.loglik, n_iter=f.n_iter)
     if d is not None:
@@ -206,8 +212,12 @@ def _methods(methods) -> tuple[tuple, tuple]:
     return tuple(builtin), tuple(extra)
 
 
-def _task(args: tuple) -> dict:
-    return _replicate(*args)
+def _task(batch: list) -> tuple[list, float]:
+    """A cluster task: several replicates (``[(key, args), ...]``) in a row; their records
+    and the batch's wall time (the client sizes later batches by it)."""
+    t0 = time.perf_counter()
+    out = [(key, _replicate(*args)) for key, args in batch]
+    return out, time.perf_counter() - t0
 
 
 def _settings(grid: dict) -> list[dict]:
@@ -466,8 +476,12 @@ def _failed(rec: dict) -> bool:
 
 def _execute(tasks: list, client, progress: bool, total: int, initial: int):
     """``(key, record)`` as replicates finish: in this process in order, or on a dask cluster
-    as futures complete, with at most a few tasks per worker in flight (the client never
-    holds more than that many results)."""
+    as futures complete. On a cluster replicates travel in batches sized to about
+    ``_BATCH_SECONDS`` of work each (one replicate per task at first, then by the measured time
+    per replicate, at most ``_BATCH_MAX``), with at most a few batches per worker thread in
+    flight: the client never holds more than those results, and cheap replicates do not pay
+    the scheduler's per-task cost one by one. Seeds are per replicate, so batching does not
+    change any result."""
     from tqdm.auto import tqdm
 
     with tqdm(total=total, initial=initial, disable=not progress, desc="study", unit="rep",
@@ -479,26 +493,29 @@ def _execute(tasks: list, client, progress: bool, total: int, initial: int):
             return
         from distributed import as_completed
 
-        limit = max(8, 4 * sum(w.get("nthreads", 1) for w in client.scheduler_info()["workers"].values()))
+        threads = sum(w.get("nthreads", 1) for w in client.scheduler_info()["workers"].values())
+        limit = max(8, 4 * threads)
         it = iter(tasks)
-        keys = {}
+        spent, ran = 0.0, 0  # worker seconds and replicates so far (sizes the next batch)
+
+        def submit(ac):
+            size = 1 if ran == 0 else int(np.clip(_BATCH_SECONDS * ran / max(spent, 1e-9), 1, _BATCH_MAX))
+            batch = list(itertools.islice(it, size))
+            if batch:
+                ac.add(client.submit(_task, batch, pure=False))
+
         ac = as_completed()
-        for key, args in itertools.islice(it, limit):
-            fut = client.submit(_task, args, pure=False)
-            keys[fut.key] = key
-            ac.add(fut)
+        for _ in range(limit):
+            submit(ac)
         try:
             for fut in ac:
-                rec = fut.result()
-                key = keys.pop(fut.key)
+                recs, secs = fut.result()
                 fut.release()
-                nxt = next(it, None)
-                if nxt is not None:
-                    new = client.submit(_task, nxt[1], pure=False)
-                    keys[new.key] = nxt[0]
-                    ac.add(new)
-                bar.update()
-                yield key, rec
+                spent, ran = spent + secs, ran + len(recs)
+                submit(ac)
+                for key, rec in recs:
+                    bar.update()
+                    yield key, rec
         finally:
             for f in list(ac.futures):
                 f.cancel()

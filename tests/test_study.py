@@ -67,13 +67,32 @@ def test_summarize_hand_computed(small_study):
     assert float(s["df_u_frac_q50"].sel(N=50, hypothesis="alt")) == pytest.approx(np.quantile(q, 0.5))
 
 
-def test_study_identical_on_dask():
+class _Counting:
+    """The real client, with its ``submit`` calls and their batch sizes counted."""
+
+    def __init__(self, client):
+        self._client, self.sizes = client, []
+
+    def submit(self, fn, batch, **kw):
+        self.sizes.append(len(batch))
+        return self._client.submit(fn, batch, **kw)
+
+    def __getattr__(self, name):
+        return getattr(self._client, name)
+
+
+def test_study_identical_on_dask(monkeypatch):
     distributed = pytest.importorskip("dask.distributed")
     grid = {"N": [27], "errors": ["normal", "exp"]}
-    local = study.run("baseline", grid, n_rep=4, seed=9, n_boot=50)
+    local = study.run("baseline", grid, n_rep=12, seed=9, n_boot=50)
+    # batches of ~1000 s of work: after the first replicates come back, the rest go in big batches
+    monkeypatch.setattr(study, "_BATCH_SECONDS", 1000.0)
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
                                   dashboard_address=None) as cluster, distributed.Client(cluster) as client:
-        remote = study.run("baseline", grid, n_rep=4, seed=9, n_boot=50, client=client)
+        counting = _Counting(client)
+        remote = study.run("baseline", grid, n_rep=12, seed=9, n_boot=50, client=counting)
+    # every replicate sent once; the first 8 alone, the rest batched
+    assert sum(counting.sizes) == 24 and counting.sizes[:8] == [1] * 8 and max(counting.sizes) > 1
     # identical numbers; only the wall times (``seconds``) differ between runs
     assert remote.drop_vars("seconds").identical(local.drop_vars("seconds"))
     assert bool((remote["seconds"] > 0).all())
