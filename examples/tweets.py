@@ -3,7 +3,10 @@
 Documents: the tweets of one month from one device (Android or iPhone/other); features:
 the most frequent terms (stop words removed), as counts per 100 tweets. A: intercept,
 android, and periods (campaign from 2015-06-16, presidency from 2017-01-20; before that
-is the baseline). Rank 3, non-negative Theta: which covariates move which topic.
+is the baseline). Rank 3, non-negative Theta: which covariates move which topic. The
+refit bootstrap (X re-estimated in every replicate) says which terms make up each topic
+with what support: the share of replicates in which a term's loading exceeds 1/P, its
+share under a uniform topic.
 
 Run: ``python examples/tweets.py [--quick] [--out DIR]``.
 """
@@ -75,6 +78,19 @@ def main(args) -> pd.DataFrame:
         print(f"  {c}: {words}")
     inf.table.to_csv(out / "tweets_theta.csv")
     pd.Series(top).to_csv(out / "tweets_topics.csv")
+    # measurement side: the terms of each topic with their bootstrap support
+    refit = fit.infer(method="refit", n_boot=20 if args.quick else 500, seed=2, keep_X=True)
+    lo = refit.loadings()
+    print(f"\nselected terms per topic ({lo.attrs['description']}):")
+    for c in X.columns:
+        s = lo.sel(component=c)
+        terms = s["support"].to_pandas()[s["selected"].to_pandas()].sort_values(ascending=False)
+        print(f"  {c}: " + ", ".join(f"{w} ({v:.2f})" for w, v in terms.items()))
+    lo[["estimate", "support", "selected"]].to_dataframe().join(
+        lo["ci"].to_dataset("ci_bound").to_dataframe()).to_csv(out / "tweets_loadings.csv")
+    fig = refit.plot_loadings()
+    fig.savefig(out / "tweets_loadings.png", dpi=100)
+    plt.close(fig)
     fig, axes = plt.subplots(1, 2, figsize=(11, 4), layout="constrained")
     inf.plot(ax=axes[0])
     B = (fit.theta.values @ A.values)
@@ -86,7 +102,7 @@ def main(args) -> pd.DataFrame:
     axes[1].legend(fontsize=7)
     fig.savefig(out / "tweets.png", dpi=100)
     plt.close(fig)
-    return inf.table
+    return {"table": inf.table, "loadings": lo}
 
 
 def parse(argv=None):

@@ -50,7 +50,15 @@ def _check_coverage_study(t):
     assert (t["seconds"] > 0).all()
 
 
-def _check_holzinger(t):
+def _check_holzinger(out):
+    t, lo = out["table"], out["loadings"]
+    # the loading selection: support is a share of the 20 replicates; selected = support >= 0.95;
+    # the verbal tests x4-x6 make up factor 1 and x2, x3 factor 2 in all 20 replicates
+    sup = lo["support"].transpose("feature", "component").values
+    assert lo.attrs["n_draws"] == 20 and np.allclose(sup * 20, np.round(sup * 20))
+    np.testing.assert_array_equal(lo["selected"].values, lo["support"].values >= 0.95)
+    assert (lo["support"].sel(feature=["x4", "x5", "x6"], component="Basis1") == 1).all()
+    assert (lo["support"].sel(feature=["x2", "x3"], component="Basis2") == 1).all()
     sig = (t["p_value"] < 0.05).to_numpy().reshape(3, 3)
     np.testing.assert_array_equal(sig, [[True, False, False], [True, False, True], [True, True, True]])
     assert t.loc[("Basis1", "age.rev"), "estimate"] == pytest.approx(2.26575, rel=1e-3)
@@ -61,7 +69,12 @@ def _check_migration(t):
     assert t.loc[("Basis2", "hub_ONT"), "estimate"] == pytest.approx(138.23, rel=1e-3)
 
 
-def _check_tweets(t):
+def _check_tweets(out):
+    t, lo = out["table"], out["loadings"]
+    np.testing.assert_array_equal(lo["selected"].values, lo["support"].values >= 0.95)
+    assert lo.attrs["threshold"] == pytest.approx(1 / lo.sizes["feature"]) and lo.attrs["n_draws"] == 20
+    # "great" carries topics 1 and 3 in every replicate (support 1 of 20)
+    assert lo["support"].sel(feature="great", component=["Basis1", "Basis3"]).values.tolist() == [1.0, 1.0]
     # components in the canonical order (centre of mass of X along the terms)
     assert t.loc[("Basis3", "android"), "estimate"] == pytest.approx(78.55, rel=1e-3)
     assert t.loc[("Basis1", "campaign"), "estimate"] == pytest.approx(83.83, rel=1e-3)
