@@ -441,7 +441,8 @@ def infer(fit: NMFREFit, n_boot: int = 1000, seed: Any = 123, multipliers: Any =
     multipliers : array (N x B), optional
         Explicit multipliers (e.g. nmfkc's, to reproduce it exactly).
     dist : {"exp", "rademacher", "mammen", "normal"}
-        Multiplier distribution; ``"exp"`` is Exp(1) - 1 as in nmfkc.
+        Multiplier distribution; ``"exp"`` is Exp(1) - 1 as in nmfkc; ``"rademacher"`` takes
+        one generator bit per multiplier (the cheapest law for large ``N x n_boot``).
     method : {"onestep", "refit"}
         One-step Newton replicates (one matrix product) or the slow gold standard:
         re-fit the whole model on ``Y_b = X Theta A + w_nb (y_n - X Theta a_n)`` (the
