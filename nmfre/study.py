@@ -265,11 +265,17 @@ def run(design: str | Callable = "baseline", grid: dict | None = None, n_rep: in
         therefore gives other seeds; to re-run part of a study, pass the same grid and
         ``subset``.
     client : dask.distributed.Client, optional
-        Run on that cluster (``client.map``); None runs in this process.
+        Run on that cluster; None runs in this process. Replicates go out in batches of
+        about a second of work each (sized by the measured time per replicate), a few
+        batches per worker thread at a time, and come back as they finish: the client
+        never holds more than those, and cheap replicates do not pay the scheduler's
+        per-task cost one by one. Results do not depend on the batching (seeds are per
+        replicate).
+    progress : bool
+        tqdm progress bar with rate and ETA (in-process and on a cluster, as replicates
+        arrive).
     n_boot, level :
         One-step bootstrap size and interval level of each replicate's inference.
-    progress : bool
-        tqdm progress bar (in-process runs).
     fit_kwargs : dict, optional
         Overrides of the design's fit settings (e.g. ``{"method": "ml", "df_cap": None}``).
     subset : dict, optional
