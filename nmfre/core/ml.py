@@ -49,6 +49,12 @@ DEGENERATE_GROWTH = 1.5
 #: of the same data in different forms (dense, gram, dask) then agree to ~5e-7 in Theta
 #: instead of 1e-8 (the gram form's nll cannot resolve the last Newton steps)
 SECOND_ORDER = False
+#: the same for data with missing values (several blocks of observed rows), where it is on:
+#: there the scoring iteration crawls along flat ridges (over-fitted ranks, held-out cells of
+#: cross-validation: 300-1600 iterations) that the trust-region steps cross in tens; over 51
+#: such fits (ecv folds of ranks 1-3 and MCAR / dropout data, 2026-12-02) the total time
+#: fell from 923 s to 293 s with the same optimum wherever both converged
+SECOND_ORDER_MISSING = True
 #: starting radius of the Newton steps' trust region, in the information norm (about
 #: ``radius^2 / 2`` units of nll)
 TRUST_RADIUS = 10.0
@@ -584,7 +590,8 @@ def fit_ml(prob: Problem, X0: np.ndarray, theta0: np.ndarray | None = None,
     :func:`kkt_decrement` (the predicted decrease still available) is below
     ``tol * (1 + |nll|)``.
 
-    ``second_order`` (default :data:`SECOND_ORDER`): the step is
+    ``second_order`` (default :data:`SECOND_ORDER` for complete data,
+    :data:`SECOND_ORDER_MISSING` with missing values): the step is
     :func:`second_order_step` instead (the bound-constrained Fisher step, refined with the
     observed Hessian in a trust region whose radius follows the ratio of actual to predicted
     decrease; convergence also asks the bound-constrained Fisher model to predict less than
@@ -608,7 +615,9 @@ def fit_ml(prob: Problem, X0: np.ndarray, theta0: np.ndarray | None = None,
     watch = not prob.nonneg and prob.rank >= 2
     since: tuple[int, float] | None = None  # (iteration, max |Theta|) when the index first fell
     n_iter = 0
-    second = SECOND_ORDER if second_order is None else second_order
+    if second_order is None:
+        second_order = SECOND_ORDER if prob.stats.complete else SECOND_ORDER_MISSING
+    second = second_order
     radius = TRUST_RADIUS
     direction = None if second else scoring_direction(prob, st)
     while n_iter < max_iter:
