@@ -12,6 +12,12 @@ A batch is written under a temporary name and renamed into ``batches/`` when com
 (an atomic rename on a local or POSIX file system), so a run killed mid-write leaves at most
 a ``.tmp`` directory, which readers ignore and the next run removes: every batch a reader
 sees is whole, and a replicate is either in the store or computed again.
+
+Opening costs a fixed time per batch, so the writer keeps their number small:
+:meth:`Store.compact` merges the batches into one (written the same atomic way, then the
+merged ones removed). A reader between that rename and the removal, or after a kill in
+between, sees some replicates twice; readers keep one copy of each ``(cell, replicate)``
+(the copies are equal), and a reader whose batch was removed under it lists them again.
 """
 
 from __future__ import annotations
@@ -102,14 +108,42 @@ class Store:
         os.replace(tmp, final)
         return final
 
-    def read(self) -> xr.Dataset | None:
-        """All complete batches as one flat Dataset along ``item`` (lazy, dask-backed);
-        None when nothing has been written yet."""
+    def read(self, load: bool = False) -> xr.Dataset | None:
+        """All complete batches as one flat Dataset along ``item``, one copy of each
+        ``(cell, replicate)``; lazy (dask-backed) unless ``load``. None when nothing has
+        been written yet."""
+        for attempt in range(3):  # a compaction may remove a listed batch: list again
+            paths = self.batches()
+            if not paths:
+                return None
+            try:
+                parts = [xr.open_zarr(p, consolidated=False) for p in paths]
+                if load:
+                    parts = [b.load() for b in parts]
+                break
+            except FileNotFoundError:
+                if attempt == 2:
+                    raise
+        flat = parts[0] if len(parts) == 1 else xr.concat(parts, dim="item", data_vars="all", coords="minimal",
+                                                          compat="override", join="override")
+        key = flat["cell"].values * (int(flat["replicate"].values.max(initial=0)) + 1) + flat["replicate"].values
+        _, first = np.unique(key, return_index=True)
+        return flat if first.size == key.size else flat.isel(item=np.sort(first))
+
+    def compact(self, min_batches: int = 2) -> int:
+        """Merge the complete batches into one when there are at least ``min_batches``;
+        returns how many were merged (0: nothing done). The merged batch is written and
+        renamed into place before the others are removed, so a kill at any point loses
+        nothing (see the module docstring)."""
         paths = self.batches()
-        if not paths:
-            return None
-        parts = [xr.open_zarr(p, consolidated=False) for p in paths]
-        return xr.concat(parts, dim="item", data_vars="all", coords="minimal", compat="override", join="override")
+        if len(paths) < max(min_batches, 2):
+            return 0
+        flat = self.read(load=True)
+        text = [k for k, x in flat.variables.items() if x.dtype.kind in "OTU"]
+        self.write(flat.assign({k: flat[k].astype(object) for k in text}))
+        for p in paths:
+            shutil.rmtree(p, ignore_errors=True)
+        return len(paths)
 
 
 def read_spec(path) -> dict:

@@ -46,6 +46,9 @@ _COMPACT = 1000
 #: ``_BATCH_MAX`` replicates): cheap replicates then do not pay the scheduler's cost one by one
 _BATCH_SECONDS = 1.0
 _BATCH_MAX = 100
+#: a store is compacted into one batch every this many flushes (and at the end of a run):
+#: opening it costs a fixed time per batch
+_STORE_BATCHES = 32
 
 
 def _interval(inf, kind: str, perm, Q: int, K: int) -> dict:
@@ -361,6 +364,7 @@ def run(design: str | Callable = "baseline", grid: dict | None = None, n_rep: in
     parts: list[xr.Dataset] = []
     failed: dict[int, list] = {}
     last = time.monotonic()
+    written = 0
     total = len(settings) * n_rep
     try:
         for (cell, r), rec in _execute(tasks, client, progress, total, total - len(tasks)):
@@ -378,6 +382,9 @@ def run(design: str | Callable = "baseline", grid: dict | None = None, n_rep: in
                         "replicate(...) re-creates one for debugging")
             if st is not None and time.monotonic() - last >= flush_seconds:
                 st.write(_flat(records, ctx))
+                written += 1
+                if written % _STORE_BATCHES == 0:  # keep the store quick to open
+                    st.compact(_STORE_BATCHES)
                 records, last = [], time.monotonic()
             elif st is None and len(records) >= _COMPACT:  # compact: arrays instead of per-replicate dicts
                 parts.append(_flat(records, ctx))
@@ -387,6 +394,7 @@ def run(design: str | Callable = "baseline", grid: dict | None = None, n_rep: in
             st.write(_flat(records, ctx))
             records = []
     if st is not None:
+        st.compact()
         flat = st.read()
     else:
         parts.append(_flat(records, ctx))

@@ -164,16 +164,22 @@ def test_failures_isolated_counted_and_limited(tmp_path):
         study.replicate(ds, r, N=27)
 
 
-def test_cluster_writes_to_store_as_futures_complete(plain, tmp_path):
+def test_cluster_writes_to_store_as_futures_complete(plain, tmp_path, monkeypatch):
     """On a dask cluster (2 worker processes) the store fills as futures complete and the
     result equals the in-process run."""
+    from nmfre.store import Store
+
     distributed = pytest.importorskip("distributed")
+    sizes = []
+    real = Store.write
+    monkeypatch.setattr(Store, "write", lambda self, flat: sizes.append(flat.sizes["item"]) or real(self, flat))
     path = tmp_path / "c.zarr"
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
                                   dashboard_address=None) as cluster, distributed.Client(cluster) as client:
         ds = study.run("baseline", GRID, store=path, client=client, flush_seconds=0, **KW)
     _same(ds, plain)
-    assert len(list((path / "batches").glob("*.zarr"))) == 12  # one batch per finished replicate
+    # one batch per finished replicate, then the end-of-run compaction into one
+    assert sizes == [1] * 12 + [12] and len(list((path / "batches").glob("*.zarr"))) == 1
 
 
 def test_study_figures(tmp_path):
@@ -241,3 +247,27 @@ def test_posterior_methods_in_a_store(tmp_path):
     _same(again, ds)
     with pytest.raises(StoreMismatchError, match="method_specs"):
         bstudy.run("baseline", {"N": [27]}, store=path, **{**kw, "num_samples": 150})
+
+
+def test_store_compacted_while_running_and_at_the_end(plain, tmp_path, monkeypatch):
+    """One batch per replicate (flush_seconds=0), merged every 3 flushes and at the end: the
+    store holds one batch and reads as the in-memory study."""
+    import shutil
+
+    from nmfre.store import Store, read_spec
+
+    merged = []
+    real = Store.compact
+    monkeypatch.setattr(Store, "compact", lambda self, *a: merged.append(real(self, *a)) or merged[-1])
+    monkeypatch.setattr(study, "_STORE_BATCHES", 3)
+    path = tmp_path / "s.zarr"
+    _same(study.run("baseline", GRID, store=path, flush_seconds=0, **KW), plain)
+    assert len(list((path / "batches").glob("*.zarr"))) == 1
+    # 12 flushes: merge the first 3, then the merged one and 3 new ones, ...; nothing left at the end
+    assert merged == [3, 4, 4, 4, 0]
+    # a reader that meets a batch and its merged copy (a kill between rename and removal)
+    # sees each replicate once
+    (only,) = (path / "batches").glob("*.zarr")
+    shutil.copytree(only, path / "batches" / "99999999999999999999-00000000.zarr")
+    _same(study.open(path), plain)
+    assert Store(path, read_spec(path)).read()["cell"].size == 12
