@@ -68,7 +68,7 @@ def test_benchmarks_page_includes_every_record():
 
 def test_every_record_names_a_script_that_exists():
     for path in RECORDS:
-        scripts = re.findall(r"benchmarks/(bench_\w+\.py)", path.read_text())
+        scripts = re.findall(r"benchmarks/(\w+\.py)", path.read_text())
         assert scripts, path.name
         for script in scripts:
             assert (ROOT / "benchmarks" / script).exists(), (path.name, script)
