@@ -138,7 +138,7 @@ class Store:
         paths = self.batches()
         if len(paths) < max(min_batches, 2):
             return 0
-        flat = self.read(load=True)
+        flat = self.read(load=True).drop_encoding()  # one chunk per variable, not the batches' chunks
         text = [k for k, x in flat.variables.items() if x.dtype.kind in "OTU"]
         self.write(flat.assign({k: flat[k].astype(object) for k in text}))
         for p in paths:
