@@ -117,28 +117,36 @@ class Store:
             if not paths:
                 return None
             try:
-                parts = [xr.open_zarr(p, consolidated=False) for p in paths]
-                if load:
-                    parts = [b.load() for b in parts]
-                break
+                return self._load(paths, load)
             except FileNotFoundError:
                 if attempt == 2:
                     raise
+        return None
+
+    @staticmethod
+    def _load(paths: list[Path], load: bool = True) -> xr.Dataset:
+        """The batches at ``paths`` as one flat Dataset, one copy of each ``(cell, replicate)``."""
+        parts = [xr.open_zarr(p, consolidated=False) for p in paths]
+        if load:
+            parts = [b.load() for b in parts]
         flat = parts[0] if len(parts) == 1 else xr.concat(parts, dim="item", data_vars="all", coords="minimal",
                                                           compat="override", join="override")
         key = flat["cell"].values * (int(flat["replicate"].values.max(initial=0)) + 1) + flat["replicate"].values
         _, first = np.unique(key, return_index=True)
         return flat if first.size == key.size else flat.isel(item=np.sort(first))
 
-    def compact(self, min_batches: int = 2) -> int:
-        """Merge the complete batches into one when there are at least ``min_batches``;
-        returns how many were merged (0: nothing done). The merged batch is written and
-        renamed into place before the others are removed, so a kill at any point loses
-        nothing (see the module docstring)."""
+    def compact(self, min_batches: int = 2, newest: int | None = None) -> int:
+        """Merge complete batches into one: the ``newest`` most recent (all when None), when
+        there are at least ``min_batches`` of them; returns how many were merged (0: nothing
+        done). Memory: the merged batches' data. The merged batch is written and renamed into
+        place before the others are removed, so a kill at any point loses nothing (see the
+        module docstring)."""
         paths = self.batches()
+        if newest is not None:
+            paths = paths[-newest:]
         if len(paths) < max(min_batches, 2):
             return 0
-        flat = self.read(load=True).drop_encoding()  # one chunk per variable, not the batches' chunks
+        flat = self._load(paths).drop_encoding()  # one chunk per variable, not the batches' chunks
         text = [k for k, x in flat.variables.items() if x.dtype.kind in "OTU"]
         self.write(flat.assign({k: flat[k].astype(object) for k in text}))
         for p in paths:

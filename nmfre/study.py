@@ -46,8 +46,9 @@ _COMPACT = 1000
 #: ``_BATCH_MAX`` replicates): cheap replicates then do not pay the scheduler's cost one by one
 _BATCH_SECONDS = 1.0
 _BATCH_MAX = 100
-#: a store is compacted into one batch every this many flushes (and at the end of a run):
-#: opening it costs a fixed time per batch
+#: every this many flushes the newest this many batches of a store are merged into one (and
+#: at the end of a run all of them): opening a store costs a fixed time per batch, and a merge
+#: holds only the batches it merges
 _STORE_BATCHES = 32
 
 
@@ -383,8 +384,8 @@ def run(design: str | Callable = "baseline", grid: dict | None = None, n_rep: in
             if st is not None and time.monotonic() - last >= flush_seconds:
                 st.write(_flat(records, ctx))
                 written += 1
-                if written % _STORE_BATCHES == 0:  # keep the store quick to open
-                    st.compact(_STORE_BATCHES)
+                if written % _STORE_BATCHES == 0:  # keep the store quick to open, the client's memory flat
+                    st.compact(_STORE_BATCHES, newest=_STORE_BATCHES)
                 records, last = [], time.monotonic()
             elif st is None and len(records) >= _COMPACT:  # compact: arrays instead of per-replicate dicts
                 parts.append(_flat(records, ctx))

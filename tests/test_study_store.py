@@ -250,23 +250,24 @@ def test_posterior_methods_in_a_store(tmp_path):
 
 
 def test_store_compacted_while_running_and_at_the_end(plain, tmp_path, monkeypatch):
-    """One batch per replicate (flush_seconds=0), merged every 3 flushes and at the end: the
-    store holds one batch and reads as the in-memory study."""
+    """One batch per replicate (flush_seconds=0), the newest 3 merged every 3 flushes and all
+    at the end: the store holds one batch and reads as the in-memory study."""
     import shutil
 
     from nmfre.store import Store, read_spec
 
     merged = []
     real = Store.compact
-    monkeypatch.setattr(Store, "compact", lambda self, *a: merged.append(real(self, *a)) or merged[-1])
+    monkeypatch.setattr(Store, "compact", lambda self, *a, **k: merged.append(real(self, *a, **k)) or merged[-1])
     monkeypatch.setattr(study, "_STORE_BATCHES", 3)
     path = tmp_path / "s.zarr"
     _same(study.run("baseline", GRID, store=path, flush_seconds=0, **KW), plain)
     (only,) = (path / "batches").glob("*.zarr")
     with xr.open_zarr(only, consolidated=False) as b:  # one chunk per variable (not one per replicate)
         assert all(len(c) == 1 for x in b.data_vars.values() for c in x.chunks)
-    # 12 flushes: merge the first 3, then the merged one and 3 new ones, ...; nothing left at the end
-    assert merged == [3, 4, 4, 4, 0]
+    # 12 flushes: every 3rd merges the newest 3 (never an earlier merge: memory stays at 3
+    # batches); the end of the run merges the four merged batches
+    assert merged == [3, 3, 3, 3, 4]
     # a reader that meets a batch and its merged copy (a kill between rename and removal)
     # sees each replicate once
     shutil.copytree(only, path / "batches" / "99999999999999999999-00000000.zarr")
