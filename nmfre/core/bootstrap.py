@@ -21,17 +21,9 @@ def draw_multipliers(dist: str, N: int, B: int, rng: np.random.Generator) -> np.
     ``exp``: Exp(1) - 1 (nmfkc); ``rademacher``: +-1, one random bit each (:func:`rademacher`);
     ``mammen``: Mammen's two-point distribution; ``normal``: N(0, 1).
     """
-    if dist == "exp":
-        return rng.exponential(size=(N, B)) - 1.0
-    if dist == "rademacher":
-        return rademacher(rng, np.empty((N, B)))
-    if dist == "mammen":
-        s5 = np.sqrt(5.0)
-        lo, hi = -(s5 - 1) / 2, (s5 + 1) / 2
-        return np.where(rng.random((N, B)) < (s5 + 1) / (2 * s5), lo, hi)
-    if dist == "normal":
-        return rng.standard_normal((N, B))
-    raise ValueError(f"dist must be one of {DISTS}, got {dist!r}")
+    if dist not in DISTS:
+        raise ValueError(f"dist must be one of {DISTS}, got {dist!r}")
+    return _fill(dist, rng, np.empty((N, B)))
 
 
 def rademacher(rng: np.random.Generator, out: np.ndarray) -> np.ndarray:
@@ -80,17 +72,20 @@ SUB_UNITS = 256
 
 
 def _fill(dist: str, g: np.random.Generator, buf: np.ndarray) -> np.ndarray:
-    """Draw ``buf``'s shape of multipliers from ``g`` (in place where numpy allows)."""
+    """Fill ``buf`` (row-major) with multipliers of law ``dist`` drawn from ``g``, in place:
+    the one place each law is drawn (:func:`draw_multipliers`, :func:`onestep_sum`)."""
     if dist == "exp":
         g.standard_exponential(out=buf)
         buf -= 1.0
-        return buf
-    if dist == "normal":
+    elif dist == "normal":
         g.standard_normal(out=buf)
-        return buf
-    if dist == "rademacher":
-        return rademacher(g, buf)
-    return draw_multipliers(dist, buf.shape[0], buf.shape[1], g)
+    elif dist == "rademacher":
+        rademacher(g, buf)
+    else:  # mammen
+        s5 = np.sqrt(5.0)
+        g.random(out=buf)
+        buf[...] = np.where(buf < (s5 + 1) / (2 * s5), -(s5 - 1) / 2, (s5 + 1) / 2)
+    return buf
 
 
 def onestep_sum(scores: np.ndarray, dist: str, B: int, rng: np.random.Generator, chunk: int = 1024,
