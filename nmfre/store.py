@@ -22,6 +22,7 @@ between, sees some replicates twice; readers keep one copy of each ``(cell, repl
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -94,7 +95,7 @@ class Store:
         """``(cell, replicate)`` pairs already in the store."""
         out: set[tuple[int, int]] = set()
         for p in self.batches():
-            with xr.open_zarr(p, consolidated=False) as b:
+            with xr.open_zarr(p, consolidated=False, chunks=None) as b:  # numpy, no scheduler
                 out.update(zip(b["cell"].values.tolist(), b["replicate"].values.tolist(), strict=True))
         return out
 
@@ -126,7 +127,10 @@ class Store:
     @staticmethod
     def _load(paths: list[Path], load: bool = True) -> xr.Dataset:
         """The batches at ``paths`` as one flat Dataset, one copy of each ``(cell, replicate)``."""
-        parts = [xr.open_zarr(p, consolidated=False) for p in paths]
+        # loaded: read straight into numpy (chunks=None, no dask), never through a dask
+        # scheduler (a distributed client would be the default one: the data would travel to
+        # a worker and back, and the client keep the graphs)
+        parts = [xr.open_zarr(p, consolidated=False, **({"chunks": None} if load else {})) for p in paths]
         if load:
             parts = [b.load() for b in parts]
         flat = parts[0] if len(parts) == 1 else xr.concat(parts, dim="item", data_vars="all", coords="minimal",
@@ -152,6 +156,17 @@ class Store:
         for p in paths:
             shutil.rmtree(p, ignore_errors=True)
         return len(paths)
+
+
+def in_process():
+    """A context in which dask computes in this process (the synchronous scheduler), whatever
+    the default scheduler is: a store's small reads (indices, text, the estimand) then never
+    travel through a user's distributed client to a worker and back."""
+    try:
+        import dask
+    except ImportError:  # no dask: nothing is lazy
+        return contextlib.nullcontext()
+    return dask.config.set(scheduler="synchronous")
 
 
 def read_spec(path) -> dict:

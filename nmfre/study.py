@@ -24,7 +24,7 @@ from .core.bootstrap import align_components
 from .labels import component_labels
 from .model import fit as nmfre_fit
 from .performance import performance
-from .store import Store, read_spec
+from .store import Store, in_process, read_spec
 
 DESIGNS = {"baseline": simulate.baseline, "stress": simulate.stress}
 FIELDS = ("estimate", "se", "boot_se", "ci_low", "ci_high", "p_value")
@@ -394,13 +394,14 @@ def run(design: str | Callable = "baseline", grid: dict | None = None, n_rep: in
         if st is not None and records:
             st.write(_flat(records, ctx))
             records = []
-    if st is not None:
-        st.compact()
-        flat = st.read()
-    else:
-        parts.append(_flat(records, ctx))
-        flat = xr.concat(parts, dim="item") if len(parts) > 1 else parts[0]
-    ds = _to_grid(flat, sub, full, n_rep, ctx)
+    with in_process():  # the client reads the store itself, not through a cluster
+        if st is not None:
+            st.compact()
+            flat = st.read()
+        else:
+            parts.append(_flat(records, ctx))
+            flat = xr.concat(parts, dim="item") if len(parts) > 1 else parts[0]
+        ds = _to_grid(flat, sub, full, n_rep, ctx)
     ds.attrs.update(design=design_name, seed=seed, n_boot=n_boot, level=level, fit_overrides=str(over),
                     n_boot_refit=n_boot_refit, spec=json.dumps(_jsonable(spec)))
     if st is not None:
@@ -417,10 +418,11 @@ def open(path) -> xr.Dataset:  # noqa: A001 - study.open(path), as xarray.open_d
     st = Store(path, spec)
     labels = (spec["component"], spec["covariate"])
     ctx = {"names": spec["methods"], "Q": len(labels[0]), "K": len(labels[1]), "labels": labels}
-    flat = st.read()
-    if flat is None:
-        flat = _flat([], ctx)
-    ds = _to_grid(flat, grid, _settings(grid), spec["n_rep"], ctx)
+    with in_process():  # small reads in this process, whatever the default scheduler
+        flat = st.read()
+        if flat is None:
+            flat = _flat([], ctx)
+        ds = _to_grid(flat, grid, _settings(grid), spec["n_rep"], ctx)
     ds.attrs.update(design=spec["design"], seed=spec["seed"], n_boot=spec["n_boot"], level=spec["level"],
                     fit_overrides=str(spec["fit_overrides"]), n_boot_refit=spec["n_boot_refit"],
                     spec=json.dumps(spec), store=str(st.path))

@@ -176,8 +176,14 @@ def test_cluster_writes_to_store_as_futures_complete(plain, tmp_path, monkeypatc
     path = tmp_path / "c.zarr"
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
                                   dashboard_address=None) as cluster, distributed.Client(cluster) as client:
-        ds = study.run("baseline", GRID, store=path, client=client, flush_seconds=0, **KW)
+        with distributed.get_task_stream(client) as ts:
+            ds = study.run("baseline", GRID, store=path, client=client, flush_seconds=0, **KW)
     _same(ds, plain)
+    # the cluster ran the replicates and nothing else: the client reads and merges the store
+    # itself (a load through the default scheduler, the client, would ship the data to a
+    # worker and back)
+    names = {t["key"].split("-")[0] if isinstance(t["key"], str) else str(t["key"]) for t in ts.data}
+    assert names == {"_task"}, names
     # one batch per finished replicate, then the end-of-run compaction into one
     assert sizes == [1] * 12 + [12] and len(list((path / "batches").glob("*.zarr"))) == 1
 
