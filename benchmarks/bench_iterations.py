@@ -30,6 +30,7 @@ Run::
     python benchmarks/bench_iterations.py --rungs medium,large --seeds 0-4 --noise 0.3,1.0
     python benchmarks/bench_iterations.py --quick                # smoke test (seconds)
     python benchmarks/bench_iterations.py --solver second-order  # the experimental solver
+    python benchmarks/bench_iterations.py --solver fisher        # scoring with the expected information only
     python benchmarks/bench_iterations.py --out results.json
 
 Columns of the summary table (one row per rung and noise level): ``runs``; nmfre's
@@ -122,7 +123,9 @@ def generate(P: int, N: int, Q: int, K: int, seed: int, noise: float = 0.3, dens
 def run_one(spec: dict, seed: int, noise: float, sklearn: bool = True, solver: str = "default") -> dict:
     """Fit nmfre and scikit-learn on one data set; wall and CPU seconds, iterations, nll.
 
-    ``solver``: ``"default"`` (nmfre's default ML iteration) or ``"second-order"``
+    ``solver``: ``"default"`` (nmfre's default ML iteration), ``"fisher"`` (the default
+    iteration with the expected-information direction only:
+    :data:`nmfre.core.ml.OBSERVED_HESSIAN` off) or ``"second-order"``
     (:data:`nmfre.core.ml.SECOND_ORDER` switched on for this fit).
     """
     import nmfre
@@ -132,13 +135,14 @@ def run_one(spec: dict, seed: int, noise: float, sklearn: bool = True, solver: s
     rec = {"seed": seed, "noise": noise}
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        saved = ml.SECOND_ORDER
-        ml.SECOND_ORDER = solver == "second-order" or (saved and solver == "default")
+        saved = ml.SECOND_ORDER, ml.OBSERVED_HESSIAN
+        ml.SECOND_ORDER = solver == "second-order" or (saved[0] and solver == "default")
+        ml.OBSERVED_HESSIAN = saved[1] and solver != "fisher"
         try:
             w0, c0 = time.perf_counter(), time.process_time()
             fit = nmfre.fit(Y, A, rank=spec["Q"], theta="nonneg")
         finally:
-            ml.SECOND_ORDER = saved
+            ml.SECOND_ORDER, ml.OBSERVED_HESSIAN = saved
         rec["solver"] = solver
         rec["nmfre"] = {"wall_s": time.perf_counter() - w0, "cpu_s": time.process_time() - c0,
                         "n_iter": int(fit.n_iter), "converged": bool(fit.converged), "nll": float(-fit.loglik),
@@ -225,7 +229,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--seeds", default="0-4", help="data seeds, '0-4' or '0,3' (default 0-4)")
     parser.add_argument("--noise", default=",".join(str(c) for c in NOISE), help="noise levels c (sd c/sqrt(P))")
     parser.add_argument("--no-sklearn", action="store_true", help="nmfre only")
-    parser.add_argument("--solver", default="default", choices=["default", "second-order"],
+    parser.add_argument("--solver", default="default", choices=["default", "fisher", "second-order"],
                         help="nmfre's ML iteration (default: the package default)")
     parser.add_argument("--out", help="write all numbers as JSON")
     args = parser.parse_args(argv)
