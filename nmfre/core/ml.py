@@ -633,15 +633,15 @@ def fit_ml(prob: Problem, X0: np.ndarray, theta0: np.ndarray | None = None,
            max_iter: int = 5000, tol: float = 1e-10, second_order: bool | None = None) -> Solution:
     """Maximum-likelihood fit; every iteration does not increase the nll.
 
-    An iteration is a projected Fisher-scoring step (:func:`scoring_step`) followed by one
-    ECME sweep (for complete data, once a scoring step decreased the nll by more than
+    An iteration is a projected Fisher-scoring step (:func:`scoring_step`) followed by one ECME
+    sweep (for complete data, once a scoring step decreased the nll by more than
     :data:`MISMATCH` times its prediction, the steps follow :func:`newton_direction`, the
-    observed Hessian's Newton direction on the same face, instead); where scoring finds no decrease, a SQUAREM cycle (Varadhan & Roland 2008)
-    of the monotone ECME map is used instead: two ECME sweeps, an extrapolation of X along
-    them (projected back onto the simplex) and a stabilising sweep, accepted only if not
-    worse than the plain sweeps. Converged when an iteration decreases the nll by less
-    than ``tol * (1 + |nll|)``, moves X by less than ``sqrt(tol)`` and
-    :func:`kkt_decrement` (the predicted decrease still available) is below
+    observed Hessian's Newton direction on the same face, instead); where scoring finds no
+    decrease, a SQUAREM cycle (Varadhan & Roland 2008) of the monotone ECME map is used instead:
+    two ECME sweeps, an extrapolation of X along them (projected back onto the simplex) and a
+    stabilising sweep, accepted only if not worse than the plain sweeps. Converged when an
+    iteration decreases the nll by less than ``tol * (1 + |nll|)``, moves X by less than
+    ``sqrt(tol)`` and :func:`kkt_decrement` (the predicted decrease still available) is below
     ``tol * (1 + |nll|)``.
 
     ``second_order`` (default :data:`SECOND_ORDER` for complete data,
