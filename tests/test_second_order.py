@@ -118,6 +118,18 @@ def _dense_hessian(prob, st, names):
     return model, hess, 0.5 * (H + H.T)
 
 
+def _near_optimum(prob, st):
+    """The fit's optimum with X perturbed by a relative 1e-4 (Theta and the variances
+    re-solved): near enough that H is positive definite on the face."""
+    sol = ml.fit_ml(prob, st.X, st.theta)
+    rng = np.random.default_rng(5)
+    X = sol.X * np.exp(1e-4 * rng.normal(size=sol.X.shape))
+    X /= X.sum(axis=0)
+    theta = ml.theta_step(prob, X, sol.lam)
+    s2, lam, val, _, act = ml.profile(prob, X, theta, sol.lam)
+    return ml.State(X, theta, s2, lam, val, act)
+
+
 @pytest.mark.parametrize("structured", [False, True])
 def test_face_newton_step_equals_the_dense_newton_step(structured, monkeypatch):
     # near the optimum, where H is positive definite on the face (its region of convexity is
@@ -127,13 +139,7 @@ def test_face_newton_step_equals_the_dense_newton_step(structured, monkeypatch):
     # face too ill-conditioned for CG to reach the dense step)
     prob, st = _problem("gram", P=40, N=800, Q=2, K=2, sweeps=0, clip=False)
     monkeypatch.setattr(ml, "OBSERVED_HESSIAN", False)
-    sol = ml.fit_ml(prob, st.X, st.theta)
-    rng = np.random.default_rng(5)
-    X = sol.X * np.exp(1e-4 * rng.normal(size=sol.X.shape))
-    X /= X.sum(axis=0)
-    theta = ml.theta_step(prob, X, sol.lam)
-    s2, lam, val, _, act = ml.profile(prob, X, theta, sol.lam)
-    st = ml.State(X, theta, s2, lam, val, act)
+    st = _near_optimum(prob, st)
     if structured:
         monkeypatch.setattr(ml, "DENSE_MAX", 1)
     names = ml.variance_directions(prob, st)
@@ -215,13 +221,7 @@ def test_newton_direction_is_the_dense_newton_step_on_the_scoring_face(structure
     """ml.newton_direction (CG run to convergence) equals the dense Newton step with the
     observed Hessian on the scoring face (ml._free_mask) under the column-sum constraints."""
     prob, st = _problem("gram", P=40, N=800, Q=2, K=2, sweeps=0, clip=False)
-    sol = ml.fit_ml(prob, st.X, st.theta)
-    rng = np.random.default_rng(5)
-    X = sol.X * np.exp(1e-4 * rng.normal(size=sol.X.shape))
-    X /= X.sum(axis=0)
-    theta = ml.theta_step(prob, X, sol.lam)
-    s2, lam, val, _, act = ml.profile(prob, X, theta, sol.lam)
-    st = ml.State(X, theta, s2, lam, val, act)
+    st = _near_optimum(prob, st)
     if structured:
         monkeypatch.setattr(ml, "DENSE_MAX", 1)
     monkeypatch.setattr(ml, "NEWTON_RTOL", 1e-12)
