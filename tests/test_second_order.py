@@ -63,9 +63,11 @@ def test_hessian_products_match_finite_differences_and_are_symmetric(form, mode)
              0.2 * t2 * rng.normal()) for _ in range(2)]
     data = prob.data
     DX = trust.data_product(data, st.X)
-    H = [trust.hessian_product(data, st.X, st.theta, s2, t2, *d, DX=DX) for d in dirs]
+    YJ = trust.residual_product(data, st.X, st.theta, DX)
+    assert (YJ is None) == (form == "gram")
+    H = [trust.hessian_product(data, st.X, st.theta, s2, t2, *d, DX=DX, YJ=YJ) for d in dirs]
     H_plain = trust.hessian_product(data, st.X, st.theta, s2, t2, *dirs[0])
-    for a, b in zip(H[0], H_plain, strict=True):
+    for a, b in zip(H[0], H_plain, strict=True):  # the cached data products change nothing
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12 * np.max(np.abs(b)))
 
     def grad(t, d):
@@ -84,6 +86,23 @@ def test_hessian_products_match_finite_differences_and_are_symmetric(form, mode)
         return float(np.sum(u[0] * v[0]) + np.sum(u[1] * v[1]) + u[2] * v[2] + u[3] * v[3])
 
     assert dot(dirs[0], H[1]) == pytest.approx(dot(dirs[1], H[0]), rel=1e-10)
+
+
+@pytest.mark.parametrize("form", ["dense", "gram", "sparse"])
+def test_hessian_from_the_cached_moments_equals_a_fresh_one(form):
+    """ml.hessian takes G X / Y'X / Y R'X from the state's cached moments (no pass over the
+    data); its products equal those of a Hessian that multiplies the data itself."""
+    prob, st = _problem(form)
+    model = ml.fisher_model(prob, st)
+    cached = ml.hessian(prob, model, st)
+    m = prob.moments(st.X, st.theta)[0]
+    assert (m.DX is None) == (form == "dense")
+    fresh = trust.Hessian(prob.data, model, st.X, st.theta, st.sigma2, st.sigma2 / st.lam)
+    rng = np.random.default_rng(7)
+    for _ in range(2):
+        v = rng.normal(size=model.g.size)
+        a, b = cached(v), fresh(v)
+        np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-9 * np.max(np.abs(b)))
 
 
 @pytest.mark.parametrize("blocks", [False, True])

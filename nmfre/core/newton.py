@@ -184,6 +184,19 @@ class _Woodbury:
     def _binv(self, V):
         return np.matmul(self.Binv, V)
 
+    def gram(self, V: np.ndarray) -> np.ndarray:
+        """``V' A^-1 V`` (``r x r``) for ``V`` of shape ``(P, Q, r)`` with zeros off the mask, by
+        Woodbury without forming ``A^-1 V``: ``V'B0^-1 V - T1' K cap^-1 T1`` with ``T1 =
+        L'B0^-1 V`` (one block-diagonal solve and two thin products instead of
+        :meth:`solve`'s two and four)."""
+        Q = self.X.shape[1]
+        P, _, r = V.shape
+        Y1 = self._binv(V)
+        flat = Y1.reshape(P, Q * r)
+        T1 = np.concatenate([(self.X.T @ flat).reshape(Q * Q, r), (self.Z.T @ flat).reshape(Q * Q, r)])
+        T2 = self.K @ np.linalg.solve(self.cap, T1)
+        return V.reshape(P * Q, r).T @ Y1.reshape(P * Q, r) - T1.T @ T2
+
     def solve(self, V: np.ndarray) -> np.ndarray:
         """``A^-1 V`` for ``V`` of shape ``(P, Q, r)`` (entries off the mask ignored)."""
         Q = self.X.shape[1]
@@ -202,9 +215,10 @@ class StructuredKKT:
     a set of ``free`` coordinates and solved for any gradient without forming ``F``.
 
     Solves ``[[F_ff, E'], [E, 0]] [delta, mu] = [-g_f, 0]`` (same ridge as the dense
-    solver) by Woodbury on the X block and a Schur complement of size ``QK + nV + Q`` for
-    Theta, the variances and the column-sum constraints. Factorising costs
-    ``O(P Q^4 + Q^6)``; each solve ``O(P Q^2 (QK + nV + Q))``. Raises
+    solver) by Woodbury on the X block and a Schur complement of size ``m = QK + nV + Q`` for
+    Theta, the variances and the column-sum constraints (formed as ``B'A^-1 B`` by
+    :meth:`_Woodbury.gram`, never ``A^-1 B``). Factorising costs ``O(P Q^4 + P Q m^2 + Q^6)``;
+    each solve two solves with the X block, ``O(P Q^3 + P Q m)``. Raises
     ``numpy.linalg.LinAlgError`` when singular.
     """
 
@@ -223,21 +237,27 @@ class StructuredKKT:
         ridge = 1e-10 * np.mean(np.abs(diag))
         self.A = A = _Woodbury(p, s2, mask, np.full((P, Q), ridge))
         # columns coupling X with (Theta, variances, multipliers)
-        cols = [np.outer(p.Z[:, j], p.TAA[:, k]) for j, k in zip(*np.divmod(tfree, K), strict=True)]
-        cols += vcols
-        cols += [np.where(mask & (np.arange(Q)[None, :] == q), 1.0, 0.0) for q in range(Q)]
-        Bx = np.stack(cols, axis=-1) if cols else np.zeros((P, Q, 0))
-        self.Bm = Bx * mask[:, :, None]
-        self.ABx = A.solve(Bx)
+        jt, kt = np.divmod(tfree, K)
+        m = tfree.size + nV + Q
+        Bm = np.empty((P, Q, m))
+        Bm[:, :, : tfree.size] = p.Z[:, None, jt] * p.TAA[None, :, kt]
+        for i, c in enumerate(vcols):
+            Bm[:, :, tfree.size + i] = c
+        Bm[:, :, m - Q:] = np.eye(Q)[None, :, :]
+        Bm *= mask[:, :, None]
+        self.Bm = Bm
         m_eta = tfree.size + nV
         Deta = np.zeros((m_eta + Q, m_eta + Q))
         Deta[: tfree.size, : tfree.size] = FTT + ridge * np.eye(tfree.size)
         Deta[tfree.size:m_eta, tfree.size:m_eta] = FV + ridge * np.eye(nV)
-        m = Bx.shape[2]
         self.Bm2 = self.Bm.reshape(P * Q, m)
-        self.ABx2 = self.ABx.reshape(P * Q, m)
-        Mx = self.Bm2.T @ self.ABx2
-        S = Deta - Mx
+        S = Deta - A.gram(self.Bm)  # Bm' A^-1 Bm, never A^-1 Bm (m columns of length PQ)
+        # the column-sum constraints are met to rounding by a final A-metric projection (the
+        # Schur complement and the step round A^-1 differently: on an ill-conditioned face the
+        # sums of the step would drift to 1e-8)
+        Ec = self.Bm[:, :, m - Q:]
+        self.AEc = A.solve(Ec).reshape(P * Q, Q)
+        self.EAE_pinv = np.linalg.pinv(Ec.reshape(P * Q, Q).T @ self.AEc)
         if not np.all(np.isfinite(S)):
             raise np.linalg.LinAlgError("non-finite Schur complement")
         with warnings.catch_warnings():
@@ -257,7 +277,8 @@ class StructuredKKT:
         ry = np.concatenate([-gT.ravel()[tfree], -np.asarray(gV, dtype=float), np.zeros(Q)])
         ry = ry + self.Bm2.T @ Ag.ravel()
         y = lu_solve(self.schur, ry, check_finite=False)
-        dx = -Ag - (self.ABx2 @ y).reshape(P, Q)
+        dx = -self.A.solve((gX + (self.Bm2 @ y).reshape(P, Q))[:, :, None])[:, :, 0]
+        dx = dx - (self.AEc @ (self.EAE_pinv @ np.sum(dx * self.mask, axis=0))).reshape(P, Q)
         delta = np.zeros(n + self.nV)
         delta[: P * Q] = (dx * self.mask).ravel()
         delta[P * Q + tfree] = y[: tfree.size]

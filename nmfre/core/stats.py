@@ -34,7 +34,9 @@ class Moments:
     """What one block contributes at ``(X, Theta)`` (plain arrays).
 
     ``XtX = X_O'X_O``; ``XtYA = X_O'Y A'``; ``WR = X_O'R R'X_O``; ``rss = ||R||^2``;
-    ``YRtX = Y R' X_O`` (``P_O x Q``); ``GX = Y Y' X_O``; ``C1 = Theta AA' Theta'``.
+    ``YRtX = Y R' X_O`` (``P_O x Q``); ``C1 = Theta AA' Theta'``; ``DX``: the one product of
+    the data with ``X_O`` it took, ``G X_O`` (gram form) or ``Y'X_O`` (sparse form; None in
+    dense form), kept for :class:`nmfre.core.trust.Hessian`.
     """
 
     Xb: np.ndarray
@@ -44,6 +46,7 @@ class Moments:
     rss: float
     YRtX: np.ndarray
     C1: np.ndarray
+    DX: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -102,16 +105,17 @@ class Block:
             XtR = Xb.T @ R
             return Moments(Xb, XtX, XtYA, XtR @ XtR.T, float(np.vdot(R, R)), self.Y @ XtR.T, C1)
         if self.form == "sparse":
-            XtR = np.asarray(self.Y.T @ Xb).T - XtX @ (theta @ self.A)  # Q x N, never P x N
+            DX = np.asarray(self.Y.T @ Xb)
+            XtR = DX.T - XtX @ (theta @ self.A)  # Q x N, never P x N
             rss = self.trG - 2.0 * float(np.sum(theta * XtYA)) + float(np.sum(C1 * XtX))
-            return Moments(Xb, XtX, XtYA, XtR @ XtR.T, rss, np.asarray(self.Y @ XtR.T), C1)
+            return Moments(Xb, XtX, XtYA, XtR @ XtR.T, rss, np.asarray(self.Y @ XtR.T), C1, DX)
         GX = self.G @ Xb
         XtGX = Xb.T @ GX
         T = XtYA @ theta.T @ XtX
         WR = XtGX - T - T.T + XtX @ C1 @ XtX
         rss = self.trG - 2.0 * float(np.sum(theta * XtYA)) + float(np.sum(C1 * XtX))
         YRtX = GX - self.YA @ theta.T @ XtX
-        return Moments(Xb, XtX, XtYA, 0.5 * (WR + WR.T), rss, YRtX, C1)
+        return Moments(Xb, XtX, XtYA, 0.5 * (WR + WR.T), rss, YRtX, C1, GX)
 
 
 @dataclass(frozen=True)

@@ -96,11 +96,25 @@ def data_product(data: Data, X: np.ndarray) -> np.ndarray:
     return _rmul(data.G, X) if data.form == "gram" else _rmul(data.Y.T, X)
 
 
-def moments(data: Data, X: np.ndarray, theta: np.ndarray, DX: np.ndarray | None = None) -> Moments:
+def residual_product(data: Data, X: np.ndarray, theta: np.ndarray, DX: np.ndarray) -> np.ndarray | None:
+    """``Y J'`` with ``J = X'R`` (``P x Q``; dense and sparse forms, None in gram form), from
+    ``DX = Y'X`` (:func:`data_product`): the second data product of :func:`moments`, kept by
+    :class:`Hessian` so that its products multiply only the direction."""
+    if data.form == "gram":
+        return None
+    J = DX.T - (X.T @ X) @ theta @ data.A
+    return np.asarray(data.Y @ J.T)
+
+
+def moments(data: Data, X: np.ndarray, theta: np.ndarray, DX: np.ndarray | None = None,
+            YJ: np.ndarray | None = None) -> Moments:
     """:class:`Moments` (exact residual products in dense form, the gram identities otherwise).
 
     ``DX``: :func:`data_product` of ``X`` when already known (for a complex ``X``, of its real
-    part: only the imaginary part is then multiplied)."""
+    part: only the imaginary part is then multiplied). ``YJ`` (dense and sparse forms): ``Y J'``
+    with ``J = X'R`` at the real part of a complex ``(X, theta)``, when already known (then the
+    second data product multiplies the imaginary part only; the real part it replaces differs
+    by ``O(h^2)``, far below rounding, for the complex step ``h`` of :func:`hessian_product`)."""
     if DX is None:
         DX = data_product(data, X)
     elif np.iscomplexobj(X):
@@ -125,18 +139,22 @@ def moments(data: Data, X: np.ndarray, theta: np.ndarray, DX: np.ndarray | None 
     else:
         rss = data.trG - 2.0 * np.sum(theta * XtYA) + np.sum(C1 * XtX)
     JA = J @ data.A.T
-    RRtX = _rmul(data.Y, J.T) - X @ theta @ JA.T
+    if YJ is not None and np.iscomplexobj(J):
+        YJt = YJ + 1j * np.asarray(data.Y @ J.imag.T)
+    else:
+        YJt = _rmul(data.Y, J.T)
+    RRtX = YJt - X @ theta @ JA.T
     return Moments(XtX, XtYA, J @ J.T, rss, RRtX, JA, C1)
 
 
 def gradient(data: Data, X: np.ndarray, theta: np.ndarray, sigma2, tau2, m: Moments | None = None,
-             DX: np.ndarray | None = None):
+             DX: np.ndarray | None = None, YJ: np.ndarray | None = None):
     """Gradient of the nll in ``(X, Theta, sigma2, tau2)``: ``(gX, gT, g_sigma2, g_tau2)``.
 
     Complex-analytic in all arguments (so :func:`hessian_product` can differentiate it).
-    ``DX``: see :func:`moments`.
+    ``DX``, ``YJ``: see :func:`moments`.
     """
-    m = moments(data, X, theta, DX) if m is None else m
+    m = moments(data, X, theta, DX, YJ) if m is None else m
     N, Q = data.N, X.shape[1]
     n = N * data.P
     lam = sigma2 / tau2
@@ -151,14 +169,16 @@ def gradient(data: Data, X: np.ndarray, theta: np.ndarray, sigma2, tau2, m: Mome
     return gX, gT, L_s2 + L_lam / tau2, -L_lam * lam / tau2
 
 
-def hessian_product(data: Data, X, theta, sigma2, tau2, dX, dT, ds2=0.0, dt2=0.0, DX=None):
+def hessian_product(data: Data, X, theta, sigma2, tau2, dX, dT, ds2=0.0, dt2=0.0, DX=None, YJ=None):
     """Observed Hessian of the nll times ``(dX, dT, d_sigma2, d_tau2)`` (complex step; exact
     to rounding). Returns ``(HX, HT, H_sigma2, H_tau2)``. ``DX``: :func:`data_product` of
-    ``X`` (then each product multiplies the data once, by ``dX``)."""
+    ``X``; ``YJ``: :func:`residual_product` (with both, each product multiplies the data twice
+    in dense and sparse form, by ``dX`` and by the change of ``X'R``, and once in gram form)."""
     scale = max(float(np.max(np.abs(dX))), float(np.max(np.abs(dT), initial=0.0)), abs(ds2) / max(sigma2, 1e-300),
                 abs(dt2) / max(tau2, 1e-300), 1e-300)
     h = COMPLEX_STEP / scale
-    g = gradient(data, X + 1j * h * dX, theta + 1j * h * dT, sigma2 + 1j * h * ds2, tau2 + 1j * h * dt2, DX=DX)
+    g = gradient(data, X + 1j * h * dX, theta + 1j * h * dT, sigma2 + 1j * h * ds2, tau2 + 1j * h * dt2, DX=DX,
+                 YJ=YJ)
     return tuple(np.imag(x) / h for x in g)
 
 
@@ -347,12 +367,16 @@ def bound_qp(model: FisherModel, x: np.ndarray, nonneg: bool, max_inner: int = 1
 
 class Hessian:
     """Products with the observed Hessian in the flat coordinates of a :class:`FisherModel`
-    (the model's variance coordinates; the data multiplied once per product)."""
+    (the model's variance coordinates; the data multiplied once per product in gram form,
+    twice otherwise). ``DX``, ``YJ``: :func:`data_product` and :func:`residual_product` at
+    ``(X, theta)`` when already known (:func:`nmfre.core.ml.hessian` takes them from the
+    cached moments of the state)."""
 
-    def __init__(self, data: Data, model: FisherModel, X, theta, sigma2, tau2):
+    def __init__(self, data: Data, model: FisherModel, X, theta, sigma2, tau2, DX=None, YJ=None):
         self.data, self.model = data, model
         self.args = (X, theta, sigma2, tau2)
-        self.DX = data_product(data, X)
+        self.DX = data_product(data, X) if DX is None else DX
+        self.YJ = residual_product(data, X, theta, self.DX) if YJ is None and data.form != "gram" else YJ
         self.count = 0
 
     def __call__(self, v: np.ndarray) -> np.ndarray:
@@ -360,7 +384,7 @@ class Hessian:
         vX, vT, vV = self.model.split(v)
         ds2 = vV[names.index("sigma2")] if "sigma2" in names else 0.0
         dt2 = vV[names.index("tau2")] if "tau2" in names else 0.0
-        hX, hT, hs, ht = hessian_product(self.data, *self.args, vX, vT, ds2, dt2, self.DX)
+        hX, hT, hs, ht = hessian_product(self.data, *self.args, vX, vT, ds2, dt2, self.DX, self.YJ)
         self.count += 1
         return np.concatenate([hX.ravel(), hT.ravel(), [hs if nm == "sigma2" else ht for nm in names]])
 
