@@ -31,12 +31,15 @@ Run::
     python benchmarks/bench_iterations.py --quick                # smoke test (seconds)
     python benchmarks/bench_iterations.py --solver second-order  # the experimental solver
     python benchmarks/bench_iterations.py --solver fisher        # scoring with the expected information only
+    python benchmarks/bench_iterations.py --check                # + an independent optimiser at each optimum
     python benchmarks/bench_iterations.py --out results.json
 
 Columns of the summary table (one row per rung and noise level): ``runs``; nmfre's
 ``iters median/max``, ``conv`` (converged runs), ``wall s median/max``;
 scikit-learn's ``wall s median/max``; ``ratio median/max`` (nmfre / scikit-learn wall time
-per data set); ``target`` (met or what was missed).
+per data set); ``target`` (met or what was missed); with ``--check``, ``L-BFGS-B decrease
+max`` (the largest nll decrease the independent optimiser found from nmfre's optimum, and the
+fits' convergence threshold ``1e-10 (1 + |nll|)``).
 """
 
 from __future__ import annotations
@@ -120,8 +123,13 @@ def generate(P: int, N: int, Q: int, K: int, seed: int, noise: float = 0.3, dens
     return sparse_at_random(X, B, density, sd, rng), A
 
 
-def run_one(spec: dict, seed: int, noise: float, sklearn: bool = True, solver: str = "default") -> dict:
+def run_one(spec: dict, seed: int, noise: float, sklearn: bool = True, solver: str = "default",
+            check: bool = False) -> dict:
     """Fit nmfre and scikit-learn on one data set; wall and CPU seconds, iterations, nll.
+
+    ``check``: start an independent optimiser at nmfre's estimate
+    (:func:`check_optimum.check_fit`: L-BFGS-B on a JAX nll written from the model's
+    definition) and record the nll decrease it finds (``rec["check"]``).
 
     ``solver``: ``"default"`` (nmfre's default ML iteration), ``"fisher"`` (the default
     iteration with the expected-information direction only:
@@ -148,6 +156,10 @@ def run_one(spec: dict, seed: int, noise: float, sklearn: bool = True, solver: s
                         "n_iter": int(fit.n_iter), "converged": bool(fit.converged), "nll": float(-fit.loglik),
                         "stop_reason": fit.stop_reason,
                         "warnings": sorted({f"{w.category.__name__}: {str(w.message)[:120]}" for w in caught})}
+    if check:
+        from check_optimum import check_fit  # (benchmarks/ is on sys.path: see the imports)
+
+        rec["check"] = check_fit(Y, A, fit, nonneg=True)
     del fit
     if sklearn:
         from sklearn.decomposition import NMF
@@ -191,6 +203,8 @@ def summary(results: dict, specs: dict) -> str:
     """Markdown table, one row per rung and noise level."""
     head = ["rung", "data", "noise c", "runs", "iters median/max", "conv", "nmfre wall s median/max",
             "sklearn wall s median/max", "ratio median/max", "target"]
+    if any("check" in r for runs in results.values() for r in runs):
+        head.append("L-BFGS-B decrease max")
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, runs in results.items():
         spec = specs[name]
@@ -210,6 +224,9 @@ def summary(results: dict, specs: dict) -> str:
             else:
                 cells += ["—", "—"]
             cells.append(check(spec, rr))
+            if all("check" in r for r in rr):
+                dec = max(r["check"]["decrease"] for r in rr)
+                cells.append(f"{dec:.2g} (tol {max(r['check']['tol'] for r in rr):.2g})")
             lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -231,6 +248,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--no-sklearn", action="store_true", help="nmfre only")
     parser.add_argument("--solver", default="default", choices=["default", "fisher", "second-order"],
                         help="nmfre's ML iteration (default: the package default)")
+    parser.add_argument("--check", action="store_true",
+                        help="start an independent optimiser (L-BFGS-B, JAX nll) at each nmfre optimum "
+                             "and report the nll decrease it finds (needs jax)")
     parser.add_argument("--out", help="write all numbers as JSON")
     args = parser.parse_args(argv)
     specs = rungs(args.quick)
@@ -247,7 +267,7 @@ def main(argv=None) -> dict:
         results[n] = []
         for c in noises:
             for s in seeds:
-                rec = run_one(specs[n], s, c, sklearn=not args.no_sklearn, solver=args.solver)
+                rec = run_one(specs[n], s, c, sklearn=not args.no_sklearn, solver=args.solver, check=args.check)
                 results[n].append(rec)
                 m = rec["nmfre"]
                 line = (f"{n} c={c:g} seed={s}: nmfre {m['wall_s']:.3g} s, {m['n_iter']} it, "
@@ -255,6 +275,10 @@ def main(argv=None) -> dict:
                 if "sklearn" in rec:
                     line += f"; sklearn {rec['sklearn']['wall_s']:.3g} s ({rec['sklearn']['n_iter']} it), " \
                             f"ratio {rec['ratio']:.3g}"
+                if "check" in rec:
+                    k = rec["check"]
+                    line += (f"; L-BFGS-B from the optimum: decrease {k['decrease']:.3g} (tol {k['tol']:.2g}, "
+                             f"objectives agree to {k['agree']:.2g}, {k['n_iter']} it, {k['message'][:40]})")
                 print(line, flush=True)
     table = summary(results, specs)
     print(f"\nload average at end {os.getloadavg()}\n\n" + table)

@@ -81,7 +81,8 @@ def test_iteration_ladder_quick_runs_every_rung(tmp_path):
     """benchmarks/bench_iterations.py --quick: every rung, two seeds and both noise levels,
     nmfre and scikit-learn on each data set, the summary table with one row per rung and noise."""
     out = tmp_path / "iters.json"
-    proc = subprocess.run([sys.executable, str(ITER_SCRIPT), "--quick", "--seeds", "0,1", "--out", str(out)],
+    pytest.importorskip("jax")
+    proc = subprocess.run([sys.executable, str(ITER_SCRIPT), "--quick", "--seeds", "0,1", "--check", "--out", str(out)],
                           capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     res = json.loads(out.read_text())
@@ -91,6 +92,9 @@ def test_iteration_ladder_quick_runs_every_rung(tmp_path):
         for r in runs:
             assert r["nmfre"]["converged"] and r["nmfre"]["n_iter"] >= 1
             assert r["sklearn"]["wall_s"] > 0 and r["ratio"] > 0
+            # the independent optimiser started at nmfre's optimum finds nothing beyond the tolerance
+            assert r["check"]["agree"] <= 1e-9 * abs(r["check"]["nll_nmfre"])
+            assert r["check"]["decrease"] <= r["check"]["tol"]
     table = [line for line in res["table"].splitlines() if line.startswith("| ") and "rung" not in line]
     assert len(table) == 6
 
@@ -106,3 +110,42 @@ def test_iteration_generator_is_not_the_tests_design():
     np.testing.assert_array_equal(A[0], 1.0)
     Ys, _ = mod.generate(200, 400, 3, 2, seed=1, density=0.05)
     assert hasattr(Ys, "tocsr") and abs(Ys.nnz / (200 * 400) - 0.05) < 0.02
+
+
+def _check_module():
+    pytest.importorskip("jax")
+    path = Path(__file__).parent.parent / "benchmarks" / "check_optimum.py"
+    spec = importlib.util.spec_from_file_location("check_optimum", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.mark.parametrize("sparse", [False, True])
+def test_independent_optimiser_agrees_at_the_optimum_and_finds_an_unconverged_point(sparse):
+    """benchmarks/check_optimum.py: its nll (written in JAX from the model's definition) equals
+    nmfre's to rounding; started at nmfre's converged estimate L-BFGS-B finds no decrease beyond
+    the fit's tolerance; started at the estimate after 2 iterations it finds one (its power)."""
+    import warnings
+
+    import nmfre
+    from nmfre.simulate import block_sparse
+
+    chk = _check_module()
+    d = block_sparse(P=20, N=300, rank=2, K=2, seed=3)
+    Y, A = d["Y"].values, d["A"].values
+    if sparse:
+        import scipy.sparse as sp
+
+        Y = sp.csr_matrix(np.where(Y > np.quantile(Y, 0.5), Y, 0.0))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fit = nmfre.fit(Y, A, rank=2, theta="nonneg")
+        early = nmfre.fit(Y, A, rank=2, theta="nonneg", max_iter=2)
+    assert fit.converged and not early.converged
+    res = chk.check_fit(Y, A, fit, nonneg=True)
+    assert res["agree"] <= 1e-9 * abs(res["nll_nmfre"])
+    assert res["decrease"] <= res["tol"]
+    res = chk.check_fit(Y, A, early, nonneg=True, maxiter=200)
+    assert res["agree"] <= 1e-9 * abs(res["nll_nmfre"])
+    assert res["decrease"] > 100 * res["tol"]
