@@ -7,9 +7,9 @@ equal N(theta_hat, I^-1)), the posterior conditional on X-hat only, and the full
 posterior (how much does conditioning on X-hat understate uncertainty?).
 
 ``--large`` adds the 50 x 1000 rung (block-sparse data, Q = 3, K = 2, free Theta): the
-bootstrap against the conditional and joint posteriors, the joint one with Theta
-integrated out (``theta_coords="marginal"``, dense mass; issue 18), with a smaller refit
-bootstrap (100 replicates) and 4 x (500 + 500) draws.
+bootstrap against the conditional and joint posteriors (the samplers' defaults: Theta
+integrated out with a dense mass did worse at this size, see the benchmarks page), with a
+smaller refit bootstrap (100 replicates) and 4 x (500 + 500) draws.
 
 Run: ``python examples/bayes_vs_bootstrap.py [--quick] [--large] [--out DIR]``.
 """
@@ -36,9 +36,7 @@ def ladder(name, Y, A, rank, args, out: Path, large: bool = False) -> pd.DataFra
     refit = fit.infer(n_boot=40 if q else (100 if large else 400), seed=2, method="refit")
     n = 300 if q else (500 if large else 1000)
     kw = dict(fit=fit, num_warmup=n, num_samples=n, seed=3)
-    joint = {"theta_coords": "marginal", "mass": "dense"} if large else {}
-    posts = {m: bayes.sample(Y, A, rank, model=m, **kw, **(joint if m == "joint" else {}))
-             for m in ("conditional", "conditional_x", "joint")}
+    posts = {m: bayes.sample(Y, A, rank, model=m, **kw) for m in ("conditional", "conditional_x", "joint")}
     table = bayes.compare(one, *posts.values(), names=list(posts))
     rt = refit.table
     table.insert(5, "refit_boot_low", rt["ci_low"].to_numpy())
