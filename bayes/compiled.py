@@ -268,9 +268,11 @@ def _theta_step(s: Settings, theta_fn, key, old, new, theta, logp):
     return state, jnp.where(accept, th, theta), jnp.where(accept, lp, logp), accept
 
 
-def _chain(s: Settings, key, z, cov, pe, theta_fn=None):
+def _chain(s: Settings, key, z, cov, pe, theta_fn=None, keep_warmup: bool = False):
     """Warm-up and sampling for one chain; returns unconstrained draws and statistics
-    (and Theta's draws when it is integrated out: ``theta_fn``, :func:`theta_sampler`)."""
+    (and Theta's draws when it is integrated out: ``theta_fn``, :func:`theta_sampler`).
+    ``keep_warmup``: the warm-up's draws and statistics too (``num_warmup + num_samples``
+    of each; benchmarks count the warm-up's gradients from them)."""
     key_init, key_run = jax.random.split(key)
     c, V = jnp.linalg.eigh(cov)  # start at a draw from the Laplace approximation, sd at most 1 per direction
     z = z + s.jitter * (V * jnp.sqrt(jnp.clip(c, 0.0, 1.0))) @ jax.random.normal(key_init, z.shape)
@@ -303,8 +305,9 @@ def _chain(s: Settings, key, z, cov, pe, theta_fn=None):
             return (new, theta, logp), (new.z, {**stats_of(new), "theta": theta, "theta_accept": acc})
 
         (state, _, _), (zs, stats) = jax.lax.scan(step, (state, theta0, logp0), jax.random.split(key_steps, n))
-    zs, stats = jax.tree.map(lambda x: x[s.num_warmup:], (zs, stats))
-    stats["step_size"] = jnp.full(s.num_samples, state.adapt_state.step_size)
+    if not keep_warmup:
+        zs, stats = jax.tree.map(lambda x: x[s.num_warmup:], (zs, stats))
+    stats["step_size"] = jnp.full(zs.shape[0], state.adapt_state.step_size)
     return zs, stats
 
 
