@@ -14,7 +14,8 @@ Small problems assemble ``F`` densely (:func:`dense_information`, :func:`dense_k
 Large complete-data problems never form a ``PQ x PQ`` matrix: ``F_XX`` is a block-diagonal
 base ``I (x) D / sigma2`` (one ``Q x Q`` block per feature) plus low-rank corrections of
 rank ``2 Q^2`` (``-(X M^-1 X') (x) D / sigma2`` and ``c T``), which Woodbury's identity
-inverts in ``O(P Q^4 + Q^6)``; Theta, the variances and the simplex constraints are
+inverts in ``O(P Q^3 + U Q^4 + Q^6)`` (``U`` the number of distinct patterns of free entries
+among the rows); Theta, the variances and the simplex constraints are
 eliminated through a small Schur complement (:func:`structured_kkt`).
 """
 
@@ -158,44 +159,60 @@ def information_diagonal(prob, st, parts: list[Parts]):
 class _Woodbury:
     """``A = B0 + L K L'`` on the free entries of X, with ``B0`` block diagonal per feature."""
 
-    def __init__(self, p: Parts, s2: float, mask: np.ndarray, ridge: np.ndarray):
+    def __init__(self, p: Parts, s2: float, mask: np.ndarray, ridge: float):
+        import scipy.sparse as sp
+
         P, Q = mask.shape
         self.mask, self.X, self.Z = mask, p.Xb, p.Z
-        B = np.broadcast_to(p.D / s2, (P, Q, Q)) + ridge[:, :, None] * np.eye(Q)
-        m2 = mask[:, :, None] & mask[:, None, :]
-        B = np.where(m2, B, np.eye(Q))  # bound entries: identity, removed by the mask
-        self.Binv = np.linalg.inv(B) * m2
+        # B0_p = D / sigma2 + ridge I on row p's free entries (identity on its bound ones,
+        # removed by the mask): rows differ only by their mask, so each distinct mask is
+        # inverted once and the sums over rows in _lbl go through the distinct masks
+        pats, pat = np.unique(mask, axis=0, return_inverse=True)
+        pat = pat.reshape(-1)
+        m2 = pats[:, :, None] & pats[:, None, :]
+        self._Binv_u = np.linalg.inv(np.where(m2, p.D / s2 + ridge * np.eye(Q), np.eye(Q))) * m2
+        self.Binv = self._Binv_u[pat]
+        self._rows = sp.csr_matrix((np.ones(P), (pat, np.arange(P))), shape=(pats.shape[0], P))
         K1 = -np.kron(p.Minv, p.D) / s2
         Pi = np.zeros((Q * Q, Q * Q))
         j, q = np.divmod(np.arange(Q * Q), Q)
         Pi[np.arange(Q * Q), q * Q + j] = 1.0
         self.K = np.block([[K1, np.zeros_like(K1)], [np.zeros_like(K1), p.c * Pi]])
-        LBL = np.block([[self._lbl(self.X, self.X), self._lbl(self.X, self.Z)],
-                        [self._lbl(self.Z, self.X), self._lbl(self.Z, self.Z)]])
+        self.LBL = LBL = np.block([[self._lbl(self.X, self.X), self._lbl(self.X, self.Z)],
+                                   [self._lbl(self.Z, self.X), self._lbl(self.Z, self.Z)]])
         self.cap = np.eye(2 * Q * Q) + LBL @ self.K
 
     def _lbl(self, Ai, Aj):
-        """``sum_p kron(a_ip a_jp', Binv_p)`` reordered to ``[(j, q), (k, r)]`` (one GEMM)."""
+        """``sum_p kron(a_ip a_jp', Binv_p)`` reordered to ``[(j, q), (k, r)]``: the outer
+        products summed within each distinct mask, then one small GEMM."""
         P, Q = Ai.shape
         outer = (Ai[:, :, None] * Aj[:, None, :]).reshape(P, Q * Q)  # p, (j, k)
-        out = outer.T @ self.Binv.reshape(P, Q * Q)  # (j, k), (q, r)
+        out = np.asarray(self._rows @ outer).T @ self._Binv_u.reshape(-1, Q * Q)  # (j, k), (q, r)
         return out.reshape(Q, Q, Q, Q).transpose(0, 2, 1, 3).reshape(Q * Q, Q * Q)
 
     def _binv(self, V):
         return np.matmul(self.Binv, V)
 
-    def gram(self, V: np.ndarray) -> np.ndarray:
-        """``V' A^-1 V`` (``r x r``) for ``V`` of shape ``(P, Q, r)`` with zeros off the mask, by
-        Woodbury without forming ``A^-1 V``: ``V'B0^-1 V - T1' K cap^-1 T1`` with ``T1 =
-        L'B0^-1 V`` (one block-diagonal solve and two thin products instead of
-        :meth:`solve`'s two and four)."""
+    def gram(self, C: np.ndarray, V: np.ndarray) -> np.ndarray:
+        """``B'A^-1 B`` for ``B = [L_Z C, V]`` (``L_Z``: the low-rank columns ``z_j (x) e_q``
+        of the Z part, ``C`` of shape ``(Q^2, c)``; ``V`` of shape ``(P, Q, r)``, zero off the
+        mask), by Woodbury without forming ``A^-1 B``: ``B'B0^-1 B - T1' K cap^-1 T1`` with
+        ``T1 = L'B0^-1 B``. The ``L_Z C`` part costs no pass over the features (its products
+        with ``B0^-1`` are in ``LBL``), so only ``V`` takes a block-diagonal solve."""
         Q = self.X.shape[1]
+        QQ = Q * Q
         P, _, r = V.shape
+        c = C.shape[1]
         Y1 = self._binv(V)
         flat = Y1.reshape(P, Q * r)
-        T1 = np.concatenate([(self.X.T @ flat).reshape(Q * Q, r), (self.Z.T @ flat).reshape(Q * Q, r)])
-        T2 = self.K @ np.linalg.solve(self.cap, T1)
-        return V.reshape(P * Q, r).T @ Y1.reshape(P * Q, r) - T1.T @ T2
+        T1v = np.concatenate([(self.X.T @ flat).reshape(QQ, r), (self.Z.T @ flat).reshape(QQ, r)])
+        T1 = np.concatenate([self.LBL[:, QQ:] @ C, T1v], axis=1)
+        D = np.empty((c + r, c + r))
+        D[:c, :c] = C.T @ self.LBL[QQ:, QQ:] @ C
+        D[:c, c:] = C.T @ T1v[QQ:]
+        D[c:, :c] = D[:c, c:].T
+        D[c:, c:] = V.reshape(P * Q, r).T @ Y1.reshape(P * Q, r)
+        return D - T1.T @ (self.K @ np.linalg.solve(self.cap, T1))
 
     def solve(self, V: np.ndarray) -> np.ndarray:
         """``A^-1 V`` for ``V`` of shape ``(P, Q, r)`` (entries off the mask ignored)."""
@@ -217,7 +234,9 @@ class StructuredKKT:
     Solves ``[[F_ff, E'], [E, 0]] [delta, mu] = [-g_f, 0]`` (same ridge as the dense
     solver) by Woodbury on the X block and a Schur complement of size ``m = QK + nV + Q`` for
     Theta, the variances and the column-sum constraints (formed as ``B'A^-1 B`` by
-    :meth:`_Woodbury.gram`, never ``A^-1 B``). Factorising costs ``O(P Q^4 + P Q m^2 + Q^6)``;
+    :meth:`_Woodbury.gram`, never ``A^-1 B``; the Theta columns through the low-rank part,
+    without a pass over the features). Factorising costs ``O(P Q^3 + P Q r^2 + U Q^4 + Q^6)``,
+    ``r = nV + Q``, ``U`` the number of distinct patterns of free entries among the rows;
     each solve two solves with the X block, ``O(P Q^3 + P Q m)``. Raises
     ``numpy.linalg.LinAlgError`` when singular.
     """
@@ -235,7 +254,7 @@ class StructuredKKT:
         FTT = np.einsum("ab,kl->akbl", p.W, p.AA).reshape(Q * K, Q * K)[np.ix_(tfree, tfree)]
         diag = np.concatenate([FX[mask], np.diag(FTT), np.diag(FV)])
         ridge = 1e-10 * np.mean(np.abs(diag))
-        self.A = A = _Woodbury(p, s2, mask, np.full((P, Q), ridge))
+        self.A = A = _Woodbury(p, s2, mask, ridge)
         # columns coupling X with (Theta, variances, multipliers)
         jt, kt = np.divmod(tfree, K)
         m = tfree.size + nV + Q
@@ -251,13 +270,15 @@ class StructuredKKT:
         Deta[: tfree.size, : tfree.size] = FTT + ridge * np.eye(tfree.size)
         Deta[tfree.size:m_eta, tfree.size:m_eta] = FV + ridge * np.eye(nV)
         self.Bm2 = self.Bm.reshape(P * Q, m)
-        S = Deta - A.gram(self.Bm)  # Bm' A^-1 Bm, never A^-1 Bm (m columns of length PQ)
-        # the column-sum constraints are met to rounding by a final A-metric projection (the
-        # Schur complement and the step round A^-1 differently: on an ill-conditioned face the
-        # sums of the step would drift to 1e-8)
-        Ec = self.Bm[:, :, m - Q:]
-        self.AEc = A.solve(Ec).reshape(P * Q, Q)
-        self.EAE_pinv = np.linalg.pinv(Ec.reshape(P * Q, Q).T @ self.AEc)
+        # the Theta columns are L_Z C (C[(j, q), (j, k)] = TAA[q, k]): Bm' A^-1 Bm never forms A^-1 Bm
+        nT = tfree.size
+        C = np.zeros((Q * Q, nT))
+        C[jt[None, :] * Q + np.arange(Q)[:, None], np.arange(nT)[None, :]] = p.TAA[:, kt]
+        S = Deta - A.gram(C, self.Bm[:, :, nT:])
+        # the column-sum constraints are met to rounding by removing the step's column sums over
+        # each column's free entries (the Schur complement and the step round A^-1 differently:
+        # on an ill-conditioned face the sums would drift to 1e-8)
+        self.count = np.maximum(mask.sum(axis=0), 1)
         if not np.all(np.isfinite(S)):
             raise np.linalg.LinAlgError("non-finite Schur complement")
         with warnings.catch_warnings():
@@ -278,7 +299,7 @@ class StructuredKKT:
         ry = ry + self.Bm2.T @ Ag.ravel()
         y = lu_solve(self.schur, ry, check_finite=False)
         dx = -self.A.solve((gX + (self.Bm2 @ y).reshape(P, Q))[:, :, None])[:, :, 0]
-        dx = dx - (self.AEc @ (self.EAE_pinv @ np.sum(dx * self.mask, axis=0))).reshape(P, Q)
+        dx = dx - self.mask * (np.sum(dx * self.mask, axis=0) / self.count)
         delta = np.zeros(n + self.nV)
         delta[: P * Q] = (dx * self.mask).ravel()
         delta[P * Q + tfree] = y[: tfree.size]
