@@ -25,6 +25,7 @@ import warnings
 from dataclasses import dataclass
 
 import numpy as np
+import scipy.sparse as sp
 from scipy.linalg import LinAlgWarning, lu_factor, lu_solve
 
 
@@ -160,8 +161,6 @@ class _Woodbury:
     """``A = B0 + L K L'`` on the free entries of X, with ``B0`` block diagonal per feature."""
 
     def __init__(self, p: Parts, s2: float, mask: np.ndarray, ridge: float):
-        import scipy.sparse as sp
-
         P, Q = mask.shape
         self.mask, self.X, self.Z = mask, p.Xb, p.Z
         # B0_p = D / sigma2 + ridge I on row p's free entries (identity on its bound ones,
@@ -170,7 +169,8 @@ class _Woodbury:
         pats, pat = np.unique(mask, axis=0, return_inverse=True)
         pat = pat.reshape(-1)
         m2 = pats[:, :, None] & pats[:, None, :]
-        self._Binv_u = np.linalg.inv(np.where(m2, p.D / s2 + ridge * np.eye(Q), np.eye(Q))) * m2
+        Bu = np.linalg.inv(np.where(m2, p.D / s2 + ridge * np.eye(Q), np.eye(Q))) * m2
+        self._Binv_u = 0.5 * (Bu + Bu.transpose(0, 2, 1))  # symmetric to the last bit: LBL is too
         self.Binv = self._Binv_u[pat]
         self._rows = sp.csr_matrix((np.ones(P), (pat, np.arange(P))), shape=(pats.shape[0], P))
         K1 = -np.kron(p.Minv, p.D) / s2
@@ -178,8 +178,8 @@ class _Woodbury:
         j, q = np.divmod(np.arange(Q * Q), Q)
         Pi[np.arange(Q * Q), q * Q + j] = 1.0
         self.K = np.block([[K1, np.zeros_like(K1)], [np.zeros_like(K1), p.c * Pi]])
-        self.LBL = LBL = np.block([[self._lbl(self.X, self.X), self._lbl(self.X, self.Z)],
-                                   [self._lbl(self.Z, self.X), self._lbl(self.Z, self.Z)]])
+        XZ = self._lbl(self.X, self.Z)  # the (Z, X) block is its transpose
+        self.LBL = LBL = np.block([[self._lbl(self.X, self.X), XZ], [XZ.T, self._lbl(self.Z, self.Z)]])
         self.cap = np.eye(2 * Q * Q) + LBL @ self.K
 
     def _lbl(self, Ai, Aj):
