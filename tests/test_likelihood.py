@@ -6,7 +6,16 @@ from helpers import direct_nll, rank2
 from scipy.optimize import brentq
 
 from nmfre.core import dfcap
-from nmfre.core.likelihood import icc, nll, optimize_lambda, profile_objective, sufficient, variances_at
+from nmfre.core.likelihood import (
+    Sufficient,
+    _profile_derivatives,
+    icc,
+    nll,
+    optimize_lambda,
+    profile_objective,
+    sufficient,
+    variances_at,
+)
 
 
 def test_nll_formula_matches_dense_gaussian():
@@ -35,6 +44,59 @@ def test_optimize_lambda_finds_the_grid_minimum():
     assert profile_objective(s, lam, "free") <= profile_objective(s, grid, "free").min() + 1e-9
     # a floor above the minimiser binds
     assert optimize_lambda(s, "free", 10 * lam) == pytest.approx(10 * lam)
+
+
+def _random_sufficient(rng):
+    """A valid :class:`Sufficient` (``||R||^2 >= sum s / d``, a zero eigenvalue with zero ``s``)."""
+    Q = int(rng.integers(1, 6))
+    N = int(rng.integers(5, 500))
+    d = rng.normal(size=Q) ** 2 * rng.choice([1e-3, 1.0, 100.0])
+    s = np.abs(rng.normal(size=Q)) * rng.choice([0.1, 10.0, 1e4]) * N
+    if rng.random() < 0.3:
+        d[0] = s[0] = 0.0
+    rss = float(np.sum(s[d > 0] / d[d > 0])) * rng.uniform(1.001, 3.0) + rng.uniform(0.0, 100.0)
+    return Sufficient(rss, s, d, np.full(Q, float(N)), 50 * N)
+
+
+@pytest.mark.parametrize("mode", ["free", "sigma2", "tau2"])
+def test_profile_derivatives_match_finite_differences(mode):
+    """Analytic first and second derivatives in log lambda against central differences."""
+    rng = np.random.default_rng(["free", "sigma2", "tau2"].index(mode))
+    for _ in range(40):
+        suff = _random_sufficient(rng)
+        s2, t2 = rng.uniform(0.05, 3.0, size=2)
+        var = t2 if mode == "tau2" else s2
+        t = rng.uniform(-4.0, 4.0)
+        f = lambda x, suff=suff, s2=s2, t2=t2: float(profile_objective(suff, np.exp(x), mode, s2, t2))  # noqa: E731
+        d1, d2 = _profile_derivatives(suff, float(np.exp(t)), mode, var)
+        scale = abs(f(t)) + 1.0
+        h = 1e-4
+        fd1 = (f(t + h) - f(t - h)) / (2 * h)
+        fd2 = (f(t + h) - 2 * f(t) + f(t - h)) / h**2
+        # truncation (h^2 times the third derivative) and rounding (eps |f| / h^k)
+        assert abs(fd1 - d1) <= 1e-6 * (abs(d1) + abs(d2)) + 1e-11 * scale
+        assert abs(fd2 - d2) <= 1e-5 * (abs(d2) + abs(d1)) + 1e-7 * scale
+
+
+@pytest.mark.parametrize("mode", ["free", "sigma2", "tau2"])
+def test_optimize_lambda_is_the_minimiser_in_every_mode(mode):
+    """Stationary (zero derivative) or on the floor, and no point of a fine grid is lower."""
+    rng = np.random.default_rng(10 + ["free", "sigma2", "tau2"].index(mode))
+    grid = np.exp(np.linspace(np.log(1e-8), np.log(1e8), 4001))
+    for _ in range(40):
+        suff = _random_sufficient(rng)
+        s2, t2 = rng.uniform(0.05, 3.0, size=2)
+        lo = 10 ** rng.uniform(-9, -3)
+        lam = optimize_lambda(suff, mode, lo, None, s2, t2)
+        val = float(profile_objective(suff, lam, mode, s2, t2))
+        ref = profile_objective(suff, grid[grid >= lo], mode, s2, t2).min()
+        assert val <= ref + 1e-12 * (1 + abs(ref))
+        d1, d2 = _profile_derivatives(suff, lam, mode, t2 if mode == "tau2" else s2)
+        if lo * 1.001 < lam < 1e11:
+            assert abs(d1) <= 1e-8 * (1 + abs(d2)), (lam, d1, d2)
+        # a start at the previous value changes nothing beyond the tolerance
+        again = optimize_lambda(suff, mode, lo, lam * 1.3, s2, t2)
+        assert float(profile_objective(suff, again, mode, s2, t2)) <= val + 1e-12 * (1 + abs(val))
 
 
 def test_df_u_and_cap_root():

@@ -125,6 +125,17 @@ def test_project_simplex_is_the_euclidean_projection():
             assert np.linalg.norm(V[:, q] - Pj[:, q]) <= np.linalg.norm(V[:, q] - w) + 1e-12
 
 
+def test_project_vector_is_project_simplex_to_the_last_bit():
+    """The X sweeps' one-column projection performs the same operations as the column-wise one."""
+    rng = np.random.default_rng(5)
+    for P in (1, 2, 7, 100):
+        for scale in (1e-3, 1.0, 1e3):
+            for _ in range(30):
+                v = rng.normal(size=P) * scale
+                v[rng.random(P) < 0.2] = 0.0  # ties
+                assert np.array_equal(basis.project_vector(v), basis.project_simplex(v[:, None])[:, 0])
+
+
 def test_nndsvd_is_deterministic_and_on_the_simplex():
     Y, _, _, _ = rank2(0)
     a, b = basis.nndsvd(Y, 2), basis.nndsvd(Y, 2)

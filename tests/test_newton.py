@@ -62,6 +62,26 @@ def test_structured_step_equals_dense_step(theta_kind, mode, zeros):
     assert diff @ F @ diff <= 1e-8 * abs(dense @ F @ dense)
 
 
+@pytest.mark.parametrize("Q", [3, 70])
+def test_row_patterns_group_the_rows_by_mask(Q):
+    """Distinct masks, each row's pattern and the grouping that reduceat sums over (bit codes
+    up to 62 columns, numpy's row-wise unique above)."""
+    rng = np.random.default_rng(Q)
+    mask = rng.random((50, Q)) < 0.9
+    mask[10:20] = mask[0]
+    pats, pat, order, starts = newton._row_patterns(mask)
+    assert len({r.tobytes() for r in mask}) == pats.shape[0]
+    np.testing.assert_array_equal(pats[pat], mask)
+    groups = np.split(order, starts[1:])
+    assert sorted(np.concatenate(groups)) == list(range(50))
+    for g, rows in enumerate(groups):
+        assert (pat[rows] == g).all()
+    V = rng.normal(size=(50, 4))
+    sums = np.add.reduceat(V[order], starts, axis=0)
+    np.testing.assert_allclose(sums, np.stack([V[pat == g].sum(axis=0) for g in range(pats.shape[0])]),
+                               rtol=1e-13)
+
+
 def test_structured_step_never_forms_the_dense_information(monkeypatch):
     """Above DENSE_MAX coordinates the step comes from the structured solver."""
     Y, A, _, _ = rank2(4)

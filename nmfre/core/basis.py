@@ -17,6 +17,18 @@ def project_simplex(V: np.ndarray) -> np.ndarray:
     return np.maximum(V - theta, 0.0)
 
 
+def project_vector(v: np.ndarray) -> np.ndarray:
+    """:func:`project_simplex` of one vector (the same operations, so the same result to the
+    last bit, without the per-column bookkeeping: the inner loop of the X sweeps)."""
+    P = v.shape[0]
+    u = np.sort(v)[::-1]
+    css = np.cumsum(u)
+    css -= 1.0
+    cond = u - css / np.arange(1, P + 1) > 0
+    rho = P - 1 - int(np.argmax(cond[::-1]))
+    return np.maximum(v - css[rho] / (rho + 1), 0.0)
+
+
 def normalise_columns(W: np.ndarray) -> np.ndarray:
     """Clip at 0 and scale each column to sum 1 (a zero column becomes uniform)."""
     W = np.maximum(W, 0.0)

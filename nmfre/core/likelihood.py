@@ -121,23 +121,79 @@ def optimize_lambda(
 ) -> float:
     """Exact minimiser of the profile nll over ``lambda`` in ``[lam_lo, lam_hi]``.
 
-    A log-spaced grid locates the basin, bounded Brent refines it; the result is never
-    worse than ``lam_current`` (when given and feasible).
+    A log-spaced grid locates the basin (the bracket around its best point); safeguarded
+    Newton in ``log lambda`` (analytic derivatives, :func:`_profile_derivatives`), started
+    at ``lam_current`` when it lies in the bracket and bisecting on the derivative's sign
+    whenever the Newton step leaves the bracket or the curvature is not positive, refines
+    it to ``1e-12`` in ``log lambda`` (bounded Brent where the derivatives are not finite).
+    The result is never worse than the grid's best point or ``lam_current`` (when given and
+    feasible).
     """
     lo = max(lam_lo, LAMBDA_MIN)
     hi = max(lam_hi, lo)
     if hi <= lo * (1 + 1e-12):
         return lo
-    f = lambda t: float(profile_objective(suff, np.exp(t), mode, sigma2, tau2))  # noqa: E731
     grid = np.linspace(np.log(lo), np.log(hi), 41)
     vals = profile_objective(suff, np.exp(grid), mode, sigma2, tau2)
     i = int(np.nanargmin(vals))
     a, b = grid[max(i - 1, 0)], grid[min(i + 1, grid.size - 1)]
-    res = minimize_scalar(f, bounds=(a, b), method="bounded", options={"xatol": 1e-12, "maxiter": 200})
-    cands = [(float(res.fun), float(np.exp(res.x))), (float(vals[i]), float(np.exp(grid[i])))]
+    t = grid[i]
+    if lam_current is not None and lam_current > 0 and a < np.log(lam_current) < b:
+        t = float(np.log(lam_current))  # the previous iterate: usually a few Newton steps away
+    for _ in range(100):
+        with np.errstate(all="ignore"):
+            d1, d2 = _profile_derivatives(suff, float(np.exp(t)), mode, tau2 if mode == "tau2" else sigma2)
+        if not (np.isfinite(d1) and np.isfinite(d2)):  # the quadratic form at its floor
+            t = minimize_scalar(lambda x: float(profile_objective(suff, np.exp(x), mode, sigma2, tau2)),
+                                bounds=(a, b), method="bounded", options={"xatol": 1e-12, "maxiter": 200}).x
+            break
+        if d1 > 0:
+            b = t
+        elif d1 < 0:
+            a = t
+        else:
+            break
+        step = -d1 / d2 if d2 > 0 else np.inf
+        if abs(step) <= 1e-12:
+            t += step
+            break
+        t = t + step if a < t + step < b else 0.5 * (a + b)
+        if b - a <= 1e-12:
+            break
+    cands = [(float(profile_objective(suff, np.exp(t), mode, sigma2, tau2)), float(np.exp(t))),
+             (float(vals[i]), float(np.exp(grid[i])))]
     if lam_current is not None and lo <= lam_current <= hi:
-        cands.append((f(np.log(lam_current)), float(lam_current)))
+        cands.append((float(profile_objective(suff, lam_current, mode, sigma2, tau2)), float(lam_current)))
     return min(cands)[1]
+
+
+def _profile_derivatives(suff: Sufficient, lam: float, mode: str, var: float) -> tuple[float, float]:
+    """First and second derivatives of :func:`profile_objective` in ``t = log lambda``
+    (``var``: the fixed sigma2 in mode ``"sigma2"``, the fixed tau2 in mode ``"tau2"``)."""
+    n = suff.n_obs
+    lam = np.float64(lam)  # numpy scalars: an overflow gives inf, not an exception
+    e = 1.0 / (suff.d + lam)
+    se = suff.s * e
+    see = se * e
+    ee = e * e
+    q = max(suff.rss - se.sum(), 1e-300)
+    q1 = see.sum()  # dq/dlam
+    q2 = -2.0 * (see @ e)
+    wl = suff.w.sum() / lam
+    l1 = suff.w @ e - wl  # d logdet / dlam
+    l2 = wl / lam - suff.w @ ee
+    if mode == "free":
+        g1 = 0.5 * (n * q1 / q + l1)
+        g2 = 0.5 * (n * (q2 / q - (q1 / q) * (q1 / q)) + l2)
+    elif mode == "sigma2":
+        g1 = 0.5 * (l1 + q1 / var)
+        g2 = 0.5 * (l2 + q2 / var)
+    elif mode == "tau2":
+        g1 = 0.5 * (n / lam + l1 + (q1 * lam - q) / (lam * lam * var))
+        g2 = 0.5 * (-n / lam**2 + l2 + (q2 / lam - 2 * q1 / lam**2 + 2 * q / lam**3) / var)
+    else:
+        raise ValueError(f"unknown profile mode {mode!r}")
+    return lam * g1, lam * lam * g2 + lam * g1
 
 
 def icc(X: np.ndarray, sigma2: float, tau2: float) -> float:

@@ -27,7 +27,7 @@ import numpy as np
 from scipy.optimize import nnls
 
 from . import dfcap, newton, trust
-from .basis import project_simplex, weighted_project_simplex
+from .basis import project_simplex, project_vector, weighted_project_simplex
 from .likelihood import LAMBDA_MAX, LAMBDA_MIN, Sufficient, nll, optimize_lambda, variances_at
 from .solution import Solution
 from .stats import Moments, Stats
@@ -248,7 +248,7 @@ def x_step(prob: Problem, st: State, sweeps: int = 10) -> np.ndarray:
                 if G[q, q] <= 0:
                     continue
                 v = X[:, q] + (C[:, q] - X @ G[:, q]) / G[q, q]
-                X[:, q] = project_simplex(v[:, None])[:, 0]
+                X[:, q] = project_vector(v)
             else:
                 w = rowG[:, q, q]
                 if np.any(w <= 0):

@@ -25,7 +25,6 @@ import warnings
 from dataclasses import dataclass
 
 import numpy as np
-import scipy.sparse as sp
 from scipy.linalg import LinAlgWarning, lu_factor, lu_solve
 
 
@@ -157,6 +156,23 @@ def information_diagonal(prob, st, parts: list[Parts]):
 
 
 # ----------------------------------------------------------------------------- structured
+def _row_patterns(mask: np.ndarray):
+    """The distinct rows of a boolean ``mask`` (``pats``, in lexicographic order of their bit
+    codes), each row's pattern index, and the rows grouped by pattern (``order``, with group
+    ``g`` at ``order[starts[g]:starts[g + 1]]``) for :func:`numpy.add.reduceat`."""
+    P, Q = mask.shape
+    if Q <= 62:
+        codes = mask.astype(np.int64) @ (np.int64(1) << np.arange(Q, dtype=np.int64))
+        _, first, pat = np.unique(codes, return_index=True, return_inverse=True)
+        pats = mask[first]
+    else:
+        pats, pat = np.unique(mask, axis=0, return_inverse=True)
+    pat = pat.reshape(-1)
+    order = np.argsort(pat, kind="stable")
+    starts = np.searchsorted(pat[order], np.arange(pats.shape[0]))
+    return pats, pat, order, starts
+
+
 class _Woodbury:
     """``A = B0 + L K L'`` on the free entries of X, with ``B0`` block diagonal per feature."""
 
@@ -166,13 +182,11 @@ class _Woodbury:
         # B0_p = D / sigma2 + ridge I on row p's free entries (identity on its bound ones,
         # removed by the mask): rows differ only by their mask, so each distinct mask is
         # inverted once and the sums over rows in _lbl go through the distinct masks
-        pats, pat = np.unique(mask, axis=0, return_inverse=True)
-        pat = pat.reshape(-1)
+        pats, pat, self._order, self._starts = _row_patterns(mask)
         m2 = pats[:, :, None] & pats[:, None, :]
         Bu = np.linalg.inv(np.where(m2, p.D / s2 + ridge * np.eye(Q), np.eye(Q))) * m2
         self._Binv_u = 0.5 * (Bu + Bu.transpose(0, 2, 1))  # symmetric to the last bit: LBL is too
         self.Binv = self._Binv_u[pat]
-        self._rows = sp.csr_matrix((np.ones(P), (pat, np.arange(P))), shape=(pats.shape[0], P))
         K1 = -np.kron(p.Minv, p.D) / s2
         Pi = np.zeros((Q * Q, Q * Q))
         j, q = np.divmod(np.arange(Q * Q), Q)
@@ -187,7 +201,8 @@ class _Woodbury:
         products summed within each distinct mask, then one small GEMM."""
         P, Q = Ai.shape
         outer = (Ai[:, :, None] * Aj[:, None, :]).reshape(P, Q * Q)  # p, (j, k)
-        out = np.asarray(self._rows @ outer).T @ self._Binv_u.reshape(-1, Q * Q)  # (j, k), (q, r)
+        sums = np.add.reduceat(outer[self._order], self._starts, axis=0)  # per distinct mask
+        out = sums.T @ self._Binv_u.reshape(-1, Q * Q)  # (j, k), (q, r)
         return out.reshape(Q, Q, Q, Q).transpose(0, 2, 1, 3).reshape(Q * Q, Q * Q)
 
     def _binv(self, V):
