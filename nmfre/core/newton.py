@@ -192,16 +192,18 @@ class _Woodbury:
         j, q = np.divmod(np.arange(Q * Q), Q)
         Pi[np.arange(Q * Q), q * Q + j] = 1.0
         self.K = np.block([[K1, np.zeros_like(K1)], [np.zeros_like(K1), p.c * Pi]])
-        XZ = self._lbl(self.X, self.Z)  # the (Z, X) block is its transpose
-        self.LBL = LBL = np.block([[self._lbl(self.X, self.X), XZ], [XZ.T, self._lbl(self.Z, self.Z)]])
+        Xs, Zs = self.X[self._order], self.Z[self._order]  # rows grouped by mask
+        XZ = self._lbl(Xs, Zs)  # the (Z, X) block is its transpose
+        self.LBL = LBL = np.block([[self._lbl(Xs, Xs), XZ], [XZ.T, self._lbl(Zs, Zs)]])
         self.cap = np.eye(2 * Q * Q) + LBL @ self.K
 
     def _lbl(self, Ai, Aj):
         """``sum_p kron(a_ip a_jp', Binv_p)`` reordered to ``[(j, q), (k, r)]``: the outer
-        products summed within each distinct mask, then one small GEMM."""
+        products summed within each distinct mask, then one small GEMM (``Ai``, ``Aj``: rows
+        in the grouped order ``_order``)."""
         P, Q = Ai.shape
         outer = (Ai[:, :, None] * Aj[:, None, :]).reshape(P, Q * Q)  # p, (j, k)
-        sums = np.add.reduceat(outer[self._order], self._starts, axis=0)  # per distinct mask
+        sums = np.add.reduceat(outer, self._starts, axis=0)  # per distinct mask
         out = sums.T @ self._Binv_u.reshape(-1, Q * Q)  # (j, k), (q, r)
         return out.reshape(Q, Q, Q, Q).transpose(0, 2, 1, 3).reshape(Q * Q, Q * Q)
 
@@ -270,26 +272,26 @@ class StructuredKKT:
         diag = np.concatenate([FX[mask], np.diag(FTT), np.diag(FV)])
         ridge = 1e-10 * np.mean(np.abs(diag))
         self.A = A = _Woodbury(p, s2, mask, ridge)
-        # columns coupling X with (Theta, variances, multipliers)
+        # columns coupling X with (Theta, variances, multipliers): the Theta columns are
+        # low-rank, entry (p, q) of column (j, k) being mask_pq Z_pj TAA_qk, so only the
+        # variance and multiplier columns are stored (Bv); see _bt and _b
         jt, kt = np.divmod(tfree, K)
-        m = tfree.size + nV + Q
-        Bm = np.empty((P, Q, m))
-        Bm[:, :, : tfree.size] = p.Z[:, None, jt] * p.TAA[None, :, kt]
-        for i, c in enumerate(vcols):
-            Bm[:, :, tfree.size + i] = c
-        Bm[:, :, m - Q:] = np.eye(Q)[None, :, :]
-        Bm *= mask[:, :, None]
-        self.Bm = Bm
-        m_eta = tfree.size + nV
-        Deta = np.zeros((m_eta + Q, m_eta + Q))
-        Deta[: tfree.size, : tfree.size] = FTT + ridge * np.eye(tfree.size)
-        Deta[tfree.size:m_eta, tfree.size:m_eta] = FV + ridge * np.eye(nV)
-        self.Bm2 = self.Bm.reshape(P * Q, m)
-        # the Theta columns are L_Z C (C[(j, q), (j, k)] = TAA[q, k]): Bm' A^-1 Bm never forms A^-1 Bm
         nT = tfree.size
+        Bv = np.empty((P, Q, nV + Q))
+        for i, c in enumerate(vcols):
+            Bv[:, :, i] = c
+        Bv[:, :, nV:] = np.eye(Q)[None, :, :]
+        Bv *= mask[:, :, None]
+        self.Bv2 = Bv.reshape(P * Q, nV + Q)
+        self.Z, self.TAA, self.jt, self.kt = p.Z, p.TAA, jt, kt
+        m_eta = nT + nV
+        Deta = np.zeros((m_eta + Q, m_eta + Q))
+        Deta[:nT, :nT] = FTT + ridge * np.eye(nT)
+        Deta[nT:m_eta, nT:m_eta] = FV + ridge * np.eye(nV)
+        # the Theta columns are L_Z C (C[(j, q), (j, k)] = TAA[q, k]): Bm' A^-1 Bm never forms A^-1 Bm
         C = np.zeros((Q * Q, nT))
         C[jt[None, :] * Q + np.arange(Q)[:, None], np.arange(nT)[None, :]] = p.TAA[:, kt]
-        S = Deta - A.gram(C, self.Bm[:, :, nT:])
+        S = Deta - A.gram(C, Bv)
         # the column-sum constraints are met to rounding by removing the step's column sums over
         # each column's free entries (the Schur complement and the step round A^-1 differently:
         # on an ill-conditioned face the sums would drift to 1e-8)
@@ -306,14 +308,27 @@ class StructuredKKT:
             raise np.linalg.LinAlgError("singular Schur complement")
         self.m_eta = m_eta
 
+    def _bt(self, V: np.ndarray) -> np.ndarray:
+        """``Bm' vec(V)`` for ``V`` of shape ``(P, Q)`` (Theta columns through ``Z`` and ``TAA``)."""
+        Vm = V * self.mask
+        theta = (self.Z.T @ Vm @ self.TAA)[self.jt, self.kt]
+        return np.concatenate([theta, self.Bv2.T @ Vm.ravel()])
+
+    def _b(self, y: np.ndarray) -> np.ndarray:
+        """``Bm y`` as a ``(P, Q)`` array."""
+        nT = self.tfree.size
+        W = np.zeros((self.Q, self.K))
+        W[self.jt, self.kt] = y[:nT]
+        return self.mask * (self.Z @ W @ self.TAA.T) + (self.Bv2 @ y[nT:]).reshape(self.P, self.Q)
+
     def solve(self, gX: np.ndarray, gT: np.ndarray, gV: np.ndarray) -> np.ndarray:
         """The step ``delta`` (length ``PQ + QK + nV``) for gradient ``(gX, gT, gV)``."""
         P, Q, n, tfree = self.P, self.Q, self.n, self.tfree
         Ag = self.A.solve(gX[:, :, None])[:, :, 0]
         ry = np.concatenate([-gT.ravel()[tfree], -np.asarray(gV, dtype=float), np.zeros(Q)])
-        ry = ry + self.Bm2.T @ Ag.ravel()
+        ry = ry + self._bt(Ag)
         y = lu_solve(self.schur, ry, check_finite=False)
-        dx = -self.A.solve((gX + (self.Bm2 @ y).reshape(P, Q))[:, :, None])[:, :, 0]
+        dx = -self.A.solve((gX + self._b(y))[:, :, None])[:, :, 0]
         dx = dx - self.mask * (np.sum(dx * self.mask, axis=0) / self.count)
         delta = np.zeros(n + self.nV)
         delta[: P * Q] = (dx * self.mask).ravel()
