@@ -251,12 +251,12 @@ def test_mixing_names_unidentified_components():
 SBC_ALPHA = 1e-4
 
 
-@pytest.mark.slow
 def test_sbc_joint_marginal_rank2_reduced():
     """SBC of the joint model with Theta integrated out, rank 2 (8 x 60, 24 replicates; the
     label-invariant column sums of Theta, sigma, tau and the log-likelihood ranked). Level
     1e-4 (exact PIT-ECDF test, Bonferroni); power 1.0 against a posterior twice too narrow
-    or wide (test_reduced_sbc_has_power's rates for 24 replicates and L = 99)."""
+    or wide (test_reduced_sbc_has_power's rates for 24 replicates and L = 99). The reduced
+    version of the slow 20 x 300 check below, run in CI (about 3 min on one core)."""
     r = bayes.sbc(24, model="joint", n_features=8, n_units=60, rank=2, num_warmup=300, theta_coords="marginal",
                   mass="dense", seed=seed(31))
     record("sbc_joint_marginal_rank2", p=r.p_value, p_ecdf=r.tests["p_ecdf"].values)
