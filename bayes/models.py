@@ -194,13 +194,33 @@ def theta_draw(mean, L, e, rank: int):
     return jnp.swapaxes(v.reshape(jnp.shape(e)[:-1] + (-1, rank)), -1, -2)
 
 
+def truncated_normal_quantile(a, u, newton_steps: int = 4):
+    """``z >= a`` with ``P(Z >= z) = u P(Z >= a)`` for a standard normal ``Z``: the inverse CDF
+    of N(0, 1) restricted to ``[a, inf)`` at ``1 - u``, in the tail's log scale.
+
+    Where ``u P(Z >= a)`` underflows (``a`` beyond about 37), ``z`` solves
+    ``log P(Z >= z) = log u + log P(Z >= a)`` by Newton's method from the tail approximation
+    ``sqrt(a^2 - 2 log u)`` (the log survival function is concave and smooth there, so a few
+    steps reach rounding)."""
+    from jax.scipy.special import log_ndtr, ndtri
+
+    target = jnp.log(u) + log_ndtr(-a)
+    direct = -ndtri(jnp.exp(target))
+    z = jnp.sqrt(jnp.maximum(a, 0.0) ** 2 - 2.0 * jnp.log(u))
+    for _ in range(newton_steps):
+        logsf = log_ndtr(-z)
+        # d/dz log P(Z >= z) = -phi(z) / P(Z >= z)
+        slope = -jnp.exp(-0.5 * z * z - 0.5 * jnp.log(2.0 * jnp.pi) - logsf)
+        z = jnp.maximum(z - (logsf - target) / slope, a)
+    return jnp.where(target > -700.0, direct, z)
+
+
 def theta_truncated(mean, L, key, rank: int, sweeps: int = 20):
     """Theta (Q x K) from the Gaussian conditional N(mean, (L L')^-1) restricted to
     ``Theta >= 0``, by ``sweeps`` Gibbs sweeps over the entries (each an exact draw of a
     univariate truncated normal by the inverse CDF, in the tail's log scale) from the
     mean clipped at 0: an approximate draw whose error vanishes as ``sweeps`` grows."""
     import jax
-    from jax.scipy.special import log_ndtr, ndtri
 
     prec = L @ L.T
     d = mean.shape[0]
@@ -211,10 +231,9 @@ def theta_truncated(mean, L, key, rank: int, sweeps: int = 20):
         key, k = jax.random.split(key)
         m = mean[i] - (jnp.dot(prec[i], v - mean) - diag[i] * (v[i] - mean[i])) / diag[i]
         sd = 1.0 / jnp.sqrt(diag[i])
-        a = -m / sd  # lower bound in standard units; draw z >= a with P(Z >= z) = u P(Z >= a)
+        a = -m / sd  # lower bound in standard units
         u = jax.random.uniform(k, minval=1e-300)
-        z = -ndtri(jnp.exp(jnp.log(u) + log_ndtr(-a)))
-        return (v.at[i].set(jnp.maximum(m + sd * z, 0.0)), key), None
+        return (v.at[i].set(jnp.maximum(m + sd * truncated_normal_quantile(a, u), 0.0)), key), None
 
     def sweep(carry, _):
         return jax.lax.scan(entry, carry, jnp.arange(d))[0], None
