@@ -81,6 +81,10 @@ class Settings:
     theta_draws : int
         ``"marginal"`` with non-negative Theta: draws of Theta's Gaussian conditional per
         transition in the accept/reject correction (:func:`_theta_step`).
+    kernel : str
+        ``"nuts"`` (NumPyro's NUTS, :func:`_chain`) or ``"chees"`` (BlackJAX's ChEES-HMC
+        with an ensemble-adapted step size, trajectory length and diagonal metric,
+        :func:`_chees`; chains vectorised).
     """
 
     model: str
@@ -103,6 +107,7 @@ class Settings:
     max_tree_depth: int = 10
     theta_coords: str = "direct"
     theta_draws: int = 16
+    kernel: str = "nuts"
 
 
 def model_function(s: Settings, predictive: bool = False):
@@ -311,6 +316,56 @@ def _chain(s: Settings, key, z, cov, pe, theta_fn=None, keep_warmup: bool = Fals
     return zs, stats
 
 
+#: ChEES-HMC: Adam learning rate of the trajectory-length adaptation and initial step size
+#: (BlackJAX's example values; measured in benchmarks/bench_samplers.py)
+CHEES_LEARNING_RATE = 0.025
+CHEES_INITIAL_STEP = 0.01
+
+
+def _chees(s: Settings, keys, z, cov, pe):
+    """All chains of ChEES-HMC (Hoffman, Radul & Sountsov 2021; ``blackjax.chees_adaptation``
+    then ``blackjax.dynamic_hmc``) on the potential ``pe``.
+
+    Coordinates are scaled by the Laplace standard deviations (the diagonal of ``cov``, the
+    metric NUTS starts from); every chain starts as :func:`_chain`'s does (the mode plus
+    ``jitter`` times a capped Laplace draw, from its own key). The ensemble of chains adapts
+    one step size, trajectory length and diagonal metric during ``num_warmup`` steps; the
+    ``num_samples`` draws follow with those fixed. Returns unconstrained draws
+    ``(chain, draw, d)`` and statistics in :func:`_chain`'s layout (``n_steps``: leapfrog
+    steps per draw)."""
+    import blackjax
+    import optax
+    from blackjax.adaptation.base import get_filter_adapt_info_fn
+
+    sd = jnp.sqrt(jnp.diagonal(cov))
+    c, V = jnp.linalg.eigh(cov)
+    root = V * jnp.sqrt(jnp.clip(c, 0.0, 1.0))
+
+    def start(key):
+        return s.jitter * (root @ jax.random.normal(jax.random.split(key)[0], z.shape)) / sd
+
+    starts = jax.vmap(start)(keys)
+    logdensity = lambda u: -pe(z + sd * u)  # noqa: E731
+    k_warm, k_run = jax.random.split(jax.random.fold_in(keys[0], 1))
+    warmup = blackjax.chees_adaptation(
+        logdensity, keys.shape[0], mass_matrix_estimation="diagonal",
+        adaptation_info_fn=get_filter_adapt_info_fn(info_keys={"num_integration_steps", "is_divergent"}))
+    (states, params), _ = warmup.run(k_warm, starts, CHEES_INITIAL_STEP, optax.adam(CHEES_LEARNING_RATE),
+                                     s.num_warmup, max_sampling_steps=s.num_samples)
+    alg = blackjax.dynamic_hmc(logdensity, **params)
+
+    def one(sts, k):
+        sts, info = jax.vmap(alg.step)(jax.random.split(k, keys.shape[0]), sts)
+        return sts, (z + sd * sts.position, {"diverging": info.is_divergent, "n_steps": info.num_integration_steps,
+                                             "acceptance_rate": info.acceptance_rate, "energy": info.energy,
+                                             "lp": sts.logdensity})
+
+    _, (zs, stats) = jax.lax.scan(one, states, jax.random.split(k_run, s.num_samples))
+    zs, stats = jax.tree.map(lambda x: jnp.swapaxes(x, 0, 1), (zs, stats))  # (chain, draw, ...)
+    stats["step_size"] = jnp.full(zs.shape[:2], params["step_size"])
+    return zs, stats
+
+
 def _constrain(s: Settings, args, unravel, zs, stats=None):
     """Constrained draws (and deterministic sites) for an array of unconstrained draws
     (Theta from ``stats`` when it was integrated out and drawn in the chain)."""
@@ -335,7 +390,9 @@ def _run_all(s: Settings, keys, init, args):
     z, cov, pe, unravel = prepare(s, init, args)
     theta_fn = theta_sampler(s, args, unravel) if marginal(s) else None
     chain = partial(_chain, s, z=z, cov=cov, pe=pe, theta_fn=theta_fn)
-    if s.chain_method == "vectorized":
+    if s.kernel == "chees":
+        zs, stats = _chees(s, keys, z, cov, pe)
+    elif s.chain_method == "vectorized":
         zs, stats = jax.vmap(lambda k: chain(k))(keys)
     else:
         zs, stats = jax.lax.map(lambda k: chain(k), keys)

@@ -13,6 +13,10 @@ import xarray as xr
 from . import compiled, datatree
 from .spec import ModelSpec
 
+#: the ``sampler`` attribute of the DataTree, per :attr:`bayes.compiled.Settings.kernel`
+SAMPLER_NAMES = {"nuts": "NUTS (bayes.compiled, Laplace warm start)",
+                 "chees": "ChEES-HMC (blackjax, ensemble adaptation; bayes.compiled, Laplace starts)"}
+
 __all__ = ["predictive", "relabel_draws", "to_datatree"]
 
 _PREDICTIVE: dict = {}
@@ -87,7 +91,8 @@ def to_datatree(spec: ModelSpec, s: compiled.Settings, draws: dict, stats: dict,
     if spec.name == "conditional":  # fixed variances, held constant in the posterior
         draws["sigma"] = np.sqrt(spec.sigma2_fixed)
         draws["tau"] = np.sqrt(spec.sigma2_fixed / fit.lam)
-    stats["tree_depth"] = np.floor(np.log2(np.asarray(stats["n_steps"]) + 1)).astype(int)
+    if s.kernel == "nuts":  # ChEES-HMC's n_steps is a trajectory length, not a tree
+        stats["tree_depth"] = np.floor(np.log2(np.asarray(stats["n_steps"]) + 1)).astype(int)
     stats["loglik"] = draw_loglik(spec, draws)
     U = None
     if key_u is not None:
@@ -95,10 +100,12 @@ def to_datatree(spec: ModelSpec, s: compiled.Settings, draws: dict, stats: dict,
         U = lambda post: datatree.draw_u(post, data.Y, data.A, rng)  # noqa: E731
     yrep = None if key_pp is None else predictive(spec, s, draws, key_pp)
     attrs = {"model": spec.name, "theta_kind": fit.theta_kind, "nmfre_priors": str(spec.priors),
-             "inference_library": "numpyro", "sampler": "NUTS (bayes.compiled, Laplace warm start)",
-             "sampler_settings": str({k: getattr(s, k) for k in ("num_warmup", "num_samples", "num_chains",
-                                                                 "chain_method", "target_accept", "mass",
-                                                                 "adapt_mass", "simplex")})}
+             "inference_library": "numpyro" if s.kernel == "nuts" else "numpyro (model), blackjax (sampler)",
+             "sampler": SAMPLER_NAMES[s.kernel],
+             "sampler_settings": str({k: getattr(s, k) for k in (
+                 ("num_warmup", "num_samples", "num_chains", "chain_method", "target_accept", "mass",
+                  "adapt_mass", "simplex") if s.kernel == "nuts" else
+                 ("num_warmup", "num_samples", "num_chains", "simplex", "jitter"))})}
     return datatree.build(draws, stats, fit, data, spec.name, attrs, U=U, yrep=yrep)
 
 

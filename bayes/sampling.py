@@ -44,6 +44,7 @@ CHAIN_METHODS = ("parallel", "sequential", "vectorized")
 MASSES = ("auto", "dense", "diag")
 SIMPLEXES = ("folded", "ilr", "stickbreaking")
 THETA_COORDS = ("conditional", "direct", "marginal")
+KERNELS = ("chees", "nuts")
 
 
 class Sampler:
@@ -100,6 +101,14 @@ class Sampler:
     relabel : bool
         Relabel components draw by draw (:func:`relabel_draws`) rather than chain by
         chain (rank > 1, joint model).
+    kernel : {"nuts", "chees"}
+        ``"nuts"`` (default): NumPyro's NUTS, each chain adapting its own step size and
+        metric. ``"chees"``: ChEES-HMC (BlackJAX, needs the ``blackjax`` package): the chains
+        adapt one step size, trajectory length and diagonal metric as an ensemble, so use many
+        (e.g. 16 chains x (500 + 1000)); vectorised chains only, not with
+        ``theta_coords="marginal"``. Measured at 50 x 1000, Q = 3: 4-8x NUTS's ESS per
+        gradient (benchmarks/results/bayes.md). ``target_accept``, ``mass``,
+        ``adapt_mass`` and ``max_tree_depth`` apply to NUTS only.
     n_patterns : int, optional
         Missing-data patterns the compiled code is built for (default: the next power of
         two of the data's).
@@ -112,14 +121,17 @@ class Sampler:
                  chain_method: str | None = None, target_accept: float = 0.9, mass: str = "auto",
                  adapt_mass: bool = True, simplex: str = "folded", jitter: float = 1.0,
                  max_tree_depth: int = 10, n_patterns: int | None = None, theta_coords: str = "direct",
-                 relabel: bool = True):
+                 relabel: bool = True, kernel: str = "nuts"):
         model = v.choice(model, "model", MODELS)
         rank = v.integer(rank, "rank")
         P = None if P is None else v.integer(P, "P")
         self.N = None if N is None else v.integer(N, "N", minimum=2)
         K = v.integer(K, "K")
         self.theta_kind = v.choice(theta, "theta", THETA_KINDS)
+        kernel = v.choice(kernel, "kernel", KERNELS)
         chain_method = _chain_method(chain_method, v.integer(num_chains, "num_chains"))
+        if kernel == "chees":
+            _check_chees(chain_method, theta_coords, num_chains)
         mass = _mass(v.choice(mass, "mass", MASSES), rank)
         v.choice(simplex, "simplex", SIMPLEXES)
         self.n_patterns = None if n_patterns is None else v.integer(n_patterns, "n_patterns")
@@ -132,7 +144,7 @@ class Sampler:
             num_samples=v.integer(num_samples, "num_samples"), num_chains=num_chains, chain_method=chain_method,
             target_accept=v.open_unit(target_accept, "target_accept"), mass=mass,
             jitter=float(jitter), max_tree_depth=v.integer(max_tree_depth, "max_tree_depth"),
-            theta_coords=v.choice(theta_coords, "theta_coords", THETA_COORDS))
+            theta_coords=v.choice(theta_coords, "theta_coords", THETA_COORDS), kernel=kernel)
 
     @property
     def theta(self) -> str:
@@ -260,6 +272,23 @@ def _mass(mass: str, rank: int) -> str:
     return "dense" if rank == 1 else "diag"
 
 
+def _check_chees(chain_method: str, theta_coords: str, num_chains: int) -> None:
+    """ChEES-HMC's requirements, checked before any computation."""
+    if chain_method != "vectorized":
+        raise ValueError(f"kernel='chees' adapts the chains as one ensemble: chain_method must be 'vectorized', "
+                         f"not {chain_method!r}")
+    if theta_coords == "marginal":
+        raise ValueError("kernel='chees' does not support theta_coords='marginal' (Theta is drawn inside NUTS's "
+                         "transitions there); use 'direct' or 'conditional'")
+    if num_chains < 2:
+        raise ValueError(f"kernel='chees' adapts across chains: num_chains must be at least 2, got {num_chains}")
+    try:
+        import blackjax  # noqa: F401
+        import optax  # noqa: F401
+    except ImportError as exc:
+        raise ImportError("kernel='chees' needs the blackjax package (pip install blackjax)") from exc
+
+
 def _chain_method(chain_method: str | None, num_chains: int) -> str:
     import jax
 
@@ -276,7 +305,8 @@ def sample(Y, A=None, rank: int = 1, *, model: str = "joint", fit=None, theta: s
            num_chains: int = 4, seed=0, progress: bool = False, draw_U: bool = False,
            posterior_predictive: bool = False, chain_method: str | None = None,
            target_accept: float = 0.9, mass: str = "auto", adapt_mass: bool = True,
-           simplex: str = "folded", theta_coords: str = "direct", relabel: bool = True) -> xr.DataTree:
+           simplex: str = "folded", theta_coords: str = "direct", relabel: bool = True,
+           kernel: str = "nuts") -> xr.DataTree:
     """Sample the posterior of NMF-RE with NUTS.
 
     Parameters
@@ -312,6 +342,8 @@ def sample(Y, A=None, rank: int = 1, *, model: str = "joint", fit=None, theta: s
         Sampler geometry; see :class:`Sampler`.
     relabel : bool
         Align components draw by draw (label switching within chains); see :class:`Sampler`.
+    kernel : {"nuts", "chees"}
+        NUTS (default) or ChEES-HMC with many chains; see :class:`Sampler`.
 
     Returns
     -------
@@ -327,6 +359,6 @@ def sample(Y, A=None, rank: int = 1, *, model: str = "joint", fit=None, theta: s
     sampler = Sampler(model, rank, data.P, None, data.K, theta=theta, num_warmup=num_warmup,
                       num_samples=num_samples, num_chains=num_chains, chain_method=chain_method,
                       target_accept=target_accept, mass=mass, adapt_mass=adapt_mass, simplex=simplex,
-                      theta_coords=theta_coords, relabel=relabel)
+                      theta_coords=theta_coords, relabel=relabel, kernel=kernel)
     return sampler.sample(Y, A, fit=fit, priors=priors, seed=seed, draw_U=draw_U,
                           posterior_predictive=posterior_predictive)
