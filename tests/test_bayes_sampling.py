@@ -63,12 +63,17 @@ def test_conditional_posterior_matches_closed_form(post_conditional, ml_fit, inf
     alarm <= 5e-5). Power: the test's MCSEs make a bias of half a posterior sd (mean w =
     0.5) and a posterior twice too narrow (mean w^2 = 0.25) shifts of > 2 z MCSE, caught with
     probability > 1 - 1e-5 (asserted below from the MCSEs of this run)."""
-    th = post_conditional["posterior"]["theta"].transpose("chain", "draw", "component", "covariate").values
+    _check_closed_form(post_conditional, ml_fit, inf_ortho, "conditional_closed_form")
+
+
+def _check_closed_form(post, ml_fit, inf_ortho, name):
+    """The whitened-moment checks of test_conditional_posterior_matches_closed_form."""
+    th = post["posterior"]["theta"].transpose("chain", "draw", "component", "covariate").values
     C = np.linalg.cholesky(inf_ortho.cov_model.values)
     w = np.linalg.solve(C, (th.reshape(*th.shape[:2], -1) - ml_fit.theta.values.ravel())[..., None])[..., 0]
     stats = np.concatenate([w, w**2 - 1, w[..., :1] * w[..., 1:]], axis=-1)
     m, se = _mean_mcse(stats)
-    record("conditional_closed_form", z=m / se, mcse=se)
+    record(name, z=m / se, mcse=se)
     assert (np.abs(m) <= Z * se).all(), (m, se)
     # power against the named faults, from this run's MCSEs
     assert (2 * Z * se[:2] < 0.5).all() and (2 * Z * se[2:4] < 0.75).all(), se
@@ -377,15 +382,7 @@ def test_chees_conditional_posterior_matches_closed_form(post_chees_conditional,
     test_conditional_posterior_matches_closed_form (false alarm <= 5e-5). Power against a
     bias of half a posterior sd and a posterior twice too narrow, asserted from this run's
     MCSEs as there."""
-    post = post_chees_conditional
-    th = post["posterior"]["theta"].transpose("chain", "draw", "component", "covariate").values
-    C = np.linalg.cholesky(inf_ortho.cov_model.values)
-    w = np.linalg.solve(C, (th.reshape(*th.shape[:2], -1) - ml_fit.theta.values.ravel())[..., None])[..., 0]
-    stats = np.concatenate([w, w**2 - 1, w[..., :1] * w[..., 1:]], axis=-1)
-    m, se = _mean_mcse(stats)
-    record("chees_conditional_closed_form", z=m / se, mcse=se)
-    assert (np.abs(m) <= Z * se).all(), (m, se)
-    assert (2 * Z * se[:2] < 0.5).all() and (2 * Z * se[2:4] < 0.75).all(), se
+    _check_closed_form(post_chees_conditional, ml_fit, inf_ortho, "chees_conditional_closed_form")
 
 
 def test_chees_datatree_says_what_ran(post_chees_conditional, post_conditional):
