@@ -1,4 +1,4 @@
-"""``bayes.sample`` and ``bayes.Sampler``: NUTS on one of the models, compiled once per
+"""``bayes.sample`` and ``bayes.Sampler``: NUTS or ChEES-HMC on one of the models, compiled once per
 (model, data shape, settings) and reused, returning an ArviZ ``xarray.DataTree``.
 
 The pieces: :mod:`bayes.spec` (validated inputs and starting values of a run),
@@ -44,11 +44,11 @@ CHAIN_METHODS = ("parallel", "sequential", "vectorized")
 MASSES = ("auto", "dense", "diag")
 SIMPLEXES = ("folded", "ilr", "stickbreaking")
 THETA_COORDS = ("conditional", "direct", "marginal")
-KERNELS = ("chees", "nuts")
+KERNELS = ("auto", "chees", "nuts")
 
 
 class Sampler:
-    """NUTS for one model and data shape, compiled once and reused across data sets.
+    """NUTS or ChEES-HMC for one model and data shape, compiled once and reused across data sets.
 
     A study runner can call :meth:`sample` (or the lighter :meth:`run`) thousands of
     times: the compiled code depends on the model, Q, P, K, the number of missing-data
@@ -101,14 +101,20 @@ class Sampler:
     relabel : bool
         Relabel components draw by draw (:func:`relabel_draws`) rather than chain by
         chain (rank > 1, joint model).
-    kernel : {"nuts", "chees"}
-        ``"nuts"`` (default): NumPyro's NUTS, each chain adapting its own step size and
-        metric. ``"chees"``: ChEES-HMC (BlackJAX, needs the ``blackjax`` package): the chains
-        adapt one step size, trajectory length and diagonal metric as an ensemble, so use many
-        (e.g. 16 chains x (500 + 1000)); vectorised chains only, not with
-        ``theta_coords="marginal"``. Measured at 50 x 1000, Q = 3: 4-8x NUTS's ESS per
-        gradient (benchmarks/results/bayes.md). ``target_accept``, ``mass``,
-        ``adapt_mass`` and ``max_tree_depth`` apply to NUTS only.
+    kernel : {"auto", "nuts", "chees"}
+        ``"nuts"``: NumPyro's NUTS, each chain adapting its own step size and metric.
+        ``"chees"``: ChEES-HMC (BlackJAX, needs the ``blackjax`` package): the chains adapt one
+        step size, trajectory length and diagonal metric as an ensemble (more chains adapt
+        better, e.g. 16 x (500 + 1000)); vectorised chains only, not with
+        ``theta_coords="marginal"``. ``"auto"`` (default): ChEES-HMC for the joint model with
+        rank > 1 where it applies (vectorised chains, ``num_chains >= 2``, Theta not
+        integrated out, blackjax installed), NUTS otherwise (rank 1, the conditional models).
+        Measured on block-sparse data (benchmarks/results/bayes.md): at 20 x 300, Q = 2 and
+        50 x 1000, Q = 3, ChEES-HMC with 4 chains meets r_hat <= 1.01 and bulk ESS >= 400
+        where NUTS does not, with 4-8x NUTS's ESS per gradient; on Orthodont (rank 1) NUTS is
+        excellent. ``target_accept``, ``mass``, ``adapt_mass`` and ``max_tree_depth`` apply to
+        NUTS only. The kernel that ran is :attr:`kernel` and the DataTree's ``sampler``
+        attribute.
     n_patterns : int, optional
         Missing-data patterns the compiled code is built for (default: the next power of
         two of the data's).
@@ -121,7 +127,7 @@ class Sampler:
                  chain_method: str | None = None, target_accept: float = 0.9, mass: str = "auto",
                  adapt_mass: bool = True, simplex: str = "folded", jitter: float = 1.0,
                  max_tree_depth: int = 10, n_patterns: int | None = None, theta_coords: str = "direct",
-                 relabel: bool = True, kernel: str = "nuts"):
+                 relabel: bool = True, kernel: str = "auto"):
         model = v.choice(model, "model", MODELS)
         rank = v.integer(rank, "rank")
         P = None if P is None else v.integer(P, "P")
@@ -130,8 +136,8 @@ class Sampler:
         self.theta_kind = v.choice(theta, "theta", THETA_KINDS)
         kernel = v.choice(kernel, "kernel", KERNELS)
         chain_method = _chain_method(chain_method, v.integer(num_chains, "num_chains"))
-        if kernel == "chees":
-            _check_chees(chain_method, theta_coords, num_chains)
+        theta_coords = v.choice(theta_coords, "theta_coords", THETA_COORDS)
+        kernel = _kernel(kernel, model, rank, chain_method, theta_coords, num_chains)
         mass = _mass(v.choice(mass, "mass", MASSES), rank)
         v.choice(simplex, "simplex", SIMPLEXES)
         self.n_patterns = None if n_patterns is None else v.integer(n_patterns, "n_patterns")
@@ -144,7 +150,12 @@ class Sampler:
             num_samples=v.integer(num_samples, "num_samples"), num_chains=num_chains, chain_method=chain_method,
             target_accept=v.open_unit(target_accept, "target_accept"), mass=mass,
             jitter=float(jitter), max_tree_depth=v.integer(max_tree_depth, "max_tree_depth"),
-            theta_coords=v.choice(theta_coords, "theta_coords", THETA_COORDS), kernel=kernel)
+            theta_coords=theta_coords, kernel=kernel)
+
+    @property
+    def kernel(self) -> str:
+        """The kernel that runs: ``"nuts"`` or ``"chees"`` (``kernel="auto"`` resolved)."""
+        return self.settings.kernel
 
     @property
     def theta(self) -> str:
@@ -272,6 +283,23 @@ def _mass(mass: str, rank: int) -> str:
     return "dense" if rank == 1 else "diag"
 
 
+def _kernel(kernel: str, model: str, rank: int, chain_method: str, theta_coords: str, num_chains: int) -> str:
+    """Resolve ``kernel="auto"`` (see :class:`Sampler`); check an explicit ``"chees"``."""
+    if kernel == "auto":
+        usable = (model == "joint" and rank > 1 and chain_method == "vectorized" and theta_coords != "marginal"
+                  and num_chains >= 2 and _has_blackjax())
+        return "chees" if usable else "nuts"
+    if kernel == "chees":
+        _check_chees(chain_method, theta_coords, num_chains)
+    return kernel
+
+
+def _has_blackjax() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("blackjax") is not None and importlib.util.find_spec("optax") is not None
+
+
 def _check_chees(chain_method: str, theta_coords: str, num_chains: int) -> None:
     """ChEES-HMC's requirements, checked before any computation."""
     if chain_method != "vectorized":
@@ -306,8 +334,8 @@ def sample(Y, A=None, rank: int = 1, *, model: str = "joint", fit=None, theta: s
            posterior_predictive: bool = False, chain_method: str | None = None,
            target_accept: float = 0.9, mass: str = "auto", adapt_mass: bool = True,
            simplex: str = "folded", theta_coords: str = "direct", relabel: bool = True,
-           kernel: str = "nuts") -> xr.DataTree:
-    """Sample the posterior of NMF-RE with NUTS.
+           kernel: str = "auto") -> xr.DataTree:
+    """Sample the posterior of NMF-RE with NUTS or ChEES-HMC.
 
     Parameters
     ----------
@@ -342,8 +370,9 @@ def sample(Y, A=None, rank: int = 1, *, model: str = "joint", fit=None, theta: s
         Sampler geometry; see :class:`Sampler`.
     relabel : bool
         Align components draw by draw (label switching within chains); see :class:`Sampler`.
-    kernel : {"nuts", "chees"}
-        NUTS (default) or ChEES-HMC with many chains; see :class:`Sampler`.
+    kernel : {"auto", "nuts", "chees"}
+        ``"auto"`` (default): ChEES-HMC for the joint model with rank > 1, NUTS otherwise;
+        see :class:`Sampler`.
 
     Returns
     -------

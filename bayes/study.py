@@ -26,7 +26,7 @@ from nmfre import study as nmfre_study
 from nmfre import validation as v
 
 from .datatree import diagnostics
-from .sampling import MODELS
+from .sampling import KERNELS, MODELS
 
 __all__ = ["Posterior", "run"]
 
@@ -39,7 +39,10 @@ class Posterior:
     ----------
     model : {"joint", "conditional", "conditional_x"}
     num_warmup, num_samples, num_chains : int
-        NUTS settings (see :func:`bayes.sample`).
+        Sampler settings (see :func:`bayes.sample`).
+    kernel : {"auto", "nuts", "chees"}
+        The sampler (see :class:`bayes.Sampler`; ``"auto"``: ChEES-HMC for the joint model
+        with rank > 1, NUTS otherwise).
     priors : tuple of (name, value) pairs, optional
         Overrides of :func:`bayes.models.default_priors` (a tuple so the object is hashable).
 
@@ -56,10 +59,13 @@ class Posterior:
     num_samples: int = 500
     num_chains: int = 4
     priors: tuple = ()
+    kernel: str = "auto"
 
     def __post_init__(self):
         if self.model not in MODELS:
             raise ValueError(f"model must be one of {MODELS}, got {self.model!r}")
+        if self.kernel not in KERNELS:
+            raise ValueError(f"kernel must be one of {KERNELS}, got {self.kernel!r}")
         for name in ("num_warmup", "num_samples", "num_chains"):
             v.integer(getattr(self, name), name)
 
@@ -84,7 +90,7 @@ def _sample(Y, A, fit, p: Posterior, seed: int):
 
     return sample(Y, A, fit.shape["Q"], model=p.model, fit=fit, theta=fit.theta_kind,
                   priors=dict(p.priors) or None, num_warmup=p.num_warmup, num_samples=p.num_samples,
-                  num_chains=p.num_chains, seed=seed)
+                  num_chains=p.num_chains, seed=seed, kernel=p.kernel)
 
 
 def run(design="baseline", grid: dict | None = None, n_rep: int = 100, seed: int = 0, client=None, *,

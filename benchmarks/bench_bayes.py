@@ -2,7 +2,8 @@
 compilation, with the diagnostics the issue's targets are stated in (max r_hat <= 1.01,
 min bulk ESS >= 400, no divergences).
 
-Cases (4 chains, vectorized; baseline in the same run: stick-breaking simplex with a
+Cases (4 chains, vectorized; the package's defaults, ``kernel="auto"``: NUTS at rank 1,
+ChEES-HMC above; baseline in the same run: NUTS with a stick-breaking simplex and a
 diagonal mass matrix, NumPyro's defaults):
 
 * Orthodont, P = 4, N = 27, Q = 1, free Theta, 4 x (1000 + 1000);
@@ -20,6 +21,11 @@ stick-breaking, and Theta in conditional coordinates), and the variational twin
 of Theta/sigma/tau, of X, of the label-invariant quantities (``bayes.mixing``: X Theta,
 sigma, tau, log-likelihood), the gradient evaluations and ESS per 1000 of them (what a
 loaded machine does not change), and the VI twin with Theta integrated out.
+
+``--chees``: the same ladder through the package entry point with ``kernel="chees"``
+(ChEES-HMC, ensemble adaptation) and ``--chains`` chains x (500 + 1000), on
+``--data-seeds``, with the diagnostics of Theta, of X and of the label-invariant
+quantities, and the leapfrog steps per draw.
 
 Run: ``python benchmarks/bench_bayes.py [--quick] [--full] [--marginal]`` (``--quick``: a
 smoke run with short chains, no 50 x 1000 case and a reduced geometry grid). On a shared
@@ -41,7 +47,7 @@ from bayes import sampling
 from nmfre.labels import coerce
 from nmfre.simulate import block_sparse
 
-BASELINE = {"simplex": "stickbreaking", "mass": "diag"}
+BASELINE = {"simplex": "stickbreaking", "mass": "diag", "kernel": "nuts"}
 TARGETS = {"max_r_hat": 1.01, "min_ess_bulk": 400}
 
 
@@ -99,7 +105,8 @@ def ladder(quick, full):
         label = f"{name} ({n}+{n})"
         for settings in ({}, BASELINE):
             el, dg, post = nuts(Y, A, Q, theta, fit, n, n, **settings)
-            row(label, _label(settings), el, dg, budget)
+            kernel = post["posterior"].attrs["sampler"].split()[0]
+            row(label, f"{_label(settings)} ({kernel})" if not settings else _label(settings), el, dg, budget)
             if not settings:
                 out[case] = (Y, A, Q, theta, fit, post)
     return out
@@ -108,9 +115,11 @@ def ladder(quick, full):
 def geometry(quick, data):
     Y, A, Q, theta, fit, _ = data
     n = 150 if quick else 500
-    grid = ([{"mass": "dense", "simplex": "folded"}, BASELINE] if quick else
-            [{"mass": m, "simplex": s} for m in ("dense", "diag") for s in ("folded", "ilr", "stickbreaking")]
-            + [{"mass": m, "simplex": "folded", "theta_coords": "conditional"} for m in ("dense", "diag")])
+    grid = ([{"mass": "dense", "simplex": "folded", "kernel": "nuts"}, BASELINE] if quick else
+            [{"mass": m, "simplex": s, "kernel": "nuts"} for m in ("dense", "diag")
+             for s in ("folded", "ilr", "stickbreaking")]
+            + [{"mass": m, "simplex": "folded", "theta_coords": "conditional", "kernel": "nuts"}
+               for m in ("dense", "diag")])
     header(f"Geometry at 20x300 Q=2, 4 x ({n} + {n})")
     for settings in grid:
         el, dg, _ = nuts(Y, A, Q, theta, fit, n, n, **settings)
@@ -136,7 +145,8 @@ def vi(quick, data):
     print("  mean shift / NUTS sd:    ", np.array2string((m_v - m_n) / s_n, precision=2).replace("\n", ""))
 
 
-MARGINAL = ({}, {"theta_coords": "marginal", "mass": "dense"}, {"theta_coords": "marginal", "mass": "diag"})
+MARGINAL = ({"kernel": "nuts"}, {"theta_coords": "marginal", "mass": "dense"},
+            {"theta_coords": "marginal", "mass": "diag"})
 
 
 def marginal_ladder(quick, full, seeds):
@@ -184,18 +194,55 @@ def vi_marginal(Y, A, Q, theta, fit, sd, quick):
               f"ESS {dg['min_ess_bulk']:.0f}) {np.array2string(ratio.ravel(), precision=2)}", flush=True)
 
 
+CHEES_CASES = {"20x300": ("20x300 Q=2", (20, 300, 2, 2)), "50x1000": ("50x1000 Q=3", (50, 1000, 3, 2)),
+               "100x2000": ("100x2000 Q=5 K=4", (100, 2000, 5, 4))}
+
+
+def chees_ladder(quick, full, seeds, chains, sizes=None, lengths=None):
+    """The ladder with ``kernel="chees"`` through :class:`bayes.sampling.Sampler`, per data set."""
+    warm, draws = lengths or ((200, 200) if quick else (500, 1000))
+    if sizes is None:
+        sizes = ["20x300"] + ([] if quick else ["50x1000"]) + (["100x2000"] if full else [])
+    cases = [CHEES_CASES[k] for k in sizes]
+    print(f"\nChEES ladder: {chains} chains x ({warm} + {draws}), data seeds {seeds}, compilation included")
+    print(f"  {'case':<18} {'seed':>4} {'time s':>7} {'r_hat':>6} {'ESS':>5} {'X r_hat':>7} {'X ESS':>5} "
+          f"{'inv r_hat':>9} {'inv ESS':>7} {'div':>4} {'steps/draw':>10} {'ESS/kgrad':>9}")
+    for name, case in cases:
+        for sd in seeds:
+            Y, A, Q, theta = _data(case, sd)
+            fit = nmfre.fit(Y, A, rank=Q, theta=theta)
+            el, dg, post = nuts(Y, A, Q, theta, fit, warm, draws, kernel="chees", num_chains=chains)
+            dx = bayes.diagnostics(post, var_names=("X",))
+            di = bayes.diagnostics(post, invariant=True)
+            steps = post["sample_stats"]["n_steps"]
+            grads = float(steps.sum())
+            print(f"  {name:<18} {sd:>4} {el:7.1f} {dg['max_r_hat']:6.3f} {dg['min_ess_bulk']:5.0f} "
+                  f"{dx['max_r_hat']:7.3f} {dx['min_ess_bulk']:5.0f} {di['max_r_hat']:9.3f} {di['min_ess_bulk']:7.0f} "
+                  f"{dg['divergences']:4d} {float(steps.mean()):10.0f} "
+                  f"{1000 * min(dg['min_ess_bulk'], dx['min_ess_bulk']) / grads:9.2f}", flush=True)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="smoke run: short chains, small grid")
     ap.add_argument("--full", action="store_true", help="add the 100 x 2000, Q = 5 case")
     ap.add_argument("--marginal", action="store_true", help="issue 18's ladder: Theta integrated out vs defaults")
-    ap.add_argument("--data-seeds", type=int, nargs="+", default=[11, 12], help="data sets of --marginal")
+    ap.add_argument("--chees", action="store_true", help="the ladder with kernel='chees' through the package")
+    ap.add_argument("--chains", type=int, default=16, help="chains of --chees")
+    ap.add_argument("--lengths", type=int, nargs=2, metavar=("WARMUP", "DRAWS"),
+                    help="warm-up and draws per chain of --chees (default 500 1000)")
+    ap.add_argument("--sizes", nargs="+", choices=sorted(CHEES_CASES),
+                    help="sizes of --chees (default: by --quick/--full)")
+    ap.add_argument("--data-seeds", type=int, nargs="+", default=[11, 12], help="data sets of --marginal/--chees")
     a = ap.parse_args(argv)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", bayes.SamplingWarning)
         warnings.simplefilter("ignore", nmfre.ConvergenceWarning)
         if a.marginal:
             marginal_ladder(a.quick, a.full, a.data_seeds)
+            return
+        if a.chees:
+            chees_ladder(a.quick, a.full, a.data_seeds, a.chains, a.sizes, a.lengths)
             return
         out = ladder(a.quick, a.full)
         mid = out[(20, 300, 2, 2)]

@@ -7,9 +7,13 @@ equal N(theta_hat, I^-1)), the posterior conditional on X-hat only, and the full
 posterior (how much does conditioning on X-hat understate uncertainty?).
 
 ``--large`` adds the 50 x 1000 rung (block-sparse data, Q = 3, K = 2, free Theta): the
-bootstrap against the conditional and joint posteriors (the samplers' defaults: Theta
-integrated out with a dense mass did worse at this size, see the benchmarks page), with a
-smaller refit bootstrap (100 replicates) and 4 x (500 + 500) draws.
+bootstrap against the conditional and joint posteriors, with a smaller refit bootstrap (100
+replicates) and 4 x (500 + 500) draws.
+
+The samplers are :func:`bayes.sample`'s defaults (``kernel="auto"``): NUTS for the
+conditional models and at rank 1, ChEES-HMC for the joint posterior at rank > 1 (NUTS did
+not mix at 50 x 1000, see the benchmarks page); each posterior's ``sampler`` attribute
+names the kernel that ran, and the run prints it.
 
 Run: ``python examples/bayes_vs_bootstrap.py [--quick] [--large] [--out DIR]``.
 """
@@ -57,6 +61,7 @@ def ladder(name, Y, A, rank, args, out: Path, large: bool = False) -> pd.DataFra
         cols = ["estimate", "se_model", "se_sandwich", "se_boot", "se_refit"] + [f"{m}_sd" for m in posts]
         print(table[cols].round(4))
     print("sampler diagnostics:", {m: {k: round(v, 3) for k, v in x.items()} for m, x in d.items()})
+    print("samplers:", {m: p["posterior"].attrs["sampler"].split()[0] for m, p in posts.items()})
     return table
 
 

@@ -399,6 +399,29 @@ def test_chees_datatree_says_what_ran(post_chees_conditional, post_conditional):
     assert nu_attrs["sampler"].startswith("NUTS") and nu_attrs["inference_library"] == "numpyro"
 
 
+def test_kernel_auto_resolution():
+    """``kernel="auto"``: ChEES-HMC for the joint model with rank > 1 where it applies, NUTS
+    otherwise; an explicit kernel is kept."""
+    assert bayes.Sampler("joint", 2, 4, None, 2).kernel == "chees"
+    assert bayes.Sampler("joint", 3, 4, None, 2, theta="nonneg", theta_coords="conditional").kernel == "chees"
+    assert bayes.Sampler("joint", 1, 4, None, 2).kernel == "nuts"  # Orthodont's sampler is unchanged
+    assert bayes.Sampler("conditional", 2, 4, None, 2).kernel == "nuts"
+    assert bayes.Sampler("conditional_x", 2, 4, None, 2).kernel == "nuts"
+    assert bayes.Sampler("joint", 2, 4, None, 2, theta_coords="marginal").kernel == "nuts"
+    assert bayes.Sampler("joint", 2, 4, None, 2, chain_method="sequential").kernel == "nuts"
+    assert bayes.Sampler("joint", 2, 4, None, 2, num_chains=1).kernel == "nuts"
+    assert bayes.Sampler("joint", 2, 4, None, 2, kernel="nuts").kernel == "nuts"
+    assert bayes.Sampler("joint", 1, 4, None, 2, kernel="chees").kernel == "chees"
+
+
+def test_kernel_auto_without_blackjax(monkeypatch):
+    """Without blackjax (or optax), ``"auto"`` falls back to NUTS."""
+    from bayes import sampling
+
+    monkeypatch.setattr(sampling, "_has_blackjax", lambda: False)
+    assert bayes.Sampler("joint", 2, 4, None, 2).kernel == "nuts"
+
+
 def test_chees_bad_settings_fail_before_sampling():
     with pytest.raises(ValueError, match="chain_method"):
         bayes.Sampler("conditional", 1, 4, None, 2, kernel="chees", chain_method="sequential")

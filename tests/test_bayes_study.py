@@ -50,6 +50,8 @@ def test_posterior_errors():
         bayes.study.Posterior("marginal")
     with pytest.raises(ValueError, match="num_samples"):
         bayes.study.Posterior("joint", num_samples=0)
+    with pytest.raises(ValueError, match="kernel"):
+        bayes.study.Posterior("joint", kernel="hmc")
 
 
 def test_posterior_methods_identical_on_dask(bayes_study):
