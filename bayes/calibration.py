@@ -331,7 +331,7 @@ def _seeds(seed):
 def sbc(n_rep: int = 200, *, model: str = "joint", P: int = 4, N: int = 30, rank: int = 1,
         A=None, priors: dict | None = None, L: int = 99, num_warmup: int = 300, num_chains: int = 2,
         thin: int = 4, chain_method: str = "vectorized", simplex: str = "folded", X=None, seed=0,
-        mass: str = "dense", theta_coords: str = "direct") -> SBCResult:
+        mass: str = "dense", theta_coords: str = "direct", kernel: str = "nuts") -> SBCResult:
     """Simulation-based calibration of ``model`` (``"joint"`` or ``"conditional_x"``).
 
     Parameters
@@ -363,6 +363,10 @@ def sbc(n_rep: int = 200, *, model: str = "joint", P: int = 4, N: int = 30, rank
         As for :class:`bayes.Sampler`. With ``rank > 1`` the ranked quantities are the
         label-invariant ``sum_theta[k]`` (Theta's column sums, = the column sums of
         ``X Theta``), sigma, tau and the log-likelihood.
+    kernel : {"nuts", "chees"}
+        The sampler (see :class:`bayes.Sampler`; ``"chees"`` needs ``num_chains >= 2``,
+        vectorised chains and Theta not integrated out). No ``"auto"`` here: the kernel is
+        what the calibration is about, so it is named.
 
     Returns
     -------
@@ -371,6 +375,8 @@ def sbc(n_rep: int = 200, *, model: str = "joint", P: int = 4, N: int = 30, rank
     import jax
 
     model = v.choice(model, "model", ("joint", "conditional_x"))
+    if v.choice(kernel, "kernel", ("nuts", "chees")) == "chees":
+        compiled.check_chees(chain_method, theta_coords, num_chains)
     rng, key = _seeds(seed)
     priors = {**DEFAULT_PRIORS, **(priors or {})}
     if A is None:
@@ -383,7 +389,7 @@ def sbc(n_rep: int = 200, *, model: str = "joint", P: int = 4, N: int = 30, rank
         raise ValueError("L * thin must be a multiple of num_chains")
     s = compiled.Settings(model, rank, P, A.shape[0], simplex=simplex, num_warmup=num_warmup,
                           num_samples=total // num_chains, num_chains=num_chains, chain_method=chain_method,
-                          target_accept=0.9, mass=mass, adapt_mass=True, theta_coords=theta_coords)
+                          target_accept=0.9, mass=mass, adapt_mass=True, theta_coords=theta_coords, kernel=kernel)
     ranks, div = [], []
     with jax.enable_x64(True):
         keys = jax.random.split(key, n_rep)
@@ -399,7 +405,7 @@ def sbc(n_rep: int = 200, *, model: str = "joint", P: int = 4, N: int = 30, rank
     return SBCResult(da, L, tests, p, np.array(div),
                      {"model": model, "P": P, "N": A.shape[1], "rank": rank, "priors": priors,
                       "num_warmup": num_warmup, "num_chains": num_chains, "thin": thin, "simplex": simplex,
-                      "mass": mass, "theta_coords": theta_coords})
+                      "mass": mass, "theta_coords": theta_coords, "kernel": kernel})
 
 
 def plot_sbc(result: SBCResult, bins: int = 10):

@@ -35,8 +35,8 @@ from numpyro.infer.util import constrain_fn, potential_energy, unconstrain_fn
 
 from . import models
 
-__all__ = ["TRACES", "Settings", "batch_runner", "clear_cache", "hessian_fd", "laplace", "model_function", "prepare",
-           "runner"]
+__all__ = ["TRACES", "Settings", "batch_runner", "check_chees", "clear_cache", "hessian_fd", "laplace",
+           "model_function", "prepare", "runner"]
 
 #: number of traces (compilations) per :class:`Settings`
 TRACES: Counter = Counter()
@@ -320,6 +320,23 @@ def _chain(s: Settings, key, z, cov, pe, theta_fn=None, keep_warmup: bool = Fals
 #: (BlackJAX's example values; measured in benchmarks/bench_samplers.py)
 CHEES_LEARNING_RATE = 0.025
 CHEES_INITIAL_STEP = 0.01
+
+
+def check_chees(chain_method: str, theta_coords: str, num_chains: int) -> None:
+    """ChEES-HMC's requirements, checked before any computation."""
+    if chain_method != "vectorized":
+        raise ValueError(f"kernel='chees' adapts the chains as one ensemble: chain_method must be 'vectorized', "
+                         f"not {chain_method!r}")
+    if theta_coords == "marginal":
+        raise ValueError("kernel='chees' does not support theta_coords='marginal' (Theta is drawn inside NUTS's "
+                         "transitions there); use 'direct' or 'conditional'")
+    if num_chains < 2:
+        raise ValueError(f"kernel='chees' adapts across chains: num_chains must be at least 2, got {num_chains}")
+    try:
+        import blackjax  # noqa: F401
+        import optax  # noqa: F401
+    except ImportError as exc:
+        raise ImportError("kernel='chees' needs the blackjax package (pip install blackjax)") from exc
 
 
 def _chees(s: Settings, keys, z, cov, pe):

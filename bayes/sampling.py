@@ -290,7 +290,7 @@ def _kernel(kernel: str, model: str, rank: int, chain_method: str, theta_coords:
                   and num_chains >= 2 and _has_blackjax())
         return "chees" if usable else "nuts"
     if kernel == "chees":
-        _check_chees(chain_method, theta_coords, num_chains)
+        compiled.check_chees(chain_method, theta_coords, num_chains)
     return kernel
 
 
@@ -298,23 +298,6 @@ def _has_blackjax() -> bool:
     import importlib.util
 
     return importlib.util.find_spec("blackjax") is not None and importlib.util.find_spec("optax") is not None
-
-
-def _check_chees(chain_method: str, theta_coords: str, num_chains: int) -> None:
-    """ChEES-HMC's requirements, checked before any computation."""
-    if chain_method != "vectorized":
-        raise ValueError(f"kernel='chees' adapts the chains as one ensemble: chain_method must be 'vectorized', "
-                         f"not {chain_method!r}")
-    if theta_coords == "marginal":
-        raise ValueError("kernel='chees' does not support theta_coords='marginal' (Theta is drawn inside NUTS's "
-                         "transitions there); use 'direct' or 'conditional'")
-    if num_chains < 2:
-        raise ValueError(f"kernel='chees' adapts across chains: num_chains must be at least 2, got {num_chains}")
-    try:
-        import blackjax  # noqa: F401
-        import optax  # noqa: F401
-    except ImportError as exc:
-        raise ImportError("kernel='chees' needs the blackjax package (pip install blackjax)") from exc
 
 
 def _chain_method(chain_method: str | None, num_chains: int) -> str:

@@ -8,7 +8,7 @@ posterior (how much does conditioning on X-hat understate uncertainty?).
 
 ``--large`` adds the 50 x 1000 rung (block-sparse data, Q = 3, K = 2, free Theta): the
 bootstrap against the conditional and joint posteriors, with a smaller refit bootstrap (100
-replicates) and 4 x (500 + 500) draws.
+replicates). Every posterior: 4 chains x (1000 + 1000).
 
 The samplers are :func:`bayes.sample`'s defaults (``kernel="auto"``): NUTS for the
 conditional models and at rank 1, ChEES-HMC for the joint posterior at rank > 1 (NUTS did
@@ -38,7 +38,7 @@ def ladder(name, Y, A, rank, args, out: Path, large: bool = False) -> pd.DataFra
     fit = nmfre.fit(Y, A, rank=rank, n_init=1 if q else 3, seed=1)
     one = fit.infer(n_boot=400 if q else 4000, seed=1)
     refit = fit.infer(n_boot=40 if q else (100 if large else 400), seed=2, method="refit")
-    n = 300 if q else (500 if large else 1000)
+    n = 300 if q else 1000
     kw = dict(fit=fit, num_warmup=n, num_samples=n, seed=3)
     posts = {m: bayes.sample(Y, A, rank, model=m, **kw) for m in ("conditional", "conditional_x", "joint")}
     table = bayes.compare(one, *posts.values(), names=list(posts))

@@ -399,6 +399,21 @@ def test_chees_datatree_says_what_ran(post_chees_conditional, post_conditional):
     assert nu_attrs["sampler"].startswith("NUTS") and nu_attrs["inference_library"] == "numpyro"
 
 
+def test_sbc_joint_chees_rank2_reduced():
+    """SBC of the default sampler at rank > 1 (``kernel="auto"`` runs ChEES-HMC there): the
+    joint model, 8 x 60, rank 2, 4 chains, 24 replicates; the label-invariant column sums of
+    Theta, sigma, tau and the log-likelihood ranked. Level 1e-4 (exact PIT-ECDF test,
+    Bonferroni); power 1.0 against a posterior twice too narrow or wide
+    (test_reduced_sbc_has_power's rates for 24 replicates and L = 99)."""
+    r = bayes.sbc(24, model="joint", P=8, N=60, rank=2, num_warmup=300, num_chains=4, kernel="chees",
+                  seed=seed(33))
+    record("sbc_joint_chees_rank2", p=r.p_value, p_ecdf=r.tests["p_ecdf"].values)
+    assert r.settings["kernel"] == "chees"
+    assert not r.reject(SBC_ALPHA), r.tests
+    with pytest.raises(ValueError, match="num_chains"):
+        bayes.sbc(2, model="joint", kernel="chees", num_chains=1)
+
+
 def test_kernel_auto_resolution():
     """``kernel="auto"``: ChEES-HMC for the joint model with rank > 1 where it applies, NUTS
     otherwise; an explicit kernel is kept."""
