@@ -347,7 +347,8 @@ def _chees(s: Settings, keys, z, cov, pe):
     metric NUTS starts from); every chain starts as :func:`_chain`'s does (the mode plus
     ``jitter`` times a capped Laplace draw, from its own key). The ensemble of chains adapts
     one step size, trajectory length and diagonal metric during ``num_warmup`` steps; the
-    ``num_samples`` draws follow with those fixed. Returns unconstrained draws
+    ``num_samples`` draws follow with those fixed. The trajectory is capped at
+    ``2**max_tree_depth`` leapfrog steps, the bound on NUTS's gradients per draw. Returns unconstrained draws
     ``(chain, draw, d)`` and statistics in :func:`_chain`'s layout (``n_steps``: leapfrog
     steps per draw)."""
     import blackjax
@@ -365,7 +366,7 @@ def _chees(s: Settings, keys, z, cov, pe):
     logdensity = lambda u: -pe(z + sd * u)  # noqa: E731
     k_warm, k_run = jax.random.split(jax.random.fold_in(keys[0], 1))
     warmup = blackjax.chees_adaptation(
-        logdensity, keys.shape[0], mass_matrix_estimation="diagonal",
+        logdensity, keys.shape[0], mass_matrix_estimation="diagonal", max_leapfrog_steps=2**s.max_tree_depth,
         adaptation_info_fn=get_filter_adapt_info_fn(info_keys={"num_integration_steps", "is_divergent"}))
     (states, params), _ = warmup.run(k_warm, starts, CHEES_INITIAL_STEP, optax.adam(CHEES_LEARNING_RATE),
                                      s.num_warmup, max_sampling_steps=s.num_samples)

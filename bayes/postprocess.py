@@ -105,7 +105,7 @@ def to_datatree(spec: ModelSpec, s: compiled.Settings, draws: dict, stats: dict,
              "sampler_settings": str({k: getattr(s, k) for k in (
                  ("num_warmup", "num_samples", "num_chains", "chain_method", "target_accept", "mass",
                   "adapt_mass", "simplex") if s.kernel == "nuts" else
-                 ("num_warmup", "num_samples", "num_chains", "simplex", "jitter"))})}
+                 ("num_warmup", "num_samples", "num_chains", "simplex", "jitter", "max_tree_depth"))})}
     return datatree.build(draws, stats, fit, data, spec.name, attrs, U=U, yrep=yrep)
 
 

@@ -90,6 +90,8 @@ class Sampler:
     jitter : float
         Chains start at the Laplace mode plus ``jitter`` times a draw from it.
     max_tree_depth : int
+        NUTS's maximum tree depth; with ``kernel="chees"``, trajectories are capped at
+        ``2**max_tree_depth`` leapfrog steps (the same bound on gradients per draw).
     theta_coords : {"direct", "conditional", "marginal"}
         Coordinates of Theta in the joint model: ``"conditional"`` samples it centred
         and scaled by its Gaussian conditional given X, sigma and tau (an exact shear,
@@ -109,12 +111,15 @@ class Sampler:
         ``theta_coords="marginal"``. ``"auto"`` (default): ChEES-HMC for the joint model with
         rank > 1 where it applies (vectorised chains, ``num_chains >= 2``, Theta not
         integrated out, blackjax installed), NUTS otherwise (rank 1, the conditional models).
-        Measured on block-sparse data (benchmarks/results/bayes.md): at 20 x 300, Q = 2 and
-        50 x 1000, Q = 3, ChEES-HMC with 4 chains meets r_hat <= 1.01 and bulk ESS >= 400
-        where NUTS does not, with 4-8x NUTS's ESS per gradient; on Orthodont (rank 1) NUTS is
-        excellent. ``target_accept``, ``mass``, ``adapt_mass`` and ``max_tree_depth`` apply to
-        NUTS only. The kernel that ran is :attr:`kernel` and the DataTree's ``sampler``
-        attribute.
+        Measured on block-sparse data with non-negative Theta (benchmarks/results/bayes.md),
+        4 chains x (1000 + 1000): ChEES-HMC met r_hat <= 1.01 and bulk ESS >= 400 at
+        20 x 300, Q = 2 on three data sets of three and at 50 x 1000, Q = 3 on two of three,
+        where NUTS (4 x (500 + 500)) met them on one 20 x 300 data set of two and on neither
+        50 x 1000 one; on Orthodont (rank 1) NUTS is excellent.
+        ``target_accept``, ``mass`` and ``adapt_mass`` apply to NUTS only; ``max_tree_depth``
+        bounds both (ChEES-HMC's trajectories are capped at ``2**max_tree_depth`` leapfrog
+        steps, NUTS's trees at that depth). The kernel that ran is :attr:`kernel` and the
+        DataTree's ``sampler`` attribute.
     n_patterns : int, optional
         Missing-data patterns the compiled code is built for (default: the next power of
         two of the data's).

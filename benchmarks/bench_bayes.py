@@ -198,20 +198,22 @@ CHEES_CASES = {"20x300": ("20x300 Q=2", (20, 300, 2, 2)), "50x1000": ("50x1000 Q
                "100x2000": ("100x2000 Q=5 K=4", (100, 2000, 5, 4))}
 
 
-def chees_ladder(quick, full, seeds, chains, sizes=None, lengths=None):
+def chees_ladder(quick, full, seeds, chains, sizes=None, lengths=None, depth=10):
     """The ladder with ``kernel="chees"`` through :class:`bayes.sampling.Sampler`, per data set."""
     warm, draws = lengths or ((200, 200) if quick else (500, 1000))
     if sizes is None:
         sizes = ["20x300"] + ([] if quick else ["50x1000"]) + (["100x2000"] if full else [])
     cases = [CHEES_CASES[k] for k in sizes]
-    print(f"\nChEES ladder: {chains} chains x ({warm} + {draws}), data seeds {seeds}, compilation included")
+    print(f"\nChEES ladder: {chains} chains x ({warm} + {draws}), at most {2**depth} leapfrog steps per draw, "
+          f"data seeds {seeds}, compilation included")
     print(f"  {'case':<18} {'seed':>4} {'time s':>7} {'r_hat':>6} {'ESS':>5} {'X r_hat':>7} {'X ESS':>5} "
           f"{'inv r_hat':>9} {'inv ESS':>7} {'div':>4} {'steps/draw':>10} {'ESS/kgrad':>9}")
     for name, case in cases:
         for sd in seeds:
             Y, A, Q, theta = _data(case, sd)
             fit = nmfre.fit(Y, A, rank=Q, theta=theta)
-            el, dg, post = nuts(Y, A, Q, theta, fit, warm, draws, kernel="chees", num_chains=chains)
+            el, dg, post = nuts(Y, A, Q, theta, fit, warm, draws, kernel="chees", num_chains=chains,
+                                max_tree_depth=depth)
             dx = bayes.diagnostics(post, var_names=("X",))
             di = bayes.diagnostics(post, invariant=True)
             steps = post["sample_stats"]["n_steps"]
@@ -231,6 +233,8 @@ def main(argv=None):
     ap.add_argument("--chains", type=int, default=16, help="chains of --chees")
     ap.add_argument("--lengths", type=int, nargs=2, metavar=("WARMUP", "DRAWS"),
                     help="warm-up and draws per chain of --chees (default 500 1000)")
+    ap.add_argument("--max-tree-depth", type=int, default=10,
+                    help="--chees: trajectories capped at 2**depth leapfrog steps (default 10)")
     ap.add_argument("--sizes", nargs="+", choices=sorted(CHEES_CASES),
                     help="sizes of --chees (default: by --quick/--full)")
     ap.add_argument("--data-seeds", type=int, nargs="+", default=[11, 12], help="data sets of --marginal/--chees")
@@ -242,7 +246,7 @@ def main(argv=None):
             marginal_ladder(a.quick, a.full, a.data_seeds)
             return
         if a.chees:
-            chees_ladder(a.quick, a.full, a.data_seeds, a.chains, a.sizes, a.lengths)
+            chees_ladder(a.quick, a.full, a.data_seeds, a.chains, a.sizes, a.lengths, a.max_tree_depth)
             return
         out = ladder(a.quick, a.full)
         mid = out[(20, 300, 2, 2)]
