@@ -203,12 +203,12 @@ def test_sample_batch_equals_the_layout_of_sample():
 def test_sample_batch_runs_chees_at_rank2():
     """``sample_batch`` vectorises the ChEES-HMC runner (the default at rank > 1) over data
     sets: each posterior has the layout of ``sample`` and names its kernel, and its
-    label-invariant column sums of Theta are centred near its own fit. Measured gaps 0.02-0.30
+    label-invariant column sums of Theta are centred near its own fit. Measured gaps 0.005-0.38
     posterior sds over seed offsets 0-3; the fault, draws of the other data set, gives
-    15.6-16.5 sds on the intercept's sum (offsets 0 and 1), so the bound of 4 catches it."""
+    15.5-17.2 sds on the intercept's sum (offsets 0 and 1), so the bound of 4 catches it."""
     data = [nmfre.simulate.block_sparse(P=8, N=60, rank=2, K=2, seed=seed(40) + s) for s in range(2)]
-    fits = [nmfre.fit(d["Y"], d["A"], rank=2) for d in data]
-    sampler = bayes.Sampler("joint", 2, 8, None, 2, num_warmup=200, num_samples=200)
+    fits = [nmfre.fit(d["Y"], d["A"], rank=2, theta="nonneg") for d in data]  # free Theta can degenerate here
+    sampler = bayes.Sampler("joint", 2, 8, None, 2, theta="nonneg", num_warmup=200, num_samples=200)
     assert sampler.kernel == "chees"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", bayes.SamplingWarning)
