@@ -339,9 +339,132 @@ def check_chees(chain_method: str, theta_coords: str, num_chains: int) -> None:
         raise ImportError("kernel='chees' needs the blackjax package (pip install blackjax)") from exc
 
 
+def chees_loop(logdensity, starts, key, num_warmup: int, num_samples: int, max_leapfrog_steps: int,
+               learning_rate: float = None, initial_step: float = None):
+    """ChEES-HMC warm-up and sampling in one loop: ``blackjax.chees_adaptation(...,
+    mass_matrix_estimation="diagonal").run`` followed by ``blackjax.dynamic_hmc`` with the adapted
+    parameters, step for step, but with one copy of the HMC kernel in the compiled code.
+
+    The two-phase form compiles the leapfrog integrator (the model's gradient) twice, once in the
+    adaptation's loop and once in the sampling loop; here one ``lax.scan`` of ``num_warmup +
+    num_samples`` steps runs the kernel with the adaptation's current parameters during warm-up
+    and with its final ones (the moving averages, the Welford diagonal metric, the slow-direction
+    length floor; computed once, after the last warm-up step) afterwards. Keys, the Halton jitter
+    and every update follow BlackJAX's ``run`` (blackjax 1.7, whose adaptation internals this
+    reuses; ``tests/test_bayes_chees.py`` checks the two forms give the same draws).
+
+    Parameters
+    ----------
+    logdensity : callable
+        Log density of one flat position.
+    starts : jax.Array
+        ``(chains, d)`` starting positions.
+    key : jax.Array
+        PRNG key (split into warm-up and sampling keys as BlackJAX's ``run`` and a ``scan`` over
+        ``jax.random.split(k_run, num_samples)`` would).
+    num_warmup, num_samples : int
+        Steps of each phase (``num_warmup >= 1``).
+    max_leapfrog_steps : int
+        Cap on the leapfrog steps of a trajectory.
+
+    Returns
+    -------
+    positions : jax.Array
+        ``(num_samples, chains, d)``.
+    stats : dict
+        Per draw and chain: ``diverging``, ``n_steps``, ``acceptance_rate``, ``energy``, ``lp``.
+    step_size : jax.Array
+        The adapted step size.
+    """
+    import blackjax.mcmc.dynamic_hmc as dynamic_hmc
+    import numpy as np
+    import optax
+    from blackjax.adaptation import chees_adaptation as ca
+    from blackjax.adaptation.mass_matrix import welford_algorithm
+    from blackjax.adaptation.metric_buffers import MomentBlock, cgl_update_batch
+
+    lr = CHEES_LEARNING_RATE if learning_rate is None else learning_rate
+    eps0 = CHEES_INITIAL_STEP if initial_step is None else initial_step
+    C, d = starts.shape
+    W, S = num_warmup, num_samples
+    max_bits = np.ceil(np.log2(W + S))
+
+    def steps_fn(arg, n):
+        return jnp.asarray(jnp.ceil(dynamic_hmc.halton_sequence(arg, max_bits) * n), dtype=int)
+
+    kernel = dynamic_hmc.build_kernel(next_random_arg_fn=lambda i: i + 1, integration_steps_fn=steps_fn)
+    init_ad, update = ca.base(dynamic_hmc.halton_sequence, lambda i: i + 1, optax.adam(lr),
+                              ca.OPTIMAL_TARGET_ACCEPTANCE_RATE, 0.5, max_leapfrog_steps)
+    wc_init, wc_update, _ = welford_algorithm(is_diagonal_matrix=True)
+    window_start = int(0.5 * W)
+    threshold = ca._mass_matrix_engagement_threshold(d)
+
+    def imm_of(mm):
+        return ca._diagonal_mass_matrix_or_fallback(mm, threshold, d)
+
+    def final(ad, mm, cov, eig):
+        imm = imm_of(mm)
+        eig = ca._recompute_eig_state(cov, imm, eig, num_iterations=ca._LENGTH_FLOOR_FINAL_POWER_ITERATIONS)
+        eps = jnp.exp(ad.log_step_size_moving_average)
+        length, _ = ca._apply_length_floor(jnp.exp(ad.log_trajectory_length_moving_average), eig.lambda_max,
+                                           mm.sample_size >= threshold, True, max_leapfrog_steps, eps)
+        return eps, imm, length / eps
+
+    def fold(mm, cov, pos):
+        mm = jax.lax.scan(lambda acc, x: (wc_update(acc, x), None), mm, pos)[0]
+        return mm, cgl_update_batch(cov, pos)
+
+    def step(carry, xs):
+        i, k = xs
+        states, ad, mm, cov, eig, fin, buf = carry
+        warm = i < W
+        imm_w = imm_of(mm)
+        length, _ = ca._apply_length_floor(ad.trajectory_length, eig.lambda_max, mm.sample_size >= threshold,
+                                           True, max_leapfrog_steps, ad.step_size)
+        eps = jnp.where(warm, ad.step_size, fin[0])
+        imm = jnp.where(warm, imm_w, fin[1])
+        n = jnp.where(warm, length / ad.step_size, fin[2])
+        new, info = jax.vmap(lambda kk, st: kernel(kk, st, logdensity, eps, imm, (n,)))(jax.random.split(k, C),
+                                                                                          states)
+
+        def adapt(args):
+            ad, mm, cov, eig = args
+            ad = update(ad, info.proposal.position, info.proposal.momentum, states.position, info.acceptance_rate,
+                        info.is_divergent, imm_w)
+            in_window = i >= window_start
+            mm, cov2 = jax.lax.cond(in_window, fold, lambda m, c, p: (m, c), mm, cov, new.position)
+            eig = jax.lax.cond(in_window & (i % ca._LENGTH_FLOOR_RECOMPUTE_INTERVAL == 0),
+                               lambda e: ca._recompute_eig_state(cov2, imm_w, e), lambda e: e, eig)
+            return ad, mm, cov2, eig
+
+        ad, mm, cov, eig = jax.lax.cond(warm, adapt, lambda a: a, (ad, mm, cov, eig))
+        fin = jax.lax.cond(i == W - 1, lambda f: final(ad, mm, cov, eig), lambda f: f, fin)
+        row = (new.position, {"diverging": info.is_divergent, "n_steps": info.num_integration_steps,
+                              "acceptance_rate": info.acceptance_rate, "energy": info.energy,
+                              "lp": new.logdensity})
+        # warm-up steps write row 0, which the first sampling step overwrites
+        buf = jax.tree.map(lambda b, r: b.at[jnp.maximum(i - W, 0)].set(r), buf, row)
+        return (new, ad, mm, cov, eig, fin, buf), None
+
+    k_warm, k_run = jax.random.split(key)
+    keys = jnp.concatenate([jax.random.split(k_warm, W), jax.random.split(k_run, S)])
+    states = jax.vmap(lambda p: dynamic_hmc.init(p, logdensity, 0))(starts)
+    ad = init_ad(0, eps0)
+    cov = MomentBlock(count=jnp.zeros(()), mean=jnp.zeros((d,)), m2=jnp.zeros((d, d)))
+    fin = (jnp.asarray(eps0, starts.dtype), jnp.ones(d, starts.dtype), jnp.ones((), starts.dtype))
+    row = (starts, {"diverging": jnp.zeros(C, bool), "n_steps": jnp.zeros(C, int),
+                    "acceptance_rate": jnp.zeros(C, starts.dtype), "energy": jnp.zeros(C, starts.dtype),
+                    "lp": states.logdensity})
+    buf = jax.tree.map(lambda r: jnp.zeros((S,) + r.shape, r.dtype), row)
+    carry = (states, ad, wc_init(d), cov, ca._eig_state_init(d), fin, buf)
+    carry, _ = jax.lax.scan(step, carry, (jnp.arange(W + S), keys))
+    pos, stats = carry[-1]
+    return pos, stats, carry[-2][0]
+
+
 def _chees(s: Settings, keys, z, cov, pe):
-    """All chains of ChEES-HMC (Hoffman, Radul & Sountsov 2021; ``blackjax.chees_adaptation``
-    then ``blackjax.dynamic_hmc``) on the potential ``pe``.
+    """All chains of ChEES-HMC (Hoffman, Radul & Sountsov 2021; BlackJAX's ChEES adaptation and
+    dynamic HMC, run by :func:`chees_loop`) on the potential ``pe``.
 
     Coordinates are scaled by the Laplace standard deviations (the diagonal of ``cov``, the
     metric NUTS starts from); every chain starts as :func:`_chain`'s does (the mode plus
@@ -351,10 +474,6 @@ def _chees(s: Settings, keys, z, cov, pe):
     ``2**max_tree_depth`` leapfrog steps, the bound on NUTS's gradients per draw. Returns unconstrained draws
     ``(chain, draw, d)`` and statistics in :func:`_chain`'s layout (``n_steps``: leapfrog
     steps per draw)."""
-    import blackjax
-    import optax
-    from blackjax.adaptation.base import get_filter_adapt_info_fn
-
     sd = jnp.sqrt(jnp.diagonal(cov))
     c, V = jnp.linalg.eigh(cov)
     root = V * jnp.sqrt(jnp.clip(c, 0.0, 1.0))
@@ -364,23 +483,10 @@ def _chees(s: Settings, keys, z, cov, pe):
 
     starts = jax.vmap(start)(keys)
     logdensity = lambda u: -pe(z + sd * u)  # noqa: E731
-    k_warm, k_run = jax.random.split(jax.random.fold_in(keys[0], 1))
-    warmup = blackjax.chees_adaptation(
-        logdensity, keys.shape[0], mass_matrix_estimation="diagonal", max_leapfrog_steps=2**s.max_tree_depth,
-        adaptation_info_fn=get_filter_adapt_info_fn(info_keys={"num_integration_steps", "is_divergent"}))
-    (states, params), _ = warmup.run(k_warm, starts, CHEES_INITIAL_STEP, optax.adam(CHEES_LEARNING_RATE),
-                                     s.num_warmup, max_sampling_steps=s.num_samples)
-    alg = blackjax.dynamic_hmc(logdensity, **params)
-
-    def one(sts, k):
-        sts, info = jax.vmap(alg.step)(jax.random.split(k, keys.shape[0]), sts)
-        return sts, (z + sd * sts.position, {"diverging": info.is_divergent, "n_steps": info.num_integration_steps,
-                                             "acceptance_rate": info.acceptance_rate, "energy": info.energy,
-                                             "lp": sts.logdensity})
-
-    _, (zs, stats) = jax.lax.scan(one, states, jax.random.split(k_run, s.num_samples))
-    zs, stats = jax.tree.map(lambda x: jnp.swapaxes(x, 0, 1), (zs, stats))  # (chain, draw, ...)
-    stats["step_size"] = jnp.full(zs.shape[:2], params["step_size"])
+    pos, stats, eps = chees_loop(logdensity, starts, jax.random.fold_in(keys[0], 1), s.num_warmup, s.num_samples,
+                                 2**s.max_tree_depth)
+    zs, stats = jax.tree.map(lambda x: jnp.swapaxes(x, 0, 1), (z + sd * pos, stats))  # (chain, draw, ...)
+    stats["step_size"] = jnp.full(zs.shape[:2], eps)
     return zs, stats
 
 
