@@ -376,7 +376,7 @@ def sbc(n_rep: int = 200, *, model: str = "joint", P: int = 4, N: int = 30, rank
 
     model = v.choice(model, "model", ("joint", "conditional_x"))
     if v.choice(kernel, "kernel", ("nuts", "chees")) == "chees":
-        compiled.check_chees(chain_method, theta_coords, num_chains)
+        compiled.check_chees(chain_method, theta_coords, num_chains, v.integer(num_warmup, "num_warmup", minimum=0))
     rng, key = _seeds(seed)
     priors = {**DEFAULT_PRIORS, **(priors or {})}
     if A is None:

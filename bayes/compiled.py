@@ -322,8 +322,11 @@ CHEES_LEARNING_RATE = 0.025
 CHEES_INITIAL_STEP = 0.01
 
 
-def check_chees(chain_method: str, theta_coords: str, num_chains: int) -> None:
+def check_chees(chain_method: str, theta_coords: str, num_chains: int, num_warmup: int = 1) -> None:
     """ChEES-HMC's requirements, checked before any computation."""
+    if num_warmup < 1:
+        raise ValueError(f"kernel='chees' adapts its step size and trajectory length during warm-up: num_warmup "
+                         f"must be at least 1, got {num_warmup}")
     if chain_method != "vectorized":
         raise ValueError(f"kernel='chees' adapts the chains as one ensemble: chain_method must be 'vectorized', "
                          f"not {chain_method!r}")

@@ -109,8 +109,8 @@ class Sampler:
         step size, trajectory length and diagonal metric as an ensemble (more chains adapt
         better, e.g. 16 x (500 + 1000)); vectorised chains only, not with
         ``theta_coords="marginal"``. ``"auto"`` (default): ChEES-HMC for the joint model with
-        rank > 1 where it applies (vectorised chains, ``num_chains >= 2``, Theta not
-        integrated out, blackjax installed), NUTS otherwise (rank 1, the conditional models).
+        rank > 1 where it applies (vectorised chains, ``num_chains >= 2``, ``num_warmup >= 1``,
+        Theta not integrated out, blackjax installed), NUTS otherwise (rank 1, the conditional models).
         Measured on block-sparse data with non-negative Theta (benchmarks/results/bayes.md),
         4 chains x (1000 + 1000): ChEES-HMC met r_hat <= 1.01 and bulk ESS >= 400 at
         20 x 300, Q = 2 on three data sets of three and at 50 x 1000, Q = 3 on two of three,
@@ -142,7 +142,8 @@ class Sampler:
         kernel = v.choice(kernel, "kernel", KERNELS)
         chain_method = _chain_method(chain_method, v.integer(num_chains, "num_chains"))
         theta_coords = v.choice(theta_coords, "theta_coords", THETA_COORDS)
-        kernel = _kernel(kernel, model, rank, chain_method, theta_coords, num_chains)
+        num_warmup = v.integer(num_warmup, "num_warmup", minimum=0)
+        kernel = _kernel(kernel, model, rank, chain_method, theta_coords, num_chains, num_warmup)
         mass = _mass(v.choice(mass, "mass", MASSES), rank)
         v.choice(simplex, "simplex", SIMPLEXES)
         self.n_patterns = None if n_patterns is None else v.integer(n_patterns, "n_patterns")
@@ -151,7 +152,7 @@ class Sampler:
         self._used: set = set()
         self.settings = compiled.Settings(
             model, rank, P or 0, K, nonneg=self.theta_kind == "nonneg", simplex=simplex,
-            num_warmup=v.integer(num_warmup, "num_warmup", minimum=0),
+            num_warmup=num_warmup,
             num_samples=v.integer(num_samples, "num_samples"), num_chains=num_chains, chain_method=chain_method,
             target_accept=v.open_unit(target_accept, "target_accept"), mass=mass,
             jitter=float(jitter), max_tree_depth=v.integer(max_tree_depth, "max_tree_depth"),
@@ -288,14 +289,15 @@ def _mass(mass: str, rank: int) -> str:
     return "dense" if rank == 1 else "diag"
 
 
-def _kernel(kernel: str, model: str, rank: int, chain_method: str, theta_coords: str, num_chains: int) -> str:
+def _kernel(kernel: str, model: str, rank: int, chain_method: str, theta_coords: str, num_chains: int,
+            num_warmup: int = 1) -> str:
     """Resolve ``kernel="auto"`` (see :class:`Sampler`); check an explicit ``"chees"``."""
     if kernel == "auto":
         usable = (model == "joint" and rank > 1 and chain_method == "vectorized" and theta_coords != "marginal"
-                  and num_chains >= 2 and _has_blackjax())
+                  and num_chains >= 2 and num_warmup >= 1 and _has_blackjax())
         return "chees" if usable else "nuts"
     if kernel == "chees":
-        compiled.check_chees(chain_method, theta_coords, num_chains)
+        compiled.check_chees(chain_method, theta_coords, num_chains, num_warmup)
     return kernel
 
 

@@ -470,6 +470,7 @@ def test_kernel_auto_resolution():
     assert bayes.Sampler("joint", 2, 4, None, 2, theta_coords="marginal").kernel == "nuts"
     assert bayes.Sampler("joint", 2, 4, None, 2, chain_method="sequential").kernel == "nuts"
     assert bayes.Sampler("joint", 2, 4, None, 2, num_chains=1).kernel == "nuts"
+    assert bayes.Sampler("joint", 2, 4, None, 2, num_warmup=0).kernel == "nuts"  # nothing to adapt ChEES with
     assert bayes.Sampler("joint", 2, 4, None, 2, kernel="nuts").kernel == "nuts"
     assert bayes.Sampler("joint", 1, 4, None, 2, kernel="chees").kernel == "chees"
 
@@ -489,5 +490,9 @@ def test_chees_bad_settings_fail_before_sampling():
         bayes.Sampler("joint", 1, 4, None, 2, kernel="chees", theta_coords="marginal")
     with pytest.raises(ValueError, match="num_chains"):
         bayes.Sampler("conditional", 1, 4, None, 2, kernel="chees", num_chains=1)
+    with pytest.raises(ValueError, match="num_warmup must be at least 1"):
+        bayes.Sampler("joint", 2, 4, None, 2, kernel="chees", num_warmup=0)
+    with pytest.raises(ValueError, match="num_warmup must be at least 1"):
+        bayes.sbc(2, model="joint", kernel="chees", num_warmup=0)
     with pytest.raises(ValueError, match="kernel"):
         bayes.Sampler("conditional", 1, 4, None, 2, kernel="hmc")
