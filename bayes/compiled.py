@@ -1,4 +1,4 @@
-"""NUTS compiled once per (model, data shape, settings) and reused across data sets.
+"""NUTS and ChEES-HMC compiled once per (model, data shape, settings) and reused across data sets.
 
 ``numpyro.infer.MCMC.run`` builds a fresh closure, hence a fresh compilation of its
 sampling loop, on every call (1-2 s each, and compiled code accumulates: memory grows
@@ -15,7 +15,10 @@ damped Newton steps find the mode of the posterior in unconstrained space; the i
 Hessian there is the initial inverse mass matrix (dense or its diagonal), and each chain
 starts at a draw from this Laplace approximation (scaled by ``jitter``). Warm-up then
 adapts the step size and, when ``adapt_mass``, the mass matrix (NumPyro's windowed
-Welford estimates).
+Welford estimates). NUTS runs warm-up and sampling as one loop over one copy of its
+kernel; so does ChEES-HMC (:func:`chees_loop`, BlackJAX's ensemble adaptation with all chains
+vectorised): each copy of an HMC kernel puts the model's gradient into the compiled program
+once more, and compilation is most of a small run's time.
 
 :data:`TRACES` counts how often each runner has been traced (= compiled).
 """
@@ -35,8 +38,8 @@ from numpyro.infer.util import constrain_fn, potential_energy, unconstrain_fn
 
 from . import models
 
-__all__ = ["TRACES", "Settings", "batch_runner", "check_chees", "clear_cache", "hessian_fd", "laplace",
-           "model_function", "prepare", "runner"]
+__all__ = ["TRACES", "Settings", "batch_runner", "check_chees", "chees_loop", "clear_cache", "hessian_fd",
+           "laplace", "model_function", "prepare", "runner"]
 
 #: number of traces (compilations) per :class:`Settings`
 TRACES: Counter = Counter()
@@ -343,7 +346,7 @@ def check_chees(chain_method: str, theta_coords: str, num_chains: int, num_warmu
 
 
 def chees_loop(logdensity, starts, key, num_warmup: int, num_samples: int, max_leapfrog_steps: int,
-               learning_rate: float = None, initial_step: float = None):
+               learning_rate: float | None = None, initial_step: float | None = None):
     """ChEES-HMC warm-up and sampling in one loop: ``blackjax.chees_adaptation(...,
     mass_matrix_estimation="diagonal").run`` followed by ``blackjax.dynamic_hmc`` with the adapted
     parameters, step for step, but with one copy of the HMC kernel in the compiled code.
@@ -369,6 +372,9 @@ def chees_loop(logdensity, starts, key, num_warmup: int, num_samples: int, max_l
         Steps of each phase (``num_warmup >= 1``).
     max_leapfrog_steps : int
         Cap on the leapfrog steps of a trajectory.
+    learning_rate, initial_step : float, optional
+        Adam's learning rate for the trajectory length and the initial step size (default
+        :data:`CHEES_LEARNING_RATE`, :data:`CHEES_INITIAL_STEP`).
 
     Returns
     -------
