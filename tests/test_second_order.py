@@ -64,7 +64,7 @@ def test_hessian_products_match_finite_differences_and_are_symmetric(form, mode)
     data = prob.data
     DX = trust.data_product(data, st.X)
     YJ = trust.residual_product(data, st.X, st.theta, DX)
-    assert (YJ is None) == (form == "gram")
+    assert (YJ is None) == (form != "dense")
     H = [trust.hessian_product(data, st.X, st.theta, s2, t2, *d, DX=DX, YJ=YJ) for d in dirs]
     H_plain = trust.hessian_product(data, st.X, st.theta, s2, t2, *dirs[0])
     for a, b in zip(H[0], H_plain, strict=True):  # the cached data products change nothing

@@ -425,11 +425,16 @@ def scoring_direction(prob: Problem, st: State) -> Direction | None:
 
 def hessian(prob: Problem, model: trust.FisherModel, st: State) -> trust.Hessian:
     """Products with the observed Hessian at ``st`` (complete data), reusing the data products
-    that the state's cached moments hold (gram form: ``G X``; sparse form: ``Y'X`` and
-    ``Y R'X``; dense form: ``Y R'X``), so that building it takes no pass over the data there."""
+    that the state's cached moments hold (gram form: ``G X``; sparse form: ``G X = Y R'X +
+    YA' Theta' X'X`` from ``Y R'X``; dense form: ``Y R'X``), so that building it takes no pass
+    over the data in gram and sparse form."""
     m = prob.moments(st.X, st.theta)[0]
-    yj = None if prob.data.form == "gram" else m.YRtX
-    return trust.Hessian(prob.data, model, st.X, st.theta, st.sigma2, st.sigma2 / st.lam, DX=m.DX, YJ=yj)
+    form = prob.data.form
+    if form == "sparse":
+        DX, yj = m.YRtX + prob.data.YA @ (st.theta.T @ m.XtX), None
+    else:
+        DX, yj = m.DX, (m.YRtX if form == "dense" else None)
+    return trust.Hessian(prob.data, model, st.X, st.theta, st.sigma2, st.sigma2 / st.lam, DX=DX, YJ=yj)
 
 
 def newton_direction(prob: Problem, st: State) -> Direction | None:

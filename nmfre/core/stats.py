@@ -21,7 +21,9 @@ patterns are few).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -37,6 +39,10 @@ class Moments:
     ``YRtX = Y R' X_O`` (``P_O x Q``); ``C1 = Theta AA' Theta'``; ``DX``: the one product of
     the data with ``X_O`` it took, ``G X_O`` (gram form) or ``Y'X_O`` (sparse form; None in
     dense form), kept for :class:`nmfre.core.trust.Hessian`.
+
+    In dense and sparse form ``YRtX`` costs a second pass over the data (``Y (X_O'R)'``), which
+    the nll does not need: it is computed on first access (then kept), so that evaluating the
+    nll at a trial point multiplies the data once.
     """
 
     Xb: np.ndarray
@@ -44,9 +50,14 @@ class Moments:
     XtYA: np.ndarray
     WR: np.ndarray
     rss: float
-    YRtX: np.ndarray
+    residual: Callable[[], np.ndarray] = field(repr=False)
     C1: np.ndarray
     DX: np.ndarray | None = None
+
+    @cached_property
+    def YRtX(self) -> np.ndarray:
+        """``Y R' X_O`` (``P_O x Q``), formed on first access."""
+        return self.residual()
 
 
 @dataclass(frozen=True)
@@ -103,19 +114,19 @@ class Block:
         if self.form == "dense":
             R = self.Y - Xb @ (theta @ self.A)
             XtR = Xb.T @ R
-            return Moments(Xb, XtX, XtYA, XtR @ XtR.T, float(np.vdot(R, R)), self.Y @ XtR.T, C1)
+            return Moments(Xb, XtX, XtYA, XtR @ XtR.T, float(np.vdot(R, R)), lambda: self.Y @ XtR.T, C1)
         if self.form == "sparse":
             DX = np.asarray(self.Y.T @ Xb)
             XtR = DX.T - XtX @ (theta @ self.A)  # Q x N, never P x N
             rss = self.trG - 2.0 * float(np.sum(theta * XtYA)) + float(np.sum(C1 * XtX))
-            return Moments(Xb, XtX, XtYA, XtR @ XtR.T, rss, np.asarray(self.Y @ XtR.T), C1, DX)
+            return Moments(Xb, XtX, XtYA, XtR @ XtR.T, rss, lambda: np.asarray(self.Y @ XtR.T), C1, DX)
         GX = self.G @ Xb
         XtGX = Xb.T @ GX
         T = XtYA @ theta.T @ XtX
         WR = XtGX - T - T.T + XtX @ C1 @ XtX
         rss = self.trG - 2.0 * float(np.sum(theta * XtYA)) + float(np.sum(C1 * XtX))
         YRtX = GX - self.YA @ theta.T @ XtX
-        return Moments(Xb, XtX, XtYA, 0.5 * (WR + WR.T), rss, YRtX, C1, GX)
+        return Moments(Xb, XtX, XtYA, 0.5 * (WR + WR.T), rss, lambda: YRtX, C1, GX)
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,10 @@ Complete data (one block of :class:`~nmfre.core.stats.Stats`, in any form). Coor
 
 and its gradient (:func:`gradient`) needs the data only through ``Y Y' X`` (gram form:
 ``G X``, ``O(P^2 Q)``; dense or sparse: ``Y (Y'X)``, ``O(nnz Q)``), plus ``Y A'``,
-``A A'`` and ``||Y||^2``.
+``A A'`` and ``||Y||^2``. The gram and sparse forms use the gram identities for the rest
+(``P``-sized work only: a sparse Y enters as the operator ``G v = Y (Y'v)``, never as
+``G`` and never through ``N``-sized residual products); the dense form (small problems)
+forms the residual products exactly.
 
 * :func:`hessian_product`: the observed Hessian times a direction, exact to rounding, by
   differentiating the gradient along the direction in complex arithmetic (complex step,
@@ -91,16 +94,21 @@ class Moments:
 
 
 def data_product(data: Data, X: np.ndarray) -> np.ndarray:
-    """The one product of the data with X that :func:`moments` needs: ``G X`` (gram form,
-    ``P x Q``) or ``Y'X`` (dense and sparse, ``N x Q``)."""
-    return _rmul(data.G, X) if data.form == "gram" else _rmul(data.Y.T, X)
+    """The product of the data with X that :func:`moments` needs: ``G X`` (``P x Q``; gram
+    form, and sparse form as ``Y (Y'X)``: two passes over the non-zeros, no ``G``) or ``Y'X``
+    (dense form, ``N x Q``)."""
+    if data.form == "gram":
+        return _rmul(data.G, X)
+    if data.form == "sparse":
+        return _rmul(data.Y, _rmul(data.Y.T, X))
+    return _rmul(data.Y.T, X)
 
 
 def residual_product(data: Data, X: np.ndarray, theta: np.ndarray, DX: np.ndarray) -> np.ndarray | None:
-    """``Y J'`` with ``J = X'R`` (``P x Q``; dense and sparse forms, None in gram form), from
+    """``Y J'`` with ``J = X'R`` (``P x Q``; dense form, None in gram and sparse form), from
     ``DX = Y'X`` (:func:`data_product`): the second data product of :func:`moments`, kept by
     :class:`Hessian` so that its products multiply only the direction."""
-    if data.form == "gram":
+    if data.form != "dense":
         return None
     J = DX.T - (X.T @ X) @ theta @ data.A
     return np.asarray(data.Y @ J.T)
@@ -111,7 +119,7 @@ def moments(data: Data, X: np.ndarray, theta: np.ndarray, DX: np.ndarray | None 
     """:class:`Moments` (exact residual products in dense form, the gram identities otherwise).
 
     ``DX``: :func:`data_product` of ``X`` when already known (for a complex ``X``, of its real
-    part: only the imaginary part is then multiplied). ``YJ`` (dense and sparse forms): ``Y J'``
+    part: only the imaginary part is then multiplied). ``YJ`` (dense form): ``Y J'``
     with ``J = X'R`` at the real part of a complex ``(X, theta)``, when already known (then the
     second data product multiplies the imaginary part only; the real part it replaces differs
     by ``O(h^2)``, far below rounding, for the complex step ``h`` of :func:`hessian_product`)."""
@@ -122,7 +130,7 @@ def moments(data: Data, X: np.ndarray, theta: np.ndarray, DX: np.ndarray | None 
     XtX = X.T @ X
     XtYA = X.T @ data.YA
     C1 = theta @ data.AA @ theta.T
-    if data.form == "gram":
+    if data.form != "dense":
         GX = DX
         XtGX = X.T @ GX
         T = XtYA @ theta.T @ XtX
@@ -133,11 +141,8 @@ def moments(data: Data, X: np.ndarray, theta: np.ndarray, DX: np.ndarray | None 
         return Moments(XtX, XtYA, WR, rss, RRtX, JA, C1)
     TA = theta @ data.A
     J = DX.T - XtX @ TA  # X'R, Q x N
-    if data.form == "dense":
-        R = data.Y - X @ TA
-        rss = np.sum(R * R)
-    else:
-        rss = data.trG - 2.0 * np.sum(theta * XtYA) + np.sum(C1 * XtX)
+    R = data.Y - X @ TA
+    rss = np.sum(R * R)
     JA = J @ data.A.T
     if YJ is not None and np.iscomplexobj(J):
         YJt = YJ + 1j * np.asarray(data.Y @ J.imag.T)
@@ -173,7 +178,8 @@ def hessian_product(data: Data, X, theta, sigma2, tau2, dX, dT, ds2=0.0, dt2=0.0
     """Observed Hessian of the nll times ``(dX, dT, d_sigma2, d_tau2)`` (complex step; exact
     to rounding). Returns ``(HX, HT, H_sigma2, H_tau2)``. ``DX``: :func:`data_product` of
     ``X``; ``YJ``: :func:`residual_product` (with both, each product multiplies the data twice
-    in dense and sparse form, by ``dX`` and by the change of ``X'R``, and once in gram form)."""
+    in dense and sparse form: by ``dX`` and by the change of ``X'R`` (dense), by ``dX`` and by
+    ``Y'dX`` (sparse); and once in gram form)."""
     scale = max(float(np.max(np.abs(dX))), float(np.max(np.abs(dT), initial=0.0)), abs(ds2) / max(sigma2, 1e-300),
                 abs(dt2) / max(tau2, 1e-300), 1e-300)
     h = COMPLEX_STEP / scale
@@ -368,7 +374,8 @@ def bound_qp(model: FisherModel, x: np.ndarray, nonneg: bool, max_inner: int = 1
 class Hessian:
     """Products with the observed Hessian in the flat coordinates of a :class:`FisherModel`
     (the model's variance coordinates; the data multiplied once per product in gram form,
-    twice otherwise). ``DX``, ``YJ``: :func:`data_product` and :func:`residual_product` at
+    twice otherwise: once each by ``Y'`` and ``Y`` in sparse form). ``DX``, ``YJ``:
+    :func:`data_product` and :func:`residual_product` at
     ``(X, theta)`` when already known (:func:`nmfre.core.ml.hessian` takes them from the
     cached moments of the state)."""
 
@@ -376,7 +383,7 @@ class Hessian:
         self.data, self.model = data, model
         self.args = (X, theta, sigma2, tau2)
         self.DX = data_product(data, X) if DX is None else DX
-        self.YJ = residual_product(data, X, theta, self.DX) if YJ is None and data.form != "gram" else YJ
+        self.YJ = residual_product(data, X, theta, self.DX) if YJ is None and data.form == "dense" else YJ
         self.count = 0
 
     def __call__(self, v: np.ndarray) -> np.ndarray:
