@@ -20,6 +20,13 @@ The generator (:func:`generate`) is written here and shares nothing with
 * sparse rung: positions drawn uniformly without replacement at the given density, values
   from the model mean at those positions plus noise, clipped at 0 (never a dense P x N).
 
+A second generator, ``--generator counts`` (:func:`generate_counts`, dense rungs only), is
+further from the model: dense basis columns (Dirichlet(0.5), no exact zeros), Theta >= 0
+with a fifth of its entries 0 plus 3 on the intercept, correlated Gaussian covariates
+(correlation 0.7 between the second and third), ``tau2 = 0.5`` and Poisson counts with mean
+``50 / c^2`` per cell on average (``c`` as above), divided back by their scale. ``--theta
+free`` fits sign-free Theta (the package default) instead of ``"nonneg"``.
+
 Targets (issue 17, on two cores): every dense rung converged in <= 100 iterations with
 wall time no more than scikit-learn's (ratio <= 1); 2000 x 20000, Q = 10 in <= 60 s on every
 seed; the sparse rung's ratio <= 3.
@@ -32,6 +39,7 @@ Run::
     python benchmarks/bench_iterations.py --solver second-order  # the experimental solver
     python benchmarks/bench_iterations.py --solver fisher        # scoring with the expected information only
     python benchmarks/bench_iterations.py --check                # + an independent optimiser at each optimum
+    python benchmarks/bench_iterations.py --generator counts --theta free --rungs small,medium
     python benchmarks/bench_iterations.py --out results.json
 
 Columns of the summary table (one row per rung and noise level): ``runs``; nmfre's
@@ -123,8 +131,30 @@ def generate(P: int, N: int, Q: int, K: int, seed: int, noise: float = 0.3, dens
     return sparse_at_random(X, B, density, sd, rng), A
 
 
+def generate_counts(P: int, N: int, Q: int, K: int, seed: int, noise: float = 0.3):
+    """One dense data set ``(Y, A)`` of the counts design (see the module docstring).
+
+    Parameters
+    ----------
+    P, N, Q, K : int
+    seed : int
+    noise : float
+        ``c``: the counts have mean ``50 / c^2`` per cell on average.
+    """
+    rng = np.random.default_rng([23, seed, P, Q, K])
+    A = np.vstack([np.ones(N)] + [rng.normal(size=N) for _ in range(K - 1)])
+    if K > 2:
+        A[2] = 0.7 * A[1] + np.sqrt(1.0 - 0.49) * A[2]
+    X = rng.dirichlet(np.full(P, 0.5), size=Q).T
+    theta = rng.gamma(2.0, 2.0, (Q, K)) * (rng.random((Q, K)) < 0.8)
+    theta[:, 0] += 3.0
+    M = np.maximum(X @ (theta @ A + rng.normal(0.0, np.sqrt(0.5), (Q, N))), 0.0)
+    scale = 50.0 / noise**2 / M.mean()
+    return rng.poisson(M * scale) / scale, A
+
+
 def run_one(spec: dict, seed: int, noise: float, sklearn: bool = True, solver: str = "default",
-            check: bool = False) -> dict:
+            check: bool = False, generator: str = "ladder", theta: str = "nonneg") -> dict:
     """Fit nmfre and scikit-learn on one data set; wall and CPU seconds, iterations, nll.
 
     ``check``: start an independent optimiser at nmfre's estimate
@@ -135,12 +165,20 @@ def run_one(spec: dict, seed: int, noise: float, sklearn: bool = True, solver: s
     iteration with the expected-information direction only:
     :data:`nmfre.core.ml.OBSERVED_HESSIAN` off) or ``"second-order"``
     (:data:`nmfre.core.ml.SECOND_ORDER` switched on for this fit).
+
+    ``generator``: ``"ladder"`` (:func:`generate`) or ``"counts"`` (:func:`generate_counts`,
+    dense only); ``theta``: the sign of Theta in nmfre's fit (``"nonneg"`` or ``"free"``).
     """
     import nmfre
     from nmfre.core import ml
 
-    Y, A = generate(spec["P"], spec["N"], spec["Q"], spec["K"], seed, noise, spec.get("density"))
-    rec = {"seed": seed, "noise": noise}
+    if generator == "counts":
+        if spec.get("density"):
+            raise ValueError("the counts generator is dense only")
+        Y, A = generate_counts(spec["P"], spec["N"], spec["Q"], spec["K"], seed, noise)
+    else:
+        Y, A = generate(spec["P"], spec["N"], spec["Q"], spec["K"], seed, noise, spec.get("density"))
+    rec = {"seed": seed, "noise": noise, "generator": generator, "theta": theta}
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         saved = ml.SECOND_ORDER, ml.OBSERVED_HESSIAN
@@ -148,7 +186,7 @@ def run_one(spec: dict, seed: int, noise: float, sklearn: bool = True, solver: s
         ml.OBSERVED_HESSIAN = saved[1] and solver != "fisher"
         try:
             w0, c0 = time.perf_counter(), time.process_time()
-            fit = nmfre.fit(Y, A, rank=spec["Q"], theta="nonneg")
+            fit = nmfre.fit(Y, A, rank=spec["Q"], theta=theta)
         finally:
             ml.SECOND_ORDER, ml.OBSERVED_HESSIAN = saved
         rec["solver"] = solver
@@ -159,7 +197,7 @@ def run_one(spec: dict, seed: int, noise: float, sklearn: bool = True, solver: s
     if check:
         from check_optimum import check_fit  # (benchmarks/ is on sys.path: see the imports)
 
-        rec["check"] = check_fit(Y, A, fit, nonneg=True)
+        rec["check"] = check_fit(Y, A, fit, nonneg=theta == "nonneg")
     del fit
     if sklearn:
         from sklearn.decomposition import NMF
@@ -210,6 +248,8 @@ def summary(results: dict, specs: dict) -> str:
         spec = specs[name]
         data = (f"{'sparse' if spec.get('density') else 'dense'} {spec['P']}×{spec['N']}, Q={spec['Q']}, "
                 f"K={spec['K']}" + (f", {spec['density']:.0%}" if spec.get("density") else ""))
+        gens = sorted({(r.get("generator", "ladder"), r.get("theta", "nonneg")) for r in runs})
+        data += "".join(f", {g} generator, Theta {t}" for g, t in gens)
         for c in sorted({r["noise"] for r in runs}):
             rr = [r for r in runs if r["noise"] == c]
             it = [r["nmfre"]["n_iter"] for r in rr]
@@ -251,13 +291,20 @@ def main(argv=None) -> dict:
     parser.add_argument("--check", action="store_true",
                         help="start an independent optimiser (L-BFGS-B, JAX nll) at each nmfre optimum "
                              "and report the nll decrease it finds (needs jax)")
+    parser.add_argument("--generator", default="ladder", choices=["ladder", "counts"],
+                        help="data generator (default: the ladder's; 'counts': dense rungs only)")
+    parser.add_argument("--theta", default="nonneg", choices=["nonneg", "free"], help="sign of Theta in the fits")
     parser.add_argument("--out", help="write all numbers as JSON")
     args = parser.parse_args(argv)
     specs = rungs(args.quick)
-    names = list(specs) if not args.rungs else [s.strip() for s in args.rungs.split(",")]
+    dense = [n for n in specs if not specs[n].get("density")]
+    names = ((dense if args.generator == "counts" else list(specs)) if not args.rungs
+             else [s.strip() for s in args.rungs.split(",")])
     for n in names:
         if n not in specs:
             raise SystemExit(f"unknown rung {n!r}; rungs: {', '.join(specs)}")
+        if args.generator == "counts" and n not in dense:
+            raise SystemExit(f"--generator counts is dense only; rung {n!r} is sparse")
     seeds = _seeds(args.seeds)
     noises = [float(c) for c in args.noise.split(",")]
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
@@ -267,7 +314,8 @@ def main(argv=None) -> dict:
         results[n] = []
         for c in noises:
             for s in seeds:
-                rec = run_one(specs[n], s, c, sklearn=not args.no_sklearn, solver=args.solver, check=args.check)
+                rec = run_one(specs[n], s, c, sklearn=not args.no_sklearn, solver=args.solver, check=args.check,
+                              generator=args.generator, theta=args.theta)
                 results[n].append(rec)
                 m = rec["nmfre"]
                 line = (f"{n} c={c:g} seed={s}: nmfre {m['wall_s']:.3g} s, {m['n_iter']} it, "
@@ -282,7 +330,8 @@ def main(argv=None) -> dict:
                 print(line, flush=True)
     table = summary(results, specs)
     print(f"\nload average at end {os.getloadavg()}\n\n" + table)
-    out = {"quick": args.quick, "cpus": cpus, "solver": args.solver, "results": results, "table": table}
+    out = {"quick": args.quick, "cpus": cpus, "solver": args.solver, "generator": args.generator,
+           "theta": args.theta, "results": results, "table": table}
     if args.out:
         with open(args.out, "w") as fh:
             json.dump(out, fh, indent=1)

@@ -112,6 +112,23 @@ def test_iteration_generator_is_not_the_tests_design():
     assert hasattr(Ys, "tocsr") and abs(Ys.nnz / (200 * 400) - 0.05) < 0.02
 
 
+def test_counts_generator():
+    """``--generator counts``: Poisson counts (on a common scale) with mean 50 / c^2 per cell,
+    correlated covariates; dense rungs only."""
+    spec = importlib.util.spec_from_file_location("bench_iterations", ITER_SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    for c in (0.3, 1.0):
+        Y, A = mod.generate_counts(60, 3000, 4, 3, seed=2, noise=c)
+        assert Y.shape == (60, 3000) and A.shape == (3, 3000) and Y.min() >= 0
+        step = np.min(Y[Y > 0])  # 1 / scale: every entry an integer multiple of it
+        np.testing.assert_allclose(Y / step, np.round(Y / step), atol=1e-6)
+        assert np.mean(Y / step) == pytest.approx(50 / c**2, rel=0.05)
+        assert np.corrcoef(A[1], A[2])[0, 1] == pytest.approx(0.7, abs=0.05)
+    with pytest.raises(ValueError, match="dense only"):
+        mod.run_one(dict(P=40, N=100, Q=2, K=2, density=0.1), 0, 0.3, sklearn=False, generator="counts")
+
+
 def _check_module():
     pytest.importorskip("jax")
     path = Path(__file__).parent.parent / "benchmarks" / "check_optimum.py"

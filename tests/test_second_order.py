@@ -167,7 +167,12 @@ def test_face_newton_step_equals_the_dense_newton_step(structured, monkeypatch):
     x = ml._flat_point(prob, st, model.nV)
     free = ~((x <= 0) & (np.arange(x.size) < model.nX + model.nT))
     d0 = np.zeros_like(x)
-    d, hd, _ = trust.face_cg(hess, model, free, d0, np.zeros_like(x), rtol=1e-12, max_iter=200)
+    # rtol 1e-6 (r'z down by 1e-12, reached after 8 products here): CG no longer stops when r'z
+    # rises, so at a tolerance beyond rounding (1e-12, as this test once used) it goes on in
+    # rounding noise, which grows into the column sums of the step (1e-16 at the tolerance,
+    # 7e-2 fifteen products later): the iterate leaves the constraints, its model value means
+    # nothing. Production tolerances (r'z down by 1e-2 or 1e-6) stop far from that regime
+    d, hd, _ = trust.face_cg(hess, model, free, d0, np.zeros_like(x), rtol=1e-6, max_iter=200)
     ref = newton.dense_kkt(H, model.g, free, prob.P, prob.rank)
     pred = lambda v: model.g @ v + 0.5 * v @ H @ v  # noqa: E731
     assert pred(d) == pytest.approx(pred(ref), rel=1e-8)
@@ -278,3 +283,67 @@ def test_observed_hessian_switch_on_misspecified_data(monkeypatch):
     assert new.nll <= ref.nll + 1e-10 * (1 + abs(ref.nll))
     # here 82 -> 46 iterations (seeds 1, 2: 94 -> 50, 103 -> 45): a margin no rounding closes
     assert new.n_iter < 0.8 * ref.n_iter
+
+
+class _Model:
+    """The pieces of a FisherModel that face_cg uses: gradient, preconditioner (factor/solve) and
+    its products."""
+
+    def __init__(self, g, M):
+        self.g, self.M = g, M
+
+    def factor(self, free):
+        M = self.M
+
+        class _S:
+            @staticmethod
+            def solve(r):  # the face's step for gradient r: -M^-1 r
+                return -np.linalg.solve(M, r)
+
+        return _S
+
+    def product(self, v):
+        return self.M @ v
+
+
+class _Hess:
+    def __init__(self, H):
+        self.H, self.count = H, 0
+
+    def __call__(self, v):
+        self.count += 1
+        return self.H @ v
+
+
+def test_face_cg_is_not_stopped_by_a_rise_of_the_preconditioned_residual():
+    """PCG's r'z can rise for a while (the error's energy norm falls); face_cg used to stop at the
+    first rise, which on flat valleys of the likelihood cut every Newton direction to one CG step.
+    Here a poor preconditioner makes r'z rise at the second iteration: CG must go on and reach its
+    tolerance (the Newton step), and the system is built so that a stop at the rise is far off."""
+    rng = np.random.default_rng(0)
+    n = 30
+    Qm, _ = np.linalg.qr(rng.normal(size=(n, n)))
+    H = Qm @ np.diag(np.logspace(-3, 0, n)) @ Qm.T
+    M = np.diag(rng.uniform(0.2, 5.0, n))
+    g = rng.normal(size=n)
+    # plain PCG from 0: record r'z, to show the example has a rise while far from converged
+    x, r = np.zeros(n), g.copy()
+    z = np.linalg.solve(M, r)
+    rz0 = rz = r @ z
+    p = -z
+    rises = []
+    for _ in range(n):
+        hp = H @ p
+        a = rz / (p @ hp)
+        x, r = x + a * p, r + a * hp
+        z = np.linalg.solve(M, r)
+        rzn = r @ z
+        if rzn > rz:
+            rises.append(rzn / rz0)
+        p, rz = -z + (rzn / rz) * p, rzn
+    assert rises and max(rises) > 1e-4  # a rise far from convergence
+    free = np.ones(n, bool)
+    d, hd, _ = trust.face_cg(_Hess(H), _Model(g, M), free, np.zeros(n), np.zeros(n), rtol=1e-10, max_iter=200)
+    step = -np.linalg.solve(H, g)
+    assert np.linalg.norm(d - step) <= 1e-6 * np.linalg.norm(step)
+    np.testing.assert_allclose(hd, H @ d, rtol=1e-10, atol=1e-12)

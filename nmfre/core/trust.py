@@ -417,8 +417,9 @@ def face_cg(hess: Hessian, model: FisherModel, free: np.ndarray, d0: np.ndarray,
     Gould, Hribar & Nocedal 2001), started at ``d0`` (``hd0 = H d0``), the displacement
     ``s = d - d0`` kept within ``||s||_F <= radius`` (the information norm, which makes the
     region the preconditioner's). On negative curvature, or when an iterate would leave the
-    region, the step goes to the boundary. Stops when the preconditioned residual has fallen
-    by ``rtol`` or at ``max_iter``.
+    region, the step goes to the boundary. Stops when the preconditioned residual ``r'z`` has
+    fallen by ``rtol**2`` (``rtol`` in its norm) or at ``max_iter``; a rise of ``r'z`` on the
+    way is normal for PCG and does not stop it.
 
     Returns ``(d, H d, on_boundary)`` or None when no step was taken.
     """
@@ -454,7 +455,11 @@ def face_cg(hess: Hessian, model: FisherModel, free: np.ndarray, d0: np.ndarray,
         r = r + a * hp * free
         z = -solver.solve(r)
         rzn = float(r @ z)
-        if rzn <= rtol**2 * rz0 or rzn > rz:
+        # no stop when r'z rises: PCG decreases the error's energy norm, not r'z, which can rise
+        # for a while. Stopping at a rise (as this loop once did) cut CG to one product at every
+        # iteration of fits crawling along a flat valley, which then took hundreds of iterations
+        # and stopped above the optimum by more than the tolerance (scale.md, 2026-12-03)
+        if rzn <= rtol**2 * rz0:
             break
         p = -z + (rzn / rz) * p
         rz = rzn
