@@ -248,7 +248,9 @@ def test_newton_direction_is_the_dense_newton_step_on_the_scoring_face(structure
     st = _near_optimum(prob, st)
     if structured:
         monkeypatch.setattr(ml, "DENSE_MAX", 1)
-    monkeypatch.setattr(ml, "NEWTON_RTOL", 1e-12)
+    # converged to r'z down by 1e-12, not beyond: CG does not stop when r'z rises, and past
+    # rounding level its iterates leave the column-sum constraints (see the test above)
+    monkeypatch.setattr(ml, "NEWTON_RTOL", 1e-6)
     monkeypatch.setattr(ml, "NEWTON_CG_MAX", 300)
     model, _, H = _dense_hessian(prob, st, None)
     gX, gT, _ = model.split(model.g)
