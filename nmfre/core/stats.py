@@ -36,9 +36,11 @@ class Moments:
     """What one block contributes at ``(X, Theta)`` (plain arrays).
 
     ``XtX = X_O'X_O``; ``XtYA = X_O'Y A'``; ``WR = X_O'R R'X_O``; ``rss = ||R||^2``;
-    ``YRtX = Y R' X_O`` (``P_O x Q``); ``C1 = Theta AA' Theta'``; ``DX``: the one product of
-    the data with ``X_O`` it took, ``G X_O`` (gram form) or ``Y'X_O`` (sparse form; None in
-    dense form), kept for :class:`nmfre.core.trust.Hessian`.
+    ``YRtX = Y R' X_O`` (``P_O x Q``); ``C1 = Theta AA' Theta'``; ``DX``: the first product of
+    the data with ``X_O`` it took, ``G X_O`` (gram form, reused by
+    :class:`nmfre.core.trust.Hessian`) or ``Y'X_O`` (sparse form; None in dense form). In
+    sparse form the Hessian takes ``G X_O = YRtX + Y A' Theta' X_O'X_O`` instead
+    (:func:`nmfre.core.ml.hessian`).
 
     In dense and sparse form ``YRtX`` costs a second pass over the data (``Y (X_O'R)'``), which
     the nll does not need: it is computed on first access (then kept), so that evaluating the
