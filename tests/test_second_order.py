@@ -105,15 +105,24 @@ def test_hessian_from_the_cached_moments_equals_a_fresh_one(form):
         np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-9 * np.max(np.abs(b)))
 
 
-@pytest.mark.parametrize("blocks", [False, True])
+@pytest.mark.parametrize("blocks", ["none", "two", "cells"])
 @pytest.mark.parametrize("mode", ["free", "tau2", "fixed"])
-def test_fisher_products_equal_the_dense_information(blocks, mode):
+def test_fisher_products_equal_the_dense_information(blocks, mode, monkeypatch):
+    """The dense information (summed over the blocks by stacked matrix products, in chunks)
+    against the matrix-free products (a per-block code path): complete data, two patterns
+    of missing rows, and 10% missing cells (68 distinct patterns) summed in chunks of
+    five blocks."""
     d = block_sparse(P=12, N=200, rank=3, K=2, seed=2)
     Y, A = d["Y"].values.copy(), d["A"].values
-    if blocks:
+    if blocks == "two":
         Y[0, :40] = np.nan
         Y[5, 30:90] = np.nan
-    s = stats.from_masked(Y, A) if blocks else stats.from_arrays(Y, A)
+    elif blocks == "cells":
+        Y[np.random.default_rng(5).random(Y.shape) < 0.1] = np.nan
+        monkeypatch.setattr(newton, "DENSE_CHUNK", 5 * 12 * 12)
+    s = stats.from_masked(Y, A) if blocks != "none" else stats.from_arrays(Y, A)
+    if blocks == "cells":
+        assert len(s.blocks) > 50
     prob = ml.Problem(s, 3, True, mode, 1.0, 1.0, None)
     st = ml.ecme(prob, ml.initial_state(prob, basis.nndsvd(np.nan_to_num(Y), 3), None))
     parts = newton.block_parts(prob, st, ml.gradient(prob, st)[2])

@@ -82,28 +82,63 @@ def _variance_terms(p: Parts, s2: float, lam: float, names: list[str]):
     return FV, [cols[a] for a in names], gV
 
 
+#: bound on the doubles of the stacked ``B x P x P`` blocks that :func:`dense_information` sums
+#: with one matrix product (the blocks are taken in chunks of at most this size)
+DENSE_CHUNK = 2_000_000
+
+
 def dense_information(prob, st, parts: list[Parts], names: list[str]):
-    """Dense ``F`` in ``(vec_row X, vec_row Theta, variances)`` and the variance gradient."""
+    """Dense ``F`` in ``(vec_row X, vec_row Theta, variances)`` and the variance gradient.
+
+    The blocks' contributions to the ``X``/``Theta`` part are summed by matrix products over
+    the stacked blocks (each embedded in all ``P`` rows, zero where it does not observe), in
+    chunks of :data:`DENSE_CHUNK` doubles: with many distinct patterns of missing values
+    (one block per unit) this is ``O(B P^2 Q^2)`` flops in a few BLAS calls instead of ``B``
+    Kronecker products and scatters (100 x 300 with 10% missing cells: 2.1 s -> ms per call).
+    """
     P, Q, K = prob.P, prob.rank, prob.K
     nV = len(names)
     n = P * Q + Q * K
+    s2 = st.sigma2
+    XX = np.zeros((P, P, Q, Q))  # [p, r, q, s]: sum_b S[p, r] D[q, s]
+    TT = np.zeros((P, Q, P, Q))  # [p, s, r, q]: sum_b c Z[p, s] Z[r, q]
+    XT = np.zeros((P, Q, Q, K))  # [p, j, q, k]: sum_b Z[p, j] (Theta AA')[q, k]
+    WA = np.zeros((Q, Q, K, K))  # [a, b, k, l]: sum_b W[a, b] AA[k, l]
+    step = max(1, DENSE_CHUNK // (P * P))
+    for lo in range(0, len(parts), step):
+        chunk = parts[lo:lo + step]
+        B = len(chunk)
+        Xe = np.zeros((B, P, Q))
+        Ze = np.zeros((B, P, Q))
+        obs = np.zeros((B, P))
+        for i, p in enumerate(chunk):
+            rows = slice(None) if p.rows is None else p.rows
+            Xe[i, rows], Ze[i, rows], obs[i, rows] = p.Xb, p.Z, 1.0
+        Minv = np.stack([p.Minv for p in chunk])
+        S = -(Xe @ Minv) @ Xe.transpose(0, 2, 1)
+        S[:, np.arange(P), np.arange(P)] += obs
+        S /= s2
+        D = np.stack([p.D for p in chunk])
+        c = np.array([p.c for p in chunk])
+        Zf = Ze.reshape(B, P * Q)
+        XX += (S.reshape(B, P * P).T @ D.reshape(B, Q * Q)).reshape(P, P, Q, Q)
+        TT += ((c[:, None] * Zf).T @ Zf).reshape(P, Q, P, Q)
+        XT += (Zf.T @ np.stack([p.TAA for p in chunk]).reshape(B, Q * K)).reshape(P, Q, Q, K)
+        WA += (np.stack([p.W for p in chunk]).reshape(B, Q * Q).T
+               @ np.stack([p.AA for p in chunk]).reshape(B, K * K)).reshape(Q, Q, K, K)
     F = np.zeros((n + nV, n + nV))
+    F[: P * Q, : P * Q] = (XX.transpose(0, 2, 1, 3) + TT.transpose(0, 3, 2, 1)).reshape(P * Q, P * Q)
+    FXT = XT.transpose(0, 2, 1, 3).reshape(P * Q, Q * K)
+    F[: P * Q, P * Q:n] = FXT
+    F[P * Q:n, : P * Q] = FXT.T
+    F[P * Q:n, P * Q:n] = WA.transpose(0, 2, 1, 3).reshape(Q * K, Q * K)
     gV = np.zeros(nV)
-    for p in parts:
-        Po = p.Xb.shape[0]
-        S = (np.eye(Po) - p.Xb @ p.Minv @ p.Xb.T) / st.sigma2
-        FXX = np.kron(S, p.D) + p.c * np.einsum("ps,rq->pqrs", p.Z, p.Z).reshape(Po * Q, Po * Q)
-        FXT = np.einsum("pj,qk->pqjk", p.Z, p.TAA).reshape(Po * Q, Q * K)
-        rows = np.arange(P) if p.rows is None else p.rows
-        ix = (rows[:, None] * Q + np.arange(Q)[None, :]).ravel()
-        it = np.arange(P * Q, n)
-        F[np.ix_(ix, ix)] += FXX
-        F[np.ix_(ix, it)] += FXT
-        F[np.ix_(it, ix)] += FXT.T
-        F[np.ix_(it, it)] += np.einsum("ab,kl->akbl", p.W, p.AA).reshape(Q * K, Q * K)
-        if nV:
-            FV, cols, g = _variance_terms(p, st.sigma2, st.lam, names)
-            iv = np.arange(n, n + nV)
+    if nV:
+        iv = np.arange(n, n + nV)
+        for p in parts:
+            FV, cols, g = _variance_terms(p, s2, st.lam, names)
+            rows = np.arange(P) if p.rows is None else p.rows
+            ix = (rows[:, None] * Q + np.arange(Q)[None, :]).ravel()
             F[np.ix_(iv, iv)] += FV
             for j, col in enumerate(cols):
                 F[ix, n + j] += col.ravel()
