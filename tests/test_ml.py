@@ -141,3 +141,53 @@ def test_nndsvd_is_deterministic_and_on_the_simplex():
     a, b = basis.nndsvd(Y, 2), basis.nndsvd(Y, 2)
     np.testing.assert_array_equal(a, b)
     np.testing.assert_allclose(a.sum(axis=0), 1.0)
+
+
+def test_block_algebra_equals_the_per_block_formulas():
+    """``theta_step``, ``expectations`` and ``sufficient`` work on the blocks' stacked
+    ``Q x Q`` arrays; with many blocks of missing values (and K != Q, so that a transposed
+    Kronecker layout would show) they equal the per-block formulas of DESIGN.md, block by
+    block, to rounding."""
+    from nmfre.simulate import block_sparse
+
+    d = block_sparse(P=8, N=80, rank=2, K=3, seed=3)
+    Y, A = d["Y"].values.copy(), d["A"].values
+    Y[np.random.default_rng(4).random(Y.shape) < 0.15] = np.nan
+    s = stats.from_masked(Y, A)
+    assert len(s.blocks) > 20
+    prob = ml.Problem(s, 2, False, "free", 1.0, 1.0, None)
+    X = basis.nndsvd(np.nan_to_num(Y), 2)
+    lam = 0.7
+    Q, K = 2, 3
+    H, g = np.zeros((Q * K, Q * K)), np.zeros(Q * K)
+    for b in s.blocks:
+        Xb = b.take(X)
+        M = Xb.T @ Xb + lam * np.eye(Q)
+        G = np.linalg.solve(M, Xb.T @ Xb)
+        H += np.kron(b.AA, 0.5 * (G + G.T))
+        g += np.linalg.solve(M, Xb.T @ b.YA).reshape(-1, order="F")
+    theta = ml.theta_step(prob, X, lam)
+    np.testing.assert_allclose(theta, np.linalg.solve(H, g).reshape(Q, K, order="F"), rtol=1e-10)
+    ex = ml.expectations(prob, X, theta, lam)
+    suff = ml.sufficient(prob, X, theta)
+    rss, svals, dvals = 0.0, [], []
+    for b, e in zip(s.blocks, ex, strict=True):
+        Xb = b.take(X)
+        assert b.form == "dense"
+        Yb = b.Y
+        R = Yb - Xb @ theta @ b.A
+        Minv = np.linalg.inv(Xb.T @ Xb + lam * np.eye(Q))
+        Ub = Minv @ Xb.T @ R  # E[U] of the block's units
+        EB = theta @ b.A + Ub
+        np.testing.assert_allclose(e.Minv, Minv, rtol=1e-12)
+        np.testing.assert_allclose(e.BA, EB @ b.A.T, rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(e.BB, EB @ EB.T, rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(e.C, Yb @ EB.T, rtol=1e-10, atol=1e-12)
+        rss += float(np.sum(R**2))
+        dv, V = np.linalg.eigh(Xb.T @ Xb)
+        svals.append(np.sum((V.T @ Xb.T @ R) ** 2, axis=1))
+        dvals.append(dv)
+    np.testing.assert_allclose(suff.rss, rss, rtol=1e-12)
+    np.testing.assert_allclose(suff.s, np.concatenate(svals), rtol=1e-10)
+    np.testing.assert_allclose(suff.d, np.maximum(np.concatenate(dvals), 0.0), rtol=1e-12, atol=1e-14)
+    np.testing.assert_array_equal(suff.w, np.repeat([b.N for b in s.blocks], Q))

@@ -135,16 +135,23 @@ class State:
     cap_active: bool = False
 
 
+def _stack(arrays) -> np.ndarray:
+    """The blocks' arrays stacked along a new first axis (one block: a view, no copy)."""
+    arrays = list(arrays)
+    return arrays[0][None] if len(arrays) == 1 else np.stack(arrays)
+
+
 def sufficient(prob: Problem, X: np.ndarray, theta: np.ndarray) -> Sufficient:
-    """:class:`~nmfre.core.likelihood.Sufficient` summed over the blocks."""
-    rss, s, d, w = 0.0, [], [], []
-    for b, m in zip(prob.stats.blocks, prob.moments(X, theta), strict=True):
-        db, V = np.linalg.eigh(m.XtX)
+    """:class:`~nmfre.core.likelihood.Sufficient` summed over the blocks (the per-block ``Q x Q``
+    algebra on stacked arrays: many blocks cost a few batched LAPACK calls, not a loop)."""
+    ms = prob.moments(X, theta)
+    db, V = np.linalg.eigh(_stack([m.XtX for m in ms]))
+    s = np.einsum("bqa,bqr,bra->ba", V, _stack([m.WR for m in ms]), V)
+    rss = 0.0
+    for m in ms:
         rss += m.rss
-        s.append(np.einsum("qa,qr,ra->a", V, m.WR, V))
-        d.append(np.maximum(db, 0.0))
-        w.append(np.full(db.size, float(b.N)))
-    return Sufficient(rss, np.concatenate(s), np.concatenate(d), np.concatenate(w), prob.stats.n_obs)
+    w = np.repeat(prob.stats.unit_weights, db.shape[1])
+    return Sufficient(rss, s.ravel(), np.maximum(db, 0.0).ravel(), w, prob.stats.n_obs)
 
 
 # ----------------------------------------------------------------------------- exact blocks
@@ -164,15 +171,17 @@ def theta_step(prob: Problem, X: np.ndarray, lam: float) -> np.ndarray:
             return np.linalg.solve(XtX, XtYAt) @ prob.AAt_inv
         except np.linalg.LinAlgError:
             return np.linalg.lstsq(XtX, XtYAt, rcond=None)[0] @ prob.AAt_inv
-    H = np.zeros((Q * K, Q * K))
-    g = np.zeros(Q * K)
-    for b in prob.stats.blocks:
-        Xb = b.take(X)
-        XtX = Xb.T @ Xb
-        M = XtX + lam * np.eye(Q)
-        G = np.linalg.solve(M, XtX)
-        H += np.kron(b.AA, 0.5 * (G + G.T))
-        g += np.linalg.solve(M, Xb.T @ b.YA).reshape(-1, order="F")
+    blocks = prob.stats.blocks
+    Xbs = [b.take(X) for b in blocks]
+    XtX = _stack([Xb.T @ Xb for Xb in Xbs])
+    M = XtX + lam * np.eye(Q)
+    G = np.linalg.solve(M, XtX)
+    G = 0.5 * (G + G.transpose(0, 2, 1))
+    AA = _stack([b.AA for b in blocks])
+    # sum_b kron(AA_b, G_b), as [k, q, l, r]
+    H = (AA[:, :, None, :, None] * G[:, None, :, None, :]).sum(axis=0).reshape(Q * K, Q * K)
+    XtYA = _stack([Xb.T @ b.YA for Xb, b in zip(Xbs, blocks, strict=True)])
+    g = np.linalg.solve(M, XtYA).sum(axis=0).reshape(-1, order="F")
     free = np.linalg.lstsq(H, g, rcond=None)[0]
     if not prob.nonneg or np.all(free >= 0):
         return free.reshape(Q, K, order="F")
@@ -210,14 +219,17 @@ class Expectations:
 def expectations(prob: Problem, X: np.ndarray, theta: np.ndarray, lam: float) -> list[Expectations]:
     """:class:`Expectations` of every block (no pass over the data: moments only)."""
     Q = prob.rank
-    out = []
-    for b, m in zip(prob.stats.blocks, prob.moments(X, theta), strict=True):
-        Minv = np.linalg.inv(m.XtX + lam * np.eye(Q))
-        UA = Minv @ (m.XtYA - m.XtX @ theta @ b.AA)
-        UU = Minv @ m.WR @ Minv
-        BB = m.C1 + theta @ UA.T + UA @ theta.T + UU
-        out.append(Expectations(Minv, 0.5 * (BB + BB.T), theta @ b.AA + UA, b.YA @ theta.T + m.YRtX @ Minv))
-    return out
+    blocks, ms = prob.stats.blocks, prob.moments(X, theta)
+    XtX = _stack([m.XtX for m in ms])
+    AA = _stack([b.AA for b in blocks])
+    Minv = np.linalg.inv(XtX + lam * np.eye(Q))
+    UA = Minv @ (_stack([m.XtYA for m in ms]) - XtX @ theta @ AA)
+    UU = Minv @ _stack([m.WR for m in ms]) @ Minv
+    BB = _stack([m.C1 for m in ms]) + theta @ UA.transpose(0, 2, 1) + UA @ theta.T + UU
+    BB = 0.5 * (BB + BB.transpose(0, 2, 1))
+    BA = theta @ AA + UA
+    return [Expectations(Minv[i], BB[i], BA[i], b.YA @ theta.T + m.YRtX @ Minv[i])
+            for i, (b, m) in enumerate(zip(blocks, ms, strict=True))]
 
 
 def x_step(prob: Problem, st: State, sweeps: int = 10) -> np.ndarray:

@@ -209,9 +209,9 @@ class FisherModel:
         self.nX = self.P * self.Q
         self.nT = self.Q * self.K
         self.g = np.concatenate([gX.ravel(), gT.ravel(), np.asarray(gV, dtype=float)])
-        self.F = newton.dense_information(prob, st, parts, names)[0] if dense else None
-        self._face = None
         self._vterms = [newton._variance_terms(p, st.sigma2, st.lam, names) for p in parts] if names else None
+        self.F = newton.dense_information(prob, st, parts, names, self._vterms)[0] if dense else None
+        self._face = None
 
     def split(self, v: np.ndarray):
         """``(X part (P x Q), Theta part (Q x K), variance part)`` of a flat vector."""
