@@ -112,6 +112,21 @@ def test_iteration_generator_is_not_the_tests_design():
     assert hasattr(Ys, "tocsr") and abs(Ys.nnz / (200 * 400) - 0.05) < 0.02
 
 
+def test_iteration_targets_say_what_was_not_measured():
+    """Without scikit-learn (``--no-sklearn``) a rung with a ratio target is not reported as
+    plainly met: the verdict says the ratio was not measured."""
+    spec = importlib.util.spec_from_file_location("bench_iterations", ITER_SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    rung = {"targets": {"iters": 100, "ratio": 1.0}}
+    run = {"seed": 0, "nmfre": {"converged": True, "n_iter": 30, "wall_s": 1.0}}
+    assert mod.check(rung, [run]) == "met (ratio to scikit-learn not measured)"
+    assert mod.check(rung, [dict(run, ratio=0.5)]) == "met"
+    assert mod.check(rung, [dict(run, ratio=2.0)]) == "missed: max ratio 2 > 1"
+    slow = {"seed": 1, "nmfre": {"converged": True, "n_iter": 130, "wall_s": 1.0}}
+    assert mod.check(rung, [slow]) == "missed: max 130 iterations > 100 (ratio to scikit-learn not measured)"
+
+
 def test_counts_generator():
     """``--generator counts``: Poisson counts (on a common scale) with mean 50 / c^2 per cell,
     correlated covariates; dense rungs only."""
