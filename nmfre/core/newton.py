@@ -109,12 +109,13 @@ def dense_information(prob, st, parts: list[Parts], names: list[str], vterms: li
     for lo in range(0, len(parts), step):
         chunk = parts[lo:lo + step]
         B = len(chunk)
+        bi, ri = _embedding([p.rows for p in chunk], P)
         Xe = np.zeros((B, P, Q))
         Ze = np.zeros((B, P, Q))
         obs = np.zeros((B, P))
-        for i, p in enumerate(chunk):
-            rows = slice(None) if p.rows is None else p.rows
-            Xe[i, rows], Ze[i, rows], obs[i, rows] = p.Xb, p.Z, 1.0
+        Xe[bi, ri] = np.concatenate([p.Xb for p in chunk])
+        Ze[bi, ri] = np.concatenate([p.Z for p in chunk])
+        obs[bi, ri] = 1.0
         Minv = np.stack([p.Minv for p in chunk])
         S = -(Xe @ Minv) @ Xe.transpose(0, 2, 1)
         S[:, np.arange(P), np.arange(P)] += obs
@@ -135,17 +136,23 @@ def dense_information(prob, st, parts: list[Parts], names: list[str], vterms: li
     F[P * Q:n, P * Q:n] = WA.transpose(0, 2, 1, 3).reshape(Q * K, Q * K)
     gV = np.zeros(nV)
     if nV:
-        iv = np.arange(n, n + nV)
-        for i, p in enumerate(parts):
-            FV, cols, g = _variance_terms(p, s2, st.lam, names) if vterms is None else vterms[i]
-            rows = np.arange(P) if p.rows is None else p.rows
-            ix = (rows[:, None] * Q + np.arange(Q)[None, :]).ravel()
-            F[np.ix_(iv, iv)] += FV
-            for j, col in enumerate(cols):
-                F[ix, n + j] += col.ravel()
-                F[n + j, ix] += col.ravel()
+        terms = [_variance_terms(p, s2, st.lam, names) for p in parts] if vterms is None else vterms
+        for FV, _, g in terms:  # in block order, as the rest of the solver sums them
+            F[n:, n:] += FV
             gV += g
+        _, ri = _embedding([p.rows for p in parts], P)
+        for j in range(nV):
+            col = np.zeros((P, Q))
+            np.add.at(col, ri, np.concatenate([t[1][j] for t in terms]))
+            F[: P * Q, n + j] = F[n + j, : P * Q] = col.ravel()
     return F, gV
+
+
+def _embedding(rows: list, P: int):
+    """``(block, row)`` indices of the blocks' observed rows, block after block (``None``: all
+    ``P`` rows): where the rows of each block's ``P_O``-row arrays, concatenated, go."""
+    rows = [np.arange(P) if r is None else r for r in rows]
+    return np.repeat(np.arange(len(rows)), [r.size for r in rows]), np.concatenate(rows)
 
 
 def kkt_matrix(F: np.ndarray, free: np.ndarray, P: int, Q: int):
