@@ -19,14 +19,26 @@ def project_simplex(V: np.ndarray) -> np.ndarray:
 
 def project_vector(v: np.ndarray) -> np.ndarray:
     """:func:`project_simplex` of one vector (the same operations, so the same result to the
-    last bit, without the per-column bookkeeping: the inner loop of the X sweeps)."""
+    last bit, without the per-column bookkeeping: the inner loop of the X sweeps, called
+    thousands of times per fit, so the index vector is cached and the result written in place)."""
     P = v.shape[0]
+    idx = _RANKS.get(P)
+    if idx is None:
+        idx = np.arange(1, P + 1)
+        idx.flags.writeable = False
+        _RANKS[P] = idx
     u = np.sort(v)[::-1]
     css = np.cumsum(u)
     css -= 1.0
-    cond = u - css / np.arange(1, P + 1) > 0
-    rho = P - 1 - int(np.argmax(cond[::-1]))
-    return np.maximum(v - css[rho] / (rho + 1), 0.0)
+    cond = u - css / idx > 0
+    rho = P - 1 - int(cond[::-1].argmax())
+    out = v - css[rho] / (rho + 1)
+    np.maximum(out, 0.0, out=out)
+    return out
+
+
+#: ``arange(1, P + 1)`` by ``P`` for :func:`project_vector` (read-only once built).
+_RANKS: dict[int, np.ndarray] = {}
 
 
 def normalise_columns(W: np.ndarray) -> np.ndarray:

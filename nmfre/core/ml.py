@@ -253,15 +253,15 @@ def x_step(prob: Problem, st: State, sweeps: int = 10) -> np.ndarray:
         for b, e in zip(prob.stats.blocks, ex, strict=True):
             rowG[b.rows] += e.BB + b.N * st.sigma2 * e.Minv
             C[b.rows] += e.C
+    if rowG is None:  # the columns the sweeps read, taken out once
+        cols = [(q, G[:, q].copy(), C[:, q].copy(), G[q, q]) for q in range(Q) if G[q, q] > 0]
     for _ in range(sweeps):
         X_old = X.copy()
-        for q in range(Q):
-            if rowG is None:
-                if G[q, q] <= 0:
-                    continue
-                v = X[:, q] + (C[:, q] - X @ G[:, q]) / G[q, q]
-                X[:, q] = project_vector(v)
-            else:
+        if rowG is None:
+            for q, g, c, gqq in cols:
+                X[:, q] = project_vector(X[:, q] + (c - X @ g) / gqq)
+        else:
+            for q in range(Q):
                 w = rowG[:, q, q]
                 if np.any(w <= 0):
                     continue
