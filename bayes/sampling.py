@@ -45,6 +45,19 @@ MASSES = ("auto", "dense", "diag")
 SIMPLEXES = ("folded", "ilr", "stickbreaking")
 THETA_COORDS = ("conditional", "direct", "marginal")
 KERNELS = ("auto", "chees", "nuts")
+#: Default draws per chain with ChEES-HMC (``num_samples=None``): ``CHEES_SAMPLES[0]`` while the
+#: basis has at most ``CHEES_LARGE`` entries (``P Q``), ``CHEES_SAMPLES[1]`` above. ChEES-HMC's
+#: draws are cheaper and more autocorrelated than NUTS's; with 4 chains, max r_hat <= 1.01 over
+#: the dozens of quantities of a rank > 1 posterior needs a min bulk ESS near 1000 (for stationary
+#: chains, split R-hat over 8 half chains exceeds 1 by about ``4 c / ESS``, ``c`` distributed as
+#: chi-square(7) / 7, so at ESS 400-600 the largest of many quantities is often above 1.01), and
+#: the larger the basis, the more quantities and the fewer effective draws per draw. Measured
+#: (benchmarks/results/bayes.md), 4 chains, block-sparse data: 20 x 300, Q = 2 (40 entries),
+#: fourteen data sets, 1000 draws met r_hat <= 1.01 and bulk ESS >= 400 on twelve, 2000 on all
+#: fourteen (7.7-17.0 s with compilation); 50 x 1000, Q = 3 (150 entries), eight data sets, 1000
+#: draws on two of the six run, 2000 on four of eight, 4000 on seven of eight (50-89 s).
+CHEES_SAMPLES = (2000, 4000)
+CHEES_LARGE = 100
 
 
 class Sampler:
@@ -69,7 +82,11 @@ class Sampler:
         Covariates (formerly ``n_covariates``).
     theta : {"free", "nonneg"}
         The constraint on Theta, as for :func:`nmfre.fit` (kept as :attr:`theta_kind`).
-    num_warmup, num_samples, num_chains : int
+    num_warmup, num_chains : int
+    num_samples : int, optional
+        Draws per chain after warm-up. Default: 1000 with NUTS; with ChEES-HMC (see
+        ``kernel``) 2000 while the basis has at most :data:`CHEES_LARGE` (100) entries
+        ``P rank``, 4000 above (:data:`CHEES_SAMPLES`).
     chain_method : {"vectorized", "sequential", "parallel"}, optional
         Default ``"vectorized"``; see :mod:`bayes.sampling`.
     target_accept : float
@@ -112,10 +129,11 @@ class Sampler:
         rank > 1 where it applies (vectorised chains, ``num_chains >= 2``, ``num_warmup >= 1``,
         Theta not integrated out, blackjax installed), NUTS otherwise (rank 1, the conditional models).
         Measured on block-sparse data with non-negative Theta (benchmarks/results/bayes.md),
-        4 chains x (1000 + 1000): ChEES-HMC met r_hat <= 1.01 and bulk ESS >= 400 at
-        20 x 300, Q = 2 on three data sets of three and at 50 x 1000, Q = 3 on two of three,
-        where NUTS (4 x (500 + 500)) met them on one 20 x 300 data set of two and on neither
-        50 x 1000 one; on Orthodont (rank 1) NUTS is excellent.
+        4 chains with the default draws (see ``num_samples``): ChEES-HMC met r_hat <= 1.01
+        and bulk ESS >= 400 at 20 x 300, Q = 2 on fourteen data sets of fourteen and at
+        50 x 1000, Q = 3 on seven of eight, where NUTS (4 x (500 + 500)) met them on one
+        20 x 300 data set of two and on neither 50 x 1000 one; on Orthodont (rank 1) NUTS is
+        excellent.
         ``target_accept``, ``mass`` and ``adapt_mass`` apply to NUTS only; ``max_tree_depth``
         bounds both (ChEES-HMC's trajectories are capped at ``2**max_tree_depth`` leapfrog
         steps, NUTS's trees at that depth). The kernel that ran is :attr:`kernel` and the
@@ -128,7 +146,7 @@ class Sampler:
     @renamed(n_features="P", n_units="N", n_covariates="K")
     def __init__(self, model: str = "joint", rank: int = 1, P: int | None = None,
                  N: int | None = None, K: int = 1, *, theta: str = "free",
-                 num_warmup: int = 1000, num_samples: int = 1000, num_chains: int = 4,
+                 num_warmup: int = 1000, num_samples: int | None = None, num_chains: int = 4,
                  chain_method: str | None = None, target_accept: float = 0.9, mass: str = "auto",
                  adapt_mass: bool = True, simplex: str = "folded", jitter: float = 1.0,
                  max_tree_depth: int = 10, n_patterns: int | None = None, theta_coords: str = "direct",
@@ -149,11 +167,12 @@ class Sampler:
         self.n_patterns = None if n_patterns is None else v.integer(n_patterns, "n_patterns")
         self.adapt_mass = bool(adapt_mass)
         self.relabel = bool(relabel)
+        self._auto_draws = num_samples is None
         self._used: set = set()
         self.settings = compiled.Settings(
             model, rank, P or 0, K, nonneg=self.theta_kind == "nonneg", simplex=simplex,
             num_warmup=num_warmup,
-            num_samples=v.integer(num_samples, "num_samples"), num_chains=num_chains, chain_method=chain_method,
+            num_samples=_num_samples(num_samples, kernel, P, rank), num_chains=num_chains, chain_method=chain_method,
             target_accept=v.open_unit(target_accept, "target_accept"), mass=mass,
             jitter=float(jitter), max_tree_depth=v.integer(max_tree_depth, "max_tree_depth"),
             theta_coords=theta_coords, kernel=kernel)
@@ -193,9 +212,12 @@ class Sampler:
         return spec
 
     def settings_for(self, spec: ModelSpec) -> compiled.Settings:
-        """The static settings (cache key) of a run on ``spec``."""
-        return dataclasses.replace(self.settings, n_features=spec.data.P, n_patterns=spec.stats.n_patterns,
-                                   flat=spec.flat, adapt_mass=self.adapt_mass)
+        """The static settings (cache key) of a run on ``spec`` (with ``num_samples=None``, the
+        default draws for its ``P``)."""
+        s = self.settings
+        draws = _num_samples(None, s.kernel, spec.data.P, s.rank) if self._auto_draws else s.num_samples
+        return dataclasses.replace(s, n_features=spec.data.P, n_patterns=spec.stats.n_patterns,
+                                   flat=spec.flat, adapt_mass=self.adapt_mass, num_samples=draws)
 
     def run(self, Y, A=None, *, fit=None, priors: dict | None = None, seed=0, spec: ModelSpec | None = None):
         """Sample and return plain arrays: ``(draws, stats, spec)``.
@@ -301,6 +323,17 @@ def _kernel(kernel: str, model: str, rank: int, chain_method: str, theta_coords:
     return kernel
 
 
+def _num_samples(num_samples: int | None, kernel: str, P: int | None, rank: int) -> int:
+    """The draws per chain: ``num_samples`` checked, or, when None, the kernel's default: 1000
+    with NUTS, :data:`CHEES_SAMPLES` by the basis size ``P rank`` with ChEES-HMC (the smaller
+    while ``P`` is not known yet)."""
+    if num_samples is None:
+        if kernel != "chees":
+            return 1000
+        return CHEES_SAMPLES[1] if P is not None and P * rank > CHEES_LARGE else CHEES_SAMPLES[0]
+    return v.integer(num_samples, "num_samples")
+
+
 def _has_blackjax() -> bool:
     import importlib.util
 
@@ -319,7 +352,7 @@ def _chain_method(chain_method: str | None, num_chains: int) -> str:
 
 
 def sample(Y, A=None, rank: int = 1, *, model: str = "joint", fit=None, theta: str = "free",
-           priors: dict | None = None, num_warmup: int = 1000, num_samples: int = 1000,
+           priors: dict | None = None, num_warmup: int = 1000, num_samples: int | None = None,
            num_chains: int = 4, seed=0, progress: bool = False, draw_U: bool = False,
            posterior_predictive: bool = False, chain_method: str | None = None,
            target_accept: float = 0.9, mass: str = "auto", adapt_mass: bool = True,
@@ -343,7 +376,10 @@ def sample(Y, A=None, rank: int = 1, *, model: str = "joint", fit=None, theta: s
     theta : {"free", "nonneg"}
     priors : dict, optional
         Overrides of :func:`bayes.models.default_priors`.
-    num_warmup, num_samples, num_chains : int
+    num_warmup, num_chains : int
+    num_samples : int, optional
+        Draws per chain; default 1000 with NUTS, with ChEES-HMC 2000 or 4000 by the size of
+        the basis (see :class:`Sampler`).
     seed : int, numpy.random.Generator or JAX PRNG key
         See :func:`bayes.seeds.prng_key`.
     progress : bool

@@ -475,6 +475,34 @@ def test_kernel_auto_resolution():
     assert bayes.Sampler("joint", 1, 4, None, 2, kernel="chees").kernel == "chees"
 
 
+def test_default_draws_follow_the_kernel_and_the_basis_size():
+    """``num_samples=None`` (the default): 1000 draws per chain with NUTS (Orthodont's settings
+    unchanged); with ChEES-HMC ``CHEES_SAMPLES[0]`` up to ``CHEES_LARGE`` basis entries ``P Q``
+    and ``CHEES_SAMPLES[1]`` above, resolved from the data when P is not given; an explicit value
+    is kept whatever the kernel and size, and a bad one is refused by name."""
+    from bayes import sampling
+
+    small, large = sampling.CHEES_SAMPLES
+    assert (small, large, sampling.CHEES_LARGE) == (2000, 4000, 100)
+    assert bayes.Sampler("joint", 2, 4, None, 2).settings.num_samples == small
+    assert bayes.Sampler("joint", 2, 50, None, 2).settings.num_samples == small  # 100 entries: not above
+    assert bayes.Sampler("joint", 3, 50, None, 2).settings.num_samples == large
+    assert bayes.Sampler("joint", 3, 50, None, 2, kernel="nuts").settings.num_samples == 1000
+    assert bayes.Sampler("joint", 1, 4, None, 2).settings.num_samples == 1000
+    assert bayes.Sampler("joint", 1, 200, None, 2, kernel="chees").settings.num_samples == large
+    assert bayes.Sampler("joint", 3, 50, None, 2, num_samples=300).settings.num_samples == 300
+    assert bayes.Sampler("conditional", 2, 4, None, 2, num_samples=300).settings.num_samples == 300
+    # P from the data: the run's settings (the compile cache key) carry the resolved draws
+    d = nmfre.simulate.block_sparse(P=51, N=40, rank=2, K=2, seed=0)
+    for num_samples, expected in ((None, large), (300, 300)):
+        sampler = bayes.Sampler("joint", 2, None, None, 2, theta="nonneg", num_samples=num_samples)
+        spec = sampler.spec(d["Y"], d["A"], fit=nmfre.fit(d["Y"], d["A"], rank=2, theta="nonneg"))
+        assert sampler.settings_for(spec).num_samples == expected
+    for bad in (0, -5, 2.5, "1000"):
+        with pytest.raises((TypeError, ValueError), match="num_samples"):
+            bayes.Sampler("joint", 2, 4, None, 2, num_samples=bad)
+
+
 def test_kernel_auto_without_blackjax(monkeypatch):
     """Without blackjax (or optax), ``"auto"`` falls back to NUTS."""
     from bayes import sampling
