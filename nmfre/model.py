@@ -16,7 +16,7 @@ from . import engine
 from . import validation as v
 from .core import dfcap
 from .core.likelihood import LAMBDA_MAX
-from .core.ml import degeneracy
+from .core.ml import STALL_PATIENCE, degeneracy
 from .exceptions import ConvergenceWarning, DegenerateFitWarning, IdentifiabilityWarning, SingularFitWarning
 from .labels import Data, check_rank, coerce
 from .results import NMFREFit
@@ -96,6 +96,11 @@ def fit(Y: Any, A: Any = None, rank: int = 2, *, method: str = "ml", theta: str 
     result = _wrap(data, est, settings)
     if result.stop_reason == "degenerate":
         warnings.warn(_degenerate_message(result), DegenerateFitWarning, stacklevel=2)
+    elif result.stop_reason == "stalled":
+        warnings.warn(f"NMF-RE ({settings.method}) stopped after {result.n_iter} iterations without converging: "
+                      f"the last {STALL_PATIENCE} left the estimates unchanged (no step decreased the nll, "
+                      f"tol={settings.tol:g}); the fit is close to a stationary point but not certified; try other "
+                      "starts (n_init) or init", ConvergenceWarning, stacklevel=2)
     elif not result.converged:
         warnings.warn(f"NMF-RE ({settings.method}) did not converge in {result.n_iter} iterations "
                       f"(max_iter={settings.max_iter}, tol={settings.tol:g}); increase max_iter",

@@ -249,3 +249,22 @@ def test_a_failed_step_holds_the_entries_it_sent_below_zero():
         warnings.simplefilter("error", nmfre.ConvergenceWarning)
         f = nmfre.fit(Y, A, rank=5, theta="free")
     assert f.converged and f.n_iter <= 100
+
+
+def test_a_fit_at_a_fixed_point_of_its_iteration_stops_as_stalled(monkeypatch, orthodont):
+    """Iterations that leave X, Theta and the nll unchanged to the bit repeat up to max_iter;
+    after ``STALL_PATIENCE`` of them in a row the fit stops, not converged, with
+    ``stop_reason="stalled"`` and a ConvergenceWarning saying so (the named fault: a fit that
+    ran 4936 identical iterations to max_iter). Forced here: no scoring step and no SQUAREM
+    cycle moves the state."""
+    monkeypatch.setattr(ml, "scoring_step", lambda prob, st, direction=None: None)
+    monkeypatch.setattr(ml, "_squarem_cycle", lambda prob, st, step_max, mstep: (st, step_max))
+    Y, A = orthodont
+    with pytest.warns(nmfre.ConvergenceWarning, match="left the estimates unchanged"):
+        f = nmfre.fit(Y, A, rank=1, max_iter=500)
+    assert f.stop_reason == "stalled" and not f.converged
+    assert f.n_iter == ml.STALL_PATIENCE
+    # a state that moves, however little, is not stalled: the ordinary fit converges
+    monkeypatch.undo()
+    g = nmfre.fit(Y, A, rank=1)
+    assert g.converged and g.stop_reason == "tol"

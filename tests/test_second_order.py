@@ -286,7 +286,7 @@ def test_observed_hessian_switch_on_misspecified_data(monkeypatch):
     monkeypatch.setattr(ml, "OBSERVED_HESSIAN", True)
     calls = []
     real = ml.newton_direction
-    monkeypatch.setattr(ml, "newton_direction", lambda p, s: calls.append(1) or real(p, s))
+    monkeypatch.setattr(ml, "newton_direction", lambda p, s, *a: calls.append(1) or real(p, s, *a))
     new = ml.fit_ml(prob, st.X, st.theta)
     assert calls, "the switch never happened on this design"
     assert new.converged and ref.converged

@@ -43,6 +43,10 @@ DENSE_MAX_BLOCKS = 1500
 DEGENERATE_INDEX = -0.95
 DEGENERATE_PATIENCE = 100
 DEGENERATE_GROWTH = 1.5
+#: a fit stops (``stop_reason="stalled"``, not converged) after this many iterations in a row
+#: that leave X, Theta and the nll unchanged to the bit: the iteration is then at a fixed point
+#: of its own map, and running on would only repeat it up to ``max_iter``
+STALL_PATIENCE = 10
 #: use :func:`second_order_step` in :func:`fit_ml` by default. Off: measured on the
 #: benchmark ladder (benchmarks/bench_iterations.py) it cuts iterations on 500 x 5000 but
 #: not below 100 on 2000 x 20000, each iteration costs more (face factorisations), and fits
@@ -711,7 +715,9 @@ def fit_ml(prob: Problem, X0: np.ndarray, theta0: np.ndarray | None = None,
     ``tol * (1 + |nll|)``, and the converged fit is polished by up to three Newton steps
     that do not increase the nll). Experimental: see :data:`SECOND_ORDER`.
 
-    A sign-free fit stops early with ``stop_reason="degenerate"`` (not converged) when
+    A fit stops with ``stop_reason="stalled"`` (not converged) after :data:`STALL_PATIENCE`
+    iterations in a row that leave the state unchanged to the bit (the remaining iterations
+    would repeat them). A sign-free fit stops early with ``stop_reason="degenerate"`` (not converged) when
     :func:`degeneracy` stays below ``DEGENERATE_INDEX`` for ``DEGENERATE_PATIENCE``
     iterations while ``max |Theta|`` grows by ``DEGENERATE_GROWTH``: the iterations would
     only inflate the cancelling effects of two merging components.
@@ -734,6 +740,7 @@ def fit_ml(prob: Problem, X0: np.ndarray, theta0: np.ndarray | None = None,
     radius = TRUST_RADIUS
     observed = False  # the Newton direction of the observed Hessian (see MISMATCH)
     hold = None  # entries of X the next direction holds (see crossing)
+    still = 0  # iterations in a row that left the state unchanged
     direction = None if second else step_direction(prob, st)
     while n_iter < max_iter:
         n_iter += 1
@@ -759,6 +766,8 @@ def fit_ml(prob: Problem, X0: np.ndarray, theta0: np.ndarray | None = None,
             new = ecme(prob, new)
         dec = st.nll - new.nll
         dx = float(np.max(np.abs(new.X - st.X)))
+        same = dec == 0 and dx == 0 and np.array_equal(new.theta, st.theta) and new.lam == st.lam
+        still = still + 1 if same else 0
         st = new
         trace.append(st.nll)
         if st.cap_active:
@@ -779,6 +788,9 @@ def fit_ml(prob: Problem, X0: np.ndarray, theta0: np.ndarray | None = None,
                     break
         elif not second:
             direction = step_direction(prob, st, observed, hold)
+        if still >= STALL_PATIENCE:
+            reason = "stalled"
+            break
         if watch:
             size = float(np.max(np.abs(st.theta)))
             if degeneracy(st.X, st.theta)[0] > DEGENERATE_INDEX:

@@ -30,9 +30,10 @@ class Solution:
     cap_hit : bool
         The df cap bound at some iteration.
     stop_reason : str
-        ``"tol"``, ``"max_iter"``, ``"nonfinite"`` (paper) or ``"degenerate"`` (ML, sign-free
+        ``"tol"``, ``"max_iter"``, ``"nonfinite"`` (paper), ``"degenerate"`` (ML, sign-free
         Theta: two components merge while their effects diverge,
-        :func:`nmfre.core.ml.degeneracy`).
+        :func:`nmfre.core.ml.degeneracy`) or ``"stalled"`` (ML: iterations stopped changing the
+        estimates before the tolerance was met, :data:`nmfre.core.ml.STALL_PATIENCE`).
     objective_trace : ndarray or None
         The paper algorithm's objective ``||R||^2 + lambda ||U||^2`` per iteration
         (None for ML).
