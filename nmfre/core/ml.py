@@ -508,7 +508,7 @@ def crossing(X: np.ndarray, direction: Direction | None) -> np.ndarray | None:
     (1e-9) down against its own reduced gradient, the projection then bends the path, and
     the same direction, recomputed at the same state, fails again at every iteration
     (measured: a 100 x 2000, Q = 5 fit of the iteration benchmark's counts generator ran
-    to ``max_iter`` = 5000 this way; with the entry held the step achieved 91% of its
+    to ``max_iter`` = 5000 this way; with the entry held the step achieved 93% of its
     predicted decrease).
     """
     if direction is None:
