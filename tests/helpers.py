@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
+import sys
+from pathlib import Path
+
 import numpy as np
 from scipy.stats import multivariate_normal
 
@@ -81,3 +85,19 @@ def kkt(fit) -> float:
     prob = Problem(stats.from_arrays(d.Y, d.A), s.X.shape[1], fit.theta_kind == "nonneg", fit.settings.variance_mode,
                    fit.settings.sigma2, fit.settings.tau2, cap)
     return kkt_decrement(prob, State(s.X, s.theta, s.sigma2, s.lam, s.nll))
+
+
+REPO = Path(__file__).parent.parent
+
+
+def load_script(path, name: str | None = None, register: bool = False):
+    """A script that is not a package module (``benchmarks/*.py``, ``examples/*.py``; a path
+    relative to the repository root or absolute) imported as a module; ``register``: also put
+    it in ``sys.modules`` under its name (dataclasses defined in it look their module up)."""
+    path = Path(path) if Path(path).is_absolute() else REPO / path
+    spec = importlib.util.spec_from_file_location(name or path.stem, path)
+    mod = importlib.util.module_from_spec(spec)
+    if register:
+        sys.modules[spec.name] = mod
+    spec.loader.exec_module(mod)
+    return mod

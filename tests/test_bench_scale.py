@@ -1,7 +1,6 @@
 """Smoke test of benchmarks/bench_scale.py: the --quick ladder runs to the end, each case in
 its own process, and reports every case with nmfre's and scikit-learn's numbers."""
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -9,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import load_script
 
 pytest.importorskip("sklearn")
 pytest.importorskip("dask.array")
@@ -18,11 +18,7 @@ SCRIPT = Path(__file__).parent.parent / "benchmarks" / "bench_scale.py"
 
 
 def _module():
-    spec = importlib.util.spec_from_file_location("bench_scale", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod  # dataclasses look their module up by name
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script(SCRIPT, register=True)  # dataclasses look their module up by name
 
 
 def test_quick_ladder_reports_every_case(tmp_path):
@@ -102,9 +98,7 @@ def test_iteration_ladder_quick_runs_every_rung(tmp_path):
 def test_iteration_generator_is_not_the_tests_design():
     """The benchmark's generator: random supports (not contiguous blocks), Theta >= 0 with
     exact zeros, sparse Y never dense."""
-    spec = importlib.util.spec_from_file_location("bench_iterations", ITER_SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_script(ITER_SCRIPT)
     Y, A = mod.generate(60, 300, 4, 3, seed=1)
     assert Y.shape == (60, 300) and A.shape == (3, 300) and Y.min() >= 0
     np.testing.assert_array_equal(A[0], 1.0)
@@ -115,9 +109,7 @@ def test_iteration_generator_is_not_the_tests_design():
 def test_iteration_targets_say_what_was_not_measured():
     """Without scikit-learn (``--no-sklearn``) a rung with a ratio target is not reported as
     plainly met: the verdict says the ratio was not measured."""
-    spec = importlib.util.spec_from_file_location("bench_iterations", ITER_SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_script(ITER_SCRIPT)
     rung = {"targets": {"iters": 100, "ratio": 1.0}}
     run = {"seed": 0, "nmfre": {"converged": True, "n_iter": 30, "wall_s": 1.0}}
     assert mod.check(rung, [run]) == "met (ratio to scikit-learn not measured)"
@@ -130,9 +122,7 @@ def test_iteration_targets_say_what_was_not_measured():
 def test_counts_generator():
     """``--generator counts``: Poisson counts (on a common scale) with mean 50 / c^2 per cell,
     correlated covariates; dense rungs only."""
-    spec = importlib.util.spec_from_file_location("bench_iterations", ITER_SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_script(ITER_SCRIPT)
     for c in (0.3, 1.0):
         Y, A = mod.generate_counts(60, 3000, 4, 3, seed=2, noise=c)
         assert Y.shape == (60, 3000) and A.shape == (3, 3000) and Y.min() >= 0
@@ -146,11 +136,7 @@ def test_counts_generator():
 
 def _check_module():
     pytest.importorskip("jax")
-    path = Path(__file__).parent.parent / "benchmarks" / "check_optimum.py"
-    spec = importlib.util.spec_from_file_location("check_optimum", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("benchmarks/check_optimum.py")
 
 
 @pytest.mark.parametrize("sparse", [False, True])

@@ -1,10 +1,10 @@
 """Every example runs in --quick mode, writes its figures, and reproduces its key numbers."""
 
-import importlib.util
 from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import load_script
 
 EXAMPLES = {p.stem: p for p in sorted((Path(__file__).parent.parent / "examples").glob("*.py"))}
 
@@ -112,9 +112,7 @@ def test_every_example_has_a_check():
 
 @pytest.mark.parametrize("name", sorted(EXAMPLES))
 def test_example_quick(name, tmp_path):
-    spec = importlib.util.spec_from_file_location(name, EXAMPLES[name])
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_script(EXAMPLES[name], name)
     out = mod.main(mod.parse(["--quick", "--out", str(tmp_path)]))
     assert any(p.suffix == ".png" for p in tmp_path.iterdir())
     CHECKS[name](out)

@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from helpers import kkt, rank2
+from helpers import kkt, load_script, rank2
 
 import nmfre
 from nmfre.core import basis, ml, stats
@@ -236,14 +236,9 @@ def test_a_failed_step_holds_the_entries_it_sent_below_zero():
     the observed-Hessian direction drove an entry of 6e-10 down against its reduced gradient,
     failed, and was recomputed unchanged at every iteration: measured, 5000 iterations to
     ``max_iter`` without converging; with the entry held, 60 and converged, 9e-5 lower."""
-    import importlib.util
     import warnings
-    from pathlib import Path
 
-    path = Path(__file__).parent.parent / "benchmarks" / "bench_iterations.py"
-    spec = importlib.util.spec_from_file_location("bench_iterations", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_script("benchmarks/bench_iterations.py")
     Y, A = bench.generate_counts(100, 2000, 5, 4, seed=3, noise=0.3)
     with warnings.catch_warnings():
         warnings.simplefilter("error", nmfre.ConvergenceWarning)

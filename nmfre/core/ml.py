@@ -513,12 +513,15 @@ def crossing(X: np.ndarray, direction: Direction | None) -> np.ndarray | None:
     """
     if direction is None:
         return None
-    big = np.max(np.abs(direction.dX))
-    if not big > 0:
-        return None
-    t = min(1.0, 0.25 / big)
-    cross = (X > 0) & (X + t * direction.dX < 0)
+    cross = (X > 0) & (X + _first_trial(direction.dX) * direction.dX < 0)
     return cross if cross.any() else None
+
+
+def _first_trial(dX: np.ndarray) -> float:
+    """The first step length :func:`scoring_step` tries along ``dX``: 1, or less so that no
+    entry of X moves by more than 0.25 (a trust radius in simplex units)."""
+    big = np.max(np.abs(dX))
+    return min(1.0, 0.25 / big) if big > 0 else 1.0
 
 
 def scoring_step(prob: Problem, st: State, direction: Direction | None = None) -> State | None:
@@ -535,8 +538,7 @@ def scoring_step(prob: Problem, st: State, direction: Direction | None = None) -
     if direction is None:
         return None
     dX, dT = direction.dX, direction.dT
-    big = np.max(np.abs(dX))
-    t = min(1.0, 0.25 / big) if big > 0 else 1.0  # trust radius in simplex units
+    t = _first_trial(dX)
     for _ in range(40):
         Xn = project_simplex(st.X + t * dX)
         Tn = st.theta + t * dT
