@@ -39,7 +39,7 @@ from numpyro.infer.util import constrain_fn, potential_energy, unconstrain_fn
 from . import models
 
 __all__ = ["TRACES", "Settings", "batch_runner", "check_chees", "chees_loop", "clear_cache", "hessian_fd",
-           "laplace", "model_function", "prepare", "runner"]
+           "laplace", "model_function", "potential", "prepare", "runner"]
 
 #: number of traces (compilations) per :class:`Settings`
 TRACES: Counter = Counter()
@@ -185,17 +185,25 @@ def laplace(pe, z, steps: int):
     return jax.lax.fori_loop(0, steps + 1, body, (z, jnp.eye(z.shape[0], dtype=z.dtype)))
 
 
-def prepare(s: Settings, init: dict, args: tuple):
-    """The Laplace warm start shared by the sampler and :func:`bayes.fit_vi`: unconstrained
-    mode ``z``, Laplace covariance, potential energy and the unravel function."""
+def potential(s: Settings, init: dict, args: tuple):
+    """``(pe, unravel, z0)``: the potential energy (minus the log posterior density, up to a
+    constant) of the model's unconstrained coordinates as a function of one flat vector, the
+    function that turns such a vector into the model's sites, and the starting values
+    flattened."""
     model = model_function(s)
-    init = _coordinates(s, init, args)
-    zdict = unconstrain_fn(model, args, {}, init)
+    zdict = unconstrain_fn(model, args, {}, _coordinates(s, init, args))
     z0, unravel = ravel_pytree(zdict)
 
     def pe(z):
         return potential_energy(model, args, {}, unravel(z))
 
+    return pe, unravel, z0
+
+
+def prepare(s: Settings, init: dict, args: tuple):
+    """The Laplace warm start shared by the sampler and :func:`bayes.fit_vi`: unconstrained
+    mode ``z``, Laplace covariance, potential energy and the unravel function."""
+    pe, unravel, z0 = potential(s, init, args)
     # folded coordinates have kinks at 0: the Hessian at the start, no Newton steps
     z, cov = laplace(pe, z0, 0 if s.simplex == "folded" else s.newton_steps)
     return z, cov, pe, unravel

@@ -27,6 +27,13 @@ loaded machine does not change), and the VI twin with Theta integrated out.
 ``--data-seeds``, with the diagnostics of Theta, of X and of the label-invariant
 quantities, and the leapfrog steps per draw.
 
+``--twins``: the variational twins at 20 x 300, Q = 2, on ``--data-seeds`` against a long
+ChEES-HMC reference (16 chains x 4000 draws): ``bayes.fit_vi`` with its default
+(``method="svi"``) and with ``method="dadvi"`` (linear-response covariances) for each of
+``--vi-seeds``: wall time (compilation included in the first call of each method), Theta's sd
+ratios twin / reference, the largest |ratio - 1|, the largest mean gap in reference sds,
+sigma's and tau's sd ratios and the optimiser's iterations.
+
 Run: ``python benchmarks/bench_bayes.py [--quick] [--full] [--marginal]`` (``--quick``: a
 smoke run with short chains, no 50 x 1000 case and a reduced geometry grid). On a shared
 machine, pin it, e.g. ``taskset -c 1`` with
@@ -194,6 +201,39 @@ def vi_marginal(Y, A, Q, theta, fit, sd, quick):
               f"ESS {dg['min_ess_bulk']:.0f}) {np.array2string(ratio.ravel(), precision=2)}", flush=True)
 
 
+def twins(seeds, vi_seeds, theta="nonneg"):
+    """Issue 18's variational target: Theta sds within 25% of a mixed run, in <= 30 s."""
+    print(f"\nVariational twins at 20x300 Q=2 ({theta} Theta) against ChEES-HMC 16 x (500 + 4000), seed 7")
+    print(f"  {'data':>4} {'method':<6} {'seed':>4} {'wall s':>6} {'Theta sd ratios':<27} {'max dev':>7} "
+          f"{'max gap':>7} {'sigma,tau':>10} {'iters':>5}")
+    for sd in seeds:
+        d = block_sparse(P=20, N=300, rank=2, K=2, seed=sd)
+        Y, A = d["Y"], d["A"]
+        fit = nmfre.fit(Y, A, rank=2, theta=theta)
+        ref = bayes.sample(Y, A, 2, fit=fit, theta=theta, kernel="chees", num_chains=16, num_samples=4000, seed=7)
+        dg = bayes.diagnostics(ref)
+        a = ref["posterior"]
+        s_ref, m_ref = a.theta.std(("chain", "draw")), a.theta.mean(("chain", "draw"))
+        print(f"  {sd:>4} reference: max r_hat {dg['max_r_hat']:.3f}, min bulk ESS {dg['min_ess_bulk']:.0f}, "
+              f"Theta sds {np.array2string(s_ref.values.ravel(), precision=3)}")
+        bayes.vi._CACHE.clear()  # each data set pays its compilations
+        bayes.dadvi._CACHE.clear()
+        for method in ("svi", "dadvi"):
+            for vs in (vi_seeds[:1] if method == "svi" else vi_seeds):
+                t = time.perf_counter()
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", bayes.VIWarning)
+                    q = bayes.fit_vi(Y, A, 2, fit=fit, theta=theta, method=method, seed=vs)
+                el = time.perf_counter() - t
+                b = q["posterior"]
+                r = (b.theta.std(("chain", "draw")) / s_ref).values.ravel()
+                gap = float(np.max(np.abs((b.theta.mean(("chain", "draw")) - m_ref) / s_ref)))
+                st = [float(b[k].std() / a[k].std()) for k in ("sigma", "tau")]
+                its = b.attrs.get("optimizer_iterations", len(q["variational"]["elbo"]))
+                print(f"  {sd:>4} {method:<6} {vs:>4} {el:6.1f} {np.array2string(r, precision=2):<27} "
+                      f"{np.max(np.abs(r - 1)):7.2f} {gap:7.2f} {st[0]:4.2f},{st[1]:4.2f} {its:>5}", flush=True)
+
+
 CHEES_CASES = {"20x300": ("20x300 Q=2", (20, 300, 2, 2)), "50x1000": ("50x1000 Q=3", (50, 1000, 3, 2)),
                "100x2000": ("100x2000 Q=5 K=4", (100, 2000, 5, 4))}
 
@@ -237,13 +277,20 @@ def main(argv=None):
                     help="--chees: trajectories capped at 2**depth leapfrog steps (default 10)")
     ap.add_argument("--sizes", nargs="+", choices=sorted(CHEES_CASES),
                     help="sizes of --chees (default: by --quick/--full)")
-    ap.add_argument("--data-seeds", type=int, nargs="+", default=[11, 12], help="data sets of --marginal/--chees")
+    ap.add_argument("--data-seeds", type=int, nargs="+", default=[11, 12],
+                    help="data sets of --marginal/--chees/--twins")
+    ap.add_argument("--twins", action="store_true", help="the variational twins against a long ChEES-HMC run")
+    ap.add_argument("--vi-seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds of the twins of --twins")
+    ap.add_argument("--theta", choices=["nonneg", "free"], default="nonneg", help="Theta of --twins")
     a = ap.parse_args(argv)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", bayes.SamplingWarning)
         warnings.simplefilter("ignore", nmfre.ConvergenceWarning)
         if a.marginal:
             marginal_ladder(a.quick, a.full, a.data_seeds)
+            return
+        if a.twins:
+            twins(a.data_seeds, a.vi_seeds, a.theta)
             return
         if a.chees:
             chees_ladder(a.quick, a.full, a.data_seeds, a.chains, a.sizes, a.lengths, a.max_tree_depth)
