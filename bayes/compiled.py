@@ -579,6 +579,7 @@ def batch_runner(s: Settings):
 
 
 def clear_cache() -> None:
-    """Forget every compiled runner (and JAX's own caches)."""
+    """Forget every compiled runner (and JAX's own caches; :func:`bayes.fit_vi` keeps its own,
+    see ``bayes.vi._CACHE`` and ``bayes.dadvi._CACHE``)."""
     _CACHE.clear()
     jax.clear_caches()

@@ -221,7 +221,7 @@ def fit_vi(Y, A=None, rank: int = 1, *, model: str = "joint", guide: str = "full
         understates Theta's posterior sds by up to 60% here, the linear-response one came
         within 25% of long ChEES-HMC runs on the six 20 x 300 data sets measured (rank 2,
         docs: benchmarks). Full guide, folded simplex and direct Theta coordinates only
-        (in ILR coordinates it overstated the sds by 30-90%); at most
+        (in ILR coordinates it overstated the sds by 27-94%); at most
         :data:`bayes.dadvi.MAX_PARAMETERS` guide parameters (a dense Hessian).
 
     Returns
@@ -247,7 +247,10 @@ def fit_vi(Y, A=None, rank: int = 1, *, model: str = "joint", guide: str = "full
                 raise ValueError(f"method='dadvi' needs {name}={need!r}, got {value!r}")
     if num_particles is None:
         num_particles = dadvi.NUM_DRAWS if method == "dadvi" else 4
+    num_particles = v.integer(num_particles, "num_particles")
     data = coerce(Y, A)
+    if method == "dadvi":  # refused before the fit and the statistics
+        _check_dadvi(model, data.P, v.integer(rank, "rank"), data.K, num_particles)
     sampler = sampling.Sampler(model, rank, data.P, None, data.K, theta=theta, num_samples=num_samples,
                                num_chains=num_chains, simplex=simplex,
                                theta_coords=v.choice(theta_coords, "theta_coords", ("direct", "marginal")),
@@ -256,19 +259,14 @@ def fit_vi(Y, A=None, rank: int = 1, *, model: str = "joint", guide: str = "full
     base = dataclasses.replace(sampler.settings_for(spec), num_warmup=0, num_samples=0, num_chains=0)
     vs = VISettings(base, guide, None if guide_rank is None else v.integer(guide_rank, "guide_rank"),
                     v.integer(num_steps, "num_steps", minimum=10), v.positive_float(learning_rate, "learning_rate"),
-                    v.integer(num_particles, "num_particles"), sampler.settings.num_samples * num_chains, method)
+                    num_particles, sampler.settings.num_samples * num_chains, method)
     info = None
     with jax.enable_x64(True):
         if method == "dadvi":
             d = dadvi.dimension(vs, spec.init, spec.args)
-            n = d + d * (d + 1) // 2
-            if n > dadvi.MAX_PARAMETERS:
-                raise ValueError(f"method='dadvi': the guide has {n} parameters ({d} coordinates), more than "
-                                 f"bayes.dadvi.MAX_PARAMETERS = {dadvi.MAX_PARAMETERS} (its Hessian is dense); "
-                                 "use method='svi'")
-            if num_particles <= d:
-                raise ValueError(f"num_particles must exceed the {d} unconstrained coordinates for method='dadvi' "
-                                 f"(with fewer fixed draws its objective is unbounded), got {num_particles}")
+            if d != _dadvi_dimension(model, data.P, rank, data.K):
+                raise RuntimeError(f"the model has {d} unconstrained coordinates, not the "
+                                   f"{_dadvi_dimension(model, data.P, rank, data.K)} checked")
             draws, elbo, info, loc, cov = dadvi.fit(vs, prng_key(seed), spec.init, spec.args)
             info = {**info, "loc": loc, "cov": cov}
             draws = {k: x for k, x in draws.items() if k in SITES}
@@ -283,6 +281,24 @@ def fit_vi(Y, A=None, rank: int = 1, *, model: str = "joint", guide: str = "full
     return _datatree(spec, vs, draws, elbo, warn, info)
 
 
+def _dadvi_dimension(model: str, P: int, Q: int, K: int) -> int:
+    """Unconstrained coordinates of ``model`` in folded coordinates: X's ``P Q``, Theta's
+    ``Q K``, sigma and tau (only those the model samples)."""
+    return {"joint": P * Q + Q * K + 2, "conditional_x": Q * K + 2}.get(model, Q * K)
+
+
+def _check_dadvi(model: str, P: int, Q: int, K: int, num_particles: int) -> None:
+    d = _dadvi_dimension(model, P, Q, K)
+    n = d + d * (d + 1) // 2
+    if n > dadvi.MAX_PARAMETERS:
+        raise ValueError(f"method='dadvi': the guide would have {n} parameters ({d} coordinates), more than "
+                         f"bayes.dadvi.MAX_PARAMETERS = {dadvi.MAX_PARAMETERS} (its Hessian is dense); "
+                         "use method='svi'")
+    if num_particles <= d:
+        raise ValueError(f"num_particles must exceed the {d} unconstrained coordinates for method='dadvi' "
+                         f"(with fewer fixed draws its objective is unbounded), got {num_particles}")
+
+
 def _datatree(spec, vs: VISettings, draws: dict, elbo: np.ndarray, warn: bool, info: dict | None = None) -> xr.DataTree:
     settings = {"num_steps": vs.num_steps, "num_particles": vs.num_particles, "simplex": vs.base.simplex,
                 "theta_coords": vs.base.theta_coords}
@@ -293,12 +309,19 @@ def _datatree(spec, vs: VISettings, draws: dict, elbo: np.ndarray, warn: bool, i
         problem = None if settled else (f"the ELBO has not settled (last-window gain {gain:.2f} noise sd >= 0.5): "
                                         "increase num_steps or adjust learning_rate")
     else:  # DADVI: the objective's last value (its fixed-draw estimate of the ELBO), the optimiser's report
-        settled = info["status"] != 1 and info["min_eigenvalue"] > 0
+        converged = info["status"] in (0, 99)  # gradient tolerance, or the stall rule (bayes.dadvi.STALL)
+        settled = converged and info["min_eigenvalue"] > 0
         extra = {"method": "DADVI", "covariance": "linear_response", "elbo": float(elbo[-1]) if len(elbo) else np.nan,
                  **{f"optimizer_{k}": v for k, v in info.items() if k not in ("loc", "cov")}}
-        problem = None if settled else (
-            f"the DADVI optimiser stopped after {info['iterations']} iterations ({info['message']}; "
-            f"smallest Hessian eigenvalue {info['min_eigenvalue']:.3g}): increase num_steps")
+        if not converged:
+            problem = (f"the DADVI optimiser stopped after {info['iterations']} iterations without converging "
+                       f"({info['message']}); increase num_steps if it ran out of them")
+        elif not settled:
+            problem = (f"the Hessian of the DADVI objective is not positive definite at the optimiser's end "
+                       f"point (smallest eigenvalue {info['min_eigenvalue']:.3g}): the linear-response covariance "
+                       "uses its eigenvalues' absolute values")
+        else:
+            problem = None
     attrs = {"model": spec.name, "theta_kind": spec.fit.theta_kind, "nmfre_priors": str(spec.priors),
              "inference_library": "numpyro", "approximate": True, "guide": vs.guide, **extra,
              "elbo_settled": int(settled), "vi_settings": str(settings)}

@@ -28,7 +28,7 @@ loaded machine does not change), and the VI twin with Theta integrated out.
 quantities, and the leapfrog steps per draw.
 
 ``--twins``: the variational twins at 20 x 300, Q = 2, on ``--data-seeds`` against a long
-ChEES-HMC reference (16 chains x 4000 draws): ``bayes.fit_vi`` with its default
+ChEES-HMC reference (16 chains x (1000 + 4000)): ``bayes.fit_vi`` with its default
 (``method="svi"``) and with ``method="dadvi"`` (linear-response covariances) for each of
 ``--vi-seeds``: wall time (compilation included in the first call of each method), Theta's sd
 ratios twin / reference, the largest |ratio - 1|, the largest mean gap in reference sds,
@@ -203,7 +203,7 @@ def vi_marginal(Y, A, Q, theta, fit, sd, quick):
 
 def twins(seeds, vi_seeds, theta="nonneg"):
     """Issue 18's variational target: Theta sds within 25% of a mixed run, in <= 30 s."""
-    print(f"\nVariational twins at 20x300 Q=2 ({theta} Theta) against ChEES-HMC 16 x (500 + 4000), seed 7")
+    print(f"\nVariational twins at 20x300 Q=2 ({theta} Theta) against ChEES-HMC 16 x (1000 + 4000), seed 7")
     print(f"  {'data':>4} {'method':<6} {'seed':>4} {'wall s':>6} {'Theta sd ratios':<27} {'max dev':>7} "
           f"{'max gap':>7} {'sigma,tau':>10} {'iters':>5}")
     for sd in seeds:
