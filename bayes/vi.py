@@ -219,7 +219,7 @@ def fit_vi(Y, A=None, rank: int = 1, *, model: str = "joint", guide: str = "full
         second-order optimiser, and draws from the **linear-response** covariance of its
         mean instead of the guide's own (:mod:`bayes.dadvi`): the guide's covariance
         understates Theta's posterior sds by up to 60% here, the linear-response one came
-        within 25% of long ChEES-HMC runs on the six 20 x 300 data sets measured (rank 2,
+        within 25% of long ChEES-HMC runs on the ten 20 x 300 data sets of two generators measured (rank 2,
         docs: benchmarks). Full guide, folded simplex and direct Theta coordinates only
         (in ILR coordinates it overstated the sds by 27-94%); at most
         :data:`bayes.dadvi.MAX_PARAMETERS` guide parameters (a dense Hessian).

@@ -27,7 +27,8 @@ loaded machine does not change), and the VI twin with Theta integrated out.
 ``--data-seeds``, with the diagnostics of Theta, of X and of the label-invariant
 quantities, and the leapfrog steps per draw.
 
-``--twins``: the variational twins at 20 x 300, Q = 2, on ``--data-seeds`` against a long
+``--twins``: the variational twins at 20 x 300, Q = 2, on ``--data-seeds`` (block-sparse data, or
+with ``--generator counts`` the counts design of ``bench_iterations.py``) against a long
 ChEES-HMC reference (16 chains x (1000 + 4000)): ``bayes.fit_vi`` with its default
 (``method="svi"``) and with ``method="dadvi"`` (linear-response covariances) for each of
 ``--vi-seeds``: wall time (compilation included in the first call of each method), Theta's sd
@@ -201,14 +202,20 @@ def vi_marginal(Y, A, Q, theta, fit, sd, quick):
               f"ESS {dg['min_ess_bulk']:.0f}) {np.array2string(ratio.ravel(), precision=2)}", flush=True)
 
 
-def twins(seeds, vi_seeds, theta="nonneg"):
+def twins(seeds, vi_seeds, theta="nonneg", generator="block"):
     """Issue 18's variational target: Theta sds within 25% of a mixed run, in <= 30 s."""
-    print(f"\nVariational twins at 20x300 Q=2 ({theta} Theta) against ChEES-HMC 16 x (1000 + 4000), seed 7")
+    print(f"\nVariational twins at 20x300 Q=2 ({theta} Theta, {generator} data) against ChEES-HMC "
+          "16 x (1000 + 4000), seed 7")
     print(f"  {'data':>4} {'method':<6} {'seed':>4} {'wall s':>6} {'Theta sd ratios':<27} {'max dev':>7} "
           f"{'max gap':>7} {'sigma,tau':>10} {'iters':>5}")
     for sd in seeds:
-        d = block_sparse(P=20, N=300, rank=2, K=2, seed=sd)
-        Y, A = d["Y"], d["A"]
+        if generator == "counts":  # bench_iterations.py's counts design (Poisson counts, Dirichlet(0.5) basis)
+            from bench_iterations import generate_counts
+
+            Y, A = generate_counts(20, 300, 2, 2, sd, 0.3)
+        else:
+            d = block_sparse(P=20, N=300, rank=2, K=2, seed=sd)
+            Y, A = d["Y"], d["A"]
         fit = nmfre.fit(Y, A, rank=2, theta=theta)
         ref = bayes.sample(Y, A, 2, fit=fit, theta=theta, kernel="chees", num_chains=16, num_samples=4000, seed=7)
         dg = bayes.diagnostics(ref)
@@ -282,6 +289,8 @@ def main(argv=None):
     ap.add_argument("--twins", action="store_true", help="the variational twins against a long ChEES-HMC run")
     ap.add_argument("--vi-seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds of the twins of --twins")
     ap.add_argument("--theta", choices=["nonneg", "free"], default="nonneg", help="Theta of --twins")
+    ap.add_argument("--generator", choices=["block", "counts"], default="block",
+                    help="data of --twins: block-sparse (nmfre.simulate) or bench_iterations.py's counts design")
     a = ap.parse_args(argv)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", bayes.SamplingWarning)
@@ -290,7 +299,7 @@ def main(argv=None):
             marginal_ladder(a.quick, a.full, a.data_seeds)
             return
         if a.twins:
-            twins(a.data_seeds, a.vi_seeds, a.theta)
+            twins(a.data_seeds, a.vi_seeds, a.theta, a.generator)
             return
         if a.chees:
             chees_ladder(a.quick, a.full, a.data_seeds, a.chains, a.sizes, a.lengths, a.max_tree_depth)
