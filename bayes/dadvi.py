@@ -33,8 +33,8 @@ import numpy as np
 
 from . import compiled
 
-__all__ = ["MAX_PARAMETERS", "NUM_DRAWS", "STALL", "dimension", "fit", "hessian", "linear_response", "objective",
-           "pack", "unpack"]
+__all__ = ["MAX_PARAMETERS", "NUM_DRAWS", "STALL", "fit", "hessian", "linear_response", "objective", "pack",
+           "unpack"]
 
 #: the most guide parameters (``d + d (d + 1) / 2``) for which the dense Hessian is formed
 #: (4000: 128 MB, and 460 MB for the ``d^4`` intermediate of :func:`hessian` at ``d`` = 87);
@@ -162,14 +162,6 @@ def _functions(vs):
     fns = _CACHE[key] = {"start": jax.jit(start), "vg": jax.jit(jax.value_and_grad(F)), "hvp": jax.jit(hvp),
                         "hess": jax.jit(draw_hessians), "draw": jax.jit(draw)}
     return fns
-
-
-def dimension(vs, init, args) -> int:
-    """The number ``d`` of unconstrained coordinates (traced, not compiled)."""
-    import jax
-
-    s = vs.base
-    return int(jax.eval_shape(lambda i, a: compiled.potential(s, i, a)[2], init, args).shape[0])
 
 
 def fit(vs, key, init, args) -> tuple[dict, np.ndarray, dict, np.ndarray, np.ndarray]:

@@ -151,6 +151,9 @@ def test_conditional_orthodont_is_the_closed_form(orthodont, ml_fit):
     np.testing.assert_allclose(q["variational"]["loc"], ml_fit.theta.values.ravel(), rtol=1e-5)
     np.testing.assert_allclose(q["variational"]["cov"], inf.cov_model.values, rtol=1e-5)
     assert q["variational"]["cov"].dims == ("unconstrained", "unconstrained_bis")
+    assert bayes.vi._dadvi_dimension("conditional", 4, 1, 2) == q["variational"]["loc"].size == 2
+    qx = bayes.fit_vi(Y, A, 1, model="conditional_x", fit=ml_fit, method="dadvi", seed=seed(4), warn=False)
+    assert bayes.vi._dadvi_dimension("conditional_x", 4, 1, 2) == qx["variational"]["loc"].size == 4
     post = q["posterior"]
     assert post.attrs["optimizer_status"] == 0 and post.attrs["elbo_settled"] == 1
     assert post["theta"].shape == (4, 1000, 1, 2)
@@ -180,6 +183,7 @@ def test_theta_sds_match_a_long_chees_run_20x300():
     assert post.attrs["method"] == "DADVI" and post.attrs["covariance"] == "linear_response"
     assert post.attrs["elbo_settled"] == 1 and post.attrs["optimizer_min_eigenvalue"] > 0
     assert post["theta"].shape == (4, 1000, 2, 2) and (post["theta"] >= 0).all()
+    assert bayes.vi._dadvi_dimension("joint", 20, 2, 2) == q["variational"]["loc"].size == 46
     np.testing.assert_allclose(post["X"].sum("feature"), 1.0, atol=1e-10)
     elbo = q["variational"]["elbo"].values
     assert np.all(np.diff(elbo) >= 0)  # trust-region steps only ever decrease the objective
