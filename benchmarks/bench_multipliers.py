@@ -47,7 +47,7 @@ def main(argv=None):
     ap.add_argument("--N", type=int, default=1_000_000)
     ap.add_argument("--B", type=int, default=10_000)
     ap.add_argument("--QK", type=int, default=4)
-    ap.add_argument("--chunk", type=int, default=1024)
+    ap.add_argument("--chunk", type=int, default=cb.CHUNK_UNITS)
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--dists", default=",".join(cb.DISTS))
     ap.add_argument("--quick", action="store_true")

@@ -20,6 +20,7 @@ from scipy.stats import t as student_t
 from . import validation as v
 from .core.bootstrap import (
     ALTERNATIVES,
+    CHUNK_UNITS,
     DISTS,
     STREAM_UNITS,
     draw_multipliers,
@@ -426,7 +427,7 @@ CIS = ("percentile", "studentized")
 
 def infer(fit: NMFREFit, n_boot: int = 1000, seed: Any = 123, multipliers: Any = None, dist: str = "exp",
           method: str = "onestep", level: float = 0.95, alternative: str | None = None,
-          progress: bool = False, max_iter: int | None = None, chunk_size: int = 1024, vcov: str = "CR1",
+          progress: bool = False, max_iter: int | None = None, chunk_size: int = CHUNK_UNITS, vcov: str = "CR1",
           df: str | int | None = None, ci: str = "percentile", keep_X: bool | None = None,
           workers: int | None = None, client=None) -> Inference:
     """Inference on Theta conditional on the fitted basis (and U).

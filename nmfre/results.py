@@ -14,6 +14,7 @@ import xarray as xr
 from . import validation as v
 from ._version import __version__
 from .core import passes
+from .core.bootstrap import CHUNK_UNITS
 from .core.dfcap import cap_value
 from .core.likelihood import icc as icc_of
 from .core.solution import Solution
@@ -409,7 +410,7 @@ class NMFREFit:
     # ------------------------------------------------------------------ inference
     def infer(self, n_boot: int = 1000, seed: Any = 123, multipliers: Any = None, dist: str = "exp",
               method: str = "onestep", level: float = 0.95, alternative: str | None = None,
-              progress: bool = False, max_iter: int | None = None, chunk_size: int = 1024, vcov: str = "CR1",
+              progress: bool = False, max_iter: int | None = None, chunk_size: int = CHUNK_UNITS, vcov: str = "CR1",
               df: str | int | None = None, ci: str = "percentile", keep_X: bool | None = None,
               workers: int | None = None, client=None) -> Inference:
         """Inference on Theta conditional on the fitted basis; see :func:`nmfre.inference.infer`

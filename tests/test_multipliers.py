@@ -31,3 +31,12 @@ def test_rademacher_is_the_generator_bits():
     g = np.random.default_rng(7)
     parts = [cb.draw_multipliers("rademacher", n, 64, g) for n in (3, 1, 6)]
     np.testing.assert_array_equal(np.vstack(parts), cb.draw_multipliers("rademacher", 10, 64, np.random.default_rng(7)))
+
+
+def test_rademacher_bits_are_the_bits_of_the_multipliers():
+    """The streamed sum draws Rademacher multipliers as their bits b (W = 2 b - 1), from the same
+    generator calls: exactly the multipliers of draw_multipliers."""
+    W = cb.draw_multipliers("rademacher", 7, 50, np.random.default_rng(3))
+    b = cb.rademacher_bits(np.random.default_rng(3), np.empty((7, 50)))
+    assert set(np.unique(b)) <= {0.0, 1.0}
+    np.testing.assert_array_equal(2.0 * b - 1.0, W)

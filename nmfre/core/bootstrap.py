@@ -32,12 +32,23 @@ def rademacher(rng: np.random.Generator, out: np.ndarray) -> np.ndarray:
     at a fraction of the cost of drawing each one. Consecutive calls continue the bit
     stream whenever each fills a multiple of 64 entries, so chunked filling reproduces one
     big fill."""
-    m = out.size
-    words = rng.integers(0, 2**64, size=-(-m // 64), dtype=np.uint64)
-    bits = np.unpackbits(words.astype("<u8", copy=False).view(np.uint8), count=m, bitorder="little").reshape(out.shape)
-    np.multiply(bits, 2.0, out=out)
+    np.multiply(_bits(rng, out.size).reshape(out.shape), 2.0, out=out)
     out -= 1.0
     return out
+
+
+def rademacher_bits(rng: np.random.Generator, out: np.ndarray) -> np.ndarray:
+    """Fill ``out`` with the 0/1 bits from which :func:`rademacher` makes its multipliers
+    (``W = 2 b - 1``, the same generator calls): :func:`onestep_sum` multiplies the bits and
+    maps the sum (``S W = 2 S b - S 1``), a pass over the chunk fewer than the +-1 values."""
+    out[...] = _bits(rng, out.size).reshape(out.shape)
+    return out
+
+
+def _bits(rng: np.random.Generator, m: int) -> np.ndarray:
+    """The next ``m`` bits of the generator's 64-bit words, least significant first (uint8)."""
+    words = rng.integers(0, 2**64, size=-(-m // 64), dtype=np.uint64)
+    return np.unpackbits(words.astype("<u8", copy=False).view(np.uint8), count=m, bitorder="little")
 
 
 #: units per multiplier stream: the multipliers of units [k L, (k+1) L) come from stream k
@@ -69,6 +80,11 @@ def multiplier_matrix(dist: str, N: int, B: int, rng: np.random.Generator) -> np
 #: units per accumulation step of the streamed one-step sum (fixed, so results do not
 #: depend on the chunk size)
 SUB_UNITS = 256
+#: default units per chunk of drawn multipliers (:func:`onestep_sum`): one accumulation step.
+#: Measured (benchmarks/results/multipliers.md, N = 2e5, B = 2000, one thread) against 1024:
+#: the chunk of ``CHUNK_UNITS x B`` doubles stays in cache between its filling and its product,
+#: 0.8-0.9x the time for exp and Mammen multipliers, about 0.5x for Rademacher
+CHUNK_UNITS = 256
 
 
 def _fill(dist: str, g: np.random.Generator, buf: np.ndarray) -> np.ndarray:
@@ -88,7 +104,7 @@ def _fill(dist: str, g: np.random.Generator, buf: np.ndarray) -> np.ndarray:
     return buf
 
 
-def onestep_sum(scores: np.ndarray, dist: str, B: int, rng: np.random.Generator, chunk: int = 1024,
+def onestep_sum(scores: np.ndarray, dist: str, B: int, rng: np.random.Generator, chunk: int = CHUNK_UNITS,
                 workers: int | None = None) -> np.ndarray:
     """``scores @ W`` (``QK x B``) for the multipliers of :func:`multiplier_matrix`, holding at most
     ``chunk x B`` multipliers per worker thread (never ``N x B``).
@@ -97,12 +113,15 @@ def onestep_sum(scores: np.ndarray, dist: str, B: int, rng: np.random.Generator,
     time (numpy's generators give the same numbers whatever the chunk), and accumulated in
     fixed steps of :data:`SUB_UNITS` units; streams run in parallel threads (BLAS limited to
     one thread each) and their sums are added in stream order. The result is therefore
-    bitwise independent of ``chunk`` and ``workers``.
+    bitwise independent of ``chunk`` and ``workers``. Rademacher multipliers enter as their
+    bits (:func:`rademacher_bits`; each step adds ``2 S b - S 1``, equal to ``S W`` up to
+    rounding).
     """
     from threadpoolctl import threadpool_limits
 
     N = scores.shape[1]
     streams = _streams(N, rng)
+    bits = dist == "rademacher"
     chunk = max(SUB_UNITS, -(-int(chunk) // SUB_UNITS) * SUB_UNITS)
 
     def one(k: int) -> np.ndarray:
@@ -111,10 +130,17 @@ def onestep_sum(scores: np.ndarray, dist: str, B: int, rng: np.random.Generator,
         buf = np.empty((min(chunk, b - a), B))
         for c in range(a, b, chunk):
             d = min(c + chunk, b)
-            W = _fill(dist, streams[k], buf[: d - c])
+            if bits:
+                W = rademacher_bits(streams[k], buf[: d - c])
+            else:
+                W = _fill(dist, streams[k], buf[: d - c])
             for e in range(c, d, SUB_UNITS):
                 f = min(e + SUB_UNITS, d)
-                acc += scores[:, e:f] @ W[e - c:f - c]
+                S = scores[:, e:f]
+                if bits:
+                    acc += 2.0 * (S @ W[e - c:f - c]) - S.sum(axis=1)[:, None]
+                else:
+                    acc += S @ W[e - c:f - c]
         return acc
 
     workers = workers or min(len(streams), os.cpu_count() or 1)
