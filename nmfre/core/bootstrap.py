@@ -81,9 +81,9 @@ def multiplier_matrix(dist: str, N: int, B: int, rng: np.random.Generator) -> np
 #: depend on the chunk size)
 SUB_UNITS = 256
 #: default units per chunk of drawn multipliers (:func:`onestep_sum`): one accumulation step.
-#: Measured (benchmarks/results/multipliers.md, N = 2e5, B = 2000, one thread) against 1024:
-#: the chunk of ``CHUNK_UNITS x B`` doubles stays in cache between its filling and its product,
-#: 0.8-0.9x the time for exp and Mammen multipliers, about 0.5x for Rademacher
+#: Measured against 1024 (benchmarks/results/multipliers.md, N = 2e5, B = 2000, one thread):
+#: 0.77-0.93x the time, probably because a smaller block of multipliers is still in cache when
+#: the product reads it (4 MB against 16 MB there)
 CHUNK_UNITS = 256
 
 
