@@ -40,7 +40,8 @@ def rademacher(rng: np.random.Generator, out: np.ndarray) -> np.ndarray:
 def rademacher_bits(rng: np.random.Generator, out: np.ndarray) -> np.ndarray:
     """Fill ``out`` with the 0/1 bits from which :func:`rademacher` makes its multipliers
     (``W = 2 b - 1``, the same generator calls): :func:`onestep_sum` multiplies the bits and
-    maps the sum (``S W = 2 S b - S 1``), a pass over the chunk fewer than the +-1 values."""
+    maps each stream's sum (``S W = 2 S b - S 1``), a pass over every chunk fewer than the
+    +-1 values."""
     out[...] = _bits(rng, out.size).reshape(out.shape)
     return out
 
@@ -114,8 +115,8 @@ def onestep_sum(scores: np.ndarray, dist: str, B: int, rng: np.random.Generator,
     fixed steps of :data:`SUB_UNITS` units; streams run in parallel threads (BLAS limited to
     one thread each) and their sums are added in stream order. The result is therefore
     bitwise independent of ``chunk`` and ``workers``. Rademacher multipliers enter as their
-    bits (:func:`rademacher_bits`; each step adds ``2 S b - S 1``, equal to ``S W`` up to
-    rounding).
+    bits (:func:`rademacher_bits`): each stream sums ``S b`` and returns ``2 S b - S 1``, equal
+    to ``S W`` up to rounding.
     """
     from threadpoolctl import threadpool_limits
 
@@ -130,17 +131,12 @@ def onestep_sum(scores: np.ndarray, dist: str, B: int, rng: np.random.Generator,
         buf = np.empty((min(chunk, b - a), B))
         for c in range(a, b, chunk):
             d = min(c + chunk, b)
-            if bits:
-                W = rademacher_bits(streams[k], buf[: d - c])
-            else:
-                W = _fill(dist, streams[k], buf[: d - c])
+            W = rademacher_bits(streams[k], buf[: d - c]) if bits else _fill(dist, streams[k], buf[: d - c])
             for e in range(c, d, SUB_UNITS):
                 f = min(e + SUB_UNITS, d)
-                S = scores[:, e:f]
-                if bits:
-                    acc += 2.0 * (S @ W[e - c:f - c]) - S.sum(axis=1)[:, None]
-                else:
-                    acc += S @ W[e - c:f - c]
+                acc += scores[:, e:f] @ W[e - c:f - c]
+        if bits:  # the stream's S b, mapped to S W with W = 2 b - 1
+            acc = 2.0 * acc - scores[:, a:b].sum(axis=1)[:, None]
         return acc
 
     workers = workers or min(len(streams), os.cpu_count() or 1)
