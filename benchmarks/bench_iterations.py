@@ -27,6 +27,14 @@ with a fifth of its entries 0 plus 3 on the intercept, correlated Gaussian covar
 ``50 / c^2`` per cell on average (``c`` as above), divided back by their scale. ``--theta
 free`` fits sign-free Theta (the package default) instead of ``"nonneg"``.
 
+A third generator, ``--generator overlap`` (:func:`generate_overlap`, dense rungs only), has
+two components that overlap: basis columns Dirichlet(0.1) (sparse-ish) and Dirichlet(1)
+alternately, the second column replaced by ``0.6`` times the first plus ``0.4`` times its
+own draw; a categorical covariate (intercept and ``K - 1`` dummies of ``K`` equally likely
+levels); Theta >= 0 log-normal(1, 0.8) with 30% exact zeros, plus 2 on the intercept;
+``U ~ N(0, tau^2)`` with ``tau ~ U(0.3, 1.5)``; multiplicative log-normal(0, 0.3 c) noise on
+the mean plus Gaussian noise of sd ``c / sqrt(P)``, clipped at 0.
+
 Targets (issue 17, on two cores): every dense rung converged in <= 100 iterations with
 wall time no more than scikit-learn's (ratio <= 1); 2000 x 20000, Q = 10 in <= 60 s on every
 seed; the sparse rung's ratio <= 3.
@@ -40,6 +48,7 @@ Run::
     python benchmarks/bench_iterations.py --solver fisher        # scoring with the expected information only
     python benchmarks/bench_iterations.py --check                # + an independent optimiser at each optimum
     python benchmarks/bench_iterations.py --generator counts --theta free --rungs small,medium
+    python benchmarks/bench_iterations.py --generator overlap --rungs small,medium,large
     python benchmarks/bench_iterations.py --out results.json
 
 Columns of the summary table (one row per rung and noise level): ``runs``; nmfre's
@@ -153,6 +162,36 @@ def generate_counts(P: int, N: int, Q: int, K: int, seed: int, noise: float = 0.
     return rng.poisson(M * scale) / scale, A
 
 
+def generate_overlap(P: int, N: int, Q: int, K: int, seed: int, noise: float = 0.3):
+    """One dense data set ``(Y, A)`` of the overlap design (see the module docstring).
+
+    Parameters
+    ----------
+    P, N, Q, K : int
+    seed : int
+    noise : float
+        ``c``: multiplicative log-normal noise of log-sd ``0.3 c`` and additive Gaussian
+        noise of sd ``c / sqrt(P)``.
+    """
+    rng = np.random.default_rng([31, seed, P, Q, K])
+    X = np.empty((P, Q))
+    for q in range(Q):
+        X[:, q] = rng.dirichlet(np.full(P, 0.1 if q % 2 == 0 else 1.0))
+    if Q >= 2:
+        X[:, 1] = 0.6 * X[:, 0] + 0.4 * X[:, 1]
+    level = rng.integers(0, K, N)
+    A = np.vstack([np.ones(N)] + [(level == k).astype(float) for k in range(1, K)])
+    theta = rng.lognormal(1.0, 0.8, (Q, K)) * (rng.random((Q, K)) < 0.7)
+    theta[:, 0] += 2.0
+    tau = rng.uniform(0.3, 1.5)
+    M = X @ (theta @ A + tau * rng.standard_normal((Q, N)))
+    Y = M * rng.lognormal(0.0, 0.3 * noise, M.shape) + (noise / np.sqrt(P)) * rng.standard_normal(M.shape)
+    return np.maximum(Y, 0.0), A
+
+
+GENERATORS = {"ladder": generate, "counts": generate_counts, "overlap": generate_overlap}
+
+
 def run_one(spec: dict, seed: int, noise: float, sklearn: bool = True, solver: str = "default",
             check: bool = False, generator: str = "ladder", theta: str = "nonneg") -> dict:
     """Fit nmfre and scikit-learn on one data set; wall and CPU seconds, iterations, nll.
@@ -166,16 +205,19 @@ def run_one(spec: dict, seed: int, noise: float, sklearn: bool = True, solver: s
     :data:`nmfre.core.ml.OBSERVED_HESSIAN` off) or ``"second-order"``
     (:data:`nmfre.core.ml.SECOND_ORDER` switched on for this fit).
 
-    ``generator``: ``"ladder"`` (:func:`generate`) or ``"counts"`` (:func:`generate_counts`,
-    dense only); ``theta``: the sign of Theta in nmfre's fit (``"nonneg"`` or ``"free"``).
+    ``generator``: ``"ladder"`` (:func:`generate`), ``"counts"`` (:func:`generate_counts`,
+    dense only) or ``"overlap"`` (:func:`generate_overlap`, dense only); ``theta``: the sign
+    of Theta in nmfre's fit (``"nonneg"`` or ``"free"``).
     """
     import nmfre
     from nmfre.core import ml
 
-    if generator == "counts":
+    if generator not in GENERATORS:
+        raise ValueError(f"unknown generator {generator!r}; generators: {', '.join(GENERATORS)}")
+    if generator != "ladder":
         if spec.get("density"):
-            raise ValueError("the counts generator is dense only")
-        Y, A = generate_counts(spec["P"], spec["N"], spec["Q"], spec["K"], seed, noise)
+            raise ValueError(f"the {generator} generator is dense only")
+        Y, A = GENERATORS[generator](spec["P"], spec["N"], spec["Q"], spec["K"], seed, noise)
     else:
         Y, A = generate(spec["P"], spec["N"], spec["Q"], spec["K"], seed, noise, spec.get("density"))
     rec = {"seed": seed, "noise": noise, "generator": generator, "theta": theta}
@@ -294,20 +336,20 @@ def main(argv=None) -> dict:
     parser.add_argument("--check", action="store_true",
                         help="start an independent optimiser (L-BFGS-B, JAX nll) at each nmfre optimum "
                              "and report the nll decrease it finds (needs jax)")
-    parser.add_argument("--generator", default="ladder", choices=["ladder", "counts"],
-                        help="data generator (default: the ladder's; 'counts': dense rungs only)")
+    parser.add_argument("--generator", default="ladder", choices=list(GENERATORS),
+                        help="data generator (default: the ladder's; 'counts' and 'overlap': dense rungs only)")
     parser.add_argument("--theta", default="nonneg", choices=["nonneg", "free"], help="sign of Theta in the fits")
     parser.add_argument("--out", help="write all numbers as JSON")
     args = parser.parse_args(argv)
     specs = rungs(args.quick)
     dense = [n for n in specs if not specs[n].get("density")]
-    names = ((dense if args.generator == "counts" else list(specs)) if not args.rungs
+    names = ((list(specs) if args.generator == "ladder" else dense) if not args.rungs
              else [s.strip() for s in args.rungs.split(",")])
     for n in names:
         if n not in specs:
             raise SystemExit(f"unknown rung {n!r}; rungs: {', '.join(specs)}")
-        if args.generator == "counts" and n not in dense:
-            raise SystemExit(f"--generator counts is dense only; rung {n!r} is sparse")
+        if args.generator != "ladder" and n not in dense:
+            raise SystemExit(f"--generator {args.generator} is dense only; rung {n!r} is sparse")
     seeds = _seeds(args.seeds)
     noises = [float(c) for c in args.noise.split(",")]
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()

@@ -134,6 +134,29 @@ def test_counts_generator():
         mod.run_one(dict(P=40, N=100, Q=2, K=2, density=0.1), 0, 0.3, sklearn=False, generator="counts")
 
 
+def test_overlap_generator():
+    """``--generator overlap``: a categorical covariate (intercept and one dummy per level
+    but the first, each unit in one level), Y >= 0, reproducible by seed; noise level c
+    scales the spread around the same mean; dense rungs only."""
+    mod = load_script(ITER_SCRIPT)
+    Y, A = mod.generate_overlap(50, 4000, 4, 3, seed=5, noise=0.3)
+    assert Y.shape == (50, 4000) and A.shape == (3, 4000) and Y.min() >= 0
+    np.testing.assert_array_equal(A[0], 1.0)
+    assert set(np.unique(A[1:])) == {0.0, 1.0} and A[1:].sum(axis=0).max() == 1.0
+    # three levels, equally likely: each dummy's share about 1/3 (sd 0.0075 at N = 4000)
+    np.testing.assert_allclose(A[1:].mean(axis=1), 1 / 3, atol=0.04)
+    Y2, A2 = mod.generate_overlap(50, 4000, 4, 3, seed=5, noise=0.3)
+    np.testing.assert_array_equal(Y, Y2)
+    np.testing.assert_array_equal(A, A2)
+    Yc, Ac = mod.generate_overlap(50, 4000, 4, 3, seed=5, noise=1.0)
+    np.testing.assert_array_equal(A, Ac)  # the noise level moves the noise only
+    assert np.mean(Yc) == pytest.approx(np.mean(Y), rel=0.2)
+    with pytest.raises(ValueError, match="dense only"):
+        mod.run_one(dict(P=40, N=100, Q=2, K=2, density=0.1), 0, 0.3, sklearn=False, generator="overlap")
+    with pytest.raises(ValueError, match="unknown generator"):
+        mod.run_one(dict(P=40, N=100, Q=2, K=2), 0, 0.3, sklearn=False, generator="nope")
+
+
 def _check_module():
     pytest.importorskip("jax")
     return load_script("benchmarks/check_optimum.py")
