@@ -257,7 +257,7 @@ def test_sbc_joint_marginal_rank2_reduced():
     1e-4 (exact PIT-ECDF test, Bonferroni); power 1.0 against a posterior twice too narrow
     or wide (test_reduced_sbc_has_power's rates for 24 replicates and L = 99). The reduced
     version of the slow 20 x 300 check below, run in CI (about 3 min on one core)."""
-    r = bayes.sbc(24, model="joint", n_features=8, n_units=60, rank=2, num_warmup=300, theta_coords="marginal",
+    r = bayes.sbc(24, model="joint", P=8, N=60, rank=2, num_warmup=300, theta_coords="marginal",
                   mass="dense", seed=seed(31))
     record("sbc_joint_marginal_rank2", p=r.p_value, p_ecdf=r.tests["p_ecdf"].values)
     assert not r.reject(SBC_ALPHA), r.tests
@@ -266,7 +266,7 @@ def test_sbc_joint_marginal_rank2_reduced():
 @pytest.mark.slow
 def test_sbc_joint_marginal_20x300_rank2():
     """The issue's SBC: joint model, 20 x 300, Q = 2, 200 replicates (as above)."""
-    r = bayes.sbc(200, model="joint", n_features=20, n_units=300, rank=2, num_warmup=500, theta_coords="marginal",
+    r = bayes.sbc(200, model="joint", P=20, N=300, rank=2, num_warmup=500, theta_coords="marginal",
                   mass="dense", seed=seed(32))
     record("sbc_joint_marginal_20x300", p=r.p_value, p_ecdf=r.tests["p_ecdf"].values)
     assert not r.reject(SBC_ALPHA), r.tests

@@ -253,7 +253,7 @@ def test_sampling_warning_when_diagnostics_fail(orthodont, ml_fit):
 
 # -- simulation-based calibration ---------------------------------------------------------
 
-CX = {"n_features": 3, "n_units": 12, "X": np.array([[0.2], [0.3], [0.5]]), "L": 49, "thin": 4,
+CX = {"P": 3, "N": 12, "X": np.array([[0.2], [0.3], [0.5]]), "L": 49, "thin": 4,
       "priors": {"theta_scale": 5.0, "sigma_scale": 1.0, "tau_scale": 2.0}}
 
 
