@@ -136,8 +136,8 @@ def test_counts_generator():
 
 def test_overlap_generator():
     """``--generator overlap``: a categorical covariate (intercept and one dummy per level
-    but the first, each unit in one level), Y >= 0, reproducible by seed; noise level c
-    scales the spread around the same mean; dense rungs only."""
+    but the first, each unit in one level), Y >= 0, reproducible by seed; the noise level c
+    leaves the covariates unchanged and the mean of Y within 20%; dense rungs only."""
     mod = load_script(ITER_SCRIPT)
     Y, A = mod.generate_overlap(50, 4000, 4, 3, seed=5, noise=0.3)
     assert Y.shape == (50, 4000) and A.shape == (3, 4000) and Y.min() >= 0
