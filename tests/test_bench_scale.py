@@ -78,7 +78,8 @@ def test_iteration_ladder_quick_runs_every_rung(tmp_path):
     nmfre and scikit-learn on each data set, the summary table with one row per rung and noise."""
     out = tmp_path / "iters.json"
     pytest.importorskip("jax")
-    proc = subprocess.run([sys.executable, str(ITER_SCRIPT), "--quick", "--seeds", "0,1", "--check", "--out", str(out)],
+    proc = subprocess.run([sys.executable, str(ITER_SCRIPT), "--quick", "--seeds", "0,1", "--check", "--repeat", "1",
+                           "--out", str(out)],
                           capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     res = json.loads(out.read_text())
@@ -88,11 +89,36 @@ def test_iteration_ladder_quick_runs_every_rung(tmp_path):
         for r in runs:
             assert r["nmfre"]["converged"] and r["nmfre"]["n_iter"] >= 1
             assert r["sklearn"]["wall_s"] > 0 and r["ratio"] > 0
+            assert len(r["nmfre"]["wall_all_s"]) == len(r["sklearn"]["wall_all_s"]) == 1  # --repeat 1
             # the independent optimiser started at nmfre's optimum finds nothing beyond the tolerance
             assert r["check"]["agree"] <= 1e-9 * abs(r["check"]["nll_nmfre"])
             assert r["check"]["decrease"] <= r["check"]["tol"]
     table = [line for line in res["table"].splitlines() if line.startswith("| ") and "rung" not in line]
     assert len(table) == 6
+
+
+def test_timed_reports_the_fastest_run(monkeypatch):
+    """``timed``: ``repeat`` runs, the fastest reported; ``"auto"`` stops once the runs took 1 s
+    together, or after 5."""
+    import time
+
+    mod = load_script(ITER_SCRIPT)
+    monkeypatch.setattr(mod, "PAUSE_S", 0.0)
+    calls = []
+
+    def fn():
+        calls.append(1)
+        time.sleep(0.01 if len(calls) == 2 else 0.05)
+        return len(calls)
+
+    out, wall, cpu, walls = mod.timed(fn, 3)
+    assert out == 3 and len(walls) == 3 and wall == min(walls) == walls[1] and cpu >= 0
+    _, _, _, walls = mod.timed(lambda: time.sleep(0.3), "auto")
+    assert len(walls) <= 5 and sum(walls[:-1]) < 1.0 <= sum(walls)
+    _, _, _, walls = mod.timed(lambda: None, "auto")
+    assert len(walls) == 5
+    with pytest.raises(SystemExit, match="--repeat"):
+        mod.main(["--quick", "--repeat", "0"])
 
 
 def test_iteration_generator_is_not_the_tests_design():

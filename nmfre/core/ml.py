@@ -28,6 +28,7 @@ from scipy.optimize import nnls
 
 from . import dfcap, newton, trust
 from .basis import project_simplex, project_vector, weighted_project_simplex
+from .blas import scipy_blas_single_threaded
 from .likelihood import LAMBDA_MAX, LAMBDA_MIN, Sufficient, nll, optimize_lambda, variances_at
 from .solution import Solution
 from .stats import Moments, Stats
@@ -693,6 +694,7 @@ def degeneracy(X: np.ndarray, theta: np.ndarray) -> tuple[float, int, int]:
     return float(C[i, j]), int(min(i, j)), int(max(i, j))
 
 
+@scipy_blas_single_threaded()
 def fit_ml(prob: Problem, X0: np.ndarray, theta0: np.ndarray | None = None,
            max_iter: int = 5000, tol: float = 1e-10, second_order: bool | None = None) -> Solution:
     """Maximum-likelihood fit; every iteration does not increase the nll.
@@ -725,7 +727,8 @@ def fit_ml(prob: Problem, X0: np.ndarray, theta0: np.ndarray | None = None,
     only inflate the cancelling effects of two merging components.
 
     The returned :class:`~nmfre.core.solution.Solution` has ``U = None``: random effects
-    need a pass over the units (:func:`blup`).
+    need a pass over the units (:func:`blup`). While it runs, scipy's own BLAS pool (where it
+    is not numpy's) is limited to one thread (:mod:`nmfre.core.blas`).
     """
     st = initial_state(prob, X0, theta0)
     trace: list[float] = []

@@ -179,6 +179,7 @@ def nndsvd(Y: Any, rank: int, G: np.ndarray | None = None, missing: bool = False
     pass, ``N x rank``). ``G`` is ``Yp Yp'`` when already known (Y >= 0 and complete:
     the solver's gram); for dask Y with ``missing`` entries they start at the feature means."""
     from .basis import nndsvd_from_svd
+    from .blas import scipy_blas_single_threaded
 
     k = kind(Y)
     Yp = Y
@@ -196,7 +197,8 @@ def nndsvd(Y: Any, rank: int, G: np.ndarray | None = None, missing: bool = False
     P = G.shape[0]
     # only the leading ``rank`` eigenpairs (LAPACK syevr): O(P rank) memory beyond G's copy,
     # where all P eigenvectors and syevd's workspace would need about 3 more P x P arrays
-    w, V = eigh(G, subset_by_index=[max(P - rank, 0), P - 1], driver="evr")
+    with scipy_blas_single_threaded():  # (see nmfre.core.blas: no spinning pool left for the fit)
+        w, V = eigh(G, subset_by_index=[max(P - rank, 0), P - 1], driver="evr")
     order = np.argsort(-w)[:rank]
     s = np.sqrt(np.maximum(w[order], 1e-300))
     Uu = V[:, order]

@@ -1,0 +1,87 @@
+"""One BLAS thread pool at work during the ML iteration.
+
+numpy's and scipy's wheels (PyPI) each bundle their own OpenBLAS, each with its own pool
+of threads sized to the machine. The ML iteration alternates numpy products with scipy's
+small LAPACK calls (the structured KKT solves, ``nnls``), and after each call a pool's
+threads keep spinning for a while: the two pools' threads then compete with the calling
+thread for the cores. Measured on two cores (benchmarks/results/scale.md, thirteenth
+round): fits of 100 x 2000 and 500 x 5000 data took 1.3-1.7x as long with both pools at
+two threads as with scipy's at one; 2000 x 20000 (numpy's products) and sparse data were
+unchanged.
+
+:func:`scipy_blas_single_threaded` limits scipy's pool to one thread while it is entered,
+only where scipy's BLAS is a different library from numpy's (with one shared BLAS, as in
+most conda environments, it does nothing), and only on the main thread: the OpenBLAS of
+scipy's wheel ignores a limit set from another thread (it still reports its old size), so
+fits run on worker threads (the refit bootstrap's ``workers=``, dask's threaded workers)
+leave the pools as they are. Entered by :func:`nmfre.core.ml.fit_ml` and around the NNDSVD
+start's ``eigh`` (:func:`nmfre.core.passes.nndsvd`): limiting the iteration alone gave no
+gain (measured), probably because scipy's pool, woken by the start, kept spinning into it.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+_LOCK = threading.Lock()
+_STATE: dict[str, Any] = {"depth": 0, "limiter": None, "controller": False}
+
+
+def _package_dirs(module) -> tuple[str, ...]:
+    """Where a package and its wheel's bundled libraries (``numpy.libs``, ``.dylibs``) live."""
+    root = os.path.dirname(os.path.realpath(module.__file__))
+    return root + os.sep, root + ".libs" + os.sep
+
+
+def scipy_blas_controller():
+    """threadpoolctl's controller of scipy's own BLAS pool, or None where scipy shares
+    numpy's BLAS (or either cannot be identified). Found once, then cached."""
+    with _LOCK:
+        if _STATE["controller"] is False:
+            _STATE["controller"] = _find_scipy_blas()
+        return _STATE["controller"]
+
+
+def _find_scipy_blas():
+    import numpy
+    import scipy
+    import scipy.linalg  # noqa: F401  (loads scipy's BLAS, so that it is listed)
+    from threadpoolctl import ThreadpoolController
+
+    controller = ThreadpoolController()
+    blas = [c for c in controller.lib_controllers if c.user_api == "blas"]
+    np_dirs, sp_dirs = _package_dirs(numpy), _package_dirs(scipy)
+
+    def under(c, dirs):
+        path = os.path.realpath(c.filepath)
+        return any(path.startswith(d) for d in dirs)
+
+    ours = [c for c in blas if under(c, sp_dirs)]
+    if len(ours) != 1 or not any(under(c, np_dirs) for c in blas):
+        return None
+    return controller.select(filepath=ours[0].filepath)
+
+
+@contextmanager
+def scipy_blas_single_threaded() -> Iterator[None]:
+    """Limit scipy's own BLAS pool to one thread inside the block, on the main thread (see the
+    module docstring; elsewhere it does nothing). Re-entrant: the outermost block sets the
+    limit and restores what it found."""
+    ctl = scipy_blas_controller()
+    if ctl is None or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    if _STATE["depth"] == 0:
+        _STATE["limiter"] = ctl.limit(limits=1)
+    _STATE["depth"] += 1
+    try:
+        yield
+    finally:
+        _STATE["depth"] -= 1
+        if _STATE["depth"] == 0:
+            _STATE["limiter"].restore_original_limits()
+            _STATE["limiter"] = None
