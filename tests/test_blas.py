@@ -62,7 +62,7 @@ def test_other_threads_leave_the_pool_alone(scipy_pool):
 
 
 def test_no_op_where_blas_is_shared(monkeypatch):
-    monkeypatch.setitem(blas._STATE, "controller", None)
+    monkeypatch.setattr(blas, "scipy_blas_controller", lambda: None)
     with blas.scipy_blas_single_threaded():
         pass
     assert blas._STATE["depth"] == 0

@@ -21,14 +21,14 @@ gain (measured), probably because scipy's pool, woken by the start, kept spinnin
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-_LOCK = threading.Lock()
-_STATE: dict[str, Any] = {"depth": 0, "limiter": None, "controller": False}
+_STATE: dict[str, Any] = {"depth": 0, "limiter": None}  # the main thread's open blocks
 
 
 def _package_dirs(module) -> tuple[str, ...]:
@@ -37,16 +37,10 @@ def _package_dirs(module) -> tuple[str, ...]:
     return root + os.sep, root + ".libs" + os.sep
 
 
+@functools.cache
 def scipy_blas_controller():
     """threadpoolctl's controller of scipy's own BLAS pool, or None where scipy shares
     numpy's BLAS (or either cannot be identified). Found once, then cached."""
-    with _LOCK:
-        if _STATE["controller"] is False:
-            _STATE["controller"] = _find_scipy_blas()
-        return _STATE["controller"]
-
-
-def _find_scipy_blas():
     import numpy
     import scipy
     import scipy.linalg  # noqa: F401  (loads scipy's BLAS, so that it is listed)
