@@ -35,6 +35,16 @@ levels); Theta >= 0 log-normal(1, 0.8) with 30% exact zeros, plus 2 on the inter
 ``U ~ N(0, tau^2)`` with ``tau ~ U(0.3, 1.5)``; multiplicative log-normal(0, 0.3 c) noise on
 the mean plus Gaussian noise of sd ``c / sqrt(P)``, clipped at 0.
 
+A fourth generator, ``--generator hetero`` (:func:`generate_hetero`, dense rungs only), breaks
+the model's assumptions in other ways: anchor features (a tenth of the features per component
+load mainly on it, weights Gamma(2, 1), over a Dirichlet(0.3) background holding about 0.3 of each
+column's mass), 2% of the features all zero, skewed and correlated covariates (a centred
+log-normal ``exp(0.8 z)``, a rare binary with probability 0.1, then Gaussians correlated 0.9 with
+``z``), components on scales ``10^U(-1, 1)`` (weak and strong ones), a random-effect sd per
+component (``U(0.2, 2)`` times its scale: the model's common tau is misspecified) and Gamma noise
+with coefficient of variation ``0.32 c`` around the mean clipped at 0 (heteroscedastic; cells
+with mean 0 are 0).
+
 Targets (issue 17, on two cores): every dense rung converged in <= 100 iterations with
 wall time no more than scikit-learn's (ratio <= 1); 2000 x 20000, Q = 10 in <= 60 s on every
 seed; the sparse rung's ratio <= 3.
@@ -49,6 +59,7 @@ Run::
     python benchmarks/bench_iterations.py --check                # + an independent optimiser at each optimum
     python benchmarks/bench_iterations.py --generator counts --theta free --rungs small,medium
     python benchmarks/bench_iterations.py --generator overlap --rungs small,medium,large
+    python benchmarks/bench_iterations.py --generator hetero --rungs small,medium,large
     python benchmarks/bench_iterations.py --out results.json
     python benchmarks/bench_iterations.py --repeat 1             # one timed run per fit
 
@@ -196,7 +207,44 @@ def generate_overlap(P: int, N: int, Q: int, K: int, seed: int, noise: float = 0
     return np.maximum(Y, 0.0), A
 
 
-GENERATORS = {"ladder": generate, "counts": generate_counts, "overlap": generate_overlap}
+def generate_hetero(P: int, N: int, Q: int, K: int, seed: int, noise: float = 0.3):
+    """One dense data set ``(Y, A)`` of the hetero design (see the module docstring).
+
+    Parameters
+    ----------
+    P, N, Q, K : int
+    seed : int
+    noise : float
+        ``c``: Gamma noise with coefficient of variation ``sqrt(0.1) c`` (shape
+        ``1 / (0.1 c^2)``).
+    """
+    rng = np.random.default_rng([47, seed, P, Q, K])
+    X = 0.3 * rng.dirichlet(np.full(P, 0.3), size=Q).T
+    anchors = rng.permutation(P)[: (P // 10) * Q].reshape(Q, -1)
+    for q in range(Q):
+        X[anchors[q], q] += rng.gamma(2.0, 1.0, anchors.shape[1]) / anchors.shape[1]
+    X[rng.permutation(P)[: max(1, P // 50)]] = 0.0
+    X /= X.sum(axis=0)
+    z = rng.normal(size=N)
+    rows = [np.ones(N)]
+    for k in range(1, K):
+        if k == 1:
+            rows.append(np.exp(0.8 * z) - np.exp(0.32))
+        elif k == 2:
+            rows.append((rng.random(N) < 0.1).astype(float))
+        else:
+            rows.append(0.9 * z + np.sqrt(1.0 - 0.81) * rng.normal(size=N))
+    A = np.vstack(rows)
+    scale = 10.0 ** rng.uniform(-1.0, 1.0, Q)
+    theta = rng.gamma(1.5, 2.0, (Q, K)) * (rng.random((Q, K)) < 0.75) * scale[:, None]
+    theta[:, 0] += 2.0 * scale
+    tau = rng.uniform(0.2, 2.0, Q) * scale
+    M = np.maximum(X @ (theta @ A + tau[:, None] * rng.standard_normal((Q, N))), 0.0)
+    shape = 1.0 / (0.1 * noise**2)
+    return rng.gamma(shape, np.where(M > 0, M / shape, 1.0)) * (M > 0), A
+
+
+GENERATORS = {"ladder": generate, "counts": generate_counts, "overlap": generate_overlap, "hetero": generate_hetero}
 
 
 #: seconds of sleep before each timed run (not timed): OpenBLAS's threads spin for up to about
@@ -238,8 +286,9 @@ def run_one(spec: dict, seed: int, noise: float, sklearn: bool = True, solver: s
     (:data:`nmfre.core.ml.SECOND_ORDER` switched on for this fit).
 
     ``generator``: ``"ladder"`` (:func:`generate`), ``"counts"`` (:func:`generate_counts`,
-    dense only) or ``"overlap"`` (:func:`generate_overlap`, dense only); ``theta``: the sign
-    of Theta in nmfre's fit (``"nonneg"`` or ``"free"``).
+    dense only), ``"overlap"`` (:func:`generate_overlap`, dense only) or ``"hetero"``
+    (:func:`generate_hetero`, dense only); ``theta``: the sign of Theta in nmfre's fit
+    (``"nonneg"`` or ``"free"``).
     """
     import nmfre
     from nmfre.core import ml
@@ -367,7 +416,8 @@ def main(argv=None) -> dict:
                         help="start an independent optimiser (L-BFGS-B, JAX nll) at each nmfre optimum "
                              "and report the nll decrease it finds (needs jax)")
     parser.add_argument("--generator", default="ladder", choices=list(GENERATORS),
-                        help="data generator (default: the ladder's; 'counts' and 'overlap': dense rungs only)")
+                        help="data generator (default: the ladder's; 'counts', 'overlap' and 'hetero': "
+                             "dense rungs only)")
     parser.add_argument("--theta", default="nonneg", choices=["nonneg", "free"], help="sign of Theta in the fits")
     parser.add_argument("--repeat", default="auto",
                         help="timed runs per fit, the fastest reported; 'auto' (default): until they took "

@@ -183,6 +183,28 @@ def test_overlap_generator():
         mod.run_one(dict(P=40, N=100, Q=2, K=2), 0, 0.3, sklearn=False, generator="nope")
 
 
+def test_hetero_generator():
+    """``--generator hetero``: intercept, a centred log-normal ``exp(0.8 z) - exp(0.32)``, a rare
+    binary (probability 0.1) and a Gaussian correlated 0.9 with ``z``; Y >= 0 with 2% of the
+    features all zero; reproducible by seed; the noise level leaves the covariates unchanged;
+    dense rungs only."""
+    mod = load_script(ITER_SCRIPT)
+    Y, A = mod.generate_hetero(100, 5000, 4, 4, seed=5, noise=0.3)
+    assert Y.shape == (100, 5000) and A.shape == (4, 5000) and Y.min() >= 0
+    np.testing.assert_array_equal(A[0], 1.0)
+    z = np.log(A[1] + np.exp(0.32)) / 0.8
+    # sd of the mean of z 0.014, of the binary's share 0.0042, of the correlation about 0.003
+    assert abs(z.mean()) < 0.07 and abs(A[2].mean() - 0.1) < 0.02 and set(np.unique(A[2])) == {0.0, 1.0}
+    assert np.corrcoef(z, A[3])[0, 1] == pytest.approx(0.9, abs=0.02)
+    assert np.sum(Y.sum(axis=1) == 0) == 2
+    Y2, A2 = mod.generate_hetero(100, 5000, 4, 4, seed=5, noise=0.3)
+    np.testing.assert_array_equal(Y, Y2)
+    Yc, Ac = mod.generate_hetero(100, 5000, 4, 4, seed=5, noise=1.0)
+    np.testing.assert_array_equal(A, Ac)  # the noise level moves the noise only
+    with pytest.raises(ValueError, match="dense only"):
+        mod.run_one(dict(P=40, N=100, Q=2, K=2, density=0.1), 0, 0.3, sklearn=False, generator="hetero")
+
+
 def _check_module():
     pytest.importorskip("jax")
     return load_script("benchmarks/check_optimum.py")
