@@ -304,6 +304,56 @@ def test_a_fit_whose_steps_keep_achieving_nothing_converges():
     assert f.converged and f.n_iter <= 200
 
 
+def test_a_failed_direction_that_holds_nothing_is_followed_by_a_fisher_direction(monkeypatch):
+    """After a scoring step that found no decrease and sent no entry of X below 0 (nothing to
+    hold), the next direction is the Fisher one even when the fit has switched to the observed
+    Hessian (``FISHER_AFTER_FAILURE``); the one after that is the observed Hessian's again.
+    Forced: every step switches to the observed Hessian (``MISMATCH = -inf``), the third step
+    fails, and nothing crosses."""
+    d = nmfre.simulate.block_sparse(P=20, N=300, rank=2, K=2, seed=1)
+    Y, A = d["Y"].values, d["A"].values
+    prob = ml.Problem(stats.from_arrays(Y, A), 2, True, "free", 1.0, 1.0, None)
+    flags, calls = [], []
+    real_step, real_direction = ml.scoring_step, ml.step_direction
+
+    def step(prob, st, direction=None):
+        calls.append(1)
+        return None if len(calls) == 3 else real_step(prob, st, direction)
+
+    def direction(prob, st, observed=False, hold=None):
+        flags.append(observed)
+        return real_direction(prob, st, observed, hold)
+
+    monkeypatch.setattr(ml, "MISMATCH", -np.inf)
+    monkeypatch.setattr(ml, "crossing", lambda X, direction: None)
+    monkeypatch.setattr(ml, "scoring_step", step)
+    monkeypatch.setattr(ml, "step_direction", direction)
+    ml.fit_ml(prob, basis.nndsvd(Y, 2), max_iter=5)
+    assert flags == [False, True, True, False, True, True]
+    monkeypatch.setattr(ml, "FISHER_AFTER_FAILURE", False)
+    flags.clear(), calls.clear()
+    ml.fit_ml(prob, basis.nndsvd(Y, 2), max_iter=5)
+    assert flags == [False, True, True, True, True, True]
+
+
+def test_a_fit_at_an_optimum_whose_newton_direction_fails_converges():
+    """The named fault of ``FISHER_AFTER_FAILURE``: on this data set (the iteration benchmark's
+    overlap generator, 50 x 2000, Q = 5, K = 3, seed 0, c = 1, Theta >= 0) the nll settled by
+    iteration 23, where the observed Hessian's direction predicted a decrease of 1.2e-4 (the
+    stationarity measure ``kkt_decrement`` 2.4e-11, the tolerance 7e-7), found none and sent
+    nothing below 0; recomputed unchanged, it failed ten times and the fit stopped as
+    "stalled", not converged, at a point where L-BFGS-B finds no decrease. With the Fisher
+    direction after the failure: converged in 24 iterations, the same nll."""
+    import warnings
+
+    bench = load_script("benchmarks/bench_iterations.py")
+    Y, A = bench.generate_overlap(50, 2000, 5, 3, seed=0, noise=1.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", nmfre.ConvergenceWarning)
+        f = nmfre.fit(Y, A, rank=5, theta="nonneg")
+    assert f.converged and f.stop_reason == "tol" and f.n_iter <= 100
+
+
 def test_a_fit_at_a_fixed_point_of_its_iteration_stops_as_stalled(monkeypatch, orthodont):
     """Iterations that leave X, Theta and the nll unchanged to the bit repeat up to max_iter;
     after ``STALL_PATIENCE`` of them in a row the fit stops, not converged, with
