@@ -205,6 +205,24 @@ def test_hetero_generator():
         mod.run_one(dict(P=40, N=100, Q=2, K=2, density=0.1), 0, 0.3, sklearn=False, generator="hetero")
 
 
+def test_sweep_quick_lists_slow_and_unconverged_fits(tmp_path):
+    """benchmarks/bench_sweep.py: one row per generator and a list of the fits above ``--slow``
+    iterations or not converged (here every fit, with ``--slow 0``); bad arguments refused."""
+    mod = load_script(Path(__file__).parent.parent / "benchmarks" / "bench_sweep.py")
+    out = mod.main(["--quick", "--generators", "ladder,hetero", "--theta", "nonneg", "--slow", "0",
+                    "--out", str(tmp_path / "s.json")])
+    assert [r["generator"] for r in out["runs"]] == ["ladder", "hetero"]
+    assert all(r["converged"] and r["n_iter"] > 0 for r in out["runs"])
+    rows = [line for line in out["table"].splitlines() if line.startswith("| ladder") or line.startswith("| hetero")]
+    assert len(rows) == 2 and out["table"].count("\n* ") == 2
+    assert json.loads((tmp_path / "s.json").read_text())["runs"] == out["runs"]
+    assert mod._ints("0-2") == [0, 1, 2] and mod._ints("50,100") == [50, 100]
+    with pytest.raises(SystemExit, match="unknown nope"):
+        mod.main(["--quick", "--generators", "nope"])
+    with pytest.raises(SystemExit, match="--theta"):
+        mod.main(["--quick", "--theta", "positive"])
+
+
 def _check_module():
     pytest.importorskip("jax")
     return load_script("benchmarks/check_optimum.py")
