@@ -8,7 +8,7 @@ with its stop reason. Data come from the four generators of ``bench_iterations.p
 once with ``nmfre.fit(Y, A, rank=Q, theta=..., max_iter=...)`` (maximum likelihood, default
 tolerance and start).
 
-The default grid (1152 fits, about 6 minutes on two cores) is the one recorded in
+The default grid (1152 fits; 161 s of fitting on two cores, plus the data) is the one recorded in
 ``benchmarks/results/scale.md`` (fourteenth round): P in {50, 100, 200}, N in {500, 2000},
 Q in {2, 3, 5, 8}, K = 3, Theta >= 0 and sign-free, noise c in {0.3, 1}, seeds 0-2,
 ``max_iter`` 2000.
