@@ -395,7 +395,8 @@ def summary(results: dict, specs: dict) -> str:
     return "\n".join(lines)
 
 
-def _seeds(text: str) -> list[int]:
+def int_list(text: str) -> list[int]:
+    """``"0-4"`` (a range, both ends included) or ``"50,100"`` -> list of ints."""
     if "-" in text:
         a, b = text.split("-")
         return list(range(int(a), int(b) + 1))
@@ -435,7 +436,7 @@ def main(argv=None) -> dict:
             raise SystemExit(f"unknown rung {n!r}; rungs: {', '.join(specs)}")
         if args.generator != "ladder" and n not in dense:
             raise SystemExit(f"--generator {args.generator} is dense only; rung {n!r} is sparse")
-    seeds = _seeds(args.seeds)
+    seeds = int_list(args.seeds)
     noises = [float(c) for c in args.noise.split(",")]
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     print(f"cpus usable {cpus}; load average {os.getloadavg()}", flush=True)

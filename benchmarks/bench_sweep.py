@@ -35,15 +35,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # sibling benchmark scripts
 
-from bench_iterations import GENERATORS  # noqa: E402
-
-
-def _ints(text: str) -> list[int]:
-    """``"0-2"`` or ``"50,100"`` -> list of ints."""
-    if "-" in text and "," not in text:
-        lo, hi = (int(v) for v in text.split("-"))
-        return list(range(lo, hi + 1))
-    return [int(v) for v in text.split(",")]
+from bench_iterations import GENERATORS, int_list  # noqa: E402
 
 
 def fit_one(gen: str, P: int, N: int, Q: int, K: int, theta: str, noise: float, seed: int,
@@ -112,8 +104,8 @@ def main(argv=None) -> dict:
     if args.quick:
         grid = itertools.product(gens, [30], [300], [2], thetas, [0.3], [0])
     else:
-        grid = itertools.product(gens, _ints(args.P), _ints(args.N), _ints(args.Q), thetas,
-                                 [float(c) for c in args.noise.split(",")], _ints(args.seeds))
+        grid = itertools.product(gens, int_list(args.P), int_list(args.N), int_list(args.Q), thetas,
+                                 [float(c) for c in args.noise.split(",")], int_list(args.seeds))
     runs = [fit_one(g, P, N, Q, args.K, t, c, s, args.max_iter) for g, P, N, Q, t, c, s in grid]
     table = summary(runs, args.slow)
     print(table)

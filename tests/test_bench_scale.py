@@ -216,7 +216,7 @@ def test_sweep_quick_lists_slow_and_unconverged_fits(tmp_path):
     rows = [line for line in out["table"].splitlines() if line.startswith("| ladder") or line.startswith("| hetero")]
     assert len(rows) == 2 and out["table"].count("\n* ") == 2
     assert json.loads((tmp_path / "s.json").read_text())["runs"] == out["runs"]
-    assert mod._ints("0-2") == [0, 1, 2] and mod._ints("50,100") == [50, 100]
+    assert mod.int_list("0-2") == [0, 1, 2] and mod.int_list("50,100") == [50, 100]
     with pytest.raises(SystemExit, match="unknown nope"):
         mod.main(["--quick", "--generators", "nope"])
     with pytest.raises(SystemExit, match="--theta"):
