@@ -99,10 +99,11 @@ FISHER_AFTER_FAILURE = True
 #: 0.3, Theta >= 0) whose directions each sent 28-42 entries of X below zero, achieved at most
 #: 0.16% of their prediction, and ran to max_iter = 2000 unconverged (8 s); with the switch it
 #: converged in 117 iterations (1.1 s) at an nll 5.9 lower. Over the 1152 fits of
-#: benchmarks/bench_sweep.py 1124 are unchanged to the bit, the iterations fell from 40 468 to
-#: 34 417 and the fits over 100 iterations from 29 to 21 (benchmarks/results/scale.md, fifteenth
-#: round). Only with ``second_order=None`` (the default), and not for sign-free fits of rank >= 2,
-#: whose crawls the degeneracy rule watches (:func:`degeneracy`); None here turns it off
+#: benchmarks/bench_sweep.py 1095 are unchanged to the bit, the iterations fell from 40 468 to
+#: 32 211 and the fits over 100 iterations from 29 to 18 (benchmarks/results/scale.md, fifteenth
+#: round). Only with ``second_order=None`` (the default), and not while a sign-free fit is
+#: degenerating (a pair of components below :data:`DEGENERATE_INDEX`, see :func:`degeneracy`);
+#: None here turns it off
 CRAWL_STEP = 1e-2
 CRAWL_PATIENCE: int | None = 20
 #: relative residual and iteration limit of the conjugate gradients of :func:`newton_direction`
@@ -759,9 +760,9 @@ def fit_ml(prob: Problem, X0: np.ndarray, theta0: np.ndarray | None = None,
     that do not increase the nll). Experimental: see :data:`SECOND_ORDER`. With the default
     (``None``) a complete-data fit that crawls switches to it: after :data:`CRAWL_PATIENCE`
     scoring steps in all that each achieved less than :data:`CRAWL_STEP` times their predicted
-    decrease (or found none), every later iteration is a :func:`second_order_step` (not for
-    sign-free fits of rank >= 2, which the degeneracy rule watches); an explicit ``False`` keeps
-    the scoring steps throughout.
+    decrease (or found none), every later iteration is a :func:`second_order_step` (not while
+    a sign-free fit is degenerating: the degeneracy rule must see its crawl); an explicit
+    ``False`` keeps the scoring steps throughout.
 
     A fit stops with ``stop_reason="stalled"`` (not converged) after :data:`STALL_PATIENCE`
     iterations in a row that leave the state unchanged to the bit (the remaining iterations
@@ -783,10 +784,8 @@ def fit_ml(prob: Problem, X0: np.ndarray, theta0: np.ndarray | None = None,
     watch = not prob.nonneg and prob.rank >= 2
     since: tuple[int, float] | None = None  # (iteration, max |Theta|) when the index first fell
     n_iter = 0
-    # may go on with second_order_step; not a sign-free fit that the degeneracy rule watches,
-    # where a crawl is how a degeneracy shows (the switch let one such fit run on to a Theta of
-    # 3.5e3 and stop as "converged" after 3108 iterations, where the rule stops it at 144)
-    switch = second_order is None and CRAWL_PATIENCE is not None and not watch
+    # may go on with second_order_step (see CRAWL_PATIENCE)
+    switch = second_order is None and CRAWL_PATIENCE is not None
     if second_order is None:
         second_order = SECOND_ORDER if prob.stats.complete else SECOND_ORDER_MISSING
     second = second_order
@@ -823,7 +822,11 @@ def fit_ml(prob: Problem, X0: np.ndarray, theta0: np.ndarray | None = None,
                 observed = True
             if achieved is None or achieved < CRAWL_STEP * direction.decrement:
                 crawl += 1
-            if switch and crawl >= CRAWL_PATIENCE:  # crawling: the bound-constrained steps from here on
+            # crawling: the bound-constrained steps from here on; not while a sign-free fit is
+            # degenerating (its pair of components below DEGENERATE_INDEX), where a crawl is how
+            # the degeneracy shows (switching then let one such fit run on to a Theta of 3.5e3
+            # and stop as "converged" after 3108 iterations, where the rule stops it at 144)
+            if switch and crawl >= CRAWL_PATIENCE and since is None:
                 second = True
         if new is None:
             new, step_max = _squarem_cycle(prob, st, step_max, mstep)
