@@ -391,11 +391,10 @@ def test_a_crawling_fit_goes_on_with_second_order_steps(monkeypatch, patience):
     assert set(kinds[first:]) == {"second"} and len(kinds) - first >= 2
 
 
-def test_a_fit_told_not_to_use_second_order_steps_does_not_switch(monkeypatch):
-    """``second_order=False`` is kept even when the fit crawls (the switch is the default's);
-    ``CRAWL_PATIENCE = None`` turns the switch off."""
-    Y, A = _counts_crawl()
-    prob = ml.Problem(stats.from_arrays(Y, A), 8, True, "free", 1.0, 1.0, None)
+def _spy_crawl(monkeypatch):
+    """``(calls, poor)``: lists that record each ``second_order_step`` call and, for each scoring
+    step, whether it counts towards ``CRAWL_PATIENCE`` (achieved < ``CRAWL_STEP`` of its
+    prediction, or no decrease)."""
     calls, poor = [], []
     real_second, real_step = ml.second_order_step, ml.scoring_step
 
@@ -406,6 +405,15 @@ def test_a_fit_told_not_to_use_second_order_steps_does_not_switch(monkeypatch):
 
     monkeypatch.setattr(ml, "second_order_step", lambda *a, **k: calls.append(1) or real_second(*a, **k))
     monkeypatch.setattr(ml, "scoring_step", step)
+    return calls, poor
+
+
+def test_a_fit_told_not_to_use_second_order_steps_does_not_switch(monkeypatch):
+    """``second_order=False`` is kept even when the fit crawls (the switch is the default's);
+    ``CRAWL_PATIENCE = None`` turns the switch off."""
+    Y, A = _counts_crawl()
+    prob = ml.Problem(stats.from_arrays(Y, A), 8, True, "free", 1.0, 1.0, None)
+    calls, poor = _spy_crawl(monkeypatch)
     X0 = basis.nndsvd(Y, 8)
     ml.fit_ml(prob, X0, max_iter=60, second_order=False)
     assert not calls and sum(poor) >= 20
@@ -427,16 +435,7 @@ def test_a_degenerating_sign_free_fit_does_not_switch(monkeypatch):
     from nmfre.simulate import block_sparse
 
     d = block_sparse(P=60, N=600, rank=5, K=4, seed=2)
-    calls, poor = [], []
-    real_second, real_step = ml.second_order_step, ml.scoring_step
-
-    def step(prob, st, direction=None):
-        new = real_step(prob, st, direction)
-        poor.append(new is None or st.nll - new.nll < ml.CRAWL_STEP * direction.decrement)
-        return new
-
-    monkeypatch.setattr(ml, "second_order_step", lambda *a, **k: calls.append(1) or real_second(*a, **k))
-    monkeypatch.setattr(ml, "scoring_step", step)
+    calls, poor = _spy_crawl(monkeypatch)
     with pytest.warns(nmfre.DegenerateFitWarning):
         f = nmfre.fit(d["Y"], d["A"], rank=5, theta="free")
     assert f.stop_reason == "degenerate"
