@@ -16,7 +16,7 @@ from . import engine
 from . import validation as v
 from .core import dfcap
 from .core.likelihood import LAMBDA_MAX
-from .core.ml import STALL_PATIENCE, degeneracy
+from .core.ml import DEGENERATE_INDEX, STALL_PATIENCE, cancellation, degeneracy
 from .exceptions import ConvergenceWarning, DegenerateFitWarning, IdentifiabilityWarning, SingularFitWarning
 from .labels import Data, check_rank, coerce
 from .results import NMFREFit
@@ -116,13 +116,25 @@ def _degenerate_message(result: NMFREFit) -> str:
     sol = result.solution
     index, i, j = degeneracy(sol.X, sol.theta)
     comp = result.X.coords["component"].values
-    xn = sol.X / np.linalg.norm(sol.X, axis=0)
-    return (f"the sign-free fit is degenerate (stopped after {result.n_iter} iterations): components {comp[i]!r} "
-            f"and {comp[j]!r} have nearly equal basis columns (cosine {float(xn[:, i] @ xn[:, j]):.4f}) and "
-            f"opposite effects (congruence product {index:.3f}) that keep growing (max |Theta| "
-            f"{float(np.max(np.abs(sol.theta))):.3g}): the likelihood keeps rising as the two merge, toward a "
-            "boundary where their effects are not identified. Use theta='nonneg', a smaller rank, or other starts "
-            "(n_init)")
+    size = float(np.max(np.abs(sol.theta)))
+    if index <= DEGENERATE_INDEX:
+        xn = sol.X / np.linalg.norm(sol.X, axis=0)
+        return (f"the sign-free fit is degenerate (stopped after {result.n_iter} iterations): components {comp[i]!r} "
+                f"and {comp[j]!r} have nearly equal basis columns (cosine {float(xn[:, i] @ xn[:, j]):.4f}) and "
+                f"opposite effects (congruence product {index:.3f}) that keep growing (max |Theta| "
+                f"{size:.3g}): the likelihood keeps rising as the two merge, toward a "
+                "boundary where their effects are not identified. Use theta='nonneg', a smaller rank, or other starts "
+                "(n_init)")
+    ratio, sizes = cancellation(sol.X, sol.theta)
+    # the terms larger than the whole fit (the others cancel them), at least two, largest first
+    big = np.argsort(-sizes, kind="stable")[: max(2, int(np.sum(sizes > 1.0)))]
+    names = ", ".join(repr(c) for c in comp[big])
+    terms = ", ".join(f"{s:.3g}" for s in sizes[big])
+    return (f"the sign-free fit is degenerate (stopped after {result.n_iter} iterations): the terms x_q theta_q of "
+            f"components {names} are {terms} times the size of the fitted X Theta and cancel in it (||X Theta||^2 is "
+            f"{ratio:.2e} of the terms' sum of squares), while their effects keep growing (max |Theta| {size:.3g}): "
+            "the likelihood keeps rising toward a boundary where these effects are not identified. Use theta='nonneg', "
+            "a smaller rank, or other starts (n_init)")
 
 
 def _warn_identifiability(data: Data, Q: int, settings: FitSettings) -> None:
