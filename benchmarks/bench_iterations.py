@@ -45,6 +45,12 @@ component (``U(0.2, 2)`` times its scale: the model's common tau is misspecified
 with coefficient of variation ``0.32 c`` around the mean clipped at 0 (heteroscedastic; cells
 with mean 0 are 0).
 
+A fifth generator, ``--generator tied`` (:func:`generate_tied`, dense rungs only), has pairs
+of components that nearly coincide: basis columns Dirichlet(1), every second one replaced by
+``0.8`` times the one before plus ``0.2`` times its own draw; Gaussian covariates; Theta >= 0
+uniform on (0.5, 3) plus 5 on the intercept; heavy-tailed random effects ``0.7 t(3)``;
+Gaussian noise of sd ``0.3 c`` times the sd of the mean (not clipped: Y may be negative).
+
 Targets (issue 17, on two cores): every dense rung converged in <= 100 iterations with
 wall time no more than scikit-learn's (ratio <= 1); 2000 x 20000, Q = 10 in <= 60 s on every
 seed; the sparse rung's ratio <= 3.
@@ -60,6 +66,7 @@ Run::
     python benchmarks/bench_iterations.py --generator counts --theta free --rungs small,medium
     python benchmarks/bench_iterations.py --generator overlap --rungs small,medium,large
     python benchmarks/bench_iterations.py --generator hetero --rungs small,medium,large
+    python benchmarks/bench_iterations.py --generator tied --theta free --rungs small,medium
     python benchmarks/bench_iterations.py --out results.json
     python benchmarks/bench_iterations.py --repeat 1             # one timed run per fit
 
@@ -244,7 +251,30 @@ def generate_hetero(P: int, N: int, Q: int, K: int, seed: int, noise: float = 0.
     return rng.gamma(shape, np.where(M > 0, M / shape, 1.0)) * (M > 0), A
 
 
-GENERATORS = {"ladder": generate, "counts": generate_counts, "overlap": generate_overlap, "hetero": generate_hetero}
+def generate_tied(P: int, N: int, Q: int, K: int, seed: int, noise: float = 0.3):
+    """One dense data set ``(Y, A)`` of the tied design (see the module docstring).
+
+    Parameters
+    ----------
+    P, N, Q, K : int
+    seed : int
+    noise : float
+        ``c``: Gaussian noise of sd ``0.3 c`` times the sd of the mean.
+    """
+    rng = np.random.default_rng([57, seed, P, Q, K])
+    base = rng.dirichlet(np.full(P, 1.0), size=Q).T
+    X = base.copy()
+    for q in range(1, Q, 2):
+        X[:, q] = 0.8 * base[:, q - 1] + 0.2 * base[:, q]
+    A = np.vstack([np.ones(N)] + [rng.normal(size=N) for _ in range(K - 1)])
+    theta = rng.uniform(0.5, 3.0, (Q, K))
+    theta[:, 0] += 5.0
+    M = X @ (theta @ A + 0.7 * rng.standard_t(3, (Q, N)))
+    return M + 0.3 * noise * M.std() * rng.standard_normal(M.shape), A
+
+
+GENERATORS = {"ladder": generate, "counts": generate_counts, "overlap": generate_overlap, "hetero": generate_hetero,
+              "tied": generate_tied}
 
 
 #: seconds of sleep before each timed run (not timed): OpenBLAS's threads spin for up to about
@@ -286,8 +316,9 @@ def run_one(spec: dict, seed: int, noise: float, sklearn: bool = True, solver: s
     (:data:`nmfre.core.ml.SECOND_ORDER` switched on for this fit).
 
     ``generator``: ``"ladder"`` (:func:`generate`), ``"counts"`` (:func:`generate_counts`,
-    dense only), ``"overlap"`` (:func:`generate_overlap`, dense only) or ``"hetero"``
-    (:func:`generate_hetero`, dense only); ``theta``: the sign of Theta in nmfre's fit
+    dense only), ``"overlap"`` (:func:`generate_overlap`, dense only), ``"hetero"``
+    (:func:`generate_hetero`, dense only) or ``"tied"`` (:func:`generate_tied`, dense only);
+    ``theta``: the sign of Theta in nmfre's fit
     (``"nonneg"`` or ``"free"``).
     """
     import nmfre

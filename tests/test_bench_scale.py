@@ -205,6 +205,27 @@ def test_hetero_generator():
         mod.run_one(dict(P=40, N=100, Q=2, K=2, density=0.1), 0, 0.3, sklearn=False, generator="hetero")
 
 
+def test_tied_generator():
+    """``--generator tied``: every second basis column is 0.8 times the one before plus 0.2
+    times its own Dirichlet draw (so their cosine is high), columns on the simplex; Gaussian
+    covariates after the intercept; reproducible by seed; the noise level leaves A unchanged;
+    dense rungs only."""
+    mod = load_script(ITER_SCRIPT)
+    Y, A = mod.generate_tied(60, 400, 4, 3, seed=5, noise=0.3)
+    assert Y.shape == (60, 400) and A.shape == (3, 400)
+    np.testing.assert_array_equal(A[0], 1.0)
+    Y2, A2 = mod.generate_tied(60, 400, 4, 3, seed=5, noise=0.3)
+    np.testing.assert_array_equal(Y, Y2)
+    Yc, Ac = mod.generate_tied(60, 400, 4, 3, seed=5, noise=1.0)
+    np.testing.assert_array_equal(A, Ac)
+    # the noise level moves only the noise, sd 0.3 c sd(M) on the same standard normal draws:
+    # Yc - Y = 0.21 sd(M) z, and sd(Y) = sd(M) (1 + 0.09^2)^(1/2); sd(z) is 1 within 0.01 at
+    # 24 000 draws, so the ratio is 0.21 within 0.005
+    assert float(np.std(Yc - Y)) / float(np.std(Y)) == pytest.approx(0.21, abs=0.005)
+    with pytest.raises(ValueError, match="dense only"):
+        mod.run_one(dict(P=40, N=100, Q=2, K=2, density=0.1), 0, 0.3, sklearn=False, generator="tied")
+
+
 def test_sweep_quick_lists_slow_and_unconverged_fits(tmp_path):
     """benchmarks/bench_sweep.py: one row per generator and a list of the fits above ``--slow``
     iterations or not converged (here every fit, with ``--slow 0``); bad arguments refused."""

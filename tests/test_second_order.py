@@ -181,7 +181,7 @@ def test_face_newton_step_equals_the_dense_newton_step(structured, monkeypatch):
     # rounding noise, which grows into the column sums of the step (1e-16 at the tolerance,
     # 7e-2 fifteen products later): the iterate leaves the constraints, its model value means
     # nothing. Production tolerances (r'z down by 1e-2 or 1e-6) stop far from that regime
-    d, hd, _ = trust.face_cg(hess, model, free, d0, np.zeros_like(x), rtol=1e-6, max_iter=200)
+    d, hd, _, _ = trust.face_cg(hess, model, free, d0, np.zeros_like(x), rtol=1e-6, max_iter=200)
     ref = newton.dense_kkt(H, model.g, free, prob.P, prob.rank)
     pred = lambda v: model.g @ v + 0.5 * v @ H @ v  # noqa: E731
     assert pred(d) == pytest.approx(pred(ref), rel=1e-8)
@@ -354,7 +354,30 @@ def test_face_cg_is_not_stopped_by_a_rise_of_the_preconditioned_residual():
         p, rz = -z + (rzn / rz) * p, rzn
     assert rises and max(rises) > 1e-4  # a rise far from convergence
     free = np.ones(n, bool)
-    d, hd, _ = trust.face_cg(_Hess(H), _Model(g, M), free, np.zeros(n), np.zeros(n), rtol=1e-10, max_iter=200)
+    d, hd, _, _ = trust.face_cg(_Hess(H), _Model(g, M), free, np.zeros(n), np.zeros(n), rtol=1e-10, max_iter=200)
     step = -np.linalg.solve(H, g)
     assert np.linalg.norm(d - step) <= 1e-6 * np.linalg.norm(step)
     np.testing.assert_allclose(hd, H @ d, rtol=1e-10, atol=1e-12)
+
+
+def test_face_cg_says_when_it_stopped_at_its_iteration_limit():
+    """``capped`` is True exactly when CG ran ``max_iter`` iterations without meeting ``rtol``:
+    on an ill-conditioned system (condition 1e3, identity preconditioner) 3 iterations do not
+    reach 1e-10, 200 do (CG is exact in n = 30 steps, up to rounding)."""
+    rng = np.random.default_rng(1)
+    n = 30
+    Qm, _ = np.linalg.qr(rng.normal(size=(n, n)))
+    H = Qm @ np.diag(np.logspace(-3, 0, n)) @ Qm.T
+    g = rng.normal(size=n)
+    free = np.ones(n, bool)
+    hess = _Hess(H)
+    *_, capped = trust.face_cg(hess, _Model(g, np.eye(n)), free, np.zeros(n), np.zeros(n), rtol=1e-10, max_iter=3)
+    assert capped and hess.count == 3
+    d, _, boundary, capped = trust.face_cg(_Hess(H), _Model(g, np.eye(n)), free, np.zeros(n), np.zeros(n),
+                                           rtol=1e-10, max_iter=200)
+    assert not capped and not boundary
+    np.testing.assert_allclose(d, -np.linalg.solve(H, g), rtol=1e-6)
+    # a step ended at the trust region's boundary is not "capped" either
+    *_, boundary, capped = trust.face_cg(_Hess(H), _Model(g, np.eye(n)), free, np.zeros(n), np.zeros(n),
+                                         radius=1e-3, rtol=1e-10, max_iter=3)
+    assert boundary and not capped

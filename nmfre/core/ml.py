@@ -121,6 +121,17 @@ CRAWL_PATIENCE: int | None = 20
 #: with 30-70% of the Hessian products, the same nll within the tolerance
 NEWTON_RTOL = 0.1
 NEWTON_CG_MAX = 10
+#: after this many Newton directions in a row whose conjugate gradients stopped at their
+#: iteration limit, :func:`fit_ml` doubles the limit (from :data:`NEWTON_CG_MAX`, at most
+#: :data:`NEWTON_CG_LIMIT`): where the observed Hessian is ill-conditioned on the face (a
+#: slowly degenerating sign-free fit, two components whose basis columns nearly coincide), ten
+#: CG iterations give a direction whose step achieves what it predicts but predicts little,
+#: and the fit creeps. The named fault: a 50 x 2000, Q = 5 sign-free fit (a generator with
+#: pairs of true basis columns sharing 80% of their mass, seed 0, c = 1) took 1618 capped
+#: directions in a row and 1655 iterations (7 s); with the limit doubled it converged in
+#: 56 at an nll 0.39 lower (benchmarks/results/scale.md, sixteenth round)
+NEWTON_CG_PATIENCE = 5
+NEWTON_CG_LIMIT = 40
 #: starting radius of the Newton steps' trust region, in the information norm (about
 #: ``radius^2 / 2`` units of nll)
 TRUST_RADIUS = 10.0
@@ -457,6 +468,7 @@ class Direction:
     dX: np.ndarray
     dT: np.ndarray
     decrement: float
+    capped: bool = False  # its conjugate gradients stopped at their iteration limit
 
 
 def scoring_direction(prob: Problem, st: State, hold: np.ndarray | None = None) -> Direction | None:
@@ -503,7 +515,8 @@ def hessian(prob: Problem, model: trust.FisherModel, st: State) -> trust.Hessian
     return trust.Hessian(prob.data, model, st.X, st.theta, st.sigma2, st.sigma2 / st.lam, DX=DX, YJ=yj)
 
 
-def newton_direction(prob: Problem, st: State, hold: np.ndarray | None = None) -> Direction | None:
+def newton_direction(prob: Problem, st: State, hold: np.ndarray | None = None,
+                     cg_max: int | None = None) -> Direction | None:
     """The projected Newton direction with the observed Hessian (complete data), or None.
 
     The face is the scoring direction's (:func:`_free_mask`: X entries off their bound, free
@@ -512,9 +525,10 @@ def newton_direction(prob: Problem, st: State, hold: np.ndarray | None = None) -
     :func:`nmfre.core.trust.hessian_product`: two data products each), preconditioned by the
     face's expected information (an exact KKT solve: every iterate keeps the constraints, and
     the first is the Fisher direction scaled to the Hessian's minimum along it), to relative
-    residual :data:`NEWTON_RTOL` or :data:`NEWTON_CG_MAX` iterations
-    (:func:`nmfre.core.trust.face_cg`). None when the first CG direction has non-positive
-    curvature (away from a minimum) or there is no structured solve.
+    residual :data:`NEWTON_RTOL` or ``cg_max`` iterations (default :data:`NEWTON_CG_MAX`;
+    :func:`nmfre.core.trust.face_cg`; ``Direction.capped`` says it stopped there). None when
+    the first CG direction has non-positive curvature (away from a minimum) or there is no
+    structured solve.
     """
     if prob.data is None:
         return None
@@ -526,20 +540,22 @@ def newton_direction(prob: Problem, st: State, hold: np.ndarray | None = None) -
     free = _free_mask(prob, st, gX, gT, model.nV, FX, hold)
     n = model.g.size
     hess = hessian(prob, model, st)
-    res = trust.face_cg(hess, model, free, np.zeros(n), np.zeros(n), rtol=NEWTON_RTOL, max_iter=NEWTON_CG_MAX)
+    res = trust.face_cg(hess, model, free, np.zeros(n), np.zeros(n), rtol=NEWTON_RTOL,
+                        max_iter=NEWTON_CG_MAX if cg_max is None else cg_max)
     if res is None or not np.all(np.isfinite(res[0])):
         return None
     dX, dT, _ = model.split(res[0])
-    return Direction(dX.copy(), dT.copy(), -0.5 * float(np.sum(gX * dX) + np.sum(gT * dT)))
+    return Direction(dX.copy(), dT.copy(), -0.5 * float(np.sum(gX * dX) + np.sum(gT * dT)), res[3])
 
 
 def step_direction(prob: Problem, st: State, observed: bool = False,
-                   hold: np.ndarray | None = None) -> Direction | None:
+                   hold: np.ndarray | None = None, cg_max: int | None = None) -> Direction | None:
     """The direction of :func:`scoring_step`: with ``observed`` (complete data)
-    :func:`newton_direction`, else (or when it gives none) :func:`scoring_direction`;
-    ``hold``: further entries of X held at their value (:func:`_free_mask`)."""
+    :func:`newton_direction` (with ``cg_max``), else (or when it gives none)
+    :func:`scoring_direction`; ``hold``: further entries of X held at their value
+    (:func:`_free_mask`)."""
     if observed and prob.data is not None:
-        d = newton_direction(prob, st, hold)
+        d = newton_direction(prob, st, hold, cg_max)
         if d is not None:
             return d
     return scoring_direction(prob, st, hold)
@@ -796,7 +812,9 @@ def fit_ml(prob: Problem, X0: np.ndarray, theta0: np.ndarray | None = None,
     scoring steps in all that each achieved less than :data:`CRAWL_STEP` times their predicted
     decrease (or found none), every later iteration is a :func:`second_order_step` (not while
     a sign-free fit is degenerating: the degeneracy rule must see its crawl); an explicit
-    ``False`` keeps the scoring steps throughout.
+    ``False`` keeps the scoring steps throughout. The Newton directions' conjugate gradients
+    stop at :data:`NEWTON_CG_MAX` iterations, a limit doubled (up to :data:`NEWTON_CG_LIMIT`)
+    after :data:`NEWTON_CG_PATIENCE` directions in a row that reached it.
 
     A fit stops with ``stop_reason="stalled"`` (not converged) after :data:`STALL_PATIENCE`
     iterations in a row that leave the state unchanged to the bit (the remaining iterations
@@ -831,6 +849,8 @@ def fit_ml(prob: Problem, X0: np.ndarray, theta0: np.ndarray | None = None,
     poor = 0  # scoring steps in a row that achieved less than POOR_STEP of their prediction
     fisher_next = False  # the next direction is the Fisher one whatever `observed` says
     crawl = 0  # scoring steps that achieved less than CRAWL_STEP of their prediction
+    cg_max = NEWTON_CG_MAX  # the Newton directions' CG limit (see NEWTON_CG_PATIENCE)
+    capped = 0  # Newton directions in a row whose CG stopped at cg_max
     direction = None if second else step_direction(prob, st)
     while n_iter < max_iter:
         n_iter += 1
@@ -876,6 +896,11 @@ def fit_ml(prob: Problem, X0: np.ndarray, theta0: np.ndarray | None = None,
         if st.cap_active:
             hits.append(n_iter)
         thr = tol * (1.0 + abs(st.nll))
+        if not second:
+            direction = step_direction(prob, st, observed and not fisher_next, hold, cg_max)
+            capped = capped + 1 if direction is not None and direction.capped else 0
+            if capped >= NEWTON_CG_PATIENCE:  # CG keeps stopping at its limit: raise it
+                cg_max, capped = min(2 * cg_max, NEWTON_CG_LIMIT), 0
         if dec <= thr and dx <= np.sqrt(tol) and kkt_decrement(prob, st) <= thr:
             if second:
                 _, qp = qp_direction(prob, st)
@@ -884,13 +909,9 @@ def fit_ml(prob: Problem, X0: np.ndarray, theta0: np.ndarray | None = None,
                     st = _polish(prob, st)
                     trace[-1] = st.nll
                     break
-            else:
-                direction = step_direction(prob, st, observed and not fisher_next, hold)
-                if direction is None or direction.decrement <= thr:
-                    converged, reason = True, "tol"
-                    break
-        elif not second:
-            direction = step_direction(prob, st, observed and not fisher_next, hold)
+            elif direction is None or direction.decrement <= thr:
+                converged, reason = True, "tol"
+                break
         if still >= STALL_PATIENCE:
             reason = "stalled"
             break

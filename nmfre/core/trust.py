@@ -421,7 +421,8 @@ def face_cg(hess: Hessian, model: FisherModel, free: np.ndarray, d0: np.ndarray,
     fallen by ``rtol**2`` (``rtol`` in its norm) or at ``max_iter``; a rise of ``r'z`` on the
     way is normal for PCG and does not stop it.
 
-    Returns ``(d, H d, on_boundary)`` or None when no step was taken.
+    Returns ``(d, H d, on_boundary, capped)`` or None when no step was taken; ``capped``: CG
+    stopped at ``max_iter`` (not at ``rtol``, the boundary or negative curvature).
     """
     try:
         solver = model.factor(free)
@@ -447,7 +448,7 @@ def face_cg(hess: Hessian, model: FisherModel, free: np.ndarray, d0: np.ndarray,
                 if tau > 0:
                     d, hd, s = d + tau * p, hd + tau * hp, s + tau * p
                     moved = True
-                return (d, hd, True) if moved else None
+                return (d, hd, True, False) if moved else None
         elif not kap > 0:
             break
         d, hd, s = d + a * p, hd + a * hp, s + a * p
@@ -463,7 +464,9 @@ def face_cg(hess: Hessian, model: FisherModel, free: np.ndarray, d0: np.ndarray,
             break
         p = -z + (rzn / rz) * p
         rz = rzn
-    return (d, hd, False) if moved else None
+    else:
+        return (d, hd, False, True) if moved else None
+    return (d, hd, False, False) if moved else None
 
 
 def newton_step(hess: Hessian, model: FisherModel, x: np.ndarray, nonneg: bool, qp: QPStep,
@@ -490,7 +493,7 @@ def newton_step(hess: Hessian, model: FisherModel, x: np.ndarray, nonneg: bool, 
         res = face_cg(hess, model, free, d, hd, radius)
         if res is None:
             break
-        dN, hdN, boundary = res
+        dN, hdN, boundary, _ = res
         radius = np.sqrt(max(radius**2 - float((dN - d) @ model.product(dN - d)), 0.0))
         z = x + dN
         if not np.any(lower & (z < 0)):
