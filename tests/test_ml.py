@@ -269,9 +269,9 @@ def test_poor_steps_in_a_row_hold_the_entries_they_sent_below_zero(monkeypatch, 
         steps.append((st.X, direction, new))
         return new
 
-    def direction(prob, st, observed=False, hold=None):
+    def direction(prob, st, observed=False, hold=None, cg_max=None):
         holds.append(hold)
-        return real_direction(prob, st, observed, hold)
+        return real_direction(prob, st, observed, hold, cg_max)
 
     monkeypatch.setattr(ml, "POOR_STEP", poor_step)
     monkeypatch.setattr(ml, "scoring_step", step)
@@ -320,9 +320,9 @@ def test_a_failed_direction_that_holds_nothing_is_followed_by_a_fisher_direction
         calls.append(1)
         return None if len(calls) == 3 else real_step(prob, st, direction)
 
-    def direction(prob, st, observed=False, hold=None):
+    def direction(prob, st, observed=False, hold=None, cg_max=None):
         flags.append(observed)
-        return real_direction(prob, st, observed, hold)
+        return real_direction(prob, st, observed, hold, cg_max)
 
     monkeypatch.setattr(ml, "MISMATCH", -np.inf)
     monkeypatch.setattr(ml, "crossing", lambda X, direction: None)
