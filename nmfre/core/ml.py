@@ -128,8 +128,8 @@ NEWTON_CG_MAX = 10
 #: CG iterations give a direction whose step achieves what it predicts but predicts little,
 #: and the fit creeps. The named fault: a 50 x 2000, Q = 5 sign-free fit (a generator with
 #: pairs of true basis columns sharing 80% of their mass, seed 0, c = 1) took 1618 capped
-#: directions in a row and 1655 iterations (7 s); with the limit doubled it converged in
-#: 56 at an nll 0.39 lower (benchmarks/results/scale.md, sixteenth round)
+#: directions in a row and 1655 iterations (7.7 s); with this rule it converges in 55 (0.27 s)
+#: at an nll 0.39 lower (benchmarks/results/scale.md, sixteenth round)
 NEWTON_CG_PATIENCE = 5
 NEWTON_CG_LIMIT = 40
 #: starting radius of the Newton steps' trust region, in the information norm (about
