@@ -44,14 +44,14 @@ DENSE_MAX_BLOCKS = 1500
 DEGENERATE_INDEX = -0.95
 DEGENERATE_PATIENCE = 100
 DEGENERATE_GROWTH = 1.5
-#: a sign-free fit is also degenerating while its components' terms cancel: ``||X Theta||^2 <=
-#: CANCEL_RATIO sum_q ||x_q||^2 ||theta_q||^2`` (see :func:`cancellation`; the rule above then
-#: applies unchanged). This catches three or more components that cancel, which no pair shows:
-#: the named fault, a 50 x 2000, Q = 3 fit (the iteration benchmark's hetero generator, seed 2,
-#: c = 0.3) whose pairwise index stayed near -0.88 while max |Theta| grew to 1.8e3 and the nll
-#: fell by 0.03 per 50 iterations, ran to max_iter = 2000. Over the 576 sign-free fits of
-#: benchmarks/bench_sweep.py no converged fit fell below 7.3e-3 anywhere on its path
-#: (benchmarks/results/scale.md, sixteenth round)
+#: a sign-free fit is also degenerating while its components' terms cancel:
+#: ``||X Theta||^2 <= CANCEL_RATIO sum_q ||x_q||^2 ||theta_q||^2`` (see :func:`cancellation`;
+#: the rule above then applies unchanged). This catches three or more components that cancel,
+#: which no pair shows: the named fault, a 50 x 2000, Q = 3 fit (the iteration benchmark's
+#: hetero generator, seed 2, c = 0.3) whose pairwise index stayed near -0.88 while
+#: ``max |Theta|`` grew to 1.8e3 and the nll fell by 0.03 per 50 iterations, ran to max_iter =
+#: 2000. Over the 576 sign-free fits of benchmarks/bench_sweep.py no converged fit fell below
+#: 7.3e-3 anywhere on its path (benchmarks/results/scale.md, sixteenth round)
 CANCEL_RATIO = 5e-3
 #: a fit stops (``stop_reason="stalled"``, not converged) after this many iterations in a row
 #: that leave X, Theta and the nll unchanged to the bit: the iteration is then at a fixed point
