@@ -209,7 +209,7 @@ def test_tied_generator():
     """``--generator tied``: every second basis column is 0.8 times the one before plus 0.2
     times its own Dirichlet draw (so their cosine is high), columns on the simplex; Gaussian
     covariates after the intercept; reproducible by seed; the noise level leaves A unchanged;
-    dense rungs only."""
+    dense rungs only; Y can be negative, so a run with scikit-learn is refused."""
     mod = load_script(ITER_SCRIPT)
     Y, A = mod.generate_tied(60, 400, 4, 3, seed=5, noise=0.3)
     assert Y.shape == (60, 400) and A.shape == (3, 400)
@@ -224,6 +224,9 @@ def test_tied_generator():
     assert float(np.std(Yc - Y)) / float(np.std(Y)) == pytest.approx(0.21, abs=0.005)
     with pytest.raises(ValueError, match="dense only"):
         mod.run_one(dict(P=40, N=100, Q=2, K=2, density=0.1), 0, 0.3, sklearn=False, generator="tied")
+    assert Y.min() < 0  # not clipped: no scikit-learn comparison, refused before any fit
+    with pytest.raises(ValueError, match="negative entries.*--no-sklearn"):
+        mod.run_one(dict(P=40, N=100, Q=2, K=2), 0, 0.3, sklearn=True, generator="tied")
 
 
 def test_sweep_quick_lists_slow_and_unconverged_fits(tmp_path):
