@@ -835,7 +835,7 @@ def fit_ml(prob: Problem, X0: np.ndarray, theta0: np.ndarray | None = None,
     converged = False
     reason = "max_iter"
     watch = not prob.nonneg and prob.rank >= 2
-    since: tuple[int, float] | None = None  # (iteration, max |Theta|) when the index first fell
+    since: tuple[int, float] | None = None  # (iteration, max |Theta|) when the fit began degenerating
     n_iter = 0
     # may go on with second_order_step (see CRAWL_PATIENCE)
     switch = second_order is None and CRAWL_PATIENCE is not None
