@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from helpers import direct_nll, rank2
+from helpers import direct_nll, load_script, rank2
 from scipy.optimize import brentq
 
 from nmfre.core import dfcap
@@ -131,3 +131,52 @@ def test_choose_rate_rule():
 def test_icc_closed_form():
     X = np.array([[0.5], [0.5]])
     assert icc(X, 1.0, 2.0) == pytest.approx(2 * 0.5 / (2 * 0.5 + 2))
+
+
+def test_rounding_in_a_null_direction_of_x_is_not_amplified():
+    """``s = ||R'X v||^2 <= rss d`` exactly, so a rounding residue of ``s`` where ``X'X`` has
+    the eigenvalue 0 (here 1e-15) adds nothing to the quadratic form; unbounded, it would
+    subtract ``1e-15 / 1e-10`` = 1e-5 at the smallest lambda. Exact closed form."""
+    suff = Sufficient(10.0, np.array([1e-15, 2.0]), np.array([0.0, 1.0]), np.full(2, 5.0), 20)
+    for lam in (1e-10, 1e-3, 1.0):
+        assert suff.quad(lam) == 10.0 - 2.0 / (1.0 + lam)
+
+
+def test_an_unresolved_quadratic_form_has_no_finite_likelihood():
+    """A quadratic form at or below ``QUAD_RESOLVED`` times the size of the terms it was
+    computed from (``scale``) is rounding: the nll there is +inf, so no step can be accepted
+    into such a state; above it the nll is the formula's."""
+    from nmfre.core.likelihood import QUAD_RESOLVED
+
+    lam = np.array([1e-2, 1.0, 100.0])
+    clean = Sufficient(10.0, np.array([2.0]), np.array([1.0]), np.full(1, 5.0), 20)
+    noisy = Sufficient(10.0, np.array([2.0]), np.array([1.0]), np.full(1, 5.0), 20, scale=1e13 / QUAD_RESOLVED)
+    assert clean.resolution == QUAD_RESOLVED * 10.0 and noisy.resolution == 1e13
+    assert np.all(np.isfinite(profile_objective(clean, lam, "free")))
+    assert np.all(np.isinf(profile_objective(noisy, lam, "free")))
+    assert np.isinf(nll(noisy, 1.0, 1.0)) and np.isfinite(nll(clean, 1.0, 1.0))
+    for mode in ("sigma2", "tau2"):
+        assert np.all(np.isinf(profile_objective(noisy, lam, mode)))
+
+
+def test_a_fit_through_a_singular_basis_reports_its_true_likelihood():
+    """The named fault of ``QUAD_RESOLVED`` and of the bound in ``Sufficient.quad``: a sign-free
+    fit (the iteration benchmark's ladder generator, 50 x 500, Q = 8, seed 2, c = 1, started
+    from NNDSVD of the singular triplets 2 to 9, without ``TAIL_SPREAD``) whose basis becomes
+    singular after one iteration (smallest singular value 1e-17) accepted a state with Theta
+    1.7e20 whose computed nll (-6.5e4) was rounding (from Y directly: 1.8e8), and the next
+    information matrix overflowed. Now it runs to convergence and its log-likelihood is the one
+    computed from Y directly. Deterministic (no randomness)."""
+    import nmfre
+    from nmfre.core import basis
+
+    bench = load_script("benchmarks/bench_iterations.py")
+    Y, A = bench.generate(50, 500, 8, 3, seed=2, noise=1.0)
+    U, _, Vt = np.linalg.svd(np.asarray(Y), full_matrices=False)
+    X0 = basis.nndsvd_from_svd(U[:, :9], Vt[:9], 9)[:, 1:]
+    f = nmfre.fit(Y, A, rank=8, theta="free", init={"X": X0}, max_iter=2000)
+    assert f.converged
+    sol = f.solution
+    direct = nll(sufficient(np.asarray(Y), sol.X, sol.theta @ np.asarray(A)), sol.sigma2, sol.lam)
+    assert abs(direct - sol.nll) <= 1e-9 * abs(sol.nll)
+    assert np.max(np.abs(sol.theta)) < 1e6

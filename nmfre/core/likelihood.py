@@ -24,6 +24,15 @@ from scipy.optimize import minimize_scalar
 LOG_2PI = float(np.log(2.0 * np.pi))
 LAMBDA_MIN = 1e-10
 LAMBDA_MAX = 1e12
+#: the quadratic form ``rss - sum s / (d + lambda)`` is a difference of terms as large as
+#: :attr:`Sufficient.scale` (``rss`` in dense form; in gram and sparse form, where ``rss`` is
+#: itself ``||Y||^2 - 2 tr(...) + tr(...)``, the sum of those terms' sizes, which grow with
+#: Theta^2): at or below ``QUAD_RESOLVED * scale`` it is not resolved in double precision, and
+#: the likelihood there counts as +inf (:func:`nll`, :func:`profile_objective`), so that no step
+#: is accepted into a state whose nll is rounding. A safeguard: the fault that showed such
+#: states (a sign-free fit through a singular basis, benchmarks/results/scale.md, seventeenth
+#: round) was in dense form and is removed by the bound in :meth:`Sufficient.quad`
+QUAD_RESOLVED = 1e-12
 
 
 @dataclass(frozen=True)
@@ -42,6 +51,9 @@ class Sufficient:
         Number of units of each ``d`` entry's block.
     n_obs : int
         Number of observed entries (``N P`` for complete data).
+    scale : float, optional
+        The size of the terms ``rss`` and ``s`` were computed from (their rounding error is
+        about ``1e-16 scale``); None: ``rss`` (computed directly from the residual).
     """
 
     rss: float
@@ -49,11 +61,22 @@ class Sufficient:
     d: np.ndarray
     w: np.ndarray
     n_obs: int
+    scale: float | None = None
+
+    @property
+    def resolution(self) -> float:
+        """The smallest quadratic form that is resolved: ``QUAD_RESOLVED * scale``."""
+        return QUAD_RESOLVED * (self.rss if self.scale is None else self.scale)
 
     def quad(self, lam):
-        """``||R||^2 - sum s / (d + lambda)`` (vectorised over ``lam``)."""
+        """``||R||^2 - sum s / (d + lambda)`` (vectorised over ``lam``), each ``s`` taken at
+        most ``d rss``: ``s = ||R'X v||^2 <= ||R||_2^2 ||X v||^2 <= rss d`` exactly, so the bound
+        only removes rounding, which otherwise ``1 / (d + lambda)`` amplifies where ``X'X`` is
+        (nearly) singular (a rounding residue of 1e-15 in ``s`` with ``d = 0`` and ``lambda =
+        1e-10`` is 1e-5 of ``rss``)."""
         lam = np.asarray(lam, dtype=float)
-        return self.rss - np.sum(self.s / (self.d + lam[..., None]), axis=-1)
+        s = np.minimum(self.s, self.d * self.rss)
+        return self.rss - np.sum(s / (self.d + lam[..., None]), axis=-1)
 
     def logdet(self, lam):
         """``sum w log(1 + d / lambda)`` (vectorised over ``lam``)."""
@@ -72,8 +95,12 @@ def sufficient(Y: np.ndarray, X: np.ndarray, mean: np.ndarray) -> Sufficient:
 
 
 def nll(suff: Sufficient, sigma2: float, lam: float) -> float:
-    """Marginal negative log-likelihood (with the ``2 pi`` term)."""
+    """Marginal negative log-likelihood (with the ``2 pi`` term); +inf where the quadratic
+    form is not resolved (:data:`QUAD_RESOLVED`)."""
     q = float(suff.quad(lam))
+    res = suff.resolution
+    if res > 0 and q <= res:
+        return np.inf
     return 0.5 * (suff.n_obs * (LOG_2PI + np.log(sigma2)) + float(suff.logdet(lam)) + q / sigma2)
 
 
@@ -81,20 +108,27 @@ def profile_objective(suff: Sufficient, lam, mode: str, sigma2: float = 1.0, tau
     """nll minimised over the free variance given ``lambda`` (vectorised over ``lam``).
 
     ``mode`` is ``"free"`` (sigma2 profiled in closed form), ``"sigma2"`` (sigma2 fixed)
-    or ``"tau2"`` (tau2 fixed, so sigma2 = lambda tau2).
+    or ``"tau2"`` (tau2 fixed, so sigma2 = lambda tau2). +inf where the quadratic form is
+    not resolved (:data:`QUAD_RESOLVED`).
     """
     n = suff.n_obs
     lam = np.asarray(lam, dtype=float)
-    q = np.maximum(suff.quad(lam), 1e-300)
+    raw = suff.quad(lam)
+    q = np.maximum(raw, 1e-300)
     ld = suff.logdet(lam)
     if mode == "free":
-        return 0.5 * (n * (LOG_2PI + np.log(q / n) + 1.0) + ld)
-    if mode == "sigma2":
-        return 0.5 * (n * (LOG_2PI + np.log(sigma2)) + ld + q / sigma2)
-    if mode == "tau2":
+        out = 0.5 * (n * (LOG_2PI + np.log(q / n) + 1.0) + ld)
+    elif mode == "sigma2":
+        out = 0.5 * (n * (LOG_2PI + np.log(sigma2)) + ld + q / sigma2)
+    elif mode == "tau2":
         s2 = lam * tau2
-        return 0.5 * (n * (LOG_2PI + np.log(s2)) + ld + q / s2)
-    raise ValueError(f"unknown profile mode {mode!r}")
+        out = 0.5 * (n * (LOG_2PI + np.log(s2)) + ld + q / s2)
+    else:
+        raise ValueError(f"unknown profile mode {mode!r}")
+    res = suff.resolution
+    if res > 0:
+        out = np.where(raw <= res, np.inf, out)
+    return out
 
 
 def variances_at(suff: Sufficient, lam: float, mode: str, sigma2: float, tau2: float):

@@ -208,11 +208,12 @@ def sufficient(prob: Problem, X: np.ndarray, theta: np.ndarray) -> Sufficient:
     ms = prob.moments(X, theta)
     db, V = np.linalg.eigh(_stack([m.XtX for m in ms]))
     s = np.einsum("bqa,bqr,bra->ba", V, _stack([m.WR for m in ms]), V)
-    rss = 0.0
+    rss = scale = 0.0
     for m in ms:
         rss += m.rss
+        scale += m.rss if m.rss_scale is None else m.rss_scale
     w = np.repeat(prob.stats.unit_weights, db.shape[1])
-    return Sufficient(rss, s.ravel(), np.maximum(db, 0.0).ravel(), w, prob.stats.n_obs)
+    return Sufficient(rss, s.ravel(), np.maximum(db, 0.0).ravel(), w, prob.stats.n_obs, scale)
 
 
 # ----------------------------------------------------------------------------- exact blocks

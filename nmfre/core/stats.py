@@ -35,7 +35,9 @@ FORMS = ("dense", "gram", "sparse")
 class Moments:
     """What one block contributes at ``(X, Theta)`` (plain arrays).
 
-    ``XtX = X_O'X_O``; ``XtYA = X_O'Y A'``; ``WR = X_O'R R'X_O``; ``rss = ||R||^2``;
+    ``XtX = X_O'X_O``; ``XtYA = X_O'Y A'``; ``WR = X_O'R R'X_O``; ``rss = ||R||^2``
+    (``rss_scale``: in gram and sparse form, the sum of the sizes of the three terms it is
+    computed from, its rounding error about ``1e-16 rss_scale``; None in dense form);
     ``YRtX = Y R' X_O`` (``P_O x Q``); ``C1 = Theta AA' Theta'``; ``DX``: the first product of
     the data with ``X_O`` it took, ``G X_O`` (gram form, reused by
     :class:`nmfre.core.trust.Hessian`) or ``Y'X_O`` (sparse form; None in dense form). In
@@ -55,6 +57,7 @@ class Moments:
     residual: Callable[[], np.ndarray] = field(repr=False)
     C1: np.ndarray
     DX: np.ndarray | None = None
+    rss_scale: float | None = None
 
     @cached_property
     def YRtX(self) -> np.ndarray:
@@ -120,15 +123,21 @@ class Block:
         if self.form == "sparse":
             DX = np.asarray(self.Y.T @ Xb)
             XtR = DX.T - XtX @ (theta @ self.A)  # Q x N, never P x N
-            rss = self.trG - 2.0 * float(np.sum(theta * XtYA)) + float(np.sum(C1 * XtX))
-            return Moments(Xb, XtX, XtYA, XtR @ XtR.T, rss, lambda: np.asarray(self.Y @ XtR.T), C1, DX)
+            rss, scale = self._rss(theta, XtYA, C1, XtX)
+            return Moments(Xb, XtX, XtYA, XtR @ XtR.T, rss, lambda: np.asarray(self.Y @ XtR.T), C1, DX, scale)
         GX = self.G @ Xb
         XtGX = Xb.T @ GX
         T = XtYA @ theta.T @ XtX
         WR = XtGX - T - T.T + XtX @ C1 @ XtX
-        rss = self.trG - 2.0 * float(np.sum(theta * XtYA)) + float(np.sum(C1 * XtX))
+        rss, scale = self._rss(theta, XtYA, C1, XtX)
         YRtX = GX - self.YA @ theta.T @ XtX
-        return Moments(Xb, XtX, XtYA, 0.5 * (WR + WR.T), rss, lambda: YRtX, C1, GX)
+        return Moments(Xb, XtX, XtYA, 0.5 * (WR + WR.T), rss, lambda: YRtX, C1, GX, scale)
+
+    def _rss(self, theta: np.ndarray, XtYA: np.ndarray, C1: np.ndarray, XtX: np.ndarray):
+        """``||Y - X_O Theta A||^2`` from the block's statistics, and the sum of the sizes of
+        its three terms (see :attr:`Moments.rss_scale`)."""
+        cross, fitted = 2.0 * float(np.sum(theta * XtYA)), float(np.sum(C1 * XtX))
+        return self.trG - cross + fitted, self.trG + abs(cross) + abs(fitted)
 
 
 @dataclass(frozen=True)
