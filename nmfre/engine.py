@@ -35,7 +35,7 @@ PAPER_SCALE = (1e-5, 1e5)
 
 @dataclass(frozen=True)
 class Start:
-    """One starting point: a name (``"nndsvd"``, ``"random"``, ``"custom"``, ``"warm"``),
+    """One starting point: a name (``"nndsvd-tail"``, ``"nndsvd"``, ``"random"``, ``"custom"``, ``"warm"``),
     a basis and optionally Theta and U."""
 
     name: str
@@ -116,19 +116,36 @@ def check_estimable(Y, A: np.ndarray, settings: FitSettings) -> dict:
 
 
 # ----------------------------------------------------------------------------- starts
+#: ``init="nndsvd-tail"``: each column of the start is ``(w + f / P) / (1 + f)`` with ``f`` this
+#: share. Without it the columns (sign parts of singular vectors after the leading one) can sit
+#: on one or two features: over the 1728 fits of benchmarks/bench_sweep.py's grid and six
+#: generators two then failed (a basis that became singular: a Cholesky failure, and a fit
+#: judged unbounded), with 0.1 and 0.5 none (benchmarks/results/scale.md, seventeenth round)
+TAIL_SPREAD = 0.5
+
 def make_starts(Y, Q: int, settings: FitSettings, rng: np.random.Generator, values: dict | None = None,
                 stats: Stats | None = None, info: dict | None = None) -> list[Start]:
-    """The starts of a fit: explicit ``values``, or NNDSVD/random then ``n_init - 1`` random.
+    """The starts of a fit: explicit ``values``, or the settings' start (NNDSVD of the
+    triplets 2 to ``Q + 1``, NNDSVD, or random) then ``n_init - 1`` random.
 
     NNDSVD comes from the solver's gram statistics when Y is complete, non-negative and held
     as a gram (large and lazy data: no copy of Y, one extra pass), else from Y itself
-    (missing entries at their feature's mean).
+    (missing entries at their feature's mean). ``"nndsvd-tail"`` (see :data:`TAIL_SPREAD`)
+    needs ``Q >= 2`` and ``Q + 2 <= min(P, N)``; otherwise the first start is plain NNDSVD and
+    is named so.
     """
     if values is not None:
         return [Start("custom", values["X"], values.get("theta"), values.get("U"))]
-    P = Y.shape[0]
-    first = Start("nndsvd", _nndsvd(Y, Q, stats, info)) if settings.init == "nndsvd" else \
-        Start("random", basis.random_basis(P, Q, rng))
+    P, N = Y.shape
+    if settings.init == "random":
+        first = Start("random", basis.random_basis(P, Q, rng))
+    elif settings.init == "nndsvd-tail" and Q >= 2 and Q + 2 <= min(P, N):
+        # the leading triplet's column (a profile close to the mean of Y) left out, and
+        # TAIL_SPREAD of each column's mass spread evenly
+        W = _nndsvd(Y, Q + 1, stats, info)[:, 1:]
+        first = Start("nndsvd-tail", basis.normalise_columns(W + TAIL_SPREAD / P))
+    else:
+        first = Start("nndsvd", _nndsvd(Y, Q, stats, info))
     return [first] + [Start("random", basis.random_basis(P, Q, rng)) for _ in range(settings.n_init - 1)]
 
 

@@ -47,9 +47,14 @@ def fit(Y: Any, A: Any = None, rank: int = 2, *, method: str = "ml", theta: str 
     df_cap : None, float in (0, 1] or "auto"
         The df cap rate (``df_U <= max(rate N Q, 1)``); ``"auto"`` picks the rate with
         nmfkc 0.7.0's scan rule (:func:`df_scan`).
-    init : {"nndsvd", "random"} or dict
-        Starting basis: deterministic NNDSVD, random simplex columns, or explicit
-        values ``{"X": ..., "theta": ..., "U": ...}`` (theta/U optional).
+    init : {"nndsvd", "nndsvd-tail", "random"} or dict
+        Starting basis: deterministic NNDSVD (Boutsidis & Gallopoulos 2008);
+        ``"nndsvd-tail"``, also deterministic, NNDSVD built from the singular triplets 2 to
+        ``rank + 1`` of ``max(Y, 0)``, leaving out the leading one (whose column, a profile
+        close to the mean of Y, can hold one component on a long plateau: see the methods
+        page), with a third of each column's mass spread evenly (plain NNDSVD, and reported
+        so, at ``rank = 1``); random simplex columns; or explicit values ``{"X": ...,
+        "theta": ..., "U": ...}`` (theta/U optional).
     n_init : int
         Number of starts; starts after the first are random. The fit with the best
         likelihood is kept; all are reported in ``fit.restarts``.

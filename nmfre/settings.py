@@ -12,7 +12,7 @@ from . import validation as v
 
 METHODS = ("ml", "paper")
 THETAS = ("free", "nonneg")
-INITS = ("nndsvd", "random")
+INITS = ("nndsvd", "nndsvd-tail", "random")
 DEFAULT_TOL = {"ml": 1e-10, "paper": 1e-5}
 DEFAULT_MAX_ITER = {"ml": 5000, "paper": 50000}
 
@@ -29,7 +29,7 @@ class FitSettings:
     method : {"ml", "paper"}
     theta : {"free", "nonneg"}
     df_cap : None, float in (0, 1] or "auto"
-    init : {"nndsvd", "random", "custom"}
+    init : {"nndsvd", "nndsvd-tail", "random", "custom"}
         ``"custom"`` when explicit starting values are given.
     n_init : int
     max_iter : int
@@ -72,7 +72,8 @@ class FitSettings:
                                       f"got {type(init).__name__}")
         n_init = v.integer(n_init, "n_init")
         if init == "custom" and n_init > 1:
-            raise ValueError("n_init > 1 needs init='nndsvd' or 'random', not explicit starting values")
+            raise ValueError("n_init > 1 needs init='nndsvd', 'nndsvd-tail' or 'random', not explicit "
+                             "starting values")
         return cls(method=method, theta=theta, df_cap=check_df_cap(df_cap), init=init, n_init=n_init,
                    max_iter=DEFAULT_MAX_ITER[method] if max_iter is None else v.integer(max_iter, "max_iter"),
                    tol=DEFAULT_TOL[method] if tol is None else v.positive_float(tol, "tol"),
