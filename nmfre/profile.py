@@ -44,6 +44,7 @@ from .core import dfcap
 from .core.basis import project_simplex
 from .core.likelihood import LOG_2PI, Sufficient, optimize_lambda
 from .core.likelihood import nll as nll_of
+from .core.stats import gram_rss
 
 if TYPE_CHECKING:
     from .results import NMFREFit
@@ -121,14 +122,15 @@ class Likelihood:
     def sufficient(self, X: np.ndarray, theta: np.ndarray) -> Sufficient:
         """:class:`~nmfre.core.likelihood.Sufficient` at ``(X, Theta)`` from the gram statistics."""
         XtX = X.T @ X
-        C = (X.T @ self.YA) @ theta.T
+        XtYA = X.T @ self.YA
+        C = XtYA @ theta.T
         TAT = theta @ self.AA @ theta.T
-        rss = self.trG - 2.0 * float(np.trace(C)) + float(np.sum(TAT * XtX))
+        rss, scale = gram_rss(self.trG, theta, XtYA, TAT, XtX)
         XRRX = X.T @ self.G @ X - C @ XtX - XtX @ C.T + XtX @ TAT @ XtX
         d, V = np.linalg.eigh(XtX)
         s = np.einsum("qa,qr,ra->a", V, XRRX, V)
         return Sufficient(max(rss, 0.0), np.maximum(s, 0.0), np.maximum(d, 0.0), np.full(d.size, float(self.N)),
-                          self.n_obs)
+                          self.n_obs, scale)
 
     def nll(self, suff: Sufficient, sigma2: float, lam: float) -> float:
         """Marginal nll (``lam = inf``: no random effects)."""

@@ -151,3 +151,23 @@ def test_profile_is_a_study_method():
     pt = ds["point"].sel(method="profile").values
     assert np.all(np.isfinite(lo)) and np.all(lo < pt) and np.all(pt < hi)
     np.testing.assert_allclose(pt, ds["point"].sel(method="wald").values, rtol=1e-6)
+
+
+def test_the_profile_likelihood_has_the_solvers_statistics(orthodont):
+    """The profile's gram statistics at a point equal the ML solver's (gram form): the residual
+    sum of squares, its terms' size (the rounding guard of ``QUAD_RESOLVED``), ``s`` and ``d``,
+    to rounding."""
+    from nmfre.core import ml, stats
+    from nmfre.profile import Likelihood
+
+    Y, A = (np.asarray(a, float) for a in orthodont)
+    f = nmfre.fit(Y, A, rank=2)
+    X, theta = f.solution.X, f.solution.theta
+    ours = Likelihood(Y, A).sufficient(X, theta)
+    prob = ml.Problem(stats.from_arrays(Y, A, "gram"), 2, False, "free", 1.0, 1.0, None)
+    solver = ml.sufficient(prob, X, theta)
+    for a, b in ((ours.rss, solver.rss), (ours.scale, solver.scale)):
+        assert abs(a - b) <= 1e-10 * abs(b)
+    np.testing.assert_allclose(ours.s, solver.s, rtol=1e-8, atol=1e-10 * solver.scale)
+    np.testing.assert_allclose(ours.d, solver.d, rtol=1e-10, atol=1e-14)
+    assert solver.scale > solver.rss > 0

@@ -123,21 +123,23 @@ class Block:
         if self.form == "sparse":
             DX = np.asarray(self.Y.T @ Xb)
             XtR = DX.T - XtX @ (theta @ self.A)  # Q x N, never P x N
-            rss, scale = self._rss(theta, XtYA, C1, XtX)
+            rss, scale = gram_rss(self.trG, theta, XtYA, C1, XtX)
             return Moments(Xb, XtX, XtYA, XtR @ XtR.T, rss, lambda: np.asarray(self.Y @ XtR.T), C1, DX, scale)
         GX = self.G @ Xb
         XtGX = Xb.T @ GX
         T = XtYA @ theta.T @ XtX
         WR = XtGX - T - T.T + XtX @ C1 @ XtX
-        rss, scale = self._rss(theta, XtYA, C1, XtX)
+        rss, scale = gram_rss(self.trG, theta, XtYA, C1, XtX)
         YRtX = GX - self.YA @ theta.T @ XtX
         return Moments(Xb, XtX, XtYA, 0.5 * (WR + WR.T), rss, lambda: YRtX, C1, GX, scale)
 
-    def _rss(self, theta: np.ndarray, XtYA: np.ndarray, C1: np.ndarray, XtX: np.ndarray):
-        """``||Y - X_O Theta A||^2`` from the block's statistics, and the sum of the sizes of
-        its three terms (see :attr:`Moments.rss_scale`)."""
-        cross, fitted = 2.0 * float(np.sum(theta * XtYA)), float(np.sum(C1 * XtX))
-        return self.trG - cross + fitted, self.trG + abs(cross) + abs(fitted)
+
+def gram_rss(trG: float, theta: np.ndarray, XtYA: np.ndarray, C1: np.ndarray, XtX: np.ndarray):
+    """``(rss, scale)``: ``||Y - X Theta A||^2 = ||Y||^2 - 2 tr(Theta' X'YA') + tr(C1 X'X)`` from
+    gram statistics (``trG = ||Y||^2``, ``XtYA = X'YA'``, ``C1 = Theta AA' Theta'``), and the sum of
+    the three terms' sizes, the scale of its rounding error (:attr:`Moments.rss_scale`)."""
+    cross, fitted = 2.0 * float(np.sum(theta * XtYA)), float(np.sum(C1 * XtX))
+    return trG - cross + fitted, trG + abs(cross) + abs(fitted)
 
 
 @dataclass(frozen=True)
