@@ -68,6 +68,7 @@ Run::
     python benchmarks/bench_iterations.py --generator overlap --rungs small,medium,large
     python benchmarks/bench_iterations.py --generator hetero --rungs small,medium,large
     python benchmarks/bench_iterations.py --generator tied --theta free --rungs small,medium --no-sklearn
+    python benchmarks/bench_iterations.py --init nndsvd-tail       # nmfre's other deterministic start
     python benchmarks/bench_iterations.py --out results.json
     python benchmarks/bench_iterations.py --repeat 1             # one timed run per fit
 
@@ -276,6 +277,8 @@ def generate_tied(P: int, N: int, Q: int, K: int, seed: int, noise: float = 0.3)
 
 #: generators whose Y can be negative (no scikit-learn comparison)
 SIGNED = frozenset({"tied"})
+#: nmfre's deterministic starts (``--init``)
+INITS = ("nndsvd", "nndsvd-tail")
 GENERATORS = {"ladder": generate, "counts": generate_counts, "overlap": generate_overlap, "hetero": generate_hetero,
               "tied": generate_tied}
 
@@ -303,7 +306,7 @@ def timed(fn, repeat: int | str = "auto"):
 
 def run_one(spec: dict, seed: int, noise: float, sklearn: bool = True, solver: str = "default",
             check: bool = False, generator: str = "ladder", theta: str = "nonneg",
-            repeat: int | str = "auto") -> dict:
+            repeat: int | str = "auto", init: str = "nndsvd") -> dict:
     """Fit nmfre and scikit-learn on one data set; wall and CPU seconds, iterations, nll.
 
     Each side's time is the fastest of ``repeat`` runs (:func:`timed`; ``wall_all_s`` lists
@@ -322,11 +325,14 @@ def run_one(spec: dict, seed: int, noise: float, sklearn: bool = True, solver: s
     dense only), ``"overlap"`` (:func:`generate_overlap`, dense only), ``"hetero"``
     (:func:`generate_hetero`, dense only) or ``"tied"`` (:func:`generate_tied`, dense only);
     ``theta``: the sign of Theta in nmfre's fit
-    (``"nonneg"`` or ``"free"``).
+    (``"nonneg"`` or ``"free"``); ``init``: nmfre's start (``"nndsvd"``, the package default,
+    or ``"nndsvd-tail"``; the fit's ``restarts`` name the start it used).
     """
     import nmfre
     from nmfre.core import ml
 
+    if init not in INITS:
+        raise ValueError(f"unknown init {init!r}; deterministic starts: {', '.join(INITS)}")
     if generator not in GENERATORS:
         raise ValueError(f"unknown generator {generator!r}; generators: {', '.join(GENERATORS)}")
     if sklearn and generator in SIGNED:
@@ -338,20 +344,20 @@ def run_one(spec: dict, seed: int, noise: float, sklearn: bool = True, solver: s
         Y, A = GENERATORS[generator](spec["P"], spec["N"], spec["Q"], spec["K"], seed, noise)
     else:
         Y, A = generate(spec["P"], spec["N"], spec["Q"], spec["K"], seed, noise, spec.get("density"))
-    rec = {"seed": seed, "noise": noise, "generator": generator, "theta": theta}
+    rec = {"seed": seed, "noise": noise, "generator": generator, "theta": theta, "init": init}
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         saved = ml.SECOND_ORDER, ml.OBSERVED_HESSIAN
         ml.SECOND_ORDER = solver == "second-order" or (saved[0] and solver == "default")
         ml.OBSERVED_HESSIAN = saved[1] and solver != "fisher"
         try:
-            fit, wall, cpu, walls = timed(lambda: nmfre.fit(Y, A, rank=spec["Q"], theta=theta), repeat)
+            fit, wall, cpu, walls = timed(lambda: nmfre.fit(Y, A, rank=spec["Q"], theta=theta, init=init), repeat)
         finally:
             ml.SECOND_ORDER, ml.OBSERVED_HESSIAN = saved
         rec["solver"] = solver
         rec["nmfre"] = {"wall_s": wall, "cpu_s": cpu, "wall_all_s": walls,
                         "n_iter": int(fit.n_iter), "converged": bool(fit.converged), "nll": float(-fit.loglik),
-                        "stop_reason": fit.stop_reason,
+                        "stop_reason": fit.stop_reason, "start": str(fit.restarts["init"].iloc[0]),
                         "warnings": sorted({f"{w.category.__name__}: {str(w.message)[:120]}" for w in caught})}
     if check:
         from check_optimum import check_fit  # (benchmarks/ is on sys.path: see the imports)
@@ -409,8 +415,8 @@ def summary(results: dict, specs: dict) -> str:
         spec = specs[name]
         data = (f"{'sparse' if spec.get('density') else 'dense'} {spec['P']}×{spec['N']}, Q={spec['Q']}, "
                 f"K={spec['K']}" + (f", {spec['density']:.0%}" if spec.get("density") else ""))
-        gens = sorted({(r.get("generator", "ladder"), r.get("theta", "nonneg")) for r in runs})
-        data += "".join(f", {g} generator, Theta {t}" for g, t in gens)
+        gens = sorted({(r.get("generator", "ladder"), r.get("theta", "nonneg"), r.get("init", "nndsvd")) for r in runs})
+        data += "".join(f", {g} generator, Theta {t}, init {i}" for g, t, i in gens)
         for c in sorted({r["noise"] for r in runs}):
             rr = [r for r in runs if r["noise"] == c]
             it = [r["nmfre"]["n_iter"] for r in rr]
@@ -457,6 +463,8 @@ def main(argv=None) -> dict:
                         help="data generator (default: the ladder's; 'counts', 'overlap' and 'hetero': "
                              "dense rungs only)")
     parser.add_argument("--theta", default="nonneg", choices=["nonneg", "free"], help="sign of Theta in the fits")
+    parser.add_argument("--init", default="nndsvd", choices=list(INITS),
+                        help="nmfre's start (default 'nndsvd', the package default)")
     parser.add_argument("--repeat", default="auto",
                         help="timed runs per fit, the fastest reported; 'auto' (default): until they took "
                              "1 s together, at most 5")
@@ -483,7 +491,7 @@ def main(argv=None) -> dict:
         for c in noises:
             for s in seeds:
                 rec = run_one(specs[n], s, c, sklearn=not args.no_sklearn, solver=args.solver, check=args.check,
-                              generator=args.generator, theta=args.theta, repeat=args.repeat)
+                              generator=args.generator, theta=args.theta, repeat=args.repeat, init=args.init)
                 results[n].append(rec)
                 m = rec["nmfre"]
                 line = (f"{n} c={c:g} seed={s}: nmfre {m['wall_s']:.3g} s, {m['n_iter']} it, "

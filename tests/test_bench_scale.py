@@ -280,3 +280,17 @@ def test_independent_optimiser_agrees_at_the_optimum_and_finds_an_unconverged_po
     res = chk.check_fit(Y, A, early, nonneg=True, maxiter=200)
     assert res["agree"] <= 1e-9 * abs(res["nll_nmfre"])
     assert res["decrease"] > 100 * res["tol"]
+
+
+def test_iteration_ladder_runs_the_other_deterministic_start():
+    """``--init nndsvd-tail``: nmfre's fits use that start (the fit's own record of its start
+    says so) and the summary's data column names it; an unknown start is refused before any
+    fitting."""
+    mod = load_script(ITER_SCRIPT)
+    spec = mod.rungs(quick=True)["small"]
+    rec = mod.run_one(spec, 0, 0.3, sklearn=False, init="nndsvd-tail", repeat=1)
+    assert rec["init"] == rec["nmfre"]["start"] == "nndsvd-tail" and rec["nmfre"]["converged"]
+    assert "init nndsvd-tail" in mod.summary({"small": [rec]}, {"small": spec})
+    assert mod.run_one(spec, 0, 0.3, sklearn=False, repeat=1)["nmfre"]["start"] == "nndsvd"
+    with pytest.raises(ValueError, match="unknown init 'random'"):
+        mod.run_one(spec, 0, 0.3, sklearn=False, init="random")
