@@ -39,7 +39,7 @@ from numpyro.infer.util import constrain_fn, potential_energy, unconstrain_fn
 from . import models
 
 __all__ = ["TRACES", "Settings", "batch_runner", "check_chees", "chees_loop", "clear_cache", "hessian_fd",
-           "laplace", "model_function", "potential", "prepare", "runner"]
+           "laplace", "model_function", "potential", "prepare", "runner", "swap_replicas"]
 
 #: number of traces (compilations) per :class:`Settings`
 TRACES: Counter = Counter()
@@ -88,6 +88,9 @@ class Settings:
         ``"nuts"`` (NumPyro's NUTS, :func:`_chain`) or ``"chees"`` (BlackJAX's ChEES-HMC
         with an ensemble-adapted step size, trajectory length and diagonal metric,
         :func:`_chees`; chains vectorised).
+    betas : tuple of float
+        ChEES-HMC with replica exchange: the inverse temperatures of each chain's ladder
+        (``1 = b_0 > b_1 > ...``, see :func:`chees_loop`); ``()``: no tempering.
     """
 
     model: str
@@ -111,6 +114,7 @@ class Settings:
     theta_coords: str = "direct"
     theta_draws: int = 16
     kernel: str = "nuts"
+    betas: tuple = ()
 
 
 def model_function(s: Settings, predictive: bool = False):
@@ -353,8 +357,43 @@ def check_chees(chain_method: str, theta_coords: str, num_chains: int, num_warmu
         raise ImportError("kernel='chees' needs the blackjax package (pip install blackjax)") from exc
 
 
+def swap_replicas(states, betas, rungs, parity, key):
+    """One round of replica exchange between neighbouring temperatures of every ladder.
+
+    Replica ``c`` sits at inverse temperature ``betas[c]`` (its ladder position ``rungs[c]``,
+    0 the cold one; the replicas of a ladder are consecutive) and holds a position ``v = sqrt(b)
+    u`` in coordinates scaled to its temperature, with log density ``b l(u)`` and its
+    gradient. The pairs ``(t, t + 1)`` with ``t = parity`` modulo 2 propose to exchange their
+    states (the deterministic even-odd scheme: alternating the parity makes the exchanges
+    non-reversible, Okabe et al. 2001, Syed et al. 2022), accepted with probability ``min(1,
+    exp((b_t - b_t+1) (l(u_t+1) - l(u_t))))``. An exchanged state is carried to its new
+    temperature exactly: ``v`` and the gradient scaled by ``sqrt(b_new / b_old)``, the log
+    density by ``b_new / b_old`` (no new evaluation of the density).
+
+    Returns ``(states, accept)``: ``accept[c]`` is the acceptance probability of the pair whose
+    lower member is ``c`` (0 where ``c`` proposes nothing as the lower member).
+    """
+    C = betas.shape[0]
+    ell = states.logdensity / betas
+    n = jnp.max(rungs) + 1
+    lower = ((rungs - parity) % 2 == 0) & (rungs + 1 < n)
+    upper = ((rungs - 1 - parity) % 2 == 0) & (rungs >= 1)
+    idx = jnp.arange(C)
+    partner = jnp.where(lower, idx + 1, jnp.where(upper, idx - 1, idx))
+    log_ratio = (betas - betas[partner]) * (ell[partner] - ell)
+    accept_low = lower & (jnp.log(jax.random.uniform(key, (C,))) < log_ratio)
+    swap = accept_low | (upper & accept_low[jnp.clip(idx - 1, 0, C - 1)])
+    root = jnp.sqrt(betas / betas[partner])
+    states = states._replace(
+        position=jnp.where(swap[:, None], root[:, None] * states.position[partner], states.position),
+        logdensity=jnp.where(swap, (betas / betas[partner]) * states.logdensity[partner], states.logdensity),
+        logdensity_grad=jnp.where(swap[:, None], root[:, None] * states.logdensity_grad[partner],
+                                  states.logdensity_grad))
+    return states, jnp.where(lower, jnp.minimum(1.0, jnp.exp(log_ratio)), 0.0)
+
+
 def chees_loop(logdensity, starts, key, num_warmup: int, num_samples: int, max_leapfrog_steps: int,
-               learning_rate: float | None = None, initial_step: float | None = None):
+               learning_rate: float | None = None, initial_step: float | None = None, betas=None):
     """ChEES-HMC warm-up and sampling in one loop: ``blackjax.chees_adaptation(...,
     mass_matrix_estimation="diagonal").run`` followed by ``blackjax.dynamic_hmc`` with the adapted
     parameters, step for step, but with one copy of the HMC kernel in the compiled code.
@@ -383,13 +422,25 @@ def chees_loop(logdensity, starts, key, num_warmup: int, num_samples: int, max_l
     learning_rate, initial_step : float, optional
         Adam's learning rate for the trajectory length and the initial step size (default
         :data:`CHEES_LEARNING_RATE`, :data:`CHEES_INITIAL_STEP`).
+    betas : sequence of float, optional
+        Replica exchange (parallel tempering): each chain becomes a ladder of replicas at these
+        inverse temperatures (``1 = b_0 > b_1 > ... > 0``), replica ``t`` sampling ``p(u)^b_t``
+        in the coordinates ``v = sqrt(b_t) u``, where every tempered replica of a roughly
+        Gaussian target has the cold one's scale, so one ensemble adaptation (step size,
+        trajectory length, diagonal metric, over all replicas) fits them all. After every
+        transition, neighbouring replicas propose to exchange states
+        (:func:`swap_replicas`, even and odd pairs in turn). The cold replicas are returned.
+        None or ``(1.0,)``: no tempering (the loop above, step for step).
 
     Returns
     -------
     positions : jax.Array
         ``(num_samples, chains, d)``.
     stats : dict
-        Per draw and chain: ``diverging``, ``n_steps``, ``acceptance_rate``, ``energy``, ``lp``.
+        Per draw and chain: ``diverging``, ``n_steps``, ``acceptance_rate``, ``energy``, ``lp``;
+        with ``betas``, also ``swapped`` (the cold replica took another replica's state at that
+        step) and ``swap_accept`` (``(num_samples, chains, T - 1)``: the acceptance probability
+        of each neighbouring pair, 0 at the steps where the pair was not proposed).
     step_size : jax.Array
         The adapted step size.
     """
@@ -402,7 +453,15 @@ def chees_loop(logdensity, starts, key, num_warmup: int, num_samples: int, max_l
 
     lr = CHEES_LEARNING_RATE if learning_rate is None else learning_rate
     eps0 = CHEES_INITIAL_STEP if initial_step is None else initial_step
-    C, d = starts.shape
+    L, d = starts.shape
+    tempered = betas is not None and len(betas) > 1
+    T = len(betas) if tempered else 1
+    C = L * T  # replica c = ladder * T + rung
+    if tempered:
+        b = jnp.tile(jnp.asarray(betas, starts.dtype), L)
+        rungs = jnp.tile(jnp.arange(T), L)
+        cold = np.arange(L) * T
+        target = lambda bb: (lambda v: bb * logdensity(v / jnp.sqrt(bb)))  # noqa: E731
     W, S = num_warmup, num_samples
     max_bits = np.ceil(np.log2(W + S))
 
@@ -441,8 +500,13 @@ def chees_loop(logdensity, starts, key, num_warmup: int, num_samples: int, max_l
         eps = jnp.where(warm, ad.step_size, fin[0])
         imm = jnp.where(warm, imm_w, fin[1])
         n = jnp.where(warm, length / ad.step_size, fin[2])
-        new, info = jax.vmap(lambda kk, st: kernel(kk, st, logdensity, eps, imm, (n,)))(jax.random.split(k, C),
-                                                                                          states)
+        if tempered:
+            k, k_swap = jax.random.split(k)
+            new, info = jax.vmap(lambda kk, st, bb: kernel(kk, st, target(bb), eps, imm, (n,)))(
+                jax.random.split(k, C), states, b)
+        else:
+            new, info = jax.vmap(lambda kk, st: kernel(kk, st, logdensity, eps, imm, (n,)))(jax.random.split(k, C),
+                                                                                              states)
 
         def adapt(args):
             ad, mm, cov, eig = args
@@ -459,19 +523,30 @@ def chees_loop(logdensity, starts, key, num_warmup: int, num_samples: int, max_l
         row = (new.position, {"diverging": info.is_divergent, "n_steps": info.num_integration_steps,
                               "acceptance_rate": info.acceptance_rate, "energy": info.energy,
                               "lp": new.logdensity})
+        if tempered:
+            new, accept = swap_replicas(new, b, rungs, i % 2, k_swap)
+            moved = jnp.any(new.position != row[0], axis=1)
+            row = (new.position[cold], {**{key_: x[cold] for key_, x in row[1].items()}, "lp": new.logdensity[cold],
+                                        "swapped": moved[cold], "swap_accept": accept.reshape(L, T)[:, :-1]})
         # warm-up steps write row 0, which the first sampling step overwrites
-        buf = jax.tree.map(lambda b, r: b.at[jnp.maximum(i - W, 0)].set(r), buf, row)
+        buf = jax.tree.map(lambda x, r: x.at[jnp.maximum(i - W, 0)].set(r), buf, row)
         return (new, ad, mm, cov, eig, fin, buf), None
 
     k_warm, k_run = jax.random.split(key)
     keys = jnp.concatenate([jax.random.split(k_warm, W), jax.random.split(k_run, S)])
-    states = jax.vmap(lambda p: dynamic_hmc.init(p, logdensity, 0))(starts)
+    if tempered:  # every replica of a ladder starts at the ladder's start, scaled to its temperature
+        states = jax.vmap(lambda p, bb: dynamic_hmc.init(p, target(bb), 0))(
+            jnp.repeat(starts, T, axis=0) * jnp.sqrt(b)[:, None], b)
+    else:
+        states = jax.vmap(lambda p: dynamic_hmc.init(p, logdensity, 0))(starts)
     ad = init_ad(0, eps0)
     cov = MomentBlock(count=jnp.zeros(()), mean=jnp.zeros((d,)), m2=jnp.zeros((d, d)))
     fin = (jnp.asarray(eps0, starts.dtype), jnp.ones(d, starts.dtype), jnp.ones((), starts.dtype))
-    row = (starts, {"diverging": jnp.zeros(C, bool), "n_steps": jnp.zeros(C, int),
-                    "acceptance_rate": jnp.zeros(C, starts.dtype), "energy": jnp.zeros(C, starts.dtype),
-                    "lp": states.logdensity})
+    row = (starts, {"diverging": jnp.zeros(L, bool), "n_steps": jnp.zeros(L, int),
+                    "acceptance_rate": jnp.zeros(L, starts.dtype), "energy": jnp.zeros(L, starts.dtype),
+                    "lp": states.logdensity[::T]})
+    if tempered:
+        row[1].update(swapped=jnp.zeros(L, bool), swap_accept=jnp.zeros((L, T - 1), starts.dtype))
     buf = jax.tree.map(lambda r: jnp.zeros((S,) + r.shape, r.dtype), row)
     carry = (states, ad, wc_init(d), cov, ca._eig_state_init(d), fin, buf)
     carry, _ = jax.lax.scan(step, carry, (jnp.arange(W + S), keys))
@@ -488,7 +563,9 @@ def _chees(s: Settings, keys, z, cov, pe):
     ``jitter`` times a capped Laplace draw, from its own key). The ensemble of chains adapts
     one step size, trajectory length and diagonal metric during ``num_warmup`` steps; the
     ``num_samples`` draws follow with those fixed. The trajectory is capped at
-    ``2**max_tree_depth`` leapfrog steps, the bound on NUTS's gradients per draw. Returns unconstrained draws
+    ``2**max_tree_depth`` leapfrog steps, the bound on NUTS's gradients per draw. With
+    ``s.betas``, each chain is the cold replica of a tempered ladder (:func:`chees_loop`), every
+    replica starting at its chain's start. Returns unconstrained draws
     ``(chain, draw, d)`` and statistics in :func:`_chain`'s layout (``n_steps``: leapfrog
     steps per draw)."""
     sd = jnp.sqrt(jnp.diagonal(cov))
@@ -501,7 +578,7 @@ def _chees(s: Settings, keys, z, cov, pe):
     starts = jax.vmap(start)(keys)
     logdensity = lambda u: -pe(z + sd * u)  # noqa: E731
     pos, stats, eps = chees_loop(logdensity, starts, jax.random.fold_in(keys[0], 1), s.num_warmup, s.num_samples,
-                                 2**s.max_tree_depth)
+                                 2**s.max_tree_depth, betas=s.betas or None)
     zs, stats = jax.tree.map(lambda x: jnp.swapaxes(x, 0, 1), (z + sd * pos, stats))  # (chain, draw, ...)
     stats["step_size"] = jnp.full(zs.shape[:2], eps)
     return zs, stats

@@ -94,6 +94,7 @@ def to_datatree(spec: ModelSpec, s: compiled.Settings, draws: dict, stats: dict,
     if s.kernel == "nuts":  # ChEES-HMC's n_steps is a trajectory length, not a tree
         stats["tree_depth"] = np.floor(np.log2(np.asarray(stats["n_steps"]) + 1)).astype(int)
     stats["loglik"] = draw_loglik(spec, draws)
+    tempering = _tempering(s, stats.pop("swap_accept", None))
     U = None
     if key_u is not None:
         rng = np.random.default_rng(np.asarray(jax.random.key_data(key_u)).ravel().tolist())
@@ -106,7 +107,22 @@ def to_datatree(spec: ModelSpec, s: compiled.Settings, draws: dict, stats: dict,
                  ("num_warmup", "num_samples", "num_chains", "chain_method", "target_accept", "mass",
                   "adapt_mass", "simplex") if s.kernel == "nuts" else
                  ("num_warmup", "num_samples", "num_chains", "simplex", "jitter", "max_tree_depth"))})}
+    if tempering is not None:
+        attrs["sampler"] += f", replica exchange over {len(s.betas)} temperatures"
+        attrs["tempering"] = tempering
     return datatree.build(draws, stats, fit, data, spec.name, attrs, U=U, yrep=yrep)
+
+
+def _tempering(s: compiled.Settings, accept) -> str | None:
+    """The ``tempering`` attribute: the inverse temperatures and, for each neighbouring pair, the mean
+    acceptance probability of its proposed exchanges over the draws (pair ``t`` proposes at the steps
+    of parity ``t``, counted from the first warm-up step) and chains."""
+    if not s.betas:
+        return None
+    accept = np.asarray(accept)  # (chain, draw, T - 1)
+    step = s.num_warmup + np.arange(accept.shape[1])
+    rates = [float(accept[:, step % 2 == t % 2, t].mean()) for t in range(accept.shape[2])]
+    return str({"betas": [round(b, 6) for b in s.betas], "swap_rates": [round(r, 4) for r in rates]})
 
 
 def _loglik_fn():

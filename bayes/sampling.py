@@ -141,6 +141,18 @@ class Sampler:
     n_patterns : int, optional
         Missing-data patterns the compiled code is built for (default: the next power of
         two of the data's).
+    tempering : int or sequence of float, optional
+        ChEES-HMC with replica exchange (parallel tempering; :func:`bayes.compiled.chees_loop`):
+        every chain becomes the cold member of a ladder of replicas sampling the posterior raised
+        to powers ``1 = b_0 > b_1 > ... > 0``, neighbours exchanging states after every
+        transition. An int ``T``: ``T`` powers spaced geometrically from 1 to
+        :data:`TEMPERING_MIN_BETA`; a sequence: the powers themselves. It moves chains between
+        modes that plain HMC leaves only rarely (measured on a 100 x 2000, Q = 5 posterior with
+        two metastable states: see benchmarks/results/bayes.md), at ``T`` times the gradients per
+        draw. Needs ``kernel="chees"`` (or ``"auto"`` resolving to it). The DataTree's
+        ``posterior`` attribute ``tempering`` records the powers and the exchange rate of each
+        neighbouring pair; ``sample_stats.swapped`` marks the draws at which a chain's state
+        came from its hotter neighbour. Default None: no tempering.
     """
 
     @renamed(n_features="P", n_units="N", n_covariates="K")
@@ -150,7 +162,7 @@ class Sampler:
                  chain_method: str | None = None, target_accept: float = 0.9, mass: str = "auto",
                  adapt_mass: bool = True, simplex: str = "folded", jitter: float = 1.0,
                  max_tree_depth: int = 10, n_patterns: int | None = None, theta_coords: str = "direct",
-                 relabel: bool = True, kernel: str = "auto"):
+                 relabel: bool = True, kernel: str = "auto", tempering=None):
         model = v.choice(model, "model", MODELS)
         rank = v.integer(rank, "rank")
         P = None if P is None else v.integer(P, "P")
@@ -175,7 +187,7 @@ class Sampler:
             num_samples=_num_samples(num_samples, kernel, P, rank), num_chains=num_chains, chain_method=chain_method,
             target_accept=v.open_unit(target_accept, "target_accept"), mass=mass,
             jitter=float(jitter), max_tree_depth=v.integer(max_tree_depth, "max_tree_depth"),
-            theta_coords=theta_coords, kernel=kernel)
+            theta_coords=theta_coords, kernel=kernel, betas=_betas(tempering, kernel))
 
     @property
     def kernel(self) -> str:
@@ -301,7 +313,40 @@ class Sampler:
         s = self.settings
         return (f"Sampler(model={s.model!r}, rank={s.rank}, P={s.n_features or None}, "
                 f"K={s.n_covariates}, chains={s.num_chains} x ({s.num_warmup} + {s.num_samples}), "
-                f"chain_method={s.chain_method!r}, compilations={self.compilations})")
+                f"chain_method={s.chain_method!r}"
+                + (f", tempering over {len(s.betas)} temperatures" if s.betas else "")
+                + f", compilations={self.compilations})")
+
+
+#: the hottest inverse temperature of ``tempering=T`` (an int): 1000 draws at this power of the 100 x 2000,
+#: Q = 5 posterior whose chains stay for thousands of draws in one of two states mixed (r_hat 1.003), at 0.8
+#: and 0.95 they did not (1.03, 1.05; benchmarks/results/bayes.md)
+TEMPERING_MIN_BETA = 0.5
+
+
+def _betas(tempering, kernel: str) -> tuple:
+    """The inverse temperatures of ``tempering`` (see :class:`Sampler`), checked; ``()`` for none."""
+    if tempering is None:
+        return ()
+    if isinstance(tempering, (bool, np.bool_)):
+        raise TypeError(f"tempering must be None, an int or a sequence of inverse temperatures, not {tempering!r}")
+    if isinstance(tempering, (int, np.integer)):
+        T = v.integer(tempering, "tempering")
+        betas = tuple(float(b) for b in np.geomspace(1.0, TEMPERING_MIN_BETA, T)) if T > 1 else ()
+    else:
+        try:
+            betas = tuple(float(b) for b in tempering)
+        except (TypeError, ValueError) as exc:
+            raise TypeError(f"tempering must be None, an int or a sequence of inverse temperatures, "
+                            f"not {tempering!r}") from exc
+        if not betas or betas[0] != 1.0 or not all(0.0 < b < a for a, b in zip(betas, betas[1:], strict=False)):
+            raise ValueError(f"tempering: the inverse temperatures must start at 1 and decrease strictly, staying "
+                             f"above 0; got {list(betas)}")
+        betas = betas if len(betas) > 1 else ()
+    if betas and kernel != "chees":
+        raise ValueError(f"tempering runs replica exchange within ChEES-HMC: it needs kernel='chees' (or 'auto' "
+                         f"resolving to it: the joint model at rank > 1), but the kernel here is {kernel!r}")
+    return betas
 
 
 def _mass(mass: str, rank: int) -> str:
@@ -357,7 +402,7 @@ def sample(Y, A=None, rank: int = 1, *, model: str = "joint", fit=None, theta: s
            posterior_predictive: bool = False, chain_method: str | None = None,
            target_accept: float = 0.9, mass: str = "auto", adapt_mass: bool = True,
            simplex: str = "folded", theta_coords: str = "direct", relabel: bool = True,
-           kernel: str = "auto") -> xr.DataTree:
+           kernel: str = "auto", tempering=None) -> xr.DataTree:
     """Sample the posterior of NMF-RE with NUTS or ChEES-HMC.
 
     Parameters
@@ -399,6 +444,9 @@ def sample(Y, A=None, rank: int = 1, *, model: str = "joint", fit=None, theta: s
     kernel : {"auto", "nuts", "chees"}
         ``"auto"`` (default): ChEES-HMC for the joint model with rank > 1, NUTS otherwise;
         see :class:`Sampler`.
+    tempering : int or sequence of float, optional
+        Replica exchange within ChEES-HMC (``T`` temperatures, or the inverse temperatures
+        themselves); see :class:`Sampler`. Default None.
 
     Returns
     -------
@@ -414,6 +462,6 @@ def sample(Y, A=None, rank: int = 1, *, model: str = "joint", fit=None, theta: s
     sampler = Sampler(model, rank, data.P, None, data.K, theta=theta, num_warmup=num_warmup,
                       num_samples=num_samples, num_chains=num_chains, chain_method=chain_method,
                       target_accept=target_accept, mass=mass, adapt_mass=adapt_mass, simplex=simplex,
-                      theta_coords=theta_coords, relabel=relabel, kernel=kernel)
+                      theta_coords=theta_coords, relabel=relabel, kernel=kernel, tempering=tempering)
     return sampler.sample(Y, A, fit=fit, priors=priors, seed=seed, draw_U=draw_U,
                           posterior_predictive=posterior_predictive)

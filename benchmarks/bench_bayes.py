@@ -25,7 +25,9 @@ loaded machine does not change), and the VI twin with Theta integrated out.
 ``--chees``: the same ladder through the package entry point with ``kernel="chees"``
 (ChEES-HMC, ensemble adaptation) and ``--chains`` chains x (500 + 1000), on
 ``--data-seeds``, with the diagnostics of Theta, of X and of the label-invariant
-quantities, and the leapfrog steps per draw.
+quantities, and the leapfrog steps per draw; ``--tempering T`` runs it with replica exchange
+over ``T`` temperatures (``bayes.sample(..., tempering=T)``) and prints each neighbouring pair's
+exchange rate.
 
 ``--twins``: the variational twins at 20 x 300, Q = 2, on ``--data-seeds`` (block-sparse data, or
 with ``--generator counts`` the counts design of ``bench_iterations.py``) against a long
@@ -245,14 +247,16 @@ CHEES_CASES = {"20x300": ("20x300 Q=2", (20, 300, 2, 2)), "50x1000": ("50x1000 Q
                "100x2000": ("100x2000 Q=5 K=4", (100, 2000, 5, 4))}
 
 
-def chees_ladder(quick, full, seeds, chains, sizes=None, lengths=None, depth=10):
-    """The ladder with ``kernel="chees"`` through :class:`bayes.sampling.Sampler`, per data set."""
+def chees_ladder(quick, full, seeds, chains, sizes=None, lengths=None, depth=10, tempering=None):
+    """The ladder with ``kernel="chees"`` through :class:`bayes.sampling.Sampler`, per data set
+    (``tempering``: replica exchange over that many temperatures)."""
     warm, draws = lengths or ((200, 200) if quick else (500, 1000))
     if sizes is None:
         sizes = ["20x300"] + ([] if quick else ["50x1000"]) + (["100x2000"] if full else [])
     cases = [CHEES_CASES[k] for k in sizes]
+    tempered = f", replica exchange over {tempering} temperatures" if tempering else ""
     print(f"\nChEES ladder: {chains} chains x ({warm} + {draws}), at most {2**depth} leapfrog steps per draw, "
-          f"data seeds {seeds}, compilation included")
+          f"data seeds {seeds}{tempered}, compilation included")
     print(f"  {'case':<18} {'seed':>4} {'time s':>7} {'r_hat':>6} {'ESS':>5} {'X r_hat':>7} {'X ESS':>5} "
           f"{'inv r_hat':>9} {'inv ESS':>7} {'div':>4} {'steps/draw':>10} {'ESS/kgrad':>9}")
     for name, case in cases:
@@ -260,15 +264,17 @@ def chees_ladder(quick, full, seeds, chains, sizes=None, lengths=None, depth=10)
             Y, A, Q, theta = _data(case, sd)
             fit = nmfre.fit(Y, A, rank=Q, theta=theta)
             el, dg, post = nuts(Y, A, Q, theta, fit, warm, draws, kernel="chees", num_chains=chains,
-                                max_tree_depth=depth)
+                                max_tree_depth=depth, tempering=tempering)
             dx = bayes.diagnostics(post, var_names=("X",))
             di = bayes.diagnostics(post, invariant=True)
             steps = post["sample_stats"]["n_steps"]
-            grads = float(steps.sum())
+            grads = float(steps.sum()) * (tempering or 1)  # every replica of a ladder takes the cold one's steps
             print(f"  {name:<18} {sd:>4} {el:7.1f} {dg['max_r_hat']:6.3f} {dg['min_ess_bulk']:5.0f} "
                   f"{dx['max_r_hat']:7.3f} {dx['min_ess_bulk']:5.0f} {di['max_r_hat']:9.3f} {di['min_ess_bulk']:7.0f} "
                   f"{dg['divergences']:4d} {float(steps.mean()):10.0f} "
                   f"{1000 * min(dg['min_ess_bulk'], dx['min_ess_bulk']) / grads:9.2f}", flush=True)
+            if tempering:
+                print(f"  {'':<18} {'':>4} exchanges: {post['posterior'].attrs['tempering']}", flush=True)
 
 
 def main(argv=None):
@@ -282,6 +288,7 @@ def main(argv=None):
                     help="warm-up and draws per chain of --chees (default 500 1000)")
     ap.add_argument("--max-tree-depth", type=int, default=10,
                     help="--chees: trajectories capped at 2**depth leapfrog steps (default 10)")
+    ap.add_argument("--tempering", type=int, help="--chees with replica exchange over this many temperatures")
     ap.add_argument("--sizes", nargs="+", choices=sorted(CHEES_CASES),
                     help="sizes of --chees (default: by --quick/--full)")
     ap.add_argument("--data-seeds", type=int, nargs="+", default=[11, 12],
@@ -302,7 +309,7 @@ def main(argv=None):
             twins(a.data_seeds, a.vi_seeds, a.theta, a.generator)
             return
         if a.chees:
-            chees_ladder(a.quick, a.full, a.data_seeds, a.chains, a.sizes, a.lengths, a.max_tree_depth)
+            chees_ladder(a.quick, a.full, a.data_seeds, a.chains, a.sizes, a.lengths, a.max_tree_depth, a.tempering)
             return
         out = ladder(a.quick, a.full)
         mid = out[(20, 300, 2, 2)]
