@@ -152,7 +152,9 @@ class Sampler:
         draw. Needs ``kernel="chees"`` (or ``"auto"`` resolving to it). The DataTree's
         ``posterior`` attribute ``tempering`` records the powers and the exchange rate of each
         neighbouring pair; ``sample_stats.swapped`` marks the draws at which a chain's state
-        came from its hotter neighbour. Default None: no tempering.
+        came from its hotter neighbour; ``sample_stats.n_steps`` counts the cold replica's
+        leapfrog steps (the ladder takes ``T`` times as many gradients). Default None: no
+        tempering.
     """
 
     @renamed(n_features="P", n_units="N", n_covariates="K")
