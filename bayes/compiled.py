@@ -370,8 +370,9 @@ def swap_replicas(states, betas, rungs, parity, key):
     temperature exactly: ``v`` and the gradient scaled by ``sqrt(b_new / b_old)``, the log
     density by ``b_new / b_old`` (no new evaluation of the density).
 
-    Returns ``(states, accept)``: ``accept[c]`` is the acceptance probability of the pair whose
-    lower member is ``c`` (0 where ``c`` proposes nothing as the lower member).
+    Returns ``(states, swapped, accept)``: ``swapped[c]``, replica ``c`` took its neighbour's
+    state; ``accept[c]``, the acceptance probability of the pair whose lower member is ``c`` (0
+    where ``c`` proposes nothing as the lower member).
     """
     C = betas.shape[0]
     ell = states.logdensity / betas
@@ -389,7 +390,7 @@ def swap_replicas(states, betas, rungs, parity, key):
         logdensity=jnp.where(swap, (betas / betas[partner]) * states.logdensity[partner], states.logdensity),
         logdensity_grad=jnp.where(swap[:, None], root[:, None] * states.logdensity_grad[partner],
                                   states.logdensity_grad))
-    return states, jnp.where(lower, jnp.minimum(1.0, jnp.exp(log_ratio)), 0.0)
+    return states, swap, jnp.where(lower, jnp.minimum(1.0, jnp.exp(log_ratio)), 0.0)
 
 
 def chees_loop(logdensity, starts, key, num_warmup: int, num_samples: int, max_leapfrog_steps: int,
@@ -524,10 +525,9 @@ def chees_loop(logdensity, starts, key, num_warmup: int, num_samples: int, max_l
                               "acceptance_rate": info.acceptance_rate, "energy": info.energy,
                               "lp": new.logdensity})
         if tempered:
-            new, accept = swap_replicas(new, b, rungs, i % 2, k_swap)
-            moved = jnp.any(new.position != row[0], axis=1)
+            new, swapped, accept = swap_replicas(new, b, rungs, i % 2, k_swap)
             row = (new.position[cold], {**{key_: x[cold] for key_, x in row[1].items()}, "lp": new.logdensity[cold],
-                                        "swapped": moved[cold], "swap_accept": accept.reshape(L, T)[:, :-1]})
+                                        "swapped": swapped[cold], "swap_accept": accept.reshape(L, T)[:, :-1]})
         # warm-up steps write row 0, which the first sampling step overwrites
         buf = jax.tree.map(lambda x, r: x.at[jnp.maximum(i - W, 0)].set(r), buf, row)
         return (new, ad, mm, cov, eig, fin, buf), None

@@ -49,7 +49,7 @@ def test_swap_replicas_is_the_exchange_move_exactly():
             states = jax.vmap(lambda p, bb: dynamic_hmc.init(p, _tempered(logdensity, bb), 0))(pos, b)
             key = jax.random.PRNGKey(trial)
             parity = trial % 2
-            new, accept = compiled.swap_replicas(states, b, rungs, parity, key)
+            new, swapped, accept = compiled.swap_replicas(states, b, rungs, parity, key)
             logu = np.log(np.asarray(jax.random.uniform(key, (L * T,))))
             ell = np.asarray(states.logdensity) / np.asarray(b)
             for c in range(L * T):
@@ -67,6 +67,7 @@ def test_swap_replicas_is_the_exchange_move_exactly():
                 else:
                     partner, take = c, False
                     assert float(accept[c]) == 0.0
+                assert bool(swapped[c]) == bool(take)
                 if take:
                     seen.add("swap")
                     u = np.asarray(pos[partner]) / np.sqrt(float(b[partner]))
