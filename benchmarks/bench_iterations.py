@@ -52,6 +52,13 @@ uniform on (0.5, 3) plus 5 on the intercept; heavy-tailed random effects ``0.7 t
 Gaussian noise of sd ``0.3 c`` times the sd of the mean (not clipped: Y may be negative, so
 scikit-learn's NMF cannot be compared on it: run with ``--no-sklearn``).
 
+Two more, ``--generator overfit`` and ``--generator underfit`` (:func:`generate_misfit`, dense
+rungs only), fit the wrong rank: the data have rank ``max(1, Q - 2)`` (overfit: two fitted
+components too many, so the fit has flat directions) or ``Q + 2`` (underfit: two true components
+too few), with basis columns Gamma(0.4) scaled to sum 1 (many small entries, no exact zeros),
+Gaussian covariates, Theta Gamma(2, 1) plus 10 on the intercept, ``U ~ N(0, 0.36)`` and Gaussian
+noise of sd ``0.3 c`` times the sd of the mean, clipped at 0.
+
 Targets (issue 17, on two cores): every dense rung converged in <= 100 iterations with
 wall time no more than scikit-learn's (ratio <= 1); 2000 x 20000, Q = 10 in <= 60 s on every
 seed; the sparse rung's ratio <= 3.
@@ -68,6 +75,7 @@ Run::
     python benchmarks/bench_iterations.py --generator overlap --rungs small,medium,large
     python benchmarks/bench_iterations.py --generator hetero --rungs small,medium,large
     python benchmarks/bench_iterations.py --generator tied --theta free --rungs small,medium --no-sklearn
+    python benchmarks/bench_iterations.py --generator overfit --rungs small,medium,large
     python benchmarks/bench_iterations.py --init nndsvd-tail       # nmfre's other deterministic start
     python benchmarks/bench_iterations.py --out results.json
     python benchmarks/bench_iterations.py --repeat 1             # one timed run per fit
@@ -275,12 +283,47 @@ def generate_tied(P: int, N: int, Q: int, K: int, seed: int, noise: float = 0.3)
     return M + 0.3 * noise * M.std() * rng.standard_normal(M.shape), A
 
 
+def generate_misfit(P: int, N: int, Q: int, K: int, seed: int, noise: float = 0.3, shift: int = -2):
+    """One dense data set ``(Y, A)`` of rank ``max(1, Q + shift)``, for a fit of rank ``Q``
+    (``--generator overfit``: ``shift = -2``; ``underfit``: ``+2``; see the module docstring).
+
+    Parameters
+    ----------
+    P, N, Q, K : int
+        Sizes; ``Q`` is the rank the benchmark fits, not the data's.
+    seed : int
+    noise : float
+        ``c``: Gaussian noise of sd ``0.3 c`` times the sd of the mean.
+    shift : int
+        Data rank minus fitted rank.
+    """
+    R = max(1, Q + shift)
+    rng = np.random.default_rng([61, seed, P, Q, K, R])
+    X = rng.gamma(0.4, 1.0, (P, R))
+    X /= X.sum(axis=0)
+    A = np.vstack([np.ones(N)] + [rng.normal(size=N) for _ in range(K - 1)])
+    theta = rng.gamma(2.0, 1.0, (R, K))
+    theta[:, 0] += 10.0
+    M = X @ (theta @ A + rng.normal(0.0, 0.6, (R, N)))
+    return np.maximum(M + 0.3 * noise * M.std() * rng.standard_normal(M.shape), 0.0), A
+
+
+def generate_overfit(P: int, N: int, Q: int, K: int, seed: int, noise: float = 0.3):
+    """:func:`generate_misfit` with data of rank ``max(1, Q - 2)``."""
+    return generate_misfit(P, N, Q, K, seed, noise, -2)
+
+
+def generate_underfit(P: int, N: int, Q: int, K: int, seed: int, noise: float = 0.3):
+    """:func:`generate_misfit` with data of rank ``Q + 2``."""
+    return generate_misfit(P, N, Q, K, seed, noise, 2)
+
+
 #: generators whose Y can be negative (no scikit-learn comparison)
 SIGNED = frozenset({"tied"})
 #: nmfre's deterministic starts (``--init``)
 INITS = ("nndsvd", "nndsvd-tail")
 GENERATORS = {"ladder": generate, "counts": generate_counts, "overlap": generate_overlap, "hetero": generate_hetero,
-              "tied": generate_tied}
+              "tied": generate_tied, "overfit": generate_overfit, "underfit": generate_underfit}
 
 
 #: seconds of sleep before each timed run (not timed): OpenBLAS's threads spin for up to about
@@ -323,8 +366,9 @@ def run_one(spec: dict, seed: int, noise: float, sklearn: bool = True, solver: s
 
     ``generator``: ``"ladder"`` (:func:`generate`), ``"counts"`` (:func:`generate_counts`,
     dense only), ``"overlap"`` (:func:`generate_overlap`, dense only), ``"hetero"``
-    (:func:`generate_hetero`, dense only) or ``"tied"`` (:func:`generate_tied`, dense only);
-    ``theta``: the sign of Theta in nmfre's fit
+    (:func:`generate_hetero`, dense only), ``"tied"`` (:func:`generate_tied`, dense only),
+    ``"overfit"`` or ``"underfit"`` (:func:`generate_misfit`, dense only: the data's rank is
+    two below or above ``spec["Q"]``); ``theta``: the sign of Theta in nmfre's fit
     (``"nonneg"`` or ``"free"``); ``init``: nmfre's start (``"nndsvd"``, the package default,
     or ``"nndsvd-tail"``; the fit's ``restarts`` name the start it used).
     """
@@ -460,7 +504,7 @@ def main(argv=None) -> dict:
                         help="start an independent optimiser (L-BFGS-B, JAX nll) at each nmfre optimum "
                              "and report the nll decrease it finds (needs jax)")
     parser.add_argument("--generator", default="ladder", choices=list(GENERATORS),
-                        help="data generator (default: the ladder's; 'counts', 'overlap' and 'hetero': "
+                        help="data generator (default: the ladder's; every other one: "
                              "dense rungs only)")
     parser.add_argument("--theta", default="nonneg", choices=["nonneg", "free"], help="sign of Theta in the fits")
     parser.add_argument("--init", default="nndsvd", choices=list(INITS),

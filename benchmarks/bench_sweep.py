@@ -3,15 +3,16 @@
 Where ``bench_iterations.py`` times a few rungs against scikit-learn, this script fits many
 small problems once each (no timing comparison) and reports the distribution of iterations
 per generator and every fit that took more than ``--slow`` iterations or did not converge,
-with its stop reason. Data come from the four generators of ``bench_iterations.py``
-(``ladder``, ``counts``, ``overlap``, ``hetero``); every combination of the grid is fitted
+with its stop reason. Data come from the generators of ``bench_iterations.py`` (all of them
+by default: ``ladder``, ``counts``, ``overlap``, ``hetero``, ``tied``, ``overfit``,
+``underfit``; ``--generators`` picks some); every combination of the grid is fitted
 once with ``nmfre.fit(Y, A, rank=Q, theta=..., max_iter=...)`` (maximum likelihood, default
 tolerance and start).
 
-The default grid (1152 fits; 161 s of fitting on two cores, plus the data) is the one recorded in
-``benchmarks/results/scale.md`` (fourteenth round): P in {50, 100, 200}, N in {500, 2000},
-Q in {2, 3, 5, 8}, K = 3, Theta >= 0 and sign-free, noise c in {0.3, 1}, seeds 0-2,
-``max_iter`` 2000.
+The default grid, 288 fits per generator, is the one recorded in ``benchmarks/results/scale.md``
+(fourteenth round, then with its four generators: 1152 fits, 161 s of fitting on two cores, plus
+the data): P in {50, 100, 200}, N in {500, 2000}, Q in {2, 3, 5, 8}, K = 3, Theta >= 0 and
+sign-free, noise c in {0.3, 1}, seeds 0-2, ``max_iter`` 2000.
 
 Run::
 

@@ -229,6 +229,25 @@ def test_tied_generator():
         mod.run_one(dict(P=40, N=100, Q=2, K=2), 0, 0.3, sklearn=True, generator="tied")
 
 
+def test_misfit_generators():
+    """``--generator overfit`` / ``underfit``: without noise the mean has rank ``Q - 2`` / ``Q + 2``
+    (the fit's rank is ``Q``): the next singular value is zero to rounding while the last one of
+    that rank is not; intercept first; reproducible by seed; dense rungs only."""
+    mod = load_script(ITER_SCRIPT)
+    for gen, rank in ((mod.generate_overfit, 2), (mod.generate_underfit, 6)):
+        Y, A = gen(60, 400, 4, 3, seed=5, noise=0.0)
+        assert Y.shape == (60, 400) and A.shape == (3, 400)
+        np.testing.assert_array_equal(A[0], 1.0)
+        assert Y.min() > 0  # nothing clipped at this seed, so the rank is the mean's
+        s = np.linalg.svd(Y, compute_uv=False)
+        assert s[rank - 1] / s[0] > 1e-4 and s[rank] / s[0] < 1e-12
+        Yn = gen(60, 400, 4, 3, seed=5, noise=0.3)[0]
+        np.testing.assert_array_equal(Yn, gen(60, 400, 4, 3, seed=5, noise=0.3)[0])
+        assert not np.array_equal(Yn, Y)
+    with pytest.raises(ValueError, match="dense only"):
+        mod.run_one(dict(P=40, N=100, Q=2, K=2, density=0.1), 0, 0.3, sklearn=False, generator="overfit")
+
+
 def test_sweep_quick_lists_slow_and_unconverged_fits(tmp_path):
     """benchmarks/bench_sweep.py: one row per generator and a list of the fits above ``--slow``
     iterations or not converged (here every fit, with ``--slow 0``); bad arguments refused."""
