@@ -23,14 +23,18 @@ sigma, tau, log-likelihood), the gradient evaluations and ESS per 1000 of them (
 loaded machine does not change), and the VI twin with Theta integrated out.
 
 ``--chees``: the same ladder through the package entry point with ``kernel="chees"``
-(ChEES-HMC, ensemble adaptation) and ``--chains`` chains x (500 + 1000), on
-``--data-seeds``, with the diagnostics of Theta, of X and of the label-invariant
-quantities, and the leapfrog steps per draw; ``--tempering T`` runs it with replica exchange
-over ``T`` temperatures (``bayes.sample(..., tempering=T)``) and prints each neighbouring pair's
-exchange rate.
+(ChEES-HMC, ensemble adaptation) and ``--chains`` chains x (500 + 1000) (``--lengths W D``;
+``D`` = ``auto``: the package's default draws, so ``--chains 4 --lengths 1000 auto`` is
+``bayes.sample``'s defaults), on ``--data-seeds``, with the diagnostics of Theta, of X and of
+the label-invariant quantities, and the leapfrog steps per draw; ``--tempering T`` runs it with
+replica exchange over ``T`` temperatures (``bayes.sample(..., tempering=T)``) and prints each
+neighbouring pair's exchange rate. Data: block-sparse (``nmfre.simulate.block_sparse``), or with
+``--generator G`` a dense generator of ``bench_iterations.py`` (``counts``, ``overlap``,
+``hetero``, ``tied``, ...; none shares code with the sampler's tests) at noise level
+``--noise``.
 
-``--twins``: the variational twins at 20 x 300, Q = 2, on ``--data-seeds`` (block-sparse data, or
-with ``--generator counts`` the counts design of ``bench_iterations.py``) against a long
+``--twins``: the variational twins at 20 x 300, Q = 2, on ``--data-seeds`` (data as for
+``--chees``: block-sparse, or ``--generator counts`` etc.) against a long
 ChEES-HMC reference (16 chains x (1000 + 4000)): ``bayes.fit_vi`` with its default
 (``method="svi"``) and with ``method="dadvi"`` (linear-response covariances) for each of
 ``--vi-seeds``: wall time (compilation included in the first call of each method), Theta's sd
@@ -46,6 +50,8 @@ machine, pin it, e.g. ``taskset -c 1`` with
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 import time
 import warnings
 
@@ -57,15 +63,24 @@ from bayes import sampling
 from nmfre.labels import coerce
 from nmfre.simulate import block_sparse
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # sibling benchmark scripts
+from bench_iterations import GENERATORS  # noqa: E402
+
 BASELINE = {"simplex": "stickbreaking", "mass": "diag", "kernel": "nuts"}
 TARGETS = {"max_r_hat": 1.01, "min_ess_bulk": 400}
 
 
-def _data(case, seed=0):
+def _data(case, seed=0, generator="block", noise=0.3):
+    """``(Y, A, Q, theta)`` of a case: Orthodont, or ``(P, N, Q, K)`` from ``generator``
+    (``"block"``: :func:`nmfre.simulate.block_sparse`; otherwise a generator of
+    ``bench_iterations.py`` at noise level ``noise``)."""
     if case == "orthodont":
         Y, A = nmfre.load_orthodont()
         return Y, A, 1, "free"
     P, N, Q, K = case
+    if generator != "block":
+        Y, A = GENERATORS[generator](P, N, Q, K, seed, noise)
+        return Y, A, Q, "nonneg"
     d = block_sparse(P=P, N=N, rank=Q, K=K, seed=seed)
     return d["Y"], d["A"], Q, "nonneg"
 
@@ -204,20 +219,14 @@ def vi_marginal(Y, A, Q, theta, fit, sd, quick):
               f"ESS {dg['min_ess_bulk']:.0f}) {np.array2string(ratio.ravel(), precision=2)}", flush=True)
 
 
-def twins(seeds, vi_seeds, theta="nonneg", generator="block"):
+def twins(seeds, vi_seeds, theta="nonneg", generator="block", noise=0.3):
     """Issue 18's variational target: Theta sds within 25% of a mixed run, in <= 30 s."""
     print(f"\nVariational twins at 20x300 Q=2 ({theta} Theta, {generator} data) against ChEES-HMC "
           "16 x (1000 + 4000), seed 7")
     print(f"  {'data':>4} {'method':<6} {'seed':>4} {'wall s':>6} {'Theta sd ratios':<27} {'max dev':>7} "
           f"{'max gap':>7} {'sigma,tau':>10} {'iters':>5}")
     for sd in seeds:
-        if generator == "counts":  # bench_iterations.py's counts design (Poisson counts, Dirichlet(0.5) basis)
-            from bench_iterations import generate_counts
-
-            Y, A = generate_counts(20, 300, 2, 2, sd, 0.3)
-        else:
-            d = block_sparse(P=20, N=300, rank=2, K=2, seed=sd)
-            Y, A = d["Y"], d["A"]
+        Y, A, _, _ = _data((20, 300, 2, 2), sd, generator, noise)
         fit = nmfre.fit(Y, A, rank=2, theta=theta)
         ref = bayes.sample(Y, A, 2, fit=fit, theta=theta, kernel="chees", num_chains=16, num_samples=4000, seed=7)
         dg = bayes.diagnostics(ref)
@@ -247,21 +256,25 @@ CHEES_CASES = {"20x300": ("20x300 Q=2", (20, 300, 2, 2)), "50x1000": ("50x1000 Q
                "100x2000": ("100x2000 Q=5 K=4", (100, 2000, 5, 4))}
 
 
-def chees_ladder(quick, full, seeds, chains, sizes=None, lengths=None, depth=10, tempering=None):
+def chees_ladder(quick, full, seeds, chains, sizes=None, lengths=None, depth=10, tempering=None,
+                 generator="block", noise=0.3):
     """The ladder with ``kernel="chees"`` through :class:`bayes.sampling.Sampler`, per data set
-    (``tempering``: replica exchange over that many temperatures)."""
+    (``tempering``: replica exchange over that many temperatures; ``lengths``: ``(warm-up,
+    draws)``, draws None for the package's default; data from ``generator`` at ``noise``, see
+    :func:`_data`)."""
     warm, draws = lengths or ((200, 200) if quick else (500, 1000))
     if sizes is None:
         sizes = ["20x300"] + ([] if quick else ["50x1000"]) + (["100x2000"] if full else [])
     cases = [CHEES_CASES[k] for k in sizes]
     tempered = f", replica exchange over {tempering} temperatures" if tempering else ""
-    print(f"\nChEES ladder: {chains} chains x ({warm} + {draws}), at most {2**depth} leapfrog steps per draw, "
-          f"data seeds {seeds}{tempered}, compilation included")
+    data = "block-sparse" if generator == "block" else f"bench_iterations.py's {generator} generator at c = {noise}"
+    print(f"\nChEES ladder: {chains} chains x ({warm} + {'default' if draws is None else draws}), at most "
+          f"{2**depth} leapfrog steps per draw, {data}, data seeds {seeds}{tempered}, compilation included")
     print(f"  {'case':<18} {'seed':>4} {'time s':>7} {'r_hat':>6} {'ESS':>5} {'X r_hat':>7} {'X ESS':>5} "
           f"{'inv r_hat':>9} {'inv ESS':>7} {'div':>4} {'steps/draw':>10} {'ESS/kgrad':>9}")
     for name, case in cases:
         for sd in seeds:
-            Y, A, Q, theta = _data(case, sd)
+            Y, A, Q, theta = _data(case, sd, generator, noise)
             fit = nmfre.fit(Y, A, rank=Q, theta=theta)
             el, dg, post = nuts(Y, A, Q, theta, fit, warm, draws, kernel="chees", num_chains=chains,
                                 max_tree_depth=depth, tempering=tempering)
@@ -277,6 +290,17 @@ def chees_ladder(quick, full, seeds, chains, sizes=None, lengths=None, depth=10,
                 print(f"  {'':<18} {'':>4} exchanges: {post['posterior'].attrs['tempering']}", flush=True)
 
 
+def _length(text: str):
+    """A chain length of ``--lengths``: a positive integer, or ``auto`` (None: the package's
+    default number of draws)."""
+    if text == "auto":
+        return None
+    n = int(text)
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"a chain length must be positive, got {n}")
+    return n
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="smoke run: short chains, small grid")
@@ -284,8 +308,9 @@ def main(argv=None):
     ap.add_argument("--marginal", action="store_true", help="issue 18's ladder: Theta integrated out vs defaults")
     ap.add_argument("--chees", action="store_true", help="the ladder with kernel='chees' through the package")
     ap.add_argument("--chains", type=int, default=16, help="chains of --chees")
-    ap.add_argument("--lengths", type=int, nargs=2, metavar=("WARMUP", "DRAWS"),
-                    help="warm-up and draws per chain of --chees (default 500 1000)")
+    ap.add_argument("--lengths", type=_length, nargs=2, metavar=("WARMUP", "DRAWS"),
+                    help="warm-up and draws per chain of --chees (default 500 1000; DRAWS 'auto': the "
+                         "package's default for the size)")
     ap.add_argument("--max-tree-depth", type=int, default=10,
                     help="--chees: trajectories capped at 2**depth leapfrog steps (default 10)")
     ap.add_argument("--tempering", type=int, help="--chees with replica exchange over this many temperatures")
@@ -296,9 +321,14 @@ def main(argv=None):
     ap.add_argument("--twins", action="store_true", help="the variational twins against a long ChEES-HMC run")
     ap.add_argument("--vi-seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds of the twins of --twins")
     ap.add_argument("--theta", choices=["nonneg", "free"], default="nonneg", help="Theta of --twins")
-    ap.add_argument("--generator", choices=["block", "counts"], default="block",
-                    help="data of --twins: block-sparse (nmfre.simulate) or bench_iterations.py's counts design")
+    ap.add_argument("--generator", choices=["block", *GENERATORS], default="block",
+                    help="data of --twins and --chees: block-sparse (nmfre.simulate) or a generator of "
+                         "bench_iterations.py")
+    ap.add_argument("--noise", type=float, default=0.3,
+                    help="noise level c of a bench_iterations.py generator (default 0.3)")
     a = ap.parse_args(argv)
+    if a.lengths and a.lengths[0] is None:
+        ap.error("--lengths: WARMUP must be a number of draws ('auto' is for DRAWS)")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", bayes.SamplingWarning)
         warnings.simplefilter("ignore", nmfre.ConvergenceWarning)
@@ -306,10 +336,11 @@ def main(argv=None):
             marginal_ladder(a.quick, a.full, a.data_seeds)
             return
         if a.twins:
-            twins(a.data_seeds, a.vi_seeds, a.theta, a.generator)
+            twins(a.data_seeds, a.vi_seeds, a.theta, a.generator, a.noise)
             return
         if a.chees:
-            chees_ladder(a.quick, a.full, a.data_seeds, a.chains, a.sizes, a.lengths, a.max_tree_depth, a.tempering)
+            chees_ladder(a.quick, a.full, a.data_seeds, a.chains, a.sizes, a.lengths, a.max_tree_depth, a.tempering,
+                         a.generator, a.noise)
             return
         out = ladder(a.quick, a.full)
         mid = out[(20, 300, 2, 2)]

@@ -313,3 +313,22 @@ def test_iteration_ladder_runs_the_other_deterministic_start():
     assert mod.run_one(spec, 0, 0.3, sklearn=False, repeat=1)["nmfre"]["start"] == "nndsvd"
     with pytest.raises(ValueError, match="unknown init 'random'"):
         mod.run_one(spec, 0, 0.3, sklearn=False, init="random")
+
+
+def test_bayes_ladder_takes_the_iteration_benchmarks_generators():
+    """``bench_bayes.py --generator G --noise c``: the Bayesian ladder's data come from
+    ``bench_iterations.py``'s generator ``G`` (the same arrays), block-sparse by default;
+    ``--lengths W auto`` leaves the draws to the package and ``auto`` is refused for the warm-up."""
+    pytest.importorskip("jax")
+    bayes_mod = load_script(ITER_SCRIPT.parent / "bench_bayes.py")
+    it = load_script(ITER_SCRIPT)
+    Y, A, Q, theta = bayes_mod._data((20, 300, 2, 2), 3, "overlap", 0.5)
+    Y2, A2 = it.generate_overlap(20, 300, 2, 2, 3, 0.5)
+    np.testing.assert_array_equal(Y, Y2)
+    np.testing.assert_array_equal(A, A2)
+    assert (Q, theta) == (2, "nonneg")
+    Yb = bayes_mod._data((20, 300, 2, 2), 3)[0]
+    np.testing.assert_array_equal(Yb, bayes_mod.block_sparse(P=20, N=300, rank=2, K=2, seed=3)["Y"])
+    assert bayes_mod._length("auto") is None and bayes_mod._length("40") == 40
+    with pytest.raises(SystemExit):
+        bayes_mod.main(["--chees", "--lengths", "auto", "100"])
