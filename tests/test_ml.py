@@ -447,9 +447,13 @@ def test_a_fit_whose_steps_crawl_converges():
     counts generator, 50 x 500, Q = 8, seed 0, c = 0.3, Theta >= 0) each direction sent 28-42
     entries of X below zero and achieved at most 0.16% of its prediction; measured, 2000
     iterations to ``max_iter`` without converging (8 s); with the switch, converged in 117 at
-    an nll 5.9 lower. Here: converged within 300 iterations (measured: 117), at an nll more
-    than 1 below the one the scoring iteration alone reaches in 300 from the NNDSVD start
-    (measured: 6.6 below it)."""
+    an nll 5.9 lower. Here: converged within 300 iterations, where the scoring iteration alone
+    does not converge in 300 from the NNDSVD start, at an nll no higher than the one it reaches.
+    Which optimum the converged fit finds depends on the machine's rounding (measured: 117
+    iterations and 6.6 below the scoring iteration's nll on the development machine of
+    2026-12-04; 66 iterations and 0.09 below on an AMD EPYC machine with numpy 2.5.5 on
+    2026-12-05, where the test asked for more than 1 below and failed), so only "no higher" is
+    asserted of the nll."""
     import warnings
 
     Y, A = _counts_crawl()
@@ -459,7 +463,7 @@ def test_a_fit_whose_steps_crawl_converges():
     assert f.converged and f.n_iter <= 300
     prob = ml.Problem(stats.from_arrays(Y, A), 8, True, "free", 1.0, 1.0, None)
     plain = ml.fit_ml(prob, basis.nndsvd(Y, 8), max_iter=300, second_order=False)
-    assert not plain.converged and -f.loglik < plain.nll - 1.0
+    assert not plain.converged and -f.loglik <= plain.nll + 1e-10 * (1 + abs(plain.nll))
 
 
 def test_a_fit_at_a_fixed_point_of_its_iteration_stops_as_stalled(monkeypatch, orthodont):

@@ -32,6 +32,10 @@ import numpy as np
 #: imaginary step of the complex-step derivative (relative to the direction's scale)
 COMPLEX_STEP = 1e-30
 
+#: the factor between the trial lengths of :func:`newton_step`'s projected search (measured
+#: against the segment's feasible part alone: benchmarks/results/scale.md, twentieth round)
+PROJECTED_SEARCH = 4.0
+
 
 def _rmul(Y, Z):
     """``Y @ Z`` for a real (dense or sparse) ``Y`` and a real or complex ``Z``, without a
@@ -474,11 +478,23 @@ def newton_step(hess: Hessian, model: FisherModel, x: np.ndarray, nonneg: bool, 
     """The bound-constrained truncated Newton step with the observed Hessian.
 
     Starts at the Fisher step ``qp`` (:func:`bound_qp`) and its face; on the face, CG on the
-    Hessian model (:func:`face_cg`); when the result leaves the feasible set, its projection
-    or the longest feasible part of the segment towards it (whichever has the lower Hessian
-    model) gives a new face, and CG continues there (at most ``rounds`` faces), all within
-    the trust region ``radius`` around the Fisher step. Returns ``(d, predicted decrease,
-    on_boundary)`` with ``x + d`` feasible, or None.
+    Hessian model (:func:`face_cg`); when the result leaves the feasible set, a projected
+    search along the segment towards it gives a new face: the longest feasible part of the
+    segment (at least one bound), then the projections of the points at ``PROJECTED_SEARCH``
+    times that length, times it again, ... while the Hessian model keeps falling (many bounds
+    at once, as in Lin & More's TRON), and the projection of the CG point itself, whichever
+    has the lower model; CG continues on that face (at most ``rounds`` faces), all within the
+    trust region ``radius`` around the Fisher step. Returns ``(d, predicted decrease,
+    on_boundary)`` with ``x + d`` feasible, or None (``on_boundary``: the last CG run ended
+    on the region's boundary).
+
+    The search matters on negative curvature, where CG goes to the region's boundary, far
+    outside the feasible set: the segment towards that point can stop at once at a small entry
+    (1e-9 to 1e-6 of a column summing to 1) while the projection of its end lands where the
+    model is high, and the lower of those two alone gained almost nothing
+    (benchmarks/results/scale.md, twentieth round). It stops at the first trial that does not
+    lower the model, so a segment stopped by an entry at rounding level (1e-18), whose first
+    trials change the model by less than its rounding, is not searched.
     """
     n = x.size
     lower = np.zeros(n, bool)
@@ -500,20 +516,30 @@ def newton_step(hess: Hessian, model: FisherModel, x: np.ndarray, nonneg: bool, 
             d, hd, moved = dN, hdN, True
             mval = float(model.g @ d + 0.5 * d @ hd)
             break
-        # a new face: the projection of the CG point or the longest feasible part of the
-        # segment towards it, the lower Hessian model
+        # a new face by a projected search along the segment towards the CG point
         step = dN - d
         neg = lower & (z < 0)
         frac = float(np.min((x + d)[neg] / -step[neg]))
         d1, hd1 = d + frac * step, hd + frac * (hdN - hd)
         d1[neg & (x + d1 < 0)] = -x[neg & (x + d1 < 0)]
-        m1 = float(model.g @ d1 + 0.5 * d1 @ hd1)
+        best = (float(model.g @ d1 + 0.5 * d1 @ hd1), d1, hd1)
+        t = frac * PROJECTED_SEARCH
+        while 0.0 < t < 1.0:
+            dt = _project(model, x + d + t * step, nonneg) - x
+            hdt = hess(dt)
+            mt = float(model.g @ dt + 0.5 * dt @ hdt)
+            if not mt < best[0]:
+                break
+            best = (mt, dt, hdt)
+            t *= PROJECTED_SEARCH
         d2 = _project(model, z, nonneg) - x
         hd2 = hess(d2)
         m2 = float(model.g @ d2 + 0.5 * d2 @ hd2)
-        if min(m1, m2) >= mval:
+        if m2 < best[0]:
+            best = (m2, d2, hd2)
+        if best[0] >= mval:
             break
-        d, hd, mval = (d1, hd1, m1) if m1 <= m2 else (d2, hd2, m2)
+        mval, d, hd = best
         moved = True
         free = ~(lower & (x + d <= 0))
     if not moved or not mval < 0:
