@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip install -q -q
 
-.PHONY: demo test test-all lint docs dist-check bench bench-scale clean
+.PHONY: demo test test-all test-portable lint docs dist-check bench bench-scale clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,12 @@ test: $(VENV)/.test
 
 test-all: $(VENV)/.test
 	$(BIN)/python -m pytest -q -m 'slow or not slow'
+
+# the suite under other floating point on the same x86-64 machine: OpenBLAS's AVX kernels
+# without FMA, numpy's loops without AVX-512, XLA's code at most AVX2 (docs/testing.md, Portability)
+test-portable: $(VENV)/.test
+	OPENBLAS_CORETYPE=Sandybridge NPY_DISABLE_CPU_FEATURES="X86_V4 AVX512_ICL AVX512_SPR" \
+	XLA_FLAGS=--xla_cpu_max_isa=AVX2 $(BIN)/python -m pytest -q
 
 lint: $(VENV)/.test
 	$(BIN)/ruff check nmfre bayes tests benchmarks examples docs

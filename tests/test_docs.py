@@ -144,7 +144,12 @@ def test_guide_out_of_core_example_runs(tmp_path, monkeypatch):
     assert fit.converged
     assert type(fit.U.data).__module__.startswith("dask")  # U stays lazy
     mem = nmfre.fit(ns["d"]["Y"], ns["d"]["A"], rank=3, theta="nonneg")  # equals the in-memory fit
-    np.testing.assert_allclose(fit.theta.values, mem.theta.values, rtol=1e-8)
+    # the same optimum: the nll to the convergence tolerance; Theta to 1e-6, where the two
+    # statistics' rounding (chunked sums against one product) decides the last digits, and how
+    # it does differs between machines (2e-8 apart with numpy's and OpenBLAS's SIMD kernels
+    # restricted, against 1e-8 asserted before: docs/testing.md, portability)
+    assert fit.loglik == pytest.approx(mem.loglik, rel=1e-10)
+    np.testing.assert_allclose(fit.theta.values, mem.theta.values, rtol=1e-6)
     assert inf.table["se"].gt(0).all()
     ns["Y"].close()
 

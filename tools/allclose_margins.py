@@ -1,0 +1,57 @@
+"""pytest plugin: how close every ``numpy.testing.assert_allclose`` came to failing.
+
+For each call it appends a JSON line ``{"test", "at", "ratio", "rtol", "atol"}`` to
+``$MARGIN_OUT`` (default ``allclose-margins.jsonl``), with ``ratio`` the largest
+``|actual - desired| / (atol + rtol |desired|)`` over the entries (1 is the tolerance), then
+runs the assertion unchanged. An assertion whose ratio is near 1 on one machine, or moves a
+lot under other floating point (``make test-portable``), depends on rounding::
+
+    PYTHONPATH=tools MARGIN_OUT=m.jsonl .venv/bin/python -m pytest -q -p allclose_margins
+
+(docs/testing.md, Portability). Not used by the test suite itself.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import traceback
+
+import numpy as np
+import numpy.testing as npt
+
+OUT = os.environ.get("MARGIN_OUT", "allclose-margins.jsonl")
+_assert_allclose = npt.assert_allclose
+
+
+def ratio(actual, desired, rtol: float, atol: float) -> float | None:
+    """Largest ``|actual - desired| / (atol + rtol |desired|)`` over the finite entries."""
+    try:
+        complex_ = np.iscomplexobj(actual) or np.iscomplexobj(desired)
+        a = np.asarray(actual, dtype=complex if complex_ else float)
+        d = np.asarray(desired, dtype=a.dtype)
+        a, d = np.broadcast_arrays(a, d)
+    except (TypeError, ValueError):
+        return None
+    err = np.abs(a - d)
+    ok = np.isfinite(err)
+    if not ok.any():
+        return None
+    allowed = (atol + rtol * np.abs(d))[ok]
+    err = err[ok]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        r = np.where(allowed > 0, err / allowed, np.where(err > 0, np.inf, 0.0))
+    return float(np.max(r))
+
+
+def assert_allclose(actual, desired, rtol=1e-7, atol=0, *args, **kwargs):
+    frame = traceback.extract_stack(limit=3)[-2]
+    with open(OUT, "a") as f:
+        f.write(json.dumps({"test": os.environ.get("PYTEST_CURRENT_TEST", "").split(" ")[0],
+                            "at": f"{os.path.basename(frame.filename)}:{frame.lineno}",
+                            "ratio": ratio(actual, desired, rtol, atol), "rtol": rtol, "atol": atol}) + "\n")
+    return _assert_allclose(actual, desired, rtol, atol, *args, **kwargs)
+
+
+npt.assert_allclose = assert_allclose
+np.testing.assert_allclose = assert_allclose
