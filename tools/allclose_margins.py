@@ -1,10 +1,13 @@
-"""pytest plugin: how close every ``numpy.testing.assert_allclose`` came to failing.
+"""pytest plugin: how close every ``numpy.testing.assert_allclose`` and ``pytest.approx``
+comparison came to failing.
 
 For each call it appends a JSON line ``{"test", "at", "ratio", "rtol", "atol"}`` to
 ``$MARGIN_OUT`` (default ``allclose-margins.jsonl``), with ``ratio`` the largest
-``|actual - desired| / (atol + rtol |desired|)`` over the entries (1 is the tolerance), then
-runs the assertion unchanged. An assertion whose ratio is near 1 on one machine, or moves a
-lot under other floating point (``make test-portable``), depends on rounding::
+``|actual - desired| / (atol + rtol |desired|)`` over the entries (1 is the tolerance; for
+``pytest.approx``, ``|actual - expected|`` over its tolerance, one line per scalar compared,
+``rtol`` and ``atol`` null), then runs the comparison unchanged. An assertion whose ratio is
+near 1 on one machine, or moves a lot under other floating point (``make test-portable``),
+depends on rounding::
 
     PYTHONPATH=tools MARGIN_OUT=m.jsonl .venv/bin/python -m pytest -q -p allclose_margins
 
@@ -19,6 +22,7 @@ import traceback
 
 import numpy as np
 import numpy.testing as npt
+import pytest
 
 OUT = os.environ.get("MARGIN_OUT", "allclose-margins.jsonl")
 _assert_allclose = npt.assert_allclose
@@ -53,5 +57,31 @@ def assert_allclose(actual, desired, rtol=1e-7, atol=0, *args, **kwargs):
     return _assert_allclose(actual, desired, rtol, atol, *args, **kwargs)
 
 
+def _test_frame():
+    """The innermost frame in a file under ``tests/`` (the assertion's line)."""
+    for frame in reversed(traceback.extract_stack()):
+        if f"{os.sep}tests{os.sep}" in frame.filename:
+            return f"{os.path.basename(frame.filename)}:{frame.lineno}"
+    return "?"
+
+
+_ApproxScalar = type(pytest.approx(1.0))
+_approx_eq = _ApproxScalar.__eq__
+
+
+def approx_eq(self, actual) -> bool:
+    out = _approx_eq(self, actual)
+    try:
+        r = float(abs(actual - self.expected)) / float(self.tolerance) if self.tolerance > 0 else (
+            0.0 if actual == self.expected else float("inf"))
+    except (TypeError, ValueError, ArithmeticError):
+        return out
+    with open(OUT, "a") as f:
+        f.write(json.dumps({"test": os.environ.get("PYTEST_CURRENT_TEST", "").split(" ")[0],
+                            "at": _test_frame(), "ratio": r, "rtol": None, "atol": None}) + "\n")
+    return out
+
+
 npt.assert_allclose = assert_allclose
 np.testing.assert_allclose = assert_allclose
+_ApproxScalar.__eq__ = approx_eq
