@@ -34,7 +34,7 @@ test-portable: $(VENV)/.test
 	XLA_FLAGS=--xla_cpu_max_isa=AVX2 $(BIN)/python -m pytest -q
 
 lint: $(VENV)/.test
-	$(BIN)/ruff check nmfre bayes tests benchmarks examples docs
+	$(BIN)/ruff check nmfre bayes tests benchmarks examples docs tools
 	$(BIN)/lint-imports
 
 docs: $(VENV)/.test
