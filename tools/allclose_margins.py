@@ -24,8 +24,13 @@ import numpy as np
 import numpy.testing as npt
 import pytest
 
-OUT = os.environ.get("MARGIN_OUT", "allclose-margins.jsonl")
 _assert_allclose = npt.assert_allclose
+
+
+def _record(at: str, r: float | None, rtol, atol) -> None:
+    with open(os.environ.get("MARGIN_OUT", "allclose-margins.jsonl"), "a") as f:
+        f.write(json.dumps({"test": os.environ.get("PYTEST_CURRENT_TEST", "").split(" ")[0], "at": at,
+                            "ratio": r, "rtol": rtol, "atol": atol}) + "\n")
 
 
 def ratio(actual, desired, rtol: float, atol: float) -> float | None:
@@ -49,11 +54,8 @@ def ratio(actual, desired, rtol: float, atol: float) -> float | None:
 
 
 def assert_allclose(actual, desired, rtol=1e-7, atol=0, *args, **kwargs):
-    frame = traceback.extract_stack(limit=3)[-2]
-    with open(OUT, "a") as f:
-        f.write(json.dumps({"test": os.environ.get("PYTEST_CURRENT_TEST", "").split(" ")[0],
-                            "at": f"{os.path.basename(frame.filename)}:{frame.lineno}",
-                            "ratio": ratio(actual, desired, rtol, atol), "rtol": rtol, "atol": atol}) + "\n")
+    frame = traceback.extract_stack(limit=2)[0]
+    _record(f"{os.path.basename(frame.filename)}:{frame.lineno}", ratio(actual, desired, rtol, atol), rtol, atol)
     return _assert_allclose(actual, desired, rtol, atol, *args, **kwargs)
 
 
@@ -76,12 +78,13 @@ def approx_eq(self, actual) -> bool:
             0.0 if actual == self.expected else float("inf"))
     except (TypeError, ValueError, ArithmeticError):
         return out
-    with open(OUT, "a") as f:
-        f.write(json.dumps({"test": os.environ.get("PYTEST_CURRENT_TEST", "").split(" ")[0],
-                            "at": _test_frame(), "ratio": r, "rtol": None, "atol": None}) + "\n")
+    _record(_test_frame(), r, None, None)
     return out
 
 
-npt.assert_allclose = assert_allclose
-np.testing.assert_allclose = assert_allclose
-_ApproxScalar.__eq__ = approx_eq
+def pytest_configure(config) -> None:
+    """Install the recording comparisons (``-p allclose_margins``; importing the module alone
+    changes nothing)."""
+    npt.assert_allclose = assert_allclose
+    np.testing.assert_allclose = assert_allclose
+    _ApproxScalar.__eq__ = approx_eq
