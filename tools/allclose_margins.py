@@ -53,12 +53,6 @@ def ratio(actual, desired, rtol: float, atol: float) -> float | None:
     return float(np.max(r))
 
 
-def assert_allclose(actual, desired, rtol=1e-7, atol=0, *args, **kwargs):
-    frame = traceback.extract_stack(limit=2)[0]
-    _record(f"{os.path.basename(frame.filename)}:{frame.lineno}", ratio(actual, desired, rtol, atol), rtol, atol)
-    return _assert_allclose(actual, desired, rtol, atol, *args, **kwargs)
-
-
 def _test_frame():
     """The innermost frame in a file under ``tests/`` (the assertion's line)."""
     for frame in reversed(traceback.extract_stack()):
@@ -71,14 +65,18 @@ _ApproxScalar = type(pytest.approx(1.0))
 _approx_eq = _ApproxScalar.__eq__
 
 
+def assert_allclose(actual, desired, rtol=1e-7, atol=0, *args, **kwargs):
+    _record(_test_frame(), ratio(actual, desired, rtol, atol), rtol, atol)
+    return _assert_allclose(actual, desired, rtol, atol, *args, **kwargs)
+
+
 def approx_eq(self, actual) -> bool:
     out = _approx_eq(self, actual)
     try:
-        r = float(abs(actual - self.expected)) / float(self.tolerance) if self.tolerance > 0 else (
-            0.0 if actual == self.expected else float("inf"))
-    except (TypeError, ValueError, ArithmeticError):
+        tolerance = float(self.tolerance)
+    except (TypeError, ValueError, ArithmeticError):  # not a number: nothing to measure
         return out
-    _record(_test_frame(), r, None, None)
+    _record(_test_frame(), ratio(actual, self.expected, 0.0, tolerance), None, None)
     return out
 
 
