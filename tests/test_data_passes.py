@@ -76,3 +76,23 @@ def test_hessian_at_a_state_takes_no_pass_and_each_product_two():
     assert sorted(log) == ["Y", "Yt"]
     fresh = trust.Hessian(prob.data, model, st.X, st.theta, st.sigma2, st.sigma2 / st.lam)(v)
     np.testing.assert_allclose(hv, fresh, rtol=1e-9, atol=1e-9 * np.abs(fresh).max())
+
+
+def test_gram_products_equal_g_times_x():
+    """The gram form's ``G X`` is computed as ``(X'G)'`` (``stats.gram_product``, faster in
+    OpenBLAS); it must equal ``G X``, for the complex directions of the Hessian products too
+    (real and imaginary parts multiplied separately). Exact up to the order of the sums
+    (rtol 1e-13; the named fault, a missing transpose or a dropped imaginary part, fails at
+    once)."""
+    rng = np.random.default_rng(3)
+    B = rng.random((60, 90))
+    G = B @ B.T
+    X = rng.random((60, 4))
+    GX = stats.gram_product(G, X)
+    assert GX.shape == (60, 4)
+    np.testing.assert_allclose(GX, G @ X, rtol=1e-13)
+    Z = X + 1j * rng.normal(size=X.shape)
+    data = trust.Data("gram", B @ rng.random((90, 2)), np.eye(2), float(np.trace(G)), rng.random((2, 90)), 90, G=G)
+    GZ = trust.data_product(data, Z)
+    assert np.iscomplexobj(GZ)
+    np.testing.assert_allclose(GZ, G @ Z, rtol=1e-13)

@@ -29,6 +29,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .stats import gram_product
+
 #: imaginary step of the complex-step derivative (relative to the direction's scale)
 COMPLEX_STEP = 1e-30
 
@@ -102,7 +104,9 @@ def data_product(data: Data, X: np.ndarray) -> np.ndarray:
     form, and sparse form as ``Y (Y'X)``: two passes over the non-zeros, no ``G``) or ``Y'X``
     (dense form, ``N x Q``)."""
     if data.form == "gram":
-        return _rmul(data.G, X)
+        if np.iscomplexobj(X):
+            return gram_product(data.G, X.real) + 1j * gram_product(data.G, X.imag)
+        return gram_product(data.G, X)
     if data.form == "sparse":
         return _rmul(data.Y, _rmul(data.Y.T, X))
     return _rmul(data.Y.T, X)
