@@ -44,7 +44,7 @@ from .core import dfcap
 from .core.basis import project_simplex
 from .core.likelihood import LOG_2PI, Sufficient, optimize_lambda
 from .core.likelihood import nll as nll_of
-from .core.stats import gram_rss
+from .core.stats import gram_product, gram_rss
 
 if TYPE_CHECKING:
     from .results import NMFREFit
@@ -216,7 +216,7 @@ class Likelihood:
             D, C = YAT, TAT
         else:
             Minv = np.linalg.inv(XtX + lam * np.eye(Q))
-            GX = self.G @ X
+            GX = gram_product(self.G, X)
             XtYA = X.T @ self.YA
             Cq = XtYA @ theta.T
             XRRX = X.T @ GX - Cq @ XtX - XtX @ Cq.T + XtX @ TAT @ XtX

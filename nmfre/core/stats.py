@@ -138,12 +138,13 @@ def gram_product(G: np.ndarray, X: np.ndarray) -> np.ndarray:
     """``G X`` for a symmetric gram ``G`` (``P x P``) and a thin real ``X`` (``P x Q``),
     computed as ``(X'G)'`` (a transposed view).
 
-    The same sums, so the same numbers to rounding (bit for bit with the OpenBLAS of numpy's
-    wheel on the development machine, ``P`` = 100 to 4000; ``tests/test_data_passes.py``
+    The same sums, so the same numbers to rounding (with the OpenBLAS of numpy's wheel on the
+    development machine: bit for bit at the sizes measured with ``Q`` = 3 to 20, ``P`` = 5 to
+    4000; within 2e-15 relative at ``Q = 2``, where OpenBLAS takes another kernel; ``tests/test_data_passes.py``
     checks 1e-13), but OpenBLAS reads ``G`` faster this way round on one thread: 3.3 against
-    5.3 ms at ``P = 2000``, ``Q = 10`` (about the same on two threads; benchmarks/results/scale.md,
-    twenty-second round). The gram-form iteration makes several such products per iteration
-    (its moments and its observed-Hessian products).
+    5.3 ms at ``P = 2000``, ``Q = 10`` (on two threads 2.2 against 2.6 ms, and whole fits
+    unchanged; benchmarks/results/scale.md, twenty-second round). The gram-form iteration makes
+    several such products per iteration (its moments and its observed-Hessian products).
     """
     return (X.T @ G).T
 
