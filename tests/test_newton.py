@@ -62,6 +62,42 @@ def test_structured_step_equals_dense_step(theta_kind, mode, zeros):
     assert diff @ F @ diff <= 1e-8 * abs(dense @ F @ dense)
 
 
+def test_a_face_factorises_its_capacitance_once(monkeypatch):
+    """A face's solves (the Schur complement's, every preconditioning of the conjugate gradients)
+    reuse one LU of the Woodbury capacitance matrix: two factorisations when the face is built
+    (the capacitance and the Schur complement), none per solve, and every solve still solves the
+    ridged KKT system, for right-hand sides in the information's range (``g + F w``; F is
+    singular along basis rotations, cond 1e14). Measured: residuals below 1e-15 of the
+    right-hand side; with the capacitance's LU replaced by the identity's (the named fault, a
+    stale or wrong factorisation) 0.12."""
+    prob, st = _state("nonneg", "free", None, True, seed=3)
+    F, g, gT, nV = ml.fisher_system(prob, st)
+    P, Q, K = prob.P, prob.rank, prob.K
+    parts = newton.block_parts(prob, st, ml.gradient(prob, st)[2])
+    FX, _ = newton.information_diagonal(prob, st, parts)
+    free = ml._free_mask(prob, st, g[: P * Q].reshape(P, Q), gT, nV, FX)
+    calls = []
+    real = newton.lu_factor
+    monkeypatch.setattr(newton, "lu_factor", lambda a, **k: calls.append(a.shape) or real(a, **k))
+    solver = newton.StructuredKKT(prob, st, parts[0], ml.variance_directions(prob, st), free)
+    assert len(calls) == 2 and calls[0] == (2 * Q * Q, 2 * Q * Q)
+    idx = np.flatnonzero(free)
+    Ff = F[np.ix_(idx, idx)]
+    Fr = Ff + 1e-10 * np.mean(np.abs(np.diag(Ff))) * np.eye(idx.size)
+    E = np.zeros((Q, idx.size))
+    E[idx[idx < P * Q] % Q, np.flatnonzero(idx < P * Q)] = 1.0
+    rng = np.random.default_rng(0)
+    for _ in range(3):
+        w = np.zeros(g.size)
+        w[idx] = rng.normal(size=idx.size)
+        r = g + F @ w
+        d = solver.solve(r[: P * Q].reshape(P, Q), r[P * Q:P * Q + Q * K].reshape(Q, K), r[P * Q + Q * K:])
+        res = Fr @ d[idx] + r[idx]
+        mu = np.linalg.lstsq(E.T, -res, rcond=None)[0]
+        assert np.abs(res + E.T @ mu).max() <= 1e-9 * np.abs(r).max()
+    assert len(calls) == 2
+
+
 @pytest.mark.parametrize("Q", [3, 70])
 def test_row_patterns_group_the_rows_by_mask(Q):
     """Distinct masks, each row's pattern and the grouping that reduceat sums over (bit codes

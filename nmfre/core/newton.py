@@ -238,7 +238,16 @@ class _Woodbury:
         Xs, Zs = self.X[self._order], self.Z[self._order]  # rows grouped by mask
         XZ = self._lbl(Xs, Zs)  # the (Z, X) block is its transpose
         self.LBL = LBL = np.block([[self._lbl(Xs, Xs), XZ], [XZ.T, self._lbl(Zs, Zs)]])
-        self.cap = np.eye(2 * Q * Q) + LBL @ self.K
+        # the capacitance matrix, factorised once: every solve of the face (the Schur complement's,
+        # each conjugate-gradient preconditioning) reuses it; a zero pivot raises, as
+        # numpy.linalg.solve did when it was solved afresh each time
+        cap = np.eye(2 * Q * Q) + LBL @ self.K
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", LinAlgWarning)
+            try:
+                self._cap_lu = lu_factor(cap, check_finite=False)
+            except LinAlgWarning as exc:
+                raise np.linalg.LinAlgError(str(exc)) from exc
 
     def _lbl(self, Ai, Aj):
         """``sum_p kron(a_ip a_jp', Binv_p)`` reordered to ``[(j, q), (k, r)]``: the outer
@@ -249,6 +258,10 @@ class _Woodbury:
         sums = np.add.reduceat(outer, self._starts, axis=0)  # per distinct mask
         out = sums.T @ self._Binv_u.reshape(-1, Q * Q)  # (j, k), (q, r)
         return out.reshape(Q, Q, Q, Q).transpose(0, 2, 1, 3).reshape(Q * Q, Q * Q)
+
+    def _cap_solve(self, T: np.ndarray) -> np.ndarray:
+        """``cap^-1 T`` (``cap = I + LBL K``) from the factorisation made once."""
+        return lu_solve(self._cap_lu, T, check_finite=False)
 
     def _binv(self, V):
         return np.matmul(self.Binv, V)
@@ -272,7 +285,7 @@ class _Woodbury:
         D[:c, c:] = C.T @ T1v[QQ:]
         D[c:, :c] = D[:c, c:].T
         D[c:, c:] = V.reshape(P * Q, r).T @ Y1.reshape(P * Q, r)
-        return D - T1.T @ (self.K @ np.linalg.solve(self.cap, T1))
+        return D - T1.T @ (self.K @ self._cap_solve(T1))
 
     def solve(self, V: np.ndarray) -> np.ndarray:
         """``A^-1 V`` for ``V`` of shape ``(P, Q, r)`` (entries off the mask ignored)."""
@@ -282,7 +295,7 @@ class _Woodbury:
         P, _, r = Y1.shape
         flat = Y1.reshape(P, Q * r)
         T1 = np.concatenate([(self.X.T @ flat).reshape(Q * Q, r), (self.Z.T @ flat).reshape(Q * Q, r)])
-        T2 = self.K @ np.linalg.solve(self.cap, T1)
+        T2 = self.K @ self._cap_solve(T1)
         corr = (self.X @ T2[: Q * Q].reshape(Q, Q * r) + self.Z @ T2[Q * Q:].reshape(Q, Q * r)).reshape(P, Q, r)
         return Y1 - self._binv(corr * self.mask[:, :, None])
 
