@@ -216,6 +216,17 @@ def _row_patterns(mask: np.ndarray):
     return pats, pat, order, starts
 
 
+def _lu(M: np.ndarray):
+    """scipy's LU factorisation of ``M``; a zero pivot raises ``numpy.linalg.LinAlgError`` (as
+    ``numpy.linalg.solve`` does) instead of scipy's warning."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", LinAlgWarning)
+        try:
+            return lu_factor(M, check_finite=False)
+        except LinAlgWarning as exc:
+            raise np.linalg.LinAlgError(str(exc)) from exc
+
+
 class _Woodbury:
     """``A = B0 + L K L'`` on the free entries of X, with ``B0`` block diagonal per feature."""
 
@@ -241,13 +252,7 @@ class _Woodbury:
         # the capacitance matrix, factorised once: every solve of the face (the Schur complement's,
         # each conjugate-gradient preconditioning) reuses it; a zero pivot raises, as
         # numpy.linalg.solve did when it was solved afresh each time
-        cap = np.eye(2 * Q * Q) + LBL @ self.K
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", LinAlgWarning)
-            try:
-                self._cap_lu = lu_factor(cap, check_finite=False)
-            except LinAlgWarning as exc:
-                raise np.linalg.LinAlgError(str(exc)) from exc
+        self._cap_lu = _lu(np.eye(2 * Q * Q) + LBL @ self.K)
 
     def _lbl(self, Ai, Aj):
         """``sum_p kron(a_ip a_jp', Binv_p)`` reordered to ``[(j, q), (k, r)]``: the outer
@@ -354,12 +359,7 @@ class StructuredKKT:
         self.count = np.maximum(mask.sum(axis=0), 1)
         if not np.all(np.isfinite(S)):
             raise np.linalg.LinAlgError("non-finite Schur complement")
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", LinAlgWarning)
-            try:
-                self.schur = lu_factor(S, check_finite=False)
-            except LinAlgWarning as exc:
-                raise np.linalg.LinAlgError(str(exc)) from exc
+        self.schur = _lu(S)
         if np.any(np.diag(self.schur[0]) == 0):
             raise np.linalg.LinAlgError("singular Schur complement")
         self.m_eta = m_eta
