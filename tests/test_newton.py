@@ -252,3 +252,13 @@ def test_degenerate_sign_free_fit_stops_with_a_warning():
         warnings.simplefilter("error", nmfre.ConvergenceWarning)
         g = nmfre.fit(d["Y"], d["A"], rank=5, theta="nonneg")
     assert g.converged and g.stop_reason == "tol"
+
+
+def test_lu_raises_on_an_exactly_zero_pivot():
+    """``newton._lu`` (the Schur complement's and the capacitance's factorisation) turns
+    scipy's zero-pivot warning into ``LinAlgError``, which the callers take as 'no structured
+    step'; a regular matrix factorises and solves exactly."""
+    with pytest.raises(np.linalg.LinAlgError, match="exactly zero"):
+        newton._lu(np.array([[1.0, 2.0], [2.0, 4.0]]))
+    lu = newton._lu(np.array([[2.0, 1.0], [1.0, 3.0]]))
+    np.testing.assert_allclose(newton.lu_solve(lu, np.array([3.0, 4.0])), [1.0, 1.0], rtol=1e-15)
