@@ -59,6 +59,13 @@ too few), with basis columns Gamma(0.4) scaled to sum 1 (many small entries, no 
 Gaussian covariates, Theta Gamma(2, 1) plus 10 on the intercept, ``U ~ N(0, 0.36)`` and Gaussian
 noise of sd ``0.3 c`` times the sd of the mean, clipped at 0.
 
+An eighth, ``--generator blocks`` (:func:`generate_blocks`, dense rungs only), is the design
+issue 17 was measured on ("block-sparse X, non-negative Theta, noise sd 0.3/sqrt(P)"): every
+feature loads on exactly one component, in contiguous blocks (``(Q - 1) / Q`` of X exactly 0),
+Theta U(0, 10), U(0, 1) covariates, ``U ~ N(0, 0.25)``, noise sd ``c / sqrt(P)``, clipped at 0.
+It is :func:`nmfre.simulate.block_sparse`'s design (the tests' and the Bayesian ladder's data),
+written here separately with this ladder's noise; none of its draws are the tests'.
+
 Targets (issue 17, on two cores): every dense rung converged in <= 100 iterations with
 wall time no more than scikit-learn's (ratio <= 1); 2000 x 20000, Q = 10 in <= 60 s on every
 seed; the sparse rung's ratio <= 3.
@@ -76,6 +83,7 @@ Run::
     python benchmarks/bench_iterations.py --generator hetero --rungs small,medium,large
     python benchmarks/bench_iterations.py --generator tied --theta free --rungs small,medium --no-sklearn
     python benchmarks/bench_iterations.py --generator overfit --rungs small,medium,large
+    python benchmarks/bench_iterations.py --generator blocks --rungs small,medium,large
     python benchmarks/bench_iterations.py --init nndsvd-tail       # nmfre's other deterministic start
     python benchmarks/bench_iterations.py --out results.json
     python benchmarks/bench_iterations.py --repeat 1             # one timed run per fit
@@ -308,6 +316,21 @@ def generate_misfit(P: int, N: int, Q: int, K: int, seed: int, noise: float = 0.
     return np.maximum(M + 0.3 * noise * M.std() * rng.standard_normal(M.shape), 0.0), A
 
 
+def generate_blocks(P: int, N: int, Q: int, K: int, seed: int, noise: float = 0.3):
+    """One dense data set ``(Y, A)`` of the blocks design (``--generator blocks``; see the
+    module docstring): feature ``p`` loads only on component ``p Q // P`` with weight U(0.5,
+    1.5), columns scaled to sum 1; Theta U(0, 10); an intercept and ``K - 1`` U(0, 1)
+    covariates; ``U ~ N(0, 0.25)``; noise sd ``c / sqrt(P)``; clipped at 0."""
+    rng = np.random.default_rng([71, seed, P, Q, K])
+    X = np.zeros((P, Q))
+    X[np.arange(P), np.arange(P) * Q // P] = rng.uniform(0.5, 1.5, P)
+    X /= X.sum(axis=0)
+    theta = rng.uniform(0.0, 10.0, (Q, K))
+    A = np.vstack([np.ones(N), rng.uniform(0.0, 1.0, (K - 1, N))])
+    Y = X @ (theta @ A + rng.normal(0.0, 0.5, (Q, N))) + rng.normal(0.0, noise / np.sqrt(P), (P, N))
+    return np.maximum(Y, 0.0), A
+
+
 def generate_overfit(P: int, N: int, Q: int, K: int, seed: int, noise: float = 0.3):
     """:func:`generate_misfit` with data of rank ``max(1, Q - 2)``."""
     return generate_misfit(P, N, Q, K, seed, noise, -2)
@@ -323,7 +346,8 @@ SIGNED = frozenset({"tied"})
 #: nmfre's deterministic starts (``--init``)
 INITS = ("nndsvd", "nndsvd-tail")
 GENERATORS = {"ladder": generate, "counts": generate_counts, "overlap": generate_overlap, "hetero": generate_hetero,
-              "tied": generate_tied, "overfit": generate_overfit, "underfit": generate_underfit}
+              "tied": generate_tied, "overfit": generate_overfit, "underfit": generate_underfit,
+              "blocks": generate_blocks}
 
 
 #: seconds of sleep before each timed run (not timed): OpenBLAS's threads spin for up to about

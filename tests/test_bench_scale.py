@@ -229,6 +229,29 @@ def test_tied_generator():
         mod.run_one(dict(P=40, N=100, Q=2, K=2), 0, 0.3, sklearn=True, generator="tied")
 
 
+def test_blocks_generator():
+    """``--generator blocks``: each feature loads on one component, in contiguous blocks, so
+    without noise the rows of a block are positive multiples of one another (clipping at 0
+    keeps that: ``max(w b, 0) = w max(b, 0)`` for ``w > 0``) and the mean has rank ``Q``;
+    intercept first, U(0, 1) covariates; reproducible by seed; dense rungs only."""
+    mod = load_script(ITER_SCRIPT)
+    P, N, Q = 60, 400, 4
+    Y, A = mod.generate_blocks(P, N, Q, 3, seed=5, noise=0.0)
+    assert Y.shape == (P, N) and A.shape == (3, N)
+    np.testing.assert_array_equal(A[0], 1.0)
+    assert A[1:].min() >= 0 and A[1:].max() <= 1
+    for j in range(Q):
+        rows = Y[np.arange(P) * Q // P == j]
+        s = np.linalg.svd(rows, compute_uv=False)
+        assert s[1] / s[0] < 1e-12  # one profile per block
+    assert np.linalg.svd(Y, compute_uv=False)[Q - 1] > 1e-6  # Q distinct blocks
+    Yn = mod.generate_blocks(P, N, Q, 3, seed=5, noise=0.3)[0]
+    np.testing.assert_array_equal(Yn, mod.generate_blocks(P, N, Q, 3, seed=5, noise=0.3)[0])
+    assert not np.array_equal(Yn, Y) and Yn.min() >= 0
+    with pytest.raises(ValueError, match="dense only"):
+        mod.run_one(dict(P=40, N=100, Q=2, K=2, density=0.1), 0, 0.3, sklearn=False, generator="blocks")
+
+
 def test_misfit_generators():
     """``--generator overfit`` / ``underfit``: without noise the mean has rank ``Q - 2`` / ``Q + 2``
     (the fit's rank is ``Q``): the next singular value is zero to rounding while the last one of
