@@ -244,7 +244,8 @@ def test_blocks_generator():
         rows = Y[np.arange(P) * Q // P == j]
         s = np.linalg.svd(rows, compute_uv=False)
         assert s[1] / s[0] < 1e-12  # one profile per block
-    assert np.linalg.svd(Y, compute_uv=False)[Q - 1] > 1e-6  # Q distinct blocks
+    s = np.linalg.svd(Y, compute_uv=False)
+    assert s[Q - 1] / s[0] > 1e-3 and s[Q] / s[0] < 1e-12  # rank Q: Q distinct blocks
     Yn = mod.generate_blocks(P, N, Q, 3, seed=5, noise=0.3)[0]
     np.testing.assert_array_equal(Yn, mod.generate_blocks(P, N, Q, 3, seed=5, noise=0.3)[0])
     assert not np.array_equal(Yn, Y) and Yn.min() >= 0
