@@ -5,7 +5,7 @@ small problems once each (no timing comparison) and reports the distribution of 
 per generator and every fit that took more than ``--slow`` iterations or did not converge,
 with its stop reason. Data come from the generators of ``bench_iterations.py`` (all of them
 by default: ``ladder``, ``counts``, ``overlap``, ``hetero``, ``tied``, ``overfit``,
-``underfit``; ``--generators`` picks some); every combination of the grid is fitted
+``underfit``, ``blocks``; ``--generators`` picks some); every combination of the grid is fitted
 once with ``nmfre.fit(Y, A, rank=Q, theta=..., max_iter=...)`` (maximum likelihood, default
 tolerance and start).
 
