@@ -63,8 +63,8 @@ An eighth, ``--generator blocks`` (:func:`generate_blocks`, dense rungs only), i
 issue 17 was measured on ("block-sparse X, non-negative Theta, noise sd 0.3/sqrt(P)"): every
 feature loads on exactly one component, in contiguous blocks (``(Q - 1) / Q`` of X exactly 0),
 Theta U(0, 10), U(0, 1) covariates, ``U ~ N(0, 0.25)``, noise sd ``c / sqrt(P)``, clipped at 0.
-It is :func:`nmfre.simulate.block_sparse`'s design (the tests' and the Bayesian ladder's data),
-written here separately with this ladder's noise; none of its draws are the tests'.
+It calls :func:`nmfre.simulate.block_sparse` (the tests' and the Bayesian ladder's design) with
+this ladder's noise and a random stream of its own, so none of its draws are the tests'.
 
 Targets (issue 17, on two cores): every dense rung converged in <= 100 iterations with
 wall time no more than scikit-learn's (ratio <= 1); 2000 x 20000, Q = 10 in <= 60 s on every
@@ -318,17 +318,14 @@ def generate_misfit(P: int, N: int, Q: int, K: int, seed: int, noise: float = 0.
 
 def generate_blocks(P: int, N: int, Q: int, K: int, seed: int, noise: float = 0.3):
     """One dense data set ``(Y, A)`` of the blocks design (``--generator blocks``; see the
-    module docstring): feature ``p`` loads only on component ``p Q // P`` with weight U(0.5,
-    1.5), columns scaled to sum 1; Theta U(0, 10); an intercept and ``K - 1`` U(0, 1)
-    covariates; ``U ~ N(0, 0.25)``; noise sd ``c / sqrt(P)``; clipped at 0."""
-    rng = np.random.default_rng([71, seed, P, Q, K])
-    X = np.zeros((P, Q))
-    X[np.arange(P), np.arange(P) * Q // P] = rng.uniform(0.5, 1.5, P)
-    X /= X.sum(axis=0)
-    theta = rng.uniform(0.0, 10.0, (Q, K))
-    A = np.vstack([np.ones(N), rng.uniform(0.0, 1.0, (K - 1, N))])
-    Y = X @ (theta @ A + rng.normal(0.0, 0.5, (Q, N))) + rng.normal(0.0, noise / np.sqrt(P), (P, N))
-    return np.maximum(Y, 0.0), A
+    module docstring): :func:`nmfre.simulate.block_sparse` (feature ``p`` loads only on
+    component ``p Q // P``; Theta U(0, 10); U(0, 1) covariates; ``U ~ N(0, 0.25)``; clipped at
+    0) with noise sd ``c / sqrt(P)``, drawn from this script's own stream ``[71, seed, P, Q, K]``
+    (not the tests' integer seeds)."""
+    from nmfre.simulate import block_sparse
+
+    d = block_sparse(P, N, Q, K, noise_sd=noise / np.sqrt(P), seed=np.random.default_rng([71, seed, P, Q, K]))
+    return d["Y"].values, d["A"].values
 
 
 def generate_overfit(P: int, N: int, Q: int, K: int, seed: int, noise: float = 0.3):
