@@ -46,6 +46,23 @@ def test_optimize_lambda_finds_the_grid_minimum():
     assert optimize_lambda(s, "free", 10 * lam) == pytest.approx(10 * lam)
 
 
+def test_optimize_lambda_grid_is_built_once_and_read_only():
+    """The search grid over lambda's whole range is cached (the variance profile runs several
+    times per ML iteration): the same numbers as building it afresh, read-only, the same object
+    on every call; a narrower range (a df-cap floor) gets its own grid."""
+    from nmfre.core import likelihood
+
+    lo, hi = likelihood.LAMBDA_MIN, likelihood.LAMBDA_MAX
+    grid, lams = likelihood._grid(lo, hi)
+    fresh = np.linspace(np.log(lo), np.log(hi), 41)
+    np.testing.assert_array_equal(grid, fresh)
+    np.testing.assert_array_equal(lams, np.exp(fresh))
+    assert not grid.flags.writeable and not lams.flags.writeable
+    assert likelihood._grid(lo, hi)[1] is lams
+    narrow = likelihood._grid(1e-3, hi)[0]
+    np.testing.assert_array_equal(narrow, np.linspace(np.log(1e-3), np.log(hi), 41))
+
+
 def _random_sufficient(rng):
     """A valid :class:`Sufficient` (``||R||^2 >= sum s / d``, a zero eigenvalue with zero ``s``)."""
     Q = int(rng.integers(1, 6))

@@ -77,8 +77,8 @@ def test_a_face_factorises_its_capacitance_once(monkeypatch):
     FX, _ = newton.information_diagonal(prob, st, parts)
     free = ml._free_mask(prob, st, g[: P * Q].reshape(P, Q), gT, nV, FX)
     calls = []
-    real = newton.lu_factor
-    monkeypatch.setattr(newton, "lu_factor", lambda a, **k: calls.append(a.shape) or real(a, **k))
+    real = newton._lu
+    monkeypatch.setattr(newton, "_lu", lambda a: calls.append(a.shape) or real(a))
     solver = newton.StructuredKKT(prob, st, parts[0], ml.variance_directions(prob, st), free)
     assert len(calls) == 2 and calls[0] == (2 * Q * Q, 2 * Q * Q)
     idx = np.flatnonzero(free)
@@ -255,10 +255,29 @@ def test_degenerate_sign_free_fit_stops_with_a_warning():
 
 
 def test_lu_raises_on_an_exactly_zero_pivot():
-    """``newton._lu`` (the Schur complement's and the capacitance's factorisation) turns
-    scipy's zero-pivot warning into ``LinAlgError``, which the callers take as 'no structured
-    step'; a regular matrix factorises and solves exactly."""
+    """``newton._lu`` (the Schur complement's and the capacitance's factorisation: LAPACK's
+    ``getrf`` called directly) raises ``LinAlgError`` where scipy's ``lu_factor`` warns of a
+    zero pivot, which the callers take as 'no structured step'; a regular matrix factorises
+    to the same factors and pivots as ``lu_factor``'s, bit for bit, and solves exactly."""
+    from scipy.linalg import lu_factor
+
     with pytest.raises(np.linalg.LinAlgError, match="exactly zero"):
         newton._lu(np.array([[1.0, 2.0], [2.0, 4.0]]))
     lu = newton._lu(np.array([[2.0, 1.0], [1.0, 3.0]]))
     np.testing.assert_allclose(newton.lu_solve(lu, np.array([3.0, 4.0])), [1.0, 1.0], rtol=1e-15)
+    M = np.random.default_rng(0).normal(size=(50, 50))
+    mine, ref = newton._lu(M), lu_factor(M, check_finite=False)
+    np.testing.assert_array_equal(mine[0], ref[0])
+    np.testing.assert_array_equal(mine[1], ref[1])
+
+
+def test_kron_and_transpose_permutation():
+    """``newton._kron`` is ``numpy.kron`` to the bit (the same products); ``newton._perm(Q)``
+    maps ``vec_row(V)`` to ``vec_row(V')`` and is read-only (built once per ``Q``)."""
+    rng = np.random.default_rng(1)
+    a, b = rng.normal(size=(5, 5)), rng.normal(size=(3, 3))
+    np.testing.assert_array_equal(newton._kron(a, b), np.kron(a, b))
+    V = rng.normal(size=(4, 4))
+    Pi = newton._perm(4)
+    np.testing.assert_array_equal(Pi @ V.ravel(), V.T.ravel())
+    assert not Pi.flags.writeable and newton._perm(4) is Pi

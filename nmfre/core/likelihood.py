@@ -167,38 +167,63 @@ def optimize_lambda(
     hi = max(lam_hi, lo)
     if hi <= lo * (1 + 1e-12):
         return lo
-    grid = np.linspace(np.log(lo), np.log(hi), 41)
-    vals = profile_objective(suff, np.exp(grid), mode, sigma2, tau2)
-    i = int(np.nanargmin(vals))
+    grid, lams = _grid(lo, hi)
+    vals = profile_objective(suff, lams, mode, sigma2, tau2)
+    i = int(np.nanargmin(vals) if np.isnan(vals).any() else vals.argmin())
     a, b = grid[max(i - 1, 0)], grid[min(i + 1, grid.size - 1)]
     t = grid[i]
     if lam_current is not None and lam_current > 0 and a < np.log(lam_current) < b:
         t = float(np.log(lam_current))  # the previous iterate: usually a few Newton steps away
-    for _ in range(100):
-        with np.errstate(all="ignore"):
-            d1, d2 = _profile_derivatives(suff, float(np.exp(t)), mode, tau2 if mode == "tau2" else sigma2)
-        if not (np.isfinite(d1) and np.isfinite(d2)):  # the quadratic form at its floor
-            t = minimize_scalar(lambda x: float(profile_objective(suff, np.exp(x), mode, sigma2, tau2)),
-                                bounds=(a, b), method="bounded", options={"xatol": 1e-12, "maxiter": 200}).x
-            break
-        if d1 > 0:
-            b = t
-        elif d1 < 0:
-            a = t
-        else:
-            break
-        step = -d1 / d2 if d2 > 0 else np.inf
-        if abs(step) <= 1e-12:
-            t += step
-            break
-        t = t + step if a < t + step < b else 0.5 * (a + b)
-        if b - a <= 1e-12:
-            break
-    cands = [(float(profile_objective(suff, np.exp(t), mode, sigma2, tau2)), float(np.exp(t))),
-             (float(vals[i]), float(np.exp(grid[i])))]
-    if lam_current is not None and lo <= lam_current <= hi:
-        cands.append((float(profile_objective(suff, lam_current, mode, sigma2, tau2)), float(lam_current)))
+    var = tau2 if mode == "tau2" else sigma2
+    finite = True
+    with np.errstate(all="ignore"):
+        for _ in range(100):
+            d1, d2 = _profile_derivatives(suff, float(np.exp(t)), mode, var)
+            if not (np.isfinite(d1) and np.isfinite(d2)):  # the quadratic form at its floor
+                finite = False
+                break
+            if d1 > 0:
+                b = t
+            elif d1 < 0:
+                a = t
+            else:
+                break
+            step = -d1 / d2 if d2 > 0 else np.inf
+            if abs(step) <= 1e-12:
+                t += step
+                break
+            t = t + step if a < t + step < b else 0.5 * (a + b)
+            if b - a <= 1e-12:
+                break
+    if not finite:
+        t = minimize_scalar(lambda x: float(profile_objective(suff, np.exp(x), mode, sigma2, tau2)),
+                            bounds=(a, b), method="bounded", options={"xatol": 1e-12, "maxiter": 200}).x
+    # the Newton point and the previous iterate in one evaluation (the same numbers as one each)
+    current = lam_current is not None and lo <= lam_current <= hi
+    at = np.array([np.exp(t), lam_current]) if current else np.array([np.exp(t)])
+    both = profile_objective(suff, at, mode, sigma2, tau2)
+    cands = [(float(v), float(x)) for v, x in zip(both, at, strict=True)]
+    cands.insert(1, (float(vals[i]), float(lams[i])))
     return min(cands)[1]
+
+
+#: the 41-point grid of :func:`optimize_lambda` over lambda's whole range (and its exponential),
+#: built once: the variance profile runs several times per iteration of the ML solver
+_FULL_GRID: tuple[np.ndarray, np.ndarray] | None = None
+
+
+def _grid(lo: float, hi: float) -> tuple[np.ndarray, np.ndarray]:
+    """``(log lambda, lambda)`` at 41 points equally spaced in ``log lambda`` on ``[lo, hi]``."""
+    global _FULL_GRID
+    if lo == LAMBDA_MIN and hi == LAMBDA_MAX and _FULL_GRID is not None:
+        return _FULL_GRID
+    grid = np.linspace(np.log(lo), np.log(hi), 41)
+    out = grid, np.exp(grid)
+    if lo == LAMBDA_MIN and hi == LAMBDA_MAX:
+        for x in out:
+            x.flags.writeable = False
+        _FULL_GRID = out
+    return out
 
 
 def _profile_derivatives(suff: Sufficient, lam: float, mode: str, var: float) -> tuple[float, float]:

@@ -21,11 +21,10 @@ eliminated through a small Schur complement (:func:`structured_kkt`).
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.linalg import LinAlgWarning, lu_factor, lu_solve
+from scipy.linalg import get_lapack_funcs, lu_solve
 
 
 @dataclass(frozen=True)
@@ -217,14 +216,46 @@ def _row_patterns(mask: np.ndarray):
 
 
 def _lu(M: np.ndarray):
-    """scipy's LU factorisation of ``M``; a zero pivot raises ``numpy.linalg.LinAlgError`` (as
-    ``numpy.linalg.solve`` does) instead of scipy's warning."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", LinAlgWarning)
-        try:
-            return lu_factor(M, check_finite=False)
-        except LinAlgWarning as exc:
-            raise np.linalg.LinAlgError(str(exc)) from exc
+    """LAPACK's LU factorisation of ``M`` (``getrf``, as :func:`scipy.linalg.lu_factor` calls it,
+    for :func:`scipy.linalg.lu_solve`); a zero pivot raises ``numpy.linalg.LinAlgError`` (as
+    ``numpy.linalg.solve`` does) instead of scipy's warning. LAPACK is called directly: the
+    factorisations here are small (``2 Q^2`` and the Schur complement) and made once per face,
+    where ``lu_factor``'s wrapper and a warnings filter cost more than the factorisation."""
+    getrf = _GETRF.get(M.dtype.char)
+    if getrf is None:
+        getrf = _GETRF[M.dtype.char] = get_lapack_funcs("getrf", (M,))
+    lu, piv, info = getrf(M, overwrite_a=False)
+    if info < 0:
+        raise ValueError(f"illegal value in argument {-info} of the internal getrf")
+    if info > 0:
+        raise np.linalg.LinAlgError(f"Diagonal number {info} is exactly zero. Singular matrix.")
+    return lu, piv
+
+
+#: LAPACK's ``getrf`` by dtype (looked up once)
+_GETRF: dict = {}
+
+
+def _kron(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``numpy.kron`` of two square matrices (the same products, without its general-shape
+    bookkeeping, which dominates at ``Q x Q``)."""
+    m, n = a.shape[0], b.shape[0]
+    return (a[:, None, :, None] * b[None, :, None, :]).reshape(m * n, m * n)
+
+
+def _perm(Q: int) -> np.ndarray:
+    """The ``Q^2 x Q^2`` permutation ``vec(V) -> vec(V')`` (read-only, built once per ``Q``)."""
+    Pi = _PERMS.get(Q)
+    if Pi is None:
+        Pi = np.zeros((Q * Q, Q * Q))
+        j, q = np.divmod(np.arange(Q * Q), Q)
+        Pi[np.arange(Q * Q), q * Q + j] = 1.0
+        Pi.flags.writeable = False
+        _PERMS[Q] = Pi
+    return Pi
+
+
+_PERMS: dict[int, np.ndarray] = {}
 
 
 class _Woodbury:
@@ -241,14 +272,14 @@ class _Woodbury:
         Bu = np.linalg.inv(np.where(m2, p.D / s2 + ridge * np.eye(Q), np.eye(Q))) * m2
         self._Binv_u = 0.5 * (Bu + Bu.transpose(0, 2, 1))  # symmetric to the last bit: LBL is too
         self.Binv = self._Binv_u[pat]
-        K1 = -np.kron(p.Minv, p.D) / s2
-        Pi = np.zeros((Q * Q, Q * Q))
-        j, q = np.divmod(np.arange(Q * Q), Q)
-        Pi[np.arange(Q * Q), q * Q + j] = 1.0
-        self.K = np.block([[K1, np.zeros_like(K1)], [np.zeros_like(K1), p.c * Pi]])
+        QQ = Q * Q
+        self.K = np.zeros((2 * QQ, 2 * QQ))
+        self.K[:QQ, :QQ] = -_kron(p.Minv, p.D) / s2
+        self.K[QQ:, QQ:] = p.c * _perm(Q)
         Xs, Zs = self.X[self._order], self.Z[self._order]  # rows grouped by mask
         XZ = self._lbl(Xs, Zs)  # the (Z, X) block is its transpose
-        self.LBL = LBL = np.block([[self._lbl(Xs, Xs), XZ], [XZ.T, self._lbl(Zs, Zs)]])
+        self.LBL = LBL = np.empty((2 * QQ, 2 * QQ))
+        LBL[:QQ, :QQ], LBL[:QQ, QQ:], LBL[QQ:, :QQ], LBL[QQ:, QQ:] = self._lbl(Xs, Xs), XZ, XZ.T, self._lbl(Zs, Zs)
         # the capacitance matrix, factorised once: every solve of the face (the Schur complement's,
         # each conjugate-gradient preconditioning) reuses it; a zero pivot raises, as
         # numpy.linalg.solve did when it was solved afresh each time
@@ -329,7 +360,7 @@ class StructuredKKT:
         self.tfree = tfree = np.flatnonzero(free[P * Q:n])
         FX, FT = information_diagonal(prob, st, [p])
         FV, vcols, _ = _variance_terms(p, s2, st.lam, names) if nV else (np.zeros((0, 0)), [], np.zeros(0))
-        FTT = np.einsum("ab,kl->akbl", p.W, p.AA).reshape(Q * K, Q * K)[np.ix_(tfree, tfree)]
+        FTT = _kron(p.W, p.AA)[np.ix_(tfree, tfree)]
         diag = np.concatenate([FX[mask], np.diag(FTT), np.diag(FV)])
         ridge = 1e-10 * np.mean(np.abs(diag))
         self.A = A = _Woodbury(p, s2, mask, ridge)
