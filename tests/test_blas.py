@@ -86,7 +86,7 @@ def test_fit_runs_scipy_lapack_single_threaded(scipy_pool, monkeypatch):
 
     monkeypatch.setattr(scipy.linalg, "eigh", spy("eigh", scipy.linalg.eigh))
     monkeypatch.setattr(ml, "nnls", spy("nnls", ml.nnls))
-    monkeypatch.setattr(newton, "lu_factor", spy("lu_factor", newton.lu_factor))
+    monkeypatch.setattr(newton, "_lu", spy("getrf", newton._lu))
     sim = nmfre.simulate.block_sparse(P=60, N=2000, rank=3, K=2, seed=3)  # gram form: eigh start
     fit = nmfre.fit(np.asarray(sim["Y"]), np.asarray(sim["A"]), rank=3, theta="nonneg")
     assert fit.converged

@@ -126,14 +126,46 @@ def test_project_simplex_is_the_euclidean_projection():
 
 
 def test_project_vector_is_project_simplex_to_the_last_bit():
-    """The X sweeps' one-column projection performs the same operations as the column-wise one."""
+    """Below ``MICHELOT_MIN`` entries the X sweeps' one-column projection performs the same
+    operations as the column-wise one."""
     rng = np.random.default_rng(5)
-    for P in (1, 2, 7, 100):
+    for P in (1, 2, 7, 100, basis.MICHELOT_MIN - 1):
         for scale in (1e-3, 1.0, 1e3):
             for _ in range(30):
                 v = rng.normal(size=P) * scale
                 v[rng.random(P) < 0.2] = 0.0  # ties
                 assert np.array_equal(basis.project_vector(v), basis.project_simplex(v[:, None])[:, 0])
+
+
+def test_michelot_projection_is_the_sorted_projection_to_rounding(monkeypatch):
+    """From ``MICHELOT_MIN`` entries the threshold comes from Michelot's algorithm: the same
+    projection as the sort's to rounding (1e-15 of the largest entry), on the simplex, with the
+    same support except entries within rounding of the threshold; past its limit of passes it
+    gives up and sorts, exactly."""
+    rng = np.random.default_rng(6)
+    for P in (basis.MICHELOT_MIN, 1000, 5000):
+        for scale in (1e-3, 1.0, 1e3):
+            for kind in ("normal", "sparse", "ties", "simplex+noise"):
+                if kind == "simplex+noise":
+                    v = rng.dirichlet(np.full(P, 0.3)) + rng.normal(size=P) * scale / P
+                else:
+                    v = rng.normal(size=P) * scale
+                if kind == "sparse":
+                    v[rng.random(P) < 0.9] = -abs(v[0])
+                if kind == "ties":
+                    v[rng.random(P) < 0.3] = v[1]
+                ref = basis.project_simplex(v[:, None])[:, 0]
+                out = basis.project_vector(v.copy())
+                tol = 1e-15 * max(1.0, np.abs(v).max())
+                assert np.abs(out - ref).max() <= tol
+                assert (out >= 0).all() and abs(out.sum() - 1.0) <= 1e-12
+                differ = (out > 0) != (ref > 0)
+                assert np.all(np.maximum(out, ref)[differ] <= tol)
+    v = rng.normal(size=1000)
+    assert basis._michelot(v) is not None
+    monkeypatch.setattr(basis, "MICHELOT_MAX_PASSES", 1)  # this input needs more than one pass
+    assert basis._michelot(v) is None
+    np.testing.assert_array_equal(basis.project_vector(v), basis.project_simplex(v[:, None])[:, 0])
 
 
 def test_nndsvd_is_deterministic_and_on_the_simplex():
