@@ -141,7 +141,8 @@ def test_michelot_projection_is_the_sorted_projection_to_rounding(monkeypatch):
     """From ``MICHELOT_MIN`` entries the threshold comes from Michelot's algorithm: the same
     projection as the sort's to rounding (1e-15 of the largest entry), on the simplex, with the
     same support except entries within rounding of the threshold; past its limit of passes it
-    gives up and sorts, exactly."""
+    gives up and sorts, exactly. From ``MICHELOT_COLUMNS_MIN`` rows ``project_simplex`` projects
+    column by column the same way."""
     rng = np.random.default_rng(6)
     for P in (basis.MICHELOT_MIN, 1000, 5000):
         for scale in (1e-3, 1.0, 1e3):
@@ -161,6 +162,13 @@ def test_michelot_projection_is_the_sorted_projection_to_rounding(monkeypatch):
                 assert (out >= 0).all() and abs(out.sum() - 1.0) <= 1e-12
                 differ = (out > 0) != (ref > 0)
                 assert np.all(np.maximum(out, ref)[differ] <= tol)
+    V = rng.normal(size=(basis.MICHELOT_COLUMNS_MIN, 4)) / 100 + 1.0 / basis.MICHELOT_COLUMNS_MIN
+    out = basis.project_simplex(V)  # column by column from this many rows
+    for q in range(4):
+        np.testing.assert_array_equal(out[:, q], basis.project_vector(V[:, q].copy()))
+    np.testing.assert_allclose(out.sum(axis=0), 1.0, rtol=0, atol=1e-12)
+    monkeypatch.setattr(basis, "MICHELOT_COLUMNS_MIN", 10**9)  # the whole-array sort
+    assert np.abs(out - basis.project_simplex(V)).max() <= 1e-15
     v = rng.normal(size=1000)
     assert basis._michelot(v) is not None
     monkeypatch.setattr(basis, "MICHELOT_MAX_PASSES", 1)  # this input needs more than one pass
