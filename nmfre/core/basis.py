@@ -12,7 +12,7 @@ def project_simplex(V: np.ndarray) -> np.ndarray:
     (Michelot's threshold: the same projection to rounding, 2-3 times faster at ``P`` = 2000 to
     5000 than sorting the whole array, benchmarks/results/scale.md, twenty-fourth round)."""
     P = V.shape[0]
-    if P >= MICHELOT_COLUMNS_MIN and V.ndim == 2:
+    if P >= MICHELOT_COLUMNS_MIN:
         out = np.empty(V.shape)
         for q in range(V.shape[1]):
             out[:, q] = project_vector(V[:, q])
@@ -68,9 +68,9 @@ def _michelot(v: np.ndarray) -> float | None:
     non-finite threshold."""
     u = v
     theta = (u.sum() - 1.0) / u.shape[0]
+    if not np.isfinite(theta):  # a non-finite entry (the later thresholds are finite means)
+        return None
     for _ in range(MICHELOT_MAX_PASSES):
-        if not np.isfinite(theta):
-            return None
         u = u[u > theta]
         if u.shape[0] == 0:  # only by rounding: max(v) exceeds every threshold
             return None

@@ -201,9 +201,10 @@ def optimize_lambda(
     # the Newton point and the previous iterate in one evaluation (the same numbers as one each)
     current = lam_current is not None and lo <= lam_current <= hi
     at = np.array([np.exp(t), lam_current]) if current else np.array([np.exp(t)])
-    both = profile_objective(suff, at, mode, sigma2, tau2)
-    cands = [(float(v), float(x)) for v, x in zip(both, at, strict=True)]
-    cands.insert(1, (float(vals[i]), float(lams[i])))
+    val = profile_objective(suff, at, mode, sigma2, tau2)
+    cands = [(float(val[0]), float(at[0])), (float(vals[i]), float(lams[i]))]
+    if current:
+        cands.append((float(val[1]), float(at[1])))
     return min(cands)[1]
 
 
