@@ -253,6 +253,32 @@ def test_blocks_generator():
         mod.run_one(dict(P=40, N=100, Q=2, K=2, density=0.1), 0, 0.3, sklearn=False, generator="blocks")
 
 
+def test_zinb_generator():
+    """``--generator zinb``: counts on a common scale (every entry an integer multiple of one
+    step), mostly zeros, overdispersion growing with ``c`` for the same means (the draws before
+    the counts do not depend on ``c``), an intercept, a binary treatment and centred Gamma
+    covariates; reproducible by seed; dense rungs only."""
+    mod = load_script(ITER_SCRIPT)
+    P, N, Q, K = 80, 3000, 4, 3
+    dispersion = []
+    for c in (0.3, 1.0):
+        Y, A = mod.generate_zinb(P, N, Q, K, seed=3, noise=c)
+        assert Y.shape == (P, N) and A.shape == (K, N) and Y.min() >= 0
+        step = np.min(Y[Y > 0])
+        np.testing.assert_allclose(Y / step, np.round(Y / step), atol=1e-6)
+        assert 0.6 < np.mean(Y == 0) < 0.99
+        np.testing.assert_array_equal(A[0], 1.0)
+        assert set(np.unique(A[1])) == {0.0, 1.0} and abs(A[1].mean() - 0.5) < 0.05
+        assert abs(A[2].mean()) < 0.1 and A[2].min() >= -1.0
+        counts = Y / step
+        busy = counts.mean(axis=1) > 1.0
+        dispersion.append(np.median(counts[busy].var(axis=1) / counts[busy].mean(axis=1)))
+        np.testing.assert_array_equal(Y, mod.generate_zinb(P, N, Q, K, seed=3, noise=c)[0])
+    assert dispersion[1] > dispersion[0] > 1.0
+    with pytest.raises(ValueError, match="dense only"):
+        mod.run_one(dict(P=40, N=100, Q=2, K=2, density=0.1), 0, 0.3, sklearn=False, generator="zinb")
+
+
 def test_misfit_generators():
     """``--generator overfit`` / ``underfit``: without noise the mean has rank ``Q - 2`` / ``Q + 2``
     (the fit's rank is ``Q``): the next singular value is zero to rounding while the last one of
