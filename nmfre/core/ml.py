@@ -625,7 +625,7 @@ def bound_step(prob: Problem, st: State) -> State | None:
     on its face (its predicted decrease within the tolerance) while the KKT decrement is not.
     The named fault: a 2000 x 20000, Q = 10 fit (zero-inflated negative-binomial counts,
     benchmarks/results/scale.md, twenty-fifth round) stopped "stalled" after 281 iterations with
-    the KKT decrement at 1.85 times the tolerance, all of it in one entry of 4.6e-5.
+    the KKT decrement at 1.85 times the tolerance, all but 4e-6 of it in one entry of 4.6e-5.
     """
     X = st.X
     gX, _, ex = gradient(prob, st)
