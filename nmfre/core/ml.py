@@ -628,9 +628,7 @@ def bound_step(prob: Problem, st: State) -> State | None:
     the KKT decrement at 1.85 times the tolerance, all but 4e-6 of it in one entry of 4.6e-5.
     """
     X = st.X
-    gX, _, ex = gradient(prob, st)
-    FX, _ = newton.information_diagonal(prob, st, newton.block_parts(prob, st, ex))
-    dev = gX - np.sum(X * gX, axis=0)
+    dev, _, FX, _ = _separable_model(prob, st)
     zero = (X > 0) & (dev >= np.maximum(FX, 1e-300) * X)
     if not zero.any():
         return None
@@ -649,19 +647,27 @@ def kkt_decrement(prob: Problem, st: State) -> float:
     within rounding of) its bound can only contribute what moving it to the bound gains.
     Zero exactly at a KKT point of the profile nll.
     """
-    X, theta = st.X, st.theta
-    gX, gT, ex = gradient(prob, st)
-    FX, FT = newton.information_diagonal(prob, st, newton.block_parts(prob, st, ex))
+    dev, gT, FX, FT = _separable_model(prob, st)
 
     def gain(dev, F, x):
         F = np.maximum(F, 1e-300)
         step = np.maximum(-dev / F, -x)
         return float(np.sum(-(dev * step + 0.5 * F * step**2)))
 
-    out = gain(gX - np.sum(X * gX, axis=0), FX, X)
+    out = gain(dev, FX, st.X)
     if prob.nonneg:
-        out += gain(gT, FT, theta)
+        out += gain(gT, FT, st.theta)
     return out
+
+
+def _separable_model(prob: Problem, st: State):
+    """What the separable model of :func:`kkt_decrement` and :func:`bound_step` needs:
+    ``(dev, gT, FX, FT)``, the reduced gradient of X (the gradient minus each column's
+    X-weighted mean, the simplex multiplier at a KKT point), the gradient of Theta and the
+    diagonals of the expected information in X and Theta."""
+    gX, gT, ex = gradient(prob, st)
+    FX, FT = newton.information_diagonal(prob, st, newton.block_parts(prob, st, ex))
+    return gX - np.sum(st.X * gX, axis=0), gT, FX, FT
 
 
 # ----------------------------------------------------------------------------- second order
