@@ -677,13 +677,16 @@ def _crossing_state():
 @pytest.mark.parametrize("observed", [False, True])
 def test_bound_direction_sends_the_crossing_entries_to_their_bound(observed):
     """``bound_direction``: the entries the direction sends below 0 within its first trial get
-    exactly ``-x`` (they reach 0 at step length 1), the held entries stay 0, every column of
-    ``dX`` sums to 0 (1e-12), the decrement is the model's decrease (1e-9 relative), and no
-    entry it crosses is left. Fisher direction: its model value equals the minimum over the
-    same affine face computed independently (a dense KKT solve with numpy on the information of
-    ``ml.fisher_system``) to 1e-5 relative (the face solver's accuracy: its KKT residuals are
-    about 3e-4 at a condition number of 2e13, measured). Newton direction (observed Hessian):
-    the same structure."""
+    exactly ``-x`` (they reach 0 at step length 1) and are remembered (``bounded``, which
+    ``crossing`` reports), the held entries stay 0, every column of ``dX`` sums to 0 (1e-12)
+    and the decrement is positive. Fisher direction: the decrement equals the minimum of the
+    model over the same affine face computed independently (a dense KKT solve with numpy on
+    the information of ``ml.fisher_system``, the crossing entries fixed by constraints instead
+    of the spread displacement) to 1e-5 relative, and the model's value at the returned
+    direction (its variance part, which the direction leaves out, re-solved) to the same
+    tolerance: the tolerance is the face solver's accuracy (measured on this state: its KKT
+    residuals about 3e-4 in gradient units, the KKT matrix's condition number 1.9e13, the two
+    minima 1.05e-6 apart relative). Newton direction (observed Hessian): the same structure."""
     prob, st = _crossing_state()
     P, Q, K = prob.P, prob.rank, prob.K
     d0 = ml.newton_direction(prob, st) if observed else ml.scoring_direction(prob, st)
@@ -692,6 +695,7 @@ def test_bound_direction_sends_the_crossing_entries_to_their_bound(observed):
     d = ml.bound_direction(prob, st, d0, observed)
     assert d is not d0
     assert np.array_equal(d.dX[cross], -st.X[cross])
+    assert np.array_equal(d.bounded, cross) and np.all(ml.crossing(st.X, d)[cross])
     held = ~d0.free[: P * Q].reshape(P, Q)
     assert np.all(d.dX[held] == 0)
     np.testing.assert_allclose(d.dX.sum(axis=0), 0.0, atol=1e-12)

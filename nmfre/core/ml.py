@@ -466,7 +466,8 @@ def _free_mask(prob: Problem, st: State, gX: np.ndarray, gT: np.ndarray, nV: int
 @dataclass(frozen=True)
 class Direction:
     """A projected Newton direction and ``decrement = -g'd / 2``, the nll decrease its
-    quadratic model predicts (the Fisher-metric size of the gradient on the free set)."""
+    quadratic model predicts (the Fisher-metric size of the gradient on the free set; for a
+    direction re-solved by :func:`bound_direction`, the model's decrease ``-m(d)``)."""
 
     dX: np.ndarray
     dT: np.ndarray
@@ -477,6 +478,9 @@ class Direction:
     free: np.ndarray | None = field(default=None, repr=False)
     model: trust.FisherModel | None = field(default=None, repr=False)
     hess: trust.Hessian | None = field(default=None, repr=False)
+    # the entries of X that bound_direction sent to their bound (they cross no more: crossing
+    # counts them, so that a failed or poor step still has the next direction hold them)
+    bounded: np.ndarray | None = field(default=None, repr=False)
 
 
 def scoring_direction(prob: Problem, st: State, hold: np.ndarray | None = None) -> Direction | None:
@@ -636,12 +640,14 @@ def bound_direction(prob: Problem, st: State, direction: Direction, observed: bo
     if not (np.all(np.isfinite(d)) and decrement > 0):
         return direction
     dX, dT, _ = model.split(d)
-    return Direction(dX.copy(), dT.copy(), decrement, capped)
+    return Direction(dX.copy(), dT.copy(), decrement, capped, bounded=cross)
 
 
 def crossing(X: np.ndarray, direction: Direction | None) -> np.ndarray | None:
     """Entries of X that ``direction`` sends below 0 within the first trial step of
-    :func:`scoring_step` (``X > 0``, ``X + t dX < 0``), or None when there are none.
+    :func:`scoring_step` (``X > 0``, ``X + t dX < 0``), and those a direction re-solved by
+    :func:`bound_direction` sends to exactly 0 instead (``Direction.bounded``), or None when
+    there are none.
 
     After a scoring step that found no decrease, the next direction holds them
     (:func:`fit_ml`): near a bound the observed-Hessian direction can drive a tiny entry
@@ -654,6 +660,8 @@ def crossing(X: np.ndarray, direction: Direction | None) -> np.ndarray | None:
     if direction is None:
         return None
     cross = (X > 0) & (X + _first_trial(direction.dX) * direction.dX < 0)
+    if direction.bounded is not None:  # what bound_direction sent to 0 (see Direction)
+        cross |= direction.bounded
     return cross if cross.any() else None
 
 
