@@ -97,7 +97,7 @@ def test_the_tail_start_ends_the_plateau_of_a_dominant_mean_component(monkeypatc
     in 74, at a stationary point 0.014 higher in nll (2.3e-9 of it; the tolerance is 5.9e-4).
     Deterministic (no randomness). With the directions of then (``ml.BOUND_DIRECTION`` off):
     with the directions taken to their bounds the plateau is shorter (measured: 106 iterations
-    from NNDSVD, 47 from the tail start, which then ends at another stationary point, 4.0 lower
+    from NNDSVD, 49 from the tail start, which then ends at another stationary point, 4.0 lower
     in log-likelihood), so the fault this test names is the one it was measured on."""
     monkeypatch.setattr(ml, "BOUND_DIRECTION", False)
     new, old = _plateau(500, 5000, 10, 1, 1.0)

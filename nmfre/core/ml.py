@@ -132,7 +132,7 @@ NEWTON_CG_MAX = 10
 #: at an nll 0.39 lower (benchmarks/results/scale.md, sixteenth round)
 NEWTON_CG_PATIENCE = 5
 NEWTON_CG_LIMIT = 40
-#: take the scoring and Newton directions to the bounds they cross (:func:`bound_direction`)
+#: take the scoring directions to the bounds they cross (:func:`bound_direction`)
 BOUND_DIRECTION = True
 #: starting radius of the Newton steps' trust region, in the information norm (about
 #: ``radius^2 / 2`` units of nll)
@@ -473,11 +473,8 @@ class Direction:
     dT: np.ndarray
     decrement: float
     capped: bool = False  # its conjugate gradients stopped at their iteration limit
-    # what bound_direction reuses: the face (free coordinates), the Fisher model and the
-    # observed Hessian the direction was computed with (None where not built)
+    # the face (free coordinates) a scoring direction was computed on (bound_direction reuses it)
     free: np.ndarray | None = field(default=None, repr=False)
-    model: trust.FisherModel | None = field(default=None, repr=False)
-    hess: trust.Hessian | None = field(default=None, repr=False)
     # the entries of X that bound_direction sent to their bound (they cross no more: crossing
     # counts them, so that a failed or poor step still has the next direction hold them)
     bounded: np.ndarray | None = field(default=None, repr=False)
@@ -557,8 +554,7 @@ def newton_direction(prob: Problem, st: State, hold: np.ndarray | None = None,
     if res is None or not np.all(np.isfinite(res[0])):
         return None
     dX, dT, _ = model.split(res[0])
-    return Direction(dX.copy(), dT.copy(), -0.5 * float(np.sum(gX * dX) + np.sum(gT * dT)), res[3],
-                     free, model, hess)
+    return Direction(dX.copy(), dT.copy(), -0.5 * float(np.sum(gX * dX) + np.sum(gT * dT)), res[3])
 
 
 def step_direction(prob: Problem, st: State, observed: bool = False,
@@ -566,29 +562,27 @@ def step_direction(prob: Problem, st: State, observed: bool = False,
     """The direction of :func:`scoring_step`: with ``observed`` (complete data)
     :func:`newton_direction` (with ``cg_max``), else (or when it gives none)
     :func:`scoring_direction`; ``hold``: further entries of X held at their value
-    (:func:`_free_mask`). Either is then taken to the bounds it crosses
+    (:func:`_free_mask`). The scoring direction is then taken to the bounds it crosses
     (:func:`bound_direction`, while :data:`BOUND_DIRECTION`)."""
     if observed and prob.data is not None:
         d = newton_direction(prob, st, hold, cg_max)
         if d is not None:
-            return bound_direction(prob, st, d, True, hold, cg_max) if BOUND_DIRECTION else d
+            return d
     d = scoring_direction(prob, st, hold)
-    return bound_direction(prob, st, d, False, hold) if BOUND_DIRECTION and d is not None else d
+    return bound_direction(prob, st, d, hold) if BOUND_DIRECTION and d is not None else d
 
 
-def bound_direction(prob: Problem, st: State, direction: Direction, observed: bool = False,
-                    hold: np.ndarray | None = None, cg_max: int | None = None) -> Direction:
-    """``direction`` re-solved with the entries of X it sends below 0 within its first trial
-    step (:func:`crossing`, the set ``C``) sent to their bound: ``d_C = -x_C``, the column sums
-    kept by spreading ``sum x_C`` over the column's other free entries in proportion to X
-    (the displacement ``v``), and the other free coordinates re-solved on the face without
-    ``C`` (an active-set step). The Fisher direction minimises the expected-information model
-    ``g'd + d'F d / 2`` over that affine face (one KKT solve with gradient ``g + F v``); with
-    ``observed`` (a :func:`newton_direction`) the observed Hessian's model, by
-    :func:`nmfre.core.trust.face_cg` started at ``v`` (``cg_max`` iterations at most). The
-    decrement is the model's decrease ``-m(d)``. Returns ``direction`` itself when nothing
-    crosses, for missing data, when a column would have no free entry left, or when the
-    re-solve fails or predicts no decrease.
+def bound_direction(prob: Problem, st: State, direction: Direction,
+                    hold: np.ndarray | None = None) -> Direction:
+    """The scoring ``direction`` re-solved with the entries of X it sends below 0 within its
+    first trial step (:func:`crossing`, the set ``C``) sent to their bound: ``d_C = -x_C``, the
+    column sums kept by spreading ``sum x_C`` over the column's other free entries in
+    proportion to X (the displacement ``v``), and the other free coordinates re-solved on the
+    face without ``C`` (an active-set step): the minimum of the expected-information model
+    ``g'd + d'F d / 2`` over that affine face, by one KKT solve with gradient ``g + F v``. The
+    decrement is the model's decrease ``-m(d)``; ``Direction.bounded`` is ``C``. Returns
+    ``direction`` itself when nothing crosses, for missing data, when a column would have no
+    free entry left, or when the re-solve fails or predicts no decrease.
 
     Why: the directions move the free entries of X as if they had no bound; near the
     optimum's face many small entries still hold mass, the first trial sends some of them
@@ -596,12 +590,16 @@ def bound_direction(prob: Problem, st: State, direction: Direction, observed: bo
     small part of its prediction, so the face is found a few entries at a time. The named
     fault: issue 17's design (the iteration benchmark's blocks generator, 2000 x 20000, Q =
     10, seed 4, c = 0.3) took 139 iterations, with 3-4 trial points a step; with the
-    re-solve it converges in 54 (benchmarks/results/scale.md, twenty-sixth round).
+    re-solve it converges in 54 (benchmarks/results/scale.md, twenty-sixth round). The
+    observed Hessian's directions (:func:`newton_direction`, taken where the data do not
+    follow the model) are not re-solved: re-solving them too (by the face's conjugate
+    gradients from ``v``) cost more than it saved there (the counts generator's large rung:
+    506 -> 697 iterations on five data sets).
     """
     cross = crossing(st.X, direction)
     if cross is None or prob.data is None:
         return direction
-    model = fisher_model(prob, st) if direction.model is None else direction.model
+    model = fisher_model(prob, st)
     if model is None:
         return direction
     P, Q = prob.P, prob.rank
@@ -622,25 +620,15 @@ def bound_direction(prob: Problem, st: State, direction: Direction, observed: bo
     v = np.concatenate([vX.ravel(), np.zeros(model.g.size - P * Q)])
     face = free.copy()
     face[: P * Q] &= ~cross.ravel()
-    capped = False
     try:
-        if observed:
-            hess = hessian(prob, model, st) if direction.hess is None else direction.hess
-            res = trust.face_cg(hess, model, face, v, hess(v), rtol=NEWTON_RTOL,
-                                max_iter=NEWTON_CG_MAX if cg_max is None else cg_max)
-            if res is None:
-                return direction
-            d, capped = res[0], res[3]
-            decrement = -(float(model.g @ d) + 0.5 * float(d @ res[1]))
-        else:
-            d = v + model.factor(face).solve(model.g + model.product(v))
-            decrement = -model.value(d)
+        d = v + model.factor(face).solve(model.g + model.product(v))
     except np.linalg.LinAlgError:
         return direction
+    decrement = -model.value(d)
     if not (np.all(np.isfinite(d)) and decrement > 0):
         return direction
     dX, dT, _ = model.split(d)
-    return Direction(dX.copy(), dT.copy(), decrement, capped, bounded=cross)
+    return Direction(dX.copy(), dT.copy(), decrement, bounded=cross)
 
 
 def crossing(X: np.ndarray, direction: Direction | None) -> np.ndarray | None:
@@ -906,9 +894,9 @@ def fit_ml(prob: Problem, X0: np.ndarray, theta0: np.ndarray | None = None,
     An iteration is a projected Fisher-scoring step (:func:`scoring_step`) followed by one ECME
     sweep (for complete data, once a scoring step decreased the nll by more than
     :data:`MISMATCH` times its prediction, the steps follow :func:`newton_direction`, the
-    observed Hessian's Newton direction on the same face, instead; for complete data either
-    is taken to the bounds of X it crosses and re-solved on the face without them,
-    :func:`bound_direction`); where scoring finds no decrease, a SQUAREM cycle (Varadhan &
+    observed Hessian's Newton direction on the same face, instead; for complete data the
+    scoring direction is taken to the bounds of X it crosses and re-solved on the face
+    without them, :func:`bound_direction`); where scoring finds no decrease, a SQUAREM cycle (Varadhan &
     Roland 2008) of the monotone ECME map is used instead:
     two ECME sweeps, an extrapolation of X along them (projected back onto the simplex) and a
     stabilising sweep, accepted only if not worse than the plain sweeps, and the next direction
