@@ -569,20 +569,21 @@ def step_direction(prob: Problem, st: State, observed: bool = False,
         if d is not None:
             return d
     d = scoring_direction(prob, st, hold)
-    return bound_direction(prob, st, d, hold) if BOUND_DIRECTION and d is not None else d
+    return bound_direction(prob, st, d) if BOUND_DIRECTION and d is not None else d
 
 
-def bound_direction(prob: Problem, st: State, direction: Direction,
-                    hold: np.ndarray | None = None) -> Direction:
-    """The scoring ``direction`` re-solved with the entries of X it sends below 0 within its
-    first trial step (:func:`crossing`, the set ``C``) sent to their bound: ``d_C = -x_C``, the
-    column sums kept by spreading ``sum x_C`` over the column's other free entries in
-    proportion to X (the displacement ``v``), and the other free coordinates re-solved on the
-    face without ``C`` (an active-set step): the minimum of the expected-information model
+def bound_direction(prob: Problem, st: State, direction: Direction) -> Direction:
+    """The scoring ``direction`` (of :func:`scoring_direction`, on its face ``free``) re-solved
+    with the entries of X it sends below 0 within its first trial step (:func:`crossing`, the
+    set ``C``) sent to their bound: ``d_C = -x_C``, the column sums kept by spreading
+    ``sum x_C`` over the column's other free entries in proportion to X (the displacement
+    ``v``), and the other free coordinates re-solved on the face without ``C`` (an active-set
+    step): the minimum of the expected-information model
     ``g'd + d'F d / 2`` over that affine face, by one KKT solve with gradient ``g + F v``. The
     decrement is the model's decrease ``-m(d)``; ``Direction.bounded`` is ``C``. Returns
-    ``direction`` itself when nothing crosses, for missing data, when a column would have no
-    free entry left, or when the re-solve fails or predicts no decrease.
+    ``direction`` itself when nothing crosses, for missing data, for a direction without its
+    face, when a column would have no free entry left, or when the re-solve fails or predicts
+    no decrease.
 
     Why: the directions move the free entries of X as if they had no bound; near the
     optimum's face many small entries still hold mass, the first trial sends some of them
@@ -597,19 +598,14 @@ def bound_direction(prob: Problem, st: State, direction: Direction,
     506 -> 697 iterations on five data sets).
     """
     cross = crossing(st.X, direction)
-    if cross is None or prob.data is None:
+    if cross is None or prob.data is None or direction.free is None:
         return direction
     model = fisher_model(prob, st)
     if model is None:
         return direction
     P, Q = prob.P, prob.rank
-    n = P * Q + Q * prob.K
-    if direction.free is None:
-        gX, gT, _ = model.split(model.g)
-        FX, _ = newton.information_diagonal(prob, st, model.parts)
-        free = _free_mask(prob, st, gX, gT, model.nV, FX, hold)
-    else:  # the variances are free in every face; the model may have fewer of them (its bounds)
-        free = np.concatenate([direction.free[:n], np.ones(model.nV, bool)])
+    # the variances are free in every face; the model may have fewer of them (at their bounds)
+    free = np.concatenate([direction.free[: P * Q + Q * prob.K], np.ones(model.nV, bool)])
     X = st.X
     rest = free[: P * Q].reshape(P, Q) & ~cross
     need = np.where(cross, X, 0.0).sum(axis=0)
@@ -896,8 +892,8 @@ def fit_ml(prob: Problem, X0: np.ndarray, theta0: np.ndarray | None = None,
     :data:`MISMATCH` times its prediction, the steps follow :func:`newton_direction`, the
     observed Hessian's Newton direction on the same face, instead; for complete data the
     scoring direction is taken to the bounds of X it crosses and re-solved on the face
-    without them, :func:`bound_direction`); where scoring finds no decrease, a SQUAREM cycle (Varadhan &
-    Roland 2008) of the monotone ECME map is used instead:
+    without them, :func:`bound_direction`); where scoring finds no decrease, a SQUAREM cycle
+    (Varadhan & Roland 2008) of the monotone ECME map is used instead:
     two ECME sweeps, an extrapolation of X along them (projected back onto the simplex) and a
     stabilising sweep, accepted only if not worse than the plain sweeps, and the next direction
     holds the entries of X that the failed one sent below 0 (:func:`crossing`); so does the
