@@ -473,6 +473,7 @@ class Direction:
     dT: np.ndarray
     decrement: float
     capped: bool = False  # its conjugate gradients stopped at their iteration limit
+    observed: bool = False  # a Newton direction of the observed Hessian (newton_direction)
     # the face (free coordinates) a scoring direction was computed on (bound_direction reuses it)
     free: np.ndarray | None = field(default=None, repr=False)
     # the entries of X that bound_direction sent to their bound (they cross no more: crossing
@@ -554,7 +555,7 @@ def newton_direction(prob: Problem, st: State, hold: np.ndarray | None = None,
     if res is None or not np.all(np.isfinite(res[0])):
         return None
     dX, dT, _ = model.split(res[0])
-    return Direction(dX.copy(), dT.copy(), -0.5 * float(np.sum(gX * dX) + np.sum(gT * dT)), res[3])
+    return Direction(dX.copy(), dT.copy(), -0.5 * float(np.sum(gX * dX) + np.sum(gT * dT)), res[3], observed=True)
 
 
 def step_direction(prob: Problem, st: State, observed: bool = False,
@@ -661,23 +662,41 @@ def scoring_step(prob: Problem, st: State, direction: Direction | None = None) -
 
     The Newton system (:func:`scoring_direction`) is solved on the positive entries of X
     (zeros stay, an ECME sweep can release them) and the free entries of Theta under the
-    unit-column-sum constraints (KKT); the step, limited to 0.25 in any entry of X, is
-    projected back onto the simplex (and Theta >= 0) and halved until the nll, with Theta
-    (free case) and the variances re-profiled exactly, strictly decreases. Returns None
-    when it does not.
+    unit-column-sum constraints (KKT); the step in X, limited to 0.25 in any entry, is
+    projected back onto the simplex and halved until the nll, with the variances re-profiled
+    exactly, strictly decreases. Returns None when it does not.
+
+    Theta at a trial basis: sign-free Theta is re-solved exactly there (GLS; variable
+    projection, :func:`_varpro`). Non-negative Theta moves along the direction (clipped at 0);
+    where that first trial point of a scoring (Fisher) direction fails to decrease the nll,
+    Theta is re-solved at the same basis (NNLS in the GLS metric), and the halvings go on with
+    whichever of the two was lower there. Why: the mean ``X Theta`` is bilinear, and moving
+    both factors along a line leaves its curved valley. On issue 17's design at low noise (the
+    iteration benchmark's blocks generator) the full steps raised the nll by thousands where
+    the quadratic model predicted a decrease of hundreds, the accepted steps (t = 1/8 to 1/4)
+    achieved 1-35% of their prediction, and a 100 x 2000, Q = 5 fit took 41 iterations; with
+    Theta re-solved the steps accept t = 1 or 1/2 and it converges in 15. Re-solving at every
+    trial instead cost more than it saved where Theta has many zeros (the counts fault of
+    :data:`CRAWL_PATIENCE` took 381 scoring iterations instead of 67), and so did re-solving
+    after the observed Hessian's Newton directions (the counts generator's large rung: 524 ->
+    569 iterations on five data sets; benchmarks/results/scale.md, twenty-seventh round).
     """
     direction = scoring_direction(prob, st) if direction is None else direction
     if direction is None:
         return None
     dX, dT = direction.dX, direction.dT
     t = _first_trial(dX)
-    for _ in range(40):
+    resolve = not prob.nonneg
+    for trial in range(40):
         Xn = project_simplex(st.X + t * dX)
-        Tn = st.theta + t * dT
-        Tn = np.maximum(Tn, 0.0) if prob.nonneg else theta_step(prob, Xn, st.lam)
-        s2n, lamn, val, _, act = profile(prob, Xn, Tn, st.lam)
-        if val < st.nll:
-            return State(Xn, Tn, s2n, lamn, val, act)
+        cand = _varpro(prob, st, Xn) if resolve else _at(prob, st, Xn, np.maximum(st.theta + t * dT, 0.0))
+        if cand.nll < st.nll:
+            return cand
+        if trial == 0 and not resolve and not direction.observed:  # Theta re-solved there
+            alt = _varpro(prob, st, Xn)
+            if alt.nll < st.nll:
+                return alt
+            resolve = alt.nll < cand.nll
         t *= 0.5
     return None
 
@@ -780,7 +799,11 @@ def qp_direction(prob: Problem, st: State):
 def _varpro(prob: Problem, st: State, X: np.ndarray) -> State:
     """The state at basis ``X`` with Theta and the variances re-solved exactly (variable
     projection: the step searches over X only)."""
-    theta = theta_step(prob, X, st.lam)
+    return _at(prob, st, X, theta_step(prob, X, st.lam))
+
+
+def _at(prob: Problem, st: State, X: np.ndarray, theta: np.ndarray) -> State:
+    """The state at ``(X, theta)`` with the variances profiled (from ``st``'s lambda)."""
     s2, lam, val, _, active = profile(prob, X, theta, st.lam)
     return State(X, theta, s2, lam, val, active)
 
