@@ -346,11 +346,9 @@ def ecme(prob: Problem, st: State) -> State:
     step = X_new - st.X
     t = 1.0
     for _ in range(40):
-        X = st.X + t * step
-        theta = theta_step(prob, X, st.lam)
-        s2, lam, val, _, active = profile(prob, X, theta, st.lam)
-        if val <= st.nll:
-            return State(X, theta, s2, lam, val, active)
+        cand = _varpro(prob, st, st.X + t * step)
+        if cand.nll <= st.nll:
+            return cand
         t *= 0.5
     return st
 
@@ -1127,9 +1125,7 @@ def _squarem_cycle(prob: Problem, st: State, step_max: float, mstep: float):
     if alpha == -1.0:
         return s2, step_max * mstep if step_max == 1.0 else step_max
     Xe = project_simplex(st.X - 2 * alpha * r + alpha**2 * v)
-    theta_e = theta_step(prob, Xe, s2.lam)
-    s2e, lam_e, val_e, _, act_e = profile(prob, Xe, theta_e, s2.lam)
-    cand = ecme(prob, State(Xe, theta_e, s2e, lam_e, val_e, act_e))
+    cand = ecme(prob, _varpro(prob, s2, Xe))
     if np.isfinite(cand.nll) and cand.nll <= s2.nll:
         return cand, step_max * mstep if alpha == -step_max else step_max
     return s2, max(1.0, step_max / mstep)
