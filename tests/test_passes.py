@@ -193,3 +193,65 @@ def test_one_grouping_of_units_by_pattern():
     with pytest.raises(ValueError, match="order"):
         stats.patterns(obs, order="random")
 
+
+
+@pytest.mark.parametrize("scale", [1.0, 1e200, 1e-200])
+def test_describe_of_dense_y_equals_the_direct_reductions(scale):
+    """:func:`passes.describe`'s one pass over blocks of rows gives numpy's own reductions
+    (exact for the extremes and counts; the rms to rounding), also where the sum of squares
+    over- or underflows (a second, scaled pass) and for a Fortran-ordered Y."""
+    rng = np.random.default_rng(5)
+    for Y in (rng.normal(size=(37, 9001)) * scale, np.asfortranarray(rng.gamma(2.0, size=(23, 501)) * scale)):
+        d = passes.describe(Y)
+        m = np.abs(Y).max()
+        rms = m * np.sqrt(np.mean((Y / m) ** 2))
+        assert (d["min"], d["max"]) == (Y.min(), Y.max())
+        assert d["unit_spread"] == np.max(Y.max(axis=1) - Y.min(axis=1))
+        assert d["n_negative"] == np.count_nonzero(Y < 0) and d["n_missing"] == 0
+        assert d["rms"] == pytest.approx(rms, rel=1e-13)
+    masked = rng.gamma(2.0, size=(20, 300))
+    masked[3, 5] = np.nan
+    d = passes.describe(masked)
+    assert d["n_missing"] == 1 and d["max"] == np.nanmax(masked)
+    assert d["rms"] == pytest.approx(np.sqrt(np.nanmean(masked**2)), rel=1e-13)
+
+
+def test_blup_of_large_dense_y_is_the_residual_formula(monkeypatch):
+    """Above the chunk size the BLUP comes from one product ``X'Y`` (no ``P x N``
+    temporary); it equals the residual formula ``M^-1 X'(Y - X Theta A)`` to rounding."""
+    rng = np.random.default_rng(6)
+    P, N, Q = 40, 500, 3
+    X = rng.dirichlet(np.ones(P), Q).T
+    theta, A = rng.uniform(1, 5, (Q, 2)), np.vstack([np.ones(N), rng.normal(size=N)])
+    Y = X @ (theta @ A + rng.normal(size=(Q, N))) + 0.01 * rng.normal(size=(P, N))
+    exact = np.linalg.solve(X.T @ X + 0.7 * np.eye(Q), X.T @ (Y - X @ theta @ A))
+    monkeypatch.setattr(passes, "CHUNK_ENTRIES", 1000)
+    assert not passes.small(Y)
+    np.testing.assert_allclose(passes.blup(Y, A, X, theta, 0.7), exact, rtol=1e-11, atol=1e-12)
+
+
+def test_leading_eigenpairs_by_lanczos_equal_lapack(monkeypatch):
+    """From ``LANCZOS_FROM`` rows the NNDSVD start's eigenpairs come from ARPACK (fixed start
+    vector: the same result twice); they equal LAPACK's to 1e-10, and where ARPACK does not
+    converge LAPACK's are returned."""
+    import scipy.linalg
+    import scipy.sparse.linalg
+
+    rng = np.random.default_rng(7)
+    P = passes.LANCZOS_FROM
+    Z = rng.gamma(2.0, size=(P, 40)) @ rng.gamma(1.0, size=(40, 3 * P))
+    G = Z @ Z.T
+    w, V = passes.leading_eigenpairs(G, 6)
+    w2, V2 = passes.leading_eigenpairs(G, 6)
+    np.testing.assert_array_equal(V, V2)
+    ref_w, ref_V = scipy.linalg.eigh(G, subset_by_index=[P - 6, P - 1])
+    o, r = np.argsort(w), np.argsort(ref_w)
+    np.testing.assert_allclose(w[o], ref_w[r], rtol=1e-10)
+    np.testing.assert_allclose(np.abs(np.sum(V[:, o] * ref_V[:, r], axis=0)), 1.0, atol=1e-10)
+
+    def fail(*args, **kwargs):
+        raise scipy.sparse.linalg.ArpackNoConvergence("no", np.empty(0), np.empty((P, 0)))
+
+    monkeypatch.setattr(scipy.sparse.linalg, "eigsh", fail)
+    w3, V3 = passes.leading_eigenpairs(G, 6)
+    np.testing.assert_allclose(w3, ref_w, rtol=1e-12)

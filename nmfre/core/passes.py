@@ -56,6 +56,12 @@ def _chunks(Y) -> list[slice]:
     return [slice(a, min(a + step, N)) for a in range(0, N, step)]
 
 
+#: entries per block of rows in :func:`describe`'s pass over dense data (2 MB: its four
+#: reductions read each block from cache; 2000 x 20000: 0.03 s, where whole-array nan-reductions
+#: and scaled chunks took 0.27-0.37 s)
+DESCRIBE_ENTRIES = 262_144
+
+
 def small(Y) -> bool:
     """Whether one temporary of Y's size fits within :data:`CHUNK_ENTRIES`."""
     return Y.shape[0] * Y.shape[1] <= CHUNK_ENTRIES
@@ -90,11 +96,26 @@ def describe(Y: Any) -> dict:
         m = float(max(abs(lo), abs(hi)))
         e = int(np.frexp(m)[1]) if m > 0 else 0
         ss = float(np.sum(np.ldexp(data, -e) ** 2)) if m > 0 else 0.0
+    elif k == "dense":  # one pass over blocks of rows small enough to stay in cache
+        rlo, rhi, ss = np.empty(Y.shape[0]), np.empty(Y.shape[0]), 0.0
+        step = max(1, DESCRIBE_ENTRIES // max(Y.shape[1], 1))
+        for a in range(0, Y.shape[0], step):
+            b = Y[a:a + step]
+            rlo[a:a + step], rhi[a:a + step] = b.min(axis=1), b.max(axis=1)
+            ss += float(np.einsum("ij,ij->", b, b))
+        lo, hi = rlo.min(), rhi.max()
+        neg = int(np.count_nonzero(Y < 0)) if lo < 0 else 0
+        nan = 0
+        m = float(max(abs(lo), abs(hi)))
+        e = 0
+        if m > 0 and not (1e-290 < ss < 1e290):  # over- or underflow: a second, scaled pass
+            e = int(np.frexp(m)[1])
+            ss = sum(float(np.sum(np.ldexp(Y[:, sl], -e) ** 2)) for sl in _chunks(Y))
     else:
         lo, hi = np.nanmin(Y), np.nanmax(Y)
         rlo, rhi = np.nanmin(Y, axis=1), np.nanmax(Y, axis=1)
         neg = int(np.count_nonzero(Y < 0)) if lo < 0 else 0
-        nan = int(np.count_nonzero(np.isnan(Y))) if k == "masked" else 0
+        nan = int(np.count_nonzero(np.isnan(Y)))
         m = float(max(abs(lo), abs(hi)))
         e = int(np.frexp(m)[1]) if m > 0 else 0
         ss = sum(float(np.nansum(np.ldexp(Y[:, sl], -e) ** 2)) for sl in _chunks(Y)) if m > 0 else 0.0
@@ -173,6 +194,37 @@ def xty(Y: Any, X: np.ndarray) -> np.ndarray:
     return X.T @ Y
 
 
+#: ``P`` from which :func:`leading_eigenpairs` uses Lanczos (ARPACK) instead of LAPACK
+LANCZOS_FROM = 1000
+
+
+def leading_eigenpairs(G: np.ndarray, rank: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``rank`` largest eigenvalues of the symmetric ``G`` and their eigenvectors.
+
+    From ``P =`` :data:`LANCZOS_FROM` on (and ``rank <= P / 10``), implicitly restarted
+    Lanczos (``scipy.sparse.linalg.eigsh``, tolerance 1e-10, a fixed start vector drawn from
+    its own generator, so the result is deterministic and the global state untouched): a few
+    dozen products with G, where LAPACK's tridiagonal reduction costs ``4 P^3 / 3`` flops (at
+    2000 x 2000, 0.02-0.1 s against 0.4 s; the vectors agreed to 1e-15 on five generators:
+    benchmarks/results/scale.md, twenty-eighth round). Should ARPACK not converge, and below
+    that size, LAPACK's syevr with only the leading ``rank`` pairs (``O(P rank)`` memory
+    beyond G's copy, where all P eigenvectors and syevd's workspace would need about 3 more
+    ``P x P`` arrays).
+    """
+    from scipy.linalg import eigh
+
+    P = G.shape[0]
+    if P >= LANCZOS_FROM and 10 * rank <= P:
+        from scipy.sparse.linalg import ArpackNoConvergence, eigsh
+
+        v0 = np.random.default_rng(0).standard_normal(P)
+        try:
+            return eigsh(G, k=rank, which="LA", v0=v0, tol=1e-10)
+        except ArpackNoConvergence:
+            pass
+    return eigh(G, subset_by_index=[max(P - rank, 0), P - 1], driver="evr")
+
+
 def nndsvd(Y: Any, rank: int, G: np.ndarray | None = None, missing: bool = False) -> np.ndarray:
     """NNDSVD start (:func:`nmfre.core.basis.nndsvd`) from the gram of ``Yp = max(Y, 0)``:
     its eigenvectors are the left singular vectors, ``Yp' U / s`` the right ones (one more
@@ -192,13 +244,8 @@ def nndsvd(Y: Any, rank: int, G: np.ndarray | None = None, missing: bool = False
         G = np.asarray((Yp @ Yp.T).compute()) if G is None else G
     elif G is None:
         raise ValueError("nndsvd from the gram needs G for an in-memory Y")
-    from scipy.linalg import eigh
-
-    P = G.shape[0]
-    # only the leading ``rank`` eigenpairs (LAPACK syevr): O(P rank) memory beyond G's copy,
-    # where all P eigenvectors and syevd's workspace would need about 3 more P x P arrays
     with scipy_blas_single_threaded():  # (see nmfre.core.blas: no spinning pool left for the fit)
-        w, V = eigh(G, subset_by_index=[max(P - rank, 0), P - 1], driver="evr")
+        w, V = leading_eigenpairs(G, rank)
     order = np.argsort(-w)[:rank]
     s = np.sqrt(np.maximum(w[order], 1e-300))
     Uu = V[:, order]
@@ -212,10 +259,6 @@ def nndsvd(Y: Any, rank: int, G: np.ndarray | None = None, missing: bool = False
 
 
 # ----------------------------------------------------------------------------- random effects
-def _blup_dense(Yc: np.ndarray, Ac: np.ndarray, X, theta, Minv) -> np.ndarray:
-    return Minv @ (X.T @ (Yc - X @ (theta @ Ac)))
-
-
 def blup(Y: Any, A: np.ndarray, X: np.ndarray, theta: np.ndarray, lam: float):
     """BLUP ``M^-1 X'(Y - X Theta A)`` of U (``Q x N``), ``M = X'X + lambda I``.
 
@@ -225,8 +268,6 @@ def blup(Y: Any, A: np.ndarray, X: np.ndarray, theta: np.ndarray, lam: float):
     Q = X.shape[1]
     M = X.T @ X + lam * np.eye(Q)
     k = kind(Y)
-    if k == "sparse":
-        return np.linalg.solve(M, xty(Y, X) - (X.T @ X) @ (theta @ A))
     if k == "masked":  # each unit from its observed features
         U = np.empty((Q, Y.shape[1]))
         for rows, units in groups(Y):
@@ -234,18 +275,16 @@ def blup(Y: Any, A: np.ndarray, X: np.ndarray, theta: np.ndarray, lam: float):
             U[:, units] = np.linalg.solve(Xo.T @ Xo + lam * np.eye(Q),
                                           Xo.T @ (_cell(Y, rows, units) - Xo @ (theta @ A[:, units])))
         return U
-    Minv = np.linalg.inv(M)
     if k == "dask":
         import dask.array as da
 
         Ad = da.from_array(A, chunks=(A.shape[0], Y.chunks[1]))
         return da.map_blocks(blup, Y, Ad, X, theta, lam, chunks=((Q,), Y.chunks[1]), dtype=float)
-    if small(Y):  # the exact formula of the small case
+    if k == "dense" and small(Y):  # the exact formula of the small case
         return np.linalg.solve(M, X.T @ (Y - X @ (theta @ A)))
-    U = np.empty((Q, Y.shape[1]))
-    for s in _chunks(Y):
-        U[:, s] = _blup_dense(Y[:, s], A[:, s], X, theta, Minv)
-    return U
+    # sparse or large dense Y: one product with Y and no P x N temporary (dense 2000 x 20000:
+    # 0.03 s, where residuals in chunks of units took 0.18-0.32 s; the same U to 4e-15 relative)
+    return np.linalg.solve(M, xty(Y, X) - (X.T @ X) @ (theta @ A))
 
 
 # ----------------------------------------------------------------------------- inference
