@@ -209,6 +209,9 @@ def test_describe_of_dense_y_equals_the_direct_reductions(scale):
         assert d["unit_spread"] == np.max(Y.max(axis=1) - Y.min(axis=1))
         assert d["n_negative"] == np.count_nonzero(Y < 0) and d["n_missing"] == 0
         assert d["rms"] == pytest.approx(rms, rel=1e-13)
+    big = np.full((5, 40), 2**33, dtype=np.int64)  # squares beyond int64: summed as floats
+    big[0, 0] = 3
+    assert passes.describe(big)["rms"] == pytest.approx(np.sqrt(np.mean(big.astype(float) ** 2)), rel=1e-13)
     masked = rng.gamma(2.0, size=(20, 300))
     masked[3, 5] = np.nan
     d = passes.describe(masked)
