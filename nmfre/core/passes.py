@@ -57,7 +57,7 @@ def _chunks(Y) -> list[slice]:
 
 
 #: entries per block of rows in :func:`describe`'s pass over dense data (2 MB: its four
-#: reductions read each block from cache; 2000 x 20000: 0.03 s, where whole-array nan-reductions
+#: reductions read each block from cache; 2000 x 20000: 0.04 s, where whole-array nan-reductions
 #: and scaled chunks took 0.27-0.37 s)
 DESCRIBE_ENTRIES = 262_144
 
@@ -206,12 +206,13 @@ def leading_eigenpairs(G: np.ndarray, rank: int) -> tuple[np.ndarray, np.ndarray
     its own generator, so the result is deterministic and the global state untouched): a few
     dozen products with G, where LAPACK's tridiagonal reduction costs ``4 P^3 / 3`` flops (at
     2000 x 2000, 0.01-0.14 s against 0.37-0.61 s; the vectors agreed to 1.2e-15 on ten grams
-    of seven generators: benchmarks/results/scale.md, twenty-eighth round). Should ARPACK not converge, and below
-    that size, LAPACK's syevr with only the leading ``rank`` pairs (``O(P rank)`` memory
-    beyond G's copy, where all P eigenvectors and syevd's workspace would need about 3 more
-    ``P x P`` arrays). Lanczos' restarts are capped at about LAPACK's cost, so the worst
-    case costs twice LAPACK's (where the last wanted eigenvalue lies in the noise, as the
-    eleventh of data of rank 10, it needs more of them: 0.14 s against 0.02 s).
+    of seven generators: benchmarks/results/scale.md, twenty-eighth round). Its restarts are
+    capped at about LAPACK's cost, so the worst case costs twice LAPACK's (where the last
+    wanted eigenvalue lies in the noise, as the eleventh of data of rank 10, it needs more of
+    them: 0.14 s against 0.02 s). Should ARPACK not converge within them, and below that
+    size, LAPACK's syevr with only the leading ``rank`` pairs (``O(P rank)`` memory beyond G's
+    copy, where all P eigenvectors and syevd's workspace would need about 3 more ``P x P``
+    arrays).
     """
     from scipy.linalg import eigh
 
