@@ -236,7 +236,7 @@ def test_blup_of_large_dense_y_is_the_residual_formula(monkeypatch):
 def test_leading_eigenpairs_by_lanczos_equal_lapack(monkeypatch):
     """From ``LANCZOS_FROM`` rows the NNDSVD start's eigenpairs come from ARPACK (fixed start
     vector: the same result twice); they equal LAPACK's to 1e-10, and where ARPACK does not
-    converge LAPACK's are returned."""
+    converge, or breaks down (``G = 0``), LAPACK's are returned."""
     import scipy.linalg
     import scipy.sparse.linalg
 
@@ -255,6 +255,9 @@ def test_leading_eigenpairs_by_lanczos_equal_lapack(monkeypatch):
     def fail(*args, **kwargs):
         raise scipy.sparse.linalg.ArpackNoConvergence("no", np.empty(0), np.empty((P, 0)))
 
+    # a breakdown (G v0 = 0: ARPACK raises its error -9) falls back to LAPACK too
+    w0, V0 = passes.leading_eigenpairs(np.zeros((P, P)), 3)
+    assert np.all(w0 == 0) and V0.shape == (P, 3) and np.all(np.isfinite(V0))
     monkeypatch.setattr(scipy.sparse.linalg, "eigsh", fail)
     w3, V3 = passes.leading_eigenpairs(G, 6)
     np.testing.assert_allclose(w3, ref_w, rtol=1e-12)

@@ -209,7 +209,8 @@ def leading_eigenpairs(G: np.ndarray, rank: int) -> tuple[np.ndarray, np.ndarray
     of seven generators: benchmarks/results/scale.md, twenty-eighth round). Its restarts are
     capped at about LAPACK's cost, so the worst case costs twice LAPACK's (where the last
     wanted eigenvalue lies in the noise, as the eleventh of data of rank 10, it needs more of
-    them: 0.14 s against 0.02 s). Should ARPACK not converge within them, and below that
+    them: 0.14 s against 0.02 s). Should ARPACK fail (no convergence within them, or a
+    breakdown, as for ``G = 0``), and below that
     size, LAPACK's syevr with only the leading ``rank`` pairs (``O(P rank)`` memory beyond G's
     copy, where all P eigenvectors and syevd's workspace would need about 3 more ``P x P``
     arrays).
@@ -218,7 +219,7 @@ def leading_eigenpairs(G: np.ndarray, rank: int) -> tuple[np.ndarray, np.ndarray
 
     P = G.shape[0]
     if P >= LANCZOS_FROM and 10 * rank <= P:
-        from scipy.sparse.linalg import ArpackNoConvergence, eigsh
+        from scipy.sparse.linalg import ArpackError, eigsh
 
         v0 = np.random.default_rng(0).standard_normal(P)
         # at most about LAPACK's cost: a restart keeps `rank` of its ~2 rank + 1 vectors, so it
@@ -226,7 +227,7 @@ def leading_eigenpairs(G: np.ndarray, rank: int) -> tuple[np.ndarray, np.ndarray
         restarts = max(20, (2 * P) // (3 * (rank + 1)))
         try:
             return eigsh(G, k=rank, which="LA", v0=v0, tol=1e-10, maxiter=restarts)
-        except ArpackNoConvergence:
+        except ArpackError:  # no convergence within the restarts, or a breakdown (G v0 = 0)
             pass
     return eigh(G, subset_by_index=[max(P - rank, 0), P - 1], driver="evr")
 
