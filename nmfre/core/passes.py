@@ -97,15 +97,15 @@ def describe(Y: Any) -> dict:
         e = int(np.frexp(m)[1]) if m > 0 else 0
         ss = float(np.sum(np.ldexp(data, -e) ** 2)) if m > 0 else 0.0
     elif k == "dense":  # one pass over blocks of rows small enough to stay in cache
-        rlo, rhi, ss = np.empty(Y.shape[0]), np.empty(Y.shape[0]), 0.0
+        rlo, rhi, ss, neg, nan = np.empty(Y.shape[0]), np.empty(Y.shape[0]), 0.0, 0, 0
         step = max(1, DESCRIBE_ENTRIES // max(Y.shape[1], 1))
         for a in range(0, Y.shape[0], step):
             b = np.asarray(Y[a:a + step], dtype=float)  # (integer data: no overflow in the squares)
             rlo[a:a + step], rhi[a:a + step] = b.min(axis=1), b.max(axis=1)
             ss += float(np.einsum("ij,ij->", b, b))
+            if rlo[a:a + step].min() < 0:
+                neg += int(np.count_nonzero(b < 0))
         lo, hi = rlo.min(), rhi.max()
-        neg = int(np.count_nonzero(Y < 0)) if lo < 0 else 0
-        nan = 0
         m = float(max(abs(lo), abs(hi)))
         e = 0
         if m > 0 and not (1e-290 < ss < 1e290):  # over- or underflow: a second, scaled pass
@@ -273,7 +273,8 @@ def blup(Y: Any, A: np.ndarray, X: np.ndarray, theta: np.ndarray, lam: float):
     a dask Y.
     """
     Q = X.shape[1]
-    M = X.T @ X + lam * np.eye(Q)
+    XtX = X.T @ X
+    M = XtX + lam * np.eye(Q)
     k = kind(Y)
     if k == "masked":  # each unit from its observed features
         U = np.empty((Q, Y.shape[1]))
@@ -291,7 +292,7 @@ def blup(Y: Any, A: np.ndarray, X: np.ndarray, theta: np.ndarray, lam: float):
         return np.linalg.solve(M, X.T @ (Y - X @ (theta @ A)))
     # sparse or large dense Y: one product with Y and no P x N temporary (dense 2000 x 20000:
     # 0.03 s, where residuals in chunks of units took 0.18-0.32 s; the same U to 4e-15 relative)
-    return np.linalg.solve(M, xty(Y, X) - (X.T @ X) @ (theta @ A))
+    return np.linalg.solve(M, xty(Y, X) - XtX @ (theta @ A))
 
 
 # ----------------------------------------------------------------------------- inference
