@@ -118,6 +118,31 @@ def test_row_patterns_group_the_rows_by_mask(Q):
                                rtol=1e-13)
 
 
+@pytest.mark.parametrize("held", [0, 7, 60])
+@pytest.mark.parametrize("r", [1, 4])
+def test_block_diagonal_solve_takes_each_row_block(held, r):
+    """``_Woodbury._binv`` equals the product of each row's own block, ``B0_p^-1 V[p]``, to
+    rounding: every row on one mask (``held = 0``: one shared block), a few rows on other masks
+    (shared block, those rows redone) and many (the stacked blocks)."""
+    P, Q = 40, 4
+    rng = np.random.default_rng(held + r)
+    mask = np.ones((P, Q), bool)
+    mask.ravel()[rng.choice(P * Q, held, replace=False)] = False
+    L = rng.normal(size=(Q, Q))
+    D = L @ L.T + Q * np.eye(Q)
+    wb = newton._Woodbury.__new__(newton._Woodbury)
+    pats, pat, wb._order, wb._starts = newton._row_patterns(mask)
+    m2 = pats[:, :, None] & pats[:, None, :]
+    Bu = np.linalg.inv(np.where(m2, D, np.eye(Q))) * m2
+    wb._Binv_u = 0.5 * (Bu + Bu.transpose(0, 2, 1))
+    wb._setup_binv(pat, P)
+    assert (wb._rest is not None) == (held == 7)
+    assert (wb._stacked is not None) == (held == 60)
+    V = rng.normal(size=(P, Q, r))
+    ref = np.matmul(wb._Binv_u[pat], V)
+    np.testing.assert_allclose(wb._binv(V), ref, rtol=1e-13, atol=1e-13 * np.abs(ref).max())
+
+
 def test_structured_step_never_forms_the_dense_information(monkeypatch):
     """Above DENSE_MAX coordinates the step comes from the structured solver."""
     Y, A, _, _ = rank2(4)

@@ -14,7 +14,7 @@ minimisation for X on the simplex, exact GLS/NNLS for Theta, exact 1-D profile f
 variances). The step (:func:`second_order_step`) minimises the expected-information model
 under the bounds (simplex columns, Theta >= 0: :func:`nmfre.core.trust.bound_qp`), then
 refines it on that face with the observed Hessian by truncated CG in a trust region
-(:func:`nmfre.core.trust.newton_step`; Hessian products matrix-free by complex step,
+(:func:`nmfre.core.trust.newton_step`; Hessian products matrix-free in closed form,
 the expected information as preconditioner). A SQUAREM cycle of the ECME map is used where
 no step decreases the nll. Every accepted iteration does not increase the nll.
 """
@@ -530,7 +530,8 @@ def newton_direction(prob: Problem, st: State, hold: np.ndarray | None = None,
     The face is the scoring direction's (:func:`_free_mask`: X entries off their bound, free
     Theta, the variances) under the unit-column-sum constraints; on it, conjugate gradients on
     ``g'd + d'H d / 2`` with the observed Hessian ``H`` (matrix-free,
-    :func:`nmfre.core.trust.hessian_product`: two data products each), preconditioned by the
+    :func:`nmfre.core.trust.hessian_product`: one data product each in gram form, two in dense
+    and sparse form), preconditioned by the
     face's expected information (an exact KKT solve: every iterate keeps the constraints, and
     the first is the Fisher direction scaled to the Hessian's minimum along it), to relative
     residual :data:`NEWTON_RTOL` or ``cg_max`` iterations (default :data:`NEWTON_CG_MAX`;

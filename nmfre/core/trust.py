@@ -13,12 +13,12 @@ and its gradient (:func:`gradient`) needs the data only through ``Y Y' X`` (gram
 ``G`` and never through ``N``-sized residual products); the dense form (small problems)
 forms the residual products exactly.
 
-* :func:`hessian_product`: the observed Hessian times a direction, exact to rounding, by
-  differentiating the gradient along the direction in complex arithmetic (complex step,
-  Squire & Trapp 1998: ``H v = Im g(x + i h v) / h`` with no subtractive cancellation);
-  every operation of :func:`gradient` is complex-analytic, and real data matrices multiply
-  the real and imaginary parts separately (no complex copy of the data). One product costs
-  about two gradients: ``O(P^2 Q)`` in gram form.
+* :func:`hessian_product`: the observed Hessian times a direction, exact to rounding: the
+  derivative of :func:`gradient` along the direction in closed form (forward mode, in real
+  arithmetic), from the gradient's terms at the point, computed once (:class:`Point`). One
+  product costs one data product (``G dX`` in gram form, ``O(P^2 Q)``) and ``O(P Q^2 + Q^3)``
+  further work. (:func:`gradient` is complex-analytic, so the complex step ``Im g(x + i h v)
+  / h`` of Squire & Trapp 1998 gives the same products to rounding; the tests check that.)
 * :func:`fisher_product`: the expected information times a direction in ``O(P Q^2 + P Q K
   + Q^3)`` (no data), with the formulas of :mod:`nmfre.core.newton`.
 """
@@ -31,19 +31,13 @@ import numpy as np
 
 from .stats import gram_product
 
-#: imaginary step of the complex-step derivative (relative to the direction's scale)
-COMPLEX_STEP = 1e-30
-
 #: the factor between the trial lengths of :func:`newton_step`'s projected search (measured
 #: against the segment's feasible part alone: benchmarks/results/scale.md, twentieth round)
 PROJECTED_SEARCH = 4.0
 
 
 def _rmul(Y, Z):
-    """``Y @ Z`` for a real (dense or sparse) ``Y`` and a real or complex ``Z``, without a
-    complex copy of ``Y``."""
-    if np.iscomplexobj(Z):
-        return np.asarray(Y @ Z.real) + 1j * np.asarray(Y @ Z.imag)
+    """``Y @ Z`` as an ndarray (``Y`` dense or sparse)."""
     return np.asarray(Y @ Z)
 
 
@@ -104,8 +98,6 @@ def data_product(data: Data, X: np.ndarray) -> np.ndarray:
     form, and sparse form as ``Y (Y'X)``: two passes over the non-zeros, no ``G``) or ``Y'X``
     (dense form, ``N x Q``)."""
     if data.form == "gram":
-        if np.iscomplexobj(X):
-            return gram_product(data.G, X.real) + 1j * gram_product(data.G, X.imag)
         return gram_product(data.G, X)
     if data.form == "sparse":
         return _rmul(data.Y, _rmul(data.Y.T, X))
@@ -115,7 +107,7 @@ def data_product(data: Data, X: np.ndarray) -> np.ndarray:
 def residual_product(data: Data, X: np.ndarray, theta: np.ndarray, DX: np.ndarray) -> np.ndarray | None:
     """``Y J'`` with ``J = X'R`` (``P x Q``; dense form, None in gram and sparse form), from
     ``DX = Y'X`` (:func:`data_product`): the second data product of :func:`moments`, kept by
-    :class:`Hessian` so that its products multiply only the direction."""
+    :class:`Point`."""
     if data.form != "dense":
         return None
     J = DX.T - (X.T @ X) @ theta @ data.A
@@ -126,15 +118,10 @@ def moments(data: Data, X: np.ndarray, theta: np.ndarray, DX: np.ndarray | None 
             YJ: np.ndarray | None = None) -> Moments:
     """:class:`Moments` (exact residual products in dense form, the gram identities otherwise).
 
-    ``DX``: :func:`data_product` of ``X`` when already known (for a complex ``X``, of its real
-    part: only the imaginary part is then multiplied). ``YJ`` (dense form): ``Y J'``
-    with ``J = X'R`` at the real part of a complex ``(X, theta)``, when already known (then the
-    second data product multiplies the imaginary part only; the real part it replaces differs
-    by ``O(h^2)``, far below rounding, for the complex step ``h`` of :func:`hessian_product`)."""
+    ``DX``: :func:`data_product` of ``X`` when already known; ``YJ`` (dense form): ``Y J'``
+    with ``J = X'R`` (:func:`residual_product`) when already known."""
     if DX is None:
         DX = data_product(data, X)
-    elif np.iscomplexobj(X):
-        DX = DX + 1j * data_product(data, X.imag)
     XtX = X.T @ X
     XtYA = X.T @ data.YA
     C1 = theta @ data.AA @ theta.T
@@ -152,10 +139,7 @@ def moments(data: Data, X: np.ndarray, theta: np.ndarray, DX: np.ndarray | None 
     R = data.Y - X @ TA
     rss = np.sum(R * R)
     JA = J @ data.A.T
-    if YJ is not None and np.iscomplexobj(J):
-        YJt = YJ + 1j * np.asarray(data.Y @ J.imag.T)
-    else:
-        YJt = _rmul(data.Y, J.T)
+    YJt = _rmul(data.Y, J.T) if YJ is None else YJ
     RRtX = YJt - X @ theta @ JA.T
     return Moments(XtX, XtYA, J @ J.T, rss, RRtX, JA, C1)
 
@@ -164,7 +148,8 @@ def gradient(data: Data, X: np.ndarray, theta: np.ndarray, sigma2, tau2, m: Mome
              DX: np.ndarray | None = None, YJ: np.ndarray | None = None):
     """Gradient of the nll in ``(X, Theta, sigma2, tau2)``: ``(gX, gT, g_sigma2, g_tau2)``.
 
-    Complex-analytic in all arguments (so :func:`hessian_product` can differentiate it).
+    Complex-analytic in all arguments (the tests check :func:`hessian_product` against its
+    complex-step derivative).
     ``DX``, ``YJ``: see :func:`moments`.
     """
     m = moments(data, X, theta, DX, YJ) if m is None else m
@@ -182,18 +167,129 @@ def gradient(data: Data, X: np.ndarray, theta: np.ndarray, sigma2, tau2, m: Mome
     return gX, gT, L_s2 + L_lam / tau2, -L_lam * lam / tau2
 
 
-def hessian_product(data: Data, X, theta, sigma2, tau2, dX, dT, ds2=0.0, dt2=0.0, DX=None, YJ=None):
-    """Observed Hessian of the nll times ``(dX, dT, d_sigma2, d_tau2)`` (complex step; exact
-    to rounding). Returns ``(HX, HT, H_sigma2, H_tau2)``. ``DX``: :func:`data_product` of
-    ``X``; ``YJ``: :func:`residual_product` (with both, each product multiplies the data twice
-    in dense and sparse form: by ``dX`` and by the change of ``X'R`` (dense), by ``dX`` and by
-    ``Y'dX`` (sparse); and once in gram form)."""
-    scale = max(float(np.max(np.abs(dX))), float(np.max(np.abs(dT), initial=0.0)), abs(ds2) / max(sigma2, 1e-300),
-                abs(dt2) / max(tau2, 1e-300), 1e-300)
-    h = COMPLEX_STEP / scale
-    g = gradient(data, X + 1j * h * dX, theta + 1j * h * dT, sigma2 + 1j * h * ds2, tau2 + 1j * h * dt2, DX=DX,
-                 YJ=YJ)
-    return tuple(np.imag(x) / h for x in g)
+@dataclass(frozen=True)
+class Point:
+    """What :func:`hessian_product` needs at ``(X, Theta, sigma2, tau2)``, computed once per
+    point (:func:`point`): the :class:`Moments`, the data product ``DX`` and the gradient's
+    intermediate terms (``Minv``, ``MJ = Minv JA``, ``MWM = Minv WR Minv``, ``H = C1 + MWM +
+    MJ Theta'``, ``E = X H - YA Theta' - RRtX Minv``, ``gTn = sigma2 gT``, ``q``, ``L_lam``);
+    dense form also ``J = X'R`` and ``TA = Theta A``."""
+
+    X: np.ndarray
+    theta: np.ndarray
+    sigma2: float
+    tau2: float
+    m: Moments
+    DX: np.ndarray
+    Minv: np.ndarray
+    MJ: np.ndarray
+    MWM: np.ndarray
+    H: np.ndarray
+    E: np.ndarray
+    gTn: np.ndarray
+    q: float
+    L_lam: float
+    J: np.ndarray | None = None
+    TA: np.ndarray | None = None
+
+
+def point(data: Data, X: np.ndarray, theta: np.ndarray, sigma2: float, tau2: float, DX: np.ndarray | None = None,
+          YJ: np.ndarray | None = None) -> Point:
+    """:class:`Point` at ``(X, Theta, sigma2, tau2)`` (real); ``DX``, ``YJ``: see :func:`moments`."""
+    DX = data_product(data, X) if DX is None else DX
+    m = moments(data, X, theta, DX, YJ)
+    N, Q = data.N, X.shape[1]
+    lam = sigma2 / tau2
+    Minv = np.linalg.inv(m.XtX + lam * np.eye(Q))
+    MJ = Minv @ m.JA
+    MWM = Minv @ m.WR @ Minv
+    H = m.C1 + MWM + MJ @ theta.T
+    E = X @ H - data.YA @ theta.T - m.RRtX @ Minv
+    gTn = m.XtX @ (theta @ data.AA + MJ) - m.XtYA
+    q = float(m.rss - np.sum(Minv * m.WR))
+    L_lam = 0.5 * (N * np.trace(Minv) - N * Q / lam + np.trace(MWM) / sigma2)
+    J = TA = None
+    if data.form == "dense":
+        TA = theta @ data.A
+        J = DX.T - m.XtX @ TA
+    return Point(X, theta, float(sigma2), float(tau2), m, DX, Minv, MJ, MWM, H, E, gTn, q, float(L_lam), J, TA)
+
+
+def _moments_derivative(data: Data, p: Point, dX: np.ndarray, dT: np.ndarray):
+    """The derivative of :func:`moments` at ``p`` along ``(dX, dT)``: ``(dXtX, dXtYA, dC1, dWR,
+    drss, dRRtX, dJA)``, with one data product (``G dX``, ``Y (Y'dX)``; dense form ``Y'dX`` and
+    ``Y dJ'``)."""
+    X, theta, m = p.X, p.theta, p.m
+    S = X.T @ dX
+    dXtX = S + S.T
+    dXtYA = dX.T @ data.YA
+    E1 = dT @ data.AA @ theta.T
+    dC1 = E1 + E1.T
+    if data.form != "dense":
+        dGX = data_product(data, dX)
+        S2 = p.DX.T @ dX  # X'G dX = (G X)'dX: G symmetric
+        XtX, XtYA, C1 = m.XtX, m.XtYA, m.C1
+        dT_ = (dXtYA @ theta.T + XtYA @ dT.T) @ XtX + XtYA @ theta.T @ dXtX
+        CX = C1 @ XtX
+        dWR = S2 + S2.T - dT_ - dT_.T + dXtX @ CX + XtX @ (dC1 @ XtX + C1 @ dXtX)
+        dRRtX = (dGX - data.YA @ (dT.T @ XtX + theta.T @ dXtX) - dX @ (theta @ XtYA.T - CX)
+                 - X @ (dT @ XtYA.T + theta @ dXtYA.T - dC1 @ XtX - C1 @ dXtX))
+        drss = -2.0 * (np.sum(dT * XtYA) + np.sum(theta * dXtYA)) + np.sum(dC1 * XtX) + np.sum(C1 * dXtX)
+        dJA = dXtYA - dXtX @ theta @ data.AA - XtX @ dT @ data.AA
+        return dXtX, dXtYA, dC1, dWR, drss, dRRtX, dJA
+    dDX = data_product(data, dX)  # Y'dX, N x Q
+    dTA = dT @ data.A
+    J, TA = p.J, p.TA
+    dJ = dDX.T - dXtX @ TA - m.XtX @ dTA
+    # rss = ||R||^2, dR = -dX TA - X dTA; dX'R = (Y'dX)' - dX'X TA and X'R = J (no P x N work)
+    drss = -2.0 * (np.sum((dDX.T - S.T @ TA) * TA) + np.sum(J * dTA))
+    JdJ = J @ dJ.T
+    dWR = JdJ + JdJ.T
+    dJA = dJ @ data.A.T
+    dRRtX = _rmul(data.Y, dJ.T) - dX @ theta @ m.JA.T - X @ (dT @ m.JA.T + theta @ dJA.T)
+    return dXtX, dXtYA, dC1, dWR, drss, dRRtX, dJA
+
+
+def hessian_product(data: Data, X, theta, sigma2, tau2, dX, dT, ds2=0.0, dt2=0.0, DX=None, YJ=None,
+                    at: Point | None = None):
+    """Observed Hessian of the nll times ``(dX, dT, d_sigma2, d_tau2)``: the derivative of
+    :func:`gradient` along the direction, in closed form (forward mode, every term of the
+    gradient differentiated by the product rule; exact to rounding). Returns ``(HX, HT,
+    H_sigma2, H_tau2)``.
+
+    ``at``: the :class:`Point` at ``(X, theta, sigma2, tau2)`` when already computed
+    (:class:`Hessian` computes it once for all its products); otherwise from ``DX``
+    (:func:`data_product` of ``X``) and ``YJ`` (:func:`residual_product`). A product then
+    multiplies the data once in gram form (``G dX``) and twice in dense and sparse form
+    (dense: ``Y'dX`` and ``Y dJ'``; sparse: ``Y'dX`` and ``Y`` times that), plus
+    ``O(P Q^2 + Q^3)`` work (dense form ``O(N Q^2)``) of real arithmetic.
+    """
+    p = point(data, X, theta, sigma2, tau2, DX, YJ) if at is None else at
+    X, theta, s2, t2, m = p.X, p.theta, p.sigma2, p.tau2, p.m
+    dX = np.asarray(dX, dtype=float)
+    dT = np.asarray(dT, dtype=float)
+    ds2, dt2 = float(ds2), float(dt2)
+    N, Q = data.N, X.shape[1]
+    n = N * data.P
+    lam = s2 / t2
+    dlam = ds2 / t2 - s2 * dt2 / t2**2
+    dXtX, dXtYA, dC1, dWR, drss, dRRtX, dJA = _moments_derivative(data, p, dX, dT)
+    Minv = p.Minv
+    dMinv = -Minv @ (dXtX + dlam * np.eye(Q)) @ Minv
+    dMJ = dMinv @ m.JA + Minv @ dJA
+    MW = Minv @ m.WR
+    dMWM = dMinv @ MW.T + Minv @ dWR @ Minv + MW @ dMinv
+    dH = dC1 + dMWM + dMJ @ theta.T + p.MJ @ dT.T
+    dE = dX @ p.H + X @ dH - data.YA @ dT.T - dRRtX @ Minv - m.RRtX @ dMinv
+    HX = N * (dX @ Minv + X @ dMinv) + dE / s2 - p.E * (ds2 / s2**2)
+    HT = (dXtX @ (theta @ data.AA + p.MJ) + m.XtX @ (dT @ data.AA + dMJ) - dXtYA) / s2 - p.gTn * (ds2 / s2**2)
+    dq = drss - np.sum(dMinv * m.WR) - np.sum(Minv * dWR)
+    dL_lam = 0.5 * (N * np.trace(dMinv) + N * Q * dlam / lam**2 + np.trace(dMWM) / s2
+                    - np.trace(p.MWM) * ds2 / s2**2)
+    dL_s2 = 0.5 * (-n * ds2 / s2**2 - dq / s2**2 + 2.0 * p.q * ds2 / s2**3)
+    Hs = dL_s2 + dL_lam / t2 - p.L_lam * dt2 / t2**2
+    Ht = -(dL_lam * lam + p.L_lam * dlam) / t2 + p.L_lam * lam * dt2 / t2**2
+    return HX, HT, float(Hs), float(Ht)
 
 
 # ----------------------------------------------------------------------------- the step
@@ -382,16 +478,16 @@ def bound_qp(model: FisherModel, x: np.ndarray, nonneg: bool, max_inner: int = 1
 class Hessian:
     """Products with the observed Hessian in the flat coordinates of a :class:`FisherModel`
     (the model's variance coordinates; the data multiplied once per product in gram form,
-    twice otherwise: once each by ``Y'`` and ``Y`` in sparse form). ``DX``, ``YJ``:
-    :func:`data_product` and :func:`residual_product` at
-    ``(X, theta)`` when already known (:func:`nmfre.core.ml.hessian` takes them from the
-    cached moments of the state)."""
+    twice otherwise: once each by ``Y'`` and ``Y`` in sparse form). The gradient's terms at
+    the point (:class:`Point`) are computed once, from ``DX``, ``YJ`` (:func:`data_product` and
+    :func:`residual_product` at ``(X, theta)``) when already known (:func:`nmfre.core.ml.hessian`
+    takes them from the cached moments of the state)."""
 
     def __init__(self, data: Data, model: FisherModel, X, theta, sigma2, tau2, DX=None, YJ=None):
         self.data, self.model = data, model
-        self.args = (X, theta, sigma2, tau2)
-        self.DX = data_product(data, X) if DX is None else DX
-        self.YJ = residual_product(data, X, theta, self.DX) if YJ is None and data.form == "dense" else YJ
+        DX = data_product(data, X) if DX is None else DX
+        YJ = residual_product(data, X, theta, DX) if YJ is None and data.form == "dense" else YJ
+        self.at = point(data, X, theta, sigma2, tau2, DX, YJ)
         self.count = 0
 
     def __call__(self, v: np.ndarray) -> np.ndarray:
@@ -399,7 +495,8 @@ class Hessian:
         vX, vT, vV = self.model.split(v)
         ds2 = vV[names.index("sigma2")] if "sigma2" in names else 0.0
         dt2 = vV[names.index("tau2")] if "tau2" in names else 0.0
-        hX, hT, hs, ht = hessian_product(self.data, *self.args, vX, vT, ds2, dt2, self.DX, self.YJ)
+        a = self.at
+        hX, hT, hs, ht = hessian_product(self.data, a.X, a.theta, a.sigma2, a.tau2, vX, vT, ds2, dt2, at=a)
         self.count += 1
         return np.concatenate([hX.ravel(), hT.ravel(), [hs if nm == "sigma2" else ht for nm in names]])
 
