@@ -546,6 +546,7 @@ def test_the_newton_cg_limit_doubles_after_capped_directions(monkeypatch):
     sequence of (limit given, capped) of every direction of a fit whose directions cap (the
     named fault of ``NEWTON_CG_PATIENCE``; measured: 5 capped in a row by iteration 36)."""
     Y, A = _tied_creep()
+    monkeypatch.setattr(ml, "NEWTON_CG_MAX", 10)  # the limit of the named fault (20 caps less often here)
     prob = ml.Problem(stats.from_arrays(Y, A), 5, False, "free", 1.0, 1.0, None)
     seen = []
     real = ml.step_direction
@@ -574,6 +575,7 @@ def test_a_fit_whose_newton_directions_cap_converges(monkeypatch):
     import nmfre
 
     Y, A = _tied_creep()
+    monkeypatch.setattr(ml, "NEWTON_CG_MAX", 10)  # the limit at which the fault was measured
     f = nmfre.fit(Y, A, rank=5, theta="free", max_iter=300)
     assert f.converged and f.n_iter < 300
     monkeypatch.setattr(ml, "NEWTON_CG_PATIENCE", 10**9)

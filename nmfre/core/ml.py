@@ -118,9 +118,14 @@ CRAWL_PATIENCE: int | None = 20
 #: (a truncated Newton direction: the outer iteration corrects what CG leaves). On the iteration
 #: ladder (2026-12-02, 27 data sets: small, medium, large, sparse) 0.1 and 10 took the same
 #: number of iterations as 1e-4 and 30 (within 3 either way, 87 instead of 96 on the slowest)
-#: with 30-70% of the Hessian products, the same nll within the tolerance
+#: with 30-70% of the Hessian products, the same nll within the tolerance. The limit was 10
+#: until the products came in closed form (2026-12-06, 30% cheaper at 2000 x 20000): with 20,
+#: the large rung's counts, hetero and tied generators (seeds 0-4) took 1639 iterations
+#: against 1898 (tied 710 -> 522, every fit fewer) and 174 s against 184 s, the small rung the
+#: same iterations on 29 of 30 fits and the medium rung 633 against 632 (benchmarks/results/
+#: scale.md, twenty-ninth round)
 NEWTON_RTOL = 0.1
-NEWTON_CG_MAX = 10
+NEWTON_CG_MAX = 20
 #: after this many Newton directions in a row whose conjugate gradients stopped at their
 #: iteration limit, :func:`fit_ml` doubles the limit (from :data:`NEWTON_CG_MAX`, at most
 #: :data:`NEWTON_CG_LIMIT`): where the observed Hessian is ill-conditioned on the face (a
