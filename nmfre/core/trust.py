@@ -82,7 +82,8 @@ class Data:
 @dataclass(frozen=True)
 class Moments:
     """What the gradient needs at ``(X, Theta)``: ``XtX``, ``XtYA = X'YA'``, ``WR = X'RR'X``,
-    ``rss``, ``RRtX = RR'X`` (``P x Q``) and ``JA = X'RA'`` (complex-analytic in X, Theta)."""
+    ``rss``, ``RRtX = RR'X`` (``P x Q``), ``JA = X'RA'``, ``C1 = Theta AA' Theta'`` and, in dense
+    form, ``J = X'R`` (complex-analytic in X, Theta)."""
 
     XtX: np.ndarray
     XtYA: np.ndarray
@@ -91,6 +92,7 @@ class Moments:
     RRtX: np.ndarray
     JA: np.ndarray
     C1: np.ndarray
+    J: np.ndarray | None = None
 
 
 def data_product(data: Data, X: np.ndarray) -> np.ndarray:
@@ -141,39 +143,31 @@ def moments(data: Data, X: np.ndarray, theta: np.ndarray, DX: np.ndarray | None 
     JA = J @ data.A.T
     YJt = _rmul(data.Y, J.T) if YJ is None else YJ
     RRtX = YJt - X @ theta @ JA.T
-    return Moments(XtX, XtYA, J @ J.T, rss, RRtX, JA, C1)
+    return Moments(XtX, XtYA, J @ J.T, rss, RRtX, JA, C1, J)
 
 
-def gradient(data: Data, X: np.ndarray, theta: np.ndarray, sigma2, tau2, m: Moments | None = None,
-             DX: np.ndarray | None = None, YJ: np.ndarray | None = None):
-    """Gradient of the nll in ``(X, Theta, sigma2, tau2)``: ``(gX, gT, g_sigma2, g_tau2)``.
+def gradient(data: Data, X: np.ndarray, theta: np.ndarray, sigma2, tau2, DX: np.ndarray | None = None,
+             YJ: np.ndarray | None = None):
+    """Gradient of the nll in ``(X, Theta, sigma2, tau2)``: ``(gX, gT, g_sigma2, g_tau2)``, from
+    the terms of :func:`point`.
 
-    Complex-analytic in all arguments (the tests check :func:`hessian_product` against its
-    complex-step derivative).
-    ``DX``, ``YJ``: see :func:`moments`.
+    Complex-analytic in all arguments (the tests check :func:`hessian_product`, its derivative
+    in closed form, against its complex step). ``DX``, ``YJ``: see :func:`moments`.
     """
-    m = moments(data, X, theta, DX, YJ) if m is None else m
-    N, Q = data.N, X.shape[1]
-    n = N * data.P
-    lam = sigma2 / tau2
-    Minv = np.linalg.inv(m.XtX + lam * np.eye(Q))
-    MJ = Minv @ m.JA
-    MWM = Minv @ m.WR @ Minv
-    gX = N * X @ Minv + (X @ (m.C1 + MWM + MJ @ theta.T) - data.YA @ theta.T - m.RRtX @ Minv) / sigma2
-    gT = (m.XtX @ (theta @ data.AA + MJ) - m.XtYA) / sigma2
-    q = m.rss - np.sum(Minv * m.WR)
-    L_lam = 0.5 * (N * np.trace(Minv) - N * Q / lam + np.trace(MWM) / sigma2)
-    L_s2 = 0.5 * (n / sigma2 - q / sigma2**2)
-    return gX, gT, L_s2 + L_lam / tau2, -L_lam * lam / tau2
+    p = point(data, X, theta, sigma2, tau2, DX, YJ)
+    n = data.N * data.P
+    gX = data.N * X @ p.Minv + p.E / sigma2
+    L_s2 = 0.5 * (n / sigma2 - p.q / sigma2**2)
+    return gX, p.gTn / sigma2, L_s2 + p.L_lam / tau2, -p.L_lam * (sigma2 / tau2) / tau2
 
 
 @dataclass(frozen=True)
 class Point:
-    """What :func:`hessian_product` needs at ``(X, Theta, sigma2, tau2)``, computed once per
-    point (:func:`point`): the :class:`Moments`, the data product ``DX`` and the gradient's
-    intermediate terms (``Minv``, ``MJ = Minv JA``, ``MWM = Minv WR Minv``, ``H = C1 + MWM +
-    MJ Theta'``, ``E = X H - YA Theta' - RRtX Minv``, ``gTn = sigma2 gT``, ``q``, ``L_lam``);
-    dense form also ``J = X'R`` and ``TA = Theta A``."""
+    """The gradient's terms at ``(X, Theta, sigma2, tau2)`` (:func:`point`), which
+    :func:`gradient` combines and :func:`hessian_product` differentiates: the :class:`Moments`,
+    the data product ``DX``, ``Minv = M^-1``, ``MJ = Minv JA``, ``MWM = Minv WR Minv``, ``H = C1
+    + MWM + MJ Theta'``, ``E = X H - YA Theta' - RRtX Minv``, ``gTn = sigma2 gT``, ``q`` (the
+    quadratic form) and ``L_lam`` (the nll's derivative in lambda at fixed sigma2)."""
 
     X: np.ndarray
     theta: np.ndarray
@@ -189,13 +183,12 @@ class Point:
     gTn: np.ndarray
     q: float
     L_lam: float
-    J: np.ndarray | None = None
-    TA: np.ndarray | None = None
 
 
 def point(data: Data, X: np.ndarray, theta: np.ndarray, sigma2: float, tau2: float, DX: np.ndarray | None = None,
           YJ: np.ndarray | None = None) -> Point:
-    """:class:`Point` at ``(X, Theta, sigma2, tau2)`` (real); ``DX``, ``YJ``: see :func:`moments`."""
+    """:class:`Point` at ``(X, Theta, sigma2, tau2)`` (complex-analytic); ``DX``, ``YJ``: see
+    :func:`moments`."""
     DX = data_product(data, X) if DX is None else DX
     m = moments(data, X, theta, DX, YJ)
     N, Q = data.N, X.shape[1]
@@ -206,13 +199,9 @@ def point(data: Data, X: np.ndarray, theta: np.ndarray, sigma2: float, tau2: flo
     H = m.C1 + MWM + MJ @ theta.T
     E = X @ H - data.YA @ theta.T - m.RRtX @ Minv
     gTn = m.XtX @ (theta @ data.AA + MJ) - m.XtYA
-    q = float(m.rss - np.sum(Minv * m.WR))
+    q = m.rss - np.sum(Minv * m.WR)
     L_lam = 0.5 * (N * np.trace(Minv) - N * Q / lam + np.trace(MWM) / sigma2)
-    J = TA = None
-    if data.form == "dense":
-        TA = theta @ data.A
-        J = DX.T - m.XtX @ TA
-    return Point(X, theta, float(sigma2), float(tau2), m, DX, Minv, MJ, MWM, H, E, gTn, q, float(L_lam), J, TA)
+    return Point(X, theta, sigma2, tau2, m, DX, Minv, MJ, MWM, H, E, gTn, q, L_lam)
 
 
 def _moments_derivative(data: Data, p: Point, dX: np.ndarray, dT: np.ndarray):
@@ -239,7 +228,7 @@ def _moments_derivative(data: Data, p: Point, dX: np.ndarray, dT: np.ndarray):
         return dXtX, dXtYA, dC1, dWR, drss, dRRtX, dJA
     dDX = data_product(data, dX)  # Y'dX, N x Q
     dTA = dT @ data.A
-    J, TA = p.J, p.TA
+    J, TA = m.J, theta @ data.A
     dJ = dDX.T - dXtX @ TA - m.XtX @ dTA
     # rss = ||R||^2, dR = -dX TA - X dTA; dX'R = (Y'dX)' - dX'X TA and X'R = J (no P x N work)
     drss = -2.0 * (np.sum((dDX.T - S.T @ TA) * TA) + np.sum(J * dTA))
@@ -265,7 +254,8 @@ def hessian_product(data: Data, X, theta, sigma2, tau2, dX, dT, ds2=0.0, dt2=0.0
     ``O(P Q^2 + Q^3)`` work (dense form ``O(N Q^2)``) of real arithmetic.
     """
     p = point(data, X, theta, sigma2, tau2, DX, YJ) if at is None else at
-    X, theta, s2, t2, m = p.X, p.theta, p.sigma2, p.tau2, p.m
+    X, theta, m = p.X, p.theta, p.m
+    s2, t2 = float(p.sigma2), float(p.tau2)
     dX = np.asarray(dX, dtype=float)
     dT = np.asarray(dT, dtype=float)
     ds2, dt2 = float(ds2), float(dt2)
