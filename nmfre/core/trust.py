@@ -239,21 +239,25 @@ def _moments_derivative(data: Data, p: Point, dX: np.ndarray, dT: np.ndarray):
     return dXtX, dXtYA, dC1, dWR, drss, dRRtX, dJA
 
 
-def hessian_product(data: Data, X, theta, sigma2, tau2, dX, dT, ds2=0.0, dt2=0.0, DX=None, YJ=None,
-                    at: Point | None = None):
-    """Observed Hessian of the nll times ``(dX, dT, d_sigma2, d_tau2)``: the derivative of
-    :func:`gradient` along the direction, in closed form (forward mode, every term of the
-    gradient differentiated by the product rule; exact to rounding). Returns ``(HX, HT,
-    H_sigma2, H_tau2)``.
+def hessian_product(data: Data, X, theta, sigma2, tau2, dX, dT, ds2=0.0, dt2=0.0, DX=None, YJ=None):
+    """Observed Hessian of the nll at ``(X, Theta, sigma2, tau2)`` times ``(dX, dT, d_sigma2,
+    d_tau2)``: :func:`directional_hessian` at :func:`point` (``DX``: :func:`data_product` of
+    ``X``, ``YJ``: :func:`residual_product`, when already known). Returns ``(HX, HT, H_sigma2,
+    H_tau2)``."""
+    return directional_hessian(data, point(data, X, theta, sigma2, tau2, DX, YJ), dX, dT, ds2, dt2)
 
-    ``at``: the :class:`Point` at ``(X, theta, sigma2, tau2)`` when already computed
-    (:class:`Hessian` computes it once for all its products); otherwise from ``DX``
-    (:func:`data_product` of ``X``) and ``YJ`` (:func:`residual_product`). A product then
-    multiplies the data once in gram form (``G dX``) and twice in dense and sparse form
-    (dense: ``Y'dX`` and ``Y dJ'``; sparse: ``Y'dX`` and ``Y`` times that), plus
-    ``O(P Q^2 + Q^3)`` work (dense form ``O(N Q^2)``) of real arithmetic.
+
+def directional_hessian(data: Data, p: Point, dX, dT, ds2=0.0, dt2=0.0):
+    """The observed Hessian at the point ``p`` times ``(dX, dT, d_sigma2, d_tau2)``: the
+    derivative of :func:`gradient` along the direction, in closed form (forward mode, every
+    term of the gradient differentiated by the product rule; exact to rounding). Returns
+    ``(HX, HT, H_sigma2, H_tau2)``.
+
+    The point's terms are computed once (:class:`Hessian` keeps them for all its products). A
+    product multiplies the data once in gram form (``G dX``) and twice in dense and sparse form
+    (dense: ``Y'dX`` and ``Y dJ'``; sparse: ``Y'dX`` and ``Y`` times that), plus ``O(P Q^2 +
+    Q^3)`` work (dense form ``O(N Q^2)``) of real arithmetic.
     """
-    p = point(data, X, theta, sigma2, tau2, DX, YJ) if at is None else at
     X, theta, m = p.X, p.theta, p.m
     s2, t2 = float(p.sigma2), float(p.tau2)
     dX = np.asarray(dX, dtype=float)
@@ -485,8 +489,7 @@ class Hessian:
         vX, vT, vV = self.model.split(v)
         ds2 = vV[names.index("sigma2")] if "sigma2" in names else 0.0
         dt2 = vV[names.index("tau2")] if "tau2" in names else 0.0
-        a = self.at
-        hX, hT, hs, ht = hessian_product(self.data, a.X, a.theta, a.sigma2, a.tau2, vX, vT, ds2, dt2, at=a)
+        hX, hT, hs, ht = directional_hessian(self.data, self.at, vX, vT, ds2, dt2)
         self.count += 1
         return np.concatenate([hX.ravel(), hT.ravel(), [hs if nm == "sigma2" else ht for nm in names]])
 
