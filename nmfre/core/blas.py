@@ -38,6 +38,53 @@ def _package_dirs(module) -> tuple[str, ...]:
 
 
 @functools.cache
+def _blas_controller():
+    """threadpoolctl's controller of every loaded BLAS library (numpy's and scipy's loaded
+    first), found once."""
+    import numpy  # noqa: F401
+    import scipy.linalg  # noqa: F401  (loads scipy's BLAS, so that it is listed)
+    from threadpoolctl import ThreadpoolController
+
+    return ThreadpoolController().select(user_api="blas")
+
+
+def _blas_controllers() -> tuple:
+    return tuple(_blas_controller().lib_controllers)
+
+
+@contextmanager
+def blas_single_threaded(active: bool = True) -> Iterator[None]:
+    """Every BLAS pool (numpy's and scipy's) at one thread inside the block, on the main thread
+    and when ``active`` (elsewhere it does nothing); restored on leaving.
+
+    For the sparse form's iteration (:func:`nmfre.core.ml.fit_ml`), whose sparse products run
+    on threads of their own (:mod:`nmfre.core.sparse`) and whose BLAS products are thin (``P x
+    Q`` by ``Q x Q``): an idle OpenBLAS thread spins after each call and takes the core that
+    the product's second range needs (benchmarks/results/scale.md, thirtieth round).
+    """
+    if not active or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    with _blas_controller().limit(limits=1):
+        yield
+
+
+def numpy_blas_threads() -> int:
+    """The size of numpy's BLAS pool now (under any ``threadpoolctl`` limit in force): the
+    parallelism the user has given numpy's products, which :mod:`nmfre.core.sparse` gives the
+    sparse products too. Where numpy's BLAS cannot be identified, the largest BLAS pool; with
+    no BLAS listed, the number of usable cores."""
+    import numpy
+
+    blas_libs = _blas_controllers()
+    ours = [c for c in blas_libs if os.path.realpath(c.filepath).startswith(_package_dirs(numpy))]
+    pool = [c.num_threads for c in (ours or blas_libs)]
+    if pool:
+        return max(1, max(pool))
+    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+
+
+@functools.cache
 def scipy_blas_controller():
     """threadpoolctl's controller of scipy's own BLAS pool, or None where scipy shares
     numpy's BLAS (or either cannot be identified). Found once, then cached."""

@@ -21,6 +21,7 @@ no step decreases the nll. Every accepted iteration does not increase the nll.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -28,7 +29,7 @@ from scipy.optimize import nnls
 
 from . import dfcap, newton, trust
 from .basis import project_simplex, project_vector, weighted_project_simplex
-from .blas import scipy_blas_single_threaded
+from .blas import blas_single_threaded, scipy_blas_single_threaded
 from .likelihood import LAMBDA_MAX, LAMBDA_MIN, Sufficient, nll, optimize_lambda, variances_at
 from .solution import Solution
 from .stats import Moments, Stats
@@ -909,6 +910,19 @@ def degeneracy(X: np.ndarray, theta: np.ndarray) -> tuple[float, int, int]:
     return float(C[i, j]), int(min(i, j)), int(max(i, j))
 
 
+def _threaded_sparse_blas(fit):
+    """Run ``fit(prob, ...)`` with every BLAS pool at one thread where ``prob``'s sparse
+    products run on threads of their own (:func:`nmfre.core.blas.blas_single_threaded`)."""
+
+    @functools.wraps(fit)
+    def wrapper(prob: Problem, *args, **kwargs):
+        with blas_single_threaded(any(getattr(b.Y, "parallel", False) for b in prob.stats.blocks)):
+            return fit(prob, *args, **kwargs)
+
+    return wrapper
+
+
+@_threaded_sparse_blas
 @scipy_blas_single_threaded()
 def fit_ml(prob: Problem, X0: np.ndarray, theta0: np.ndarray | None = None,
            max_iter: int = 5000, tol: float = 1e-10, second_order: bool | None = None) -> Solution:
@@ -968,7 +982,8 @@ def fit_ml(prob: Problem, X0: np.ndarray, theta0: np.ndarray | None = None,
 
     The returned :class:`~nmfre.core.solution.Solution` has ``U = None``: random effects
     need a pass over the units (:func:`blup`). While it runs, scipy's own BLAS pool (where it
-    is not numpy's) is limited to one thread (:mod:`nmfre.core.blas`).
+    is not numpy's) is limited to one thread (:mod:`nmfre.core.blas`), and where the sparse
+    form's products run on several threads (:mod:`nmfre.core.sparse`) every BLAS pool is.
     """
     st = initial_state(prob, X0, theta0)
     trace: list[float] = []

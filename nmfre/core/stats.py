@@ -28,6 +28,8 @@ from typing import Any
 
 import numpy as np
 
+from .sparse import RowSplit
+
 FORMS = ("dense", "gram", "sparse")
 
 
@@ -85,8 +87,9 @@ class Block:
     form : {"dense", "gram", "sparse"}
     G : ndarray (P_O, P_O) or None
         ``Y Y'`` (gram form).
-    Y : ndarray or scipy.sparse matrix or None
-        The block's data (dense and sparse forms).
+    Y : ndarray or :class:`nmfre.core.sparse.RowSplit` or None
+        The block's data (dense form: the array; sparse form: ``scipy.sparse`` data held for
+        parallel products).
     A : ndarray (K, N)
         The block's covariates.
     """
@@ -215,6 +218,8 @@ def block(Y, A: np.ndarray, rows: np.ndarray | None, units: np.ndarray, form: st
         G = Y @ Y.T
         G = np.asarray(G.todense()) if hasattr(G, "todense") else np.asarray(G)
         return Block(rows, units, A.shape[1], AA, YA, trG, "gram", A, G=G, Y=None)
+    if form == "sparse":  # the iteration's products on the row ranges, in parallel
+        Y = RowSplit(Y)
     return Block(rows, units, A.shape[1], AA, YA, trG, form, A, Y=Y)
 
 

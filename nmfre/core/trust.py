@@ -53,7 +53,7 @@ class Data:
     trG : float
     A : ndarray (K, N)
     G : ndarray (P, P) or None
-    Y : ndarray or scipy.sparse matrix or None
+    Y : ndarray or nmfre.core.sparse.RowSplit or None
     N : int
     """
 
