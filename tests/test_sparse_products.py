@@ -8,7 +8,7 @@ on it, Y' with another order of terms) all change bits or whole rows.
 
 from __future__ import annotations
 
-import multiprocessing
+import subprocess
 import sys
 import threading
 
@@ -125,27 +125,43 @@ def test_blas_single_threaded_limits_on_the_main_thread_only():
     assert blas.numpy_blas_threads() == before
 
 
-def _product_in_child(queue):
-    Y = sparse.RowSplit(_reference(_matrix()), threads=2)
-    queue.put(np.asarray(Y @ np.ones(700)).tolist())
+_FORK_SCRIPT = """
+import multiprocessing, numpy as np, scipy.sparse as sp
+from nmfre.core import sparse
+sparse.MIN_NNZ_PER_THREAD = 10
+M = sp.random(300, 700, density=0.05, random_state=0, format="csr")
+V = np.arange(700.0)
+assert sparse.RowSplit(M, threads=2).parallel
+sparse.RowSplit(M, threads=2) @ V  # the parent's pool exists
+
+
+def child(queue):
+    queue.put((sparse.RowSplit(M, threads=2) @ V).tolist())
+
+
+if __name__ == "__main__":
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+    p = ctx.Process(target=child, args=(queue,))
+    p.start()
+    got = np.asarray(queue.get(timeout=60))
+    p.join(60)
+    assert p.exitcode == 0 and np.array_equal(got, M @ V)
+    print("ok")
+"""
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="fork start method")
-@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
-def test_the_pool_works_in_a_forked_child(monkeypatch):
+def test_the_pool_works_in_a_forked_child(tmp_path):
     """A child forked after the parent used the pool has none of its threads: it makes its own
-    (the named fault: a product that waits forever on the parent's dead threads)."""
-    monkeypatch.setattr(sparse, "MIN_NNZ_PER_THREAD", 10)
-    M = _reference(_matrix())
-    sparse.RowSplit(M, threads=2) @ np.ones(700)  # the parent's pool exists
-    ctx = multiprocessing.get_context("fork")
-    queue = ctx.Queue()
-    child = ctx.Process(target=_product_in_child, args=(queue,))
-    child.start()
-    got = queue.get(timeout=60)
-    child.join(60)
-    assert child.exitcode == 0
-    assert np.array_equal(np.asarray(got), M @ np.ones(700))
+    (the named fault: a product that waits forever on the parent's dead threads). Run in a
+    fresh interpreter, so that no other library's threads (JAX's, in the test session) are
+    forked with it."""
+    script = tmp_path / "fork_child.py"
+    script.write_text(_FORK_SCRIPT)
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "ok"
 
 
 def test_a_fit_on_threads_equals_the_fit_on_one(monkeypatch):
