@@ -258,6 +258,14 @@ def _perm(Q: int) -> np.ndarray:
 _PERMS: dict[int, np.ndarray] = {}
 
 
+#: rows per chunk of :meth:`_Woodbury.gram`'s block-diagonal solve: its ``(rows, Q, Q + 2)``
+#: products stay under 4 MiB at ``Q <= 14``, the size from which numpy advises the kernel to back
+#: an array by huge pages. Where the kernel then compacts memory at the first touch
+#: (transparent huge pages ``madvise``, as on the development machine), one unchunked
+#: ``(5000, 10, 12)`` product took 0.5-40 ms instead of 0.55 (benchmarks/results/scale.md,
+#: thirtieth round)
+GRAM_ROWS = 2048
+
 #: the share of rows on masks other than the most common one above which
 #: :meth:`_Woodbury._binv` multiplies the stacked blocks of all rows instead of one shared block
 BINV_SHARED_REST = 0.25
@@ -315,7 +323,7 @@ class _Woodbury:
         self._stacked = self._Binv_u[pat] if rest.size > BINV_SHARED_REST * P else None
         self._rest = (rest, self._Binv_u[pat[rest]]) if rest.size and self._stacked is None else None
 
-    def _binv(self, V: np.ndarray) -> np.ndarray:
+    def _binv(self, V: np.ndarray, lo: int = 0) -> np.ndarray:
         """``B0^-1 V`` for ``V`` of shape ``(P, Q, r)``: row ``p``'s block times ``V[p]``.
 
         Where most rows share one mask (the usual case: few entries of X at their bound), every
@@ -324,14 +332,19 @@ class _Woodbury:
         of the stacked blocks. For ``r = 1`` at ``P = 2000``, ``Q = 10`` the first takes 0.07 ms
         where the second takes 0.13-0.2 ms, several times per conjugate-gradient iteration;
         with half the rows on other masks, or for the ``r = 12`` columns of a factorisation,
-        it is slower (0.42 against 0.23 ms; benchmarks/results/scale.md, twenty-ninth round)."""
+        it is slower (0.42 against 0.23 ms; benchmarks/results/scale.md, twenty-ninth round).
+
+        ``lo``: ``V`` holds rows ``lo`` to ``lo + len(V)`` only (:meth:`gram`'s row chunks)."""
+        hi = lo + V.shape[0]
         if self._stacked is not None:
-            return np.matmul(self._stacked, V)
+            return np.matmul(self._stacked[lo:hi], V)
         r = V.shape[2]
         out = (V[:, :, 0] @ self._top)[:, :, None] if r == 1 else np.matmul(self._top, V)
         if self._rest is not None:
             rest, Brest = self._rest
-            out[rest] = np.matmul(Brest, V[rest])
+            a, b = np.searchsorted(rest, (lo, hi))  # rest is sorted
+            if b > a:
+                out[rest[a:b] - lo] = np.matmul(Brest[a:b], V[rest[a:b] - lo])
         return out
 
     def gram(self, C: np.ndarray, V: np.ndarray) -> np.ndarray:
@@ -339,20 +352,26 @@ class _Woodbury:
         of the Z part, ``C`` of shape ``(Q^2, c)``; ``V`` of shape ``(P, Q, r)``, zero off the
         mask), by Woodbury without forming ``A^-1 B``: ``B'B0^-1 B - T1' K cap^-1 T1`` with
         ``T1 = L'B0^-1 B``. The ``L_Z C`` part costs no pass over the features (its products
-        with ``B0^-1`` are in ``LBL``), so only ``V`` takes a block-diagonal solve."""
+        with ``B0^-1`` are in ``LBL``), so only ``V`` takes a block-diagonal solve, in chunks of
+        :data:`GRAM_ROWS` rows (one chunk up to that many features: the same sums as unchunked)."""
         Q = self.X.shape[1]
         QQ = Q * Q
         P, _, r = V.shape
         c = C.shape[1]
-        Y1 = self._binv(V)
-        flat = Y1.reshape(P, Q * r)
-        T1v = np.concatenate([(self.X.T @ flat).reshape(QQ, r), (self.Z.T @ flat).reshape(QQ, r)])
+        T1v = np.zeros((2 * QQ, r))
+        VY = np.zeros((r, r))
+        for lo in range(0, P, GRAM_ROWS):
+            hi = min(lo + GRAM_ROWS, P)
+            Y1 = self._binv(V[lo:hi], lo)
+            flat = Y1.reshape(hi - lo, Q * r)
+            T1v += np.concatenate([(self.X[lo:hi].T @ flat).reshape(QQ, r), (self.Z[lo:hi].T @ flat).reshape(QQ, r)])
+            VY += V[lo:hi].reshape((hi - lo) * Q, r).T @ Y1.reshape((hi - lo) * Q, r)
         T1 = np.concatenate([self.LBL[:, QQ:] @ C, T1v], axis=1)
         D = np.empty((c + r, c + r))
         D[:c, :c] = C.T @ self.LBL[QQ:, QQ:] @ C
         D[:c, c:] = C.T @ T1v[QQ:]
         D[c:, :c] = D[:c, c:].T
-        D[c:, c:] = V.reshape(P * Q, r).T @ Y1.reshape(P * Q, r)
+        D[c:, c:] = VY
         return D - T1.T @ (self.K @ self._cap_solve(T1))
 
     def solve(self, V: np.ndarray) -> np.ndarray:
