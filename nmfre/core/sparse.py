@@ -12,9 +12,10 @@ the results equal scipy's to the bit, whatever the number of threads. Measured a
 (benchmarks/results/scale.md, thirtieth round).
 
 The number of threads follows the size of numpy's BLAS pool (:func:`nmfre.core.blas.numpy_blas_threads`),
-so whatever limits the BLAS (``OMP_NUM_THREADS``, ``threadpoolctl.threadpool_limits``, the
-refit bootstrap's workers) limits these products too; matrices with fewer than
-:data:`MIN_NNZ_PER_THREAD` non-zeros per thread are multiplied on the calling thread.
+so whatever limits the BLAS (``OMP_NUM_THREADS``, ``threadpoolctl.threadpool_limits``, also
+on a worker thread) limits these products too; matrices with fewer than
+:data:`MIN_NNZ_PER_THREAD` non-zeros per thread are multiplied on the calling thread. Y' is a
+second copy of the non-zeros: the sparse form holds twice the memory of a CSR Y.
 """
 
 from __future__ import annotations
