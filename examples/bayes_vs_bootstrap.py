@@ -8,7 +8,10 @@ posterior (how much does conditioning on X-hat understate uncertainty?).
 
 ``--large`` adds the 50 x 1000 rung (block-sparse data, Q = 3, K = 2, free Theta): the
 bootstrap against the conditional and joint posteriors, with a smaller refit bootstrap (100
-replicates). Every posterior: 4 chains x (1000 + 1000).
+replicates). The conditional posteriors: 4 chains x (1000 + 1000); the joint posterior: 4
+chains, 1000 warm-up draws and :func:`bayes.sample`'s default number of draws (1000 with NUTS;
+with ChEES-HMC 2000, or 4000 where the basis has more than 100 entries: the lengths at which
+its r_hat meets 1.01 on the benchmark ladder). ``--quick``: 4 x (300 + 300) throughout.
 
 The samplers are :func:`bayes.sample`'s defaults (``kernel="auto"``): NUTS for the
 conditional models and at rank 1, ChEES-HMC for the joint posterior at rank > 1 (NUTS did
@@ -40,7 +43,9 @@ def ladder(name, Y, A, rank, args, out: Path, large: bool = False) -> pd.DataFra
     refit = fit.infer(n_boot=40 if q else (100 if large else 400), seed=2, method="refit")
     n = 300 if q else 1000
     kw = dict(fit=fit, num_warmup=n, num_samples=n, seed=3)
-    posts = {m: bayes.sample(Y, A, rank, model=m, **kw) for m in ("conditional", "conditional_x", "joint")}
+    draws = {"joint": n if q else None}  # None: the sampler's default for the kernel and size
+    posts = {m: bayes.sample(Y, A, rank, model=m, **{**kw, "num_samples": draws.get(m, n)})
+             for m in ("conditional", "conditional_x", "joint")}
     table = bayes.compare(one, *posts.values(), names=list(posts))
     rt = refit.table
     table.insert(5, "refit_boot_low", rt["ci_low"].to_numpy())
