@@ -72,6 +72,23 @@ def test_products_equal_scipy_to_the_bit(threads, fmt, monkeypatch):
     assert Y.T.T.csr is Y.csr  # the transpose shares the arrays
 
 
+def test_a_larger_pool_replaces_the_smaller_one(monkeypatch):
+    """Products on more ranges than the pool has threads for get a larger pool; the smaller
+    one is shut down (its threads end), and products go on equal to scipy's."""
+    monkeypatch.setattr(sparse, "MIN_NNZ_PER_THREAD", 10)
+    monkeypatch.setattr(sparse, "_POOL", {"pid": None, "pool": None, "size": 0})
+    M = _reference(_matrix())
+    V = np.ones((700, 2))
+    assert np.array_equal(sparse.RowSplit(M, threads=2) @ V, M @ V)
+    small = sparse._POOL["pool"]
+    assert sparse._POOL["size"] == 1
+    assert np.array_equal(sparse.RowSplit(M, threads=4) @ V, M @ V)
+    assert sparse._POOL["size"] == 3 and sparse._POOL["pool"] is not small and small._shutdown
+    assert np.array_equal(sparse.RowSplit(M, threads=2) @ V, M @ V)  # the larger pool serves
+    assert sparse._POOL["size"] == 3
+    sparse._POOL["pool"].shutdown()
+
+
 def test_ranges_balance_non_zeros_and_cover_every_row():
     M = _reference(_matrix())
     for parts in (1, 2, 3, 5, 299, 1000):

@@ -42,6 +42,8 @@ def _pool(size: int) -> futures.ThreadPoolExecutor:
     calling thread of a product works too, so a product on ``n`` ranges takes ``n - 1``."""
     with _LOCK:
         if _POOL["pid"] != os.getpid() or _POOL["size"] < size:
+            if _POOL["pid"] == os.getpid():  # a larger pool replaces this process's smaller one
+                _POOL["pool"].shutdown(wait=False)
             _POOL.update(pid=os.getpid(), pool=futures.ThreadPoolExecutor(size, "nmfre-sparse"), size=size)
         return _POOL["pool"]
 
