@@ -48,8 +48,10 @@ def _blas_controller():
     return ThreadpoolController().select(user_api="blas")
 
 
-def _blas_controllers() -> tuple:
-    return tuple(_blas_controller().lib_controllers)
+def _under(lib, module) -> bool:
+    """Whether a threadpoolctl library controller's file lies in ``module``'s package or its
+    wheel's bundled libraries."""
+    return os.path.realpath(lib.filepath).startswith(_package_dirs(module))
 
 
 @contextmanager
@@ -76,8 +78,8 @@ def numpy_blas_threads() -> int:
     no BLAS listed, the number of usable cores."""
     import numpy
 
-    blas_libs = _blas_controllers()
-    ours = [c for c in blas_libs if os.path.realpath(c.filepath).startswith(_package_dirs(numpy))]
+    blas_libs = _blas_controller().lib_controllers
+    ours = [c for c in blas_libs if _under(c, numpy)]
     pool = [c.num_threads for c in (ours or blas_libs)]
     if pool:
         return max(1, max(pool))
@@ -90,19 +92,11 @@ def scipy_blas_controller():
     numpy's BLAS (or either cannot be identified). Found once, then cached."""
     import numpy
     import scipy
-    import scipy.linalg  # noqa: F401  (loads scipy's BLAS, so that it is listed)
-    from threadpoolctl import ThreadpoolController
 
-    controller = ThreadpoolController()
-    blas = [c for c in controller.lib_controllers if c.user_api == "blas"]
-    np_dirs, sp_dirs = _package_dirs(numpy), _package_dirs(scipy)
-
-    def under(c, dirs):
-        path = os.path.realpath(c.filepath)
-        return any(path.startswith(d) for d in dirs)
-
-    ours = [c for c in blas if under(c, sp_dirs)]
-    if len(ours) != 1 or not any(under(c, np_dirs) for c in blas):
+    controller = _blas_controller()
+    blas = controller.lib_controllers
+    ours = [c for c in blas if _under(c, scipy)]
+    if len(ours) != 1 or not any(_under(c, numpy) for c in blas):
         return None
     return controller.select(filepath=ours[0].filepath)
 
