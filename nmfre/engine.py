@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass, replace
+from typing import NamedTuple
 
 import numpy as np
 
@@ -298,6 +299,17 @@ def _check_solution(sol: Solution, Y, Q: int, rate, settings: FitSettings, r: fl
 
 
 # ----------------------------------------------------------------------------- refit bootstrap
+class RefitDraws(NamedTuple):
+    """What :func:`refit_draws` returns (every replicate, in the order of ``W``'s columns)."""
+
+    draws: np.ndarray  # QK x B, column-major vec(Theta)
+    report: dict  # converged and permuted fractions, minimum alignment cosine
+    se: np.ndarray | None  # QK x B replicate sandwich SEs (bootstrap-t), or None
+    X_draws: np.ndarray | None  # P x Q x B aligned bases, or None
+    converged: np.ndarray  # B booleans
+    stop_reason: np.ndarray  # B strings
+
+
 def refit_draws(Y: np.ndarray, A: np.ndarray, sol: Solution, W: np.ndarray, rate: float | None,
                 settings: FitSettings, progress: bool = False, vcov: str | None = None, keep_X: bool = False,
                 workers: int | None = None, client=None):
@@ -305,10 +317,11 @@ def refit_draws(Y: np.ndarray, A: np.ndarray, sol: Solution, W: np.ndarray, rate
 
     Warm-started at the estimate; each replicate's components are matched to the
     estimate's columns of X (Hungarian assignment). Returns ``(draws (QK x B, column-major
-    vec), report, se, X_draws)``: the converged and permuted fractions and the minimum
-    alignment cosine, with ``vcov`` ("CR1" or "CR2") each replicate's own sandwich SE (for the
-    bootstrap-t; None otherwise), and with ``keep_X`` the aligned bases (P x Q x B; None
-    otherwise).
+    vec), report, se, X_draws, converged, stop_reason)`` (a :class:`RefitDraws`): the
+    converged and permuted fractions and the minimum alignment cosine, with ``vcov`` ("CR1" or
+    "CR2") each replicate's own sandwich SE (for the bootstrap-t; None otherwise), with
+    ``keep_X`` the aligned bases (P x Q x B; None otherwise), and each refit's convergence
+    flag and ``stop_reason`` (length B).
 
     Replicate ``b`` depends only on column ``b`` of ``W`` (drawn before any replicate runs), so
     the draws are the same in a loop, on ``workers`` threads or on a dask ``client``
@@ -343,7 +356,8 @@ def refit_draws(Y: np.ndarray, A: np.ndarray, sol: Solution, W: np.ndarray, rate
     report = {"refit_converged_fraction": sum(r["converged"] for r in results.values()) / B,
               "refit_permuted_fraction": sum(r["permuted"] for r in results.values()) / B,
               "refit_min_alignment_cosine": min(r["min_cos"] for r in results.values())}
-    return out, report, se, Xd
+    return RefitDraws(out, report, se, Xd, np.array([results[b]["converged"] for b in range(B)]),
+                      np.array([results[b]["stop_reason"] for b in range(B)], dtype=object))
 
 
 def _run_blocks(job, W: np.ndarray, blocks: list, bar, workers: int | None, client) -> dict[int, dict]:
@@ -409,7 +423,7 @@ class _RefitJob:
             perm, cos = align_components(self.X, res.X)
             rec = {"theta": self.c * res.theta[perm].reshape(-1, order="F"),
                    "permuted": bool(np.any(perm != np.arange(self.Q))), "min_cos": float(cos.min()),
-                   "converged": bool(res.converged)}
+                   "converged": bool(res.converged), "stop_reason": str(res.stop_reason)}
             if self.vcov is not None:
                 rec["se"] = self.c * _replicate_se(Yb, self.A, res, perm, self.vcov)
             if self.keep_X:

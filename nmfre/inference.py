@@ -9,6 +9,7 @@ The algebra lives in :mod:`nmfre.core.covariance` (information, CR1 sandwich) an
 from __future__ import annotations
 
 import json
+import warnings
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -33,6 +34,7 @@ from .core.bootstrap import (
 from .core.covariance import Conditional, cr2, from_pieces
 from .core.passes import conditional_pieces
 from .engine import refit_draws
+from .exceptions import ConvergenceWarning
 
 if TYPE_CHECKING:
     from .results import NMFREFit
@@ -66,6 +68,13 @@ def provenance(attrs: dict) -> dict[str, str]:
     kind = "one-step" if attrs.get("method") == "onestep" else "refit"
     law = LAWS.get(attrs.get("dist", "user"), str(attrs.get("dist")))
     boot = f"{kind} wild bootstrap, B = {attrs.get('n_boot')}, {law} multipliers"
+    n_failed = int(attrs.get("refit_failed", 0))
+    if n_failed and attrs.get("refit_failed_rule") == "drop":
+        boot = (f"{kind} wild bootstrap, B = {attrs.get('n_boot')} of {attrs.get('n_boot_requested')} "
+                f"({n_failed} refits that did not converge left out: {attrs.get('refit_failed_reasons')}), "
+                f"{law} multipliers")
+    elif n_failed:
+        boot += f", {n_failed} of them refits that did not converge ({attrs.get('refit_failed_reasons')})"
     if attrs.get("theta_kind") == "nonneg":
         boot += ", replicates projected onto Theta >= 0"
     pct = f"{100 * float(attrs.get('level', 0.95)):g}%"
@@ -423,13 +432,15 @@ def _multipliers(n_boot, multipliers, N):
 
 VCOVS = ("CR1", "CR2")
 CIS = ("percentile", "studentized")
+#: what the refit bootstrap does with replicates whose refit did not converge
+FAILED = ("drop", "keep")
 
 
 def infer(fit: NMFREFit, n_boot: int = 1000, seed: Any = 123, multipliers: Any = None, dist: str = "exp",
           method: str = "onestep", level: float = 0.95, alternative: str | None = None,
           progress: bool = False, max_iter: int | None = None, chunk_size: int = CHUNK_UNITS, vcov: str = "CR1",
           df: str | int | None = None, ci: str = "percentile", keep_X: bool | None = None,
-          workers: int | None = None, client=None) -> Inference:
+          workers: int | None = None, client=None, failed: str = "drop") -> Inference:
     """Inference on Theta conditional on the fitted basis (and U).
 
     Parameters
@@ -485,6 +496,16 @@ def infer(fit: NMFREFit, n_boot: int = 1000, seed: Any = 123, multipliers: Any =
         ``method="refit"``: run the replicates on this cluster. The draws are the same in a
         loop, on threads or on a client (the multipliers are drawn first, replicate b uses
         column b).
+    failed : {"drop", "keep"}
+        ``method="refit"``: what to do with replicates whose refit did not converge (stopped
+        at ``max_iter``, stalled, or degenerate: a sign-free refit whose components cancel
+        while their effects diverge, so its Theta is not an estimate). ``"drop"`` (default):
+        leave them out of the draws, the bootstrap SEs and the intervals; ``"keep"``: use
+        every replicate. Either way a :class:`~nmfre.ConvergenceWarning` says how many did
+        not converge and why; the attributes ``n_boot_requested``, ``refit_failed`` and
+        ``refit_failed_reasons`` record it, the ``draw`` coordinate keeps each replicate's
+        index among the ``n_boot`` and ``stop_reason`` its refit's stop reason. Fewer than two
+        converged refits with ``"drop"`` is an error.
 
     Returns
     -------
@@ -503,6 +524,7 @@ def infer(fit: NMFREFit, n_boot: int = 1000, seed: Any = 123, multipliers: Any =
     dist = v.choice(dist, "dist", DISTS)
     vcov = v.choice(vcov, "vcov", VCOVS)
     ci = v.choice(ci, "ci", CIS)
+    failed = v.choice(failed, "failed", FAILED)
     df_kind = _check_df(df)
     if alternative is not None:
         v.choice(alternative, "alternative", ALTERNATIVES)
@@ -538,7 +560,7 @@ def infer(fit: NMFREFit, n_boot: int = 1000, seed: Any = 123, multipliers: Any =
     elif not streamed:
         W = draw_multipliers(dist, data.N, int(n_boot), rng)
     tvec = sol.theta.reshape(-1, order="F")
-    extra, rep_se, X_draws = {}, None, None
+    extra, rep_se, X_draws, status = {}, None, None, None
     if streamed:
         raw = tvec[:, None] - ker.cov_model @ onestep_sum(ker.scores, dist, int(n_boot), rng, chunk_size)
     elif method == "onestep":
@@ -547,9 +569,10 @@ def infer(fit: NMFREFit, n_boot: int = 1000, seed: Any = 123, multipliers: Any =
             rep_se = studentized_se(sand["scores"], sand["C"], data.A, ker.cov_model, raw - tvec[:, None], W)
     else:
         settings = fit.settings if max_iter is None else fit.settings.replace(max_iter=v.integer(max_iter, "max_iter"))
-        raw, extra, rep_se, X_draws = refit_draws(data.Y, data.A, sol, W, fit.df_cap_rate, settings, progress,
-                                                  vcov=vcov if ci == "studentized" else None, keep_X=bool(keep_X),
-                                                  workers=workers, client=client)
+        got = refit_draws(data.Y, data.A, sol, W, fit.df_cap_rate, settings, progress,
+                          vcov=vcov if ci == "studentized" else None, keep_X=bool(keep_X), workers=workers,
+                          client=client)
+        raw, extra, rep_se, X_draws, status = _failed_refits(got, failed)
         extra["refit_settings"] = json.dumps(settings.to_dict())
     draws = np.maximum(raw, 0.0) if nonneg else raw
     lo, hi = _interval(ci, level, tvec, sand["se"], draws, raw, rep_se, nonneg)
@@ -561,9 +584,36 @@ def infer(fit: NMFREFit, n_boot: int = 1000, seed: Any = 123, multipliers: Any =
         attrs["df_value"] = int(df)
     attrs["description"] = provenance(attrs)["description"]
     ds = _label(fit.coords, tvec, ker, sand, draws, (lo, hi), level, alternative, attrs)
+    if status is not None:  # each refit replicate's index among the n_boot and its stop reason
+        ds = ds.assign_coords(draw=status[0], stop_reason=("draw", status[1].astype(str)))
     if X_draws is not None:
         ds = _with_X(ds, fit, X_draws)
     return Inference(ds)
+
+
+def _failed_refits(got, failed: str) -> tuple:
+    """``(raw, attrs, rep_se, X_draws, (draw index, stop reasons))`` of the refit replicates
+    that enter the summaries: all of them (``failed="keep"``) or the converged ones
+    (``"drop"``); a :class:`~nmfre.ConvergenceWarning` when some did not converge."""
+    B = got.draws.shape[1]
+    bad = ~got.converged
+    keep = np.ones(B, bool) if failed == "keep" else ~bad
+    names, counts = np.unique(got.stop_reason[bad].astype(str), return_counts=True)
+    reasons = ", ".join(f"{r}: {n}" for r, n in zip(names, counts, strict=True))
+    attrs = {**got.report, "n_boot_requested": B, "refit_failed": int(bad.sum()), "refit_failed_reasons": reasons,
+             "refit_failed_rule": failed}
+    if bad.any():
+        if keep.sum() < 2:
+            raise RuntimeError(f"refit bootstrap: only {int(keep.sum())} of {B} refits converged ({reasons}); the "
+                               "bootstrap needs at least 2 (raise max_iter, or pass failed='keep' to use every "
+                               "replicate)")
+        what = ("left out of the draws, SEs and intervals (failed='drop')" if failed == "drop"
+                else "kept in the draws, SEs and intervals (failed='keep')")
+        warnings.warn(f"refit bootstrap: {int(bad.sum())} of {B} refits did not converge ({reasons}); they are "
+                      f"{what}", ConvergenceWarning, stacklevel=4)
+    pick = (lambda a: None if a is None else a[..., keep])
+    return (got.draws[:, keep], attrs, pick(got.se), pick(got.X_draws),
+            (np.flatnonzero(keep), got.stop_reason[keep]))
 
 
 #: largest P x Q x B kept by default as ``X_draws`` (float64: 40 MB)

@@ -412,11 +412,12 @@ class NMFREFit:
               method: str = "onestep", level: float = 0.95, alternative: str | None = None,
               progress: bool = False, max_iter: int | None = None, chunk_size: int = CHUNK_UNITS, vcov: str = "CR1",
               df: str | int | None = None, ci: str = "percentile", keep_X: bool | None = None,
-              workers: int | None = None, client=None) -> Inference:
+              workers: int | None = None, client=None, failed: str = "drop") -> Inference:
         """Inference on Theta conditional on the fitted basis; see :func:`nmfre.inference.infer`
         (sandwich ``vcov`` CR1 or CR2, ``df`` normal/Satterthwaite/fixed t, ``ci`` percentile or
-        studentized bootstrap; ``method="refit"`` keeps the replicates of X (``keep_X``) and runs
-        on ``workers`` threads or a dask ``client``).
+        studentized bootstrap; ``method="refit"`` keeps the replicates of X (``keep_X``), runs
+        on ``workers`` threads or a dask ``client``, and leaves out refits that did not
+        converge unless ``failed="keep"``).
 
         Returns a new :class:`~nmfre.inference.Inference`; the fit is not changed (pass the
         result to :meth:`summary` to show it there).
@@ -425,7 +426,8 @@ class NMFREFit:
 
         return infer(self, n_boot=n_boot, seed=seed, multipliers=multipliers, dist=dist, method=method,
                      level=level, alternative=alternative, progress=progress, max_iter=max_iter,
-                     chunk_size=chunk_size, vcov=vcov, df=df, ci=ci, keep_X=keep_X, workers=workers, client=client)
+                     chunk_size=chunk_size, vcov=vcov, df=df, ci=ci, keep_X=keep_X, workers=workers, client=client,
+                     failed=failed)
 
     def profile(self, params=None, *, level: float = 0.95, x: str = "free", tol: float = 1e-10) -> xr.Dataset:
         """Profile-likelihood intervals for Theta, sigma2, tau2 and the ICC; see

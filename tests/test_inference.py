@@ -1,5 +1,7 @@
 """Inference on Theta: parity with nmfkc, closed forms, invariances, coverage."""
 
+import warnings
+
 import numpy as np
 import pytest
 import xarray as xr
@@ -172,11 +174,61 @@ def test_refit_rank2_runs_and_reports_alignment():
     assert np.isfinite(inf.table.boot_se).all()
 
 
+def test_refits_that_did_not_converge_are_left_out_and_said(ml_fit, tmp_path):
+    """Refits stopped at max_iter = 2 (2 of 20 on the development machine): "drop" gives
+    exactly the converged replicates of "keep" (same multipliers, same refits), with their
+    indices and stop reasons, and both warn with the count; the named fault: degenerate
+    refits of a sign-free rank-3 fit with |Theta| of 111-1361 once made the refit SEs 123-201
+    instead of 2.1-3.0 (examples/README.md, 50 x 1000)."""
+    kw = dict(n_boot=20, seed=3, method="refit", max_iter=2)
+    kept = r"of 20 refits did not converge \(max_iter: \d+\); they are kept"
+    with pytest.warns(nmfre.ConvergenceWarning, match=kept):
+        keep = ml_fit.infer(**kw, failed="keep")
+    ok = keep.draws["stop_reason"].values == "tol"
+    n_bad = int((~ok).sum())
+    assert 0 < n_bad < 20 and keep.attrs["refit_failed"] == n_bad and keep.draws.sizes["draw"] == 20
+    assert keep.attrs["refit_converged_fraction"] == (20 - n_bad) / 20
+    with pytest.warns(nmfre.ConvergenceWarning, match=f"{n_bad} of 20 refits did not converge .* left out"):
+        drop = ml_fit.infer(**kw)
+    assert drop.attrs["n_boot"] == 20 - n_bad and drop.attrs["n_boot_requested"] == 20
+    assert drop.attrs["refit_failed_reasons"] == f"max_iter: {n_bad}"
+    np.testing.assert_array_equal(drop.draws["draw"].values, np.flatnonzero(ok))
+    assert (drop.draws["stop_reason"].values == "tol").all()
+    np.testing.assert_array_equal(drop.draws.values, keep.draws.values[ok])
+    np.testing.assert_array_equal(drop.dataset["X_draws"].values, keep.dataset["X_draws"].values[ok])
+    np.testing.assert_allclose(drop.boot_se.values, keep.draws.values[ok].std(axis=0, ddof=1), rtol=1e-12)
+    lo, hi = np.quantile(keep.draws.values[ok], [0.025, 0.975], axis=0)
+    np.testing.assert_allclose(drop.dataset["ci"].values, np.stack([lo, hi]), rtol=1e-12)
+    said = f"B = {20 - n_bad} of 20 ({n_bad} refits that did not converge left out: max_iter: {n_bad})"
+    assert said in drop.describe()
+    assert f"B = 20, Exp(1) - 1 multipliers, {n_bad} of them refits that did not converge" in keep.describe()
+    # every refit converged: no warning, nothing left out (the default settings' refits)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", nmfre.ConvergenceWarning)
+        full = ml_fit.infer(n_boot=20, seed=3, method="refit")
+    assert full.attrs["refit_failed"] == 0 and full.draws.sizes["draw"] == 20 and "left out" not in full.describe()
+    path = tmp_path / "drop.nc"
+    drop.to_netcdf(path)
+    back = load_inference(path)
+    np.testing.assert_array_equal(back.draws["draw"].values, np.flatnonzero(ok))
+    assert list(back.draws["stop_reason"].values) == ["tol"] * (20 - n_bad)
+
+
+def test_no_converged_refit_is_an_error_unless_kept(ml_fit):
+    """One iteration from the warm start never meets the tolerance on perturbed data."""
+    with pytest.raises(RuntimeError, match=r"only 0 of 6 refits converged \(max_iter: 6\)"):
+        ml_fit.infer(n_boot=6, seed=3, method="refit", max_iter=1)
+    with pytest.warns(nmfre.ConvergenceWarning, match=r"6 of 6 refits did not converge \(max_iter: 6\)"):
+        kept = ml_fit.infer(n_boot=6, seed=3, method="refit", max_iter=1, failed="keep")
+    assert kept.draws.sizes["draw"] == 6 and np.isfinite(kept.boot_se).all()
+
+
 @pytest.mark.parametrize("kw, match", [
     ({"n_boot": 1}, "n_boot"), ({"n_boot": 10.5}, "n_boot"), ({"level": 1.0}, "level"),
     ({"level": 0}, "level"), ({"multipliers": np.ones((26, 10))}, "multipliers"),
     ({"multipliers": np.full((27, 10), np.nan)}, "multipliers"), ({"dist": "poisson"}, "dist"),
     ({"method": "jackknife"}, "method"), ({"alternative": "bigger"}, "alternative"),
+    ({"method": "refit", "failed": "ignore"}, "failed"),
 ])
 def test_bad_inference_input(ml_fit, kw, match):
     with pytest.raises(ValueError, match=match):
