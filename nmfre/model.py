@@ -16,7 +16,7 @@ from . import engine
 from . import validation as v
 from .core import dfcap
 from .core.likelihood import LAMBDA_MAX
-from .core.ml import DEGENERATE_INDEX, STALL_PATIENCE, cancellation, degeneracy
+from .core.ml import DEGENERATE_INDEX, STALL_PATIENCE, cancellation, degeneracy, degenerating
 from .exceptions import ConvergenceWarning, DegenerateFitWarning, IdentifiabilityWarning, SingularFitWarning
 from .labels import Data, check_rank, coerce
 from .results import NMFREFit
@@ -101,6 +101,9 @@ def fit(Y: Any, A: Any = None, rank: int = 2, *, method: str = "ml", theta: str 
     result = _wrap(data, est, settings)
     if result.stop_reason == "degenerate":
         warnings.warn(_degenerate_message(result), DegenerateFitWarning, stacklevel=2)
+    elif result.converged and settings.theta == "free" and degenerating(result.solution.X, result.solution.theta):
+        # converged where the likelihood is nearly flat along the merge (the gains fell below tol)
+        warnings.warn(_degenerate_message(result, converged=True), DegenerateFitWarning, stacklevel=2)
     elif result.stop_reason == "stalled":
         warnings.warn(f"NMF-RE ({settings.method}) stopped after {result.n_iter} iterations without converging: "
                       f"the last {STALL_PATIENCE} left the estimates unchanged (no step decreased the nll, "
@@ -117,29 +120,37 @@ def fit(Y: Any, A: Any = None, rank: int = 2, *, method: str = "ml", theta: str 
     return result
 
 
-def _degenerate_message(result: NMFREFit) -> str:
+def _degenerate_message(result: NMFREFit, converged: bool = False) -> str:
+    """The warning of a degenerate sign-free fit: stopped by the degeneracy rule, or
+    (``converged``) converged at a degenerate configuration, where the likelihood's gains
+    along the merge fell below the tolerance."""
     sol = result.solution
+    state = (f"converged after {result.n_iter} iterations at a degenerate configuration, where the likelihood is "
+             "nearly flat" if converged else f"stopped after {result.n_iter} iterations")
+    growing = "are large" if converged else "keep growing"
+    rising = "rises ever more slowly" if converged else "keeps rising"
+    starts = ("; the other starts are in fit.restarts" if converged and len(result.restarts) > 1 else "")
     index, i, j = degeneracy(sol.X, sol.theta)
     comp = result.X.coords["component"].values
     size = float(np.max(np.abs(sol.theta)))
     if index <= DEGENERATE_INDEX:
         xn = sol.X / np.linalg.norm(sol.X, axis=0)
-        return (f"the sign-free fit is degenerate (stopped after {result.n_iter} iterations): components {comp[i]!r} "
+        return (f"the sign-free fit is degenerate ({state}): components {comp[i]!r} "
                 f"and {comp[j]!r} have nearly equal basis columns (cosine {float(xn[:, i] @ xn[:, j]):.4f}) and "
-                f"opposite effects (congruence product {index:.3f}) that keep growing (max |Theta| "
-                f"{size:.3g}): the likelihood keeps rising as the two merge, toward a "
+                f"opposite effects (congruence product {index:.3f}) that {growing} (max |Theta| "
+                f"{size:.3g}): the likelihood {rising} as the two merge, toward a "
                 "boundary where their effects are not identified. Use theta='nonneg', a smaller rank, or other starts "
-                "(n_init)")
+                f"(n_init){starts}")
     ratio, sizes = cancellation(sol.X, sol.theta)
     # the terms larger than the whole fit (the others cancel them), at least two, largest first
     big = np.argsort(-sizes, kind="stable")[: max(2, int(np.sum(sizes > 1.0)))]
     names = ", ".join(repr(c) for c in comp[big])
     terms = ", ".join(f"{s:.3g}" for s in sizes[big])
-    return (f"the sign-free fit is degenerate (stopped after {result.n_iter} iterations): the terms x_q theta_q of "
+    return (f"the sign-free fit is degenerate ({state}): the terms x_q theta_q of "
             f"components {names} are {terms} times the size of the fitted X Theta and cancel in it (||X Theta||^2 is "
-            f"{ratio:.2e} of the terms' sum of squares), while their effects keep growing (max |Theta| {size:.3g}): "
-            "the likelihood keeps rising toward a boundary where these effects are not identified. Use theta='nonneg', "
-            "a smaller rank, or other starts (n_init)")
+            f"{ratio:.2e} of the terms' sum of squares), while their effects {growing} (max |Theta| {size:.3g}): "
+            f"the likelihood {rising} toward a boundary where these effects are not identified. Use theta='nonneg', "
+            f"a smaller rank, or other starts (n_init){starts}")
 
 
 def _warn_identifiability(data: Data, Q: int, settings: FitSettings) -> None:

@@ -804,3 +804,31 @@ def test_a_fit_does_not_stop_where_only_its_held_direction_has_nothing_left():
     st = ml.initial_state(prob, f.X, f.theta)
     thr = 1e-10 * (1 + abs(st.nll))
     assert ml.step_direction(prob, st).decrement <= thr
+
+
+def test_a_sign_free_fit_that_converges_at_a_degenerate_configuration_warns():
+    """The named fault: on this block-sparse data set (30 x 300, rank 3) the best of three
+    starts (a random one) converged at tol after 40 iterations with two basis columns at
+    cosine 1.0000, opposite effects of +-1280 (congruence product -0.99995, cancellation
+    ratio 6.9e-5) and no warning, 3.4 below the NNDSVD start's non-degenerate optimum; its
+    refit bootstrap then saw 35 of 40 refits fail. A converged sign-free fit whose final
+    state is :func:`~nmfre.core.ml.degenerating` now warns; a fit stopped by the degeneracy
+    rule warns as before (either way the same warning, whichever path this machine's
+    rounding takes); the non-negative fit of the same data does not."""
+    import warnings
+
+    from nmfre.simulate import block_sparse
+
+    d = block_sparse(P=30, N=300, rank=3, K=2, seed=11)
+    with pytest.warns(nmfre.DegenerateFitWarning, match="the sign-free fit is degenerate") as rec:
+        f = nmfre.fit(d["Y"], d["A"], rank=3, n_init=3, seed=1)
+    assert ml.degenerating(f.solution.X, f.solution.theta)
+    said = [str(w.message) for w in rec if issubclass(w.category, nmfre.DegenerateFitWarning)]
+    if f.converged:
+        assert any("converged after" in m and "fit.restarts" in m for m in said), said
+    else:
+        assert f.stop_reason == "degenerate" and any("stopped after" in m for m in said), said
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", nmfre.ConvergenceWarning)
+        g = nmfre.fit(d["Y"], d["A"], rank=3, theta="nonneg")
+    assert g.converged and not ml.degenerating(g.solution.X, g.solution.theta)
