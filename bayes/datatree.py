@@ -265,16 +265,31 @@ def warn_diagnostics(dt: xr.DataTree, stacklevel: int = 3) -> dict:
 
 
 def _identification_note(dt: xr.DataTree) -> str:
-    """The sentence naming the components that do not mix while the invariant quantities do."""
+    """The sentence naming the components that do not mix while the invariant quantities do;
+    where the log-likelihood itself does not mix, the sentence on the chains' states
+    (:func:`_states_note`)."""
     if dt["posterior"].sizes.get("component", 1) < 2 or "chain" not in dt["posterior"]["X"].dims:
         return ""
     table = mixing(dt)
     inv, comp = table[table["kind"] == "invariant"], table[table["kind"] == "component"]
     bad = list(comp.index[~comp["ok"]])
+    states = _states_note(dt) if "loglik" in inv.index and not inv.loc["loglik", "ok"] else ""
     if not bad:
-        return ""
+        return states
     if inv["ok"].all():
         return (f". Components {bad} are not identified by the data (their X columns and Theta rows do not mix; "
                 "the label-invariant quantities X Theta, sigma, tau and the log-likelihood do): interpret X Theta, "
                 "not those components (bayes.mixing has the table)")
-    return f". Components {bad} do not mix, nor do the label-invariant quantities (bayes.mixing has the table)"
+    return f". Components {bad} do not mix, nor do the label-invariant quantities (bayes.mixing has the table)" + states
+
+
+def _states_note(dt: xr.DataTree) -> str:
+    """Where the log-likelihood does not mix: the chains' mean log-likelihoods, which differ
+    because the chains sit in different states of the posterior (metastable modes that a
+    chain leaves rarely); the move that crosses between them is replica exchange."""
+    means = dt["sample_stats"]["loglik"].mean("draw").values
+    listed = ", ".join(f"{m:.6g}" for m in means)
+    return (f". The log-likelihood does not mix either: the chains' means are {listed} (a spread of "
+            f"{float(np.ptp(means)):.3g}), so the chains sit in different states of the posterior and a chain "
+            "leaves its state rarely; longer runs see more transitions, and bayes.sample(..., tempering=10) "
+            "(ChEES-HMC with replica exchange) moves between the states")

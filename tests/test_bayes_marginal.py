@@ -270,3 +270,42 @@ def test_sbc_joint_marginal_20x300_rank2():
                   mass="dense", seed=seed(32))
     record("sbc_joint_marginal_20x300", p=r.p_value, p_ecdf=r.tests["p_ecdf"].values)
     assert not r.reject(SBC_ALPHA), r.tests
+
+
+def _metastable_posterior(shift: float):
+    """:func:`_fake_posterior`'s healthy posterior with a log-likelihood in ``sample_stats``
+    and chains 2 and 3 in another state: their log-likelihood ``shift`` lower and their second
+    component's Theta 20% larger (so X Theta moves too, as between the states of the 100 x
+    2000 block-sparse posteriors of the benchmarks page)."""
+    dt = _fake_posterior(False)
+    post = dt["posterior"].to_dataset()
+    rng = np.random.default_rng(8)
+    C, D = post.sizes["chain"], post.sizes["draw"]
+    other = (np.arange(C) >= 2)[:, None]
+    loglik = -100.0 - shift * other + rng.standard_normal((C, D))
+    th = post["theta"].values.copy()
+    th[:, :, 1] *= np.where(other, 1.2, 1.0)[..., None] if shift else 1.0
+    post["theta"] = (post["theta"].dims, th)
+    stats = xr.Dataset({"loglik": (("chain", "draw"), loglik)})
+    return xr.DataTree.from_dict({"posterior": post, "sample_stats": stats})
+
+
+def test_chains_in_different_states_are_said_to_be():
+    """Exact (fixed seeds): where the log-likelihood's chains sit at different levels (two at
+    -100, two at -110, sd 1), the warning gives the chains' means and names the move that
+    crosses between states (replica exchange); where they do not, it says nothing of states.
+    The named fault: the metastable 100 x 2000 posteriors warned only that nothing mixed."""
+    from bayes import datatree
+
+    bad = _metastable_posterior(10.0)
+    table = bayes.mixing(bad)
+    assert not table.loc["loglik", "ok"] and not table.loc["X_theta", "ok"] and not table.loc["c2", "ok"]
+    means = r"-(99|100)\.\d+, -(99|100)\.\d+, -(109|110)\.\d+, -(109|110)\.\d+"
+    with pytest.warns(bayes.SamplingWarning, match=rf"\['c2'\] do not mix.*chains' means are {means} \(a spread of 10"
+                      r".*tempering=10"):
+        datatree.warn_diagnostics(bad)
+    good = _metastable_posterior(0.0)
+    assert bayes.mixing(good)["ok"].all()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", bayes.SamplingWarning)
+        datatree.warn_diagnostics(good)
