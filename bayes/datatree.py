@@ -273,9 +273,10 @@ def _identification_note(dt: xr.DataTree) -> str:
     table = mixing(dt)
     inv, comp = table[table["kind"] == "invariant"], table[table["kind"] == "component"]
     bad = list(comp.index[~comp["ok"]])
-    states = _states_note(dt) if "loglik" in inv.index and not inv.loc["loglik", "ok"] else ""
+    unmixed = "loglik" in inv.index and not inv.loc["loglik", "ok"]
     if not bad:
-        return states
+        return _states_note(dt, alone=True) if unmixed else ""
+    states = _states_note(dt) if unmixed else ""
     if inv["ok"].all():
         return (f". Components {bad} are not identified by the data (their X columns and Theta rows do not mix; "
                 "the label-invariant quantities X Theta, sigma, tau and the log-likelihood do): interpret X Theta, "
@@ -283,13 +284,24 @@ def _identification_note(dt: xr.DataTree) -> str:
     return f". Components {bad} do not mix, nor do the label-invariant quantities (bayes.mixing has the table)" + states
 
 
-def _states_note(dt: xr.DataTree) -> str:
+def _states_note(dt: xr.DataTree, alone: bool = False) -> str:
     """Where the log-likelihood does not mix: the chains' mean log-likelihoods, which differ
     because the chains sit in different states of the posterior (metastable modes that a
-    chain leaves rarely); the move that crosses between them is replica exchange."""
+    chain leaves rarely), and the move between them that this run did not use: replica
+    exchange (``tempering=``, ChEES-HMC only), or more replicas where the run was tempered.
+    ``alone``: the first sentence of the note (nothing else was said not to mix)."""
     means = dt["sample_stats"]["loglik"].mean("draw").values
     listed = ", ".join(f"{m:.6g}" for m in means)
-    return (f". The log-likelihood does not mix either: the chains' means are {listed} (a spread of "
-            f"{float(np.ptp(means)):.3g}), so the chains sit in different states of the posterior and a chain "
-            "leaves its state rarely; longer runs see more transitions, and bayes.sample(..., tempering=10) "
-            "(ChEES-HMC with replica exchange) moves between the states")
+    attrs = dt["posterior"].attrs
+    sampler = str(attrs.get("sampler", ""))
+    if "tempering" in attrs:
+        move = ("this run exchanged states between tempered replicas already (its tempering attribute has the "
+                "exchange rates): more replicas, down to a lower power, or a longer run")
+    elif sampler.startswith("NUTS"):
+        move = ("replica exchange moves between the states: bayes.sample(..., kernel='chees', tempering=10) "
+                "(ChEES-HMC only)")
+    else:
+        move = "bayes.sample(..., tempering=10) (ChEES-HMC with replica exchange) moves between the states"
+    return (f". The log-likelihood does not mix{'' if alone else ' either'}: the chains' means are {listed} (a "
+            f"spread of {float(np.ptp(means)):.3g}), so the chains sit in different states of the posterior and a "
+            f"chain leaves its state rarely; longer runs see more transitions, and {move}")

@@ -18,7 +18,7 @@ from .core import basis, dfcap, passes
 from .core import stats as cstats
 from .core.bootstrap import align_components
 from .core.likelihood import LAMBDA_MIN, icc
-from .core.ml import Problem, fit_ml, theta_step
+from .core.ml import Problem, degenerating, fit_ml, theta_step
 from .core.paper import fit_paper
 from .core.solution import Solution
 from .core.stats import Stats
@@ -298,6 +298,15 @@ def _check_solution(sol: Solution, Y, Q: int, rate, settings: FitSettings, r: fl
             f"residual variance {sol.sigma2:.3g}, df_U -> N Q); bound the random effects with df_cap or fix sigma2")
 
 
+def converged_degenerate(sol: Solution, settings: FitSettings) -> bool:
+    """Whether a sign-free fit converged at a degenerate configuration
+    (:func:`nmfre.core.ml.degenerating` at its estimate): its gains along the merge of two or
+    more components fell below the tolerance while their effects are large and cancel, so its
+    Theta is not identified (:func:`nmfre.fit` warns; a refit bootstrap replicate counts as
+    not converged)."""
+    return bool(sol.converged) and settings.theta == "free" and degenerating(sol.X, sol.theta)
+
+
 # ----------------------------------------------------------------------------- refit bootstrap
 class RefitDraws(NamedTuple):
     """What :func:`refit_draws` returns (every replicate, in the order of ``W``'s columns)."""
@@ -321,7 +330,8 @@ def refit_draws(Y: np.ndarray, A: np.ndarray, sol: Solution, W: np.ndarray, rate
     converged and permuted fractions and the minimum alignment cosine, with ``vcov`` ("CR1" or
     "CR2") each replicate's own sandwich SE (for the bootstrap-t; None otherwise), with
     ``keep_X`` the aligned bases (P x Q x B; None otherwise), and each refit's convergence
-    flag and ``stop_reason`` (length B).
+    flag and ``stop_reason`` (length B; a sign-free refit that converged at a degenerate
+    configuration, :func:`converged_degenerate`, counts as not converged, ``"degenerate"``).
 
     Replicate ``b`` depends only on column ``b`` of ``W`` (drawn before any replicate runs), so
     the draws are the same in a loop, on ``workers`` threads or on a dask ``client``
@@ -421,9 +431,11 @@ class _RefitJob:
             Yb = self.fitted + self.resid * Wblock[:, j][None, :]
             res = solve(Yb, self.A, self.Q, self.start, self.rate, self.settings)
             perm, cos = align_components(self.X, res.X)
+            degenerate = converged_degenerate(res, self.settings)  # its Theta is not an estimate either
             rec = {"theta": self.c * res.theta[perm].reshape(-1, order="F"),
                    "permuted": bool(np.any(perm != np.arange(self.Q))), "min_cos": float(cos.min()),
-                   "converged": bool(res.converged), "stop_reason": str(res.stop_reason)}
+                   "converged": bool(res.converged) and not degenerate,
+                   "stop_reason": "degenerate" if degenerate else str(res.stop_reason)}
             if self.vcov is not None:
                 rec["se"] = self.c * _replicate_se(Yb, self.A, res, perm, self.vcov)
             if self.keep_X:

@@ -2,7 +2,8 @@
 
 
 class ConvergenceWarning(UserWarning):
-    """The final fit stopped at ``max_iter`` before meeting its tolerance."""
+    """A fit stopped before meeting its tolerance (at ``max_iter``, or stalled), or refits of
+    the refit bootstrap did not converge (``fit.infer(method="refit")``)."""
 
 
 class DegenerateFitWarning(ConvergenceWarning):

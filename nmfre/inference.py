@@ -9,6 +9,7 @@ The algebra lives in :mod:`nmfre.core.covariance` (information, CR1 sandwich) an
 from __future__ import annotations
 
 import json
+import os
 import warnings
 from typing import TYPE_CHECKING, Any
 
@@ -385,7 +386,9 @@ class Inference:
         n = self.draws.sizes["draw"]
         chains = v.integer(chains, "chains")
         if n % chains:
-            raise ValueError(f"chains must be a positive divisor of n_boot={n}, got {chains}")
+            kept = (f"the {n} replicates kept (n_boot_requested={self._ds.attrs['n_boot_requested']})"
+                    if self._ds.attrs.get("n_boot_requested", n) != n else f"n_boot={n}")
+            raise ValueError(f"chains must be a positive divisor of {kept}, got {chains}")
         d = self.draws
         B = n // chains
         theta = xr.DataArray(d.values.reshape(chains, B, *d.shape[1:]),
@@ -432,6 +435,8 @@ def _multipliers(n_boot, multipliers, N):
 
 VCOVS = ("CR1", "CR2")
 CIS = ("percentile", "studentized")
+#: nmfre's own folder: warnings point at the first caller outside it (``fit.infer`` or ``infer``)
+_PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
 #: what the refit bootstrap does with replicates whose refit did not converge
 FAILED = ("drop", "keep")
 
@@ -502,10 +507,12 @@ def infer(fit: NMFREFit, n_boot: int = 1000, seed: Any = 123, multipliers: Any =
         while their effects diverge, so its Theta is not an estimate). ``"drop"`` (default):
         leave them out of the draws, the bootstrap SEs and the intervals; ``"keep"``: use
         every replicate. Either way a :class:`~nmfre.ConvergenceWarning` says how many did
-        not converge and why; the attributes ``n_boot_requested``, ``refit_failed`` and
-        ``refit_failed_reasons`` record it, the ``draw`` coordinate keeps each replicate's
-        index among the ``n_boot`` and ``stop_reason`` its refit's stop reason. Fewer than two
-        converged refits with ``"drop"`` is an error.
+        not converge and why; the attributes ``n_boot`` (the replicates used),
+        ``n_boot_requested``, ``refit_failed`` and ``refit_failed_reasons`` record it, the
+        ``draw`` coordinate keeps each used replicate's position among the requested ones (0
+        to ``n_boot_requested - 1``) and ``stop_reason`` its refit's stop reason. A sign-free
+        refit that converged at a degenerate configuration counts as degenerate. Fewer than
+        two converged refits with ``"drop"`` is an error.
 
     Returns
     -------
@@ -610,7 +617,7 @@ def _failed_refits(got, failed: str) -> tuple:
         what = ("left out of the draws, SEs and intervals (failed='drop')" if failed == "drop"
                 else "kept in the draws, SEs and intervals (failed='keep')")
         warnings.warn(f"refit bootstrap: {int(bad.sum())} of {B} refits did not converge ({reasons}); they are "
-                      f"{what}", ConvergenceWarning, stacklevel=4)
+                      f"{what}", ConvergenceWarning, skip_file_prefixes=(_PACKAGE,))
     pick = (lambda a: None if a is None else a[..., keep])
     return (got.draws[:, keep], attrs, pick(got.se), pick(got.X_draws),
             (np.flatnonzero(keep), got.stop_reason[keep]))

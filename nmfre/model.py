@@ -16,7 +16,7 @@ from . import engine
 from . import validation as v
 from .core import dfcap
 from .core.likelihood import LAMBDA_MAX
-from .core.ml import DEGENERATE_INDEX, STALL_PATIENCE, cancellation, degeneracy, degenerating
+from .core.ml import DEGENERATE_INDEX, STALL_PATIENCE, cancellation, degeneracy
 from .exceptions import ConvergenceWarning, DegenerateFitWarning, IdentifiabilityWarning, SingularFitWarning
 from .labels import Data, check_rank, coerce
 from .results import NMFREFit
@@ -101,7 +101,7 @@ def fit(Y: Any, A: Any = None, rank: int = 2, *, method: str = "ml", theta: str 
     result = _wrap(data, est, settings)
     if result.stop_reason == "degenerate":
         warnings.warn(_degenerate_message(result), DegenerateFitWarning, stacklevel=2)
-    elif result.converged and settings.theta == "free" and degenerating(result.solution.X, result.solution.theta):
+    elif engine.converged_degenerate(result.solution, settings):
         # converged where the likelihood is nearly flat along the merge (the gains fell below tol)
         warnings.warn(_degenerate_message(result, converged=True), DegenerateFitWarning, stacklevel=2)
     elif result.stop_reason == "stalled":

@@ -304,6 +304,14 @@ def test_chains_in_different_states_are_said_to_be():
     with pytest.warns(bayes.SamplingWarning, match=rf"\['c2'\] do not mix.*chains' means are {means} \(a spread of 10"
                       r".*tempering=10"):
         datatree.warn_diagnostics(bad)
+    # the advice follows the run: already tempered, or NUTS (tempering is ChEES-HMC's)
+    bad["posterior"].attrs.update(sampler="ChEES-HMC (...), replica exchange over 10 temperatures", tempering="...")
+    with pytest.warns(bayes.SamplingWarning, match="exchanged states between tempered replicas already"):
+        datatree.warn_diagnostics(bad)
+    bad["posterior"].attrs.clear()
+    bad["posterior"].attrs["sampler"] = "NUTS (bayes.compiled, Laplace warm start)"
+    with pytest.warns(bayes.SamplingWarning, match="kernel='chees', tempering=10"):
+        datatree.warn_diagnostics(bad)
     good = _metastable_posterior(0.0)
     assert bayes.mixing(good)["ok"].all()
     with warnings.catch_warnings():
