@@ -273,10 +273,12 @@ def _identification_note(dt: xr.DataTree) -> str:
     table = mixing(dt)
     inv, comp = table[table["kind"] == "invariant"], table[table["kind"] == "component"]
     bad = list(comp.index[~comp["ok"]])
-    unmixed = "loglik" in inv.index and not inv.loc["loglik", "ok"]
+    # the chains' log-likelihood levels differ (its split r_hat; a low ESS alone is a short run)
+    rhat = float(inv.loc["loglik", "max_r_hat"]) if "loglik" in inv.index else float("nan")
+    unmixed = rhat > THRESHOLDS["max_r_hat"]
     if not bad:
-        return _states_note(dt, alone=True) if unmixed else ""
-    states = _states_note(dt) if unmixed else ""
+        return _states_note(dt, rhat, alone=True) if unmixed else ""
+    states = _states_note(dt, rhat) if unmixed else ""
     if inv["ok"].all():
         return (f". Components {bad} are not identified by the data (their X columns and Theta rows do not mix; "
                 "the label-invariant quantities X Theta, sigma, tau and the log-likelihood do): interpret X Theta, "
@@ -284,12 +286,13 @@ def _identification_note(dt: xr.DataTree) -> str:
     return f". Components {bad} do not mix, nor do the label-invariant quantities (bayes.mixing has the table)" + states
 
 
-def _states_note(dt: xr.DataTree, alone: bool = False) -> str:
-    """Where the log-likelihood does not mix: the chains' mean log-likelihoods, which differ
-    because the chains sit in different states of the posterior (metastable modes that a
-    chain leaves rarely), and the move between them that this run did not use: replica
-    exchange (``tempering=``, ChEES-HMC only), or more replicas where the run was tempered.
-    ``alone``: the first sentence of the note (nothing else was said not to mix)."""
+def _states_note(dt: xr.DataTree, rhat: float, alone: bool = False) -> str:
+    """Where the chains' log-likelihood levels differ (its split r_hat ``rhat`` above the
+    threshold): the chains' mean log-likelihoods, the pattern of chains that sit in different
+    states of the posterior (metastable modes that a chain leaves rarely), and the move
+    between them that this run did not use: replica exchange (``tempering=``, ChEES-HMC
+    only), or more replicas where the run was tempered. ``alone``: the first sentence of the
+    note (nothing else was said not to mix)."""
     means = dt["sample_stats"]["loglik"].mean("draw").values
     listed = ", ".join(f"{m:.6g}" for m in means)
     attrs = dt["posterior"].attrs
@@ -302,6 +305,6 @@ def _states_note(dt: xr.DataTree, alone: bool = False) -> str:
                 "(ChEES-HMC only)")
     else:
         move = "bayes.sample(..., tempering=10) (ChEES-HMC with replica exchange) moves between the states"
-    return (f". The log-likelihood does not mix{'' if alone else ' either'}: the chains' means are {listed} (a "
-            f"spread of {float(np.ptp(means)):.3g}), so the chains sit in different states of the posterior and a "
-            f"chain leaves its state rarely; longer runs see more transitions, and {move}")
+    return (f". The log-likelihood does not mix{'' if alone else ' either'} (split r_hat {rhat:.3f}): the chains' "
+            f"means are {listed} (a spread of {float(np.ptp(means)):.3g}), as when chains sit in different states of "
+            f"the posterior and leave them rarely; longer runs show whether they cross, and {move}")

@@ -301,8 +301,8 @@ def test_chains_in_different_states_are_said_to_be():
     table = bayes.mixing(bad)
     assert not table.loc["loglik", "ok"] and not table.loc["X_theta", "ok"] and not table.loc["c2", "ok"]
     means = r"-(99|100)\.\d+, -(99|100)\.\d+, -(109|110)\.\d+, -(109|110)\.\d+"
-    with pytest.warns(bayes.SamplingWarning, match=rf"\['c2'\] do not mix.*chains' means are {means} \(a spread of 10"
-                      r".*tempering=10"):
+    said = rf"\['c2'\] do not mix.*\(split r_hat \d\.\d+\): the chains' means are {means} \(a spread of 10"
+    with pytest.warns(bayes.SamplingWarning, match=said + r".*tempering=10"):
         datatree.warn_diagnostics(bad)
     # the advice follows the run: already tempered, or NUTS (tempering is ChEES-HMC's)
     bad["posterior"].attrs.update(sampler="ChEES-HMC (...), replica exchange over 10 temperatures", tempering="...")
@@ -312,6 +312,14 @@ def test_chains_in_different_states_are_said_to_be():
     bad["posterior"].attrs["sampler"] = "NUTS (bayes.compiled, Laplace warm start)"
     with pytest.warns(bayes.SamplingWarning, match="kernel='chees', tempering=10"):
         datatree.warn_diagnostics(bad)
+    # a component that does not mix while the log-likelihood's chains agree: nothing of states
+    other = _fake_posterior(True)
+    loglik = -100.0 + np.random.default_rng(9).standard_normal((4, 500))
+    other = xr.DataTree.from_dict({"posterior": other["posterior"].to_dataset(),
+                                   "sample_stats": xr.Dataset({"loglik": (("chain", "draw"), loglik)})})
+    with pytest.warns(bayes.SamplingWarning) as rec:
+        datatree.warn_diagnostics(other)
+    assert "not identified" in str(rec[0].message) and "log-likelihood does not mix" not in str(rec[0].message)
     good = _metastable_posterior(0.0)
     assert bayes.mixing(good)["ok"].all()
     with warnings.catch_warnings():
