@@ -68,14 +68,13 @@ def provenance(attrs: dict) -> dict[str, str]:
     p_col = {"two-sided": f"Pr(>|{stat}|)", "greater": f"Pr(>{stat})", "less": f"Pr(<{stat})"}[alt]
     kind = "one-step" if attrs.get("method") == "onestep" else "refit"
     law = LAWS.get(attrs.get("dist", "user"), str(attrs.get("dist")))
-    boot = f"{kind} wild bootstrap, B = {attrs.get('n_boot')}, {law} multipliers"
-    n_failed = int(attrs.get("refit_failed", 0))
-    if n_failed and attrs.get("refit_failed_rule") == "drop":
-        boot = (f"{kind} wild bootstrap, B = {attrs.get('n_boot')} of {attrs.get('n_boot_requested')} "
-                f"({n_failed} refits that did not converge left out: {attrs.get('refit_failed_reasons')}), "
-                f"{law} multipliers")
-    elif n_failed:
-        boot += f", {n_failed} of them refits that did not converge ({attrs.get('refit_failed_reasons')})"
+    n_failed, reasons = int(attrs.get("refit_failed", 0)), attrs.get("refit_failed_reasons")
+    dropped = n_failed and attrs.get("refit_failed_rule") == "drop"
+    size = (f"{attrs.get('n_boot')} of {attrs.get('n_boot_requested')} ({n_failed} refits that did not converge "
+            f"left out: {reasons})" if dropped else f"{attrs.get('n_boot')}")
+    boot = f"{kind} wild bootstrap, B = {size}, {law} multipliers"
+    if n_failed and not dropped:
+        boot += f", {n_failed} of them refits that did not converge ({reasons})"
     if attrs.get("theta_kind") == "nonneg":
         boot += ", replicates projected onto Theta >= 0"
     pct = f"{100 * float(attrs.get('level', 0.95)):g}%"
