@@ -21,6 +21,7 @@ from . import plotting, simulate
 from . import validation as v
 from ._version import __version__
 from .core.bootstrap import align_components
+from .inference import FAILED
 from .labels import component_labels
 from .model import fit as nmfre_fit
 from .performance import performance
@@ -39,6 +40,13 @@ SAMPLER_THRESHOLDS = {"max_r_hat": 1.01, "min_ess_bulk": 400}
 #: per replicate and method: wall seconds of the computation that gave the interval (Wald and
 #: percentile share one bootstrap, CR2 and studentized another: each shows the shared time)
 TIMING = "seconds"
+#: per replicate and method: the bootstrap draws behind the interval (the percentile and
+#: studentized bootstraps: ``n_boot``; the refit bootstrap: the refits used, fewer than
+#: ``n_boot_refit`` where refits that did not converge were left out); NaN for the methods
+#: that draw none (Wald, CR2, profile) and for callables
+DRAWS = "n_draws"
+#: the methods whose interval comes from bootstrap draws
+BOOTSTRAP_METHODS = ("percentile", "studentized", "refit")
 #: an in-memory study keeps at most this many finished replicates as dicts before packing
 #: them into arrays (the client holds the result's size, not the records')
 _COMPACT = 1000
@@ -58,11 +66,13 @@ def _interval(inf, kind: str, perm, Q: int, K: int) -> dict:
     return {"point": inf.estimate.values.reshape(Q, K)[perm], "lower": ci[0][perm], "upper": ci[1][perm]}
 
 
-def _frequentist(f, methods: tuple, boot_seed, n_boot: int, n_boot_refit: int, level: float, perm) -> tuple:
+def _frequentist(f, methods: tuple, boot_seed, n_boot: int, n_boot_refit: int, level: float, perm,
+                 refit_failed: str = "drop") -> tuple:
     """The requested built-in methods on one fit: CR1 Wald and percentile share one
     bootstrap; CR2-t (Satterthwaite) and the studentized bootstrap share another with the
-    same multipliers; the refit bootstrap draws its own. Each computation's failure and
-    warnings are recorded on the methods it serves (``error``, ``warnings``)."""
+    same multipliers; the refit bootstrap draws its own (``failed=refit_failed``). Each
+    computation's failure and warnings are recorded on the methods it serves (``error``,
+    ``warnings``), and each bootstrap method's number of draws used (:data:`DRAWS`)."""
     Q, K = f.shape["Q"], f.shape["K"]
     out: dict = {}
     # the bootstrap seed's first child (boot_seed.spawn(1)[0], without spawning from it)
@@ -70,7 +80,7 @@ def _frequentist(f, methods: tuple, boot_seed, n_boot: int, n_boot_refit: int, l
     groups = [(("wald", "percentile"), dict(n_boot=n_boot, seed=boot_seed)),
               (("cr2", "studentized"), dict(n_boot=n_boot, seed=boot_seed, vcov="CR2", df="satterthwaite",
                                             ci="studentized")),
-              (("refit",), dict(n_boot=n_boot_refit, seed=refit_seed, method="refit"))]
+              (("refit",), dict(n_boot=n_boot_refit, seed=refit_seed, method="refit", failed=refit_failed))]
     base = None
     for members, kw in groups:
         wanted = [m for m in members if m in methods]
@@ -85,6 +95,8 @@ def _frequentist(f, methods: tuple, boot_seed, n_boot: int, n_boot_refit: int, l
         for m in wanted:
             kind = {"wald": "wald", "cr2": "wald"}.get(m, m)
             got = _interval(inf, kind, perm, Q, K) if inf is not None else {}
+            if inf is not None and m in BOOTSTRAP_METHODS:
+                got[DRAWS] = float(inf.dataset.attrs["n_boot"])
             out[m] = {**got, "seconds": secs, "error": err, "warnings": _warning_text(w)}
     if "profile" in methods:  # profile-likelihood intervals, X re-estimated (nmfre.profile; issue 19)
         out["profile"] = _profile_interval(f, level, perm)
@@ -125,7 +137,7 @@ def _warning_text(counts: dict) -> str:
 
 def _replicate(design, params: dict, seeds: tuple, n_boot: int, fit_overrides: dict, level: float,
                methods: tuple = ("wald", "percentile"), extra: tuple = (), n_boot_refit: int = 200,
-               shape: tuple | None = None) -> dict:
+               shape: tuple | None = None, refit_failed: str = "drop") -> dict:
     """Simulate, fit, infer one replicate; components aligned to the truth.
 
     Failures are isolated: an exception in the simulation or the fit leaves the whole
@@ -151,7 +163,7 @@ def _replicate(design, params: dict, seeds: tuple, n_boot: int, fit_overrides: d
     intervals = {m: {**nan, "error": fit_err, "warnings": ""} for m in names}
     if f is not None:
         perm, _ = align_components(d["X"].values, f.X.values)
-        inf, found = _frequentist(f, methods, boot_seed, n_boot, n_boot_refit, level, perm)
+        inf, found = _frequentist(f, methods, boot_seed, n_boot, n_boot_refit, level, perm, refit_failed)
         for m in methods:
             intervals[m].update(found[m])
         for (name, fn), ms in zip(extra, method_seeds, strict=True):
@@ -250,7 +262,7 @@ def run(design: str | Callable = "baseline", grid: dict | None = None, n_rep: in
         client=None, *, n_boot: int = 1000, level: float = 0.95, progress: bool = False,
         fit_kwargs: dict | None = None, subset: dict | None = None,
         methods=("wald", "percentile"), n_boot_refit: int = 200, store=None, max_errors=0.05,
-        flush_seconds: float = 2.0) -> xr.Dataset:
+        flush_seconds: float = 2.0, refit_failed: str = "drop") -> xr.Dataset:
     """Run a simulation study.
 
     Parameters
@@ -297,6 +309,12 @@ def run(design: str | Callable = "baseline", grid: dict | None = None, n_rep: in
         of the replicate's ``SeedSequence``, so adding one changes no other number.
     n_boot_refit : int
         Bootstrap size of ``"refit"``.
+    refit_failed : {"drop", "keep"}
+        What ``"refit"`` does with refits that did not converge (``failed`` of
+        :meth:`~nmfre.NMFREFit.infer`): left out of its draws, SE and interval (default), or
+        kept. The refits used are recorded per replicate (``n_draws``); with ``"drop"``, a
+        replicate where fewer than two refits converged has no refit interval (its
+        ``error`` says why).
     store : str or path, optional
         A directory (:mod:`nmfre.store`) where finished replicates are written as they
         arrive (at most every ``flush_seconds``), from this process or as a cluster's futures
@@ -320,8 +338,11 @@ def run(design: str | Callable = "baseline", grid: dict | None = None, n_rep: in
         (dim ``interval``, labelled by method name) ``point, lower, upper``, ``r_hat,
         ess_bulk, divergences`` and ``seconds`` (wall time of the computation behind the
         interval; Wald and percentile share one bootstrap, CR2 and studentized another)
-        (NaN for the frequentist methods). Components and covariates carry the design's
-        labels (those of its ``theta``). Failures and warnings: ``fit_error``,
+        (the sampler's diagnostics NaN for the frequentist methods), and ``n_draws``, the
+        bootstrap draws behind the interval (percentile, studentized, refit: for the refit
+        bootstrap the refits used, which ``refit_failed="drop"`` makes fewer than
+        ``n_boot_refit`` when some did not converge; NaN for the other methods). Components
+        and covariates carry the design's labels (those of its ``theta``). Failures and warnings: ``fit_error``,
         ``fit_warnings`` per replicate (simulation and fit) and ``error``, ``warnings`` per
         replicate and method (text; warnings as ``"ConvergenceWarning x2, ..."``, empty when
         none); ``done`` marks replicates that ran (with a store: are in it). With a store
@@ -337,6 +358,7 @@ def run(design: str | Callable = "baseline", grid: dict | None = None, n_rep: in
     n_boot = v.integer(n_boot, "n_boot", minimum=2)
     level = v.open_unit(level, "level")
     n_boot_refit = v.integer(n_boot_refit, "n_boot_refit", minimum=2)
+    refit_failed = v.choice(refit_failed, "refit_failed", FAILED)
     allowed = _allowed_errors(max_errors, n_rep)
     flush_seconds = v.positive_float(flush_seconds, "flush_seconds") if flush_seconds else 0.0
     builtin, extra = _methods(methods)
@@ -353,12 +375,13 @@ def run(design: str | Callable = "baseline", grid: dict | None = None, n_rep: in
     design_name = design if isinstance(design, str) else getattr(design, "__name__", "custom")
     spec = {"design": design_name, "grid": grid, "n_rep": n_rep, "seed": seed, "methods": names,
             "method_specs": [repr(m) for _, m in extra], "n_boot": n_boot, "level": level,
-            "fit_overrides": over, "n_boot_refit": n_boot_refit, "nmfre_version": __version__,
+            "fit_overrides": over, "n_boot_refit": n_boot_refit, "refit_failed": refit_failed,
+            "nmfre_version": __version__,
             "component": labels[0], "covariate": labels[1]}
     st = Store(store, spec) if store is not None else None
     done = st.done() if st is not None else set()
     tasks = [((index[i], r), (fn, settings[i], (seed, index[i], r), n_boot, over, level, builtin, extra,
-                              n_boot_refit, (Q, K)))
+                              n_boot_refit, (Q, K), refit_failed))
              for i in range(len(settings)) for r in range(n_rep) if (index[i], r) not in done]
     ctx = {"names": names, "Q": Q, "K": K, "labels": labels}
     records: list[dict] = []
@@ -403,7 +426,7 @@ def run(design: str | Callable = "baseline", grid: dict | None = None, n_rep: in
             flat = xr.concat(parts, dim="item") if len(parts) > 1 else parts[0]
         ds = _to_grid(flat, sub, full, n_rep, ctx)
     ds.attrs.update(design=design_name, seed=seed, n_boot=n_boot, level=level, fit_overrides=str(over),
-                    n_boot_refit=n_boot_refit, spec=json.dumps(_jsonable(spec)))
+                    n_boot_refit=n_boot_refit, refit_failed=refit_failed, spec=json.dumps(_jsonable(spec)))
     if st is not None:
         ds.attrs["store"] = str(st.path)
     return ds
@@ -425,7 +448,7 @@ def open(path) -> xr.Dataset:  # noqa: A001 - study.open(path), as xarray.open_d
         ds = _to_grid(flat, grid, _settings(grid), spec["n_rep"], ctx)
     ds.attrs.update(design=spec["design"], seed=spec["seed"], n_boot=spec["n_boot"], level=spec["level"],
                     fit_overrides=str(spec["fit_overrides"]), n_boot_refit=spec["n_boot_refit"],
-                    spec=json.dumps(spec), store=str(st.path))
+                    refit_failed=spec["refit_failed"], spec=json.dumps(spec), store=str(st.path))
     return ds
 
 
@@ -556,7 +579,7 @@ def _flat(records: list[dict], ctx: dict) -> xr.Dataset:
     for k in ("point", "lower", "upper"):
         arr = np.array([[r["intervals"][m][k] for m in names] for r in records], float).reshape(n, len(names), Q, K)
         data[k] = (("item", "interval", "component", "covariate"), arr)
-    for k in SAMPLER_FIELDS + (TIMING,):
+    for k in SAMPLER_FIELDS + (TIMING, DRAWS):
         arr = np.array([[r["intervals"][m].get(k, np.nan) for m in names] for r in records], dtype=float)
         data[k] = (("item", "interval"), arr.reshape(n, len(names)))
     for k in ("error", "warnings"):
@@ -624,7 +647,9 @@ def summarize(ds: xr.Dataset, alpha: float = 0.05) -> xr.Dataset:
     missing; lower is better), ``point_bias`` and ``point_rmse`` of the method's point
     estimate, and ``warning_share``: replicates with r_hat > 1.01, bulk ESS < 400 or a
     divergence (NaN for methods without a sampler); ``seconds``, the mean wall time per
-    replicate.
+    replicate; ``mean_draws``, the mean number of bootstrap draws behind the interval (NaN
+    for methods without draws; below ``n_boot_refit`` for ``"refit"`` where refits that did
+    not converge were left out).
     """
     from scipy.stats import norm
 
@@ -669,6 +694,8 @@ def _method_metrics(ds: xr.Dataset) -> xr.Dataset:
     out.update(width_ratio=ratio, point_bias=perf["bias"],
                point_bias_mcse=perf["bias_mcse"], point_rmse=np.sqrt(perf["mse"]), warning_share=share,
                seconds=ds["seconds"].mean("replicate"))
+    if DRAWS in ds:  # the bootstrap draws used, on average (fewer than asked where refits were left out)
+        out["mean_draws"] = ds[DRAWS].mean("replicate")
     return xr.Dataset(out)
 
 

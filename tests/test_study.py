@@ -153,6 +153,43 @@ def test_methods_layout_and_wiring(method_study):
     # CR2 with t references is wider than CR1 Wald on average at N = 27
     w = (ds["upper"] - ds["lower"]).sel(N=27).mean(("replicate", "component", "covariate"))
     assert float(w.sel(interval="cr2")) > float(w.sel(interval="wald"))
+    # the bootstrap draws behind each interval: none for the sandwich intervals; n_boot for the
+    # one-step bootstraps; the refits used for the refit bootstrap (those of a hand-run refit)
+    assert ds.attrs["refit_failed"] == "drop"
+    assert bool(ds["n_draws"].sel(interval=["wald", "cr2"]).isnull().all())
+    assert bool((ds["n_draws"].sel(interval=["percentile", "studentized"]) == 100).all())
+    refit_seed = np.random.SeedSequence(boot_seed.entropy, spawn_key=(*boot_seed.spawn_key, 0))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ref = f.infer(n_boot=10, seed=np.random.default_rng(refit_seed), method="refit")
+    assert float(ds["n_draws"].sel(N=40, replicate=1, interval="refit")) == ref.dataset.attrs["n_boot"]
+    np.testing.assert_allclose(cell["lower"].sel(interval="refit").values,
+                               ref.ci.sel(ci_bound="lower").values.ravel(), rtol=1e-12)
+
+
+def test_refit_failed_rule():
+    """``refit_failed`` reaches the refit bootstrap: with refits that cannot converge (one
+    iteration), ``"drop"`` leaves none, so the replicate's refit interval is NaN with the
+    reason as its error, and ``"keep"`` uses all of them (``n_draws`` = ``n_boot_refit``) and
+    records the warning; the other methods are the same either way."""
+    kw = dict(n_rep=1, seed=3, n_boot=20, methods=("wald", "refit"), n_boot_refit=4, max_errors=None,
+              fit_kwargs={"method": "ml", "max_iter": 1})
+    drop = study.run("baseline", {"N": [27]}, **kw)
+    keep = study.run("baseline", {"N": [27]}, refit_failed="keep", **kw)
+    assert (drop.attrs["refit_failed"], keep.attrs["refit_failed"]) == ("drop", "keep")
+    assert not bool(drop["converged"].any())
+    err = str(drop["error"].sel(N=27, replicate=0, interval="refit").values)
+    assert "only 0 of 4 refits converged" in err
+    assert bool(drop["lower"].sel(interval="refit").isnull().all())
+    assert bool(drop["n_draws"].sel(interval="refit").isnull().all())
+    assert str(keep["error"].sel(N=27, replicate=0, interval="refit").values) == ""
+    assert "ConvergenceWarning" in str(keep["warnings"].sel(N=27, replicate=0, interval="refit").values)
+    assert float(keep["n_draws"].sel(N=27, replicate=0, interval="refit")) == 4
+    assert bool(keep["lower"].sel(interval="refit").notnull().all())
+    xr.testing.assert_identical(drop["lower"].sel(interval="wald"), keep["lower"].sel(interval="wald"))
+    assert float(study.summarize(keep)["mean_draws"].sel(N=27, interval="refit")) == 4
+    with pytest.raises(ValueError, match="refit_failed"):
+        study.run("baseline", {"N": [27]}, n_rep=1, refit_failed="skip")
 
 
 def test_method_metrics_hand_computed(method_study):
