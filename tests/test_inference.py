@@ -259,9 +259,15 @@ def test_refits_that_converge_degenerate_count_as_degenerate():
     Y, A = nmfre.load_orthodont()
     with pytest.warns(nmfre.DegenerateFitWarning, match="the sign-free fit is degenerate"):
         f = nmfre.fit(Y, A, rank=2)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", nmfre.ConvergenceWarning)
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
         inf = f.infer(n_boot=6, seed=1, method="refit", failed="keep")
+    # warned before the refits that they start from a degenerate estimate, pointing at the caller
+    said = [w for w in rec if issubclass(w.category, nmfre.DegenerateFitWarning)]
+    assert len(said) == 1 and said[0].filename == __file__
+    text = str(said[0].message)
+    assert "refit bootstrap from a degenerate estimate (the sign-free fit converged at a degenerate" in text
+    assert "max_iter=5000, each counted as not converged and kept (failed='keep')" in text
     Xd, th, why = inf.dataset["X_draws"].values, inf.draws.values, inf.draws["stop_reason"].values
     for b in range(6):
         if why[b] == "tol":
@@ -270,7 +276,12 @@ def test_refits_that_converge_degenerate_count_as_degenerate():
 
 
 def test_no_converged_refit_is_an_error_unless_kept(ml_fit):
-    """One iteration from the warm start never meets the tolerance on perturbed data."""
+    """One iteration from the warm start never meets the tolerance on perturbed data. (The fit
+    is not degenerate: no warning about the refits' start.)"""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", nmfre.DegenerateFitWarning)
+        with pytest.raises(RuntimeError, match="only 0 of 6"):
+            ml_fit.infer(n_boot=6, seed=3, method="refit", max_iter=1)
     with pytest.raises(RuntimeError, match=r"only 0 of 6 refits converged \(max_iter: 6\)"):
         ml_fit.infer(n_boot=6, seed=3, method="refit", max_iter=1)
     with pytest.warns(nmfre.ConvergenceWarning, match=r"6 of 6 refits did not converge \(max_iter: 6\)"):
