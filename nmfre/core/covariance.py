@@ -3,9 +3,10 @@
 With ``Ys = Y - X U``, ``Rc = Ys - X Theta A``, ``M = X'X + lambda I``:
 
 * ``sigma2_used = ||Rc||^2 / max(P N - df_U - Q K, 1)``, ``df_U = N tr(M^-1 X'X)``;
-* information ``I = AA' (x) (X'X - X'X M^-1 X'X) / sigma2_used + 1e-8 I`` (vec stacks
-  Theta's columns; the ``(I - H)`` correction makes it the Fisher information of the
-  marginal model given X) and model-based covariance ``I^-1``;
+* information ``I = F + r I`` with ``F = AA' (x) (X'X - X'X M^-1 X'X) / sigma2_used`` (vec
+  stacks Theta's columns; the ``(I - H)`` correction makes it the Fisher information of the
+  marginal model given X) and the ridge ``r = 1e-8 tr(F) / (QK)``, and model-based covariance
+  ``I^-1``;
 * unit scores ``s_n = -vec(X' r_n a_n') / sigma2_used``, meat ``J = N/(N-1) sum s_n s_n'``
   (CR1) and sandwich ``V = I^-1 J I^-1``.
 """
@@ -16,8 +17,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
-#: ridge nmfkc adds to the information (kept for parity)
+#: the ridge added to the information, relative to its mean diagonal. nmfkc adds an absolute
+#: 1e-8, which made standard errors depend on the units of Y (and A): with Y in units 1e6 times
+#: smaller the information's entries fall by 1e12, the ridge dominates and the SEs collapse
+#: (Orthodont in micrometres: SE/1e6 0.0001 instead of 2.47). Relative to the information,
+#: inference is equivariant to the units; on Orthodont (mean diagonal about 0.5) the SEs differ
+#: from the absolute ridge's by about 1e-8 relative (:func:`from_pieces`' ``ridge``)
 COV_RIDGE = 1e-8
+#: nmfkc's absolute ridge, for reproducing its numbers to rounding (``from_pieces(..., ridge=)``)
+NMFKC_RIDGE = 1e-8
 
 
 @dataclass(frozen=True)
@@ -50,23 +58,37 @@ class Conditional:
     cov: np.ndarray
 
 
-def conditional(Y, A, X, theta, U, lam) -> Conditional:
+def conditional(Y, A, X, theta, U, lam, ridge: float | None = None) -> Conditional:
     """Sandwich ingredients for vec(Theta) conditional on ``(X, U)``; ``Y`` dense (NaN =
-    missing), sparse or dask (one pass, :func:`nmfre.core.passes.conditional_pieces`)."""
+    missing), sparse or dask (one pass, :func:`nmfre.core.passes.conditional_pieces`);
+    ``ridge``: see :func:`from_pieces`."""
     from .passes import conditional_pieces
 
-    return from_pieces(conditional_pieces(Y, A, X, theta, U, lam), A, theta)
+    return from_pieces(conditional_pieces(Y, A, X, theta, U, lam), A, theta, ridge)
 
 
-def from_pieces(pc, A: np.ndarray, theta: np.ndarray) -> Conditional:
+def working_sigma2(sigma2_used: float) -> float:
+    """The residual variance the sandwich divides by: ``sigma2_used``, or 1e-12 for a fit
+    without residual (``sigma2_used = 0``)."""
+    return sigma2_used if sigma2_used > 0 else 1e-12
+
+
+def from_pieces(pc, A: np.ndarray, theta: np.ndarray, ridge: float | None = None) -> Conditional:
     """:class:`Conditional` from :class:`nmfre.core.passes.Pieces`: ``sigma2_used =
-    RSS / max(n_obs - df_U - QK, 1)``, ``I = core / sigma2_used + 1e-8 I``, unit scores
-    ``s_n = -vec(X_O' r_n a_n') / sigma2_used``, CR1 meat and sandwich."""
+    RSS / max(n_obs - df_U - QK, 1)``, ``I = core / sigma2_used + r I`` with the ridge ``r``
+    :data:`COV_RIDGE` times the mean diagonal of ``core / sigma2_used`` (or ``ridge``, absolute:
+    :data:`NMFKC_RIDGE` reproduces nmfkc), unit scores ``s_n = -vec(X_O' r_n a_n') /
+    sigma2_used``, CR1 meat and sandwich. Equivariant to the units: Y times ``c`` gives SEs
+    times ``c``, A times ``c`` SEs over ``c``."""
     N = A.shape[1]
     Q, K = theta.shape
     sigma2_used = float(pc.rss) / max(pc.n_obs - pc.df_u - Q * K, 1)
-    s2 = max(sigma2_used, 1e-12)
-    info = pc.core / s2 + COV_RIDGE * np.eye(Q * K)
+    s2 = working_sigma2(sigma2_used)
+    F = pc.core / s2
+    if ridge is None:
+        scale = float(np.trace(F)) / (Q * K)
+        ridge = COV_RIDGE * (scale if np.isfinite(scale) and scale > 0 else 1.0)
+    info = F + ridge * np.eye(Q * K)
     Hinv = np.linalg.inv(info)
     S = -(A[:, None, :] * pc.XtR[None, :, :]).reshape(Q * K, N) / s2  # rows k*Q + q (column-major vec)
     J = S @ S.T
@@ -125,7 +147,7 @@ def cr2(cond: Conditional, pieces, A: np.ndarray, X: np.ndarray, lam: float, sat
     """
     Q = X.shape[1]
     K, N = A.shape
-    s2 = max(cond.sigma2_used, 1e-12)
+    s2 = working_sigma2(cond.sigma2_used)
     M, Minv = cond.cov_model, cond.info
     Maa = _unit_blocks(M, A, Q)
     adj = np.zeros((Q * K, N))
