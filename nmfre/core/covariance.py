@@ -18,11 +18,11 @@ from dataclasses import dataclass
 import numpy as np
 
 #: the ridge added to the information, relative to its mean diagonal. nmfkc adds an absolute
-#: 1e-8, which made standard errors depend on the units of Y (and A): with Y in units 1e6 times
-#: smaller the information's entries fall by 1e12, the ridge dominates and the SEs collapse
-#: (Orthodont in micrometres: SE/1e6 0.0001 instead of 2.47). Relative to the information,
-#: inference is equivariant to the units; on Orthodont (mean diagonal about 0.5) the SEs differ
-#: from the absolute ridge's by about 1e-8 relative (:func:`from_pieces`' ``ridge``)
+#: 1e-8, which made standard errors depend on the units of Y (and A): in units 1e6 times smaller
+#: (Y times 1e6, as Orthodont in nanometres) the information's entries fall by 1e12, the ridge
+#: dominates and the SEs collapse (SE / 1e6 0.0001 instead of 2.47). Relative to the
+#: information, inference is equivariant to the units; on Orthodont the SEs differ from the
+#: absolute ridge's by 7.6e-8 relative (:func:`from_pieces`' ``ridge``)
 COV_RIDGE = 1e-8
 #: nmfkc's absolute ridge, for reproducing its numbers to rounding (``from_pieces(..., ridge=)``)
 NMFKC_RIDGE = 1e-8
