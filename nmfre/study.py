@@ -655,15 +655,23 @@ def summarize(ds: xr.Dataset, alpha: float = 0.05) -> xr.Dataset:
 
     z = norm.ppf(1 - (1 - ds.attrs.get("level", 0.95)) / 2)
     err = ds["estimate"] - ds["truth"]
+
+    def share(hit, *needed):  # share of the replicates with every needed value (failed ones left out)
+        ok = needed[0].notnull()
+        for x in needed[1:]:
+            ok = ok & x.notnull()
+        return hit.astype(float).where(ok).mean("replicate")
+
     out = xr.Dataset({
         "bias": err.mean("replicate"),
         "sd": ds["estimate"].std("replicate", ddof=1),
         "rmse": np.sqrt((err**2).mean("replicate")),
         "mean_se": ds["se"].mean("replicate"),
         "mean_boot_se": ds["boot_se"].mean("replicate"),
-        "reject": (ds["p_value"] < alpha).mean("replicate"),
-        "cover_wald": (np.abs(err) <= z * ds["se"]).mean("replicate"),
-        "cover_pct": ((ds["ci_low"] <= ds["truth"]) & (ds["truth"] <= ds["ci_high"])).mean("replicate"),
+        "reject": share(ds["p_value"] < alpha, ds["p_value"]),
+        "cover_wald": share(np.abs(err) <= z * ds["se"], err, ds["se"]),
+        "cover_pct": share((ds["ci_low"] <= ds["truth"]) & (ds["truth"] <= ds["ci_high"]), ds["ci_low"],
+                           ds["ci_high"], ds["truth"]),
         "df_u_frac_q05": ds["df_u_frac"].quantile(0.05, "replicate").drop_vars("quantile"),
         "df_u_frac_q50": ds["df_u_frac"].quantile(0.50, "replicate").drop_vars("quantile"),
         "df_u_frac_q95": ds["df_u_frac"].quantile(0.95, "replicate").drop_vars("quantile"),

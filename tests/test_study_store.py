@@ -147,6 +147,16 @@ def test_failures_isolated_counted_and_limited(tmp_path):
     np.testing.assert_allclose(s["coverage_mcse"].sel(interval="shaky").squeeze("N"),
                                np.sqrt(cov * (1 - cov) / ok.values.sum()), rtol=1e-12)
     assert int(s["n_valid"].squeeze("N")[0, 0]) == int((~sim_failed).sum())
+    # the paper's coverage columns too (failed replicates once counted as misses)
+    est, se = (ds[k].squeeze("N").values[~sim_failed.values] for k in ("estimate", "se"))
+    z = 1.959963984540054
+    np.testing.assert_allclose(s["cover_wald"].squeeze("N"), (np.abs(est - truth) <= z * se).mean(axis=0),
+                               rtol=1e-12)
+    clo, chi = (ds[k].squeeze("N").values[~sim_failed.values] for k in ("ci_low", "ci_high"))
+    np.testing.assert_allclose(s["cover_pct"].squeeze("N"), ((clo <= truth) & (truth <= chi)).mean(axis=0),
+                               rtol=1e-12)
+    np.testing.assert_allclose(s["cover_wald"].squeeze("N"), s["coverage"].sel(interval="wald").squeeze("N"),
+                               rtol=1e-12)
     # max_errors: a share of n_rep per cell
     with pytest.raises(study.StudyError, match=r"failed replicates \(max_errors allows 1 of 12\)"):
         study.run(fragile, {"N": [27]}, max_errors=1, **kw)
