@@ -21,6 +21,7 @@ from . import plotting, simulate
 from . import validation as v
 from ._version import __version__
 from .core.bootstrap import align_components
+from .exceptions import ArgumentTypeError
 from .inference import FAILED
 from .labels import component_labels
 from .model import fit as nmfre_fit
@@ -236,6 +237,23 @@ def _task(batch: list) -> tuple[list, float]:
     return out, time.perf_counter() - t0
 
 
+def _check_grid(grid) -> dict:
+    """``grid`` as ``{key: list of values}``: None or ``{}`` is one cell; each value must be a
+    non-empty sequence (a string or a scalar is refused, not iterated)."""
+    if grid is None:
+        return {}
+    if not isinstance(grid, dict):
+        raise ArgumentTypeError(f"grid must be a dict of lists, e.g. {{'N': [27, 100]}}, got {type(grid).__name__}")
+    out = {}
+    for k, x in grid.items():
+        if isinstance(x, (str, bytes)) or not isinstance(x, (list, tuple, range, np.ndarray)):
+            raise ValueError(f"grid[{k!r}] must be a list of values (e.g. [{x!r}]), got {type(x).__name__} {x!r}")
+        if len(x) == 0:
+            raise ValueError(f"grid[{k!r}] needs at least one value")
+        out[k] = list(x)
+    return out
+
+
 def _settings(grid: dict) -> list[dict]:
     keys = list(grid)
     return [dict(zip(keys, combo, strict=True)) for combo in itertools.product(*(grid[k] for k in keys))]
@@ -271,12 +289,13 @@ def run(design: str | Callable = "baseline", grid: dict | None = None, n_rep: in
         A callable takes the grid's parameters plus ``seed`` and returns a dict like
         :func:`nmfre.simulate.baseline` (``Y``, ``A``, ``X``, ``theta``, ``rank``,
         ``fit_kwargs``).
-    grid : dict of lists
-        Settings to cross, e.g. ``{"N": [27, 100], "errors": ["normal", "exp"]}``.
+    grid : dict of lists, optional
+        Settings to cross, e.g. ``{"N": [27, 100], "errors": ["normal", "exp"]}``; None (or
+        ``{}``): one cell, the design's defaults (the result has no grid dims).
     n_rep : int
         Replicates per setting.
     seed : int
-        Master seed; replicate ``r`` of setting ``s`` (its position in the full grid, in
+        Master seed (>= 0); replicate ``r`` of setting ``s`` (its position in the full grid, in
         ``itertools.product`` order) uses ``SeedSequence([seed, s, r])``. A different grid
         therefore gives other seeds; to re-run part of a study, pass the same grid and
         ``subset``.
@@ -351,9 +370,8 @@ def run(design: str | Callable = "baseline", grid: dict | None = None, n_rep: in
     if isinstance(design, str) and design not in DESIGNS or not (isinstance(design, str) or callable(design)):
         raise ValueError(f"design must be one of {tuple(DESIGNS)} or a callable, got {design!r}")
     fn = DESIGNS[design] if isinstance(design, str) else design
-    grid = {k: list(x) for k, x in (grid or {}).items()}
-    if any(len(x) == 0 for x in grid.values()):
-        raise ValueError("every grid entry needs at least one value")
+    grid = _check_grid(grid)
+    seed = v.seed_key(seed)
     n_rep = v.integer(n_rep, "n_rep")
     n_boot = v.integer(n_boot, "n_boot", minimum=2)
     level = v.open_unit(level, "level")
@@ -605,8 +623,12 @@ def _to_grid(flat: xr.Dataset, grid: dict, full: list[dict], n_rep: int, ctx: di
     coords["replicate"] = ("item", flat["replicate"].values)
     text = ("error", "warnings", "fit_error", "fit_warnings")
     flat = flat.assign({k: flat[k].astype(object) for k in text})  # (zarr reads text back as StringDType)
-    ds = flat.drop_vars(["cell", "replicate"]).assign_coords(coords).set_index(item=keys + ["replicate"])
-    ds = ds.unstack("item").reindex({**{k: grid[k] for k in keys}, "replicate": np.arange(n_rep)})
+    if keys:
+        ds = flat.drop_vars(["cell", "replicate"]).assign_coords(coords).set_index(item=keys + ["replicate"])
+        ds = ds.unstack("item")
+    else:  # one cell (no grid): the replicates are the items
+        ds = flat.drop_vars("cell").set_coords("replicate").swap_dims(item="replicate")
+    ds = ds.reindex({**{k: grid[k] for k in keys}, "replicate": np.arange(n_rep)})
     ds["done"] = ds["n_iter"].notnull() | (ds["fit_error"].fillna("") != "")
     for k in text:  # small, and read whole: fixed-width text (netCDF- and zarr-friendly)
         ds[k] = ds[k].load().fillna("").astype(str)

@@ -244,6 +244,30 @@ def test_callable_methods_and_errors():
         study.plot_coverage(study.summarize(ds.drop_dims("interval")))
 
 
+def test_no_grid_is_one_cell_and_bad_grids_or_seeds_are_refused(tmp_path):
+    """grid=None (or {}) runs the design's defaults as one cell, with the seeds of the first
+    cell of any grid (baseline's default N is 100), in memory and in a store; a grid value
+    that is not a list, and a seed that is not an int >= 0, are refused before any work."""
+    ds = study.run("baseline", n_rep=3, n_boot=20)
+    assert ds["estimate"].dims == ("replicate", "component", "covariate") and bool(ds["done"].all())
+    cell = study.run("baseline", {"N": [100]}, n_rep=3, n_boot=20).squeeze("N", drop=True)
+    xr.testing.assert_equal(ds.drop_vars("seconds"), cell.drop_vars("seconds"))
+    xr.testing.assert_equal(study.run("baseline", {}, n_rep=3, n_boot=20).drop_vars("seconds"),
+                            ds.drop_vars("seconds"))
+    stored = study.run("baseline", n_rep=3, n_boot=20, store=tmp_path / "s")
+    xr.testing.assert_equal(study.open(tmp_path / "s").drop_vars("seconds").compute(), ds.drop_vars("seconds"))
+    assert stored["estimate"].dims == ds["estimate"].dims
+    assert study.replicate(ds, 1)["seeds"] == (0, 0, 1)
+    assert np.isfinite(study.summarize(ds)["cover_wald"]).all()
+    for grid, match in [({"errors": "exp"}, r"grid\['errors'\] must be a list"), ({"N": 27}, r"grid\['N'\]"),
+                        ({"N": []}, "at least one value"), ([("N", [27])], "grid must be a dict")]:
+        with pytest.raises(ValueError, match=match):
+            study.run("baseline", grid, n_rep=1)
+    for seed in (None, -1, 1.5):
+        with pytest.raises(ValueError, match="seed"):
+            study.run("baseline", {"N": [27]}, n_rep=1, seed=seed)
+
+
 def test_outputs_take_the_designs_labels():
     ds = study.run(simulate.rank2, {"N": [40]}, n_rep=1, seed=1, n_boot=20, methods=("wald",))
     assert list(ds["covariate"].values) == ["intercept", "group"]  # not "male": the design's own labels
