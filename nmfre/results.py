@@ -260,6 +260,8 @@ class NMFREFit:
         Y = self._data.Y
         if self._data.kind == "dense":
             return int(np.sum(~np.isnan(Y)))
+        if self._data.kind == "dask":  # missing entries counted in the pass R-squared makes (cached)
+            return int(self._sums["n_obs"])
         return int(Y.shape[0]) * int(Y.shape[1])
 
     @property

@@ -162,6 +162,24 @@ def test_dask_with_missing_equals_in_memory(masked):
     np.testing.assert_allclose(g.theta.values, f.theta.values, rtol=1e-8)
     np.testing.assert_allclose(np.asarray(g.U), f.U.values, rtol=1e-7, atol=1e-7)
     np.testing.assert_allclose(g.infer(n_boot=50).se, f.infer(n_boot=50).se, rtol=1e-7)
+    # the observed entries, not P N: BIC and R-squared as in memory (dask once counted the
+    # missing entries as observed, and its R-squared was NaN)
+    assert g.n_obs == f.n_obs == int(np.sum(~np.isnan(Y.to_numpy())))
+    assert g.bic == pytest.approx(f.bic, rel=1e-12)
+    for name in ("r_squared", "r_squared_fixed", "r_squared_uncentered", "r_squared_fixed_uncentered"):
+        assert getattr(g, name) == pytest.approx(getattr(f, name), rel=1e-8), name
+
+
+@pytest.mark.parametrize("c", [1e-40, 1e6, 1e40])
+def test_loglik_with_missing_entries_is_equivariant_to_the_units(masked, c):
+    """Y in other units (times c), rescaled internally: the loglik shifts by -n_obs log c with
+    n_obs the observed entries (it once used P N, off by log c per missing entry: Orthodont
+    times 1e6 with one entry missing, 17.3), and equals the direct likelihood there."""
+    Y, A, f = masked
+    g = nmfre.fit(Y * c, A, rank=1)
+    assert g.loglik == pytest.approx(f.loglik - f.n_obs * np.log(c), rel=1e-12, abs=1e-8)
+    direct = _direct_loglik(Y.to_numpy() * c, A.to_numpy(), g.X.values, g.theta.values, g.sigma2, g.tau2)
+    assert g.loglik == pytest.approx(direct, rel=1e-10)
 
 
 def test_from_long(orthodont):

@@ -416,14 +416,15 @@ def fitted_sums(Y: Any, A: np.ndarray, X: np.ndarray, theta: np.ndarray, U) -> d
         return {"ss": float(np.nansum(Y * Y)), "sum": float(np.nansum(Y)),
                 "rss_fixed": float(np.nansum((Y - F) ** 2)), "rss_random": float(np.nansum((Y - F - X @ U) ** 2)),
                 "n_obs": int(np.count_nonzero(~np.isnan(Y)))}
-    if k == "dask":
+    if k == "dask":  # one task per chunk of units, each as an in-memory Y (missing entries too)
         import dask
 
-        ss, total, XtY = dask.compute((Y * Y).sum(), Y.sum(), (Y.T @ X).T)
-        XtY = np.asarray(XtY)
-        U = np.asarray(U.compute()) if hasattr(U, "compute") else U
-        ss, total = float(ss), float(total)
-    elif k == "sparse":
+        U = np.asarray(U.compute()) if hasattr(U, "compute") else np.asarray(U)
+        offsets = np.concatenate([[0], np.cumsum(Y.chunks[1])])
+        parts = dask.compute(*[dask.delayed(fitted_sums)(blk, A[:, a:b], X, theta, U[:, a:b])
+                               for blk, a, b in zip(Y.to_delayed().ravel(), offsets[:-1], offsets[1:], strict=True)])
+        return {key: sum(p[key] for p in parts) for key in parts[0]}
+    if k == "sparse":
         ss, total, XtY = float(Y.multiply(Y).sum()), float(Y.sum()), xty(Y, X)
     else:
         ss, total, XtY = float(np.vdot(Y, Y)), float(Y.sum()), X.T @ Y
