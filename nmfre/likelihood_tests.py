@@ -171,6 +171,9 @@ def lrt(fit_small: NMFREFit, fit_big: NMFREFit) -> LRTResult:
         hypothesis = f"no effect of {', '.join(dropped)} on any component"
         kind = "covariates"
     elif cs == cb and Qs < Qb:
+        if not _columns_match(fit_small, fit_big, cs):
+            raise ValueError("fit_small and fit_big have the same covariates by name but different values of A: "
+                             "the fits are not nested (fit both with the same A)")
         hypothesis = f"rank {Qs} against rank {Qb}"
         kind = "rank"
     else:

@@ -18,6 +18,7 @@ from .core.bootstrap import CHUNK_UNITS
 from .core.dfcap import cap_value
 from .core.likelihood import icc as icc_of
 from .core.solution import Solution
+from .exceptions import ArgumentTypeError
 from .labels import DIMS_A, DIMS_Y, Data, coerce, component_labels, to_matrix
 from .settings import FitSettings
 
@@ -448,6 +449,8 @@ class NMFREFit:
             A result of :meth:`infer` on this fit: the Theta table then shows standard
             errors, bootstrap SE, p-values and intervals.
         """
+        if inference is not None:
+            self._check_inference(inference)
         s = self.shape
         conv = "yes" if self.converged else "NO"
         hdr = [
@@ -476,6 +479,25 @@ class NMFREFit:
             tables.append(("Covariate effects Theta (component x covariate)", self.theta.to_pandas()))
             notes = ["fit.summary(inference=fit.infer()) adds standard errors, bootstrap intervals and p-values."]
         return Summary(hdr, tables, notes)
+
+    def _check_inference(self, inference) -> None:
+        """Refuse an inference that is not of this fit: its estimates must be this fit's Theta
+        (same components, covariates and values)."""
+        from .inference import Inference
+
+        if not isinstance(inference, Inference):
+            raise ArgumentTypeError(f"inference must be an Inference (fit.infer()), got {type(inference).__name__}")
+        est, mine = inference.estimate, self.theta
+
+        def labels(a):
+            return [str(c) for c in a["component"].values], [str(c) for c in a["covariate"].values]
+
+        if labels(est) != labels(mine):
+            raise ValueError(f"inference is not of this fit: its Theta has components and covariates {labels(est)}, "
+                             f"this fit's {labels(mine)}")
+        if not np.allclose(est.transpose("component", "covariate").values, mine.values, rtol=1e-12, atol=0.0):
+            raise ValueError("inference is not of this fit: its estimates of Theta differ from this fit's (pass "
+                             "the result of this fit's infer())")
 
     def __repr__(self) -> str:
         return self.summary().as_text()

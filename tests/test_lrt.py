@@ -75,6 +75,21 @@ def test_bad_arguments(fits, orthodont):
         nmfre.lrt("a", big)
     with pytest.raises(ValueError, match="same Y"):
         nmfre.lrt(nmfre.fit(np.asarray(Y) + 1.0, A.iloc[[0]], rank=1), big)
+    # a rank reduction whose fits share the covariates' names but not their values
+    A2 = A.copy()
+    A2.loc["male"] = np.roll(A.loc["male"].to_numpy(), 5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", nmfre.DegenerateFitWarning)
+        rank2 = nmfre.fit(Y, A, rank=2)
+    with pytest.raises(ValueError, match="different values of A"):
+        nmfre.lrt(nmfre.fit(Y, A2, rank=1), rank2)
+    # a fit's summary with another fit's inference
+    with pytest.raises(ValueError, match="inference is not of this fit"):
+        big.summary(small.infer(n_boot=20))
+    with pytest.raises(ValueError, match="inference is not of this fit: its estimates"):
+        big.summary(nmfre.fit(Y, A, rank=1, method="paper").infer(n_boot=20))
+    with pytest.raises(ValueError, match="must be an Inference"):
+        big.summary("table")
 
 
 def _null_p_values(R: int, N: int, s: int) -> np.ndarray:
