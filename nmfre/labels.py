@@ -172,15 +172,22 @@ def _to_matrix(obj: Any, name: str, dims: tuple[str, str], large: bool = False, 
         cols = obj[dims[1]].values if dims[1] in obj.coords else None
         values = obj.data
     elif isinstance(obj, pd.DataFrame):
+        for axis, index in ((dims[0], obj.index), (dims[1], obj.columns)):
+            if isinstance(index, pd.MultiIndex):
+                raise ValueError(f"{name}'s {axis} labels are a pandas MultiIndex ({index.nlevels} levels); nmfre's "
+                                 "labels have one level: flatten it first (e.g. .map('_'.join) for text levels)")
         rows, cols = obj.index.to_numpy(), obj.columns.to_numpy()
-        if not all(pd.api.types.is_numeric_dtype(t) for t in obj.dtypes):
-            raise ArgumentTypeError(f"{name} must be numeric; non-numeric columns found")
+        bad = [str(c) for c, t in obj.dtypes.items() if not pd.api.types.is_numeric_dtype(t)]
+        if bad:
+            raise ArgumentTypeError(f"{name} must be numeric; non-numeric columns: {bad[:5]}"
+                                    f"{' ...' if len(bad) > 5 else ''}")
         if large and len(obj.columns) and all(isinstance(t, pd.SparseDtype) for t in obj.dtypes):
             values = obj.sparse.to_coo().tocsr()
         else:
             values = obj.to_numpy(dtype=float)
     elif isinstance(obj, pd.Series):
-        raise ArgumentTypeError(f"{name} must be 2-D; got a pandas Series (use .to_frame().T)")
+        raise ArgumentTypeError(f"{name} must be 2-D; got a pandas Series (.to_frame() makes it one column, "
+                                ".to_frame().T one row)")
     else:
         values = obj
     kind = v.array_kind(values)
@@ -235,6 +242,7 @@ def coerce(Y, A=None, *, covariates=None, formula: str | None = None, missing: b
         units, no more units than covariates, collinear covariates, mismatched unit labels.
     """
     Yv, feat, units, n_nan = _to_matrix(Y, "Y", DIMS_Y, large=True, missing=missing)
+    y_units = units is not None  # Y carries unit labels (A's units are then aligned to them)
     P, N = Yv.shape
     if N < 2:
         raise ValueError(f"Y has {N} unit (column); NMF-RE needs at least 2 units to separate the random "
@@ -253,7 +261,7 @@ def coerce(Y, A=None, *, covariates=None, formula: str | None = None, missing: b
         Av = np.ones((1, N))
         cov = np.array(["intercept"], dtype=object)
     else:
-        Av, cov = _align_design(A, Y, units, N)
+        Av, cov = _align_design(A, y_units, units, N)
     K = Av.shape[0]
     if K >= N:
         raise ValueError(f"A has {K} covariates for {N} units; NMF-RE needs more units than covariates")
@@ -283,17 +291,22 @@ def _check_observed(Y, feat: np.ndarray, units: np.ndarray) -> None:
             raise ValueError(f"Y has no observed entry for {what}(s) {shown}{more}: drop them or give data")
 
 
-def _align_design(A, Y, units, N):
-    """A's values and covariate labels, its units put in Y's order when both are labelled."""
+def _align_design(A, y_units: bool, units, N):
+    """A's values and covariate labels, its units put in Y's order when both carry unit
+    labels (``y_units``: Y's are its own, not defaults)."""
     Av, cov, a_units = to_matrix(A, "A", DIMS_A)
     if Av.shape[1] != N:
         raise ValueError(f"A has {Av.shape[1]} units (columns) but Y has {N}")
     cov = labels(cov, Av.shape[0], "A covariate labels", "covariate")
-    if a_units is not None and isinstance(Y, pd.DataFrame | xr.DataArray):
+    if a_units is not None and y_units:
         a_units = labels(a_units, N, "A unit labels", None)
         if not np.array_equal(a_units.astype(str), units.astype(str)):
-            if set(a_units.astype(str)) != set(units.astype(str)):
-                raise ValueError("A unit labels do not match Y unit labels")
+            a_set, y_set = {str(u) for u in a_units}, {str(u) for u in units}
+            if a_set != y_set:
+                only_a = sorted(a_set - y_set)[:5]
+                only_y = sorted(y_set - a_set)[:5]
+                raise ValueError(f"A unit labels do not match Y unit labels (in A only: {only_a}; in Y only: "
+                                 f"{only_y}; first 5 of each shown)")
             order = pd.Index(a_units.astype(str)).get_indexer(units.astype(str))
             Av = Av[:, order]
     return Av, cov

@@ -365,32 +365,38 @@ class NMFREFit:
             return self.fitted(random).rename("prediction")
         if isinstance(A_new, list | tuple | np.ndarray) and np.ndim(A_new) == 1:
             A_new = np.asarray(A_new, dtype=float)[:, None]  # one new unit
+        elif isinstance(A_new, pd.Series):  # one new unit, indexed by covariate
+            A_new = A_new.to_frame()
         arr, cov, units = to_matrix(A_new, "A_new", DIMS_A)
         K = self.shape["K"]
         if arr.shape[0] != K:
             raise ValueError(f"A_new must have {K} rows (covariates), got shape {arr.shape}")
         if cov is not None and [str(c) for c in cov] != [str(c) for c in self._data.covariates]:
             raise ValueError(f"A_new covariates {list(cov)} do not match the fit's {list(self._data.covariates)}")
-        units = np.arange(arr.shape[1]) if units is None else units
         B = self._solution.theta @ arr
-        if Y_new is not None and random:
-            B = B + self._new_blup(Y_new, arr, units)
+        if Y_new is not None:  # checked (and its unit labels taken) whether or not random is on
+            U_new, units = self._new_blup(Y_new, arr, units)
+            if random:
+                B = B + U_new
+        units = np.arange(arr.shape[1]) if units is None else units
         mean = self._solution.X @ B
         return xr.DataArray(mean, dims=("feature", "unit"),
                             coords={"feature": self._data.features, "unit": units}, name="prediction")
 
-    def _new_blup(self, Y_new, A_new: np.ndarray, units) -> np.ndarray:
+    def _new_blup(self, Y_new, A_new: np.ndarray, units) -> tuple[np.ndarray, Any]:
+        """The new units' BLUP and their unit labels (A_new's, else Y_new's, else None); labels
+        given on both must agree."""
         Yv, feats, new_units = to_matrix(Y_new, "Y_new", DIMS_Y, missing=True)
         if Yv.shape != (self.shape["P"], A_new.shape[1]):
             raise ValueError(f"Y_new must be {self.shape['P']} features x {A_new.shape[1]} units, got {Yv.shape}")
         if feats is not None and [str(f) for f in feats] != [str(f) for f in self._data.features]:
             raise ValueError("Y_new feature labels do not match the fit's")
-        if new_units is not None and [str(u) for u in new_units] != [str(u) for u in units]:
-            raise ValueError("Y_new unit labels do not match A_new's")
+        if new_units is not None and units is not None and [str(u) for u in new_units] != [str(u) for u in units]:
+            raise ValueError(f"Y_new unit labels {_some(new_units)} do not match A_new's {_some(units)}")
         if np.isnan(Yv).all(axis=0).any():
             raise ValueError("Y_new has a unit with no observed entry; leave it out of Y_new (its U is then 0)")
         s = self._solution
-        return passes.blup(Yv, A_new, s.X, s.theta, s.lam)
+        return passes.blup(Yv, A_new, s.X, s.theta, s.lam), (units if units is not None else new_units)
 
     def impute(self, random: bool = True) -> xr.DataArray:
         """Y with its missing entries replaced by their conditional means.
@@ -596,3 +602,9 @@ def load(path, Y=None) -> NMFREFit:
 
 
 __all__ = ["NMFREFit", "Summary", "load"]
+
+
+def _some(labels, n: int = 5) -> str:
+    """The first ``n`` labels, as text (for error messages)."""
+    shown = [str(x) for x in list(labels)[:n]]
+    return "[" + ", ".join(repr(x) for x in shown) + (", ...]" if len(labels) > n else "]")

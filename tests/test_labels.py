@@ -44,9 +44,28 @@ def test_duplicate_and_mismatched_labels():
     df = pd.DataFrame(Y0, columns=["u"] * 20)
     with pytest.raises(ValueError, match="unique"):
         coerce(df)
-    with pytest.raises(ValueError, match="unit labels do not match"):
+    with pytest.raises(ValueError, match=r"unit labels do not match Y unit labels \(in A only: \['v0', 'v1'"):
         coerce(pd.DataFrame(Y0, columns=[f"u{i}" for i in range(20)]),
                pd.DataFrame(np.ones((1, 20)), columns=[f"v{i}" for i in range(20)]))
+
+
+def test_unlabelled_y_takes_a_as_given_and_multiindex_is_refused():
+    """Y without unit labels (numpy, or a DataArray without coordinates) does not reorder or
+    check a labelled A (a DataArray without coordinates was once compared as labelled 0..N-1
+    and refused); a MultiIndex on Y names the axis; non-numeric columns are named."""
+    A = pd.DataFrame(np.vstack([np.ones(20), np.arange(20.0) % 2]), index=["intercept", "g"],
+                     columns=[f"v{i}" for i in range(20)])
+    plain = coerce(Y0, A)
+    bare = coerce(xr.DataArray(Y0, dims=("feature", "unit")), A)
+    np.testing.assert_array_equal(bare.A, plain.A)
+    np.testing.assert_array_equal(bare.A, A.to_numpy())
+    cols = pd.MultiIndex.from_tuples([("u", i) for i in range(20)])
+    with pytest.raises(ValueError, match="Y's unit labels are a pandas MultiIndex"):
+        coerce(pd.DataFrame(Y0, columns=cols))
+    with pytest.raises(ValueError, match="Y's feature labels are a pandas MultiIndex"):
+        coerce(pd.DataFrame(Y0, index=pd.MultiIndex.from_tuples([("f", i) for i in range(Y0.shape[0])])))
+    with pytest.raises(nmfre.ArgumentTypeError, match=r"non-numeric columns: \['c3'\]"):
+        coerce(pd.DataFrame(Y0, columns=[f"c{i}" for i in range(20)]).assign(c3="x"))
 
 
 def test_dataset_and_series_refused():

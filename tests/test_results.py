@@ -78,6 +78,21 @@ def test_predict_checks_new_design(ml_fit):
     da = xr.DataArray([[1.0, 1.0], [0.0, 1.0]], dims=("covariate", "unit"),
                       coords={"covariate": ["intercept", "male"], "unit": ["g", "b"]})
     assert list(ml_fit.predict(da).unit.values) == ["g", "b"]
+    # a Series is one unit, indexed by covariate (as a 1-D array is)
+    series = ml_fit.predict(pd.Series([1.0, 0.0], index=["intercept", "male"]))
+    np.testing.assert_array_equal(series.values, one.values)
+    with pytest.raises(ValueError, match="do not match"):
+        ml_fit.predict(pd.Series([1.0, 0.0], index=["intercept", "female"]))
+    # Y_new's unit labels name the units when A_new has none; labels on both must agree; Y_new
+    # is checked whether or not random effects are added
+    A2 = np.array([[1.0, 1.0], [0.0, 1.0]])
+    Y2 = pd.DataFrame(np.full((4, 2), 25.0), index=ml_fit.X["feature"].values, columns=["a", "b"])
+    assert list(ml_fit.predict(A2, Y_new=Y2).unit.values) == ["a", "b"]
+    with pytest.raises(ValueError, match=r"Y_new unit labels \['a', 'b'\] do not match A_new's \['g', 'b'\]"):
+        ml_fit.predict(da, Y_new=Y2)
+    with pytest.raises(ValueError, match="Y_new must be numeric"):
+        ml_fit.predict(A2, Y_new="garbage", random=False)
+    np.testing.assert_array_equal(ml_fit.predict(A2, Y_new=Y2, random=False).values, ml_fit.predict(A2).values)
 
 
 def test_netcdf_round_trip(tmp_path, orthodont):
