@@ -87,14 +87,16 @@ def fit(Y: Any, A: Any = None, rank: int = 2, *, method: str = "ml", theta: str 
     ML standardises Y internally by a power of 2 when its root mean square lies outside
     ``[2^-20, 2^20]`` (an exact rescaling; in-range data are fitted as they are), so
     the fit is scale-equivariant across the floating-point range: Theta and U scale by
-    ``c``, sigma2 and tau2 by ``c^2``, and the log-likelihood shifts by ``-N P log c``.
+    ``c``, sigma2 and tau2 by ``c^2``, and the log-likelihood shifts by ``-n_obs log c``
+    (``n_obs`` the observed entries, ``P N`` for complete data).
     """
     settings = FitSettings.create(method=method, theta=theta, df_cap=df_cap, init=init, n_init=n_init,
                                   max_iter=max_iter, tol=tol, sigma2=sigma2, tau2=tau2, fix_sigma2=fix_sigma2,
                                   fix_tau2=fix_tau2)
     data = coerce(Y, A, covariates=covariates, formula=formula)
     Q = check_rank(rank, data.P, data.N)
-    values = check_start_values(init, data.P, Q, data.K, data.N) if isinstance(init, dict) else None
+    nonneg = settings.theta == "nonneg"
+    values = check_start_values(init, data.P, Q, data.K, data.N, nonneg) if isinstance(init, dict) else None
     rng = v.rng(seed)
     _warn_identifiability(data, Q, settings)
     est = engine.estimate(data.Y, data.A, Q, settings, rng, values)
@@ -195,6 +197,7 @@ def df_scan(Y: Any, A: Any = None, rank: int = 2, *, rates=dfcap.DEFAULT_RATES, 
         raise ValueError(f"rates must be non-empty and in (0, 1], got {rates}")
     data = coerce(Y, A)
     Q = check_rank(rank, data.P, data.N)
-    values = check_start_values(init, data.P, Q, data.K, data.N) if isinstance(init, dict) else None
+    nonneg = settings.theta == "nonneg"
+    values = check_start_values(init, data.P, Q, data.K, data.N, nonneg) if isinstance(init, dict) else None
     rows, chosen = engine.scan_rates(data.Y, data.A, Q, rates, settings, v.rng(seed), values)
     return _scan_table(rows, chosen)

@@ -115,12 +115,13 @@ def check_df_cap(df_cap: Any) -> float | str | None:
     return v.rate(df_cap, "df_cap (cap = rate N Q)")
 
 
-def check_start_values(init: dict, P: int, Q: int, K: int, N: int) -> dict[str, np.ndarray]:
-    """Explicit starting values ``{"X": P x Q, "theta": Q x K, "U": Q x N}`` (theta, U optional)."""
+def check_start_values(init: dict, P: int, Q: int, K: int, N: int, nonneg: bool = False) -> dict[str, np.ndarray]:
+    """Explicit starting values ``{"X": P x Q, "theta": Q x K, "U": Q x N}`` (theta, U optional;
+    ``nonneg``: Theta is constrained to be non-negative, so its start must be)."""
     unknown = set(init) - {"X", "theta", "U"}
     if unknown:
         raise ValueError(f"init has unknown keys {sorted(unknown)}; allowed: X, theta, U")
-    if "X" not in init:
+    if init.get("X") is None:
         raise ValueError("init dict must contain 'X' (P x Q starting basis)")
     out = {}
     for key, shape in (("X", (P, Q)), ("theta", (Q, K)), ("U", (Q, N))):
@@ -135,4 +136,7 @@ def check_start_values(init: dict, P: int, Q: int, K: int, N: int) -> dict[str, 
         raise ValueError("init['X'] must be non-negative")
     if np.any(out["X"].sum(axis=0) <= 0):
         raise ValueError("init['X'] has a column summing to 0")
+    if nonneg and "theta" in out and np.any(out["theta"] < 0):
+        raise ValueError(f"init['theta'] has negative entries (min {out['theta'].min():.4g}) but Theta is "
+                         "non-negative (theta='nonneg', the paper method's default): give a non-negative start")
     return out
