@@ -410,9 +410,19 @@ class Inference:
         return self._ds.to_netcdf(path, **kwargs)
 
 
+#: what every written inference holds (checked by :func:`load_inference`)
+_INFERENCE_VARS = {"estimate", "se", "draws", "ci", "cov"}
+
+
 def load_inference(path) -> Inference:
-    """Load an :class:`Inference` written by :meth:`Inference.to_netcdf`."""
+    """Load an :class:`Inference` written by :meth:`Inference.to_netcdf`; ``ValueError`` for a
+    file that is not one (e.g. a fit's: :func:`nmfre.load` reads those)."""
     with xr.open_dataset(path) as ds:
+        missing = _INFERENCE_VARS - set(ds.data_vars)
+        if missing or "method" not in ds.attrs:
+            fit_file = {"X", "theta", "nll_trace"} <= set(ds.data_vars)
+            raise ValueError(f"{path} is not an nmfre inference file (missing {sorted(missing) or ['its attributes']})"
+                             + ("; it is a fit's: read it with nmfre.load" if fit_file else ""))
         return Inference(ds.load())
 
 

@@ -171,6 +171,9 @@ def test_outputs_labelled_and_arviz_ready(ml_fit, tmp_path):
     inf.to_netcdf(path)
     back = load_inference(path)
     assert back.to_dataset().identical(inf.to_dataset())
+    ml_fit.to_netcdf(tmp_path / "fit.nc")
+    with pytest.raises(ValueError, match="not an nmfre inference file .* read it with nmfre.load"):
+        load_inference(tmp_path / "fit.nc")
     sel = inf.selection(0.05)
     assert bool(sel["significant"].sel(covariate="male").item())
     fig = inf.plot()
