@@ -17,6 +17,7 @@ from .core import passes
 from .core.bootstrap import CHUNK_UNITS
 from .core.dfcap import cap_value
 from .core.likelihood import icc as icc_of
+from .core.paper import SIGMA2_FROM
 from .core.solution import Solution
 from .exceptions import ArgumentTypeError
 from .labels import DIMS_A, DIMS_Y, Data, coerce, component_labels, to_matrix
@@ -470,9 +471,12 @@ class NMFREFit:
             ("R-squared", f"{self.r_squared:.4f} (with U), {self.r_squared_fixed:.4f} (fixed part only)"),
         ]
         bound = "bound at some iteration" if self.cap_hit else "never bound"
-        cap = "off" if self.df_cap is None else f"{self.df_cap:.4g} (rate {self.df_cap_rate:g}; {bound})"
+        chosen = " chosen by the scan, df_cap='auto'" if self._settings.df_cap == "auto" else ""
+        cap = "off" if self.df_cap is None else f"{self.df_cap:.4g} (rate {self.df_cap_rate:g}{chosen}; {bound})"
+        fixed = {True: ", fixed", False: ""}
         vc = pd.DataFrame({"variance": [self.sigma2, self.tau2], "sd": [np.sqrt(self.sigma2), np.sqrt(self.tau2)]},
-                          index=pd.Index(["residual (sigma2)", "random effect (tau2)"], name="component"))
+                          index=pd.Index([f"residual (sigma2{fixed[self._settings.fix_sigma2]})",
+                                          f"random effect (tau2{fixed[self._settings.fix_tau2]})"], name="component"))
         other = pd.DataFrame({"value": [self.lam, self.icc, self.df_u, self.df_u / (s["N"] * s["Q"])]},
                              index=["lambda = sigma2/tau2", "ICC", "df_U", "df_U / (N Q)"])
         hdr.append(("df cap", cap))
@@ -484,6 +488,10 @@ class NMFREFit:
         else:
             tables.append(("Covariate effects Theta (component x covariate)", self.theta.to_pandas()))
             notes = ["fit.summary(inference=fit.infer()) adds standard errors, bootstrap intervals and p-values."]
+        if self.method == "paper" and not self._settings.fix_sigma2 and self.n_iter < SIGMA2_FROM:
+            notes.append(f"The paper algorithm updates sigma2 from iteration {SIGMA2_FROM} on (as nmfkc); this fit "
+                         f"stopped after {self.n_iter}, so sigma2 is its starting value ({self._settings.sigma2:g}), "
+                         "not an estimate. method='ml' estimates it.")
         return Summary(hdr, tables, notes)
 
     def _check_inference(self, inference) -> None:

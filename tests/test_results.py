@@ -121,3 +121,20 @@ def test_summary_renders_and_infer_does_not_change_it(ml_fit):
     assert str(ml_fit.summary()) == before  # infer() returns a result, it does not mutate the fit
     with_inf = str(ml_fit.summary(inference=inf))
     assert "Boot.SE" in with_inf and "Boot.SE" not in before
+
+
+def test_summary_says_what_was_fixed_chosen_or_not_estimated(orthodont):
+    """A fixed variance is marked fixed; an automatic df cap says the scan chose its rate; a
+    paper fit that stopped before the algorithm's first sigma2 update (iteration 50) says its
+    sigma2 is the starting value (and a longer one does not)."""
+    Y, A = orthodont
+    fixed = str(nmfre.fit(Y, A, rank=1, fix_tau2=True, tau2=10.0).summary())
+    assert "random effect (tau2, fixed)" in fixed and "residual (sigma2)" in fixed
+    auto = nmfre.fit(Y, A, rank=1, method="paper", df_cap="auto", sigma2=5.0)
+    text = str(auto.summary())
+    assert f"(rate {auto.df_cap_rate:g} chosen by the scan, df_cap='auto';" in text
+    assert auto.n_iter < 50 and auto.sigma2 == 5.0
+    assert "this fit stopped after 2, so sigma2 is its starting value (5), not an estimate" in text
+    long = nmfre.fit(Y, A, rank=1, method="paper", sigma2=5.0)
+    assert long.n_iter >= 50 and long.sigma2 != 5.0
+    assert "starting value" not in str(long.summary()) and "chosen by the scan" not in str(long.summary())

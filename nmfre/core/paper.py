@@ -18,6 +18,8 @@ from .likelihood import LAMBDA_MAX, nll, sufficient
 from .solution import Solution
 
 FLOOR = 1e-10
+#: the first iteration whose sigma2 update nmfkc makes (then every ``SIGMA2_EVERY``-th)
+SIGMA2_FROM, SIGMA2_EVERY = 50, 10
 VAR_MIN, VAR_MAX = 1e-12, 1e12
 
 
@@ -109,7 +111,7 @@ def fit_paper(Y: np.ndarray, A: np.ndarray, X0: np.ndarray, theta0: np.ndarray,
         CA = _u_step(st, Y, A, lam, update_tau2, cap is not None)
         _x_step(st, Yp, CA)
         _theta_step(st, Yp, A, AAt)
-        if update_sigma2 and it >= 50 and it % 10 == 0:
+        if update_sigma2 and it >= SIGMA2_FROM and it % SIGMA2_EVERY == 0:
             R = Y - st.X @ (st.theta @ A + st.U)
             st.sigma2 = 0.95 * st.sigma2 + 0.05 * clip(np.mean(R**2))
         R = Y - st.X @ (st.theta @ A + st.U)
