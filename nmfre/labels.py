@@ -8,6 +8,7 @@ Nothing is silently dropped or coerced away.
 from __future__ import annotations
 
 import functools
+import re
 import warnings
 from dataclasses import dataclass
 from typing import Any
@@ -257,11 +258,12 @@ def coerce(Y, A=None, *, covariates=None, formula: str | None = None, missing: b
         if A is not None:
             raise ValueError("give either A or covariates + formula, not both")
         A = design(covariates, formula, units)
+    source = "covariates' row labels" if formula is not None else "A unit labels"
     if A is None:
         Av = np.ones((1, N))
         cov = np.array(["intercept"], dtype=object)
     else:
-        Av, cov = _align_design(A, y_units, units, N)
+        Av, cov = _align_design(A, y_units, units, N, source)
     K = Av.shape[0]
     if K >= N:
         raise ValueError(f"A has {K} covariates for {N} units; NMF-RE needs more units than covariates")
@@ -291,7 +293,7 @@ def _check_observed(Y, feat: np.ndarray, units: np.ndarray) -> None:
             raise ValueError(f"Y has no observed entry for {what}(s) {shown}{more}: drop them or give data")
 
 
-def _align_design(A, y_units: bool, units, N):
+def _align_design(A, y_units: bool, units, N, source: str = "A unit labels"):
     """A's values and covariate labels, its units put in Y's order when both carry unit
     labels (``y_units``: Y's are its own, not defaults)."""
     Av, cov, a_units = to_matrix(A, "A", DIMS_A)
@@ -299,13 +301,14 @@ def _align_design(A, y_units: bool, units, N):
         raise ValueError(f"A has {Av.shape[1]} units (columns) but Y has {N}")
     cov = labels(cov, Av.shape[0], "A covariate labels", "covariate")
     if a_units is not None and y_units:
-        a_units = labels(a_units, N, "A unit labels", None)
+        a_units = labels(a_units, N, source, None)
         if not np.array_equal(a_units.astype(str), units.astype(str)):
             a_set, y_set = {str(u) for u in a_units}, {str(u) for u in units}
             if a_set != y_set:
                 only_a = sorted(a_set - y_set)[:5]
                 only_y = sorted(y_set - a_set)[:5]
-                raise ValueError(f"A unit labels do not match Y unit labels (in A only: {only_a}; in Y only: "
+                short = source.split()[0].rstrip("'")
+                raise ValueError(f"{source} do not match Y unit labels (in {short} only: {only_a}; in Y only: "
                                  f"{only_y}; first 5 of each shown)")
             order = pd.Index(a_units.astype(str)).get_indexer(units.astype(str))
             Av = Av[:, order]
@@ -322,9 +325,16 @@ def design(covariates: pd.DataFrame, formula: str, units: np.ndarray) -> pd.Data
         raise ValueError(f"covariates has {len(covariates)} rows but Y has {len(units)} units")
     if covariates.isna().any().any():
         raise ValueError("covariates contains missing values")
+    if not isinstance(formula, str):
+        raise ArgumentTypeError(f"formula must be a string such as '~ male', got {type(formula).__name__}")
     if isinstance(covariates.index, pd.RangeIndex):
         covariates = covariates.set_axis(pd.Index(units), axis=0)
-    mm = model_matrix(formula, covariates)
+    try:
+        mm = model_matrix(formula, covariates)
+    except Exception as exc:  # formulaic's parse and evaluation errors (not ValueErrors)
+        said = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip()  # formulaic colours its messages
+        raise ValueError(f"formula {formula!r} cannot be evaluated on covariates (columns "
+                         f"{[str(c) for c in covariates.columns]}): {type(exc).__name__}: {said}") from exc
     mm = pd.DataFrame(np.asarray(mm, dtype=float), index=covariates.index,
                       columns=["intercept" if c == "Intercept" else str(c) for c in mm.columns])
     return mm.T

@@ -38,6 +38,16 @@ def test_formula_builds_the_design():
         coerce(Y0, covariates=cov.to_numpy(), formula="~ x")
     with pytest.raises(ValueError, match="either A or covariates"):
         coerce(Y0, np.ones((1, 20)), covariates=cov, formula="~ x")
+    # formulaic's errors as ValueErrors naming the formula and the columns
+    with pytest.raises(ValueError, match=r"formula '~ sex' cannot be evaluated on covariates \(columns \['g', 'x'\]\)"):
+        coerce(Y0, covariates=cov, formula="~ sex")
+    with pytest.raises(ValueError, match="FormulaSyntaxError"):
+        coerce(Y0, covariates=cov, formula="~ x +")
+    with pytest.raises(nmfre.ArgumentTypeError, match="formula must be a string"):
+        coerce(Y0, covariates=cov, formula=1)
+    labelled = pd.DataFrame(Y0, columns=[f"u{i}" for i in range(20)])
+    with pytest.raises(ValueError, match=r"covariates' row labels do not match Y unit labels \(in covariates only"):
+        coerce(labelled, covariates=cov.set_axis([f"w{i}" for i in range(20)]), formula="~ x")
 
 
 def test_duplicate_and_mismatched_labels():
