@@ -62,7 +62,8 @@ def ecv(Y, A=None, ranks=(1, 2, 3), *, folds: int = 5, seed=0, **fit_kwargs) -> 
     Y, A :
         As for :func:`nmfre.fit` (Y may already have missing entries; they are never
         held out).
-    ranks : iterable of int
+    ranks : int or iterable of int
+        The ranks compared (distinct).
     folds : int
         Number of folds of cells (>= 2).
     seed : int or Generator
@@ -77,12 +78,13 @@ def ecv(Y, A=None, ranks=(1, 2, 3), *, folds: int = 5, seed=0, **fit_kwargs) -> 
     if fit_kwargs.get("method", "ml") != "ml":
         raise ValueError("ecv masks held-out cells, so it fits by maximum likelihood (method='ml')")
     P, N = data.Y.shape
-    ranks = [check_rank(r, P, N) for r in ranks]
+    ranks = _check_ranks(ranks, P, N)
     folds = v.integer(folds, "folds", minimum=2)
     if folds > P * N:
         raise ValueError(f"folds must be at most P N = {P * N}, got {folds}")
     assign = speckled_folds(P, N, folds, v.rng(seed))
     observed = ~np.isnan(data.Y)
+    _check_folds(assign, observed, folds, data)
     errors = np.empty((len(ranks), folds))
     n_cells = np.zeros(len(ranks), int)
     for i, rank in enumerate(ranks):
@@ -98,6 +100,35 @@ def ecv(Y, A=None, ranks=(1, 2, 3), *, folds: int = 5, seed=0, **fit_kwargs) -> 
     err = xr.DataArray(errors, dims=("rank", "fold"), coords={"rank": ranks, "fold": np.arange(folds)},
                        name="heldout_mse")
     return ECVResult(err, n_cells)
+
+
+def _check_ranks(ranks, P: int, N: int) -> list[int]:
+    """``ranks`` as a list of distinct valid ranks (one int is one rank)."""
+    if isinstance(ranks, int | np.integer) and not isinstance(ranks, bool):
+        ranks = [ranks]
+    try:
+        ranks = list(ranks)
+    except TypeError:
+        raise ValueError(f"ranks must be an int or an iterable of ints, got {type(ranks).__name__}") from None
+    if not ranks:
+        raise ValueError("ranks needs at least one rank")
+    out = [check_rank(r, P, N) for r in ranks]
+    if len(set(out)) != len(out):
+        raise ValueError(f"ranks must be distinct, got {out}")
+    return out
+
+
+def _check_folds(assign: np.ndarray, observed: np.ndarray, folds: int, data) -> None:
+    """Every fold must leave each unit and each feature an observed cell (Y's own missing
+    entries can leave too few): otherwise that fold's fit has nothing to estimate them from."""
+    for f in range(folds):
+        left = observed & (assign != f)
+        for axis, names, what in ((0, data.units, "unit"), (1, data.features, "feature")):
+            empty = ~left.any(axis=axis)
+            if empty.any():
+                shown = [str(x) for x in np.asarray(names)[empty][:5]]
+                raise ValueError(f"ecv: fold {f} would hold out every observed cell of {what}(s) {shown} (Y has "
+                                 f"few observed cells there); use fewer folds, or drop those {what}s")
 
 
 def speckled_folds(P: int, N: int, folds: int, rng: np.random.Generator) -> np.ndarray:

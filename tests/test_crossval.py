@@ -15,3 +15,20 @@ def test_ecv_picks_rank_one_on_orthodont(orthodont):
     assert fig.axes
     with pytest.raises(ValueError, match="folds"):
         nmfre.ecv(Y, A, folds=1)
+
+
+def test_ecv_checks_ranks_and_folds_before_fitting(orthodont):
+    """One int is one rank; no ranks, repeated ranks or a non-iterable are refused; a fold that
+    would hold out every observed cell of a unit (here one with a single observed cell) is
+    refused naming the unit by its label, before any fit."""
+    import numpy as np
+
+    Y, A = orthodont
+    assert list(nmfre.ecv(Y, A, ranks=1, folds=2).table.index) == [1]
+    for ranks, match in [((), "at least one rank"), ((1, 1), "distinct"), (1.5, "int or an iterable")]:
+        with pytest.raises(ValueError, match=match):
+            nmfre.ecv(Y, A, ranks=ranks)
+    Ym = Y.copy()
+    Ym.iloc[1:, 0] = np.nan
+    with pytest.raises(ValueError, match=r"ecv: fold \d would hold out every observed cell of unit\(s\) \['M01'\]"):
+        nmfre.ecv(Ym, A, ranks=(1,), folds=2)
