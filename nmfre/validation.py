@@ -47,6 +47,15 @@ def positive_float(value: Any, name: str) -> float:
     return float(value)
 
 
+def nonnegative_float(value: Any, name: str) -> float:
+    """A finite number ``>= 0``."""
+    if isinstance(value, bool) or not isinstance(value, Real):
+        raise ArgumentTypeError(f"{name} must be a non-negative finite number, got {value!r}")
+    if not np.isfinite(value) or value < 0:
+        raise ValueError(f"{name} must be a non-negative finite number, got {value!r}")
+    return float(value)
+
+
 def rate(value: Any, name: str) -> float:
     """A number in ``(0, 1]``."""
     if isinstance(value, bool) or not isinstance(value, Real):
