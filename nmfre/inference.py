@@ -430,7 +430,10 @@ def load_inference(path) -> Inference:
 def _multipliers(n_boot, multipliers, N):
     """Validated user multipliers (N x B), or None when they are to be drawn."""
     if multipliers is not None:
-        W = np.asarray(getattr(multipliers, "values", multipliers), dtype=float)
+        try:
+            W = np.asarray(getattr(multipliers, "values", multipliers), dtype=float)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"multipliers must be a numeric N x B array ({exc})") from None
         if W.ndim != 2 or W.shape[0] != N:
             raise ValueError(f"multipliers must be an N x B array with N = {N}, got shape {W.shape}")
         if W.shape[1] < 2:
@@ -547,8 +550,16 @@ def infer(fit: NMFREFit, n_boot: int = 1000, seed: Any = 123, multipliers: Any =
     level = v.open_unit(level, "level")
     W = _multipliers(n_boot, multipliers, data.N)
     chunk_size = v.integer(chunk_size, "chunk_size")
+    progress = v.boolean(progress, "progress")
     if workers is not None:
         workers = v.integer(workers, "workers")
+    if max_iter is not None:
+        max_iter = v.integer(max_iter, "max_iter")
+    refit_only = {"max_iter": max_iter, "workers": workers, "client": client}
+    given = [k for k, x in refit_only.items() if x is not None]
+    if method != "refit" and given:
+        raise ValueError(f"{', '.join(given)} appl{'ies' if len(given) == 1 else 'y'} to method='refit' only (the "
+                         "one-step bootstrap is one matrix product: no refits to limit or distribute)")
     if keep_X is not None:
         keep_X = v.boolean(keep_X, "keep_X")
         if keep_X and method != "refit":
@@ -584,7 +595,7 @@ def infer(fit: NMFREFit, n_boot: int = 1000, seed: Any = 123, multipliers: Any =
         if ci == "studentized":
             rep_se = studentized_se(sand["scores"], sand["C"], data.A, ker.cov_model, raw - tvec[:, None], W)
     else:
-        settings = fit.settings if max_iter is None else fit.settings.replace(max_iter=v.integer(max_iter, "max_iter"))
+        settings = fit.settings if max_iter is None else fit.settings.replace(max_iter=max_iter)
         _warn_degenerate_start(fit, settings, failed)
         got = refit_draws(data.Y, data.A, sol, W, fit.df_cap_rate, settings, progress,
                           vcov=vcov if ci == "studentized" else None, keep_X=bool(keep_X), workers=workers,
