@@ -356,8 +356,10 @@ def from_long(table: pd.DataFrame, *, unit: str, feature: str, value: str, covar
               formula: str | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """``(Y, A)`` from a long table (one row per unit and feature measured).
 
-    Y (``feature x unit``) has NaN where a unit has no row for a feature; A (``covariate x
-    unit``) is built from unit-level columns: ``covariates`` (a list of column names, with an
+    Y (``feature x unit``) has NaN where a unit has no row for a feature; its units are in
+    their order of first appearance, its features too, except that numeric features (times,
+    ages) are sorted and a categorical feature column keeps its categories' order. A
+    (``covariate x unit``) is built from unit-level columns: ``covariates`` (a list of column names, with an
     intercept; categorical columns become dummies) or a formulaic ``formula``; neither gives
     an intercept only.
 
@@ -406,7 +408,8 @@ def from_long(table: pd.DataFrame, *, unit: str, feature: str, value: str, covar
     if table[value].isna().any():
         raise ValueError(f"column {value!r} has NaN: leave unmeasured (unit, feature) pairs out of the table")
     units = list(pd.unique(table[unit]))
-    Y = table.pivot(index=feature, columns=unit, values=value).reindex(columns=units).astype(float)
+    Y = table.pivot(index=feature, columns=unit, values=value).reindex(index=_feature_order(table[feature]),
+                                                                         columns=units).astype(float)
     Y.index.name, Y.columns.name = "feature", "unit"
     unit_table = _unit_covariates(table, unit, covs).reindex(units)
     if formula is None:
@@ -415,6 +418,16 @@ def from_long(table: pd.DataFrame, *, unit: str, feature: str, value: str, covar
         pd.DataFrame([np.ones(len(units))], index=["intercept"], columns=units)
     A.index.name, A.columns.name = "covariate", "unit"
     return Y, A
+
+
+def _feature_order(col: pd.Series) -> list:
+    """Features of a long table in order: a categorical column's categories (those present),
+    numbers sorted, anything else (text: 'age8', 'age10', ...) as first seen."""
+    if isinstance(col.dtype, pd.CategoricalDtype):
+        present = set(col.dropna())
+        return [c for c in col.cat.categories if c in present]
+    seen = list(pd.unique(col))
+    return sorted(seen) if pd.api.types.is_numeric_dtype(col) else seen
 
 
 def _unit_covariates(df: pd.DataFrame, unit: str, covs: list[str]) -> pd.DataFrame:

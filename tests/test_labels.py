@@ -109,3 +109,19 @@ def test_from_long_takes_table_and_warns_on_df():
         Y2, A2 = nmfre.from_long(df=long, unit="u", feature="t", value="y")
     pd.testing.assert_frame_equal(Y, Y2)
     pd.testing.assert_frame_equal(A, A2)
+
+
+def test_from_long_feature_order():
+    """Text features keep their order of first appearance ('age8' before 'age10'; they were
+    sorted as text), numeric ones are sorted, a categorical column keeps its categories'
+    order; units keep their order of first appearance."""
+    rows = [(u, f"age{a}", float(a)) for u in ("m2", "m1") for a in (8, 10, 12, 14)]
+    long = pd.DataFrame(rows, columns=["u", "t", "y"])
+    Y, _ = nmfre.from_long(long, unit="u", feature="t", value="y")
+    assert list(Y.index) == ["age8", "age10", "age12", "age14"] and list(Y.columns) == ["m2", "m1"]
+    np.testing.assert_array_equal(Y["m1"].to_numpy(), [8.0, 10.0, 12.0, 14.0])
+    num = long.assign(t=long["t"].str[3:].astype(int)).iloc[::-1]
+    assert list(nmfre.from_long(num, unit="u", feature="t", value="y")[0].index) == [8, 10, 12, 14]
+    cat = long.assign(t=pd.Categorical(long["t"], categories=["age14", "age12", "age10", "age8", "age99"]))
+    assert list(nmfre.from_long(cat, unit="u", feature="t", value="y")[0].index) == ["age14", "age12", "age10",
+                                                                                     "age8"]
