@@ -158,6 +158,22 @@ def intervals(table: pd.DataFrame, sources: dict[str, tuple[str, str]], estimate
     return fig
 
 
+def labels_of(obj, dim: str) -> list[str]:
+    """The labels along ``dim``, as text (for messages)."""
+    return [str(x) for x in obj[dim].values]
+
+
+def restrict(obj, dim: str, wanted):
+    """``obj`` restricted to the label(s) ``wanted`` along ``dim`` (kept as a dim); a label
+    that is not there is a ``ValueError`` naming the choices."""
+    wanted = [wanted] if np.isscalar(wanted) else list(wanted)
+    have = labels_of(obj, dim)
+    unknown = [str(w) for w in wanted if str(w) not in have]
+    if unknown:
+        raise ValueError(f"{dim} {unknown} not found; choose among {have}")
+    return obj.isel({dim: [have.index(str(w)) for w in wanted]})
+
+
 def coverage(summary, component=None, covariate=None):
     """Coverage with Monte Carlo error bars (left) and mean width relative to the reference
     method (right: Wald when the study has it, ``width_ratio.attrs["relative_to"]``), one row
@@ -181,9 +197,9 @@ def coverage(summary, component=None, covariate=None):
     plt = _plt()
     s = summary
     if component is not None:
-        s = s.sel(component=[component] if np.isscalar(component) else component)
+        s = restrict(s, "component", component)
     if covariate is not None:
-        s = s.sel(covariate=[covariate] if np.isscalar(covariate) else covariate)
+        s = restrict(s, "covariate", covariate)
     rows = [(c, k) for c in s["component"].values for k in s["covariate"].values]
     cells = [d for d in s["coverage"].dims if d not in ("interval", "component", "covariate")]
     stacked = s.stack(cell=cells) if cells else s.expand_dims(cell=[""])

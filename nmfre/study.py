@@ -729,6 +729,19 @@ def _method_metrics(ds: xr.Dataset) -> xr.Dataset:
     return xr.Dataset(out)
 
 
+def _choose(obj, dim: str, val, prefix: str = ""):
+    """The label ``val`` along ``dim`` (matched as text), or the only one when ``val`` is
+    None; otherwise a ``ValueError`` naming the choices."""
+    have = plotting.labels_of(obj, dim)
+    if val is None:
+        if len(have) > 1:
+            raise ValueError(f"{prefix or 'choose '}{dim}= among {have}")
+        return obj[dim].values[0]
+    if str(val) not in have:
+        raise ValueError(f"{prefix}{dim}={val!r} is not in this study; choose among {have}")
+    return obj[dim].values[have.index(str(val))]
+
+
 def plot_coverage(summary: xr.Dataset, component=None, covariate=None):
     """Coverage with Monte Carlo error bars (left) and mean width relative to Wald (right),
     one row per (component, covariate), methods along the x axis and one marker per cell
@@ -762,22 +775,15 @@ def plot_zip(ds: xr.Dataset, interval: str, component=None, covariate=None, **ce
     **cell
         The grid values of the cell, e.g. ``N=27`` (every grid key with more than one value).
     """
-    sel = {"interval": interval}
+    sel = {"interval": _choose(ds, "interval", interval)}
     for dim, val in (("component", component), ("covariate", covariate)):
-        if val is None:
-            if ds.sizes[dim] > 1:
-                raise ValueError(f"choose {dim}= among {list(ds[dim].values)}")
-            val = ds[dim].values[0]
-        sel[dim] = val
+        sel[dim] = _choose(ds, dim, val)
     grid = [d for d in ds["point"].dims if d not in ("replicate", "interval", "component", "covariate")]
-    for d in grid:
-        if d not in cell:
-            if ds.sizes[d] > 1:
-                raise ValueError(f"choose the cell: {d}= among {list(ds[d].values)}")
-            cell[d] = ds[d].values[0]
     unknown = set(cell) - set(grid)
     if unknown:
         raise ValueError(f"{sorted(unknown)} are not grid keys of this study ({grid})")
+    for d in grid:
+        cell[d] = _choose(ds, d, cell.get(d), "choose the cell: ")
     one = ds.sel({**sel, **cell})
     level = float(ds.attrs.get("level", 0.95))
     where = ", ".join(f"{k}={v}" for k, v in cell.items())
@@ -795,11 +801,7 @@ def plot_nested_loop(summary: xr.Dataset, measure: str = "coverage", component=N
         raise ValueError(f"measure must be a per-method measure of the summary, one of {per}; got {measure!r}")
     da = summary[measure]
     for dim, val in (("component", component), ("covariate", covariate)):
-        if val is None:
-            if da.sizes[dim] > 1:
-                raise ValueError(f"choose {dim}= among {list(da[dim].values)}")
-            val = da[dim].values[0]
-        da = da.sel({dim: val})
+        da = da.sel({dim: _choose(da, dim, val)})
     level = float(summary.attrs.get("level", 0.95))
     ref = level if measure in ("coverage", "be_coverage") else (1.0 if measure == "width_ratio" else None)
     return plotting.nested_loop(da, reference=ref, ylabel=measure,

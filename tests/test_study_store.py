@@ -213,8 +213,16 @@ def test_study_figures(tmp_path):
     assert segs.get("covers", 0) == covered and segs.get("covers", 0) + segs.get("misses", 0) == 20
     fig.savefig(tmp_path / "zip.png")
     assert_nothing_clipped(fig)
-    with pytest.raises(ValueError, match="choose the cell: N="):
+    with pytest.raises(ValueError, match=r"choose the cell: N= among \['27', '40'\]"):
         study.plot_zip(ds, "wald", covariate="male", errors="exp")
+    for kw, match in [({"covariate": "female"}, r"covariate='female' is not in this study; choose among "
+                                                r"\['intercept', 'male'\]"),
+                      ({"covariate": "male", "N": 99}, r"choose the cell: N=99 is not in this study"),
+                      ({"covariate": "male", "M": 1}, "not grid keys")]:
+        with pytest.raises(ValueError, match=match):
+            study.plot_zip(ds, "wald", **{"errors": "exp", "N": 27, **kw})
+    with pytest.raises(ValueError, match=r"interval='bogus' is not in this study"):
+        study.plot_zip(ds, "bogus", covariate="male", N=27, errors="exp")
     s = study.summarize(ds)
     fig = study.plot_nested_loop(s, "coverage", covariate="male")
     main, factors = fig.axes
@@ -227,6 +235,8 @@ def test_study_figures(tmp_path):
     assert_nothing_clipped(fig)
     with pytest.raises(ValueError, match="per-method measure"):
         study.plot_nested_loop(s, "bias")
+    with pytest.raises(ValueError, match=r"covariate \['female'\] not found; choose among \['intercept', 'male'\]"):
+        study.plot_coverage(s, covariate="female")
 
 
 def labelled_design(N=30, seed=0):
