@@ -93,6 +93,8 @@ def demo(out: Path, n_boot: int = 1000, seed: int = 123, bayes_draws: int = 1000
 def _fit_command(args) -> int:
     from .model import fit as nmfre_fit
 
+    if args.out and not args.out.resolve().parent.is_dir():  # checked before the fit, not after it
+        raise ValueError(f"--out {args.out}: its folder {args.out.resolve().parent} does not exist")
     Y = _read_csv(args.Y, "Y")
     A = _read_csv(args.covariates, "covariates") if args.covariates else None
     fit = nmfre_fit(Y, A, rank=args.rank, method=args.method, theta=args.theta, df_cap=args.df_cap,

@@ -64,7 +64,7 @@ def _files(tmp_path):
     (["fit", "{good}", "--rank", "1", "--method", "em"], "argument --method: invalid choice"),
     (["fit", "{good}", "--rank", "1", "--covariates", "{dir}/missing.csv"], "covariates file"),
     (["fit", "{good}", "--rank", "1", "--n-boot", "1"], "n_boot"),
-    (["fit", "{good}", "--rank", "1", "--out", "{dir}/no/such/dir/fit.nc"], "error"),
+    (["fit", "{good}", "--rank", "1", "--out", "{dir}/no/such/dir/fit.nc"], "/no/such/dir does not exist"),
     (["fit", "{good}"], "the following arguments are required: --rank"),
     (["demo", "--out", "{good}/sub"], "error"),
     (["frobnicate"], "invalid choice"),
