@@ -39,7 +39,7 @@ from scipy.stats import binom, chisquare
 from nmfre import validation as v
 from nmfre.labels import renamed
 
-from . import compiled, likelihood
+from . import compiled, likelihood, models
 from .seeds import is_key, prng_key
 
 __all__ = ["SBCResult", "binom_two_sided", "calibration_tests", "ecdf_pvalues", "plot_sbc", "sbc", "sbc_power"]
@@ -375,10 +375,12 @@ def sbc(n_rep: int = 200, *, model: str = "joint", P: int = 4, N: int = 30, rank
     import jax
 
     model = v.choice(model, "model", ("joint", "conditional_x"))
+    n_rep = v.integer(n_rep, "n_rep", minimum=2)
+    L, thin = v.integer(L, "L"), v.integer(thin, "thin")
     if v.choice(kernel, "kernel", ("nuts", "chees")) == "chees":
         compiled.check_chees(chain_method, theta_coords, num_chains, v.integer(num_warmup, "num_warmup", minimum=0))
     rng, key = _seeds(seed)
-    priors = {**DEFAULT_PRIORS, **(priors or {})}
+    priors = {**DEFAULT_PRIORS, **models.check_priors(priors)}
     if A is None:
         A = np.vstack([np.ones(N), rng.binomial(1, 0.5, N)]).astype(float)
     A = np.asarray(A, float)

@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from nmfre import validation as v
 from nmfre.inference import provenance
 
 
@@ -67,9 +68,7 @@ def compare(inference, *posteriors, level: float | None = None, names=None) -> p
         Column prefixes of the posteriors (default: their ``model`` attribute).
     """
     names = _posteriors(posteriors, names)
-    level = inference.level if level is None else level
-    if not (0 < level < 1):
-        raise ValueError(f"level must be in (0, 1), got {level!r}")
+    level = inference.level if level is None else v.open_unit(level, "level")
     a = (1 - level) / 2
     wald, boot = inference.interval("wald", level), inference.interval("bootstrap", level)
     est = inference.estimate.values.ravel()
@@ -126,7 +125,7 @@ def plot_diagnostics(posterior, var_names=("theta", "sigma", "tau"), kind: str =
     import arviz as az
 
     names = [v for v in var_names if v in posterior["posterior"].data_vars
-             and float(posterior["posterior"][v].std()) > 0]
+             and float(np.ptp(posterior["posterior"][v].values)) > 0]
     if kind == "trace":
         pc = az.plot_trace_dist(posterior, var_names=names)
     elif kind == "rank":

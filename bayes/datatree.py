@@ -8,6 +8,7 @@ object). Groups: ``posterior``, ``sample_stats``, ``observed_data`` and, when as
 
 from __future__ import annotations
 
+import os
 import warnings
 
 import numpy as np
@@ -18,6 +19,9 @@ from nmfre.core.stats import patterns
 from nmfre.study import SAMPLER_THRESHOLDS
 
 from .models import u_conditional
+
+#: bayes's own folder: warnings point at the first caller outside it
+_PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
 
 __all__ = ["INVARIANT", "SamplingWarning", "align_chains", "build", "diagnostics", "draw_u", "invariant_draws",
            "mixing", "warn_diagnostics"]
@@ -160,11 +164,16 @@ def diagnostics(dt: xr.DataTree, var_names=("theta", "sigma", "tau"), *, invaria
         ``max_r_hat``, ``min_ess_bulk``, ``divergences``.
     """
     post = dt["posterior"]
+    if isinstance(var_names, str):
+        var_names = (var_names,)
+    unknown = [n for n in var_names if n not in post.data_vars]
+    if unknown:
+        raise ValueError(f"var_names {unknown} are not in the posterior; it has {sorted(map(str, post.data_vars))}")
     if invariant:
         arrays = list(invariant_draws(dt).values())
     else:
         arrays = [post[name].transpose("chain", "draw", ...).values for name in var_names
-                  if name in post.data_vars and "chain" in post[name].dims and float(post[name].std()) > 0]
+                  if name in post.data_vars and "chain" in post[name].dims and _varies(post[name].values)]
     rhat, ess = _rhat_ess(arrays)
     div = 0
     if "sample_stats" in dt.children and "diverging" in dt["sample_stats"]:
@@ -172,13 +181,21 @@ def diagnostics(dt: xr.DataTree, var_names=("theta", "sigma", "tau"), *, invaria
     return {"max_r_hat": rhat, "min_ess_bulk": ess, "divergences": div}
 
 
+def _varies(values: np.ndarray) -> bool:
+    """Whether an array takes more than one value (exactly: the std of a constant array can
+    round to 1e-16, which once counted a fixed sigma as sampled)."""
+    return bool(np.ptp(values) > 0) if np.size(values) else False
+
+
 def _rhat_ess(arrays) -> tuple[float, float]:
     """Max rank-normalised split r_hat and min bulk ESS over (chain, draw, ...) arrays
     (entries constant over the draws skipped)."""
     from arviz_stats.base import array_stats
 
+    if not arrays:  # nothing that varies over the draws
+        return float("nan"), float("nan")
     a = np.concatenate([np.asarray(x, float).reshape(x.shape[0], x.shape[1], -1) for x in arrays], axis=2)
-    a = a[..., a.std(axis=(0, 1)) > 0]
+    a = a[..., np.ptp(a, axis=(0, 1)) > 0]  # (not std > 0: a constant's std can round to 2e-16)
     if a.shape[-1] == 0:
         return float("nan"), float("nan")
     with warnings.catch_warnings():
@@ -244,10 +261,11 @@ def mixing(dt: xr.DataTree):
     return table
 
 
-def warn_diagnostics(dt: xr.DataTree, stacklevel: int = 3) -> dict:
+def warn_diagnostics(dt: xr.DataTree, stacklevel: int | None = None) -> dict:
     """:func:`diagnostics`, with a :class:`SamplingWarning` when a threshold fails; when
     the label-invariant quantities mix but some components do not, the warning names
-    those components as not identified by the data (:func:`mixing`)."""
+    those components as not identified by the data (:func:`mixing`). The warning points at
+    the first caller outside bayes (or ``stacklevel`` frames up, when given)."""
     d = diagnostics(dt)
     problems = []
     if d["max_r_hat"] > THRESHOLDS["max_r_hat"]:
@@ -260,7 +278,10 @@ def warn_diagnostics(dt: xr.DataTree, stacklevel: int = 3) -> dict:
         msg = "sampler diagnostics: " + "; ".join(problems)
         if d["max_r_hat"] > THRESHOLDS["max_r_hat"] or d["min_ess_bulk"] < THRESHOLDS["min_ess_bulk"]:
             msg += _identification_note(dt)
-        warnings.warn(msg, SamplingWarning, stacklevel=stacklevel)
+        if stacklevel is None:
+            warnings.warn(msg, SamplingWarning, skip_file_prefixes=(_PACKAGE,))
+        else:
+            warnings.warn(msg, SamplingWarning, stacklevel=stacklevel)
     return d
 
 

@@ -82,16 +82,34 @@ def default_priors(Y, rank: int) -> dict:
             "tau_scale": 2.0 * P * sd}
 
 
+def check_priors(priors: dict | None, allow_flat: bool = False, values: bool = True) -> dict:
+    """``priors`` checked: known keys and (``values``; not for traced arrays) each a positive
+    finite number (``theta_scale=None``, a flat prior on Theta, only with ``allow_flat``: the
+    conditional model). A copy."""
+    if priors is not None and not isinstance(priors, dict):
+        raise TypeError(f"priors must be a dict such as {{'sigma_scale': 2.0}}, got {type(priors).__name__}")
+    given = dict(priors or {})
+    unknown = set(given) - set(PRIOR_KEYS)
+    if unknown:
+        raise ValueError(f"priors has unknown keys {sorted(unknown)}; allowed {PRIOR_KEYS}")
+    for k, x in given.items() if values else ():
+        if x is None and k == "theta_scale" and allow_flat:
+            continue
+        if x is None and k == "theta_scale":
+            raise ValueError("priors['theta_scale']=None (a flat prior on Theta) is for model='conditional' only")
+        if isinstance(x, bool) or not isinstance(x, int | float | np.integer | np.floating) or not np.isfinite(x) \
+                or x <= 0:
+            raise ValueError(f"priors['{k}'] must be a positive finite number, got {x!r}")
+    return given
+
+
 def resolve_priors(Y, rank: int, priors: dict | None) -> dict:
     """``default_priors(Y, rank)`` updated with ``priors`` (unknown keys are an error).
 
     When ``priors`` gives every scale, ``Y`` is not looked at (so models can be traced
     with ``Y`` as a JAX array or ``None``).
     """
-    given = dict(priors or {})
-    unknown = set(given) - set(PRIOR_KEYS)
-    if unknown:
-        raise ValueError(f"priors has unknown keys {sorted(unknown)}; allowed {PRIOR_KEYS}")
+    given = check_priors(priors, values=False)  # (the values are checked where users give them: bayes.spec)
     missing = [k for k in PRIOR_KEYS[1:] if k not in given]
     if not missing:
         return {"x_concentration": 1.0, **given}

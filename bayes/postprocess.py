@@ -103,14 +103,28 @@ def to_datatree(spec: ModelSpec, s: compiled.Settings, draws: dict, stats: dict,
     attrs = {"model": spec.name, "theta_kind": fit.theta_kind, "nmfre_priors": str(spec.priors),
              "inference_library": "numpyro" if s.kernel == "nuts" else "numpyro (model), blackjax (sampler)",
              "sampler": SAMPLER_NAMES[s.kernel],
-             "sampler_settings": str({k: getattr(s, k) for k in (
-                 ("num_warmup", "num_samples", "num_chains", "chain_method", "target_accept", "mass",
-                  "adapt_mass", "simplex") if s.kernel == "nuts" else
-                 ("num_warmup", "num_samples", "num_chains", "simplex", "jitter", "max_tree_depth"))})}
+             "sampler_settings": _settings_record(s, relabel)}
     if tempering is not None:
         attrs["sampler"] += f", replica exchange over {len(s.betas)} temperatures"
         attrs["tempering"] = tempering
     return datatree.build(draws, stats, fit, data, spec.name, attrs, U=U, yrep=yrep)
+
+
+def _settings_record(s: compiled.Settings, relabel: bool) -> str:
+    """The ``sampler_settings`` attribute: every setting that shaped the run's draws, for its
+    kernel (NUTS: step-size target and metric; ChEES-HMC: its own adaptation), with how Theta
+    was sampled (``theta_coords``; ``theta_draws`` where the marginal coordinates use them),
+    the Laplace warm start (``newton_steps``, none on the folded simplex) and the relabelling."""
+    keys = ["num_warmup", "num_samples", "num_chains"]
+    if s.kernel == "nuts":
+        keys += ["chain_method", "target_accept", "mass", "adapt_mass"]
+    keys += ["max_tree_depth", "jitter", "simplex", "theta_coords"]
+    if s.theta_coords == "marginal" and s.nonneg:
+        keys.append("theta_draws")
+    out = {k: getattr(s, k) for k in keys}
+    out["newton_steps"] = 0 if s.simplex == "folded" else s.newton_steps
+    out["relabel"] = "draw by draw" if relabel else "chain by chain"
+    return str(out)
 
 
 def _tempering(s: compiled.Settings, accept) -> str | None:

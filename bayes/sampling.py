@@ -257,6 +257,9 @@ class Sampler:
         """Sample the posterior of ``(Y, A)``; the DataTree of :func:`bayes.sample`."""
         import jax
 
+        draw_U = v.boolean(draw_U, "draw_U")
+        posterior_predictive = v.boolean(posterior_predictive, "posterior_predictive")
+
         key = prng_key(seed)
         with jax.enable_x64(True):
             key_mcmc, key_u, key_pp = jax.random.split(key, 3)
@@ -264,7 +267,7 @@ class Sampler:
         dt = to_datatree(spec, self.settings_for(spec), draws, stats, key_u if draw_U else None,
                          key_pp if posterior_predictive else None, relabel=self.relabel)
         if warn:
-            datatree.warn_diagnostics(dt, stacklevel=3)
+            datatree.warn_diagnostics(dt)
         return dt
 
     def sample_batch(self, datasets, *, fits=None, priors: dict | None = None, seed=0,
@@ -291,6 +294,8 @@ class Sampler:
         import jax
 
         fits = [None] * len(datasets) if fits is None else list(fits)
+        if len(fits) != len(datasets):
+            raise ValueError(f"fits has {len(fits)} fits for {len(datasets)} data sets: give one per data set")
         specs = [self.spec(Y, A, fit=f, priors=priors) for (Y, A), f in zip(datasets, fits, strict=True)]
         B = max(sp.stats.n_patterns for sp in specs)
         specs = [dataclasses.replace(sp, args=(pad_patterns(sp.stats, B),) + sp.args[1:]) for sp in specs]
@@ -307,7 +312,7 @@ class Sampler:
             dt = to_datatree(sp, s, {k: x[i] for k, x in draws.items()}, {k: x[i] for k, x in stats.items()},
                              relabel=self.relabel)
             if warn:
-                datatree.warn_diagnostics(dt, stacklevel=3)
+                datatree.warn_diagnostics(dt)
             out.append(dt)
         return out
 

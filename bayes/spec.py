@@ -7,6 +7,7 @@ similar missingness one compiled sampler.
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from dataclasses import dataclass
 from typing import Any
@@ -61,7 +62,10 @@ def _frequentist_fit(fit, data: Data, rank: int, theta: str):
         raise v.ArgumentTypeError(f"fit must be an nmfre.NMFREFit, got {type(fit).__name__}")
     if fit.shape["Q"] != rank:
         raise ValueError(f"fit has rank {fit.shape['Q']} but rank={rank} was asked for")
-    if not fit.data.same_data(data):
+    given = fit.data
+    if given.kind == "sparse" and data.kind == "dense":  # a fit of the sparse Y given here (made dense)
+        given = dataclasses.replace(given, Y=given.Y.toarray())
+    if not given.same_data(data):
         raise ValueError("fit was estimated on different data (Y or A differ from those given)")
     if fit.theta_kind != theta:
         raise ValueError(f"fit has theta={fit.theta_kind!r} but theta={theta!r} was asked for")
@@ -105,10 +109,14 @@ def model_spec(Y, A, rank: int, model: str, fit=None, theta: str = "free", prior
     constraint on Theta, ``"free"`` or ``"nonneg"``)."""
     model = v.choice(model, "model", MODELS)
     theta = v.choice(theta, "theta", THETA_KINDS)
+    given = models.check_priors(priors, allow_flat=model == "conditional")
     data = coerce(Y, A)
+    if data.kind == "sparse":  # reduced to statistics, and kept in observed_data: dense
+        data = dataclasses.replace(data, Y=data.Y.toarray())
     rank = check_rank(rank, data.P, data.N)
     stats = pad_patterns(likelihood.statistics(data.Y, data.A), n_patterns)
-    prior = {k: float(x) for k, x in models.resolve_priors(stats, rank, priors).items()}
+    scale = given.pop("theta_scale", None) if model == "conditional" else None  # None: flat
+    prior = {k: float(x) for k, x in models.resolve_priors(stats, rank, given).items()}
     missing = bool(np.isnan(data.Y).any())
     if missing and model == "conditional":
         raise ValueError("model='conditional' fixes sigma2 at nmfre's sigma2_used, which needs complete data; "
@@ -123,11 +131,13 @@ def model_spec(Y, A, rank: int, model: str, fit=None, theta: str = "free", prior
     if model == "joint":
         return ModelSpec(model, data, fit, prior, stats, init, (stats, pri), nonneg)
     X = _f(sol.X)
-    if model == "conditional_x":
+    if model == "conditional_x":  # X fixed at the fit: no prior on it (nor recorded)
         pri.pop("x_concentration")
-        return ModelSpec(model, data, fit, prior, stats, init, (stats, X, pri), nonneg)
+        used = {k: x for k, x in prior.items() if k != "x_concentration"}
+        return ModelSpec(model, data, fit, used, stats, init, (stats, X, pri), nonneg)
     s2 = cond.sigma2_used
-    scale = (priors or {}).get("theta_scale")
     cprior = {} if scale is None else {"theta_scale": _f(scale)}
-    return ModelSpec(model, data, fit, prior, stats, init, (stats, X, _f(s2), _f(s2 / fit.lam), cprior), nonneg,
+    # X, sigma2 and tau2 are fixed at the fit: the record holds Theta's prior only
+    used = {"theta_scale": "flat" if scale is None else float(scale)}
+    return ModelSpec(model, data, fit, used, stats, init, (stats, X, _f(s2), _f(s2 / fit.lam), cprior), nonneg,
                      flat=scale is None, sigma2_fixed=float(s2))

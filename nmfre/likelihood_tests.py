@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 from scipy.stats import chi2
 
+from . import validation as v
 from .profile import Constraint, likelihood_of, start_of
 
 if TYPE_CHECKING:
@@ -109,6 +110,13 @@ def lrt_tau2(fit: NMFREFit, tol: float = 1e-10) -> LRTResult:
         A fit with a fixed variance or a df cap (the cap bounds tau2 from above, not the
         null), or data the profile cannot hold (missing values, sparse or lazy Y).
     """
+    from .results import NMFREFit
+
+    if not isinstance(fit, NMFREFit):
+        raise ValueError(f"fit must be an NMFREFit, got {type(fit).__name__}")
+    if fit.method != "ml":
+        raise ValueError("fit: likelihood-ratio tests need maximum-likelihood fits (method='ml')")
+    tol = v.positive_float(tol, "tol")
     if fit.settings.variance_mode != "free":
         raise ValueError("fit: the tau2 = 0 test needs a fit with both variances free (no fix_sigma2 / fix_tau2)")
     if fit.df_cap is not None:

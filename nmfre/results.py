@@ -542,6 +542,8 @@ class NMFREFit:
         attrs["restarts"] = _frame_to_json(self.restarts)
         if self.scan is not None:
             attrs["scan"] = _frame_to_json(self.scan)
+        if self._data.kind == "dask":  # Y is not written: what identifies it (checked by load)
+            data_vars.update(_margins(self._data.Y, self._data.features, self._data.units))
         attrs["nmfre_version"] = __version__
         return xr.Dataset(data_vars, attrs=attrs)
 
@@ -562,11 +564,16 @@ class NMFREFit:
         """Rebuild a fit from :meth:`to_dataset` output.
 
         ``Y`` (feature x unit, any accepted kind) is needed only for fits whose data were
-        a dask array and so were not stored.
+        a dask array and so were not stored; it must have the fit's shape, and its sum, sum
+        of squares and number of observed entries must be those recorded at saving (a
+        different Y would give a fit whose likelihood and predictions disagree).
         """
         missing = {"A", "X", "theta", "U", "nll_trace"} - set(ds.data_vars)
         if missing:
             raise ValueError(f"not an nmfre fit dataset: missing variables {sorted(missing)}")
+        stored = "Y" in ds or "Y_data" in ds
+        if stored and Y is not None:
+            raise ValueError("this fit's file holds its own Y: load it without Y= (Y is only for fits of dask data)")
         if "Y" in ds:
             Y = ds["Y"]
         elif "Y_data" in ds:
@@ -578,6 +585,9 @@ class NMFREFit:
         elif Y is None:
             raise ValueError("this fit was saved without Y (it was a dask array): load it with nmfre.load(path, Y=Y)")
         data = coerce(Y, ds["A"])
+        shape = (ds.sizes["feature"], ds.sizes["unit"])
+        if data.Y.shape != shape:
+            raise ValueError(f"Y has shape {data.Y.shape}; the fit was made on {shape[0]} features x {shape[1]} units")
         a = ds.attrs
         obj = ds["objective_trace"].values if "objective_trace" in ds else None
         sol = Solution(X=ds["X"].values, theta=ds["theta"].values, U=ds["U"].values, sigma2=a["sigma2"],
@@ -587,12 +597,41 @@ class NMFREFit:
                        cap_hit_iters=tuple(json.loads(a.get("cap_hit_iters", "[]"))),
                        rel_change=float(a.get("rel_change", np.nan)))
         scan = _frame_from_json(a["scan"]) if "scan" in a else None
-        return cls(data, sol, rate=a.get("df_cap_rate"), settings=FitSettings.from_dict(json.loads(a["settings"])),
-                   restarts=_frame_from_json(a["restarts"]), scan=scan, components=ds["component"].values)
+        fit = cls(data, sol, rate=a.get("df_cap_rate"), settings=FitSettings.from_dict(json.loads(a["settings"])),
+                  restarts=_frame_from_json(a["restarts"]), scan=scan, components=ds["component"].values)
+        if "Y_feature_sums" in ds:  # one pass over the given Y
+            got = _margins(data.Y, data.features, data.units)
+            for k, what in (("Y_feature_sums", "features"), ("Y_unit_sums", "units"), ("Y_unit_counts", "units")):
+                if not np.allclose(got[k].values, ds[k].values, rtol=1e-10, atol=0.0):
+                    bad = int(np.sum(~np.isclose(got[k].values, ds[k].values, rtol=1e-10, atol=0.0)))
+                    raise ValueError(f"Y is not the data this fit was made on: the sums over {bad} of its {what} "
+                                     f"({k}) differ from those recorded when the fit was saved")
+        return fit
 
     def to_netcdf(self, path, **kwargs) -> Any:
         """Write :meth:`to_dataset` to netCDF; read back with :func:`nmfre.load`."""
         return self.to_dataset().to_netcdf(path, **kwargs)
+
+
+def _margins(Y, features, units) -> dict:
+    """What identifies a Y that a saved fit does not hold: its sums over units (per feature)
+    and over features (per unit), and each unit's observed entries (missing entries left
+    out; one pass, lazy for dask)."""
+    kind = v.array_kind(Y)
+    if kind == "dask":
+        import dask
+        import dask.array as da
+
+        obs = ~da.isnan(Y)
+        rows, cols, counts = dask.compute(da.nansum(Y, axis=1), da.nansum(Y, axis=0), obs.sum(axis=0))
+    elif kind == "sparse":
+        rows, cols = np.asarray(Y.sum(axis=1)).ravel(), np.asarray(Y.sum(axis=0)).ravel()
+        counts = np.full(Y.shape[1], Y.shape[0])
+    else:
+        rows, cols, counts = np.nansum(Y, axis=1), np.nansum(Y, axis=0), np.sum(~np.isnan(Y), axis=0)
+    return {"Y_feature_sums": xr.DataArray(np.asarray(rows, float), dims="feature", coords={"feature": features}),
+            "Y_unit_sums": xr.DataArray(np.asarray(cols, float), dims="unit", coords={"unit": units}),
+            "Y_unit_counts": xr.DataArray(np.asarray(counts, np.int64), dims="unit", coords={"unit": units})}
 
 
 def _sparse_labelled(Ys, ds: xr.Dataset):

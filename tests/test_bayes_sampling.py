@@ -357,6 +357,67 @@ def test_bad_input(orthodont, ml_fit):
         bayes.sample(Y, A, 1, fit=ml_fit, chain_method="threads")
     with pytest.raises(ValueError, match="seed"):
         bayes.sample(Y, A, 1, fit=ml_fit, seed=-1)
+    # prior values: positive and finite, before any work (a negative scale once ran with stuck
+    # chains, a zero one failed inside the diagnostics); a flat prior only for 'conditional'
+    for pri, match in [({"sigma_scale": -1.0}, r"priors\['sigma_scale'\] must be a positive finite"),
+                       ({"tau_scale": 0.0}, "tau_scale"), ({"tau_scale": float("nan")}, "tau_scale"),
+                       ({"x_concentration": -1.0}, "x_concentration"), ({"sigma_scale": True}, "sigma_scale"),
+                       ({"theta_scale": None}, "for model='conditional' only")]:
+        with pytest.raises(ValueError, match=match):
+            bayes.sample(Y, A, 1, fit=ml_fit, priors=pri)
+    with pytest.raises(ValueError, match="draw_U must be True or False"):
+        bayes.sample(Y, A, 1, fit=ml_fit, draw_U="no")
+    with pytest.raises(ValueError, match="n_rep must be an integer >= 2"):
+        bayes.sbc(0, L=9)
+    with pytest.raises(ValueError, match="tau_scale"):
+        bayes.sbc(5, L=9, priors={"tau_scale": -1.0})
+    s = bayes.Sampler("joint", 1, P=4, N=27, K=2, num_warmup=20, num_samples=20, num_chains=2)
+    with pytest.raises(ValueError, match="fits has 2 fits for 1 data sets"):
+        s.sample_batch([(Y, A)], fits=[ml_fit, ml_fit])
+
+
+def test_diagnostics_of_unknown_or_constant_variables(post_conditional):
+    """Unknown names are an error naming the posterior's variables; variables held constant
+    (the conditional model's sigma, tau and X) give NaN, not a failure inside ArviZ."""
+    with pytest.raises(ValueError, match=r"var_names \['foo'\] are not in the posterior"):
+        bayes.diagnostics(post_conditional, var_names=("foo",))
+    d = bayes.diagnostics(post_conditional, var_names=("sigma", "tau", "X"))
+    assert np.isnan(d["max_r_hat"]) and np.isnan(d["min_ess_bulk"])
+    assert bayes.diagnostics(post_conditional, var_names="theta") == bayes.diagnostics(post_conditional,
+                                                                                      var_names=("theta",))
+
+
+def test_records_say_which_priors_and_settings_were_used(post_conditional, post_joint, orthodont, ml_fit):
+    """The conditional model fixes X, sigma and tau: its record holds Theta's prior only (flat
+    by default); the joint model records all four; the sampler settings include how Theta
+    was sampled and the relabelling; the warning points at the caller; a sparse Y gives the
+    dense Y's draws."""
+    import scipy.sparse as sp
+
+    assert post_conditional["posterior"].attrs["nmfre_priors"] == "{'theta_scale': 'flat'}"
+    assert set(eval(post_joint["posterior"].attrs["nmfre_priors"])) == {"x_concentration", "theta_scale",
+                                                                        "sigma_scale", "tau_scale"}
+    rec = eval(post_joint["posterior"].attrs["sampler_settings"])
+    assert rec["theta_coords"] in ("direct", "conditional", "marginal") and rec["relabel"] == "draw by draw"
+    assert {"num_warmup", "num_samples", "num_chains", "max_tree_depth", "jitter", "newton_steps"} <= set(rec)
+    Y, A = orthodont
+    small = dict(model="conditional", fit=ml_fit, num_warmup=50, num_samples=40, seed=seed(0))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        dense = bayes.sample(Y, A, 1, **small)
+    said = [w for w in caught if issubclass(w.category, bayes.SamplingWarning)]
+    assert said and said[0].filename == __file__
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", bayes.SamplingWarning)
+        flat = bayes.sample(Y, A, 1, priors={"theta_scale": None}, **small)
+    assert flat["posterior"].attrs["nmfre_priors"] == "{'theta_scale': 'flat'}"
+    np.testing.assert_array_equal(flat["posterior"]["theta"].values, dense["posterior"]["theta"].values)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        sparse = bayes.sample(sp.csr_matrix(Y.to_numpy()), A.to_numpy(), 1, model="conditional",
+                              num_warmup=50, num_samples=40, seed=seed(0))
+    np.testing.assert_allclose(sparse["posterior"]["theta"].values, dense["posterior"]["theta"].values,
+                               rtol=1e-6, atol=1e-8)
 
 
 def test_relabel_draws_undoes_label_switching_within_chains():

@@ -71,6 +71,10 @@ def test_bad_arguments(fits, orthodont):
     Y, A = orthodont
     with pytest.raises(ValueError, match="fit"):
         nmfre.lrt_tau2(nmfre.fit(Y, A, rank=1, df_cap=0.5))
+    with pytest.raises(ValueError, match="fit must be an NMFREFit"):
+        nmfre.lrt_tau2("x")
+    with pytest.raises(ValueError, match="tol must be a positive"):
+        nmfre.lrt_tau2(big, tol=-1)
     with pytest.raises(ValueError, match="fit_small"):
         nmfre.lrt("a", big)
     with pytest.raises(ValueError, match="same Y"):

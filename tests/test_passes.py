@@ -129,6 +129,16 @@ def test_netcdf_and_zarr_on_disk(tmp_path, data, dense_fit):
         np.testing.assert_allclose(back.theta, f.theta)
         with pytest.raises(ValueError, match="saved without Y"):
             nmfre.load(tmp_path / "fit.nc")
+        # another Y: a permutation of its units (same totals), another shape, or the dense Y of
+        # a fit that stored its own
+        with pytest.raises(ValueError, match=r"not the data this fit was made on: the sums over \d+ of its units"):
+            nmfre.load(tmp_path / "fit.nc", Y=Y.values[:, ::-1])
+        with pytest.raises(ValueError, match="Y has shape"):
+            nmfre.load(tmp_path / "fit.nc", Y=Y.values[:-1])
+        np.testing.assert_allclose(nmfre.load(tmp_path / "fit.nc", Y=Y.values).theta, f.theta)
+    dense_fit.to_netcdf(tmp_path / "dense.nc")
+    with pytest.raises(ValueError, match="holds its own Y"):
+        nmfre.load(tmp_path / "dense.nc", Y=Y.values)
     zarr = pytest.importorskip("zarr")
     assert zarr
     Y.to_dataset(name="Y").chunk({"unit": 1000}).to_zarr(tmp_path / "Y.zarr")
