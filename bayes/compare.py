@@ -9,6 +9,8 @@ import xarray as xr
 from nmfre import validation as v
 from nmfre.inference import provenance
 
+from .datatree import varies
+
 
 def _posteriors(posteriors, names):
     if not posteriors:
@@ -124,8 +126,8 @@ def plot_diagnostics(posterior, var_names=("theta", "sigma", "tau"), kind: str =
     """Trace (``kind="trace"``) or rank (``kind="rank"``) plots of the sampler; returns the Figure."""
     import arviz as az
 
-    names = [v for v in var_names if v in posterior["posterior"].data_vars
-             and float(np.ptp(posterior["posterior"][v].values)) > 0]
+    names = [name for name in var_names if name in posterior["posterior"].data_vars
+             and varies(posterior["posterior"][name].values)]
     if kind == "trace":
         pc = az.plot_trace_dist(posterior, var_names=names)
     elif kind == "rank":

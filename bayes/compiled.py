@@ -208,9 +208,14 @@ def prepare(s: Settings, init: dict, args: tuple):
     """The Laplace warm start shared by the sampler and :func:`bayes.fit_vi`: unconstrained
     mode ``z``, Laplace covariance, potential energy and the unravel function."""
     pe, unravel, z0 = potential(s, init, args)
-    # folded coordinates have kinks at 0: the Hessian at the start, no Newton steps
-    z, cov = laplace(pe, z0, 0 if s.simplex == "folded" else s.newton_steps)
+    z, cov = laplace(pe, z0, laplace_steps(s))
     return z, cov, pe, unravel
+
+
+def laplace_steps(s: Settings) -> int:
+    """The Newton steps of the Laplace warm start: ``s.newton_steps``, none in folded
+    coordinates (they have kinks at 0: the Hessian at the start)."""
+    return 0 if s.simplex == "folded" else s.newton_steps
 
 
 def _coordinates(s: Settings, init: dict, args: tuple = ()) -> dict:

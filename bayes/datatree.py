@@ -164,16 +164,16 @@ def diagnostics(dt: xr.DataTree, var_names=("theta", "sigma", "tau"), *, invaria
         ``max_r_hat``, ``min_ess_bulk``, ``divergences``.
     """
     post = dt["posterior"]
-    if isinstance(var_names, str):
-        var_names = (var_names,)
-    unknown = [n for n in var_names if n not in post.data_vars]
-    if unknown:
-        raise ValueError(f"var_names {unknown} are not in the posterior; it has {sorted(map(str, post.data_vars))}")
     if invariant:
         arrays = list(invariant_draws(dt).values())
     else:
+        if isinstance(var_names, str):
+            var_names = (var_names,)
+        unknown = [n for n in var_names if n not in post.data_vars]
+        if unknown:
+            raise ValueError(f"var_names {unknown} are not in the posterior; it has {sorted(map(str, post.data_vars))}")
         arrays = [post[name].transpose("chain", "draw", ...).values for name in var_names
-                  if name in post.data_vars and "chain" in post[name].dims and _varies(post[name].values)]
+                  if name in post.data_vars and "chain" in post[name].dims and varies(post[name].values)]
     rhat, ess = _rhat_ess(arrays)
     div = 0
     if "sample_stats" in dt.children and "diverging" in dt["sample_stats"]:
@@ -181,7 +181,7 @@ def diagnostics(dt: xr.DataTree, var_names=("theta", "sigma", "tau"), *, invaria
     return {"max_r_hat": rhat, "min_ess_bulk": ess, "divergences": div}
 
 
-def _varies(values: np.ndarray) -> bool:
+def varies(values: np.ndarray) -> bool:
     """Whether an array takes more than one value (exactly: the std of a constant array can
     round to 1e-16, which once counted a fixed sigma as sampled)."""
     return bool(np.ptp(values) > 0) if np.size(values) else False

@@ -41,6 +41,7 @@ import numpyro.distributions as dist
 from jax.scipy.linalg import cho_solve, solve_triangular
 from numpyro.distributions import constraints
 
+from nmfre.exceptions import ArgumentTypeError
 from nmfre.labels import renamed
 
 from .likelihood import Stats, data_moments, loglik, statistics
@@ -87,7 +88,7 @@ def check_priors(priors: dict | None, allow_flat: bool = False, values: bool = T
     finite number (``theta_scale=None``, a flat prior on Theta, only with ``allow_flat``: the
     conditional model). A copy."""
     if priors is not None and not isinstance(priors, dict):
-        raise TypeError(f"priors must be a dict such as {{'sigma_scale': 2.0}}, got {type(priors).__name__}")
+        raise ArgumentTypeError(f"priors must be a dict such as {{'sigma_scale': 2.0}}, got {type(priors).__name__}")
     given = dict(priors or {})
     unknown = set(given) - set(PRIOR_KEYS)
     if unknown:
@@ -97,8 +98,11 @@ def check_priors(priors: dict | None, allow_flat: bool = False, values: bool = T
             continue
         if x is None and k == "theta_scale":
             raise ValueError("priors['theta_scale']=None (a flat prior on Theta) is for model='conditional' only")
-        if isinstance(x, bool) or not isinstance(x, int | float | np.integer | np.floating) or not np.isfinite(x) \
-                or x <= 0:
+        try:  # a number, or a 0-d array of one (numpy or concrete JAX)
+            value = float(x) if np.ndim(x) == 0 and not isinstance(x, bool | np.bool_ | str) else None
+        except (TypeError, ValueError):
+            value = None
+        if value is None or not np.isfinite(value) or value <= 0:
             raise ValueError(f"priors['{k}'] must be a positive finite number, got {x!r}")
     return given
 

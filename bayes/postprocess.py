@@ -122,7 +122,7 @@ def _settings_record(s: compiled.Settings, relabel: bool) -> str:
     if s.theta_coords == "marginal" and s.nonneg:
         keys.append("theta_draws")
     out = {k: getattr(s, k) for k in keys}
-    out["newton_steps"] = 0 if s.simplex == "folded" else s.newton_steps
+    out["newton_steps"] = compiled.laplace_steps(s)
     out["relabel"] = "draw by draw" if relabel else "chain by chain"
     return str(out)
 

@@ -487,7 +487,7 @@ def infer(fit: NMFREFit, n_boot: int = 1000, seed: Any = 123, multipliers: Any =
     progress : bool
         tqdm progress bar for ``method="refit"``.
     max_iter : int, optional
-        Iteration limit of each refit.
+        ``method="refit"`` only: iteration limit of each refit (default: the fit's).
     chunk_size : int
         Units whose multipliers are held at once (memory ``chunk_size x n_boot`` per
         thread, never ``N x n_boot``). The draws for a given seed do not depend on it.

@@ -114,8 +114,6 @@ def lrt_tau2(fit: NMFREFit, tol: float = 1e-10) -> LRTResult:
 
     if not isinstance(fit, NMFREFit):
         raise ValueError(f"fit must be an NMFREFit, got {type(fit).__name__}")
-    if fit.method != "ml":
-        raise ValueError("fit: likelihood-ratio tests need maximum-likelihood fits (method='ml')")
     tol = v.positive_float(tol, "tol")
     if fit.settings.variance_mode != "free":
         raise ValueError("fit: the tau2 = 0 test needs a fit with both variances free (no fix_sigma2 / fix_tau2)")

@@ -163,15 +163,19 @@ def labels_of(obj, dim: str) -> list[str]:
     return [str(x) for x in obj[dim].values]
 
 
-def restrict(obj, dim: str, wanted):
-    """``obj`` restricted to the label(s) ``wanted`` along ``dim`` (kept as a dim); a label
-    that is not there is a ``ValueError`` naming the choices."""
-    wanted = [wanted] if np.isscalar(wanted) else list(wanted)
+def label_position(obj, dim: str, wanted, prefix: str = "") -> int:
+    """The position of the label ``wanted`` along ``dim`` (matched as text); a label that is
+    not there is a ``ValueError`` naming the choices."""
     have = labels_of(obj, dim)
-    unknown = [str(w) for w in wanted if str(w) not in have]
-    if unknown:
-        raise ValueError(f"{dim} {unknown} not found; choose among {have}")
-    return obj.isel({dim: [have.index(str(w)) for w in wanted]})
+    if str(wanted) not in have:
+        raise ValueError(f"{prefix}{dim}={wanted!r} is not in this study; choose among {have}")
+    return have.index(str(wanted))
+
+
+def restrict(obj, dim: str, wanted):
+    """``obj`` restricted to the label(s) ``wanted`` along ``dim`` (kept as a dim)."""
+    wanted = [wanted] if np.isscalar(wanted) else list(wanted)
+    return obj.isel({dim: [label_position(obj, dim, w) for w in wanted]})
 
 
 def coverage(summary, component=None, covariate=None):

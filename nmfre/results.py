@@ -345,15 +345,17 @@ class NMFREFit:
 
         Parameters
         ----------
-        A_new : array-like, DataFrame or DataArray, optional
-            ``covariate x unit`` design of new units (a 1-D array is one unit). Default:
-            the fitted units.
+        A_new : array-like, DataFrame, Series or DataArray, optional
+            ``covariate x unit`` design of new units (a 1-D array, or a Series indexed by
+            covariate, is one unit). Default: the fitted units.
         random : bool
             Include the random effects. For the fitted units this adds ``X U``. New units
             without ``Y_new`` have no data, so their U is 0 (its prior mean).
         Y_new : array-like, DataFrame or DataArray, optional
             ``feature x unit`` data of the new units (NaN = not observed): their U is the
             BLUP from their observed features, ``(X_O'X_O + lambda I)^-1 X_O'(y_O - X_O Theta a)``.
+            Checked (shape, labels) whether or not ``random`` is on; its unit labels name the
+            new units when ``A_new`` has none (labels on both must agree).
 
         Returns
         -------
@@ -600,12 +602,7 @@ class NMFREFit:
         fit = cls(data, sol, rate=a.get("df_cap_rate"), settings=FitSettings.from_dict(json.loads(a["settings"])),
                   restarts=_frame_from_json(a["restarts"]), scan=scan, components=ds["component"].values)
         if "Y_feature_sums" in ds:  # one pass over the given Y
-            got = _margins(data.Y, data.features, data.units)
-            for k, what in (("Y_feature_sums", "features"), ("Y_unit_sums", "units"), ("Y_unit_counts", "units")):
-                if not np.allclose(got[k].values, ds[k].values, rtol=1e-10, atol=0.0):
-                    bad = int(np.sum(~np.isclose(got[k].values, ds[k].values, rtol=1e-10, atol=0.0)))
-                    raise ValueError(f"Y is not the data this fit was made on: the sums over {bad} of its {what} "
-                                     f"({k}) differ from those recorded when the fit was saved")
+            _check_margins(_margins(data.Y, data.features, data.units), ds)
         return fit
 
     def to_netcdf(self, path, **kwargs) -> Any:
@@ -614,24 +611,48 @@ class NMFREFit:
 
 
 def _margins(Y, features, units) -> dict:
-    """What identifies a Y that a saved fit does not hold: its sums over units (per feature)
-    and over features (per unit), and each unit's observed entries (missing entries left
-    out; one pass, lazy for dask)."""
+    """What identifies a Y that a saved fit does not hold: its sums and sums of squares over
+    units (per feature) and over features (per unit), and each unit's observed entries
+    (missing entries left out; one pass, lazy for dask)."""
     kind = v.array_kind(Y)
     if kind == "dask":
         import dask
         import dask.array as da
 
-        obs = ~da.isnan(Y)
-        rows, cols, counts = dask.compute(da.nansum(Y, axis=1), da.nansum(Y, axis=0), obs.sum(axis=0))
+        sq = Y * Y
+        parts = dask.compute(da.nansum(Y, axis=1), da.nansum(sq, axis=1), da.nansum(Y, axis=0),
+                             da.nansum(sq, axis=0), (~da.isnan(Y)).sum(axis=0))
     elif kind == "sparse":
-        rows, cols = np.asarray(Y.sum(axis=1)).ravel(), np.asarray(Y.sum(axis=0)).ravel()
-        counts = np.full(Y.shape[1], Y.shape[0])
+        sq = Y.multiply(Y)
+        parts = [np.asarray(m.sum(axis=a)).ravel() for m, a in ((Y, 1), (sq, 1), (Y, 0), (sq, 0))]
+        parts.append(np.full(Y.shape[1], Y.shape[0]))
     else:
-        rows, cols, counts = np.nansum(Y, axis=1), np.nansum(Y, axis=0), np.sum(~np.isnan(Y), axis=0)
-    return {"Y_feature_sums": xr.DataArray(np.asarray(rows, float), dims="feature", coords={"feature": features}),
-            "Y_unit_sums": xr.DataArray(np.asarray(cols, float), dims="unit", coords={"unit": units}),
-            "Y_unit_counts": xr.DataArray(np.asarray(counts, np.int64), dims="unit", coords={"unit": units})}
+        parts = (np.nansum(Y, axis=1), np.nansum(Y * Y, axis=1), np.nansum(Y, axis=0), np.nansum(Y * Y, axis=0),
+                 np.sum(~np.isnan(Y), axis=0))
+    names = ("Y_feature_sums", "Y_feature_sumsq", "Y_unit_sums", "Y_unit_sumsq", "Y_unit_counts")
+    out = {}
+    for name, values in zip(names, parts, strict=True):
+        dim, labels = ("feature", features) if name.startswith("Y_feature") else ("unit", units)
+        dtype = np.int64 if name == "Y_unit_counts" else float
+        out[name] = xr.DataArray(np.asarray(values, dtype), dims=dim, coords={dim: labels})
+    return out
+
+
+def _check_margins(got: dict, ds: xr.Dataset) -> None:
+    """``ValueError`` unless a Y's margins (:func:`_margins`) are those a fit recorded: counts
+    exactly, sums of squares to 1e-10 relative, sums to 1e-10 of ``sqrt(n sum of squares)``
+    (their scale: a sum near 0, as of a centred feature, is rounding)."""
+    for margin, what in (("feature", "features"), ("unit", "units")):
+        n = (ds["Y_unit_counts"].values if margin == "unit"
+             else np.full(ds.sizes["feature"], int(ds["Y_unit_counts"].values.sum()) / max(ds.sizes["feature"], 1)))
+        sq, s = ds[f"Y_{margin}_sumsq"].values, ds[f"Y_{margin}_sums"].values
+        ok = (np.isclose(got[f"Y_{margin}_sumsq"].values, sq, rtol=1e-10, atol=0.0)
+              & (np.abs(got[f"Y_{margin}_sums"].values - s) <= 1e-10 * np.sqrt(n * sq) + 1e-300))
+        if margin == "unit":
+            ok &= got["Y_unit_counts"].values == ds["Y_unit_counts"].values
+        if not ok.all():
+            raise ValueError(f"Y is not the data this fit was made on: the sums over {int((~ok).sum())} of its "
+                             f"{what} differ from those recorded when the fit was saved")
 
 
 def _sparse_labelled(Ys, ds: xr.Dataset):
@@ -642,7 +663,9 @@ def _sparse_labelled(Ys, ds: xr.Dataset):
 def load(path, Y=None) -> NMFREFit:
     """Load a fit written by :meth:`NMFREFit.to_netcdf`.
 
-    ``Y`` is needed only for fits of dask data (their Y is not written to the file).
+    ``Y`` is needed only for fits of dask data (their Y is not written to the file; its
+    sums over features and units are, and the Y given must match them and the fit's shape),
+    and is refused for fits whose file holds their own Y.
     """
     with xr.open_dataset(path) as ds:
         return NMFREFit.from_dataset(ds.load(), Y=Y)

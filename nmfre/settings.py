@@ -138,5 +138,6 @@ def check_start_values(init: dict, P: int, Q: int, K: int, N: int, nonneg: bool 
         raise ValueError("init['X'] has a column summing to 0")
     if nonneg and "theta" in out and np.any(out["theta"] < 0):
         raise ValueError(f"init['theta'] has negative entries (min {out['theta'].min():.4g}) but Theta is "
-                         "non-negative (theta='nonneg', the paper method's default): give a non-negative start")
+                         "non-negative (theta='nonneg', the paper method's default), and a start is not projected "
+                         "silently: give a non-negative one (e.g. np.maximum(theta, 0) of a sign-free fit)")
     return out

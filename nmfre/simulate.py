@@ -30,7 +30,7 @@ def block_sparse(P: int = 100, N: int = 2000, rank: int = 5, K: int = 4, *, thet
     P, N, rank, K = (v.integer(x, name) for x, name in ((P, "P"), (N, "N"), (rank, "rank"), (K, "K")))
     if rank > P:
         raise ValueError(f"rank ({rank}) must be at most P ({P}): each component loads on its own block of features")
-    theta_scale = v.positive_float(theta_scale, "theta_scale")
+    theta_scale = v.nonnegative_float(theta_scale, "theta_scale")  # 0: a null design
     tau2, noise_sd = v.nonnegative_float(tau2, "tau2"), v.nonnegative_float(noise_sd, "noise_sd")
     clip = v.boolean(clip, "clip")
     rng = v.rng(seed)

@@ -12,7 +12,7 @@ import itertools
 import json
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import numpy as np
 import xarray as xr
@@ -246,8 +246,11 @@ def _check_grid(grid) -> dict:
         raise ArgumentTypeError(f"grid must be a dict of lists, e.g. {{'N': [27, 100]}}, got {type(grid).__name__}")
     out = {}
     for k, x in grid.items():
-        if isinstance(x, (str, bytes)) or not isinstance(x, (list, tuple, range, np.ndarray)):
+        one_d = (isinstance(x, Iterable) and not isinstance(x, (str, bytes, dict))
+                 and not (isinstance(x, np.ndarray) and x.ndim != 1))
+        if not one_d:
             raise ValueError(f"grid[{k!r}] must be a list of values (e.g. [{x!r}]), got {type(x).__name__} {x!r}")
+        x = list(x)
         if len(x) == 0:
             raise ValueError(f"grid[{k!r}] needs at least one value")
         out[k] = list(x)
@@ -466,7 +469,7 @@ def open(path) -> xr.Dataset:  # noqa: A001 - study.open(path), as xarray.open_d
         ds = _to_grid(flat, grid, _settings(grid), spec["n_rep"], ctx)
     ds.attrs.update(design=spec["design"], seed=spec["seed"], n_boot=spec["n_boot"], level=spec["level"],
                     fit_overrides=str(spec["fit_overrides"]), n_boot_refit=spec["n_boot_refit"],
-                    refit_failed=spec["refit_failed"], spec=json.dumps(spec), store=str(st.path))
+                    refit_failed=spec.get("refit_failed", "drop"), spec=json.dumps(spec), store=str(st.path))
     return ds
 
 
@@ -690,7 +693,6 @@ def summarize(ds: xr.Dataset, alpha: float = 0.05) -> xr.Dataset:
         "rmse": np.sqrt((err**2).mean("replicate")),
         "mean_se": ds["se"].mean("replicate"),
         "mean_boot_se": ds["boot_se"].mean("replicate"),
-        "reject": share(ds["p_value"] < alpha, ds["p_value"]),
         "cover_wald": share(np.abs(err) <= z * ds["se"], err, ds["se"]),
         "cover_pct": share((ds["ci_low"] <= ds["truth"]) & (ds["truth"] <= ds["ci_high"]), ds["ci_low"],
                            ds["ci_high"], ds["truth"]),
@@ -732,14 +734,11 @@ def _method_metrics(ds: xr.Dataset) -> xr.Dataset:
 def _choose(obj, dim: str, val, prefix: str = ""):
     """The label ``val`` along ``dim`` (matched as text), or the only one when ``val`` is
     None; otherwise a ``ValueError`` naming the choices."""
-    have = plotting.labels_of(obj, dim)
     if val is None:
-        if len(have) > 1:
-            raise ValueError(f"{prefix or 'choose '}{dim}= among {have}")
+        if obj.sizes[dim] > 1:
+            raise ValueError(f"{prefix or 'choose '}{dim}= among {plotting.labels_of(obj, dim)}")
         return obj[dim].values[0]
-    if str(val) not in have:
-        raise ValueError(f"{prefix}{dim}={val!r} is not in this study; choose among {have}")
-    return obj[dim].values[have.index(str(val))]
+    return obj[dim].values[plotting.label_position(obj, dim, val, prefix)]
 
 
 def plot_coverage(summary: xr.Dataset, component=None, covariate=None):

@@ -235,7 +235,7 @@ def test_study_figures(tmp_path):
     assert_nothing_clipped(fig)
     with pytest.raises(ValueError, match="per-method measure"):
         study.plot_nested_loop(s, "bias")
-    with pytest.raises(ValueError, match=r"covariate \['female'\] not found; choose among \['intercept', 'male'\]"):
+    with pytest.raises(ValueError, match=r"covariate='female' is not in this study; choose among \['intercept'"):
         study.plot_coverage(s, covariate="female")
 
 

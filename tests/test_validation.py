@@ -134,6 +134,6 @@ def test_bad_input_at_other_entry_points(orthodont):
     with pytest.raises(ValueError, match=r"rank \(5\) must be at most P \(3\)"):
         simulate.block_sparse(P=3, N=20, rank=5, K=2)
     for kw, match in [({"tau2": -1.0}, "tau2 must be a non-negative"), ({"noise_sd": -1.0}, "noise_sd"),
-                      ({"theta_scale": 0.0}, "theta_scale must be a positive"), ({"clip": "yes"}, "clip")]:
+                      ({"theta_scale": -1.0}, "theta_scale must be a non-negative"), ({"clip": "yes"}, "clip")]:
         with pytest.raises(ValueError, match=match):
             simulate.block_sparse(P=10, N=20, rank=2, K=2, **kw)
