@@ -66,7 +66,8 @@ class Posterior:
             raise ValueError(f"model must be one of {MODELS}, got {self.model!r}")
         if self.kernel not in KERNELS:
             raise ValueError(f"kernel must be one of {KERNELS}, got {self.kernel!r}")
-        for name in ("num_warmup", "num_samples", "num_chains"):
+        v.integer(self.num_warmup, "num_warmup", minimum=0)  # 0: no warm-up, as bayes.sample allows
+        for name in ("num_samples", "num_chains"):
             v.integer(getattr(self, name), name)
 
     @property

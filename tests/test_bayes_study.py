@@ -52,6 +52,10 @@ def test_posterior_errors():
         bayes.study.Posterior("joint", num_samples=0)
     with pytest.raises(ValueError, match="kernel"):
         bayes.study.Posterior("joint", kernel="hmc")
+    # no warm-up is allowed, as bayes.sample allows it; a negative one is not
+    assert bayes.study.Posterior("joint", num_warmup=0).num_warmup == 0
+    with pytest.raises(ValueError, match="num_warmup"):
+        bayes.study.Posterior("joint", num_warmup=-1)
 
 
 def test_posterior_methods_identical_on_dask(bayes_study):
