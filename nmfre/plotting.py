@@ -23,7 +23,11 @@ def _plt():
 
 
 def _stars(p: float, alpha: float) -> str:
-    return "***" if p < 0.001 else "**" if p < 0.01 else "*" if p < alpha else ""
+    """R's codes (``***`` below 0.001, ``**`` below 0.01, ``*`` below 0.05), only for cells
+    significant at ``alpha`` (a cell with ``p >= alpha`` gets none, whatever its code)."""
+    if not p < alpha:
+        return ""
+    return "***" if p < 0.001 else "**" if p < 0.01 else "*"
 
 
 def effects(estimate, p_value, alpha: float = 0.05, ax=None, title: str | None = None):
