@@ -394,9 +394,10 @@ def profile(fit: NMFREFit, params=None, *, level: float = 0.95, x: str = "free",
         fixed variances and df cap). For a ``method="paper"`` fit the maximum is re-found
         from the paper estimate, so the intervals are centred at the ML estimate.
     params : None, "theta", "variances" or list
-        What to profile: every entry of Theta and ``sigma2``, ``tau2``, ``icc`` (None),
-        Theta only, the three variance quantities only, or a list of names among
-        ``"sigma2"``, ``"tau2"``, ``"icc"`` and ``(component, covariate)`` pairs.
+        What to profile: every entry of Theta and ``sigma2``, ``tau2``, ``icc`` (None; Theta
+        only for a fit with a fixed variance), Theta only, the three variance quantities
+        only, or a list of distinct names among ``"sigma2"``, ``"tau2"``, ``"icc"`` and
+        ``(component, covariate)`` pairs (one name or one pair alone is accepted too).
     level : float
         Interval level; the cut-off is ``chi2_1(level) / 2`` in log-likelihood.
     x : {"free", "fixed"}
@@ -472,14 +473,24 @@ def profile(fit: NMFREFit, params=None, *, level: float = 0.95, x: str = "free",
 def _targets(params, comps, covs, mode: str) -> tuple[list[int], list[str]]:
     Q, K = len(comps), len(covs)
     every = list(range(Q * K))
-    if params is None:
-        thetas, variances = every, list(VARIANCES)
+    if params is None:  # everything the fit can profile (a fixed variance leaves Theta only)
+        thetas, variances = every, (list(VARIANCES) if mode == "free" else [])
     elif isinstance(params, str) and params == "theta":
         thetas, variances = every, []
     elif isinstance(params, str) and params == "variances":
         thetas, variances = [], list(VARIANCES)
     else:
-        items = [params] if isinstance(params, str) else list(params)
+        pair = isinstance(params, tuple) and len(params) == 2 and all(isinstance(p, str) for p in params) \
+            and str(params[0]) in [str(c) for c in comps]
+        if isinstance(params, str) or pair:  # one name, or one (component, covariate) pair
+            items = [params]
+        elif isinstance(params, list | tuple):
+            items = list(params)
+        else:
+            raise ValueError(f"params must be None, 'theta', 'variances' or a list of names, got "
+                             f"{type(params).__name__} {params!r}")
+        if not items:
+            raise ValueError("params is empty: give None (everything), 'theta', 'variances' or some names")
         thetas, variances = [], []
         cl, kl = [str(c) for c in comps], [str(k) for k in covs]
         for it in items:
@@ -490,6 +501,8 @@ def _targets(params, comps, covs, mode: str) -> tuple[list[int], list[str]]:
             else:
                 raise ValueError(f"params: unknown parameter {it!r}; give 'theta', 'variances', {list(VARIANCES)} or "
                                  f"(component, covariate) pairs with components {cl} and covariates {kl}")
+    if len(set(thetas)) != len(thetas) or len(set(variances)) != len(variances):
+        raise ValueError(f"params names a parameter twice: {params!r}")
     if variances and mode != "free":
         raise ValueError(f"params: this fit holds a variance fixed (mode {mode!r}), so sigma2, tau2 and the ICC have "
                          "no profile; profile Theta only (params='theta')")
@@ -531,7 +544,8 @@ def _dataset(fit, best: Point, ci, vci, traces, level, q, x, n_eval, seconds, th
                                      + list(variances)),
                "description": describe(level, x)},
     )
-    ds["ci"].attrs.update(ci_kind="profile", ci_prob=float(level), description=describe(level, x))
+    for name in ("ci", "variance_ci"):
+        ds[name].attrs.update(ci_kind="profile", ci_prob=float(level), description=describe(level, x))
     return ds
 
 

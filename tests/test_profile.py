@@ -139,6 +139,15 @@ def test_bad_arguments(fit, orthodont):
     fixed = nmfre.fit(Y, A, rank=1, sigma2=2.0, fix_sigma2=True)
     with pytest.raises(ValueError, match="params"):
         fixed.profile(params="variances")
+    # the default profiles what a fit with a fixed variance can: Theta (it raised)
+    assert fixed.profile().attrs["profiled"] == "theta[Basis1, intercept], theta[Basis1, male]"
+    for params, match in [(3, "params must be None"), ([], "params is empty"),
+                          (["sigma2", "sigma2"], "names a parameter twice")]:
+        with pytest.raises(ValueError, match=match):
+            fit.profile(params=params)
+    one = fit.profile(params=("Basis1", "male"), level=0.8)  # one pair alone
+    assert one.attrs["profiled"] == "theta[Basis1, male]"
+    assert fit.profile(params="tau2", level=0.8)["variance_ci"].attrs["ci_prob"] == 0.8
 
 
 def test_profile_is_a_study_method():
@@ -146,11 +155,14 @@ def test_profile_is_a_study_method():
     replicate, around the ML point (exact given seeds; 2 replicates)."""
     ds = nmfre.study.run("baseline", {"N": [27]}, n_rep=2, seed=1, n_boot=50, methods=("wald", "profile"),
                          fit_kwargs={"method": "ml", "df_cap": None})
-    lo = ds["lower"].sel(method="profile").values
-    hi = ds["upper"].sel(method="profile").values
-    pt = ds["point"].sel(method="profile").values
+    # (the methods are along "interval": .sel(method=...) is xarray's matching option, which
+    # once made this test compare every method with itself)
+    lo = ds["lower"].sel(interval="profile").values
+    hi = ds["upper"].sel(interval="profile").values
+    pt = ds["point"].sel(interval="profile").values
     assert np.all(np.isfinite(lo)) and np.all(lo < pt) and np.all(pt < hi)
-    np.testing.assert_allclose(pt, ds["point"].sel(method="wald").values, rtol=1e-6)
+    np.testing.assert_allclose(pt, ds["point"].sel(interval="wald").values, rtol=1e-6)
+    assert not np.allclose(lo, ds["lower"].sel(interval="wald").values)
 
 
 def test_the_profile_likelihood_has_the_solvers_statistics(orthodont):
