@@ -59,6 +59,10 @@ def demo(out: Path, n_boot: int = 1000, seed: int = 123, bayes_draws: int = 1000
     from .model import fit as nmfre_fit
     from .plotting import growth
 
+    if isinstance(n_boot, bool) or not isinstance(n_boot, int) or n_boot < 2:  # before any work or folder
+        raise ValueError(f"--n-boot must be an integer >= 2, got {n_boot}")
+    if isinstance(bayes_draws, bool) or not isinstance(bayes_draws, int) or bayes_draws < 0:
+        raise ValueError(f"--bayes-draws must be an integer >= 0 (0: skip), got {bayes_draws}")
     out.mkdir(parents=True, exist_ok=True)
     Y, A = load_orthodont()
     print("Orthodont (nlme): distance (mm) at ages 8-14 for 27 children; A = intercept + male\n")
@@ -100,7 +104,9 @@ def _fit_command(args) -> int:
     fit = nmfre_fit(Y, A, rank=args.rank, method=args.method, theta=args.theta, df_cap=args.df_cap,
                     n_init=args.n_init, seed=args.seed)
     inf = fit.infer(n_boot=args.n_boot, seed=args.seed if args.seed is not None else 123) if args.n_boot else None
-    print(fit.summary(inference=inf))
+    text = fit.summary(inference=inf).as_text()
+    # the summary's hint is Python's; on the command line it is an option
+    print(text.replace("fit.summary(inference=fit.infer()) adds", "--n-boot N (N >= 2) adds"))
     if args.out:
         fit.to_netcdf(args.out)
         print(f"\nWrote {args.out}")

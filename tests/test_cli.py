@@ -32,6 +32,10 @@ def test_fit_command(tmp_path, capsys, orthodont):
     out = capsys.readouterr().out
     assert "90.5058" in out and "male" in out and "Boot.SE" in out
     assert nmfre.load(tmp_path / "fit.nc").theta.sizes == {"component": 1, "covariate": 2}
+    # without --n-boot the hint names the option, not the Python call
+    assert main(["fit", str(tmp_path / "Y.csv"), "--rank", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "--n-boot N (N >= 2) adds standard errors" in out and "fit.infer()" not in out
 
 
 def _files(tmp_path):
@@ -67,6 +71,8 @@ def _files(tmp_path):
     (["fit", "{good}", "--rank", "1", "--out", "{dir}/no/such/dir/fit.nc"], "/no/such/dir does not exist"),
     (["fit", "{good}"], "the following arguments are required: --rank"),
     (["demo", "--out", "{good}/sub"], "error"),
+    (["demo", "--out", "{dir}/d", "--n-boot", "1"], "--n-boot must be an integer >= 2"),
+    (["demo", "--out", "{dir}/d", "--bayes-draws", "-1"], "--bayes-draws must be an integer >= 0"),
     (["frobnicate"], "invalid choice"),
 ])
 def test_user_errors_are_one_line_and_status_2(tmp_path, capsys, args, message):
