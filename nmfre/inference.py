@@ -331,7 +331,8 @@ class Inference:
     def plot_loadings(self, threshold: float | None = None, level: float | None = None, kind: str = "support",
                       ax=None):
         """Feature x component figure of :meth:`loadings`: the support as a heat map
-        (``kind="support"``) or the intervals against the threshold (``kind="intervals"``)."""
+        (``kind="support"``, drawn in ``ax`` when given) or the intervals against the
+        threshold (``kind="intervals"``, one panel per component in a new figure)."""
         from .plotting import loadings as plot
 
         return plot(self.loadings(threshold=threshold, level=level), kind=kind, ax=ax)

@@ -8,6 +8,8 @@ imported only when a figure is drawn.
 
 from __future__ import annotations
 
+import textwrap
+
 import numpy as np
 import pandas as pd
 
@@ -364,12 +366,15 @@ def loadings(summary, kind: str = "support", ax=None, title: str | None = None):
     """
     if kind not in ("support", "intervals"):
         raise ValueError(f"kind must be 'support' or 'intervals', got {kind!r}")
+    if ax is not None and kind == "intervals":
+        raise ValueError("ax is only for kind='support' (kind='intervals' draws one panel per component)")
     s = summary.transpose("feature", "component", ...)
     feats = [str(f) for f in s["feature"].values]
     comps = [str(c) for c in s["component"].values]
     P, Q = len(feats), len(comps)
     thr, ms = float(summary.attrs["threshold"]), float(summary.attrs["min_support"])
-    caption = title or (f"Loadings: support = share of draws with X > {thr:.3g}; framed: support >= {ms:g}")
+    marked = "framed" if kind == "support" else "in colour"
+    caption = title or (f"Loadings: support = share of draws with X > {thr:.3g}; {marked}: support >= {ms:g}")
     plt = _plt()
     if kind == "support":
         if ax is None:
@@ -390,7 +395,7 @@ def loadings(summary, kind: str = "support", ax=None, title: str | None = None):
         ax.figure.colorbar(im, ax=ax, label="support")
         ax.set_title(caption, fontsize=9, wrap=True)
         return ax.figure
-    fig, axes = plt.subplots(1, Q, figsize=(1.5 + max(map(len, feats)) * _CHAR + 2.4 * Q, 1.4 + 0.3 * P),
+    fig, axes = plt.subplots(1, Q, figsize=(1.5 + max(map(len, feats)) * _CHAR + 2.4 * Q, 1.6 + 0.3 * P),
                              layout="constrained", sharey=True, squeeze=False)
     lo, hi = s["ci"].sel(ci_bound="lower").values, s["ci"].sel(ci_bound="upper").values
     y = np.arange(P)
@@ -404,7 +409,10 @@ def loadings(summary, kind: str = "support", ax=None, title: str | None = None):
         a.set_xlabel("loading")
     axes[0][0].set_yticks(y, feats)
     axes[0][0].invert_yaxis()
-    fig.suptitle(caption + f"; intervals {100 * float(summary.attrs.get('level', 0.95)):g}%", fontsize=9)
+    text = caption + f"; intervals {100 * float(summary.attrs.get('level', 0.95)):g}%"
+    # wrapped to the figure's width (one component: a narrow figure, where a single line was cut)
+    per_line = max(int(fig.get_figwidth() * 72 / (0.55 * 9)), 20)
+    fig.suptitle(textwrap.fill(text, per_line), fontsize=9)
     return fig
 
 

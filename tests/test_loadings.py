@@ -55,6 +55,18 @@ def test_refit_keeps_X_and_threads_agree(orthodont):
     assert fig.axes
     fig2 = a.plot_loadings(kind="intervals")
     assert fig2.axes
+    # one component: a narrow figure whose title was cut; the intervals kind marks the selected
+    # loadings in colour (its title said "framed") and has no single ax to draw in
+    from test_plotting import assert_nothing_clipped
+
+    title = fig2._suptitle.get_text().replace("\n", " ")
+    assert "in colour: support >=" in title and "framed" not in title
+    assert_nothing_clipped(fig2)
+    import matplotlib.pyplot as plt
+
+    _, ax = plt.subplots()
+    with pytest.raises(ValueError, match="ax is only for kind='support'"):
+        a.plot_loadings(kind="intervals", ax=ax)
 
 
 def test_support_on_a_design_with_known_zeros():
