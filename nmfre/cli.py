@@ -16,6 +16,8 @@ from pathlib import Path
 import pandas as pd
 
 DEMO_PLUGINS = "nmfre.demo"
+#: the summary's footnote on inference, as the command line offers it
+CLI_INFER_HINT = "--n-boot N (N >= 2) adds standard errors, bootstrap intervals and p-values."
 
 
 class _Parser(argparse.ArgumentParser):
@@ -55,14 +57,13 @@ def demo(out: Path, n_boot: int = 1000, seed: int = 123, bayes_draws: int = 1000
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from . import validation as v
     from .datasets import load_orthodont
     from .model import fit as nmfre_fit
     from .plotting import growth
 
-    if isinstance(n_boot, bool) or not isinstance(n_boot, int) or n_boot < 2:  # before any work or folder
-        raise ValueError(f"--n-boot must be an integer >= 2, got {n_boot}")
-    if isinstance(bayes_draws, bool) or not isinstance(bayes_draws, int) or bayes_draws < 0:
-        raise ValueError(f"--bayes-draws must be an integer >= 0 (0: skip), got {bayes_draws}")
+    v.integer(n_boot, "--n-boot", minimum=2)  # before any work or folder
+    v.integer(bayes_draws, "--bayes-draws", minimum=0)
     out.mkdir(parents=True, exist_ok=True)
     Y, A = load_orthodont()
     print("Orthodont (nlme): distance (mm) at ages 8-14 for 27 children; A = intercept + male\n")
@@ -96,6 +97,7 @@ def demo(out: Path, n_boot: int = 1000, seed: int = 123, bayes_draws: int = 1000
 
 def _fit_command(args) -> int:
     from .model import fit as nmfre_fit
+    from .results import INFER_HINT
 
     if args.out and not args.out.resolve().parent.is_dir():  # checked before the fit, not after it
         raise ValueError(f"--out {args.out}: its folder {args.out.resolve().parent} does not exist")
@@ -104,9 +106,10 @@ def _fit_command(args) -> int:
     fit = nmfre_fit(Y, A, rank=args.rank, method=args.method, theta=args.theta, df_cap=args.df_cap,
                     n_init=args.n_init, seed=args.seed)
     inf = fit.infer(n_boot=args.n_boot, seed=args.seed if args.seed is not None else 123) if args.n_boot else None
-    text = fit.summary(inference=inf).as_text()
+    summary = fit.summary(inference=inf)
     # the summary's hint is Python's; on the command line it is an option
-    print(text.replace("fit.summary(inference=fit.infer()) adds", "--n-boot N (N >= 2) adds"))
+    summary.notes = [CLI_INFER_HINT if note == INFER_HINT else note for note in summary.notes]
+    print(summary)
     if args.out:
         fit.to_netcdf(args.out)
         print(f"\nWrote {args.out}")

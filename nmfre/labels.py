@@ -107,6 +107,12 @@ class Data:
         return np.array_equal(self.Y, other.Y, equal_nan=True)
 
 
+def some_labels(values, n: int = 5) -> str:
+    """The first ``n`` labels as text, for error messages (``...`` when there are more)."""
+    shown = [str(x) for x in list(values)[:n]]
+    return "[" + ", ".join(repr(x) for x in shown) + (", ...]" if len(values) > n else "]")
+
+
 def labels(values, n: int, name: str, default_prefix: str | None) -> np.ndarray:
     """``n`` unique labels from ``values`` (or defaults: ``0..n-1`` or ``prefix1..prefixn``)."""
     if values is None:
@@ -305,11 +311,9 @@ def _align_design(A, y_units: bool, units, N, source: str = "A unit labels"):
         if not np.array_equal(a_units.astype(str), units.astype(str)):
             a_set, y_set = {str(u) for u in a_units}, {str(u) for u in units}
             if a_set != y_set:
-                only_a = sorted(a_set - y_set)[:5]
-                only_y = sorted(y_set - a_set)[:5]
-                short = source.split()[0].rstrip("'")
-                raise ValueError(f"{source} do not match Y unit labels (in {short} only: {only_a}; in Y only: "
-                                 f"{only_y}; first 5 of each shown)")
+                short, only_a, only_y = source.split()[0].rstrip("'"), sorted(a_set - y_set), sorted(y_set - a_set)
+                raise ValueError(f"{source} do not match Y unit labels (in {short} only: {some_labels(only_a)}; "
+                                 f"in Y only: {some_labels(only_y)})")
             order = pd.Index(a_units.astype(str)).get_indexer(units.astype(str))
             Av = Av[:, order]
     return Av, cov

@@ -20,12 +20,14 @@ from .core.likelihood import icc as icc_of
 from .core.paper import SIGMA2_FROM
 from .core.solution import Solution
 from .exceptions import ArgumentTypeError
-from .labels import DIMS_A, DIMS_Y, Data, coerce, component_labels, to_matrix
+from .labels import DIMS_A, DIMS_Y, Data, coerce, component_labels, some_labels, to_matrix
 from .settings import FitSettings
 
 if TYPE_CHECKING:
     from .inference import Inference
 
+#: the summary's footnote when no inference is given
+INFER_HINT = "fit.summary(inference=fit.infer()) adds standard errors, bootstrap intervals and p-values."
 _SCALARS = ("sigma2", "tau2", "lam", "nll", "converged", "n_iter", "cap_hit", "stop_reason")
 
 
@@ -395,7 +397,7 @@ class NMFREFit:
         if feats is not None and [str(f) for f in feats] != [str(f) for f in self._data.features]:
             raise ValueError("Y_new feature labels do not match the fit's")
         if new_units is not None and units is not None and [str(u) for u in new_units] != [str(u) for u in units]:
-            raise ValueError(f"Y_new unit labels {_some(new_units)} do not match A_new's {_some(units)}")
+            raise ValueError(f"Y_new unit labels {some_labels(new_units)} do not match A_new's {some_labels(units)}")
         if np.isnan(Yv).all(axis=0).any():
             raise ValueError("Y_new has a unit with no observed entry; leave it out of Y_new (its U is then 0)")
         s = self._solution
@@ -489,7 +491,7 @@ class NMFREFit:
             notes = ["Signif. codes:  0 '***' 0.001 '**' 0.01 '*' 0.05 '.' 0.1 ' ' 1"]
         else:
             tables.append(("Covariate effects Theta (component x covariate)", self.theta.to_pandas()))
-            notes = ["fit.summary(inference=fit.infer()) adds standard errors, bootstrap intervals and p-values."]
+            notes = [INFER_HINT]
         if self.method == "paper" and not self._settings.fix_sigma2 and self.n_iter < SIGMA2_FROM:
             notes.append(f"The paper algorithm updates sigma2 from iteration {SIGMA2_FROM} on (as nmfkc); this fit "
                          f"stopped after {self.n_iter}, so sigma2 is its starting value ({self._settings.sigma2:g}), "
@@ -627,7 +629,8 @@ def _margins(Y, features, units) -> dict:
         parts = [np.asarray(m.sum(axis=a)).ravel() for m, a in ((Y, 1), (sq, 1), (Y, 0), (sq, 0))]
         parts.append(np.full(Y.shape[1], Y.shape[0]))
     else:
-        parts = (np.nansum(Y, axis=1), np.nansum(Y * Y, axis=1), np.nansum(Y, axis=0), np.nansum(Y * Y, axis=0),
+        sq = Y * Y
+        parts = (np.nansum(Y, axis=1), np.nansum(sq, axis=1), np.nansum(Y, axis=0), np.nansum(sq, axis=0),
                  np.sum(~np.isnan(Y), axis=0))
     names = ("Y_feature_sums", "Y_feature_sumsq", "Y_unit_sums", "Y_unit_sumsq", "Y_unit_counts")
     out = {}
@@ -672,9 +675,3 @@ def load(path, Y=None) -> NMFREFit:
 
 
 __all__ = ["NMFREFit", "Summary", "load"]
-
-
-def _some(labels, n: int = 5) -> str:
-    """The first ``n`` labels, as text (for error messages)."""
-    shown = [str(x) for x in list(labels)[:n]]
-    return "[" + ", ".join(repr(x) for x in shown) + (", ...]" if len(labels) > n else "]")

@@ -250,10 +250,9 @@ def _check_grid(grid) -> dict:
                  and not (isinstance(x, np.ndarray) and x.ndim != 1))
         if not one_d:
             raise ValueError(f"grid[{k!r}] must be a list of values (e.g. [{x!r}]), got {type(x).__name__} {x!r}")
-        x = list(x)
-        if len(x) == 0:
-            raise ValueError(f"grid[{k!r}] needs at least one value")
         out[k] = list(x)
+        if not out[k]:
+            raise ValueError(f"grid[{k!r}] needs at least one value")
     return out
 
 
