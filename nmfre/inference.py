@@ -458,7 +458,7 @@ def infer(fit: NMFREFit, n_boot: int = 1000, seed: Any = 123, multipliers: Any =
           method: str = "onestep", level: float = 0.95, alternative: str | None = None,
           progress: bool = False, max_iter: int | None = None, chunk_size: int = CHUNK_UNITS, vcov: str = "CR1",
           df: str | int | None = None, ci: str = "percentile", keep_X: bool | None = None,
-          workers: int | None = None, client=None, failed: str = "drop") -> Inference:
+          workers: int | None = None, client=None, failed: str | None = None) -> Inference:
     """Inference on Theta conditional on the fitted basis (and U).
 
     Parameters
@@ -514,8 +514,8 @@ def infer(fit: NMFREFit, n_boot: int = 1000, seed: Any = 123, multipliers: Any =
         ``method="refit"``: run the replicates on this cluster. The draws are the same in a
         loop, on threads or on a client (the multipliers are drawn first, replicate b uses
         column b).
-    failed : {"drop", "keep"}
-        ``method="refit"``: what to do with replicates whose refit did not converge (stopped
+    failed : {"drop", "keep"}, optional
+        ``method="refit"`` only: what to do with replicates whose refit did not converge (stopped
         at ``max_iter``, stalled, or degenerate: a sign-free refit whose components cancel
         while their effects diverge, so its Theta is not an estimate). ``"drop"`` (default):
         leave them out of the draws, the bootstrap SEs and the intervals; ``"keep"``: use
@@ -544,7 +544,8 @@ def infer(fit: NMFREFit, n_boot: int = 1000, seed: Any = 123, multipliers: Any =
     dist = v.choice(dist, "dist", DISTS)
     vcov = v.choice(vcov, "vcov", VCOVS)
     ci = v.choice(ci, "ci", CIS)
-    failed = v.choice(failed, "failed", FAILED)
+    if failed is not None:
+        failed = v.choice(failed, "failed", FAILED)
     df_kind = _check_df(df)
     if alternative is not None:
         v.choice(alternative, "alternative", ALTERNATIVES)
@@ -556,15 +557,16 @@ def infer(fit: NMFREFit, n_boot: int = 1000, seed: Any = 123, multipliers: Any =
         workers = v.integer(workers, "workers")
     if max_iter is not None:
         max_iter = v.integer(max_iter, "max_iter")
-    refit_only = {"max_iter": max_iter, "workers": workers, "client": client}
+    refit_only = {"max_iter": max_iter, "workers": workers, "client": client, "failed": failed}
     given = [k for k, x in refit_only.items() if x is not None]
     if method != "refit" and given:
         raise ValueError(f"{', '.join(given)} appl{'ies' if len(given) == 1 else 'y'} to method='refit' only (the "
-                         "one-step bootstrap is one matrix product: no refits to limit or distribute)")
+                         "one-step bootstrap is one matrix product: no refits to limit, distribute or drop)")
     if keep_X is not None:
         keep_X = v.boolean(keep_X, "keep_X")
         if keep_X and method != "refit":
             raise ValueError("keep_X=True needs method='refit' (the one-step bootstrap does not re-estimate X)")
+    failed = failed or "drop"
     if method == "refit" and keep_X is None:
         B = int(W.shape[1]) if W is not None else int(n_boot)
         keep_X = data.P * sol.X.shape[1] * B <= KEEP_X_MAX

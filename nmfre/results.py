@@ -426,7 +426,7 @@ class NMFREFit:
               method: str = "onestep", level: float = 0.95, alternative: str | None = None,
               progress: bool = False, max_iter: int | None = None, chunk_size: int = CHUNK_UNITS, vcov: str = "CR1",
               df: str | int | None = None, ci: str = "percentile", keep_X: bool | None = None,
-              workers: int | None = None, client=None, failed: str = "drop") -> Inference:
+              workers: int | None = None, client=None, failed: str | None = None) -> Inference:
         """Inference on Theta conditional on the fitted basis; see :func:`nmfre.inference.infer`
         (sandwich ``vcov`` CR1 or CR2, ``df`` normal/Satterthwaite/fixed t, ``ci`` percentile or
         studentized bootstrap; ``method="refit"`` keeps the replicates of X (``keep_X``), runs

@@ -337,6 +337,7 @@ def test_no_converged_refit_is_an_error_unless_kept(ml_fit):
     ({"method": "refit", "failed": "ignore"}, "failed"),
     ({"method": "refit", "max_iter": 0}, "max_iter"), ({"max_iter": 50}, r"max_iter applies to method='refit'"),
     ({"workers": 2, "max_iter": 5}, r"max_iter, workers apply to method='refit'"), ({"progress": "yes"}, "progress"),
+    ({"failed": "keep"}, r"failed applies to method='refit'"),
     ({"multipliers": "abc"}, "multipliers must be a numeric"),
 ])
 def test_bad_inference_input(ml_fit, kw, match):
