@@ -8,6 +8,7 @@ import xarray as xr
 
 from nmfre import validation as v
 from nmfre.inference import provenance
+from nmfre.labels import percent
 
 from .datatree import varies
 
@@ -91,7 +92,7 @@ def compare(inference, *posteriors, level: float | None = None, names=None) -> p
         out[f"{name}_width_ratio"] = (q[1] - q[0]) / (wh - wl)
         out[f"{name}_overlap"] = _overlap(q[0], q[1], bl, bh)
         approx = " (variational approximation)" if post["posterior"].attrs.get("approximate") else ""
-        kinds[name] = f"{100 * level:g}% equal-tailed posterior interval{approx}"
+        kinds[name] = f"{percent(level)} equal-tailed posterior interval{approx}"
     out.attrs.update(level=level, intervals=kinds)
     return out
 
@@ -119,7 +120,7 @@ def plot_compare(inference, *posteriors, level: float | None = None, names=None)
         sources[name] = (f"{name}_low", f"{name}_high")
         if post["posterior"].attrs.get("approximate"):
             approx.append(name)
-    return intervals(table, sources, title=f"Theta: {100 * level:g}% intervals", approximate=tuple(approx))
+    return intervals(table, sources, title=f"Theta: {percent(level)} intervals", approximate=tuple(approx))
 
 
 def plot_diagnostics(posterior, var_names=("theta", "sigma", "tau"), kind: str = "trace"):

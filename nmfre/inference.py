@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import warnings
+from numbers import Integral
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -36,6 +37,7 @@ from .core.covariance import Conditional, cr2, from_pieces
 from .core.passes import conditional_pieces
 from .engine import converged_degenerate, refit_draws
 from .exceptions import ConvergenceWarning, DegenerateFitWarning
+from .labels import percent, significance_code, some_labels
 
 if TYPE_CHECKING:
     from .results import NMFREFit
@@ -77,7 +79,7 @@ def provenance(attrs: dict) -> dict[str, str]:
         boot += f", {n_failed} of them refits that did not converge ({reasons})"
     if attrs.get("theta_kind") == "nonneg":
         boot += ", replicates projected onto Theta >= 0"
-    pct = f"{100 * float(attrs.get('level', 0.95)):g}%"
+    pct = percent(attrs.get('level', 0.95))
     if attrs.get("ci_kind", "percentile") == "studentized":
         ci = f"{pct} bootstrap-t interval (each replicate studentized by its own {vcov} sandwich)"
     else:
@@ -240,7 +242,7 @@ class Inference:
             out = self.draws.quantile([a, 1 - a], dim="draw").rename(quantile="ci_bound")
         else:
             raise ValueError(f"the bootstrap-t interval was computed at level {own:g} only (replicate SEs are not "
-                             f"kept); got level={level:g}: call infer(..., level={level:g}, ci='studentized')")
+                             f"kept); got level={level:.10g}: call infer(..., level={level:.10g}, ci='studentized')")
         out = out.assign_coords(ci_bound=["lower", "upper"]).transpose("ci_bound", "component", "covariate")
         out.attrs = {"ci_kind": "wald" if kind == "wald" else attrs.get("ci_kind", "percentile"),
                      "ci_prob": float(level), "description": lab["wald" if kind == "wald" else "ci"]}
@@ -350,15 +352,14 @@ class Inference:
         lab = provenance(self._ds.attrs)
         stat = lab["statistic"]
         a = (1 - self.level) / 2
-        stars = pd.cut(t["p_value"], [-np.inf, 0.001, 0.01, 0.05, 0.1, np.inf],
-                       labels=["***", "**", "*", ".", ""], right=False).astype(str)
+        stars = t["p_value"].map(significance_code)
         cols = {"Estimate": t["estimate"], f"SE ({self._ds.attrs.get('vcov', 'CR1')})": t["se"],
                 "Boot.SE": t["boot_se"], stat: t[stat]}
         if stat == "t":
             cols["df"] = t["df"]
         cols[lab["p_column"]] = t["p_value"].map(lambda p: "<2e-16" if p < 2.2e-16 else f"{p:.4g}")
         cols[""] = stars
-        cols[f"{100 * a:g}%"], cols[f"{100 * (1 - a):g}%"] = t["ci_low"], t["ci_high"]
+        cols[percent(a)], cols[percent(1 - a)] = t["ci_low"], t["ci_high"]
         return pd.DataFrame(cols).round(4)
 
     def __repr__(self) -> str:
@@ -374,8 +375,8 @@ class Inference:
 
         alpha = v.open_unit(alpha, "alpha")
         lab = provenance(self._ds.attrs)
-        title = (f"Theta; starred: p < {alpha:g} ({lab['statistic']} on {lab['vcov']} SE, {lab['reference']}, "
-                 f"{lab['alternative']})")
+        title = (f"Theta; R's codes where p < {alpha:.10g} ({lab['statistic']} on {lab['vcov']} SE, "
+                 f"{lab['reference']}, {lab['alternative']})")
         return effects(self.estimate, self.p_value, alpha, ax=ax, title=title)
 
     # -- ArviZ and IO
@@ -428,22 +429,49 @@ def load_inference(path) -> Inference:
 
 
 # ----------------------------------------------------------------------------- driver
-def _multipliers(n_boot, multipliers, N):
-    """Validated user multipliers (N x B), or None when they are to be drawn."""
-    if multipliers is not None:
-        try:
-            W = np.asarray(getattr(multipliers, "values", multipliers), dtype=float)
-        except (TypeError, ValueError) as exc:
-            raise ValueError(f"multipliers must be a numeric N x B array ({exc})") from None
-        if W.ndim != 2 or W.shape[0] != N:
-            raise ValueError(f"multipliers must be an N x B array with N = {N}, got shape {W.shape}")
-        if W.shape[1] < 2:
-            raise ValueError("multipliers must have at least 2 columns (replicates)")
-        if not np.all(np.isfinite(W)):
-            raise ValueError("multipliers contains NaN or Inf")
-        return W
-    v.integer(n_boot, "n_boot", minimum=2)
-    return None
+def _multipliers(n_boot, multipliers, units: np.ndarray):
+    """Validated user multipliers (N x B, rows in the fit's unit order), or None when they
+    are to be drawn. A DataArray needs a ``unit`` dim (any order); labelled units (its
+    ``unit`` coordinate, a DataFrame's index unless it is the default 0..N-1) are aligned
+    to the fit's."""
+    if multipliers is None:
+        v.integer(n_boot, "n_boot", minimum=2)
+        return None
+    N = len(units)
+    rows = None
+    if isinstance(multipliers, xr.DataArray):
+        if multipliers.ndim != 2 or "unit" not in multipliers.dims:
+            raise ValueError(f"multipliers (a DataArray) must be 2-D with a 'unit' dim, got dims {multipliers.dims}")
+        multipliers = multipliers.transpose("unit", ...)
+        rows = multipliers["unit"].values if "unit" in multipliers.coords else None
+        multipliers = multipliers.values
+    elif isinstance(multipliers, pd.DataFrame):
+        if not isinstance(multipliers.index, pd.RangeIndex):
+            rows = multipliers.index.to_numpy()
+        multipliers = multipliers.to_numpy()
+    if np.ma.isMaskedArray(multipliers):
+        raise ValueError("multipliers is a numpy masked array; give every weight (a plain array)")
+    try:
+        W = np.asarray(multipliers)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"multipliers must be a numeric N x B array ({exc})") from None
+    if W.dtype.kind not in "biuf":
+        raise ValueError(f"multipliers must be a numeric N x B array of real numbers, got dtype {W.dtype}")
+    W = W.astype(float)
+    if W.ndim != 2 or W.shape[0] != N:
+        raise ValueError(f"multipliers must be an N x B array with N = {N}, got shape {W.shape}")
+    if W.shape[1] < 2:
+        raise ValueError("multipliers must have at least 2 columns (replicates)")
+    if not np.all(np.isfinite(W)):
+        raise ValueError("multipliers contains NaN or Inf")
+    if rows is not None:
+        rows = pd.Index(np.asarray(rows).astype(str))
+        order = rows.get_indexer(units.astype(str)) if rows.is_unique else None
+        if order is None or (order < 0).any():
+            raise ValueError(f"multipliers' unit labels {some_labels(rows)} are not the fit's units "
+                             f"{some_labels(units)} (each once)")
+        W = W[order]
+    return W
 
 
 VCOVS = ("CR1", "CR2")
@@ -467,9 +495,11 @@ def infer(fit: NMFREFit, n_boot: int = 1000, seed: Any = 123, multipliers: Any =
     n_boot : int
         Number of bootstrap replicates B (ignored when ``multipliers`` is given).
     seed : int or numpy.random.Generator
-        Randomness for the multipliers.
+        Randomness for the multipliers, recorded in the attributes: ``seed`` (an int) or
+        ``rng_state`` (the generator's ``bit_generator.state`` as JSON, before the draws).
     multipliers : array (N x B), optional
-        Explicit multipliers (e.g. nmfkc's, to reproduce it exactly).
+        Explicit multipliers (e.g. nmfkc's, to reproduce it exactly). A DataFrame indexed by
+        unit label or a DataArray with a ``unit`` dim is aligned to the fit's units by label.
     dist : {"exp", "rademacher", "mammen", "normal"}
         Multiplier distribution; ``"exp"`` is Exp(1) - 1 as in nmfkc; ``"rademacher"`` takes
         one generator bit per multiplier (the cheapest law for large ``N x n_boot``).
@@ -550,7 +580,8 @@ def infer(fit: NMFREFit, n_boot: int = 1000, seed: Any = 123, multipliers: Any =
     if alternative is not None:
         v.choice(alternative, "alternative", ALTERNATIVES)
     level = v.open_unit(level, "level")
-    W = _multipliers(n_boot, multipliers, data.N)
+    W = _multipliers(n_boot, multipliers, data.units)
+    rng = v.rng(seed)
     chunk_size = v.integer(chunk_size, "chunk_size")
     progress = v.boolean(progress, "progress")
     if workers is not None:
@@ -582,7 +613,10 @@ def infer(fit: NMFREFit, n_boot: int = 1000, seed: Any = 123, multipliers: Any =
     pc = conditional_pieces(data.Y, data.A, sol.X, sol.theta, sol.U, fit.lam)
     ker = from_pieces(pc, data.A, sol.theta)
     sand = _sandwich(ker, pc, data.A, sol.X, fit.lam, vcov, df, need_units=ci == "studentized")
-    rng = v.rng(seed)
+    drawn = {}  # how to draw the same multipliers again
+    if W is None:
+        drawn = ({"seed": int(seed)} if isinstance(seed, Integral) else
+                 {"rng_state": json.dumps(rng.bit_generator.state)})
     if W is not None:
         dist = "user"
     elif method == "refit":
@@ -610,7 +644,7 @@ def infer(fit: NMFREFit, n_boot: int = 1000, seed: Any = 123, multipliers: Any =
     attrs = {"method": method, "dist": dist, "n_boot": int(draws.shape[1]), "level": float(level),
              "alternative": alternative, "sigma2_used": ker.sigma2_used, "df_u": ker.df_u,
              "theta_kind": fit.theta_kind, "fit_method": fit.method, "ci_kind": ci, "ci_prob": float(level),
-             "vcov": vcov, "df_kind": df_kind, **extra}
+             "vcov": vcov, "df_kind": df_kind, **drawn, **extra}
     if df_kind == "fixed":
         attrs["df_value"] = int(df)
     attrs["description"] = provenance(attrs)["description"]

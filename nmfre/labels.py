@@ -113,6 +113,25 @@ def some_labels(values, n: int = 5) -> str:
     return "[" + ", ".join(repr(x) for x in shown) + (", ...]" if len(values) > n else "]")
 
 
+#: R's significance codes (``printCoefmat``): p in (0, 0.001] is ``***``, ..., (0.1, 1] none
+SIGNIF_CUTS, SIGNIF_CODES = (0.001, 0.01, 0.05, 0.1), ("***", "**", "*", ".", "")
+SIGNIF_LEGEND = "Signif. codes:  0 '***' 0.001 '**' 0.01 '*' 0.05 '.' 0.1 ' ' 1"
+
+
+def significance_code(p: float) -> str:
+    """R's code for a p-value (intervals closed on the right, as R's ``symnum``: p = 0.05 is
+    ``*``); ``""`` for NaN."""
+    if not p == p:
+        return ""
+    return SIGNIF_CODES[int(np.searchsorted(SIGNIF_CUTS, p, side="left"))]
+
+
+def percent(level: float) -> str:
+    """A probability as a percentage for titles and column names, with the digits it has
+    (``0.95`` -> ``"95%"``, ``0.9999999`` -> ``"99.99999%"``; ``:g`` would print ``"100%"``)."""
+    return f"{round(100 * float(level), 10):.12g}%"
+
+
 def labels(values, n: int, name: str, default_prefix: str | None) -> np.ndarray:
     """``n`` unique labels from ``values`` (or defaults: ``0..n-1`` or ``prefix1..prefixn``)."""
     if values is None:
@@ -189,12 +208,25 @@ def _to_matrix(obj: Any, name: str, dims: tuple[str, str], large: bool = False, 
             raise ArgumentTypeError(f"{name} must be numeric; non-numeric columns: {bad[:5]}"
                                     f"{' ...' if len(bad) > 5 else ''}")
         if large and len(obj.columns) and all(isinstance(t, pd.SparseDtype) for t in obj.dtypes):
+            fills = {float(t.fill_value) for t in obj.dtypes}
+            if fills != {0.0}:
+                raise ValueError(f"{name} is a pandas frame of sparse columns with fill value(s) {sorted(fills)}; "
+                                 "a sparse Y must leave zeros out (fill value 0), and cannot mark missing cells: "
+                                 "pass a dense array with NaN for missing entries")
             values = obj.sparse.to_coo().tocsr()
         else:
             values = obj.to_numpy(dtype=float)
     elif isinstance(obj, pd.Series):
         raise ArgumentTypeError(f"{name} must be 2-D; got a pandas Series (.to_frame() makes it one column, "
                                 ".to_frame().T one row)")
+    elif np.ma.isMaskedArray(obj):
+        masked = int(np.ma.count_masked(obj))
+        if masked and not missing:
+            raise ValueError(f"{name} is a numpy masked array with {masked} masked entries; {name} cannot have "
+                             "missing entries")
+        if masked and obj.dtype.kind not in "biuf":
+            raise ArgumentTypeError(f"{name} must be numeric, got dtype {obj.dtype}")
+        values = np.ma.filled(obj.astype(float), np.nan) if masked else np.ma.getdata(obj)  # masked = missing
     else:
         values = obj
     kind = v.array_kind(values)
@@ -209,9 +241,14 @@ def _to_matrix(obj: Any, name: str, dims: tuple[str, str], large: bool = False, 
         raise ValueError(f"{name} must be 2-D ({dims[0]} x {dims[1]}), got {values.ndim}-D")
     if values.shape[0] * values.shape[1] == 0:
         raise ValueError(f"{name} is empty (shape {values.shape})")
+    if kind == "dask" and any(np.isnan(c) for axis in values.chunks for c in axis):
+        raise ValueError(f"{name} (a dask array) has chunks of unknown size (as after boolean indexing); "
+                         f"compute them first: {name}.compute_chunk_sizes()")
     if kind == "dask" and len(values.chunks[0]) > 1:
+        hint = (f"{name}.chunk({{{dims[0]!r}: -1}})" if isinstance(obj, xr.DataArray) else
+                f"{name}.rechunk({{0: -1}})")
         raise ValueError(f"{name} (a dask array) is chunked along {dims[0]}s ({len(values.chunks[0])} chunks); "
-                         f"it must be chunked along {dims[1]}s only, e.g. {name}.rechunk({{0: -1}})")
+                         f"it must be chunked along {dims[1]}s only, e.g. {hint}")
     values = values.tocsr().astype(float, copy=False) if kind == "sparse" else values.astype(float, copy=False)
     n_nan, n_inf = _nonfinite(values, kind)
     if n_nan and kind == "sparse":
@@ -269,7 +306,9 @@ def coerce(Y, A=None, *, covariates=None, formula: str | None = None, missing: b
         Av = np.ones((1, N))
         cov = np.array(["intercept"], dtype=object)
     else:
-        Av, cov = _align_design(A, y_units, units, N, source)
+        Av, cov, a_units = _align_design(A, y_units, units, N, source)
+        if not y_units and a_units is not None:
+            units = a_units  # an unlabelled Y takes the design's unit labels
     K = Av.shape[0]
     if K >= N:
         raise ValueError(f"A has {K} covariates for {N} units; NMF-RE needs more units than covariates")
@@ -300,14 +339,15 @@ def _check_observed(Y, feat: np.ndarray, units: np.ndarray) -> None:
 
 
 def _align_design(A, y_units: bool, units, N, source: str = "A unit labels"):
-    """A's values and covariate labels, its units put in Y's order when both carry unit
-    labels (``y_units``: Y's are its own, not defaults)."""
+    """A's values, covariate labels and unit labels (None when A has none), its units put in
+    Y's order when both carry unit labels (``y_units``: Y's are its own, not defaults)."""
     Av, cov, a_units = to_matrix(A, "A", DIMS_A)
     if Av.shape[1] != N:
         raise ValueError(f"A has {Av.shape[1]} units (columns) but Y has {N}")
     cov = labels(cov, Av.shape[0], "A covariate labels", "covariate")
-    if a_units is not None and y_units:
+    if a_units is not None:
         a_units = labels(a_units, N, source, None)
+    if a_units is not None and y_units:
         if not np.array_equal(a_units.astype(str), units.astype(str)):
             a_set, y_set = {str(u) for u in a_units}, {str(u) for u in units}
             if a_set != y_set:
@@ -316,7 +356,7 @@ def _align_design(A, y_units: bool, units, N, source: str = "A unit labels"):
                                  f"in Y only: {some_labels(only_y)})")
             order = pd.Index(a_units.astype(str)).get_indexer(units.astype(str))
             Av = Av[:, order]
-    return Av, cov
+    return Av, cov, a_units
 
 
 def design(covariates: pd.DataFrame, formula: str, units: np.ndarray) -> pd.DataFrame:

@@ -15,6 +15,7 @@ import numpy as np
 import xarray as xr
 
 from . import validation as v
+from .labels import percent
 
 #: default share of draws above the threshold for a loading to be selected
 MIN_SUPPORT = 0.95
@@ -72,7 +73,7 @@ def summarize(draws: xr.DataArray, estimate: xr.DataArray | None = None, *, thre
         raise ValueError(f"estimate must be feature x component {vals.shape[1:]}, got {est.shape}")
     fc = ("feature", "component")
     src = f" ({source})" if source else ""
-    desc = (f"{100 * level:g}% equal-tailed intervals of the loadings over {n} draws{src}; "
+    desc = (f"{percent(level)} equal-tailed intervals of the loadings over {n} draws{src}; "
             f"support = share of draws with X[p, q] > {threshold:.4g}"
             f"{' (1/P, the share under a uniform column)' if np.isclose(threshold, 1 / P) else ''}; "
             f"selected when support >= {min_support:g}")
@@ -84,7 +85,7 @@ def summarize(draws: xr.DataArray, estimate: xr.DataArray | None = None, *, thre
         attrs={"threshold": float(threshold), "level": float(level), "min_support": float(min_support),
                "n_draws": int(n), "source": source, "description": desc},
     )
-    ds["ci"].attrs.update(ci_prob=float(level), description=f"{100 * level:g}% equal-tailed interval")
+    ds["ci"].attrs.update(ci_prob=float(level), description=f"{percent(level)} equal-tailed interval")
     ds["support"].attrs.update(description=f"share of draws with the loading above {threshold:.4g}")
     return ds
 

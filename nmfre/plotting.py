@@ -13,6 +13,8 @@ import textwrap
 import numpy as np
 import pandas as pd
 
+from .labels import percent, significance_code
+
 __all__ = ["coverage", "ecv", "effects", "growth", "intervals", "nested_loop", "zip_plot"]
 
 _CHAR = 0.075  # inches per character of tick label at the default font size
@@ -25,11 +27,9 @@ def _plt():
 
 
 def _stars(p: float, alpha: float) -> str:
-    """R's codes (``***`` below 0.001, ``**`` below 0.01, ``*`` below 0.05), only for cells
-    significant at ``alpha`` (a cell with ``p >= alpha`` gets none, whatever its code)."""
-    if not p < alpha:
-        return ""
-    return "***" if p < 0.001 else "**" if p < 0.01 else "*"
+    """R's significance code of ``p`` (:func:`nmfre.labels.significance_code`: ``.`` up to
+    0.1, ``*`` up to 0.05, ...), shown only on cells significant at ``alpha`` (``p < alpha``)."""
+    return significance_code(p) if p < alpha else ""
 
 
 def effects(estimate, p_value, alpha: float = 0.05, ax=None, title: str | None = None):
@@ -39,10 +39,11 @@ def effects(estimate, p_value, alpha: float = 0.05, ax=None, title: str | None =
     ----------
     estimate, p_value : xarray.DataArray (component, covariate)
     alpha : float
-        Level below which a cell is starred.
+        Level below which a cell shows its R significance code (``***``, ``**``, ``*``, ``.``).
     ax : matplotlib Axes, optional
     title : str, optional
-        The caption (say which p-value this is); default "Covariate effects (p < alpha starred)".
+        The caption (say which p-value this is); default "Covariate effects (R's codes where
+        p < alpha)".
     """
     est = estimate.transpose("component", "covariate")
     p = p_value.transpose("component", "covariate").values
@@ -64,7 +65,7 @@ def effects(estimate, p_value, alpha: float = 0.05, ax=None, title: str | None =
             ax.text(j, i, f"{vals[i, j]:.3g}\n{_stars(p[i, j], alpha)}", ha="center", va="center", fontsize=9,
                     color=color)
     ax.figure.colorbar(im, ax=ax, label="Theta")
-    ax.set_title(title or f"Covariate effects (p < {alpha:g} starred)", fontsize=10, wrap=True)
+    ax.set_title(title or f"Covariate effects (R's codes where p < {alpha:.10g})", fontsize=10, wrap=True)
     return ax.figure
 
 
@@ -289,7 +290,7 @@ def zip_plot(point, lower, upper, truth: float, level: float = 0.95, ax=None, ti
     ax.axhspan(100 * (c - 1.96 * mcse), 100 * (c + 1.96 * mcse), color="0.85", zorder=0,
                label="coverage +- 1.96 MCSE")
     ax.axhline(100 * c, color="k", ls="--", lw=0.9, label=f"coverage {c:.3f}")
-    ax.axhline(100 * level, color="k", lw=0.9, label=f"nominal {level:g}")
+    ax.axhline(100 * level, color="k", lw=0.9, label=f"nominal {level:.10g}")
     ax.axvline(truth, color="0.3", lw=0.8)
     ax.set_ylim(0, 100)
     ax.set_xlabel("interval")
@@ -409,7 +410,7 @@ def loadings(summary, kind: str = "support", ax=None, title: str | None = None):
         a.set_xlabel("loading")
     axes[0][0].set_yticks(y, feats)
     axes[0][0].invert_yaxis()
-    text = caption + f"; intervals {100 * float(summary.attrs.get('level', 0.95)):g}%"
+    text = caption + f"; intervals {percent(summary.attrs.get('level', 0.95))}"
     # wrapped to the figure's width (one component: a narrow figure, where a single line was cut)
     per_line = max(int(fig.get_figwidth() * 72 / (0.55 * 9)), 20)
     fig.suptitle(textwrap.fill(text, per_line), fontsize=9)
@@ -438,6 +439,6 @@ def profile_traces(profile, ncols: int = 3):
         ax.set_ylabel("zeta")
     for ax in axes.ravel()[len(labels):]:
         ax.set_visible(False)
-    fig.suptitle(f"Profile traces ({profile.attrs['x']} X); dotted: the {100 * profile.attrs['level']:g}% cut-off",
+    fig.suptitle(f"Profile traces ({profile.attrs['x']} X); dotted: the {percent(profile.attrs['level'])} cut-off",
                  fontsize=9)
     return fig

@@ -45,6 +45,7 @@ from .core.basis import project_simplex
 from .core.likelihood import LOG_2PI, Sufficient, optimize_lambda
 from .core.likelihood import nll as nll_of
 from .core.stats import gram_product, gram_rss
+from .labels import percent
 
 if TYPE_CHECKING:
     from .results import NMFREFit
@@ -521,7 +522,7 @@ def _trace(prof: _Profiler, est: float, nll_max: float, label: str) -> list:
 def describe(level: float, x: str) -> str:
     """The one-line provenance of a profile interval."""
     how = "X re-estimated at every point" if x == "free" else "X held at the estimate (the LMM given X)"
-    return (f"{100 * level:g}% profile-likelihood interval ({{psi: 2 (l_max - l_p(psi)) <= chi2_1({level:g})}}, "
+    return (f"{percent(level)} profile-likelihood interval ({{psi: 2 (l_max - l_p(psi)) <= chi2_1({level:.10g})}}, "
             f"every other parameter re-maximised; {how})")
 
 

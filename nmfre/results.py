@@ -20,7 +20,7 @@ from .core.likelihood import icc as icc_of
 from .core.paper import SIGMA2_FROM
 from .core.solution import Solution
 from .exceptions import ArgumentTypeError
-from .labels import DIMS_A, DIMS_Y, Data, coerce, component_labels, some_labels, to_matrix
+from .labels import DIMS_A, DIMS_Y, SIGNIF_LEGEND, Data, coerce, component_labels, some_labels, to_matrix
 from .settings import FitSettings
 
 if TYPE_CHECKING:
@@ -488,7 +488,7 @@ class NMFREFit:
                   ("Shrinkage", other)]
         if inference is not None:
             tables.append((f"Covariate effects Theta ({inference.describe()})", inference.summary_table()))
-            notes = ["Signif. codes:  0 '***' 0.001 '**' 0.01 '*' 0.05 '.' 0.1 ' ' 1"]
+            notes = [SIGNIF_LEGEND]
         else:
             tables.append(("Covariate effects Theta (component x covariate)", self.theta.to_pandas()))
             notes = [INFER_HINT]

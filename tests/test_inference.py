@@ -506,3 +506,64 @@ def test_studentized_interval(ml_fit):
 def test_bad_small_sample_options(ml_fit, kw, match):
     with pytest.raises(ValueError, match=match):
         ml_fit.infer(n_boot=10, **kw)
+
+
+def test_labelled_multipliers_are_aligned_by_unit(ml_fit, nmfkc_multipliers):
+    """Multipliers labelled by unit (a DataFrame's index, a DataArray's ``unit`` coordinate, its
+    dims in any order) give each unit its own weight: the same draws as the plain array in the
+    fit's order (they were taken by position, so reversed rows gave other draws). Labels that
+    are not the fit's units, complex and masked arrays are refused."""
+    import pandas as pd
+
+    W = nmfkc_multipliers[:, :40]
+    units = ml_fit.U["unit"].values
+    plain = ml_fit.infer(multipliers=W).draws.values
+    frame = pd.DataFrame(W, index=units).iloc[::-1]
+    array = xr.DataArray(W.T, dims=("draw", "unit"), coords={"unit": units}).isel(unit=slice(None, None, -1))
+    for labelled in (frame, array):
+        np.testing.assert_array_equal(ml_fit.infer(multipliers=labelled).draws.values, plain)
+    np.testing.assert_array_equal(ml_fit.infer(multipliers=pd.DataFrame(W)).draws.values, plain)  # 0..N-1: as is
+    for bad, match in [(pd.DataFrame(W, index=[f"z{i}" for i in range(27)]), "are not the fit's units"),
+                       (pd.DataFrame(W, index=[units[0]] * 27), "are not the fit's units"),
+                       (W + 1j, "real numbers, got dtype complex"), (np.ma.masked_array(W), "masked array"),
+                       (xr.DataArray(W, dims=("u", "draw")), "'unit' dim")]:
+        with pytest.raises(ValueError, match=match):
+            ml_fit.infer(multipliers=bad)
+
+
+def test_seed_is_checked_first_and_recorded(ml_fit, monkeypatch):
+    """A bad seed is refused before any computation (it was checked after the sandwich); the
+    attributes say how to draw the same multipliers again: ``seed``, or the generator's state."""
+    import json
+
+    import nmfre.inference as inference
+
+    def boom(*args, **kwargs):
+        raise AssertionError("computed before the seed was checked")
+
+    with monkeypatch.context() as m:
+        m.setattr(inference, "conditional_pieces", boom)
+        for bad, kind in ((-1, ValueError), ("abc", TypeError), (1.5, TypeError)):
+            with pytest.raises(kind, match="seed"):
+                ml_fit.infer(n_boot=20, seed=bad, vcov="CR2", df="satterthwaite")
+    by_int = ml_fit.infer(n_boot=20, seed=5)
+    assert by_int.attrs["seed"] == 5 and "rng_state" not in by_int.attrs
+    by_gen = ml_fit.infer(n_boot=20, seed=np.random.default_rng(5))
+    again = np.random.default_rng()
+    again.bit_generator.state = json.loads(by_gen.attrs["rng_state"])
+    np.testing.assert_array_equal(ml_fit.infer(n_boot=20, seed=again).draws, by_gen.draws)
+    np.testing.assert_array_equal(by_gen.draws, by_int.draws)
+    assert "seed" not in ml_fit.infer(multipliers=np.ones((27, 3))).attrs
+
+
+def test_labels_give_the_level_with_its_digits_and_r_codes(ml_fit):
+    """A level near 1 is printed with its digits (it was '100%'); the table's codes are R's,
+    closed on the right (p = 0.05 is '*', p = 0.001 '***', as R's symnum)."""
+    from nmfre.labels import percent, significance_code
+
+    inf = ml_fit.infer(n_boot=20, seed=1, level=0.9999999)
+    assert "99.99999% percentile interval" in inf.describe()
+    assert list(inf.summary_table().columns[-2:]) == ["5e-06%", "99.999995%"]
+    assert [percent(x) for x in (0.95, 0.07, 0.025)] == ["95%", "7%", "2.5%"]
+    codes = [significance_code(p) for p in (1e-5, 0.001, 0.0011, 0.01, 0.05, 0.0501, 0.1, 0.2, np.nan)]
+    assert codes == ["***", "***", "**", "**", "*", ".", ".", "", ""]

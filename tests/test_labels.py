@@ -69,6 +69,9 @@ def test_unlabelled_y_takes_a_as_given_and_multiindex_is_refused():
     bare = coerce(xr.DataArray(Y0, dims=("feature", "unit")), A)
     np.testing.assert_array_equal(bare.A, plain.A)
     np.testing.assert_array_equal(bare.A, A.to_numpy())
+    # ... and takes A's unit labels (they were dropped for 0..N-1)
+    assert list(plain.units) == list(bare.units) == list(A.columns)
+    assert list(coerce(Y0, A.to_numpy()).units) == list(range(20))
     cols = pd.MultiIndex.from_tuples([("u", i) for i in range(20)])
     with pytest.raises(ValueError, match="Y's unit labels are a pandas MultiIndex"):
         coerce(pd.DataFrame(Y0, columns=cols))
@@ -125,3 +128,30 @@ def test_from_long_feature_order():
     cat = long.assign(t=pd.Categorical(long["t"], categories=["age14", "age12", "age10", "age8", "age99"]))
     assert list(nmfre.from_long(cat, unit="u", feature="t", value="y")[0].index) == ["age14", "age12", "age10",
                                                                                      "age8"]
+
+
+def test_masked_arrays_sparse_fill_values_and_unknown_chunks():
+    """A numpy masked array's masked entries of Y are missing entries (they were fitted as the
+    values under the mask), and refused in A; a pandas sparse frame whose fill value is not 0
+    and a dask Y with chunks of unknown size get errors naming Y (they got pandas' and dask's)."""
+    import dask.array as da
+
+    mask = np.zeros(Y0.shape, bool)
+    mask[1, :5] = True
+    with_nan = coerce(np.where(mask, np.nan, Y0))
+    masked = coerce(np.ma.masked_array(np.where(mask, 0.0, Y0), mask=mask))
+    np.testing.assert_array_equal(np.isnan(masked.Y), mask)
+    np.testing.assert_array_equal(masked.Y[~mask], with_nan.Y[~mask])
+    np.testing.assert_array_equal(coerce(np.ma.masked_array(Y0)).Y, Y0)  # nothing masked: the values
+    A = np.ma.masked_array(np.vstack([np.ones(20), np.arange(20.0)]), mask=np.eye(2, 20, dtype=bool))
+    with pytest.raises(ValueError, match="A is a numpy masked array with 2 masked entries"):
+        coerce(Y0, A)
+    for fill in (np.nan, 1.0):
+        with pytest.raises(ValueError, match=r"Y is a pandas frame of sparse columns with fill value"):
+            coerce(pd.DataFrame(Y0).astype(pd.SparseDtype(float, fill)))
+    lazy = da.from_array(Y0, chunks=(6, 5))
+    with pytest.raises(ValueError, match=r"chunks of unknown size.*Y.compute_chunk_sizes\(\)"):
+        coerce(lazy[:, lazy[0] > 0])
+    by_feature = xr.DataArray(Y0, dims=("feature", "unit")).chunk({"feature": 3})
+    with pytest.raises(ValueError, match=r"Y.chunk\(\{'feature': -1\}\)"):
+        coerce(by_feature)

@@ -32,12 +32,15 @@ def test_effect_matrix_labels_fit(ml_fit):
 
 
 def test_effect_matrix_stars_only_what_is_significant_at_alpha():
-    """Stars mark p < alpha with R's codes; at alpha = 0.001 a cell with p = 0.002 has none (it
-    once had '**', against the title's "starred: p < 0.001")."""
-    est = xr.DataArray(np.ones((1, 4)), dims=("component", "covariate"),
-                       coords={"component": ["B1"], "covariate": list("abcd")})
-    p = xr.DataArray([[0.0005, 0.002, 0.03, 0.2]], dims=est.dims, coords=est.coords)
-    for alpha, want in [(0.05, ["***", "**", "*", ""]), (0.001, ["***", "", "", ""]), (0.5, ["***", "**", "*", "*"])]:
+    """Cells with p < alpha show R's codes, the same as the summary table's; at alpha = 0.001 a
+    cell with p = 0.002 has none (it once had '**', against the title's "p < 0.001"), and at
+    alpha = 0.5 a cell with p = 0.07 has R's '.', not '*' (it once had '*', which in R's codes
+    means p <= 0.05)."""
+    est = xr.DataArray(np.ones((1, 5)), dims=("component", "covariate"),
+                       coords={"component": ["B1"], "covariate": list("abcde")})
+    p = xr.DataArray([[0.0005, 0.002, 0.03, 0.07, 0.2]], dims=est.dims, coords=est.coords)
+    for alpha, want in [(0.05, ["***", "**", "*", "", ""]), (0.001, ["***", "", "", "", ""]),
+                        (0.5, ["***", "**", "*", ".", ""])]:
         fig = plotting.effects(est, p, alpha=alpha)
         assert [t.get_text().split("\n")[1] for t in fig.axes[0].texts] == want, alpha
 
