@@ -67,7 +67,8 @@ def ecv(Y, A=None, ranks=(1, 2, 3), *, folds: int = 5, seed=0, **fit_kwargs) -> 
     folds : int
         Number of folds of cells (>= 2).
     seed : int or Generator
-        Assignment of cells to folds.
+        Assignment of cells to folds, and the seeds of the fits (random starts, ``n_init``),
+        so that the same seed gives the same errors.
     **fit_kwargs :
         Passed to :func:`nmfre.fit` (``theta``, ``df_cap``, ``n_init``, ...); the method is
         maximum likelihood (the paper's algorithm has no missing-data path).
@@ -82,7 +83,9 @@ def ecv(Y, A=None, ranks=(1, 2, 3), *, folds: int = 5, seed=0, **fit_kwargs) -> 
     folds = v.integer(folds, "folds", minimum=2)
     if folds > P * N:
         raise ValueError(f"folds must be at most P N = {P * N}, got {folds}")
-    assign = speckled_folds(P, N, folds, v.rng(seed))
+    rng = v.rng(seed)
+    assign = speckled_folds(P, N, folds, rng)
+    fit_seeds = iter(rng.spawn(len(ranks) * folds))  # each fit's random starts, reproducible from seed
     observed = ~np.isnan(data.Y)
     _check_folds(assign, observed, folds, data)
     errors = np.empty((len(ranks), folds))
@@ -93,7 +96,7 @@ def ecv(Y, A=None, ranks=(1, 2, 3), *, folds: int = 5, seed=0, **fit_kwargs) -> 
             Ym = np.where(held, np.nan, data.Y)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                fit = nmfre_fit(Ym, data.A, rank=rank, **fit_kwargs)
+                fit = nmfre_fit(Ym, data.A, rank=rank, seed=next(fit_seeds), **fit_kwargs)
             pred = fit.fitted(True).values
             errors[i, f] = float(np.mean((data.Y[held] - pred[held]) ** 2))
             n_cells[i] += int(held.sum())

@@ -136,6 +136,19 @@ def _warning_text(counts: dict) -> str:
     return ", ".join(f"{k} x{n}" for k, n in sorted(counts.items()))
 
 
+#: the replicate's seed sequence's child that seeds its fit (random starts), apart from those
+#: ``_replicate`` spawns (data, bootstrap, extra methods), so that adding it changed none of them
+_FIT_CHILD = 1_000_000
+
+
+def _fit_kwargs(d: dict, seeds: tuple, fit_overrides: dict) -> dict:
+    """The replicate's fit keywords: the design's, the study's overrides, and a seed from the
+    replicate's seeds (without one, random starts drew fresh entropy and a study, or a resumed
+    one, was not reproducible); an override's seed wins."""
+    fit_seed = np.random.SeedSequence(list(seeds), spawn_key=(_FIT_CHILD,))
+    return {"seed": np.random.default_rng(fit_seed), **d["fit_kwargs"], **fit_overrides}
+
+
 def _replicate(design, params: dict, seeds: tuple, n_boot: int, fit_overrides: dict, level: float,
                methods: tuple = ("wald", "percentile"), extra: tuple = (), n_boot_refit: int = 200,
                shape: tuple | None = None, refit_failed: str = "drop") -> dict:
@@ -145,14 +158,13 @@ def _replicate(design, params: dict, seeds: tuple, n_boot: int, fit_overrides: d
     replicate NaN, one in a method leaves that method NaN, and each is recorded (``error``,
     ``fit_error``) with the warnings of each stage counted (``warnings``, ``fit_warnings``).
     ``shape`` is ``(Q, K)`` (needed to fill a replicate whose simulation failed)."""
-    ss = np.random.SeedSequence(list(seeds))
-    data_seed, boot_seed, *method_seeds = ss.spawn(2 + len(extra))
+    data_seed, boot_seed, *method_seeds = np.random.SeedSequence(list(seeds)).spawn(2 + len(extra))
     names = list(methods) + [n for n, _ in extra]
     d, fit_w, fit_err = _caught("simulate", design, **params, seed=np.random.default_rng(data_seed))
     f = None
     if d is not None:
         Q, K = d["theta"].shape
-        kw = {**d["fit_kwargs"], **fit_overrides}
+        kw = _fit_kwargs(d, seeds, fit_overrides)
         f, w, fit_err = _caught("fit", nmfre_fit, d["Y"], d["A"], rank=d["rank"], **kw)
         fit_w.update(w)
     else:
@@ -511,8 +523,8 @@ def replicate(ds: xr.Dataset, replicate: int, design: Callable | None = None, **
     seeds = (spec["seed"], full.index(target), replicate)
     data_seed = np.random.SeedSequence(list(seeds)).spawn(1)[0]
     d = design(**target, seed=np.random.default_rng(data_seed))
-    f, _, err = _caught("fit", nmfre_fit, d["Y"], d["A"], rank=d["rank"], **{**d["fit_kwargs"],
-                                                                               **spec["fit_overrides"]})
+    kw = _fit_kwargs(d, seeds, spec["fit_overrides"])
+    f, _, err = _caught("fit", nmfre_fit, d["Y"], d["A"], rank=d["rank"], **kw)
     return {"data": d, "fit": f, "fit_error": err, "seeds": seeds}
 
 

@@ -106,6 +106,13 @@ def test_study_ml_override_and_callable_design():
 
     ds = study.run(design, {"scale": [1.0]}, n_rep=2, seed=1, n_boot=20, fit_kwargs={"method": "ml", "df_cap": None})
     assert ds["converged"].all()
+    # random starts are seeded from the replicate's seeds: the same study twice, and replicate(),
+    # give the same fits (they drew fresh entropy, so a resumed study could differ)
+    kw = dict(n_rep=2, seed=1, n_boot=20, methods=("wald",), fit_kwargs={"method": "ml", "n_init": 3, "init": "random"})
+    runs = [study.run(design, {"scale": [1.0]}, **kw) for _ in range(2)]
+    np.testing.assert_array_equal(runs[0]["nll"], runs[1]["nll"])
+    again = study.replicate(runs[0], 1, design=design, scale=1.0)["fit"]
+    assert -again.loglik == float(runs[0]["nll"].sel(scale=1.0, replicate=1))
     with pytest.raises(ValueError, match="design"):
         study.run("unknown", {}, n_rep=1)
 
