@@ -169,6 +169,10 @@ def lrt(fit_small: NMFREFit, fit_big: NMFREFit) -> LRTResult:
     ss, sb = fit_small.settings, fit_big.settings
     if (ss.theta, ss.variance_mode, ss.df_cap) != (sb.theta, sb.variance_mode, sb.df_cap):
         raise ValueError("fit_small and fit_big must share theta, the variance settings and the df cap")
+    for name in ("sigma2", "tau2"):
+        if getattr(ss, f"fix_{name}") and getattr(ss, name) != getattr(sb, name):
+            raise ValueError(f"fit_small and fit_big fix {name} at different values ({getattr(ss, name):g} and "
+                             f"{getattr(sb, name):g}): the models are not nested")
     cs = [str(c) for c in fit_small.data.covariates]
     cb = [str(c) for c in fit_big.data.covariates]
     Qs, Qb = fit_small.shape["Q"], fit_big.shape["Q"]

@@ -12,7 +12,8 @@ With ``n`` valid replicates, estimates ``t_i`` of the truth ``theta``, their mea
 * ``bias = t - theta``; MCSE ``empse / sqrt(n)``;
 * ``empse = sqrt(sum (t_i - t)^2 / (n - 1))``; MCSE ``empse / sqrt(2 (n - 1))``;
 * ``mse = sum (t_i - theta)^2 / n``; MCSE ``sqrt(sum ((t_i - theta)^2 - mse)^2 / (n (n - 1)))``;
-* ``modse = sqrt(mean(se_i^2))``; MCSE ``sqrt(var(se_i^2) / (4 n modse^2))``;
+* ``modse = sqrt(mean(se_i^2))``; MCSE ``sqrt(var(se_i^2) / (4 n modse^2))`` (here ``n`` counts
+  the SEs, which can be fewer than the estimates);
 * ``modse_relerr = 100 (modse / empse - 1)`` (percent); MCSE
   ``100 (modse / empse) sqrt(var(se_i^2) / (4 n modse^4) + 1 / (2 (n - 1)))``;
 * ``coverage``: share of ``lower_i <= theta <= upper_i``; ``be_coverage`` (bias-eliminated):
@@ -92,13 +93,14 @@ def performance(estimate: xr.DataArray, truth: xr.DataArray, *, se: xr.DataArray
     }
     if se is not None:
         v = (se**2).where(ok)
+        ns = v.notnull().sum(dim)  # the SEs averaged (an SE can be missing where the estimate is not)
         mv = v.mean(dim)
         var_v = v.var(dim, ddof=1)
         modse = np.sqrt(mv)
         ratio = modse / empse
-        out.update(modse=modse, modse_mcse=np.sqrt(var_v / (4 * n * mv)),
+        out.update(modse=modse, modse_mcse=np.sqrt(var_v / (4 * ns * mv)),
                    modse_relerr=100 * (ratio - 1),
-                   modse_relerr_mcse=100 * ratio * np.sqrt(var_v / (4 * n * mv**2) + 1 / (2 * (n - 1))))
+                   modse_relerr_mcse=100 * ratio * np.sqrt(var_v / (4 * ns * mv**2) + 1 / (2 * (n - 1))))
     if lower is not None:
         valid = ok & lower.notnull() & upper.notnull()
         m = valid.sum(dim)

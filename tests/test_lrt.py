@@ -40,6 +40,19 @@ def test_covariate_dropped(fits):
         nmfre.lrt(big, small)
 
 
+def test_fixed_variances_must_be_equal(orthodont):
+    """Fits that fix sigma2 (or tau2) at different values are not nested (lrt returned LR 181
+    for sigma2 fixed at 1 against 50); at equal values the test runs."""
+    Y, A = orthodont
+    for name in ("sigma2", "tau2"):
+        big = nmfre.fit(Y, A, rank=1, **{name: 1.0, f"fix_{name}": True})
+        small = nmfre.fit(Y, A.iloc[[0]], rank=1, **{name: 50.0, f"fix_{name}": True})
+        with pytest.raises(ValueError, match=f"fix {name} at different values"):
+            nmfre.lrt(small, big)
+        same = nmfre.fit(Y, A.iloc[[0]], rank=1, **{name: 1.0, f"fix_{name}": True})
+        assert nmfre.lrt(same, big).statistic == pytest.approx(2 * (big.loglik - same.loglik))
+
+
 def test_rank_reduction_warns(orthodont):
     Y, A = orthodont
     with warnings.catch_warnings():

@@ -78,3 +78,20 @@ def test_bad_input():
         performance(est, xr.DataArray(1.0), lower=est)
     with pytest.raises(ValueError, match="truth must not vary"):
         performance(est, est)
+
+
+def test_model_se_mcse_counts_the_ses():
+    """An SE missing where the estimate is not: modse and its MCSE use the SEs there are
+    (Morris et al. Table 6, n = the SEs averaged; the MCSE used the estimates' count)."""
+    rng = np.random.default_rng(1)
+    est = rng.normal(1.0, 0.3, 12)
+    se = np.abs(rng.normal(0.3, 0.05, 12))
+    est[0] = np.nan
+    se[[0, 1]] = np.nan
+    r = performance(xr.DataArray(est, dims="replicate"), xr.DataArray(1.0), se=xr.DataArray(se, dims="replicate"))
+    v = se[2:] ** 2
+    modse, empse = np.sqrt(v.mean()), np.nanstd(est, ddof=1)
+    np.testing.assert_allclose(r["modse"], modse, rtol=1e-12)
+    np.testing.assert_allclose(r["modse_mcse"], np.sqrt(v.var(ddof=1) / (4 * 10 * modse**2)), rtol=1e-12)
+    want = 100 * modse / empse * np.sqrt(v.var(ddof=1) / (4 * 10 * modse**4) + 1 / (2 * (11 - 1)))
+    np.testing.assert_allclose(r["modse_relerr_mcse"], want, rtol=1e-12)
