@@ -570,7 +570,9 @@ class NMFREFit:
         ``Y`` (feature x unit, any accepted kind) is needed only for fits whose data were
         a dask array and so were not stored; it must have the fit's shape, and its sum, sum
         of squares and number of observed entries must be those recorded at saving (a
-        different Y would give a fit whose likelihood and predictions disagree).
+        different Y would give a fit whose likelihood and predictions disagree). A labelled
+        Y is put in the saved order of features and units (its labels must be the saved
+        ones); an unlabelled one takes the saved labels by position.
         """
         missing = {"A", "X", "theta", "U", "nll_trace"} - set(ds.data_vars)
         if missing:
@@ -588,6 +590,8 @@ class NMFREFit:
             Y = _sparse_labelled(Ys, ds)
         elif Y is None:
             raise ValueError("this fit was saved without Y (it was a dask array): load it with nmfre.load(path, Y=Y)")
+        else:
+            Y = _as_saved(Y, ds)
         data = coerce(Y, ds["A"])
         shape = (ds.sizes["feature"], ds.sizes["unit"])
         if data.Y.shape != shape:
@@ -610,6 +614,39 @@ class NMFREFit:
     def to_netcdf(self, path, **kwargs) -> Any:
         """Write :meth:`to_dataset` to netCDF; read back with :func:`nmfre.load`."""
         return self.to_dataset().to_netcdf(path, **kwargs)
+
+
+def _as_saved(Y, ds: xr.Dataset):
+    """A Y given to load a fit of dask data, in the saved fit's order and with its labels:
+    labelled axes (a DataArray's coordinates, a DataFrame's index and columns unless they are
+    the default 0..n-1) must carry the saved labels and are put in their order; an unlabelled
+    axis takes them by position."""
+    saved = {d: ds[d].values for d in DIMS_Y}
+    if isinstance(Y, pd.DataFrame):
+        given = {"feature": None if isinstance(Y.index, pd.RangeIndex) else Y.index.to_numpy(),
+                 "unit": None if isinstance(Y.columns, pd.RangeIndex) else Y.columns.to_numpy()}
+    elif isinstance(Y, xr.DataArray) and set(Y.dims) == set(DIMS_Y):
+        given = {d: Y[d].values if d in Y.coords else None for d in DIMS_Y}
+    elif isinstance(Y, xr.DataArray | pd.Series | xr.Dataset) or v.array_kind(Y) == "sparse":
+        return Y  # coerce's errors, or a sparse Y (labelled by position below it)
+    else:
+        if np.ndim(Y) != 2 or tuple(np.shape(Y)) != tuple(len(x) for x in saved.values()):
+            return Y  # coerce's or the shape's error
+        return xr.DataArray(Y, dims=DIMS_Y, coords=saved)
+    order = {}
+    for d, labels in given.items():
+        if labels is None or len(labels) != len(saved[d]):
+            continue  # by position (a wrong length is the shape's error)
+        have, want = pd.Index(np.asarray(labels).astype(str)), pd.Index(saved[d].astype(str))
+        if set(have) != set(want) or not have.is_unique:
+            only_y, only_fit = sorted(set(have) - set(want)), sorted(set(want) - set(have))
+            raise ValueError(f"Y's {d} labels are not the fit's (in Y only: {some_labels(only_y)}; in the fit only: "
+                             f"{some_labels(only_fit)}{'; repeated labels in Y' if not have.is_unique else ''})")
+        order[d] = have.get_indexer(want)
+    if isinstance(Y, pd.DataFrame):
+        Y = Y.iloc[order.get("feature", slice(None)), order.get("unit", slice(None))]
+        return Y.set_axis(saved["feature"], axis=0).set_axis(saved["unit"], axis=1)
+    return Y.isel({d: o for d, o in order.items()}).assign_coords(saved)
 
 
 def _margins(Y, features, units) -> dict:
@@ -667,8 +704,9 @@ def load(path, Y=None) -> NMFREFit:
     """Load a fit written by :meth:`NMFREFit.to_netcdf`.
 
     ``Y`` is needed only for fits of dask data (their Y is not written to the file; its
-    sums over features and units are, and the Y given must match them and the fit's shape),
-    and is refused for fits whose file holds their own Y.
+    sums over features and units are, and the Y given must match them and the fit's shape; a
+    labelled Y is aligned to the saved labels), and is refused for fits whose file holds their
+    own Y.
     """
     with xr.open_dataset(path) as ds:
         return NMFREFit.from_dataset(ds.load(), Y=Y)

@@ -136,6 +136,16 @@ def test_netcdf_and_zarr_on_disk(tmp_path, data, dense_fit):
         with pytest.raises(ValueError, match="Y has shape"):
             nmfre.load(tmp_path / "fit.nc", Y=Y.values[:-1])
         np.testing.assert_allclose(nmfre.load(tmp_path / "fit.nc", Y=Y.values).theta, f.theta)
+        # labelled Y: aligned to the saved labels (units in another order were refused as other
+        # data, and the fit's U then in the wrong order), other labels refused (they were taken,
+        # relabelling X); an unlabelled Y takes the saved labels (X's features were 0..P-1)
+        shuffled = Yd.isel(unit=np.random.default_rng(0).permutation(Yd.sizes["unit"]), feature=slice(None, None, -1))
+        back = nmfre.load(tmp_path / "fit.nc", Y=shuffled)
+        xr.testing.assert_identical(back.U, f.U)
+        xr.testing.assert_allclose(back.fitted(), f.fitted())
+        assert list(nmfre.load(tmp_path / "fit.nc", Y=Yd.data).X.feature.values) == list(f.X.feature.values)
+        with pytest.raises(ValueError, match="Y's feature labels are not the fit's"):
+            nmfre.load(tmp_path / "fit.nc", Y=Yd.assign_coords(feature=[f"g{i}" for i in range(Yd.sizes["feature"])]))
     dense_fit.to_netcdf(tmp_path / "dense.nc")
     with pytest.raises(ValueError, match="holds its own Y"):
         nmfre.load(tmp_path / "dense.nc", Y=Y.values)
