@@ -340,13 +340,20 @@ class _Profiler:
         return pt.nll
 
 
+#: how an end of a profile interval was found (``ci_end``, ``variance_ci_end``)
+END_KINDS = ("cut-off", "limit", "df cap", "not found", "not profiled")
+
+
 def _search(prof: _Profiler, est: float, nll_max: float, q: float, step: float, scale: str,
-            lower_limit: float | None) -> tuple[float, float]:
-    """Both ends of ``{psi : 2 (nll(psi) - nll_max) <= q}``: step out from ``est`` on the
-    ``scale`` ("linear", or "log"/"logit" for positive / unit-interval quantities) by growing
-    steps until the deviance passes ``q``, then Brent's root between the last two points. A
-    lower end whose ``lower_limit`` (0 for a non-negative entry of Theta, tau2, the ICC) has
-    deviance at most ``q`` is that limit; an end never bracketed is NaN."""
+            lower_limit: float | None) -> tuple[float, float, str, str]:
+    """Both ends of ``{psi : 2 (nll(psi) - nll_max) <= q}`` and how each was found (one of
+    :data:`END_KINDS`): step out from ``est`` on the ``scale`` ("linear", or "log"/"logit"
+    for positive / unit-interval quantities) by growing steps until the deviance passes
+    ``q``, then Brent's root between the last two points ("cut-off"; "df cap" when the point
+    past it was infeasible under the fit's df cap, so the root is the cap's boundary, where
+    the deviance is below ``q``). A lower end whose ``lower_limit`` (0 for a non-negative
+    entry of Theta, tau2, the ICC) has deviance at most ``q`` is that limit ("limit"); an end
+    never bracketed is NaN ("not found")."""
     fwd = {"linear": (lambda x: x), "log": np.log, "logit": lambda x: np.log(x / (1 - x))}[scale]
     inv = {"linear": (lambda t: t), "log": np.exp, "logit": lambda t: 1 / (1 + np.exp(-t))}[scale]
 
@@ -358,27 +365,31 @@ def _search(prof: _Profiler, est: float, nll_max: float, q: float, step: float, 
 
     t0 = float(fwd(est))
     xtol = 1e-7 * max(1.0, abs(t0)) if scale == "linear" else 1e-7
-    ends = []
+    ends, kinds = [], []
     for sign in (-1, 1):
         limit = lower_limit if sign < 0 else None
         if limit is not None and dev_psi(limit) <= 0:
             ends.append(float(limit))
+            kinds.append("limit")
             continue
-        prev, end = t0, np.nan
+        prev, end, kind = t0, np.nan, "not found"
         for k in range(40):
             t = t0 + sign * step * 1.5 * 1.6**k
             if limit is not None and scale == "linear" and t <= limit:
-                end = brentq(dev, limit, prev, xtol=xtol)
+                end, kind = brentq(dev, limit, prev, xtol=xtol), "cut-off"
                 break
             if not np.isfinite(inv(t)):
                 break
-            if dev(t) > 0:
+            d = dev(t)
+            if d > 0:
                 a, b = sorted((prev, t))
                 end = float(inv(brentq(dev, a, b, xtol=xtol)))
+                kind = "df cap" if np.isinf(d) and not abs(dev(fwd(end))) < 1e-3 else "cut-off"
                 break
             prev = t
         ends.append(float(end))
-    return ends[0], ends[1]
+        kinds.append(kind)
+    return ends[0], ends[1], kinds[0], kinds[1]
 
 
 def _param_label(comp, cov) -> str:
@@ -412,8 +423,12 @@ def profile(fit: NMFREFit, params=None, *, level: float = 0.95, x: str = "free",
     xarray.Dataset
         ``estimate`` and ``ci`` (``ci_bound`` x component x covariate; NaN where not
         profiled), ``variance_estimate`` and ``variance_ci`` over ``parameter`` (sigma2,
-        tau2, icc), the profile traces ``trace_value``, ``trace_zeta`` (signed root deviance
-        ``sign(psi - psi_hat) sqrt(2 (l_max - l_p(psi)))``) and ``trace_of`` over ``point``;
+        tau2, icc), how each end was found, ``ci_end`` and ``variance_ci_end`` (``"cut-off"``:
+        the deviance reaches the cut-off there; ``"limit"``: a lower limit within it;
+        ``"df cap"``: the edge of what the fit's df cap allows, where the deviance is below the
+        cut-off; ``"not found"``, ``"not profiled"``), the profile traces ``trace_value``,
+        ``trace_zeta`` (signed root deviance ``sign(psi - psi_hat) sqrt(2 (l_max -
+        l_p(psi)))``) and ``trace_of`` over ``point``;
         attrs ``level``, ``x``, ``cutoff`` (the chi-square quantile), ``loglik`` (the maximum),
         ``n_evaluations``, ``seconds``, ``description``.
 
@@ -426,7 +441,9 @@ def profile(fit: NMFREFit, params=None, *, level: float = 0.95, x: str = "free",
     Notes
     -----
     An end at which the deviance never reaches the cut-off before a limit (0 for a
-    non-negative entry of Theta, tau2 and the ICC) is that limit; an end that could not be
+    non-negative entry of Theta, tau2 and the ICC) is that limit; one where the df cap makes
+    the values beyond infeasible is the cap's edge (``"df cap"``: a statement about the cap,
+    not the likelihood); an end that could not be
     bracketed is NaN. For tau2 the boundary makes ``chi2_1`` conservative at 0 (the
     deviance there is the tau2 = 0 likelihood-ratio statistic, :func:`nmfre.likelihood_tests.lrt_tau2`).
     """
@@ -442,6 +459,8 @@ def profile(fit: NMFREFit, params=None, *, level: float = 0.95, x: str = "free",
     q = float(chi2.ppf(level, 1))
     ci = np.full((2, Q, K), np.nan)
     vci = np.full((2, len(VARIANCES)), np.nan)
+    ends = np.full((2, Q, K), "not profiled", dtype=object)  # how each end was found (END_KINDS)
+    vends = np.full((2, len(VARIANCES)), "not profiled", dtype=object)
     traces: list[tuple[str, float, float]] = []
     n_eval = 0
     se = np.sqrt(np.maximum(np.diag(lik.model_cov(best)), 0.0))
@@ -450,9 +469,10 @@ def profile(fit: NMFREFit, params=None, *, level: float = 0.95, x: str = "free",
         est = float(best.theta[qi, ki])
         prof = _Profiler(lik, best, lambda psi, j=j: Constraint(theta=((j, psi),)), x == "free", tol)
         prof.cache[est] = best
-        lo, hi = _search(prof, est, best.nll, q, max(se[j], 1e-8 * max(abs(est), 1.0)), "linear",
-                         0.0 if lik.nonneg else None)
+        lo, hi, *how = _search(prof, est, best.nll, q, max(se[j], 1e-8 * max(abs(est), 1.0)), "linear",
+                               0.0 if lik.nonneg else None)
         ci[:, qi, ki] = lo, hi
+        ends[:, qi, ki] = how
         traces += _trace(prof, est, best.nll, _param_label(comps[qi], covs[ki]))
         n_eval += len(prof.cache) - 1
     for name in variances:
@@ -464,11 +484,13 @@ def profile(fit: NMFREFit, params=None, *, level: float = 0.95, x: str = "free",
         if est <= 0:  # tau2 / ICC estimated at 0 (singular fit): step out from a tiny value
             est = 1e-8 * best.sigma2 if name == "tau2" else 1e-8
             prof.cache.pop(0.0, None)
-        lo, hi = _search(prof, est, best.nll, q, 0.25, scale, None if name == "sigma2" else 0.0)
+        lo, hi, *how = _search(prof, est, best.nll, q, 0.25, scale, None if name == "sigma2" else 0.0)
         vci[:, i] = lo, hi
+        vends[:, i] = how
         traces += _trace(prof, est, best.nll, name)
         n_eval += len(prof.cache) - 1
-    return _dataset(fit, best, ci, vci, traces, level, q, x, n_eval, time.perf_counter() - t_start, thetas, variances)
+    return _dataset(fit, best, (ci, ends), (vci, vends), traces, level, q, x, n_eval, time.perf_counter() - t_start,
+                    thetas, variances)
 
 
 def _targets(params, comps, covs, mode: str) -> tuple[list[int], list[str]]:
@@ -527,6 +549,7 @@ def describe(level: float, x: str) -> str:
 
 
 def _dataset(fit, best: Point, ci, vci, traces, level, q, x, n_eval, seconds, thetas, variances) -> xr.Dataset:
+    (ci, ends), (vci, vends) = ci, vci
     comps, covs = fit.coords["component"], fit.coords["covariate"]
     labels = [t[0] for t in traces]
     ds = xr.Dataset(
@@ -534,6 +557,8 @@ def _dataset(fit, best: Point, ci, vci, traces, level, q, x, n_eval, seconds, th
          "ci": (("ci_bound", "component", "covariate"), ci),
          "variance_estimate": (("parameter",), np.array([best.sigma2, best.tau2, best.icc])),
          "variance_ci": (("ci_bound", "parameter"), vci),
+         "ci_end": (("ci_bound", "component", "covariate"), ends.astype(str)),
+         "variance_ci_end": (("ci_bound", "parameter"), vends.astype(str)),
          "trace_value": (("point",), np.array([t[1] for t in traces], float)),
          "trace_zeta": (("point",), np.array([t[2] for t in traces], float)),
          "trace_of": (("point",), np.array(labels, dtype=str) if labels else np.array([], dtype=str))},

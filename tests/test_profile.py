@@ -94,6 +94,24 @@ def test_ends_sit_at_the_cutoff(fit, prof_fixed, prof_free, x):
     for end in (lo, hi):
         dev, _ = deviance_at(fit, Constraint(kind="tau2", value=float(end)), x=x)
         assert dev == pytest.approx(q, abs=1e-4)
+    assert ds["variance_ci_end"].sel(parameter="tau2").values.tolist() == ["cut-off"] * 2
+    assert ds["ci_end"].sel(component="Basis1", covariate="male").values.tolist() == ["cut-off"] * 2
+
+
+def test_an_end_at_the_df_cap_says_so(orthodont):
+    """With a binding df cap the ICC's upper end is the cap's edge: the deviance there is 0 and
+    beyond it the likelihood is infeasible. It is labelled "df cap" (it read as a profile bound),
+    while the lower end and sigma2's and tau2's ends sit at the cut-off."""
+    Y, A = orthodont
+    capped = nmfre.fit(Y, A, rank=1, df_cap=0.21)
+    ds = capped.profile(params=["icc", "tau2"])
+    assert ds["variance_ci_end"].sel(parameter="icc").values.tolist() == ["cut-off", "df cap"]
+    assert ds["variance_ci_end"].sel(parameter="tau2").values.tolist() == ["cut-off", "cut-off"]
+    assert ds["variance_ci_end"].sel(parameter="sigma2").values.tolist() == ["not profiled"] * 2
+    hi = float(ds["variance_ci"].sel(parameter="icc", ci_bound="upper"))
+    at_edge, _ = deviance_at(capped, Constraint(kind="icc", value=hi))
+    past, _ = deviance_at(capped, Constraint(kind="icc", value=hi * 1.001))
+    assert at_edge < 0.01 and np.isinf(past)
 
 
 def test_free_contains_fixed(prof_fixed, prof_free):
