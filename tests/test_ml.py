@@ -501,18 +501,22 @@ def test_a_fit_whose_steps_crawl_converges(monkeypatch):
     iterations and 6.6 below the scoring iteration's nll on the development machine of
     2026-12-04; 66 iterations and 0.09 below on an AMD EPYC machine with numpy 2.5.5 on
     2026-12-05, where the test asked for more than 1 below and failed), so only "no higher" is
-    asserted of the nll."""
+    asserted of the nll. How it stops depends on the rounding too: converged after 100
+    iterations with OpenBLAS's SkylakeX kernels, "stalled" (a fixed point of the iteration,
+    1.8e-6 from that nll) after 106 with its Nehalem kernels on two threads, where this test
+    asked for "converged" and failed; so it asks for a stop before max_iter, which the
+    scoring iteration alone (the named fault: no switch) does not reach."""
     import warnings
 
     Y, A = _counts_crawl()
     monkeypatch.setattr(ml, "BOUND_DIRECTION", False)
     with warnings.catch_warnings():
-        warnings.simplefilter("error", nmfre.ConvergenceWarning)
+        warnings.simplefilter("ignore", nmfre.ConvergenceWarning)
         f = nmfre.fit(Y, A, rank=8, theta="nonneg", max_iter=300)
-    assert f.converged and f.n_iter <= 300
+    assert f.stop_reason in ("tol", "stalled") and f.n_iter < 300
     prob = ml.Problem(stats.from_arrays(Y, A), 8, True, "free", 1.0, 1.0, None)
     plain = ml.fit_ml(prob, basis.nndsvd(Y, 8), max_iter=300, second_order=False)
-    assert not plain.converged and -f.loglik <= plain.nll + 1e-10 * (1 + abs(plain.nll))
+    assert plain.stop_reason == "max_iter" and -f.loglik <= plain.nll + 1e-10 * (1 + abs(plain.nll))
 
 
 def test_a_fit_at_a_fixed_point_of_its_iteration_stops_as_stalled(monkeypatch, orthodont):
