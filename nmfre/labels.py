@@ -371,6 +371,9 @@ def design(covariates: pd.DataFrame, formula: str, units: np.ndarray) -> pd.Data
         raise ValueError("covariates contains missing values")
     if not isinstance(formula, str):
         raise ArgumentTypeError(f"formula must be a string such as '~ male', got {type(formula).__name__}")
+    if "~" in formula and formula.split("~", 1)[0].strip():
+        raise ValueError(f"formula {formula!r} has a left-hand side; give only the right-hand side of the design "
+                         f"(e.g. '~{formula.split('~', 1)[1]}'): Y is the response")
     if isinstance(covariates.index, pd.RangeIndex):
         covariates = covariates.set_axis(pd.Index(units), axis=0)
     try:
@@ -382,6 +385,46 @@ def design(covariates: pd.DataFrame, formula: str, units: np.ndarray) -> pd.Data
     mm = pd.DataFrame(np.asarray(mm, dtype=float), index=covariates.index,
                       columns=["intercept" if c == "Intercept" else str(c) for c in mm.columns])
     return mm.T
+
+
+#: the dims of explicit starting values (``init={"X": ..., "theta": ..., "U": ...}``)
+START_DIMS = {"X": ("feature", "component"), "theta": ("component", "covariate"), "U": ("component", "unit")}
+
+
+def aligned_start(init: dict, data: Data) -> dict:
+    """Explicit starting values with labelled axes put in the data's order: a DataArray with
+    the dims of :data:`START_DIMS` (any order; its ``feature``, ``covariate`` and ``unit``
+    coordinates aligned to Y's and A's), or a DataFrame (X's index: features; theta's and U's
+    columns: covariates and units, unless they are the default 0..n-1). Labels that are not
+    the data's are an error; unlabelled values are taken as they are (by position)."""
+    known = {"feature": data.features, "covariate": data.covariates, "unit": data.units}
+    out = dict(init)
+    for key, dims in START_DIMS.items():
+        val = init.get(key)
+        if isinstance(val, xr.DataArray) and set(val.dims) == set(dims):
+            val = val.transpose(*dims)
+            for d in dims:
+                if d in known and d in val.coords:
+                    val = val.isel({d: _order(val[d].values, known[d], f"init['{key}']'s {d} labels")})
+            out[key] = val.values
+        elif isinstance(val, pd.DataFrame):
+            axis = 0 if key == "X" else 1
+            index = val.axes[axis]
+            if not isinstance(index, pd.RangeIndex):
+                d = dims[axis]
+                order = _order(index.to_numpy(), known[d], f"init['{key}']'s {d} labels")
+                val = val.iloc[order] if axis == 0 else val.iloc[:, order]
+            out[key] = val.to_numpy()
+    return out
+
+
+def _order(given, want, what: str) -> np.ndarray:
+    """Positions of ``want`` in ``given`` (both as text); an error naming ``what`` unless they
+    hold the same labels once each."""
+    have, target = pd.Index(np.asarray(given).astype(str)), pd.Index(np.asarray(want).astype(str))
+    if len(have) != len(target) or not have.is_unique or set(have) != set(target):
+        raise ValueError(f"{what} {some_labels(have)} are not the data's {some_labels(target)} (each once)")
+    return have.get_indexer(target)
 
 
 def check_rank(rank: Any, P: int, N: int) -> int:

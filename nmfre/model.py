@@ -18,7 +18,7 @@ from .core import dfcap
 from .core.likelihood import LAMBDA_MAX
 from .core.ml import DEGENERATE_INDEX, STALL_PATIENCE, cancellation, degeneracy
 from .exceptions import ConvergenceWarning, DegenerateFitWarning, IdentifiabilityWarning, SingularFitWarning
-from .labels import Data, check_rank, coerce
+from .labels import Data, aligned_start, check_rank, coerce
 from .results import NMFREFit
 from .settings import FitSettings, check_start_values
 
@@ -54,7 +54,9 @@ def fit(Y: Any, A: Any = None, rank: int = 2, *, method: str = "ml", theta: str 
         close to the mean of Y, can hold one component on a long plateau: see the methods
         page), with a third of each column's mass spread evenly (plain NNDSVD, and reported
         so, at ``rank = 1``); random simplex columns; or explicit values ``{"X": ...,
-        "theta": ..., "U": ...}`` (theta/U optional).
+        "theta": ..., "U": ...}`` (theta/U optional; labelled values, DataArrays or
+        DataFrames, are aligned to the data's features, covariates and units; a U is accepted
+        but not used: both methods compute U from X and Theta before they use it).
     n_init : int
         Number of starts; starts after the first are random. The fit with the best
         likelihood is kept; all are reported in ``fit.restarts``.
@@ -64,9 +66,13 @@ def fit(Y: Any, A: Any = None, rank: int = 2, *, method: str = "ml", theta: str 
         Iteration limit and tolerance (defaults: ML 5000 / 1e-10 on the relative nll
         decrease; paper 50000 / 1e-5 on the relative objective change, as nmfkc).
     sigma2, tau2 : float
-        Starting (or, with ``fix_*``, fixed) variances.
+        Starting (or, with ``fix_*``, fixed) variances. The starting values matter for
+        ``method="paper"`` only: maximum likelihood profiles the variances out.
     fix_sigma2, fix_tau2 : bool
-        Hold a variance fixed at its given value.
+        Hold a variance fixed at its given value. Not both with a ``df_cap`` (the cap acts by
+        raising ``sigma2 / tau2``), and ``fix_tau2`` not with ``df_cap`` and
+        ``method="paper"`` (whose cap step sets tau2); ``n_init > 1`` not with
+        ``df_cap="auto"`` (the scan runs from one start).
     covariates, formula : optional
         Build ``A`` from a unit-level DataFrame and a formulaic formula, e.g.
         ``fit(Y, covariates=df, formula="~ male")``.
@@ -96,7 +102,8 @@ def fit(Y: Any, A: Any = None, rank: int = 2, *, method: str = "ml", theta: str 
     data = coerce(Y, A, covariates=covariates, formula=formula)
     Q = check_rank(rank, data.P, data.N)
     nonneg = settings.theta == "nonneg"
-    values = check_start_values(init, data.P, Q, data.K, data.N, nonneg) if isinstance(init, dict) else None
+    values = check_start_values(aligned_start(init, data), data.P, Q, data.K, data.N, nonneg) \
+        if isinstance(init, dict) else None
     rng = v.rng(seed)
     _warn_identifiability(data, Q, settings)
     est = engine.estimate(data.Y, data.A, Q, settings, rng, values)
@@ -198,6 +205,7 @@ def df_scan(Y: Any, A: Any = None, rank: int = 2, *, rates=dfcap.DEFAULT_RATES, 
     data = coerce(Y, A)
     Q = check_rank(rank, data.P, data.N)
     nonneg = settings.theta == "nonneg"
-    values = check_start_values(init, data.P, Q, data.K, data.N, nonneg) if isinstance(init, dict) else None
+    values = check_start_values(aligned_start(init, data), data.P, Q, data.K, data.N, nonneg) \
+        if isinstance(init, dict) else None
     rows, chosen = engine.scan_rates(data.Y, data.A, Q, rates, settings, v.rng(seed), values)
     return _scan_table(rows, chosen)

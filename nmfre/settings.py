@@ -74,11 +74,24 @@ class FitSettings:
         if init == "custom" and n_init > 1:
             raise ValueError("n_init > 1 needs init='nndsvd', 'nndsvd-tail' or 'random', not explicit "
                              "starting values")
-        return cls(method=method, theta=theta, df_cap=check_df_cap(df_cap), init=init, n_init=n_init,
+        df_cap = check_df_cap(df_cap)
+        fix_sigma2, fix_tau2 = v.boolean(fix_sigma2, "fix_sigma2"), v.boolean(fix_tau2, "fix_tau2")
+        if df_cap == "auto" and n_init > 1:
+            raise ValueError("n_init > 1 with df_cap='auto': the rate scan runs from one start; fit with "
+                             "df_cap='auto' first, then with the rate it chose (fit.df_cap_rate) and n_init")
+        if df_cap is not None and fix_sigma2 and fix_tau2:
+            raise ValueError("df_cap with fix_sigma2 and fix_tau2: the cap acts by raising lambda = sigma2 / tau2, "
+                             "which fixing both variances fixes (the cap would move tau2 away from its fixed "
+                             "value); fix one variance, or drop df_cap")
+        if df_cap is not None and method == "paper" and fix_tau2:
+            raise ValueError("df_cap with fix_tau2 and method='paper': the paper's algorithm meets the cap by "
+                             "setting tau2 = sigma2 / lambda_cap, away from its fixed value; use method='ml' "
+                             "(where sigma2 moves instead) or drop df_cap")
+        return cls(method=method, theta=theta, df_cap=df_cap, init=init, n_init=n_init,
                    max_iter=DEFAULT_MAX_ITER[method] if max_iter is None else v.integer(max_iter, "max_iter"),
                    tol=DEFAULT_TOL[method] if tol is None else v.positive_float(tol, "tol"),
                    sigma2=v.positive_float(sigma2, "sigma2"), tau2=v.positive_float(tau2, "tau2"),
-                   fix_sigma2=v.boolean(fix_sigma2, "fix_sigma2"), fix_tau2=v.boolean(fix_tau2, "fix_tau2"))
+                   fix_sigma2=fix_sigma2, fix_tau2=fix_tau2)
 
     @property
     def nonneg(self) -> bool:

@@ -32,6 +32,41 @@ def test_fixed_variances(orthodont):
     assert f.loglik >= g.loglik
     h = nmfre.fit(Y, A, rank=1, tau2=40.0, fix_tau2=True)
     assert h.tau2 == 40.0 and h.loglik >= g.loglik
+    # a df cap that would move a fixed variance is refused (it replaced tau2 = 100 by 0.17 and
+    # the summary called it fixed); with tau2 fixed alone ML moves sigma2 and keeps tau2
+    with pytest.raises(ValueError, match="df_cap with fix_sigma2 and fix_tau2"):
+        nmfre.fit(Y, A, rank=1, sigma2=0.1, tau2=100.0, fix_sigma2=True, fix_tau2=True, df_cap=0.3)
+    with pytest.raises(ValueError, match="df_cap with fix_tau2 and method='paper'"):
+        nmfre.fit(Y, A, rank=1, tau2=100.0, fix_tau2=True, df_cap=0.3, method="paper")
+    capped = nmfre.fit(Y, A, rank=1, tau2=100.0, fix_tau2=True, df_cap=0.3)
+    assert capped.tau2 == 100.0 and capped.cap_hit and capped.df_u <= capped.df_cap * (1 + 1e-8)
+
+
+def test_auto_cap_with_several_starts_is_refused(orthodont):
+    """df_cap='auto' scans the rates from one start: n_init > 1 was dropped silently (one start
+    run and reported, settings.n_init 5)."""
+    Y, A = orthodont
+    with pytest.raises(ValueError, match="n_init > 1 with df_cap='auto'"):
+        nmfre.fit(Y, A, rank=1, df_cap="auto", n_init=5)
+
+
+def test_labelled_starting_values_are_aligned(orthodont, ml_fit):
+    """Starting values labelled by feature and covariate are put in the data's order (they
+    were taken by position: theta labelled (male, intercept) started as (intercept, male));
+    other labels are refused; unlabelled values are taken as given."""
+    Y, A = orthodont
+    X, theta = ml_fit.X, ml_fit.theta
+    plain = nmfre.fit(Y, A, rank=1, init={"X": X.values, "theta": theta.values}, max_iter=1)
+    for start in ({"X": X.isel(feature=slice(None, None, -1)), "theta": theta.isel(covariate=[1, 0])},
+                  {"X": X.to_pandas().iloc[::-1], "theta": theta.to_pandas().iloc[:, ::-1]}):
+        again = nmfre.fit(Y, A, rank=1, init=start, max_iter=1)
+        np.testing.assert_array_equal(again.theta, plain.theta)
+        assert again.loglik == plain.loglik
+    with pytest.raises(ValueError, match=r"init\['X'\]'s feature labels \['a', 'b', 'c', 'd'\] are not the data's"):
+        nmfre.fit(Y, A, rank=1, init={"X": X.assign_coords(feature=list("abcd"))})
+    with pytest.raises(ValueError, match="formula 'z ~ male' has a left-hand side"):
+        nmfre.fit(Y, rank=1, covariates=pd.DataFrame({"male": A.to_numpy()[1], "z": 1.0}, index=A.columns),
+                  formula="z ~ male")
 
 
 def test_global_random_state_untouched():
