@@ -55,7 +55,7 @@ def effects(estimate, p_value, alpha: float = 0.05, ax=None, title: str | None =
         height = 1.3 + 0.75 * Q + max(map(len, covs)) * _CHAR * 0.6
         _, ax = _plt().subplots(figsize=(width, height), layout="constrained")
     vals = est.values
-    lim = float(np.max(np.abs(vals))) or 1.0
+    lim = float(np.nanmax(np.abs(vals), initial=0.0)) or 1.0  # NaN cells left out of the scale
     im = ax.imshow(vals, cmap="RdBu_r", vmin=-lim, vmax=lim, aspect="auto")
     ax.set_xticks(range(K), covs, rotation=30, ha="right")
     ax.set_yticks(range(Q), comps)
@@ -236,7 +236,7 @@ def coverage(summary, component=None, covariate=None):
             ax.set_xticks(x, methods, rotation=30, ha="right")
         ax_c.set_ylabel(f"{comp} / {cov}\ncoverage (+- 1.96 MCSE)")
         ax_w.set_ylabel(f"width / {ref} width")
-    axes[0, 0].set_title(f"coverage of the {level:.0%} intervals")
+    axes[0, 0].set_title(f"coverage of the {percent(level)} intervals")
     axes[0, 1].set_title(f"mean width relative to {ref}")
     if cells:
         handles, labels = axes[0, 0].get_legend_handles_labels()

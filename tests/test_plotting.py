@@ -84,6 +84,17 @@ def test_coverage_figure():
                    coords={"N": [27, 100], "interval": ["wald", "percentile"], "component": ["Basis1"],
                            "covariate": ["male"]}, attrs={"level": 0.95})
     assert_nothing_clipped(plotting.coverage(s))
+    s.attrs["level"] = 0.975  # the title gives the level's digits (it printed "98%")
+    assert plotting.coverage(s).axes[0].get_title() == "coverage of the 97.5% intervals"
+
+
+def test_effect_matrix_colour_scale_ignores_nan():
+    """A NaN estimate is left out of the colour scale (the scale fell back to +-0.1 and the
+    finite cell saturated)."""
+    est = xr.DataArray([[np.nan, 2.0]], dims=("component", "covariate"),
+                       coords={"component": ["B1"], "covariate": ["a", "b"]})
+    fig = plotting.effects(est, est * 0 + 0.5)
+    assert fig.axes[0].images[0].get_clim() == (-2.0, 2.0)
 
 
 @pytest.mark.parametrize("alpha", [0, 1.5])
