@@ -49,7 +49,9 @@ def _files(tmp_path):
     binary.write_bytes(bytes(range(256)) * 4)
     empty = tmp_path / "empty.csv"
     empty.write_text("")
-    return {"good": good, "nan": nan, "text": text, "binary": binary, "empty": empty, "dir": tmp_path}
+    bare = tmp_path / "bare.csv"  # no labels: pandas renamed the repeated values of the first row
+    pd.DataFrame(np.round(np.random.default_rng(1).uniform(1, 2, (4, 10)), 1)).to_csv(bare, header=False, index=False)
+    return {"good": good, "nan": nan, "text": text, "binary": binary, "empty": empty, "bare": bare, "dir": tmp_path}
 
 
 @pytest.mark.parametrize("args, message", [
@@ -64,10 +66,15 @@ def _files(tmp_path):
     (["fit", "{good}", "--rank", "0"], "rank must be a positive integer"),
     (["fit", "{good}", "--rank", "x"], "argument --rank: invalid int value"),
     (["fit", "{good}", "--rank", "1", "--df-cap", "abc"], "argument --df-cap"),
-    (["fit", "{good}", "--rank", "1", "--df-cap", "2"], "df_cap"),
+    (["fit", "{good}", "--rank", "1", "--df-cap", "2"], "argument --df-cap: must be none, auto or a rate in (0, 1]"),
     (["fit", "{good}", "--rank", "1", "--method", "em"], "argument --method: invalid choice"),
     (["fit", "{good}", "--rank", "1", "--covariates", "{dir}/missing.csv"], "covariates file"),
-    (["fit", "{good}", "--rank", "1", "--n-boot", "1"], "n_boot"),
+    (["fit", "{good}", "--rank", "1", "--n-boot", "1"], "--n-boot must be an integer >= 2"),
+    (["fit", "{good}", "--rank", "1", "--n-init", "0"], "--n-init must be a positive integer"),
+    (["fit", "{good}", "--rank", "1", "--seed", "-1"], "--seed must be an integer >= 0"),
+    (["fit", "{good}", "--rank", "1", "--out", "{dir}"], "is a folder; give the path of the netCDF file"),
+    (["fit", "{bare}", "--rank", "1"], "its first row (the unit labels) repeats"),
+    (["demo", "--out", "{good}"], "is a file; the demo writes its results into a folder"),
     (["fit", "{good}", "--rank", "1", "--out", "{dir}/no/such/dir/fit.nc"], "/no/such/dir does not exist"),
     (["fit", "{good}"], "the following arguments are required: --rank"),
     (["demo", "--out", "{good}/sub"], "error"),
@@ -88,3 +95,26 @@ def test_user_errors_are_one_line_and_status_2(tmp_path, capsys, args, message):
     assert len(lines) == 1, captured.err
     assert message in lines[0] and lines[0].startswith("nmfre")
     assert "Traceback" not in captured.err
+
+
+def test_warnings_are_one_line_and_a_closed_pipe_is_quiet(tmp_path, capsys, monkeypatch):
+    """A warning is one line naming the command (it showed nmfre's source file and line); a
+    first row of fractions (data read as labels) warns; a reader closing the pipe (| head)
+    ends with status 141, not a user error."""
+    import nmfre.cli as cli
+
+    files = _files(tmp_path)
+    assert main(["fit", str(files["good"]), "--rank", "4"]) == 0
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(err) == 1 and err[0].startswith("nmfre fit: warning: IdentifiabilityWarning: P = 4 <= Q = 4")
+    fractions = tmp_path / "fractions.csv"
+    pd.DataFrame(np.arange(40.0).reshape(4, 10) + 0.5).to_csv(fractions, header=False, index=False)
+    assert main(["fit", str(fractions), "--rank", "1"]) == 0
+    assert "its first row, read as unit labels, is all non-integer numbers" in capsys.readouterr().err
+
+    def closed(args):
+        raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr(cli, "_fit_command", closed)
+    assert main(["fit", str(files["good"]), "--rank", "1"]) == 141
+    assert capsys.readouterr().err == ""
