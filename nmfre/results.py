@@ -87,6 +87,12 @@ class Summary:
         return self.as_html()
 
 
+#: how the summary words each stop reason (:attr:`NMFREFit.stop_reason`)
+STOP_TEXT = {"tol": "stopped at the tolerance", "max_iter": "stopped at max_iter",
+             "stalled": "stalled at a fixed point of the iteration", "degenerate": "stopped as degenerate",
+             "nonfinite": "stopped at a non-finite value"}
+
+
 class NMFREFit:
     """Result of :func:`nmfre.fit`. Arrays are ``xarray.DataArray`` with named dims.
 
@@ -469,8 +475,11 @@ class NMFREFit:
                       f"[Theta({s['Q']} x {s['K']}) A + U({s['Q']} x {s['N']})] + E"),
             ("Method", f"{self.method} ({'maximum likelihood' if self.method == 'ml' else 'paper algorithm'}),"
                        f" Theta {self.theta_kind}"),
-            ("Converged", f"{conv} ({self.n_iter} iterations, {self.stop_reason}, "
-                          f"tol {self._settings.tol:g}, {len(self.restarts)} start(s))"),
+            ("Converged", f"{conv} ({self.n_iter} iteration{'' if self.n_iter == 1 else 's'}, "
+                          f"{STOP_TEXT.get(self.stop_reason, self.stop_reason)}, tol {self._settings.tol:g}, "
+                          f"{len(self.restarts)} start{'' if len(self.restarts) == 1 else 's'})"),
+            *([("Missing", f"{s['P'] * s['N'] - self.n_obs} of the {s['P'] * s['N']} entries of Y (fitted on the "
+                           f"{self.n_obs} observed)")] if self.n_obs < s["P"] * s["N"] else []),
             ("Log-likelihood", f"{self.loglik:.6f}"),
             ("R-squared", f"{self.r_squared:.4f} (with U), {self.r_squared_fixed:.4f} (fixed part only)"),
         ]

@@ -123,6 +123,20 @@ def test_summary_renders_and_infer_does_not_change_it(ml_fit):
     assert "Boot.SE" in with_inf and "Boot.SE" not in before
 
 
+def test_summary_says_how_it_stopped_and_what_was_missing(orthodont):
+    """The stop reason in words, singular counts, and a line on missing entries (the summary
+    never said that data were missing)."""
+    Y, A = orthodont
+    Yv = Y.to_numpy().copy()
+    Yv[1, :5] = np.nan
+    text = str(nmfre.fit(Yv, A.to_numpy(), rank=1).summary())
+    assert "Missing         5 of the 108 entries of Y (fitted on the 103 observed)" in text
+    assert "stopped at the tolerance, tol 1e-10, 1 start)" in text
+    with pytest.warns(nmfre.ConvergenceWarning):
+        one = str(nmfre.fit(Y, A, rank=1, max_iter=1).summary())
+    assert "NO (1 iteration, stopped at max_iter" in one and "Missing" not in one
+
+
 def test_summary_says_what_was_fixed_chosen_or_not_estimated(orthodont):
     """A fixed variance is marked fixed; an automatic df cap says the scan chose its rate; a
     paper fit that stopped before the algorithm's first sigma2 update (iteration 50) says its
