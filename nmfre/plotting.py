@@ -82,13 +82,23 @@ def ecv(table: pd.DataFrame, best_rank: int, ax=None):
     return ax.figure
 
 
+#: the most panels (distinct covariate patterns) :func:`growth` draws
+GROWTH_MAX_PANELS = 12
+
+
 def growth(Y: pd.DataFrame, A: pd.DataFrame, fixed: pd.DataFrame, blup: pd.DataFrame):
     """Data, fixed-effect fit and BLUP fit per unit, one panel per covariate pattern.
 
-    All arguments are ``feature x unit`` (``A``: ``covariate x unit``) DataFrames.
+    All arguments are ``feature x unit`` (``A``: ``covariate x unit``) DataFrames. Meant for
+    designs with a few distinct covariate patterns (groups); more than
+    :data:`GROWTH_MAX_PANELS` (e.g. a continuous covariate) is an error.
     """
     x = range(Y.shape[0])
     groups = A.T.drop_duplicates()
+    if len(groups) > GROWTH_MAX_PANELS:
+        raise ValueError(f"growth draws one panel per covariate pattern, and A has {len(groups)} distinct patterns "
+                         f"(more than {GROWTH_MAX_PANELS}: a continuous covariate?); plot a subset of units or "
+                         "group the covariate")
     fig, axes = _plt().subplots(1, len(groups), figsize=(4.5 * len(groups), 3.8), sharey=True, squeeze=False,
                                 layout="constrained")
     for ax, (_, pattern) in zip(axes[0], groups.iterrows(), strict=True):
@@ -325,22 +335,30 @@ def nested_loop(values, reference: float | None = None, ylabel: str = "", title:
     fig, (ax, ax_f) = plt.subplots(2, 1, figsize=(max(5.0, 0.35 * n_cells + 2.5), 4.2 + 0.45 * len(factors)),
                                    sharex=True, layout="constrained",
                                    gridspec_kw={"height_ratios": [3, 0.5 + 0.4 * len(factors)]})
-    for m in values["interval"].values:
-        ax.step(x, stacked.sel(interval=m).values, where="mid", label=str(m))
+    for m in values["interval"].values:  # markers: a line of one cell is a point
+        ax.step(x, stacked.sel(interval=m).values, where="mid", label=str(m), marker="o", ms=3)
     if reference is not None:
         ax.axhline(reference, color="k", lw=0.8, ls="--")
     ax.set_ylabel(ylabel)
     ax.legend(fontsize=7, ncols=min(4, values.sizes["interval"]), loc="upper center", bbox_to_anchor=(0.5, -0.02),
               frameon=False)
     ax.grid(axis="y", color="0.92")
+    ticks, names = [], []
     for j, f in enumerate(factors):
         levels = list(values[f].values)
         idx = np.array([levels.index(v) for v in stacked[f].values])
         y0 = -j * 1.2
         span = max(len(levels) - 1, 1)
-        ax_f.step(x, y0 + 0.8 * idx / span, where="mid", color="0.3", lw=1)
-        ax_f.text(-0.6, y0 + 0.4, f"{f}: {', '.join(map(str, levels))}", ha="right", va="center", fontsize=7)
-    ax_f.set_yticks([])
+        ax_f.step(x, y0 + 0.8 * idx / span, where="mid", color="0.3", lw=1, marker="o", ms=2)
+        ticks.append(y0 + 0.4)
+        names.append(f"{f}: {', '.join(map(str, levels))}")
+    # the factors' names as tick labels, for which the layout makes room (as text at x = -0.6
+    # they ran off the figure with one or two cells)
+    ax_f.set_yticks(ticks, names, fontsize=7)
+    ax_f.tick_params(axis="y", length=0)
+    ax_f.set_ylim(-1.2 * (len(factors) - 1) - 0.2, 1.0)
+    ax_f.set_xticks(x if n_cells <= 40 else ax_f.get_xticks())  # whole cells, not 0.2, 0.4, ...
+    ax_f.set_xlim(-0.5, n_cells - 0.5)
     ax_f.set_xlabel("cell (nested loops over the factors)")
     for side in ("top", "right", "left"):
         ax_f.spines[side].set_visible(False)

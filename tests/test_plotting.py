@@ -53,6 +53,14 @@ def test_effect_matrix_long_labels():
     assert_nothing_clipped(plotting.effects(est, est * 0 + 0.01))
 
 
+def test_growth_refuses_a_continuous_covariate():
+    """One panel per covariate pattern: a continuous covariate made 27 panels, 121 inches wide."""
+    Y = pd.DataFrame(np.ones((3, 27)))
+    A = pd.DataFrame([np.ones(27), np.arange(27.0)], index=["intercept", "age"])
+    with pytest.raises(ValueError, match="A has 27 distinct patterns"):
+        plotting.growth(Y, A, Y, Y)
+
+
 def test_growth_and_ecv(ml_fit):
     fig = plotting.growth(ml_fit.Y.to_pandas(), ml_fit.A.to_pandas(), ml_fit.fitted(False).to_pandas(),
                           ml_fit.fitted(True).to_pandas())
@@ -102,3 +110,19 @@ def test_plot_checks_alpha(ml_fit, alpha):
     with pytest.raises(ValueError, match="alpha"):
         ml_fit.infer(n_boot=10).plot(alpha=alpha)
     assert nmfre  # the public package is what draws these
+
+
+@pytest.mark.parametrize("n_cells", [1, 2, 3])
+def test_nested_loop_with_few_cells(n_cells):
+    """With one or two cells the factors' labels ran off the figure (text placed left of the
+    first cell) and the x axis showed fractions of a cell; now nothing is clipped and the ticks
+    are whole cells."""
+    import warnings
+
+    vals = xr.DataArray(np.linspace(0.9, 0.96, 2 * n_cells).reshape(2, n_cells), dims=("interval", "N"),
+                        coords={"interval": ["wald", "percentile"], "N": [27, 100, 300][:n_cells]})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # e.g. "constrained_layout not applied"
+        fig = plotting.nested_loop(vals, reference=0.95, ylabel="coverage")
+        assert_nothing_clipped(fig)
+    assert list(fig.axes[1].get_xticks()) == list(range(n_cells))
