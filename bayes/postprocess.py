@@ -188,7 +188,10 @@ def predictive(spec: ModelSpec, s: compiled.Settings, draws: dict, key) -> np.nd
     """Replicated Y (chain, draw, unit, feature) for every posterior draw."""
     import jax
 
-    samples = {k: draws[k] for k in ("theta", "sigma", "tau") if k in draws}
+    # the conditional model's variances are fixed arguments, not sample sites (passed as
+    # scalar "draws" they broke Predictive's batch shapes)
+    sampled = ("theta",) if spec.name == "conditional" else ("theta", "sigma", "tau")
+    samples = {k: draws[k] for k in sampled if k in draws}
     if "X" in draws:
         samples["X_columns"] = np.swapaxes(draws["X"], -1, -2)
     with jax.enable_x64(True):

@@ -35,7 +35,9 @@ def prng_key(seed: Any, name: str = "seed"):
     Parameters
     ----------
     seed : int, numpy.random.Generator, numpy.random.SeedSequence or JAX PRNG key
-        An int >= 0 gives ``jax.random.PRNGKey(seed)``; a Generator (or a SeedSequence,
+        An int in ``[0, 2**64)`` gives ``jax.random.PRNGKey(seed)`` as with 64-bit seeds
+        (``(seed >> 32, seed & 0xFFFFFFFF)``: for seeds below 2**32 the same key in either
+        mode); a Generator (or a SeedSequence,
         through ``numpy.random.default_rng``) gives the key of one draw
         ``rng.integers(2**32)`` (deterministic: the same Generator state, the same key; the
         Generator's stream advances); a JAX key is returned as it is.
@@ -50,7 +52,12 @@ def prng_key(seed: Any, name: str = "seed"):
     import jax
 
     if isinstance(seed, Integral) and not isinstance(seed, bool):
-        return jax.random.PRNGKey(v.seed_key(seed, name))
+        seed = v.seed_key(seed, name)
+        if seed >= 2**64:
+            raise ValueError(f"{name} must be below 2**64 (a JAX key holds 64 bits), got {seed}")
+        # the key PRNGKey(seed) is with 64-bit seeds: (high word, low word). Without x64,
+        # PRNGKey kept the low 32 bits only, so seeds 2**32 apart gave the same draws
+        return jax.numpy.asarray([seed >> 32, seed & 0xFFFFFFFF], dtype=jax.numpy.uint32)
     if isinstance(seed, np.random.SeedSequence):
         seed = np.random.default_rng(seed)
     if isinstance(seed, np.random.Generator):

@@ -212,9 +212,15 @@ def test_seeds_int_generator_or_key():
     assert prng_key(key) is key
     typed = jax.random.key(2)
     assert prng_key(typed) is typed
-    for bad in (1.5, "1", None, np.zeros(2), -1):
+    for bad in (1.5, "1", None, np.zeros(2), -1, 2**64):
         with pytest.raises((ArgumentTypeError, ValueError), match="seed"):
             prng_key(bad)
+    # seeds of 2**32 and above keep their high bits (PRNGKey without x64 dropped them, so
+    # seeds 2**32 apart gave the same draws): the key of PRNGKey with 64-bit seeds
+    with jax.enable_x64(True):
+        for big in (2**32, 2**32 + 7, 2**62 + 5):
+            assert (np.asarray(prng_key(big)) == np.asarray(jax.random.PRNGKey(big))).all()
+    assert not (np.asarray(prng_key(2**32 + 7)) == np.asarray(prng_key(7))).all()
 
 
 def test_renamed_arguments_warn_and_still_work(data):

@@ -585,3 +585,16 @@ def test_chees_bad_settings_fail_before_sampling():
         bayes.sbc(2, model="joint", kernel="chees", num_warmup=0)
     with pytest.raises(ValueError, match="kernel"):
         bayes.Sampler("conditional", 1, 4, None, 2, kernel="hmc")
+
+
+def test_conditional_posterior_predictive(orthodont, ml_fit):
+    """The conditional model's replicated Y (it failed in NumPyro's Predictive: the fixed
+    variances were passed as scalar draws beside Theta's): one (unit, feature) replicate per
+    draw, finite, with the data's labels."""
+    Y, A = orthodont
+    post = bayes.sample(Y, A, 1, model="conditional", fit=ml_fit, num_warmup=50, num_samples=20, num_chains=2,
+                        seed=3, posterior_predictive=True)
+    yrep = post["posterior_predictive"]["Y"]
+    assert yrep.dims == ("chain", "draw", "feature", "unit") and yrep.shape == (2, 20, 4, 27)
+    assert np.isfinite(yrep.values).all()
+    assert list(yrep["unit"].values) == list(ml_fit.U["unit"].values)
