@@ -48,6 +48,8 @@ from .likelihood import Stats, data_moments, loglik, statistics
 from .simplex import DirichletILR, FoldedDirichlet
 
 PRIOR_KEYS = ("x_concentration", "theta_scale", "sigma_scale", "tau_scale")
+#: the priors each model uses (the conditional models fix X, and 'conditional' the variances)
+USED_PRIORS = {"joint": PRIOR_KEYS, "conditional_x": PRIOR_KEYS[1:], "conditional": ("theta_scale",)}
 
 
 def default_priors(Y, rank: int) -> dict:

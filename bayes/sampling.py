@@ -174,13 +174,17 @@ class Sampler:
         kernel = v.choice(kernel, "kernel", KERNELS)
         chain_method = _chain_method(chain_method, v.integer(num_chains, "num_chains"))
         theta_coords = v.choice(theta_coords, "theta_coords", THETA_COORDS)
+        if theta_coords != "direct" and model != "joint":
+            raise ValueError(f"theta_coords={theta_coords!r} is for model='joint' (Theta's coordinates there); "
+                             f"model={model!r} samples Theta directly")
         num_warmup = v.integer(num_warmup, "num_warmup", minimum=0)
         kernel = _kernel(kernel, model, rank, chain_method, theta_coords, num_chains, num_warmup)
         mass = _mass(v.choice(mass, "mass", MASSES), rank)
         v.choice(simplex, "simplex", SIMPLEXES)
         self.n_patterns = None if n_patterns is None else v.integer(n_patterns, "n_patterns")
-        self.adapt_mass = bool(adapt_mass)
-        self.relabel = bool(relabel)
+        self.adapt_mass = v.boolean(adapt_mass, "adapt_mass")
+        self.relabel = v.boolean(relabel, "relabel")
+        jitter = v.nonnegative_float(jitter, "jitter")
         self._auto_draws = num_samples is None
         self._used: set = set()
         self.settings = compiled.Settings(
@@ -188,7 +192,7 @@ class Sampler:
             num_warmup=num_warmup,
             num_samples=_num_samples(num_samples, kernel, P, rank), num_chains=num_chains, chain_method=chain_method,
             target_accept=v.open_unit(target_accept, "target_accept"), mass=mass,
-            jitter=float(jitter), max_tree_depth=v.integer(max_tree_depth, "max_tree_depth"),
+            jitter=jitter, max_tree_depth=v.integer(max_tree_depth, "max_tree_depth"),
             theta_coords=theta_coords, kernel=kernel, betas=_betas(tempering, kernel))
 
     @property
@@ -259,6 +263,7 @@ class Sampler:
 
         draw_U = v.boolean(draw_U, "draw_U")
         posterior_predictive = v.boolean(posterior_predictive, "posterior_predictive")
+        warn = v.boolean(warn, "warn")
 
         key = prng_key(seed)
         with jax.enable_x64(True):
@@ -293,6 +298,7 @@ class Sampler:
         """
         import jax
 
+        warn = v.boolean(warn, "warn")
         fits = [None] * len(datasets) if fits is None else list(fits)
         if len(fits) != len(datasets):
             raise ValueError(f"fits has {len(fits)} fits for {len(datasets)} data sets: give one per data set")
@@ -427,7 +433,9 @@ def sample(Y, A=None, rank: int = 1, *, model: str = "joint", fit=None, theta: s
         (columns of X matched by Hungarian assignment).
     theta : {"free", "nonneg"}
     priors : dict, optional
-        Overrides of :func:`bayes.models.default_priors`.
+        Overrides of :func:`bayes.models.default_priors`, among those the model uses
+        (:data:`bayes.models.USED_PRIORS`: ``"conditional"`` only ``theta_scale``,
+        ``"conditional_x"`` all but ``x_concentration``); others are an error.
     num_warmup, num_chains : int
     num_samples : int, optional
         Draws per chain; default 1000 with NUTS, with ChEES-HMC 2000 or 4000 by the size of

@@ -110,6 +110,11 @@ def model_spec(Y, A, rank: int, model: str, fit=None, theta: str = "free", prior
     model = v.choice(model, "model", MODELS)
     theta = v.choice(theta, "theta", THETA_KINDS)
     given = models.check_priors(priors, allow_flat=model == "conditional")
+    unused = sorted(set(given) - set(models.USED_PRIORS[model]))
+    if unused:  # accepted and ignored before
+        raise ValueError(f"priors {unused} are not used by model={model!r}, which holds "
+                         f"{'X, sigma and tau' if model == 'conditional' else 'X'} fixed at the fit; it uses "
+                         f"{list(models.USED_PRIORS[model])}")
     data = coerce(Y, A)
     if data.kind == "sparse":  # reduced to statistics, and kept in observed_data: dense
         data = dataclasses.replace(data, Y=data.Y.toarray())

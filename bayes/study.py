@@ -87,10 +87,12 @@ class Posterior:
 
 
 def _sample(Y, A, fit, p: Posterior, seed: int):
+    from .models import USED_PRIORS
     from .sampling import sample
 
+    priors = {k: x for k, x in p.priors if k in USED_PRIORS[p.model]}  # one study's priors, each model's share
     return sample(Y, A, fit.shape["Q"], model=p.model, fit=fit, theta=fit.theta_kind,
-                  priors=dict(p.priors) or None, num_warmup=p.num_warmup, num_samples=p.num_samples,
+                  priors=priors or None, num_warmup=p.num_warmup, num_samples=p.num_samples,
                   num_chains=p.num_chains, seed=seed, kernel=p.kernel)
 
 

@@ -238,6 +238,7 @@ def fit_vi(Y, A=None, rank: int = 1, *, model: str = "joint", guide: str = "full
     import jax
 
     v.choice(guide, "guide", GUIDES)
+    warn = v.boolean(warn, "warn")
     v.choice(simplex, "simplex", ("ilr", "stickbreaking", "folded"))
     v.choice(method, "method", METHODS)
     if method == "dadvi":

@@ -367,6 +367,19 @@ def test_bad_input(orthodont, ml_fit):
             bayes.sample(Y, A, 1, fit=ml_fit, priors=pri)
     with pytest.raises(ValueError, match="draw_U must be True or False"):
         bayes.sample(Y, A, 1, fit=ml_fit, draw_U="no")
+    # flags are booleans (adapt_mass="no" and relabel="no" ran as True and were recorded so),
+    # settings a model does not use are refused (they were accepted and ignored)
+    for kw, match in [({"adapt_mass": "no"}, "adapt_mass must be True or False"),
+                      ({"relabel": "no"}, "relabel must be True or False"),
+                      ({"jitter": float("nan")}, "jitter"), ({"jitter": "big"}, "jitter"),
+                      ({"model": "conditional", "priors": {"sigma_scale": 2.0}},
+                       r"priors \['sigma_scale'\] are not used by model='conditional'"),
+                      ({"model": "conditional_x", "priors": {"x_concentration": 2.0}},
+                       r"priors \['x_concentration'\] are not used by model='conditional_x'"),
+                      ({"model": "conditional", "theta_coords": "marginal"},
+                       "theta_coords='marginal' is for model='joint'")]:
+        with pytest.raises((ValueError, TypeError), match=match):
+            bayes.sample(Y, A, 1, fit=ml_fit, **kw)
     with pytest.raises(ValueError, match="n_rep must be an integer >= 2"):
         bayes.sbc(0, L=9)
     with pytest.raises(ValueError, match="tau_scale"):
