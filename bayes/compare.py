@@ -19,6 +19,8 @@ def _posteriors(posteriors, names):
     for p in posteriors:
         if not isinstance(p, xr.DataTree) or "posterior" not in p.children or "theta" not in p["posterior"]:
             raise TypeError("each posterior must be an xarray.DataTree with a posterior group holding theta")
+    if isinstance(names, str):  # read as one name per character before
+        raise ValueError(f"names must be a list of names, one per posterior, got the string {names!r}")
     if names is None:
         names = [p["posterior"].attrs.get("model", f"posterior{i + 1}") for i, p in enumerate(posteriors)]
         if len(set(names)) < len(names):
@@ -33,6 +35,12 @@ def _posteriors(posteriors, names):
 
 
 def _check_coords(inference, post):
+    """The same labels, and the same constraint on Theta (a non-negative posterior beside a
+    sign-free inference was accepted)."""
+    kinds = inference.attrs.get("theta_kind"), post["posterior"].attrs.get("theta_kind")
+    if None not in kinds and kinds[0] != kinds[1]:
+        raise ValueError(f"the inference has theta_kind={kinds[0]!r} and the posterior theta_kind={kinds[1]!r}: "
+                         "compare posteriors of the same model (bayes.sample(..., theta=fit.theta_kind))")
     for dim in ("component", "covariate"):
         a = [str(v) for v in inference.estimate[dim].values]
         b = [str(v) for v in post["posterior"]["theta"][dim].values]

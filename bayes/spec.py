@@ -17,7 +17,7 @@ import xarray as xr
 
 from nmfre import validation as v
 from nmfre.core.covariance import conditional as conditional_covariance
-from nmfre.labels import Data, check_rank, coerce
+from nmfre.labels import Data, check_rank, coerce, some_labels
 
 from . import likelihood, models
 
@@ -66,10 +66,32 @@ def _frequentist_fit(fit, data: Data, rank: int, theta: str):
     if given.kind == "sparse" and data.kind == "dense":  # a fit of the sparse Y given here (made dense)
         given = dataclasses.replace(given, Y=given.Y.toarray())
     if not given.same_data(data):
+        if "dask" in (given.kind, data.kind):
+            raise ValueError(f"fit was estimated on a {given.kind} Y and a {data.kind} Y is given: a lazy (dask) Y "
+                             "is recognised as the fit's data only as the same dask array object; pass that, or "
+                             "fit the Y given here")
         raise ValueError("fit was estimated on different data (Y or A differ from those given)")
     if fit.theta_kind != theta:
         raise ValueError(f"fit has theta={fit.theta_kind!r} but theta={theta!r} was asked for")
     return fit
+
+
+def _fit_labels(data: Data, fit) -> Data:
+    """The data with the fit's labels where its own are the defaults (numpy input beside a
+    fit of labelled data gave a posterior with the fit's labels and observed data with
+    0..n-1); labels of its own that differ from the fit's are an error."""
+    out = {}
+    for name, default in (("features", None), ("units", None), ("covariates", "covariate")):
+        mine, theirs = getattr(data, name), getattr(fit.data, name)
+        if [str(x) for x in mine] == [str(x) for x in theirs]:
+            continue
+        n = len(mine)
+        defaults = list(range(n)) if default is None else [f"{default}{i + 1}" for i in range(n)]
+        if [str(x) for x in mine] != [str(x) for x in defaults]:
+            raise ValueError(f"the data's {name[:-1]} labels {some_labels(mine)} are not the fit's "
+                             f"{some_labels(theirs)}")
+        out[name] = theirs
+    return dataclasses.replace(data, **out) if out else data
 
 
 def pad_patterns(stats: likelihood.Stats, n: int | None = None) -> likelihood.Stats:
@@ -127,6 +149,7 @@ def model_spec(Y, A, rank: int, model: str, fit=None, theta: str = "free", prior
         raise ValueError("model='conditional' fixes sigma2 at nmfre's sigma2_used, which needs complete data; "
                          "use 'conditional_x' or 'joint' with missing values")
     fit = _frequentist_fit(fit, data, rank, theta)
+    data = _fit_labels(data, fit)
     nonneg = theta == "nonneg"
     sol = fit.solution
     need = not missing and (model == "conditional" or nonneg)

@@ -71,3 +71,16 @@ def test_compare_bad_input(ml_fit):
         bayes.compare(ml_fit.infer(n_boot=10), xr.DataTree())
     with pytest.raises(ValueError, match="at least one posterior"):
         bayes.compare(ml_fit.infer(n_boot=10))
+
+
+def test_compare_refuses_another_model_or_a_string_of_names(inf_ortho, posts):
+    """A posterior of non-negative Theta beside a sign-free inference is refused (it was
+    compared); names given as one string are refused (each letter was a name)."""
+    post = posts[0]
+    nonneg = post.copy(deep=True)
+    nonneg["posterior"].attrs["theta_kind"] = "nonneg"
+    with pytest.raises(ValueError, match="theta_kind='free' and the posterior theta_kind='nonneg'"):
+        bayes.compare(inf_ortho, nonneg)
+    with pytest.raises(ValueError, match="names must be a list of names"):
+        bayes.compare(inf_ortho, post, names="xyz")
+    assert list(bayes.compare(inf_ortho, post, names=["c"]).columns)[-1].startswith("c_")

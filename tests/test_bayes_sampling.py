@@ -611,3 +611,20 @@ def test_conditional_posterior_predictive(orthodont, ml_fit):
     assert yrep.dims == ("chain", "draw", "feature", "unit") and yrep.shape == (2, 20, 4, 27)
     assert np.isfinite(yrep.values).all()
     assert list(yrep["unit"].values) == list(ml_fit.U["unit"].values)
+
+
+def test_unlabelled_data_beside_a_labelled_fit_takes_its_labels(orthodont, ml_fit):
+    """numpy Y and A with a fit of the labelled data: one set of labels in the tree (observed
+    data and U had 0..n-1 beside the posterior's age8.../intercept, male); other labels are
+    refused; a dask Y beside a dense fit gets a message about dask, not 'different data'."""
+    import dask.array as da
+
+    Y, A = orthodont
+    post = bayes.sample(Y.to_numpy(), A.to_numpy(), 1, model="conditional", fit=ml_fit, num_warmup=30,
+                        num_samples=10, num_chains=1, draw_U=True, seed=1)
+    assert list(post["observed_data"]["Y"]["feature"].values) == list(ml_fit.X["feature"].values)
+    assert list(post["posterior"]["U"]["unit"].values) == list(ml_fit.U["unit"].values)
+    with pytest.raises(ValueError, match=r"the data's feature labels \['a', 'b', 'c', 'd'\] are not the fit's"):
+        bayes.sample(Y.set_axis(list("abcd"), axis=0), A, 1, model="conditional", fit=ml_fit)
+    with pytest.raises(ValueError, match="fit was estimated on a dense Y and a dask Y is given"):
+        bayes.sample(da.from_array(Y.to_numpy()), A.to_numpy(), 1, model="conditional", fit=ml_fit)
