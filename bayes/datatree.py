@@ -261,6 +261,16 @@ def mixing(dt: xr.DataTree):
     return table
 
 
+def _above(value: float, threshold: float) -> str:
+    """``value`` to 3 decimals, or as many more as show that it exceeds ``threshold`` (1.0102
+    printed as 1.010 beside '> 1.01')."""
+    for digits in range(3, 10):
+        text = f"{value:.{digits}f}"
+        if float(text) > threshold:
+            return text
+    return f"{value:.10g}"
+
+
 def warn_diagnostics(dt: xr.DataTree, stacklevel: int | None = None) -> dict:
     """:func:`diagnostics`, with a :class:`SamplingWarning` when a threshold fails; when
     the label-invariant quantities mix but some components do not, the warning names
@@ -269,7 +279,7 @@ def warn_diagnostics(dt: xr.DataTree, stacklevel: int | None = None) -> dict:
     d = diagnostics(dt)
     problems = []
     if d["max_r_hat"] > THRESHOLDS["max_r_hat"]:
-        problems.append(f"max r_hat {d['max_r_hat']:.3f} > {THRESHOLDS['max_r_hat']}")
+        problems.append(f"max r_hat {_above(d['max_r_hat'], THRESHOLDS['max_r_hat'])} > {THRESHOLDS['max_r_hat']}")
     if d["min_ess_bulk"] < THRESHOLDS["min_ess_bulk"]:
         problems.append(f"min bulk ESS {d['min_ess_bulk']:.0f} < {THRESHOLDS['min_ess_bulk']}")
     if d["divergences"]:

@@ -314,3 +314,11 @@ def test_theta_truncated_finite_when_the_mean_is_far_below_zero():
         th = np.asarray(models.theta_truncated(mean, L, jax.random.key(0), rank=2))
     assert np.all(np.isfinite(th)) and np.all(th >= 0)
     assert th.reshape(-1, order="F")[:2].max() < 0.01  # the excess over 0 is about sd / a = 0.002
+
+
+def test_diagnostic_values_print_above_their_thresholds():
+    """A failing r_hat is printed with the digits that show it fails (1.0102 printed as
+    '1.010 > 1.01')."""
+    from bayes.datatree import _above
+
+    assert [_above(x, 1.01) for x in (1.0102, 1.0149, 1.0100001, 1.2)] == ["1.0102", "1.015", "1.0100001", "1.200"]
