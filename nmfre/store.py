@@ -10,7 +10,8 @@ Layout of ``path``::
 
 A batch is written under a temporary name and renamed into ``batches/`` when complete
 (an atomic rename on a local or POSIX file system), so a run killed mid-write leaves at most
-a ``.tmp`` directory, which readers ignore and the next run removes: every batch a reader
+a ``.tmp`` directory, which readers ignore and the next run removes (:meth:`Store.clean`;
+never a reader: it would remove the batch a running writer is filling): every batch a reader
 sees is whole, and a replicate is either in the store or computed again.
 
 Opening costs a fixed time per batch, so the writer keeps their number small:
@@ -35,6 +36,8 @@ import xarray as xr
 
 SPEC_FILE = "study.json"
 BATCHES = "batches"
+#: reads of a store whose batches change under them (a writer compacting) before giving up
+READ_ATTEMPTS = 8
 
 
 class StoreMismatchError(ValueError):
@@ -47,10 +50,17 @@ def _canonical(spec: dict) -> dict:
 
 
 def _jsonable(x):
+    """JSON for what a spec may hold beyond JSON's types: the same in every process (a repr
+    with a memory address, as of a function or a Generator, made a stored study impossible to
+    resume in a new process)."""
     if isinstance(x, np.generic):
         return x.item()
     if isinstance(x, np.ndarray):
         return x.tolist()
+    if isinstance(x, np.random.Generator):
+        return {"numpy.random.Generator": x.bit_generator.state}
+    if callable(x) and hasattr(x, "__qualname__"):
+        return f"<callable {getattr(x, '__module__', '?')}.{x.__qualname__}>"
     return repr(x)
 
 
@@ -84,7 +94,12 @@ class Store:
             tmp = self.path / f".{SPEC_FILE}.{uuid.uuid4().hex}.tmp"
             tmp.write_text(json.dumps(self.spec, indent=1, sort_keys=True))
             os.replace(tmp, spec_path)
-        for junk in (self.path / BATCHES).glob("*.tmp"):  # left by a killed writer
+
+    def clean(self) -> None:
+        """Remove the ``.tmp`` batches a killed writer left: for the writer only, when it
+        starts (a reader that did it removed the batch a running writer was filling, which
+        then crashed it or was renamed into place incomplete)."""
+        for junk in (self.path / BATCHES).glob("*.tmp"):
             shutil.rmtree(junk, ignore_errors=True)
 
     def batches(self) -> list[Path]:
@@ -113,15 +128,18 @@ class Store:
         """All complete batches as one flat Dataset along ``item``, one copy of each
         ``(cell, replicate)``; lazy (dask-backed) unless ``load``. None when nothing has
         been written yet."""
-        for attempt in range(3):  # a compaction may remove a listed batch: list again
+        for attempt in range(READ_ATTEMPTS):
             paths = self.batches()
             if not paths:
                 return None
             try:
                 return self._load(paths, load)
-            except FileNotFoundError:
-                if attempt == 2:
+            except Exception:
+                # a compaction removed a listed batch while it was read (a half-removed zarr
+                # group fails in many ways): list again; an error on an unchanged listing is real
+                if attempt == READ_ATTEMPTS - 1 or self.batches() == paths:
                     raise
+                time.sleep(0.05 * (attempt + 1))
         return None
 
     @staticmethod

@@ -406,11 +406,14 @@ def run(design: str | Callable = "baseline", grid: dict | None = None, n_rep: in
     labels = _design_labels(probe, Q, K)
     design_name = design if isinstance(design, str) else getattr(design, "__name__", "custom")
     spec = {"design": design_name, "grid": grid, "n_rep": n_rep, "seed": seed, "methods": names,
-            "method_specs": [repr(m) for _, m in extra], "n_boot": n_boot, "level": level,
+            "method_specs": [m for _, m in extra],  # JSON by the store (a function by its name)
+            "n_boot": n_boot, "level": level,
             "fit_overrides": over, "n_boot_refit": n_boot_refit, "refit_failed": refit_failed,
             "nmfre_version": __version__,
             "component": labels[0], "covariate": labels[1]}
     st = Store(store, spec) if store is not None else None
+    if st is not None:
+        st.clean()  # the writer, not a reader, removes what a killed writer left
     done = st.done() if st is not None else set()
     tasks = [((index[i], r), (fn, settings[i], (seed, index[i], r), n_boot, over, level, builtin, extra,
                               n_boot_refit, (Q, K), refit_failed))
@@ -418,7 +421,10 @@ def run(design: str | Callable = "baseline", grid: dict | None = None, n_rep: in
     ctx = {"names": names, "Q": Q, "K": K, "labels": labels}
     records: list[dict] = []
     parts: list[xr.Dataset] = []
-    failed: dict[int, list] = {}
+    failed = _stored_failures(st) if st is not None and done else {}  # a resumed cell's count goes on
+    for cell in sorted(failed):  # a store that already holds too many stops before any work
+        if any((cell, r) not in done for r in range(n_rep)):
+            _check_failures(failed, cell, allowed, full, seed, n_rep, st)
     last = time.monotonic()
     written = 0
     total = len(settings) * n_rep
@@ -427,15 +433,9 @@ def run(design: str | Callable = "baseline", grid: dict | None = None, n_rep: in
             rec.update(cell=cell, replicate=r)
             records.append(rec)
             if _failed(rec):
-                failed.setdefault(cell, []).append(rec)
-                if allowed is not None and len(failed[cell]) > allowed:
-                    first = failed[cell][0]
-                    msg = first["fit_error"] or next(iv["error"] for iv in first["intervals"].values() if iv["error"])
-                    raise StudyError(
-                        f"cell {full[cell]} had {len(failed[cell])} failed replicates (max_errors allows {allowed} "
-                        f"of {n_rep}); first: replicate {first['replicate']} (seeds {(seed, cell, first['replicate'])})"
-                        f": {msg}. Finished replicates are {'in the store' if st else 'lost (no store)'}; study."
-                        "replicate(...) re-creates one for debugging")
+                msg = rec["fit_error"] or next(iv["error"] for iv in rec["intervals"].values() if iv["error"])
+                failed.setdefault(cell, []).append((r, msg))
+                _check_failures(failed, cell, allowed, full, seed, n_rep, st)
             if st is not None and time.monotonic() - last >= flush_seconds:
                 st.write(_flat(records, ctx))
                 written += 1
@@ -456,7 +456,7 @@ def run(design: str | Callable = "baseline", grid: dict | None = None, n_rep: in
         else:
             parts.append(_flat(records, ctx))
             flat = xr.concat(parts, dim="item") if len(parts) > 1 else parts[0]
-        ds = _to_grid(flat, sub, full, n_rep, ctx)
+        ds = _to_grid(flat, sub, full, n_rep, ctx).drop_encoding()  # the store's zarr v2 codecs stay there
     ds.attrs.update(design=design_name, seed=seed, n_boot=n_boot, level=level, fit_overrides=str(over),
                     n_boot_refit=n_boot_refit, refit_failed=refit_failed, spec=json.dumps(_jsonable(spec)))
     if st is not None:
@@ -477,7 +477,7 @@ def open(path) -> xr.Dataset:  # noqa: A001 - study.open(path), as xarray.open_d
         flat = st.read()
         if flat is None:
             flat = _flat([], ctx)
-        ds = _to_grid(flat, grid, _settings(grid), spec["n_rep"], ctx)
+        ds = _to_grid(flat, grid, _settings(grid), spec["n_rep"], ctx).drop_encoding()
     ds.attrs.update(design=spec["design"], seed=spec["seed"], n_boot=spec["n_boot"], level=spec["level"],
                     fit_overrides=str(spec["fit_overrides"]), n_boot_refit=spec["n_boot_refit"],
                     refit_failed=spec.get("refit_failed", "drop"), spec=json.dumps(spec), store=str(st.path))
@@ -526,6 +526,36 @@ def replicate(ds: xr.Dataset, replicate: int, design: Callable | None = None, **
     kw = _fit_kwargs(d, seeds, spec["fit_overrides"])
     f, _, err = _caught("fit", nmfre_fit, d["Y"], d["A"], rank=d["rank"], **kw)
     return {"data": d, "fit": f, "fit_error": err, "seeds": seeds}
+
+
+def _check_failures(failed: dict, cell: int, allowed: int | None, full: list, seed, n_rep: int, st) -> None:
+    """:class:`StudyError` when ``cell`` has more failed replicates than ``max_errors`` allows."""
+    if allowed is None or len(failed.get(cell, ())) <= allowed:
+        return
+    first, msg = min(failed[cell])
+    raise StudyError(f"cell {full[cell]} had {len(failed[cell])} failed replicates (max_errors allows {allowed} of "
+                     f"{n_rep}); first: replicate {first} (seeds {(seed, cell, first)}): {msg}. Finished replicates "
+                     f"are {'in the store' if st else 'lost (no store)'}; study.replicate(...) re-creates one for "
+                     "debugging")
+
+
+def _stored_failures(st: Store) -> dict[int, list[tuple[int, str]]]:
+    """The failed replicates already in a store, per cell: ``(replicate, first error)`` (a
+    resumed run counts them against ``max_errors``; it counted only its own)."""
+    with in_process():
+        flat = st.read(load=True)
+    out: dict[int, list[tuple[int, str]]] = {}
+    if flat is None:
+        return out
+    fit_err = flat["fit_error"].values.astype(object)
+    err = flat["error"].values.astype(object)
+    for i, (cell, rep) in enumerate(zip(flat["cell"].values.tolist(), flat["replicate"].values.tolist(),
+                                        strict=True)):
+        msgs = [str(fit_err[i])] + [str(e) for e in err[i]]
+        msg = next((m for m in msgs if m and m != "nan"), None)
+        if msg is not None:
+            out.setdefault(cell, []).append((rep, msg))
+    return out
 
 
 def _allowed_errors(max_errors, n_rep: int) -> int | None:

@@ -101,8 +101,64 @@ def test_half_written_batch_is_ignored(plain, tmp_path):
     junk.mkdir()
     (junk / "zarr.json").write_text("{ truncated")
     assert int(study.open(path)["done"].sum()) == 6
+    assert junk.exists()  # a reader leaves it: it could be the batch a running writer is filling
     _same(study.run("baseline", GRID, store=path, **KW), plain)
-    assert not junk.exists()
+    assert not junk.exists()  # the writer removes it
+
+
+def _method_factory():
+    def echo(fit, *, seed, level):
+        th = fit.theta.values
+        return {"point": th, "lower": th - 1, "upper": th + 1}
+
+    return echo
+
+
+def test_resume_with_a_function_method_failures_and_reads_during_compaction(tmp_path, monkeypatch):
+    """A study with a (name, function) method resumes in another process, where the function
+    is another object (its spec held repr's memory address, so every resume was refused);
+    failed replicates already in the store count against max_errors (each run counted only its
+    own, and a cell ended with 5 of 8 failed under max_errors=1); a read whose batches change
+    under it (a writer compacting) lists them again whatever the error; results can be written
+    to zarr (they carried the store's zarr v2 codecs)."""
+    path = tmp_path / "f.zarr"
+    kw = dict(n_rep=4, seed=2, n_boot=20)
+    first = study.run("baseline", {"N": [27]}, store=path, methods=("wald", ("echo", _method_factory())), **kw)
+    again = study.run("baseline", {"N": [27]}, store=path, methods=("wald", ("echo", _method_factory())), **kw)
+    _same(first, again)
+    again.to_zarr(tmp_path / "copy.zarr")
+    # max_errors across runs: the second run stops before any work, naming the stored failures
+    store = tmp_path / "m.zarr"
+    mkw = dict(n_rep=12, seed=3, n_boot=20, methods=("wald",), max_errors=1, store=store)
+    with pytest.raises(study.StudyError, match=r"had 2 failed replicates") as one:
+        study.run(fragile, {"N": [27]}, **mkw)
+    n_batches = len(list((store / "batches").glob("*.zarr")))
+    with pytest.raises(study.StudyError) as two:
+        study.run(fragile, {"N": [27]}, **mkw)
+    assert str(two.value) == str(one.value)
+    assert len(list((store / "batches").glob("*.zarr"))) == n_batches
+    # a read that fails while the listing changes is tried again; on an unchanged one it raises
+    import nmfre.store as store_module
+
+    real, calls = store_module.Store._load, []
+
+    extra = path / "batches" / "00000000000000000000-00000000.zarr"
+
+    def flaky(paths, load=True):
+        calls.append(len(paths))
+        if len(calls) == 1:
+            extra.mkdir()  # the listing changes under the read
+            raise KeyError("No variable named 'replicate'")
+        if len(calls) == 2:
+            raise ValueError("a broken batch")  # the same listing: a real error
+        return real(paths, load)
+
+    monkeypatch.setattr(store_module.Store, "_load", staticmethod(flaky))
+    with pytest.raises(ValueError, match="a broken batch"):
+        study.open(path)
+    assert calls[1] == calls[0] + 1
+    extra.rmdir()
+    assert int(study.open(path)["done"].sum()) == 4 and len(calls) == 3
 
 
 def fragile(N=27, seed=0, **kw):
