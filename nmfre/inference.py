@@ -77,8 +77,8 @@ def provenance(attrs: dict) -> dict[str, str]:
     boot = f"{kind} wild bootstrap, B = {size}, {law} multipliers"
     if n_failed and not dropped:
         boot += f", {n_failed} of them refits that did not converge ({reasons})"
-    if attrs.get("theta_kind") == "nonneg":
-        boot += ", replicates projected onto Theta >= 0"
+    if attrs.get("theta_kind") == "nonneg":  # refits are constrained fits: nothing to project
+        boot += ", replicates projected onto Theta >= 0" if kind == "one-step" else ", refits with Theta >= 0"
     pct = percent(attrs.get('level', 0.95))
     if attrs.get("ci_kind", "percentile") == "studentized":
         ci = f"{pct} bootstrap-t interval (each replicate studentized by its own {vcov} sandwich)"
@@ -326,9 +326,18 @@ class Inference:
         from .loadings import MIN_SUPPORT, summarize
 
         lab = provenance(self._ds.attrs)
-        return summarize(self.X_draws, self._ds["X"], threshold=threshold,
-                         level=self.level if level is None else level,
-                         min_support=MIN_SUPPORT if min_support is None else min_support, source=lab["bootstrap"])
+        out = summarize(self.X_draws, self._ds["X"], threshold=threshold, level=self.level if level is None else level,
+                        min_support=MIN_SUPPORT if min_support is None else min_support, source=lab["bootstrap"])
+        # how well the replicates' components matched the estimate's (poorly: not identified)
+        attrs = self._ds.attrs
+        if "refit_min_alignment_cosine" in attrs:
+            cos, moved = float(attrs["refit_min_alignment_cosine"]), float(attrs.get("refit_permuted_fraction", 0))
+            out.attrs.update(refit_min_alignment_cosine=cos, refit_permuted_fraction=moved)
+            if cos < ALIGNMENT_WARN:
+                out.attrs["description"] += (f"; components matched the estimate's poorly in some replicates (least "
+                                             f"cosine {cos:.2f}, {100 * moved:.0f}% of replicates relabelled): "
+                                             "they may not be identified")
+        return out
 
     def plot_loadings(self, threshold: float | None = None, level: float | None = None, kind: str = "support",
                       ax=None):
@@ -474,6 +483,9 @@ def _multipliers(n_boot, multipliers, units: np.ndarray):
     return W
 
 
+#: least cosine between a refit replicate's component and the estimate's below which the
+#: loadings' description says the components may not be identified
+ALIGNMENT_WARN = 0.8
 VCOVS = ("CR1", "CR2")
 CIS = ("percentile", "studentized")
 #: nmfre's own folder: warnings point at the first caller outside it (``fit.infer`` or ``infer``)

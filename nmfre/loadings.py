@@ -31,13 +31,14 @@ def summarize(draws: xr.DataArray, estimate: xr.DataArray | None = None, *, thre
         Draws of X with dims ``feature`` and ``component`` and one or more sample dims
         (``draw``, or ``chain`` and ``draw``), components aligned across draws.
     estimate : xarray.DataArray (feature, component), optional
-        The point estimate (default: the draws' mean).
+        The point estimate (default: the draws' mean), aligned to the draws by its labels.
     threshold : float, optional
         A loading "belongs" when above it; default ``1/P`` (its share under a uniform column).
     level : float
         Level of the equal-tailed intervals.
     min_support : float
-        Support at or above which a loading is ``selected``.
+        Support at or above which a loading is ``selected``, in (0, 1] (1: every draw above
+        the threshold).
     source : str
         What the draws are (written to the attributes).
 
@@ -46,7 +47,8 @@ def summarize(draws: xr.DataArray, estimate: xr.DataArray | None = None, *, thre
     xarray.Dataset (feature, component)
         ``estimate``, ``mean``, ``sd``, ``ci`` (``ci_bound`` lower/upper), ``support`` (share of
         draws above the threshold), ``selected`` (support >= ``min_support``); attrs
-        ``threshold``, ``level``, ``min_support``, ``n_draws``, ``source``, ``description``.
+        ``threshold``, ``level``, ``min_support``, ``n_draws``, ``source``, ``description``,
+        ``estimate_kind`` (the point estimate given, or the draws' mean).
     """
     if not isinstance(draws, xr.DataArray) or not {"feature", "component"} <= set(draws.dims):
         raise ValueError("draws must be an xarray.DataArray with dims 'feature' and 'component' (and sample dims)")
@@ -60,15 +62,19 @@ def summarize(draws: xr.DataArray, estimate: xr.DataArray | None = None, *, thre
     if n < 2:
         raise ValueError(f"draws needs at least 2 draws, got {n}")
     threshold = 1.0 / P if threshold is None else v.positive_float(threshold, "threshold")
+    if threshold >= 1:
+        raise ValueError(f"threshold must be below 1 (loadings are shares of a column, at most 1), got {threshold!r}")
     level = v.open_unit(level, "level")
-    min_support = v.open_unit(min_support, "min_support")
+    min_support = _support_level(min_support)
     vals = flat.values
+    if np.isnan(vals).any():
+        raise ValueError("draws contains NaN; drop the draws that have them (the support counted them as below "
+                         "the threshold while n_draws counted them)")
     a = (1 - level) / 2
     lo, hi = np.quantile(vals, [a, 1 - a], axis=0)
     support = np.mean(vals > threshold, axis=0)
     coords = {"feature": flat["feature"].values, "component": flat["component"].values}
-    est = vals.mean(axis=0) if estimate is None else np.asarray(
-        estimate.transpose("feature", "component").values if isinstance(estimate, xr.DataArray) else estimate, float)
+    est = vals.mean(axis=0) if estimate is None else _aligned_estimate(estimate, coords)
     if est.shape != vals.shape[1:]:
         raise ValueError(f"estimate must be feature x component {vals.shape[1:]}, got {est.shape}")
     fc = ("feature", "component")
@@ -83,11 +89,39 @@ def summarize(draws: xr.DataArray, estimate: xr.DataArray | None = None, *, thre
          "selected": (fc, support >= min_support)},
         coords={**coords, "ci_bound": ["lower", "upper"]},
         attrs={"threshold": float(threshold), "level": float(level), "min_support": float(min_support),
-               "n_draws": int(n), "source": source, "description": desc},
+               "n_draws": int(n), "source": source, "description": desc,
+               "estimate_kind": "the draws' mean" if estimate is None else "the point estimate"},
     )
     ds["ci"].attrs.update(ci_prob=float(level), description=f"{percent(level)} equal-tailed interval")
     ds["support"].attrs.update(description=f"share of draws with the loading above {threshold:.4g}")
     return ds
+
+
+def _support_level(min_support) -> float:
+    """``min_support`` in (0, 1]: 1 is the strictest rule (every draw above the line)."""
+    if isinstance(min_support, bool) or not isinstance(min_support, int | float | np.integer | np.floating) \
+            or not 0 < float(min_support) <= 1:
+        raise ValueError(f"min_support must be in (0, 1], got {min_support!r}")
+    return float(min_support)
+
+
+def _aligned_estimate(estimate, coords: dict) -> np.ndarray:
+    """The estimate as a feature x component array in the draws' order: a DataArray by its
+    labels (they must be the draws'; it was read by position, so an estimate with its
+    components in another order was filed under the wrong ones), anything else by position."""
+    if not isinstance(estimate, xr.DataArray):
+        return np.asarray(estimate, float)
+    if set(estimate.dims) != {"feature", "component"}:
+        raise ValueError(f"estimate must have dims ('feature', 'component'), got {estimate.dims}")
+    estimate = estimate.transpose("feature", "component")
+    for d in ("feature", "component"):
+        if d not in estimate.coords:
+            continue
+        have, want = [str(x) for x in estimate[d].values], [str(x) for x in coords[d]]
+        if sorted(have) != sorted(want) or len(set(have)) != len(have):
+            raise ValueError(f"estimate's {d} labels {have[:5]} are not the draws' {want[:5]}")
+        estimate = estimate.isel({d: [have.index(w) for w in want]})
+    return np.asarray(estimate.values, float)
 
 
 def selection_error(loadings: xr.Dataset, X_true, tol: float = 0.0, min_loading: float | None = None) -> dict:

@@ -393,7 +393,12 @@ def loadings(summary, kind: str = "support", ax=None, title: str | None = None):
     P, Q = len(feats), len(comps)
     thr, ms = float(summary.attrs["threshold"]), float(summary.attrs["min_support"])
     marked = "framed" if kind == "support" else "in colour"
-    caption = title or (f"Loadings: support = share of draws with X > {thr:.3g}; {marked}: support >= {ms:g}")
+    src = summary.attrs.get("source", "")
+    what = f"{summary.attrs['n_draws']} draws" + (f" ({src})" if src else "") if "n_draws" in summary.attrs else "draws"
+    numbers = f"; numbers: {summary.attrs['estimate_kind']}" if kind == "support" and "estimate_kind" in summary.attrs \
+        else ""
+    caption = title or (f"Loadings from {what}: support = share of draws with X > {thr:.3g}; {marked}: support >= "
+                        f"{ms:g}{numbers}")
     plt = _plt()
     if kind == "support":
         if ax is None:

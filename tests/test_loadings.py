@@ -32,6 +32,21 @@ def test_summarize_by_hand():
         summarize(d, threshold=-1.0)
     with pytest.raises(ValueError, match="draws"):
         summarize(d.isel(draw=0))
+    # loadings are at most 1: a threshold of 1 or more selects nothing, and is refused;
+    # min_support = 1 (every draw above the line) is the strictest rule, allowed
+    with pytest.raises(ValueError, match="threshold must be below 1"):
+        summarize(d, threshold=1.5)
+    assert summarize(d, min_support=1.0)["selected"].sel(component="k1").values.tolist() == [False, True, False]
+    with pytest.raises(ValueError, match="draws contains NaN"):
+        summarize(d.where(d["draw"] != 1))
+    # a labelled estimate is read by its labels (it was read by position: an estimate with its
+    # components in another order was filed under the wrong ones); other labels are refused
+    est = d.mean("draw") + xr.DataArray([0.0, 1.0], dims="component", coords={"component": ["k1", "k2"]})
+    swapped = summarize(d, est.isel(component=[1, 0]).transpose("component", "feature"))
+    np.testing.assert_array_equal(swapped["estimate"].values, est.values)
+    assert swapped.attrs["estimate_kind"] == "the point estimate" and s.attrs["estimate_kind"] == "the draws' mean"
+    with pytest.raises(ValueError, match="estimate's component labels"):
+        summarize(d, est.assign_coords(component=["x", "y"]))
 
 
 def test_refit_keeps_X_and_threads_agree(orthodont):
@@ -61,6 +76,10 @@ def test_refit_keeps_X_and_threads_agree(orthodont):
 
     title = fig2._suptitle.get_text().replace("\n", " ")
     assert "in colour: support >=" in title and "framed" not in title
+    # the caption says what the draws are and how many (a 20-draw bootstrap and a 4000-draw
+    # posterior had the same caption); the heat map says what its numbers are
+    assert title.startswith("Loadings from 10 draws (refit wild bootstrap, B = 10,")
+    assert "numbers: the point estimate" in fig.axes[0].get_title().replace("\n", " ")
     assert_nothing_clipped(fig2)
     import matplotlib.pyplot as plt
 
@@ -119,3 +138,20 @@ def test_bayes_loadings_and_compare(orthodont):
     assert t2["shifted_support"].eq(1.0).all()
     with pytest.raises(ValueError, match="joint"):
         bayes.loadings(_fake_posterior(inf, fixed=True))
+
+
+def test_loadings_carry_how_well_the_replicates_matched():
+    """The refit replicates' alignment diagnostics reach the loadings (they stayed in the
+    inference's attributes), and the description says the components may not be identified
+    exactly when the least cosine is below ALIGNMENT_WARN (rank 3 on rank-2 data: 0.41
+    measured, with no word in the loadings)."""
+    from nmfre.inference import ALIGNMENT_WARN
+
+    d = nmfre.simulate.rank2(N=60, P=8, seed=1)
+    for rank in (2, 3):
+        inf = nmfre.fit(d["Y"], d["A"], rank=rank, theta="nonneg").infer(method="refit", n_boot=8, seed=2)
+        out = inf.loadings()
+        cos = inf.attrs["refit_min_alignment_cosine"]
+        assert out.attrs["refit_min_alignment_cosine"] == cos
+        assert out.attrs["refit_permuted_fraction"] == inf.attrs["refit_permuted_fraction"]
+        assert ("may not be identified" in out.attrs["description"]) == (cos < ALIGNMENT_WARN)

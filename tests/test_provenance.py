@@ -115,6 +115,9 @@ def test_nonneg_projection_said(orthodont):
     fit = nmfre.fit(Y, A, rank=1, theta="nonneg")
     inf = fit.infer(n_boot=50, seed=1)
     assert "projected onto Theta >= 0" in inf.describe() and "Pr(>z)" in repr(inf)
+    # refits are constrained fits: their description does not say they were projected
+    refit = fit.infer(n_boot=6, seed=1, method="refit")
+    assert "projected" not in refit.describe() and "refits with Theta >= 0" in refit.describe()
 
 
 def test_interval_at_other_level(infs):
