@@ -285,7 +285,8 @@ def warn_diagnostics(dt: xr.DataTree, stacklevel: int | None = None) -> dict:
     if d["divergences"]:
         problems.append(f"{d['divergences']} divergent transitions")
     if problems:
-        msg = "sampler diagnostics: " + "; ".join(problems)
+        model = dt["posterior"].attrs.get("model") if "posterior" in dt.children else None
+        msg = f"sampler diagnostics{f' ({model} model)' if model else ''}: " + "; ".join(problems)
         if d["max_r_hat"] > THRESHOLDS["max_r_hat"] or d["min_ess_bulk"] < THRESHOLDS["min_ess_bulk"]:
             msg += _identification_note(dt)
         if stacklevel is None:
