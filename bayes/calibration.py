@@ -375,6 +375,7 @@ def sbc(n_rep: int = 200, *, model: str = "joint", P: int = 4, N: int = 30, rank
     import jax
 
     model = v.choice(model, "model", ("joint", "conditional_x"))
+    compiled.check_theta_coords(model, theta_coords)
     n_rep = v.integer(n_rep, "n_rep", minimum=2)
     L, thin = v.integer(L, "L"), v.integer(thin, "thin")
     if v.choice(kernel, "kernel", ("nuts", "chees")) == "chees":

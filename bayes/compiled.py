@@ -36,6 +36,8 @@ from jax.flatten_util import ravel_pytree
 from numpyro.infer.hmc import hmc
 from numpyro.infer.util import constrain_fn, potential_energy, unconstrain_fn
 
+from nmfre import validation as v
+
 from . import models
 
 __all__ = ["TRACES", "Settings", "batch_runner", "check_chees", "chees_loop", "clear_cache", "hessian_fd",
@@ -340,6 +342,21 @@ def _chain(s: Settings, key, z, cov, pe, theta_fn=None, keep_warmup: bool = Fals
 #: (BlackJAX's example values; measured in benchmarks/bench_samplers.py)
 CHEES_LEARNING_RATE = 0.025
 CHEES_INITIAL_STEP = 0.01
+
+
+#: Theta's coordinates in the joint model (:func:`bayes.sampling.sample`)
+THETA_COORDS = ("conditional", "direct", "marginal")
+
+
+def check_theta_coords(model: str, theta_coords: str) -> str:
+    """``theta_coords`` for ``model``: one of ``"direct"``, ``"conditional"``, ``"marginal"``,
+    the last two for the joint model only (Theta's coordinates there; the other models
+    sample Theta directly, and recorded a setting they ignored)."""
+    v.choice(theta_coords, "theta_coords", THETA_COORDS)
+    if theta_coords != "direct" and model != "joint":
+        raise ValueError(f"theta_coords={theta_coords!r} is for model='joint' (Theta's coordinates there); "
+                         f"model={model!r} samples Theta directly")
+    return theta_coords
 
 
 def check_chees(chain_method: str, theta_coords: str, num_chains: int, num_warmup: int = 1) -> None:

@@ -43,7 +43,6 @@ __all__ = ["CHAIN_METHODS", "MODELS", "ModelSpec", "Sampler", "SamplingWarning",
 CHAIN_METHODS = ("parallel", "sequential", "vectorized")
 MASSES = ("auto", "dense", "diag")
 SIMPLEXES = ("folded", "ilr", "stickbreaking")
-THETA_COORDS = ("conditional", "direct", "marginal")
 KERNELS = ("auto", "chees", "nuts")
 #: Default draws per chain with ChEES-HMC (``num_samples=None``): ``CHEES_SAMPLES[0]`` while the
 #: basis has at most ``CHEES_LARGE`` entries (``P Q``), ``CHEES_SAMPLES[1]`` above. ChEES-HMC's
@@ -173,10 +172,7 @@ class Sampler:
         self.theta_kind = v.choice(theta, "theta", THETA_KINDS)
         kernel = v.choice(kernel, "kernel", KERNELS)
         chain_method = _chain_method(chain_method, v.integer(num_chains, "num_chains"))
-        theta_coords = v.choice(theta_coords, "theta_coords", THETA_COORDS)
-        if theta_coords != "direct" and model != "joint":
-            raise ValueError(f"theta_coords={theta_coords!r} is for model='joint' (Theta's coordinates there); "
-                             f"model={model!r} samples Theta directly")
+        theta_coords = compiled.check_theta_coords(model, theta_coords)
         num_warmup = v.integer(num_warmup, "num_warmup", minimum=0)
         kernel = _kernel(kernel, model, rank, chain_method, theta_coords, num_chains, num_warmup)
         mass = _mass(v.choice(mass, "mass", MASSES), rank)

@@ -77,21 +77,29 @@ def _frequentist_fit(fit, data: Data, rank: int, theta: str):
 
 
 def _fit_labels(data: Data, fit) -> Data:
-    """The data with the fit's labels where its own are the defaults (numpy input beside a
-    fit of labelled data gave a posterior with the fit's labels and observed data with
-    0..n-1); labels of its own that differ from the fit's are an error."""
+    """One set of labels for the data and the fit: where one side's labels are the defaults
+    (0..n-1; ``covariate1..``, or the ``intercept`` of ``A=None``) the other side's are
+    taken (numpy input beside a fit of labelled data gave a posterior with the fit's labels
+    and observed data with 0..n-1); labels of both that differ are an error."""
     out = {}
-    for name, default in (("features", None), ("units", None), ("covariates", "covariate")):
+    for name in ("features", "units", "covariates"):
         mine, theirs = getattr(data, name), getattr(fit.data, name)
         if [str(x) for x in mine] == [str(x) for x in theirs]:
             continue
-        n = len(mine)
-        defaults = list(range(n)) if default is None else [f"{default}{i + 1}" for i in range(n)]
-        if [str(x) for x in mine] != [str(x) for x in defaults]:
+        if _default_labels(mine, name):
+            out[name] = theirs
+        elif not _default_labels(theirs, name):
             raise ValueError(f"the data's {name[:-1]} labels {some_labels(mine)} are not the fit's "
                              f"{some_labels(theirs)}")
-        out[name] = theirs
     return dataclasses.replace(data, **out) if out else data
+
+
+def _default_labels(labels, name: str) -> bool:
+    """Whether ``labels`` are those nmfre gives unlabelled input."""
+    text, n = [str(x) for x in labels], len(labels)
+    if name != "covariates":
+        return text == [str(i) for i in range(n)]
+    return text == [f"covariate{i + 1}" for i in range(n)] or text == ["intercept"]
 
 
 def pad_patterns(stats: likelihood.Stats, n: int | None = None) -> likelihood.Stats:

@@ -142,6 +142,9 @@ def _fit_command(args) -> int:
         v.integer(args.seed, "--seed", minimum=0)
     if args.n_boot:
         v.integer(args.n_boot, "--n-boot", minimum=2)
+    if args.df_cap == "auto" and args.n_init > 1:
+        raise ValueError("--n-init > 1 with --df-cap auto: the rate scan runs from one start; fit with --df-cap auto "
+                         "first, then with the rate it chose and --n-init")
     Y = _read_csv(args.Y, "Y")
     A = _read_csv(args.covariates, "covariates") if args.covariates else None
     fit = nmfre_fit(Y, A, rank=args.rank, method=args.method, theta=args.theta, df_cap=args.df_cap,

@@ -37,7 +37,7 @@ from .core.covariance import Conditional, cr2, from_pieces
 from .core.passes import conditional_pieces
 from .engine import converged_degenerate, refit_draws
 from .exceptions import ConvergenceWarning, DegenerateFitWarning
-from .labels import percent, significance_code, some_labels
+from .labels import label_order, percent, significance_code
 
 if TYPE_CHECKING:
     from .results import NMFREFit
@@ -441,7 +441,7 @@ def load_inference(path) -> Inference:
 def _multipliers(n_boot, multipliers, units: np.ndarray):
     """Validated user multipliers (N x B, rows in the fit's unit order), or None when they
     are to be drawn. A DataArray needs a ``unit`` dim (any order); labelled units (its
-    ``unit`` coordinate, a DataFrame's index unless it is the default 0..N-1) are aligned
+    ``unit`` coordinate, a DataFrame's index unless it is a RangeIndex) are aligned
     to the fit's."""
     if multipliers is None:
         v.integer(n_boot, "n_boot", minimum=2)
@@ -474,12 +474,7 @@ def _multipliers(n_boot, multipliers, units: np.ndarray):
     if not np.all(np.isfinite(W)):
         raise ValueError("multipliers contains NaN or Inf")
     if rows is not None:
-        rows = pd.Index(np.asarray(rows).astype(str))
-        order = rows.get_indexer(units.astype(str)) if rows.is_unique else None
-        if order is None or (order < 0).any():
-            raise ValueError(f"multipliers' unit labels {some_labels(rows)} are not the fit's units "
-                             f"{some_labels(units)} (each once)")
-        W = W[order]
+        W = W[label_order(rows, units, "multipliers' unit labels", "the fit's units")]
     return W
 
 
@@ -627,8 +622,11 @@ def infer(fit: NMFREFit, n_boot: int = 1000, seed: Any = 123, multipliers: Any =
     sand = _sandwich(ker, pc, data.A, sol.X, fit.lam, vcov, df, need_units=ci == "studentized")
     drawn = {}  # how to draw the same multipliers again
     if W is None:
-        drawn = ({"seed": int(seed)} if isinstance(seed, Integral) else
-                 {"rng_state": json.dumps(rng.bit_generator.state)})
+        if isinstance(seed, Integral):  # netCDF attributes hold 64-bit integers; larger seeds as text
+            drawn = {"seed": int(seed) if int(seed) < 2**63 else str(int(seed))}
+        else:  # MT19937's, Philox's and SFC64's states hold arrays: as lists
+            drawn = {"rng_state": json.dumps(rng.bit_generator.state,
+                                             default=lambda o: o.tolist() if isinstance(o, np.ndarray) else str(o))}
     if W is not None:
         dist = "user"
     elif method == "refit":

@@ -395,7 +395,7 @@ def aligned_start(init: dict, data: Data) -> dict:
     """Explicit starting values with labelled axes put in the data's order: a DataArray with
     the dims of :data:`START_DIMS` (any order; its ``feature``, ``covariate`` and ``unit``
     coordinates aligned to Y's and A's), or a DataFrame (X's index: features; theta's and U's
-    columns: covariates and units, unless they are the default 0..n-1). Labels that are not
+    columns: covariates and units, unless they are a RangeIndex). Labels that are not
     the data's are an error; unlabelled values are taken as they are (by position)."""
     known = {"feature": data.features, "covariate": data.covariates, "unit": data.units}
     out = dict(init)
@@ -405,25 +405,27 @@ def aligned_start(init: dict, data: Data) -> dict:
             val = val.transpose(*dims)
             for d in dims:
                 if d in known and d in val.coords:
-                    val = val.isel({d: _order(val[d].values, known[d], f"init['{key}']'s {d} labels")})
+                    val = val.isel({d: label_order(val[d].values, known[d], f"init['{key}']'s {d} labels")})
             out[key] = val.values
         elif isinstance(val, pd.DataFrame):
             axis = 0 if key == "X" else 1
             index = val.axes[axis]
             if not isinstance(index, pd.RangeIndex):
                 d = dims[axis]
-                order = _order(index.to_numpy(), known[d], f"init['{key}']'s {d} labels")
+                order = label_order(index.to_numpy(), known[d], f"init['{key}']'s {d} labels")
                 val = val.iloc[order] if axis == 0 else val.iloc[:, order]
             out[key] = val.to_numpy()
     return out
 
 
-def _order(given, want, what: str) -> np.ndarray:
-    """Positions of ``want`` in ``given`` (both as text); an error naming ``what`` unless they
-    hold the same labels once each."""
+def label_order(given, want, what: str, whose: str = "the data's") -> np.ndarray:
+    """Positions of the labels ``want`` in ``given`` (compared as text), to put something
+    labelled ``given`` in ``want``'s order; an error naming ``what`` unless both hold the same
+    labels once each (the one place where labelled inputs are aligned to a fit's or data's
+    order)."""
     have, target = pd.Index(np.asarray(given).astype(str)), pd.Index(np.asarray(want).astype(str))
     if len(have) != len(target) or not have.is_unique or set(have) != set(target):
-        raise ValueError(f"{what} {some_labels(have)} are not the data's {some_labels(target)} (each once)")
+        raise ValueError(f"{what} {some_labels(have)} are not {whose} {some_labels(target)} (each once)")
     return have.get_indexer(target)
 
 

@@ -15,7 +15,7 @@ import numpy as np
 import xarray as xr
 
 from . import validation as v
-from .labels import percent
+from .labels import label_order, percent
 
 #: default share of draws above the threshold for a loading to be selected
 MIN_SUPPORT = 0.95
@@ -61,11 +61,14 @@ def summarize(draws: xr.DataArray, estimate: xr.DataArray | None = None, *, thre
     n = flat.sizes["sample_"]
     if n < 2:
         raise ValueError(f"draws needs at least 2 draws, got {n}")
-    threshold = 1.0 / P if threshold is None else v.positive_float(threshold, "threshold")
-    if threshold >= 1:
-        raise ValueError(f"threshold must be below 1 (loadings are shares of a column, at most 1), got {threshold!r}")
+    if threshold is not None:
+        threshold = v.positive_float(threshold, "threshold")
+        if threshold >= 1:
+            raise ValueError(f"threshold must be below 1 (loadings are shares of a column, at most 1), got "
+                             f"{threshold!r}")
+    threshold = 1.0 / P if threshold is None else threshold
     level = v.open_unit(level, "level")
-    min_support = _support_level(min_support)
+    min_support = v.rate(min_support, "min_support")  # 1: every draw above the line
     vals = flat.values
     if np.isnan(vals).any():
         raise ValueError("draws contains NaN; drop the draws that have them (the support counted them as below "
@@ -97,14 +100,6 @@ def summarize(draws: xr.DataArray, estimate: xr.DataArray | None = None, *, thre
     return ds
 
 
-def _support_level(min_support) -> float:
-    """``min_support`` in (0, 1]: 1 is the strictest rule (every draw above the line)."""
-    if isinstance(min_support, bool) or not isinstance(min_support, int | float | np.integer | np.floating) \
-            or not 0 < float(min_support) <= 1:
-        raise ValueError(f"min_support must be in (0, 1], got {min_support!r}")
-    return float(min_support)
-
-
 def _aligned_estimate(estimate, coords: dict) -> np.ndarray:
     """The estimate as a feature x component array in the draws' order: a DataArray by its
     labels (they must be the draws'; it was read by position, so an estimate with its
@@ -115,12 +110,9 @@ def _aligned_estimate(estimate, coords: dict) -> np.ndarray:
         raise ValueError(f"estimate must have dims ('feature', 'component'), got {estimate.dims}")
     estimate = estimate.transpose("feature", "component")
     for d in ("feature", "component"):
-        if d not in estimate.coords:
-            continue
-        have, want = [str(x) for x in estimate[d].values], [str(x) for x in coords[d]]
-        if sorted(have) != sorted(want) or len(set(have)) != len(have):
-            raise ValueError(f"estimate's {d} labels {have[:5]} are not the draws' {want[:5]}")
-        estimate = estimate.isel({d: [have.index(w) for w in want]})
+        if d in estimate.coords and estimate.sizes[d] == len(coords[d]):  # another size: the shape's error
+            estimate = estimate.isel({d: label_order(estimate[d].values, coords[d], f"estimate's {d} labels",
+                                                     "the draws'")})
     return np.asarray(estimate.values, float)
 
 

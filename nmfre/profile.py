@@ -345,15 +345,16 @@ END_KINDS = ("cut-off", "limit", "df cap", "not found", "not profiled")
 
 
 def _search(prof: _Profiler, est: float, nll_max: float, q: float, step: float, scale: str,
-            lower_limit: float | None) -> tuple[float, float, str, str]:
+            lower_limit: float | None, capped: bool = False) -> tuple[float, float, str, str]:
     """Both ends of ``{psi : 2 (nll(psi) - nll_max) <= q}`` and how each was found (one of
     :data:`END_KINDS`): step out from ``est`` on the ``scale`` ("linear", or "log"/"logit"
     for positive / unit-interval quantities) by growing steps until the deviance passes
-    ``q``, then Brent's root between the last two points ("cut-off"; "df cap" when the point
-    past it was infeasible under the fit's df cap, so the root is the cap's boundary, where
-    the deviance is below ``q``). A lower end whose ``lower_limit`` (0 for a non-negative
-    entry of Theta, tau2, the ICC) has deviance at most ``q`` is that limit ("limit"); an end
-    never bracketed is NaN ("not found")."""
+    ``q``, then Brent's root between the last two points ("cut-off"; when the point past it
+    was infeasible, so the root is a boundary where the deviance is below ``q``: "df cap"
+    for a fit with a cap (``capped``), else "limit", as the ICC's 1 where lambda reaches
+    0). A lower end whose ``lower_limit`` (0 for a non-negative entry of Theta, tau2, the
+    ICC) has deviance at most ``q`` is that limit ("limit"); an end never bracketed is NaN
+    ("not found")."""
     fwd = {"linear": (lambda x: x), "log": np.log, "logit": lambda x: np.log(x / (1 - x))}[scale]
     inv = {"linear": (lambda t: t), "log": np.exp, "logit": lambda t: 1 / (1 + np.exp(-t))}[scale]
 
@@ -384,7 +385,8 @@ def _search(prof: _Profiler, est: float, nll_max: float, q: float, step: float, 
             if d > 0:
                 a, b = sorted((prev, t))
                 end = float(inv(brentq(dev, a, b, xtol=xtol)))
-                kind = "df cap" if np.isinf(d) and not abs(dev(fwd(end))) < 1e-3 else "cut-off"
+                at_edge = np.isinf(d) and not abs(dev(fwd(end))) < 1e-3
+                kind = ("df cap" if capped else "limit") if at_edge else "cut-off"
                 break
             prev = t
         ends.append(float(end))
@@ -456,6 +458,7 @@ def profile(fit: NMFREFit, params=None, *, level: float = 0.95, x: str = "free",
     Q, K = len(comps), len(covs)
     thetas, variances = _targets(params, comps, covs, lik.mode)
     best = lik.maximise(start_of(fit), Constraint(), x == "free", tol)
+    capped = fit.df_cap is not None
     q = float(chi2.ppf(level, 1))
     ci = np.full((2, Q, K), np.nan)
     vci = np.full((2, len(VARIANCES)), np.nan)
@@ -470,7 +473,7 @@ def profile(fit: NMFREFit, params=None, *, level: float = 0.95, x: str = "free",
         prof = _Profiler(lik, best, lambda psi, j=j: Constraint(theta=((j, psi),)), x == "free", tol)
         prof.cache[est] = best
         lo, hi, *how = _search(prof, est, best.nll, q, max(se[j], 1e-8 * max(abs(est), 1.0)), "linear",
-                               0.0 if lik.nonneg else None)
+                               0.0 if lik.nonneg else None, capped)
         ci[:, qi, ki] = lo, hi
         ends[:, qi, ki] = how
         traces += _trace(prof, est, best.nll, _param_label(comps[qi], covs[ki]))
@@ -484,7 +487,7 @@ def profile(fit: NMFREFit, params=None, *, level: float = 0.95, x: str = "free",
         if est <= 0:  # tau2 / ICC estimated at 0 (singular fit): step out from a tiny value
             est = 1e-8 * best.sigma2 if name == "tau2" else 1e-8
             prof.cache.pop(0.0, None)
-        lo, hi, *how = _search(prof, est, best.nll, q, 0.25, scale, None if name == "sigma2" else 0.0)
+        lo, hi, *how = _search(prof, est, best.nll, q, 0.25, scale, None if name == "sigma2" else 0.0, capped)
         vci[:, i] = lo, hi
         vends[:, i] = how
         traces += _trace(prof, est, best.nll, name)

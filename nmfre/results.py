@@ -20,7 +20,17 @@ from .core.likelihood import icc as icc_of
 from .core.paper import SIGMA2_FROM
 from .core.solution import Solution
 from .exceptions import ArgumentTypeError
-from .labels import DIMS_A, DIMS_Y, SIGNIF_LEGEND, Data, coerce, component_labels, some_labels, to_matrix
+from .labels import (
+    DIMS_A,
+    DIMS_Y,
+    SIGNIF_LEGEND,
+    Data,
+    coerce,
+    component_labels,
+    label_order,
+    some_labels,
+    to_matrix,
+)
 from .settings import FitSettings
 
 if TYPE_CHECKING:
@@ -628,34 +638,31 @@ class NMFREFit:
 def _as_saved(Y, ds: xr.Dataset):
     """A Y given to load a fit of dask data, in the saved fit's order and with its labels:
     labelled axes (a DataArray's coordinates, a DataFrame's index and columns unless they are
-    the default 0..n-1) must carry the saved labels and are put in their order; an unlabelled
-    axis takes them by position."""
+    a RangeIndex) must carry the saved labels and are put in their order; an unlabelled axis
+    takes them by position. A Y of another shape is returned as it is (the shape's error)."""
     saved = {d: ds[d].values for d in DIMS_Y}
+    shape = tuple(len(x) for x in saved.values())
     if isinstance(Y, pd.DataFrame):
+        if Y.shape != shape:
+            return Y
         given = {"feature": None if isinstance(Y.index, pd.RangeIndex) else Y.index.to_numpy(),
                  "unit": None if isinstance(Y.columns, pd.RangeIndex) else Y.columns.to_numpy()}
     elif isinstance(Y, xr.DataArray) and set(Y.dims) == set(DIMS_Y):
+        if tuple(Y.sizes[d] for d in DIMS_Y) != shape:
+            return Y
         given = {d: Y[d].values if d in Y.coords else None for d in DIMS_Y}
     elif isinstance(Y, xr.DataArray | pd.Series | xr.Dataset) or v.array_kind(Y) == "sparse":
         return Y  # coerce's errors, or a sparse Y (labelled by position below it)
     else:
-        if np.ndim(Y) != 2 or tuple(np.shape(Y)) != tuple(len(x) for x in saved.values()):
+        if np.ndim(Y) != 2 or tuple(np.shape(Y)) != shape:
             return Y  # coerce's or the shape's error
         return xr.DataArray(Y, dims=DIMS_Y, coords=saved)
-    order = {}
-    for d, labels in given.items():
-        if labels is None or len(labels) != len(saved[d]):
-            continue  # by position (a wrong length is the shape's error)
-        have, want = pd.Index(np.asarray(labels).astype(str)), pd.Index(saved[d].astype(str))
-        if set(have) != set(want) or not have.is_unique:
-            only_y, only_fit = sorted(set(have) - set(want)), sorted(set(want) - set(have))
-            raise ValueError(f"Y's {d} labels are not the fit's (in Y only: {some_labels(only_y)}; in the fit only: "
-                             f"{some_labels(only_fit)}{'; repeated labels in Y' if not have.is_unique else ''})")
-        order[d] = have.get_indexer(want)
+    order = {d: label_order(labels, saved[d], f"Y's {d} labels", "the fit's")
+             for d, labels in given.items() if labels is not None}
     if isinstance(Y, pd.DataFrame):
         Y = Y.iloc[order.get("feature", slice(None)), order.get("unit", slice(None))]
         return Y.set_axis(saved["feature"], axis=0).set_axis(saved["unit"], axis=1)
-    return Y.isel({d: o for d, o in order.items()}).assign_coords(saved)
+    return Y.isel(order).assign_coords(saved)
 
 
 def _margins(Y, features, units) -> dict:

@@ -24,6 +24,7 @@ between, sees some replicates twice; readers keep one copy of each ``(cell, repl
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -44,7 +45,7 @@ class StoreMismatchError(ValueError):
     """The store at a path was written by a study with other settings."""
 
 
-def _canonical(spec: dict) -> dict:
+def canonical(spec: dict) -> dict:
     """``spec`` as it reads back from JSON (tuples become lists, numpy scalars Python's)."""
     return json.loads(json.dumps(spec, default=_jsonable))
 
@@ -59,9 +60,18 @@ def _jsonable(x):
         return x.tolist()
     if isinstance(x, np.random.Generator):
         return {"numpy.random.Generator": x.bit_generator.state}
-    if callable(x) and hasattr(x, "__qualname__"):
-        return f"<callable {getattr(x, '__module__', '?')}.{x.__qualname__}>"
+    if callable(x) and hasattr(x, "__qualname__"):  # by name and code (two lambdas share a name)
+        code = getattr(x, "__code__", None)
+        digest = "" if code is None else " " + _code_digest(code)
+        return f"<callable {getattr(x, '__module__', '?')}.{x.__qualname__}{digest}>"
     return repr(x)
+
+
+def _code_digest(code) -> str:
+    """A digest of a function's code that is the same in every process: its bytecode and its
+    constants, nested code objects by their own digest (their repr holds an address)."""
+    consts = [_code_digest(c) if hasattr(c, "co_code") else repr(c) for c in code.co_consts]
+    return hashlib.sha1(code.co_code + "|".join(consts).encode()).hexdigest()[:12]
 
 
 class Store:
@@ -78,7 +88,7 @@ class Store:
 
     def __init__(self, path, spec: dict):
         self.path = Path(path)
-        self.spec = _canonical(spec)
+        self.spec = canonical(spec)
         spec_path = self.path / SPEC_FILE
         if spec_path.exists():
             old = json.loads(spec_path.read_text())

@@ -26,7 +26,7 @@ from .inference import FAILED
 from .labels import component_labels
 from .model import fit as nmfre_fit
 from .performance import performance
-from .store import Store, in_process, read_spec
+from .store import Store, canonical, in_process, read_spec
 
 DESIGNS = {"baseline": simulate.baseline, "stress": simulate.stress}
 FIELDS = ("estimate", "se", "boot_se", "ci_low", "ci_high", "p_value")
@@ -326,7 +326,8 @@ def run(design: str | Callable = "baseline", grid: dict | None = None, n_rep: in
     n_boot, level :
         One-step bootstrap size and interval level of each replicate's inference.
     fit_kwargs : dict, optional
-        Overrides of the design's fit settings (e.g. ``{"method": "ml", "df_cap": None}``).
+        Overrides of the design's fit settings (e.g. ``{"method": "ml", "df_cap": None}``);
+        not ``seed``: each replicate's fit is seeded from its own seeds.
     subset : dict, optional
         Run only these values of some grid keys (e.g. ``{"N": [27]}``), with the seeds
         they have in the full grid: the result equals the matching cells of the full run.
@@ -399,6 +400,9 @@ def run(design: str | Callable = "baseline", grid: dict | None = None, n_rep: in
     settings = _settings(sub)
     index = [full.index(st) for st in settings]  # seeds follow the position in the full grid
     over = dict(fit_kwargs or {})
+    if "seed" in over:  # one seed (or one Generator, advancing) for every replicate was not reproducible
+        raise ValueError("fit_kwargs cannot hold seed: each replicate's fit is seeded from the replicate's own "
+                         "seeds (seed, cell, replicate), so that a study and a resumed one give the same fits")
     names = list(builtin) + [n for n, _ in extra]
     # the design's shape and labels, from the first replicate's simulated data (no fit)
     probe = fn(**full[0], seed=np.random.default_rng(np.random.SeedSequence([seed, 0, 0]).spawn(1)[0]))
@@ -422,7 +426,7 @@ def run(design: str | Callable = "baseline", grid: dict | None = None, n_rep: in
     records: list[dict] = []
     parts: list[xr.Dataset] = []
     failed = _stored_failures(st) if st is not None and done else {}  # a resumed cell's count goes on
-    for cell in sorted(failed):  # a store that already holds too many stops before any work
+    for cell in sorted(set(failed) & set(index)):  # this run's cells holding too many stop it before any work
         if any((cell, r) not in done for r in range(n_rep)):
             _check_failures(failed, cell, allowed, full, seed, n_rep, st)
     last = time.monotonic()
@@ -458,7 +462,7 @@ def run(design: str | Callable = "baseline", grid: dict | None = None, n_rep: in
             flat = xr.concat(parts, dim="item") if len(parts) > 1 else parts[0]
         ds = _to_grid(flat, sub, full, n_rep, ctx).drop_encoding()  # the store's zarr v2 codecs stay there
     ds.attrs.update(design=design_name, seed=seed, n_boot=n_boot, level=level, fit_overrides=str(over),
-                    n_boot_refit=n_boot_refit, refit_failed=refit_failed, spec=json.dumps(_jsonable(spec)))
+                    n_boot_refit=n_boot_refit, refit_failed=refit_failed, spec=json.dumps(canonical(spec)))
     if st is not None:
         ds.attrs["store"] = str(st.path)
     return ds
@@ -543,7 +547,9 @@ def _stored_failures(st: Store) -> dict[int, list[tuple[int, str]]]:
     """The failed replicates already in a store, per cell: ``(replicate, first error)`` (a
     resumed run counts them against ``max_errors``; it counted only its own)."""
     with in_process():
-        flat = st.read(load=True)
+        flat = st.read()
+        if flat is not None:  # the four variables it needs, not the whole store
+            flat = flat[["cell", "replicate", "fit_error", "error"]].load()
     out: dict[int, list[tuple[int, str]]] = {}
     if flat is None:
         return out
@@ -621,11 +627,6 @@ def _execute(tasks: list, client, progress: bool, total: int, initial: int):
         finally:
             for f in list(ac.futures):
                 f.cancel()
-
-
-def _jsonable(x):
-    """``x`` with numpy scalars and arrays as Python values (for JSON)."""
-    return json.loads(json.dumps(x, default=lambda o: o.item() if isinstance(o, np.generic) else str(o)))
 
 
 def _flat(records: list[dict], ctx: dict) -> xr.Dataset:

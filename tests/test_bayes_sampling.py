@@ -629,3 +629,12 @@ def test_unlabelled_data_beside_a_labelled_fit_takes_its_labels(orthodont, ml_fi
         bayes.sample(Y.set_axis(list("abcd"), axis=0), A, 1, model="conditional", fit=ml_fit)
     with pytest.raises(ValueError, match="fit was estimated on a dense Y and a dask Y is given"):
         bayes.sample(da.from_array(Y.to_numpy()), A.to_numpy(), 1, model="conditional", fit=ml_fit)
+    # the other way round: a fit of unlabelled data keeps the labelled data's labels, and A=None
+    # beside a fit of an explicit intercept row is the same design (both were refused)
+    from bayes.spec import model_spec
+
+    plain = nmfre.fit(Y.to_numpy(), A.to_numpy(), rank=1)
+    spec = model_spec(Y, A, 1, "conditional", fit=plain)
+    assert list(spec.data.features) == list(Y.index) and list(spec.data.covariates) == list(A.index)
+    ones = nmfre.fit(Y.to_numpy(), np.ones((1, Y.shape[1])), rank=1)
+    assert list(model_spec(Y.to_numpy(), None, 1, "conditional", fit=ones).data.covariates) == ["covariate1"]

@@ -73,6 +73,7 @@ def _files(tmp_path):
     (["fit", "{good}", "--rank", "1", "--n-init", "0"], "--n-init must be a positive integer"),
     (["fit", "{good}", "--rank", "1", "--seed", "-1"], "--seed must be an integer >= 0"),
     (["fit", "{good}", "--rank", "1", "--out", "{dir}"], "is a folder; give the path of the netCDF file"),
+    (["fit", "{good}", "--rank", "1", "--df-cap", "auto", "--n-init", "3"], "--n-init > 1 with --df-cap auto"),
     (["fit", "{bare}", "--rank", "1"], "its first row (the unit labels) repeats"),
     (["demo", "--out", "{good}"], "is a file; the demo writes its results into a folder"),
     (["fit", "{good}", "--rank", "1", "--out", "{dir}/no/such/dir/fit.nc"], "/no/such/dir does not exist"),

@@ -554,6 +554,15 @@ def test_seed_is_checked_first_and_recorded(ml_fit, monkeypatch):
     np.testing.assert_array_equal(ml_fit.infer(n_boot=20, seed=again).draws, by_gen.draws)
     np.testing.assert_array_equal(by_gen.draws, by_int.draws)
     assert "seed" not in ml_fit.infer(multipliers=np.ones((27, 3))).attrs
+    # other bit generators hold arrays in their state (MT19937, Philox, SFC64); seeds beyond
+    # 64 bits are recorded as text (a netCDF attribute holds 64-bit integers)
+    for bits in (np.random.MT19937, np.random.Philox, np.random.SFC64):
+        inf = ml_fit.infer(n_boot=20, seed=np.random.Generator(bits(5)))
+        again = np.random.Generator(bits())
+        again.bit_generator.state = json.loads(inf.attrs["rng_state"])
+        np.testing.assert_array_equal(ml_fit.infer(n_boot=20, seed=again).draws, inf.draws)
+    big = ml_fit.infer(n_boot=20, seed=2**70)
+    assert big.attrs["seed"] == str(2**70)
 
 
 def test_labels_give_the_level_with_its_digits_and_r_codes(ml_fit):

@@ -3,6 +3,7 @@ SIGKILL, refused when the settings differ; failures isolated and counted; one re
 re-created from its seeds. All checks are exact: the study's numbers are deterministic given
 its seeds (wall times aside)."""
 
+import json
 import os
 import signal
 import subprocess
@@ -127,6 +128,14 @@ def test_resume_with_a_function_method_failures_and_reads_during_compaction(tmp_
     again = study.run("baseline", {"N": [27]}, store=path, methods=("wald", ("echo", _method_factory())), **kw)
     _same(first, again)
     again.to_zarr(tmp_path / "copy.zarr")
+    assert json.loads(again.attrs["spec"]) == json.loads(study.open(path).attrs["spec"])
+    # another function under the same name (two lambdas) is another study
+    other = [lambda fit, *, seed, level: {"point": fit.theta.values, "lower": fit.theta.values - 2,
+                                          "upper": fit.theta.values + 2}][0]
+    with pytest.raises(StoreMismatchError, match="method_specs"):
+        study.run("baseline", {"N": [27]}, store=path, methods=("wald", ("echo", other)), **kw)
+    with pytest.raises(ValueError, match="fit_kwargs cannot hold seed"):
+        study.run("baseline", {"N": [27]}, fit_kwargs={"seed": 1}, **kw)
     # max_errors across runs: the second run stops before any work, naming the stored failures
     store = tmp_path / "m.zarr"
     mkw = dict(n_rep=12, seed=3, n_boot=20, methods=("wald",), max_errors=1, store=store)
@@ -137,6 +146,13 @@ def test_resume_with_a_function_method_failures_and_reads_during_compaction(tmp_
         study.run(fragile, {"N": [27]}, **mkw)
     assert str(two.value) == str(one.value)
     assert len(list((store / "batches").glob("*.zarr"))) == n_batches
+    # ... but a run of other cells (subset) is not stopped by this cell's failures (it was)
+    grid2 = {"N": [27, 28]}
+    store2 = tmp_path / "m2.zarr"
+    with pytest.raises(study.StudyError, match=r"cell \{'N': 27\}"):
+        study.run(fragile_at_27, grid2, **{**mkw, "store": store2})
+    part = study.run(fragile_at_27, grid2, subset={"N": [28]}, **{**mkw, "store": store2})
+    assert bool(part["done"].sel(N=28).all())
     # a read that fails while the listing changes is tried again; on an unchanged one it raises
     import nmfre.store as store_module
 
@@ -166,6 +182,11 @@ def fragile(N=27, seed=0, **kw):
     if seed.random() < 0.25:
         raise np.linalg.LinAlgError("singular design (on purpose)")
     return nmfre.simulate.baseline(N=N, seed=seed, **kw)
+
+
+def fragile_at_27(N=27, seed=0, **kw):
+    """``fragile`` at N = 27, the baseline design (never failing) elsewhere."""
+    return fragile(N=N, seed=seed, **kw) if N == 27 else nmfre.simulate.baseline(N=N, seed=seed, **kw)
 
 
 def shaky(fit, *, seed, level):
