@@ -139,7 +139,7 @@ def labels(values, n: int, name: str, default_prefix: str | None) -> np.ndarray:
             return np.arange(n)
         return np.array([f"{default_prefix}{i + 1}" for i in range(n)], dtype=object)
     arr = np.asarray(list(values))
-    if arr.dtype.kind in "OU":
+    if arr.dtype.kind in "OUT":  # text (T: numpy's StringDType, as zarr reads it back) as Python strings
         arr = arr.astype(str).astype(object)
     if len(arr) != n:
         raise ValueError(f"{name}: {len(arr)} labels for {n} entries")

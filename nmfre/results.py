@@ -31,6 +31,7 @@ from .labels import (
     some_labels,
     to_matrix,
 )
+from .labels import labels as unique_labels
 from .settings import FitSettings
 
 if TYPE_CHECKING:
@@ -149,7 +150,9 @@ class NMFREFit:
         self.restarts = restarts
         self.scan = scan
         Q = solution.X.shape[1]
-        self._components = component_labels(Q) if components is None else np.asarray(components)
+        # text labels as Python strings, however they were stored (netCDF: <U, zarr: StringDType)
+        self._components = (component_labels(Q) if components is None
+                            else unique_labels(components, Q, "components", None))
 
     # ------------------------------------------------------------------ public parts
     @property

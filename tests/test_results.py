@@ -152,3 +152,15 @@ def test_summary_says_what_was_fixed_chosen_or_not_estimated(orthodont):
     long = nmfre.fit(Y, A, rank=1, method="paper", sigma2=5.0)
     assert long.n_iter >= 50 and long.sigma2 != 5.0
     assert "starting value" not in str(long.summary()) and "chosen by the scan" not in str(long.summary())
+
+
+def test_text_labels_come_back_as_python_strings(ml_fit, tmp_path):
+    """Component, feature and covariate labels have one dtype (object, Python str) in a fit, after
+    a netCDF round trip (they came back as <U) and after a zarr one (numpy's StringDType)."""
+    ml_fit.to_netcdf(tmp_path / "f.nc")
+    ml_fit.to_dataset().to_zarr(tmp_path / "f.zarr", zarr_format=2)
+    back = [nmfre.load(tmp_path / "f.nc"),
+            nmfre.NMFREFit.from_dataset(xr.open_zarr(tmp_path / "f.zarr", consolidated=False).load())]
+    for f in [ml_fit, *back]:
+        for arr, dim in ((f.X, "component"), (f.X, "feature"), (f.theta, "covariate")):
+            assert arr[dim].dtype == object and all(type(x) is str for x in arr[dim].values), (dim, arr[dim].dtype)
