@@ -140,6 +140,10 @@ def _ecdf_pmin(ranks, L: int) -> np.ndarray:
     return tail[np.arange(L)[:, None], counts].min(axis=0)
 
 
+#: relative tolerance within which two tail probabilities are the same (a tie)
+TIE_RTOL = 1e-9
+
+
 def _ecdf_pvalue_of(pmin, n: int, L: int) -> np.ndarray:
     """P(smallest tail probability <= pmin) under uniform ranks: 1 - P(the ECDF stays
     inside the band of pointwise tail probability > pmin at every point), exactly."""
@@ -147,8 +151,12 @@ def _ecdf_pvalue_of(pmin, n: int, L: int) -> np.ndarray:
     pmin = np.atleast_1d(np.asarray(pmin, float))
     v = np.zeros((len(pmin), n + 1))
     v[:, 0] = 1.0
+    # strictly inside the band, up to rounding: tail probabilities equal in exact arithmetic
+    # (P(N_i <= k) at z and P(N >= n - k) at 1 - z) differ in their last bits, and a tie counted
+    # as inside made p-values too small by up to 0.05 (n = 5, L = 9, by enumeration)
+    inside = pmin * (1 + TIE_RTOL)
     for i in range(L):
-        v = (v @ step[i]) * (tail[i][None, :] > pmin[:, None])
+        v = (v @ step[i]) * (tail[i][None, :] > inside[:, None])
     return np.clip(1.0 - v.sum(axis=1), 0.0, 1.0)
 
 
@@ -207,8 +215,8 @@ def sbc_power(n_rep: int, L: int, n_params: int, *, narrowing: float = 2.0, shif
     Parameters
     ----------
     n_rep, L, n_params : int
-        Replicates per SBC run, draws per replicate, standardised parameters (``n_rep=``
-        is the deprecated name of ``n_rep``).
+        Replicates per SBC run, draws per replicate (``L + 1`` a multiple of 10), standardised
+        parameters (``n_replicates=`` is the deprecated name of ``n_rep``).
     narrowing, shift : float
         The fault whose detection rate is ``power``.
     alpha : float
@@ -227,6 +235,14 @@ def sbc_power(n_rep: int, L: int, n_params: int, *, narrowing: float = 2.0, shif
         and their Monte Carlo standard errors.
     """
     test = v.choice(test, "test", ("ecdf", "binomial"))
+    n_rep, L = v.integer(n_rep, "n_rep", minimum=2), v.integer(L, "L")
+    n_params, n_sim = v.integer(n_params, "n_params"), v.integer(n_sim, "n_sim")
+    if (L + 1) % 10:
+        raise ValueError(f"L + 1 must be a multiple of 10 (the calibration tests' tenths), got L = {L}")
+    narrowing = v.positive_float(narrowing, "narrowing")
+    if isinstance(shift, bool) or not np.isfinite(shift):
+        raise ValueError(f"shift must be a finite number, got {shift!r}")
+    alpha = v.open_unit(alpha, "alpha")
     rng = v.rng(seed)
     out = {}
     for label, k, mu in (("false_alarm", 1.0, 0.0), ("power", float(narrowing), float(shift))):
@@ -374,19 +390,40 @@ def sbc(n_rep: int = 200, *, model: str = "joint", P: int = 4, N: int = 30, rank
     """
     import jax
 
+    # every setting checked before any sampling (num_warmup=-5 ranked 5 draws while L said 19;
+    # simplex, mass and chain_method were recorded as given and something else ran)
+    from .sampling import CHAIN_METHODS, MASSES, SIMPLEXES
+
     model = v.choice(model, "model", ("joint", "conditional_x"))
     compiled.check_theta_coords(model, theta_coords)
     n_rep = v.integer(n_rep, "n_rep", minimum=2)
     L, thin = v.integer(L, "L"), v.integer(thin, "thin")
+    if (L + 1) % 10:
+        raise ValueError(f"L + 1 must be a multiple of 10 (the calibration tests' tenths), got L = {L}")
+    num_warmup = v.integer(num_warmup, "num_warmup", minimum=0)
+    num_chains = v.integer(num_chains, "num_chains")
+    v.choice(chain_method, "chain_method", CHAIN_METHODS)
+    v.choice(simplex, "simplex", SIMPLEXES)
+    v.choice(mass, "mass", tuple(m for m in MASSES if m != "auto"))
+    P, N, rank = v.integer(P, "P", minimum=2), v.integer(N, "N", minimum=2), v.integer(rank, "rank")
+    if rank > P:
+        raise ValueError(f"rank must be at most P = {P}, got {rank}")
     if v.choice(kernel, "kernel", ("nuts", "chees")) == "chees":
-        compiled.check_chees(chain_method, theta_coords, num_chains, v.integer(num_warmup, "num_warmup", minimum=0))
+        compiled.check_chees(chain_method, theta_coords, num_chains, num_warmup)
     rng, key = _seeds(seed)
     priors = {**DEFAULT_PRIORS, **models.check_priors(priors)}
     if A is None:
         A = np.vstack([np.ones(N), rng.binomial(1, 0.5, N)]).astype(float)
     A = np.asarray(A, float)
+    if A.ndim != 2 or A.shape[1] != N or not np.isfinite(A).all():
+        raise ValueError(f"A must be a finite K x N array with N = {N} units, got shape {A.shape}")
     if model == "conditional_x" and X is None:
         X = rng.dirichlet(np.full(P, priors["x_concentration"]), rank).T
+    if model == "conditional_x":
+        X = np.asarray(X, float)
+        if X.shape != (P, rank) or (X < 0).any() or not np.allclose(X.sum(axis=0), 1.0):
+            raise ValueError(f"X must be a P x rank = {(P, rank)} basis with non-negative columns summing to 1, got "
+                             f"shape {X.shape}")
     total = L * thin
     if total % num_chains:
         raise ValueError("L * thin must be a multiple of num_chains")
@@ -407,8 +444,9 @@ def sbc(n_rep: int = 200, *, model: str = "joint", P: int = 4, N: int = 30, rank
     da = xr.DataArray(ranks, dims=("replicate", "quantity"), coords={"quantity": names})
     return SBCResult(da, L, tests, p, np.array(div),
                      {"model": model, "P": P, "N": A.shape[1], "rank": rank, "priors": priors,
-                      "num_warmup": num_warmup, "num_chains": num_chains, "thin": thin, "simplex": simplex,
-                      "mass": mass, "theta_coords": theta_coords, "kernel": kernel})
+                      "num_warmup": num_warmup, "num_chains": num_chains, "chain_method": chain_method, "thin": thin,
+                      "simplex": simplex, "mass": mass, "theta_coords": theta_coords, "kernel": kernel,
+                      "target_accept": 0.9})
 
 
 def plot_sbc(result: SBCResult, bins: int = 10):

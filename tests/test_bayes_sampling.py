@@ -307,6 +307,28 @@ def test_ecdf_pvalues_exact():
         ecdf_pvalues(np.array([[5]]), 4)
 
 
+def test_ecdf_pvalues_exact_with_ties():
+    """Exact against an enumeration whose statistic is computed independently (scipy's binomial
+    tails, rounded to 12 digits so that equal tails tie): all 10 000 configurations of 4 ranks
+    in 0..9. Tail probabilities equal in exact arithmetic differ in their last bits, and ties
+    were counted as inside the band: p-values too small by up to 0.05 (n = 5, L = 9)."""
+    import itertools
+
+    from scipy.stats import binom
+
+    from bayes.calibration import ecdf_pvalues
+
+    L, n = 9, 4
+    allr = np.array(list(itertools.product(range(L + 1), repeat=n)))  # equally likely under uniform ranks
+    z = np.arange(1, L + 1) / (L + 1)
+    counts = (allr[:, :, None] < np.arange(1, L + 1)).sum(axis=1)  # configurations x points
+    tails = np.minimum(binom.cdf(counts, n, z), binom.sf(counts - 1, n, z))
+    stat = np.round(tails.min(axis=1), 12)
+    exact = np.array([(stat <= q).mean() for q in np.unique(stat)])
+    want = exact[np.searchsorted(np.unique(stat), stat)]
+    np.testing.assert_allclose(ecdf_pvalues(allr.T, L), want, rtol=1e-10)
+
+
 def test_sbc_conditional_x_reduced():
     """Level 1e-4 (exact); power 1.0 against a posterior twice too narrow or wide
     (test_reduced_sbc_has_power, same n_rep, L and quantities)."""
@@ -385,6 +407,20 @@ def test_bad_input(orthodont, ml_fit):
         bayes.sbc(0, L=9)
     with pytest.raises(ValueError, match="tau_scale"):
         bayes.sbc(5, L=9, priors={"tau_scale": -1.0})
+    # sbc's settings are checked before any sampling (num_warmup=-5 ranked 5 draws where L said
+    # 19; simplex, mass and chain_method were recorded as given while others ran; L + 1 not a
+    # multiple of 10 failed after all the sampling)
+    for kw, match in [({"num_warmup": -5}, "num_warmup"), ({"simplex": "foo"}, "simplex"), ({"mass": "foo"}, "mass"),
+                      ({"chain_method": "foo"}, "chain_method"), ({"L": 50}, "L \\+ 1 must be a multiple of 10"),
+                      ({"num_chains": 0}, "num_chains"), ({"rank": 5}, "rank must be at most P"),
+                      ({"A": np.ones((2, 7))}, "N = 30 units"),
+                      ({"model": "conditional_x", "X": -np.ones((4, 1))}, "X must be")]:
+        with pytest.raises((ValueError, TypeError), match=match):
+            bayes.sbc(5, **kw)
+    for kw, match in [({"n_rep": 1}, "n_rep"), ({"n_params": 0}, "n_params"), ({"narrowing": 0}, "narrowing"),
+                      ({"alpha": 2}, "alpha"), ({"shift": float("nan")}, "shift"), ({"L": 50}, "multiple of 10")]:
+        with pytest.raises((ValueError, TypeError), match=match):
+            bayes.sbc_power(**{"n_rep": 10, "L": 9, "n_params": 1, "n_sim": 5, **kw})
     s = bayes.Sampler("joint", 1, P=4, N=27, K=2, num_warmup=20, num_samples=20, num_chains=2)
     with pytest.raises(ValueError, match="fits has 2 fits for 1 data sets"):
         s.sample_batch([(Y, A)], fits=[ml_fit, ml_fit])
