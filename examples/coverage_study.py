@@ -86,8 +86,9 @@ def main(args) -> pd.DataFrame:
     table = summary[COLUMNS].to_dataframe().reorder_levels(cells + ["component", "covariate", "interval"])
     table = table.sort_index(level=cells + ["component", "covariate"], sort_remaining=False).droplevel("component")
     n_cells = int(np.prod([len(x) for x in grid.values()]))
+    posteriors = "no posteriors" if args.frequentist_only else f"posteriors 4 x ({draws} + {draws})"
     print(f"coverage study: {n_rep} replicates x {n_cells} cells, B = {n_boot} (refit {n_boot_refit}), "
-          f"posteriors 4 x ({draws} + {draws}): {secs:.1f} s wall\n")
+          f"{posteriors}: {secs:.1f} s wall\n")
     with pd.option_context("display.width", 160, "display.max_rows", 200):
         print(table.round(3).to_string())
     table.to_csv(out / "coverage_study.csv")
