@@ -26,6 +26,7 @@ from nmfre import study as nmfre_study
 from nmfre import validation as v
 
 from .datatree import diagnostics
+from .models import check_priors
 from .sampling import KERNELS, MODELS
 
 __all__ = ["Posterior", "run"]
@@ -69,6 +70,7 @@ class Posterior:
         v.integer(self.num_warmup, "num_warmup", minimum=0)  # 0: no warm-up, as bayes.sample allows
         for name in ("num_samples", "num_chains"):
             v.integer(getattr(self, name), name)
+        check_priors(dict(self.priors))  # a misspelt name was dropped silently (each model takes its share)
 
     @property
     def name(self) -> str:

@@ -69,3 +69,12 @@ def test_posterior_methods_identical_on_dask(bayes_study):
     assert list(traces.values()) == [1]  # one worker, one model shape: one compilation for both replicates
     np.testing.assert_allclose(remote["point"].sel(interval="conditional"),
                                ds["point"].sel(interval="conditional").isel(replicate=slice(0, 2)), rtol=1e-10)
+
+
+def test_misspelt_priors_are_refused():
+    """Each model takes its share of a study's priors, so a misspelt name was dropped silently;
+    it is refused when the method is made (or the study called)."""
+    with pytest.raises(ValueError, match=r"priors has unknown keys \['sigma_scal'\]"):
+        bayes.study.Posterior("joint", priors=(("sigma_scal", 1.0),))
+    with pytest.raises(ValueError, match="sigma_scal"):
+        bayes.study.run("baseline", {"N": [27]}, n_rep=1, methods=("wald", "joint"), priors={"sigma_scal": 2.0})

@@ -91,6 +91,11 @@ def test_one_compilation_and_guides(orthodont, ml_fit):
     assert all(p["posterior"].attrs["guide"] == "diag" for p in posts)
     low = bayes.fit_vi(Y, A, 1, fit=ml_fit, guide="lowrank", num_steps=500, seed=0)
     assert low["posterior"]["theta"].shape == (4, 1000, 1, 2)
+    # the low-rank guide's rank is recorded (it was not); given with another guide it is refused
+    # (it was ignored)
+    assert "'guide_rank': 'round(sqrt(number of unconstrained coordinates))'" in low["posterior"].attrs["vi_settings"]
+    with pytest.raises(ValueError, match="guide_rank is for guide='lowrank'"):
+        bayes.fit_vi(Y, A, 1, fit=ml_fit, guide="full", guide_rank=2)
     with pytest.raises(ValueError, match="guide"):
         bayes.fit_vi(Y, A, 1, fit=ml_fit, guide="flow")
 
