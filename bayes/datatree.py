@@ -202,7 +202,8 @@ def _rhat_ess(arrays) -> tuple[float, float]:
         warnings.simplefilter("ignore", RuntimeWarning)
         rhat = array_stats.rhat(a, chain_axis=0, draw_axis=1)
         ess = array_stats.ess(a, chain_axis=0, draw_axis=1, method="bulk")
-    return float(np.nanmax(rhat)), float(np.nanmin(ess))
+        # (one chain: r_hat is NaN everywhere, which numpy's nanmax reports with a RuntimeWarning)
+        return float(np.nanmax(rhat)), float(np.nanmin(ess))
 
 
 def invariant_draws(dt: xr.DataTree) -> dict:

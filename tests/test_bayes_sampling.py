@@ -642,8 +642,10 @@ def test_conditional_posterior_predictive(orthodont, ml_fit):
     variances were passed as scalar draws beside Theta's): one (unit, feature) replicate per
     draw, finite, with the data's labels."""
     Y, A = orthodont
-    post = bayes.sample(Y, A, 1, model="conditional", fit=ml_fit, num_warmup=50, num_samples=20, num_chains=2,
-                        seed=3, posterior_predictive=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", bayes.SamplingWarning)  # 2 x 20 draws: the layout is what is tested
+        post = bayes.sample(Y, A, 1, model="conditional", fit=ml_fit, num_warmup=50, num_samples=20, num_chains=2,
+                            seed=3, posterior_predictive=True)
     yrep = post["posterior_predictive"]["Y"]
     assert yrep.dims == ("chain", "draw", "feature", "unit") and yrep.shape == (2, 20, 4, 27)
     assert np.isfinite(yrep.values).all()
@@ -657,8 +659,11 @@ def test_unlabelled_data_beside_a_labelled_fit_takes_its_labels(orthodont, ml_fi
     import dask.array as da
 
     Y, A = orthodont
-    post = bayes.sample(Y.to_numpy(), A.to_numpy(), 1, model="conditional", fit=ml_fit, num_warmup=30,
-                        num_samples=10, num_chains=1, draw_U=True, seed=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # one chain: r_hat NaN, without numpy's warning
+        warnings.simplefilter("ignore", bayes.SamplingWarning)  # 10 draws: the labels are what is tested
+        post = bayes.sample(Y.to_numpy(), A.to_numpy(), 1, model="conditional", fit=ml_fit, num_warmup=30,
+                            num_samples=10, num_chains=1, draw_U=True, seed=1)
     assert list(post["observed_data"]["Y"]["feature"].values) == list(ml_fit.X["feature"].values)
     assert list(post["posterior"]["U"]["unit"].values) == list(ml_fit.U["unit"].values)
     with pytest.raises(ValueError, match=r"the data's feature labels \['a', 'b', 'c', 'd'\] are not the fit's"):

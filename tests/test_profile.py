@@ -114,7 +114,8 @@ def test_an_end_at_the_df_cap_says_so(orthodont):
     assert at_edge < 0.01 and np.isinf(past)
     # without a cap an infeasible edge is the quantity's own limit (the ICC's 1, lambda = 0),
     # not "df cap" (as it was labelled)
-    free = nmfre.fit(Y, A, rank=4, theta="nonneg")
+    with pytest.warns(nmfre.IdentifiabilityWarning, match="P = 4 <= Q = 4"):  # lambda -> 0 is allowed here
+        free = nmfre.fit(Y, A, rank=4, theta="nonneg")
     ends = free.profile(params=["icc"], x="fixed")["variance_ci_end"].sel(parameter="icc").values.tolist()
     assert "df cap" not in ends
 
