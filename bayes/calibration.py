@@ -187,12 +187,17 @@ def ecdf_pvalues(ranks, L: int) -> np.ndarray:
     return _ecdf_pvalue_of(_ecdf_pmin(ranks, L), ranks.shape[0], L)
 
 
+def _check_L(L: int) -> None:
+    """The calibration tests count ranks by tenths of ``0..L``: ``L + 1`` a multiple of 10."""
+    if (L + 1) % 10:
+        raise ValueError(f"L + 1 must be a multiple of 10 (the calibration tests' tenths), got L = {L}")
+
+
 def _tests(ranks, L: int):
     """Location and dispersion p-values per column of ``ranks`` (n x d), and the outer fraction."""
     ranks = np.asarray(ranks, dtype=int)
     n = ranks.shape[0]
-    if (L + 1) % 10:
-        raise ValueError(f"L + 1 must be a multiple of 10, got L = {L}")
+    _check_L(L)
     tenth = (L + 1) // 10
     low = np.sum(ranks < (L + 1) // 2, axis=0)
     outer = np.sum((ranks < tenth) | (ranks >= L + 1 - tenth), axis=0)
@@ -237,8 +242,7 @@ def sbc_power(n_rep: int, L: int, n_params: int, *, narrowing: float = 2.0, shif
     test = v.choice(test, "test", ("ecdf", "binomial"))
     n_rep, L = v.integer(n_rep, "n_rep", minimum=2), v.integer(L, "L")
     n_params, n_sim = v.integer(n_params, "n_params"), v.integer(n_sim, "n_sim")
-    if (L + 1) % 10:
-        raise ValueError(f"L + 1 must be a multiple of 10 (the calibration tests' tenths), got L = {L}")
+    _check_L(L)
     narrowing = v.positive_float(narrowing, "narrowing")
     if isinstance(shift, bool) or not np.isfinite(shift):
         raise ValueError(f"shift must be a finite number, got {shift!r}")
@@ -398,8 +402,7 @@ def sbc(n_rep: int = 200, *, model: str = "joint", P: int = 4, N: int = 30, rank
     compiled.check_theta_coords(model, theta_coords)
     n_rep = v.integer(n_rep, "n_rep", minimum=2)
     L, thin = v.integer(L, "L"), v.integer(thin, "thin")
-    if (L + 1) % 10:
-        raise ValueError(f"L + 1 must be a multiple of 10 (the calibration tests' tenths), got L = {L}")
+    _check_L(L)
     num_warmup = v.integer(num_warmup, "num_warmup", minimum=0)
     num_chains = v.integer(num_chains, "num_chains")
     v.choice(chain_method, "chain_method", CHAIN_METHODS)

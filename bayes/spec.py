@@ -17,7 +17,7 @@ import xarray as xr
 
 from nmfre import validation as v
 from nmfre.core.covariance import conditional as conditional_covariance
-from nmfre.labels import Data, check_rank, coerce, some_labels
+from nmfre.labels import Data, check_rank, coerce, labels, some_labels
 
 from . import likelihood, models
 
@@ -94,12 +94,12 @@ def _fit_labels(data: Data, fit) -> Data:
     return dataclasses.replace(data, **out) if out else data
 
 
-def _default_labels(labels, name: str) -> bool:
-    """Whether ``labels`` are those nmfre gives unlabelled input."""
-    text, n = [str(x) for x in labels], len(labels)
-    if name != "covariates":
-        return text == [str(i) for i in range(n)]
-    return text == [f"covariate{i + 1}" for i in range(n)] or text == ["intercept"]
+def _default_labels(given, name: str) -> bool:
+    """Whether ``given`` are the labels nmfre gives unlabelled input (:func:`nmfre.labels.labels`
+    with no values; ``intercept`` for ``A=None``)."""
+    text, n = [str(x) for x in given], len(given)
+    default = labels(None, n, name, "covariate" if name == "covariates" else None)
+    return text == [str(x) for x in default] or (name == "covariates" and text == ["intercept"])
 
 
 def pad_patterns(stats: likelihood.Stats, n: int | None = None) -> likelihood.Stats:

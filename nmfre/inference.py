@@ -621,17 +621,16 @@ def infer(fit: NMFREFit, n_boot: int = 1000, seed: Any = 123, multipliers: Any =
     ker = from_pieces(pc, data.A, sol.theta)
     sand = _sandwich(ker, pc, data.A, sol.X, fit.lam, vcov, df, need_units=ci == "studentized")
     drawn = {}  # how to draw the same multipliers again
-    if W is None:
-        if isinstance(seed, Integral):  # netCDF attributes hold 64-bit integers; larger seeds as text
-            drawn = {"seed": int(seed) if int(seed) < 2**63 else str(int(seed))}
-        else:  # MT19937's, Philox's and SFC64's states hold arrays: as lists
-            drawn = {"rng_state": json.dumps(rng.bit_generator.state,
-                                             default=lambda o: o.tolist() if isinstance(o, np.ndarray) else str(o))}
     if W is not None:
         dist = "user"
-    elif method == "refit":
+    elif isinstance(seed, Integral):  # netCDF attributes hold 64-bit integers; larger seeds as text
+        drawn = {"seed": int(seed) if int(seed) < 2**63 else str(int(seed))}
+    else:  # MT19937's, Philox's and SFC64's states hold arrays: as lists
+        drawn = {"rng_state": json.dumps(rng.bit_generator.state,
+                                         default=lambda o: o.tolist() if isinstance(o, np.ndarray) else str(o))}
+    if W is None and method == "refit":
         W = multiplier_matrix(dist, data.N, int(n_boot), rng)
-    elif not streamed:
+    elif W is None and not streamed:
         W = draw_multipliers(dist, data.N, int(n_boot), rng)
     tvec = sol.theta.reshape(-1, order="F")
     extra, rep_se, X_draws, status = {}, None, None, None

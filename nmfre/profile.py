@@ -492,7 +492,7 @@ def profile(fit: NMFREFit, params=None, *, level: float = 0.95, x: str = "free",
         vends[:, i] = how
         traces += _trace(prof, est, best.nll, name)
         n_eval += len(prof.cache) - 1
-    return _dataset(fit, best, (ci, ends), (vci, vends), traces, level, q, x, n_eval, time.perf_counter() - t_start,
+    return _dataset(fit, best, ci, vci, ends, vends, traces, level, q, x, n_eval, time.perf_counter() - t_start,
                     thetas, variances)
 
 
@@ -551,8 +551,8 @@ def describe(level: float, x: str) -> str:
             f"every other parameter re-maximised; {how})")
 
 
-def _dataset(fit, best: Point, ci, vci, traces, level, q, x, n_eval, seconds, thetas, variances) -> xr.Dataset:
-    (ci, ends), (vci, vends) = ci, vci
+def _dataset(fit, best: Point, ci, vci, ends, vends, traces, level, q, x, n_eval, seconds, thetas,
+             variances) -> xr.Dataset:
     comps, covs = fit.coords["component"], fit.coords["covariate"]
     labels = [t[0] for t in traces]
     ds = xr.Dataset(

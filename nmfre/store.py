@@ -52,14 +52,12 @@ def canonical(spec: dict) -> dict:
 
 def _jsonable(x):
     """JSON for what a spec may hold beyond JSON's types: the same in every process (a repr
-    with a memory address, as of a function or a Generator, made a stored study impossible to
-    resume in a new process)."""
+    with a memory address, as of a function, made a stored study impossible to resume in a
+    new process)."""
     if isinstance(x, np.generic):
         return x.item()
     if isinstance(x, np.ndarray):
         return x.tolist()
-    if isinstance(x, np.random.Generator):
-        return {"numpy.random.Generator": x.bit_generator.state}
     if callable(x) and hasattr(x, "__qualname__"):  # by name and code (two lambdas share a name)
         code = getattr(x, "__code__", None)
         digest = "" if code is None else " " + _code_digest(code)

@@ -144,7 +144,7 @@ _FIT_CHILD = 1_000_000
 def _fit_kwargs(d: dict, seeds: tuple, fit_overrides: dict) -> dict:
     """The replicate's fit keywords: the design's, the study's overrides, and a seed from the
     replicate's seeds (without one, random starts drew fresh entropy and a study, or a resumed
-    one, was not reproducible); an override's seed wins."""
+    one, was not reproducible; ``run`` refuses a seed among the overrides)."""
     fit_seed = np.random.SeedSequence(list(seeds), spawn_key=(_FIT_CHILD,))
     return {"seed": np.random.default_rng(fit_seed), **d["fit_kwargs"], **fit_overrides}
 
@@ -437,7 +437,7 @@ def run(design: str | Callable = "baseline", grid: dict | None = None, n_rep: in
             rec.update(cell=cell, replicate=r)
             records.append(rec)
             if _failed(rec):
-                msg = rec["fit_error"] or next(iv["error"] for iv in rec["intervals"].values() if iv["error"])
+                msg = _first_error(rec["fit_error"], [iv["error"] for iv in rec["intervals"].values()])
                 failed.setdefault(cell, []).append((r, msg))
                 _check_failures(failed, cell, allowed, full, seed, n_rep, st)
             if st is not None and time.monotonic() - last >= flush_seconds:
@@ -557,8 +557,7 @@ def _stored_failures(st: Store) -> dict[int, list[tuple[int, str]]]:
     err = flat["error"].values.astype(object)
     for i, (cell, rep) in enumerate(zip(flat["cell"].values.tolist(), flat["replicate"].values.tolist(),
                                         strict=True)):
-        msgs = [str(fit_err[i])] + [str(e) for e in err[i]]
-        msg = next((m for m in msgs if m and m != "nan"), None)
+        msg = _first_error(fit_err[i], err[i])
         if msg is not None:
             out.setdefault(cell, []).append((rep, msg))
     return out
@@ -578,8 +577,14 @@ def _allowed_errors(max_errors, n_rep: int) -> int | None:
     return int(np.floor(max_errors * n_rep))
 
 
+def _first_error(fit_error, errors) -> str | None:
+    """A replicate's first error (its fit's, else its first method's), None when it has none
+    (stored text reads back empty or "nan")."""
+    return next((str(m) for m in (fit_error, *errors) if m and str(m) != "nan"), None)
+
+
 def _failed(rec: dict) -> bool:
-    return bool(rec["fit_error"]) or any(iv["error"] for iv in rec["intervals"].values())
+    return _first_error(rec["fit_error"], [iv["error"] for iv in rec["intervals"].values()]) is not None
 
 
 def _execute(tasks: list, client, progress: bool, total: int, initial: int):
