@@ -24,9 +24,11 @@ between, sees some replicates twice; readers keep one copy of each ``(cell, repl
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
+import re
 import shutil
 import time
 import uuid
@@ -58,11 +60,64 @@ def _jsonable(x):
         return x.item()
     if isinstance(x, np.ndarray):
         return x.tolist()
+    return _describe(x, set())
+
+
+def _describe(x, seen: set) -> str:
+    """A function by module, qualname and a digest of its code and of what it carries: default
+    values and the values its closure captured (two closures from one factory share code but
+    not the captured values, and a stored study of one must not resume as the other); a
+    ``functools.partial`` by its function and bound arguments; anything else by ``repr``.
+    Module globals a function reads are not part of it (they are looked up when it runs), nor
+    is the state of a captured object whose ``repr`` holds its address (it is recorded by its
+    type, so that the study can be resumed in another process)."""
+    if isinstance(x, functools.partial):
+        bound = _carried([list(x.args), sorted(x.keywords.items())], seen)
+        return f"<partial {_describe(x.func, seen)} {bound}>"
     if callable(x) and hasattr(x, "__qualname__"):  # by name and code (two lambdas share a name)
         code = getattr(x, "__code__", None)
         digest = "" if code is None else " " + _code_digest(code)
+        carried = [getattr(x, "__defaults__", None), getattr(x, "__kwdefaults__", None),
+                   _cells(getattr(x, "__closure__", None))]
+        if code is not None and any(c for c in carried) and id(x) not in seen:
+            digest += " " + _carried(carried, seen | {id(x)})
         return f"<callable {getattr(x, '__module__', '?')}.{x.__qualname__}{digest}>"
     return repr(x)
+
+
+def _cells(closure) -> list | None:
+    """The values a closure captured (an empty cell, a name not yet bound, as a marker)."""
+    if not closure:
+        return None
+    out = []
+    for cell in closure:
+        try:
+            out.append(cell.cell_contents)
+        except ValueError:
+            out.append("<empty cell>")
+    return out
+
+
+def _carried(values, seen: set) -> str:
+    """A digest of values as :func:`canonical` writes them (functions among them by
+    :func:`_describe`, a function that captures itself once)."""
+    def default(v):
+        if isinstance(v, np.generic):
+            return v.item()
+        if isinstance(v, np.ndarray):
+            return [v.dtype.str, list(v.shape), hashlib.sha1(np.ascontiguousarray(v).tobytes()).hexdigest()]
+        if isinstance(v, dict | list | tuple):
+            return v
+        if callable(v):
+            return _describe(v, seen)
+        text = repr(v)  # an object whose repr holds its address by its type (or no run resumes)
+        return f"<{type(v).__module__}.{type(v).__qualname__}>" if _ADDRESS.search(text) else text
+
+    text = json.dumps(values, default=default, sort_keys=True)
+    return hashlib.sha1(text.encode()).hexdigest()[:12]
+
+
+_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
 
 
 def _code_digest(code) -> str:

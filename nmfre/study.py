@@ -354,7 +354,10 @@ def run(design: str | Callable = "baseline", grid: dict | None = None, n_rep: in
         arrive (at most every ``flush_seconds``), from this process or as a cluster's futures
         complete. Running the same call again skips the replicates already there; a store
         of a study with another design, grid, seed, methods, settings or nmfre version is
-        refused, naming what differs. :func:`open` reads it, also while the study runs.
+        refused, naming what differs. A function (design or method) is recorded by its
+        module, name, code, defaults and the values its closure captured (a
+        ``functools.partial`` by its function and arguments), not by the globals it reads.
+        :func:`open` reads it, also while the study runs.
     max_errors : float, int or None
         Failed replicates allowed per cell before the study stops with :class:`StudyError`:
         a share of ``n_rep`` (default 0.05), a count, or None (no limit). A replicate

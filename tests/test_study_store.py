@@ -177,6 +177,64 @@ def test_resume_with_a_function_method_failures_and_reads_during_compaction(tmp_
     assert int(study.open(path)["done"].sum()) == 4 and len(calls) == 3
 
 
+def _offset_method(width):
+    def interval(fit, *, seed, level):
+        th = fit.theta.values
+        return {"point": th, "lower": th - width, "upper": th + width}
+
+    return interval
+
+
+def _scaled(fit, *, seed, level, width=1.0):
+    th = fit.theta.values
+    return {"point": th, "lower": th - width, "upper": th + width}
+
+
+def test_closures_and_partials_are_recorded_with_what_they_carry(tmp_path):
+    """Two closures from one factory share their code but not the values they captured: a
+    store written with one is not resumed by the other (it was: the spec held only the code's
+    digest, so the replicates of width 1 were returned as those of width 2). The same for
+    ``functools.partial`` (its repr held an address, so it never resumed) and for defaults;
+    equal captures still resume, and an object whose repr holds its address is recorded by
+    its type."""
+    import functools
+
+    from nmfre.store import canonical
+
+    kw = dict(n_rep=2, seed=5, n_boot=20)
+    path = tmp_path / "c.zarr"
+    one = study.run("baseline", {"N": [27]}, store=path, methods=(("iv", _offset_method(1.0)),), **kw)
+    _same(one, study.run("baseline", {"N": [27]}, store=path, methods=(("iv", _offset_method(1.0)),), **kw))
+    with pytest.raises(StoreMismatchError, match="method_specs"):
+        study.run("baseline", {"N": [27]}, store=path, methods=(("iv", _offset_method(2.0)),), **kw)
+    part = tmp_path / "p.zarr"
+    half = functools.partial(_scaled, width=0.5)
+    study.run("baseline", {"N": [27]}, store=part, methods=(("iv", half),), **kw)
+    study.run("baseline", {"N": [27]}, store=part, methods=(("iv", functools.partial(_scaled, width=0.5)),), **kw)
+    with pytest.raises(StoreMismatchError, match="method_specs"):
+        study.run("baseline", {"N": [27]}, store=part, methods=(("iv", functools.partial(_scaled, width=3)),), **kw)
+
+    def spec(f):
+        return canonical({"f": f})["f"]
+
+    assert spec(_offset_method(np.arange(3))) == spec(_offset_method(np.arange(3)))
+    assert spec(_offset_method(np.arange(3))) != spec(_offset_method(np.arange(3) + 1))
+    assert spec(_offset_method(np.random.default_rng(1))) == spec(_offset_method(np.random.default_rng(2)))
+    assert " at 0x" not in spec(functools.partial(_scaled, width=0.5))
+
+    def with_default(fit, *, seed, level, width=1.0):
+        return width
+
+    first = spec(with_default)
+    with_default.__kwdefaults__ = {"width": 2.0}
+    assert spec(with_default) != first
+
+    def recursive(n):  # a function that captures itself
+        return recursive(n - 1) if n else 0
+
+    assert spec(recursive) == spec(recursive)
+
+
 def fragile(N=27, seed=0, **kw):
     """The baseline design, whose simulation fails for some seeds (about 1 in 4)."""
     if seed.random() < 0.25:
