@@ -40,6 +40,8 @@ __all__ = ["GUIDES", "METHODS", "VIWarning", "elbo_settled", "fit_vi"]
 
 GUIDES = ("lowrank", "full", "diag")
 METHODS = ("svi", "dadvi")
+#: Adam's learning rate of ``method="svi"`` by default
+LEARNING_RATE = 0.005
 SITES = ["X", "theta", "sigma", "tau"]
 _CACHE: dict = {}
 
@@ -172,7 +174,7 @@ def elbo_settled(elbo: np.ndarray, window: float = 0.1, tol: float = 0.5) -> tup
 
 
 def fit_vi(Y, A=None, rank: int = 1, *, model: str = "joint", guide: str = "full", fit=None,
-           theta: str = "free", priors: dict | None = None, num_steps: int = 3000, learning_rate: float = 0.005,
+           theta: str = "free", priors: dict | None = None, num_steps: int = 3000, learning_rate: float | None = None,
            num_particles: int | None = None, num_samples: int = 1000, num_chains: int = 4,
            guide_rank: int | None = None, simplex: str = "folded", theta_coords: str = "direct", seed=0,
            warn: bool = True, method: str = "svi") -> xr.DataTree:
@@ -189,8 +191,9 @@ def fit_vi(Y, A=None, rank: int = 1, *, model: str = "joint", guide: str = "full
     num_steps : int
         Adam steps (the guide starts at the Laplace approximation); ``method="dadvi"``: the
         most optimiser iterations.
-    learning_rate : float
-        Adam's (``method="svi"`` only).
+    learning_rate : float, optional
+        Adam's (default :data:`LEARNING_RATE`); ``method="svi"`` only (DADVI's optimiser has
+        no learning rate, and one given with it is refused).
     num_particles : int, optional
         Monte Carlo draws per ELBO estimate (default 4); ``method="dadvi"``: the fixed draws
         of its objective (default :data:`bayes.dadvi.NUM_DRAWS` = 1024; must exceed the number
@@ -248,6 +251,11 @@ def fit_vi(Y, A=None, rank: int = 1, *, model: str = "joint", guide: str = "full
                                   ("theta_coords", theta_coords, "direct")):
             if value != need:
                 raise ValueError(f"method='dadvi' needs {name}={need!r}, got {value!r}")
+        if learning_rate is not None:  # it was ignored
+            raise ValueError(f"learning_rate is for method='svi' (Adam's step); method='dadvi' has none, got "
+                             f"learning_rate={learning_rate!r}")
+    if learning_rate is None:
+        learning_rate = LEARNING_RATE
     if num_particles is None:
         num_particles = dadvi.NUM_DRAWS if method == "dadvi" else 4
     num_particles = v.integer(num_particles, "num_particles")

@@ -207,6 +207,9 @@ def test_bad_settings_are_refused_before_any_work(orthodont, ml_fit, monkeypatch
             bayes.fit_vi(Y, A, 1, fit=ml_fit, method="dadvi", **kw)
     with pytest.raises(ValueError, match="method"):
         bayes.fit_vi(Y, A, 1, fit=ml_fit, method="laplace")
+    # DADVI has no learning rate: one given is refused (it was ignored)
+    with pytest.raises(ValueError, match="learning_rate is for method='svi'"):
+        bayes.fit_vi(Y, A, 1, fit=ml_fit, method="dadvi", learning_rate=0.01)
     # refused before the ML fit that fit=None asks for (the joint model at rank 1 here has
     # P + K + 2 = 8 unconstrained coordinates)
     def no_work(*args, **kwargs):
