@@ -59,7 +59,8 @@ def provenance(attrs: dict) -> dict[str, str]:
     multipliers"), ``ci`` ("95% percentile interval"/"95% bootstrap-t interval ..."),
     ``wald`` (the Wald interval of the same SE and reference), ``short`` (legend labels of
     both intervals, e.g. "Wald (CR2, t)", "bootstrap-t (one-step bootstrap)") and
-    ``description`` (all of it in one line).
+    ``description`` (all of it in one line; it names the missing entries of Y where there
+    were some: ``n_missing``).
     """
     vcov = attrs.get("vcov", "CR1")
     df_kind = attrs.get("df_kind", "normal")
@@ -79,6 +80,9 @@ def provenance(attrs: dict) -> dict[str, str]:
         boot += f", {n_failed} of them refits that did not converge ({reasons})"
     if attrs.get("theta_kind") == "nonneg":  # refits are constrained fits: nothing to project
         boot += ", replicates projected onto Theta >= 0" if kind == "one-step" else ", refits with Theta >= 0"
+    n_missing = int(attrs.get("n_missing", 0))
+    missing = (f"; scores and information from each unit's observed entries ({n_missing} missing "
+               f"entr{'y' if n_missing == 1 else 'ies'} of Y)") if n_missing else ""
     pct = percent(attrs.get('level', 0.95))
     if attrs.get("ci_kind", "percentile") == "studentized":
         ci = f"{pct} bootstrap-t interval (each replicate studentized by its own {vcov} sandwich)"
@@ -91,7 +95,7 @@ def provenance(attrs: dict) -> dict[str, str]:
             "p_column": p_col, "bootstrap": boot, "ci": ci, "short": short,
             "wald": f"{pct} Wald interval (estimate -+ q {vcov} sandwich SE, q from the {reference})",
             "description": f"{vcov} sandwich SE; {stat} statistic against the {reference}; {alt} p-value; {ci}; "
-                           f"{boot}"}
+                           f"{boot}{missing}"}
 
 
 class Inference:
@@ -654,6 +658,8 @@ def infer(fit: NMFREFit, n_boot: int = 1000, seed: Any = 123, multipliers: Any =
              "alternative": alternative, "sigma2_used": ker.sigma2_used, "df_u": ker.df_u,
              "theta_kind": fit.theta_kind, "fit_method": fit.method, "ci_kind": ci, "ci_prob": float(level),
              "vcov": vcov, "df_kind": df_kind, **drawn, **extra}
+    if int(pc.n_obs) < data.P * data.N:  # scores and information from each unit's observed entries
+        attrs["n_missing"] = data.P * data.N - int(pc.n_obs)
     if df_kind == "fixed":
         attrs["df_value"] = int(df)
     attrs["description"] = provenance(attrs)["description"]

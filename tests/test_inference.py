@@ -572,6 +572,7 @@ def test_labels_give_the_level_with_its_digits_and_r_codes(ml_fit):
 
     inf = ml_fit.infer(n_boot=20, seed=1, level=0.9999999)
     assert "99.99999% percentile interval" in inf.describe()
+    assert "n_missing" not in inf.attrs and "missing" not in inf.describe()  # complete data
     assert list(inf.summary_table().columns[-2:]) == ["5e-06%", "99.999995%"]
     assert [percent(x) for x in (0.95, 0.07, 0.025)] == ["95%", "7%", "2.5%"]
     codes = [significance_code(p) for p in (1e-5, 0.001, 0.0011, 0.01, 0.05, 0.0501, 0.1, 0.2, np.nan)]

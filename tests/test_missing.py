@@ -122,6 +122,10 @@ def test_inference_uses_each_units_observed_rows(masked):
     assert np.isfinite(inf.table.boot_se).all()
     ref = f.infer(n_boot=8, seed=2, method="refit")
     assert ref.attrs["refit_converged_fraction"] == 1.0
+    # the description says the data had missing entries, and how many (it did not)
+    n_missing = int(np.isnan(Yv).sum())
+    assert n_missing > 0 and inf.attrs["n_missing"] == n_missing == ref.attrs["n_missing"]
+    assert inf.describe().endswith(f"from each unit's observed entries ({n_missing} missing entries of Y)")
 
 
 def test_df_u_is_the_per_unit_sum(masked):
