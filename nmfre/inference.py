@@ -736,7 +736,8 @@ def _check_df(df) -> str:
     if df is None:
         return "normal"
     if isinstance(df, str):
-        v.choice(df, "df", ("satterthwaite",))
+        if df != "satterthwaite":
+            raise ValueError(f"df must be None (normal reference), 'satterthwaite' or a positive integer, got {df!r}")
         return "satterthwaite"
     v.integer(df, "df")
     return "fixed"

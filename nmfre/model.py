@@ -37,7 +37,10 @@ def fit(Y: Any, A: Any = None, rank: int = 2, *, method: str = "ml", theta: str 
     A : array-like, DataFrame or DataArray, optional
         ``covariate x unit`` design; default a row of ones (``intercept``).
     rank : int
-        Number of components ``Q`` (``1 <= Q <= min(P, N)``).
+        Number of components ``Q`` (``1 <= Q <= min(P, N)``). They are numbered by their
+        basis column's centre of mass along the features, ``sum_p (p / P) X[p, q]``
+        (increasing; the paper's and nmfkc's order), so their numbers follow the features'
+        order.
     method : {"ml", "paper"}
         ``"ml"`` maximises the marginal likelihood (monotone, accelerated);
         ``"paper"`` runs the paper's multiplicative algorithm step for step.

@@ -502,6 +502,8 @@ def test_studentized_interval(ml_fit):
 
 
 @pytest.mark.parametrize("kw, match", [({"vcov": "HC3"}, "vcov"), ({"df": "kenward"}, "df"), ({"df": 0}, "df"),
+                                       ({"df": "Satterthwaite"},
+                                        r"df must be None \(normal reference\), 'satterthwaite' or a positive integer"),
                                        ({"ci": "bca"}, "ci")])
 def test_bad_small_sample_options(ml_fit, kw, match):
     with pytest.raises(ValueError, match=match):

@@ -146,6 +146,14 @@ def cr2(cond: Conditional, pieces, A: np.ndarray, X: np.ndarray, lam: float, sat
     ``kind="CR1"`` uses ``A_n = sqrt(N / (N - 1)) I`` instead (the CR1 sandwich and its
     Satterthwaite df).
 
+    Inference is conditional on the fitted (X, U): the residuals are ``y_n - X_O (Theta a_n
+    + u_n)`` with the fit's U, and ``W_n (y_n - Z_n theta)`` equals them over ``sigma2`` when
+    ``u_n`` is the BLUP at the final (X, Theta, lambda), as an ML fit's is (to about 1e-12).
+    The paper algorithm's last U is not exactly that BLUP (it stops on the change of its
+    own objective), so for its fits the two forms differ by about the algorithm's
+    convergence (2e-5 relative in the SEs on ``simulate.baseline(N=27)``); the package
+    uses the fit's U, as nmfkc does.
+
     Returns ``(cov, df, scores, C)``: the covariance (QK x QK), the df per coefficient (QK,;
     NaN when ``satterthwaite`` is False), the adjusted unit scores ``-Z_n'W_nA_ne_n`` (QK x N)
     and ``C_n = X_O'W_nA_nX_O`` (N x Q x Q), what a replicate's own sandwich needs
