@@ -151,6 +151,64 @@ def test_rank2_masked_fit_is_monotone_and_optimal(theta):
     assert f.loglik == pytest.approx(direct, rel=1e-11)
 
 
+def _weak_component(seed, P, N, Q, frac=0.05):
+    """Dirichlet(0.5) basis, one component whose Theta row is 1e-3 of the others', noise sd
+    half the signal's, ``frac`` of the cells missing (QA's generator)."""
+    rng = np.random.default_rng(seed)
+    A = np.vstack([np.ones(N), rng.binomial(1, 0.5, N)])
+    X = rng.dirichlet(np.full(P, 0.5), size=Q).T
+    theta = rng.uniform(5, 10, (Q, 2))
+    theta[Q - 1] *= 1e-3
+    S = X @ (theta @ A + rng.normal(size=(Q, N)))
+    Y = S + 0.5 * S.std() * rng.normal(size=S.shape)
+    Y[rng.random(Y.shape) < frac] = np.nan
+    return Y, A
+
+
+def test_converged_with_missing_values_means_the_decreases_are_done(monkeypatch):
+    """With missing values no observed Hessian certifies convergence, and the expected
+    information can predict less than is left: a fit whose decreases shrank by about 0.92
+    an iteration stopped "converged" with 3.7 tolerances still to gain. Converged now also
+    means that the decreases' own rate leaves less than the tolerance (ml.geometric_tail):
+    going on from the returned fit at a tolerance 100 times tighter gains less than the fit's
+    tolerance, and the fit ends lower than the rule-free one by more than it (the named
+    fault, reproduced by switching the rule off)."""
+    from nmfre.core import ml
+
+    Y, A = _weak_component(0, 40, 120, 4)
+    f = nmfre.fit(Y, A, rank=4)
+    thr = 1e-10 * (1 + abs(f.loglik))
+    assert f.converged and np.all(np.diff(f.nll_trace) <= 0)
+    more = nmfre.fit(Y, A, rank=4, init={"X": f.X, "theta": f.theta}, tol=1e-12)
+    assert more.converged and more.loglik - f.loglik < thr
+    monkeypatch.setattr(ml, "geometric_tail", lambda trace: 0.0)
+    old = nmfre.fit(Y, A, rank=4)
+    assert old.converged and old.n_iter < f.n_iter and f.loglik - old.loglik > thr
+
+
+def test_geometric_tail_closed_forms():
+    """Geometric decreases: the rate exactly, the tail (S1 / m) r / (1 - r); decreases that
+    alternate between large and small give the rate of their pairs (a median of single ratios
+    gave that of one phase: 0.25 here, a tail 14 times too small); quadratic convergence
+    leaves less than the last decrease; a flat or short trace."""
+    from nmfre.core.ml import TAIL_RATE_MAX, TAIL_WINDOW, geometric_tail
+
+    m, r = TAIL_WINDOW, 0.9
+    d = 1e-3 * r ** np.arange(40)
+    trace = 100.0 - np.concatenate([[0.0], np.cumsum(d)])
+    assert geometric_tail(trace) == pytest.approx(d[-m:].sum() / m * r / (1 - r), rel=1e-9)
+    pairs = np.repeat(0.95 ** np.arange(20), 2) * np.tile([4.0, 1.0], 20)  # ratios 0.25, 3.8
+    trace = 10.0 - np.concatenate([[0.0], np.cumsum(pairs)])
+    rate = np.sqrt(0.95)
+    assert geometric_tail(trace) == pytest.approx(pairs[-m:].sum() / m * rate / (1 - rate), rel=1e-9)
+    quad = 1.0 - np.concatenate([[0.0], np.cumsum([1e-1, 1e-2, 1e-4, 1e-8, 1e-16, 1e-32, 1e-40, 1e-45, 1e-48])])
+    assert geometric_tail(quad) < 1e-14
+    assert geometric_tail([5.0, 5.0, 5.0]) == 0.0 and geometric_tail([5.0]) == 0.0
+    assert geometric_tail([5.0, 4.0]) == 1.0  # one decrease: no rate to estimate
+    up = 1.0 - np.concatenate([[0.0], np.cumsum([1e-6, 1e-6, 2e-6, 2e-6])])  # not shrinking
+    assert geometric_tail(up) == pytest.approx(4e-6 / 2 * TAIL_RATE_MAX / (1 - TAIL_RATE_MAX), rel=1e-6)
+
+
 def test_no_missing_takes_the_complete_data_path(orthodont, ml_fit):
     Y, A = orthodont
     assert passes.kind(Y.to_numpy()) == "dense"
