@@ -15,7 +15,9 @@ here once): ``||R||^2 = tr G - 2 tr(Theta'X'YA') + tr(Theta AA'Theta'X'X)`` and 
 X'GX - X'YA'Theta'X'X - (.)' + X'X Theta AA' Theta' X'X``. Its gradient comes from JAX's automatic differentiation
 (not from nmfre's formulas) and scipy's L-BFGS-B minimises it over ``X = Z / colsum(Z)``
 (``Z >= 0``: the simplex columns without equality constraints), ``Theta`` (``>= 0`` for a
-non-negative fit) and ``log sigma2``, ``log tau2``, started at nmfre's returned estimate.
+non-negative fit) and ``log sigma2``, ``log tau2``, started at nmfre's returned estimate. A
+dense Y with NaN entries (missing) gets the nll of its observed entries, unit by unit
+(:func:`_masked_nll`).
 
 :func:`polish` returns the nll there by both codes (they must agree to rounding: a check of
 the objective) and the lowest nll L-BFGS-B reached; a decrease larger than the fit's
@@ -53,6 +55,8 @@ def make_nll(Y, A: np.ndarray, Q: int):
     P, N = Y.shape
     An = np.asarray(A, dtype=float)
     A = jnp.asarray(An)
+    if not sp.issparse(Y) and np.isnan(np.asarray(Y, dtype=float)).any():
+        return _masked_nll(np.asarray(Y, dtype=float), An, Q)
     if sp.issparse(Y) or P * N > DIRECT_MAX:
         G = Y @ Y.T
         G = jnp.asarray(G.toarray() if sp.issparse(G) else np.asarray(G))
@@ -86,6 +90,32 @@ def make_nll(Y, A: np.ndarray, Q: int):
         logdet = 2.0 * jnp.sum(jnp.log(jnp.diag(L)))
         return 0.5 * (N * P * jnp.log(2 * jnp.pi * s2) + N * (logdet - Q * jnp.log(lam))
                       + (rss - jnp.sum((Li @ WR) * Li)) / s2)
+
+    return nll
+
+
+def _masked_nll(Y: np.ndarray, A: np.ndarray, Q: int):
+    """The nll of the observed entries (NaN in ``Y`` missing): unit ``n``'s observed features
+    ``O`` follow ``N(X_O Theta a_n, sigma2 I + tau2 X_O X_O')``; per unit, with ``M_n = X_O'X_O
+    + lambda I``, ``|O| log(2 pi sigma2) + log det M_n - Q log lambda + (||r||^2 - r'X_O M_n^-1
+    X_O'r) / sigma2`` (halved and summed), ``r`` the unit's observed residuals. Dense arrays of
+    ``N x Q x Q``: for the sizes of a check, not for large data."""
+    jax, jnp = _jax()
+    W = jnp.asarray((~np.isnan(Y)).astype(float))
+    Y0, A = jnp.asarray(np.nan_to_num(Y)), jnp.asarray(A)
+    n_obs = jnp.sum(W, axis=0)
+
+    def nll(Z, theta, ls2, lt2):
+        X = Z / jnp.sum(Z, axis=0)
+        s2, t2 = jnp.exp(ls2), jnp.exp(lt2)
+        lam = s2 / t2
+        R = W * (Y0 - X @ (theta @ A))
+        M = jnp.einsum("pn,pq,pr->nqr", W, X, X) + lam * jnp.eye(Q)
+        L = jnp.linalg.cholesky(M)
+        z = jax.scipy.linalg.solve_triangular(L, (X.T @ R).T[..., None], lower=True)[..., 0]
+        logdet = 2.0 * jnp.sum(jnp.log(jnp.diagonal(L, axis1=1, axis2=2)), axis=1)
+        quad = (jnp.sum(R * R, axis=0) - jnp.sum(z * z, axis=1)) / s2
+        return 0.5 * jnp.sum(n_obs * jnp.log(2 * jnp.pi * s2) + logdet - Q * jnp.log(lam) + quad)
 
     return nll
 
