@@ -35,6 +35,7 @@ import uuid
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import xarray as xr
 
 SPEC_FILE = "study.json"
@@ -99,22 +100,48 @@ def _cells(closure) -> list | None:
 
 
 def _carried(values, seen: set) -> str:
-    """A digest of values as :func:`canonical` writes them (functions among them by
-    :func:`_describe`, a function that captures itself once)."""
-    def default(v):
-        if isinstance(v, np.generic):
-            return v.item()
-        if isinstance(v, np.ndarray):
-            return [v.dtype.str, list(v.shape), hashlib.sha1(np.ascontiguousarray(v).tobytes()).hexdigest()]
-        if isinstance(v, dict | list | tuple):
-            return v
-        if callable(v):
-            return _describe(v, seen)
-        text = repr(v)  # an object whose repr holds its address by its type (or no run resumes)
-        return f"<{type(v).__module__}.{type(v).__qualname__}>" if _ADDRESS.search(text) else text
+    """A digest of values (:func:`_text`), the same in every process."""
+    return hashlib.sha1(_text(values, seen).encode()).hexdigest()[:12]
 
-    text = json.dumps(values, default=default, sort_keys=True)
-    return hashlib.sha1(text.encode()).hexdigest()[:12]
+
+def _text(v, seen: set) -> str:
+    """Text of a value that is the same in every process and tells values apart: containers
+    element by element (sets and dicts sorted by their elements' text, whatever their types;
+    a container that holds itself marked once), arrays by dtype, shape and a digest of their
+    bytes (object arrays element by element), pandas and xarray objects by their values and
+    labels, functions by :func:`_describe`, other objects by ``repr`` (by their type where the
+    ``repr`` holds an address)."""
+    if v is None or isinstance(v, str | bytes | bool | int | float | complex):
+        return repr(v)
+    if isinstance(v, np.generic):
+        return repr(v.item())
+    if id(v) in seen:
+        return "<cycle>"
+    inner = seen | {id(v)}
+    if isinstance(v, list | tuple):
+        return f"{type(v).__name__}[{','.join(_text(x, inner) for x in v)}]"
+    if isinstance(v, set | frozenset):
+        return f"set{{{','.join(sorted(_text(x, inner) for x in v))}}}"
+    if isinstance(v, dict):
+        return f"{{{','.join(sorted(_text(k, inner) + ':' + _text(x, inner) for k, x in v.items()))}}}"
+    if isinstance(v, np.ndarray):
+        if v.dtype.hasobject:
+            return f"array{v.shape}{_text(v.tolist(), inner)}"
+        return f"array({v.dtype.str},{v.shape},{hashlib.sha1(np.ascontiguousarray(v).tobytes()).hexdigest()})"
+    if isinstance(v, pd.Series | pd.DataFrame | pd.Index):
+        cols = _text(list(v.columns), inner) if isinstance(v, pd.DataFrame) else _text(getattr(v, "name", None), inner)
+        rows = pd.util.hash_pandas_object(v, index=not isinstance(v, pd.Index)).to_numpy()
+        return f"{type(v).__name__}({cols},{_text(rows, inner)})"
+    if isinstance(v, xr.DataArray | xr.Dataset):
+        variables = {"<values>": v.variable, "<name>": v.name} if isinstance(v, xr.DataArray) else dict(v.data_vars)
+        variables.update(v.coords)
+        parts = {str(k): x if isinstance(x, str) or x is None else (list(x.dims), np.asarray(x.values))
+                 for k, x in variables.items()}
+        return f"{type(v).__name__}({_text(parts, inner)})"
+    if callable(v):
+        return _describe(v, seen)
+    text = repr(v)  # an object whose repr holds its address by its type (or no run resumes)
+    return f"<{type(v).__module__}.{type(v).__qualname__}>" if _ADDRESS.search(text) else text
 
 
 _ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")

@@ -418,6 +418,8 @@ def run(design: str | Callable = "baseline", grid: dict | None = None, n_rep: in
             "fit_overrides": over, "n_boot_refit": n_boot_refit, "refit_failed": refit_failed,
             "nmfre_version": __version__,
             "component": labels[0], "covariate": labels[1]}
+    if not isinstance(design, str):  # by its code and what it carries, not its name alone
+        spec["design_spec"] = design
     st = Store(store, spec) if store is not None else None
     if st is not None:
         st.clean()  # the writer, not a reader, removes what a killed writer left

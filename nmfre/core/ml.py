@@ -976,7 +976,8 @@ def fit_ml(prob: Problem, X0: np.ndarray, theta0: np.ndarray | None = None,
     iteration decreases the nll by less than ``tol * (1 + |nll|)``, moves X by less than
     ``sqrt(tol)`` and :func:`kkt_decrement` (the predicted decrease still available) is below
     ``tol * (1 + |nll|)`` (with missing values, where no observed Hessian certifies the point,
-    :func:`geometric_tail` of the trace must be below it too; :data:`TAIL_WINDOW`). Where only
+    :func:`geometric_tail` of the trace must be below it too, before the polish below, whose
+    gain then replaces the trace's last entry; :data:`TAIL_WINDOW`). Where only
     the last fails while the scoring direction predicts no
     more than that, what is left lies in entries of X that the directions hold near 0: they
     are sent to their bound by :func:`bound_step`, and the iterations go on. Where the last
