@@ -169,7 +169,7 @@ def test_converged_with_missing_values_means_the_decreases_are_done(monkeypatch)
     """With missing values no observed Hessian certifies convergence, and the expected
     information can predict less than is left (the fault of ml.TAIL_WINDOW, found on a
     150 x 400 fit, here on a smaller one of the same design): without the rule this fit stops
-    "converged" 3.7 tolerances above where the rule ends it. Converged now also means that the
+    "converged" 3.6 tolerances above where the rule ends it. Converged now also means that the
     decreases' own rate leaves less than the tolerance (ml.geometric_tail): going on from the
     returned fit at a tolerance 100 times tighter gains less than the fit's tolerance."""
     from nmfre.core import ml

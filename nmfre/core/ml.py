@@ -149,7 +149,7 @@ BOUND_DIRECTION = True
 #: whose decreases shrank by a factor 0.92 an iteration for 40 iterations, stopped "converged"
 #: at a decrease of 4.2e-6 against a tolerance of 3.9e-6 (the Fisher model predicting 1.4e-6 and
 #: the KKT decrement 1.1e-8); an independent optimiser started there found 2.4e-5 lower
-TAIL_WINDOW = 4
+TAIL_WINDOW = 2
 TAIL_RATE_MAX = 0.99
 #: starting radius of the Newton steps' trust region, in the information norm (about
 #: ``radius^2 / 2`` units of nll)
