@@ -171,7 +171,9 @@ def test_converged_with_missing_values_means_the_decreases_are_done(monkeypatch)
     150 x 400 fit, here on a smaller one of the same design): without the rule this fit stops
     "converged" 3.6 tolerances above where the rule ends it. Converged now also means that the
     decreases' own rate leaves less than the tolerance (ml.geometric_tail): going on from the
-    returned fit at a tolerance 100 times tighter gains less than the fit's tolerance."""
+    returned fit at a tolerance 100 times tighter gains less than twice the fit's tolerance
+    (measured 0.52 of it; the tail is an estimate, and the point where a path stops moves with
+    the machine's rounding by up to about one iteration's decrease, so the bound has room)."""
     from nmfre.core import ml
 
     Y, A = _weak_component(0, 40, 120, 4)
@@ -179,7 +181,7 @@ def test_converged_with_missing_values_means_the_decreases_are_done(monkeypatch)
     thr = 1e-10 * (1 + abs(f.loglik))
     assert f.converged and np.all(np.diff(f.nll_trace) <= 0)
     more = nmfre.fit(Y, A, rank=4, init={"X": f.X, "theta": f.theta}, tol=1e-12)
-    assert more.converged and more.loglik - f.loglik < thr
+    assert more.converged and more.loglik - f.loglik < 2 * thr
     monkeypatch.setattr(ml, "geometric_tail", lambda trace: 0.0)
     old = nmfre.fit(Y, A, rank=4)
     assert old.converged and old.n_iter < f.n_iter and f.loglik - old.loglik > thr
