@@ -441,8 +441,8 @@ def run(design: str | Callable = "baseline", grid: dict | None = None, n_rep: in
         for (cell, r), rec in _execute(tasks, client, progress, total, total - len(tasks)):
             rec.update(cell=cell, replicate=r)
             records.append(rec)
-            if _failed(rec):
-                msg = _first_error(rec["fit_error"], [iv["error"] for iv in rec["intervals"].values()])
+            msg = _first_error(rec["fit_error"], [iv["error"] for iv in rec["intervals"].values()])
+            if msg is not None:
                 failed.setdefault(cell, []).append((r, msg))
                 _check_failures(failed, cell, allowed, full, seed, n_rep, st)
             if st is not None and time.monotonic() - last >= flush_seconds:
@@ -586,10 +586,6 @@ def _first_error(fit_error, errors) -> str | None:
     """A replicate's first error (its fit's, else its first method's), None when it has none
     (stored text reads back empty or "nan")."""
     return next((str(m) for m in (fit_error, *errors) if m and str(m) != "nan"), None)
-
-
-def _failed(rec: dict) -> bool:
-    return _first_error(rec["fit_error"], [iv["error"] for iv in rec["intervals"].values()]) is not None
 
 
 def _execute(tasks: list, client, progress: bool, total: int, initial: int):
