@@ -26,6 +26,7 @@ once more, and compilation is most of a small run's time.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from collections import Counter
 from dataclasses import dataclass
 from functools import partial
@@ -204,6 +205,22 @@ def potential(s: Settings, init: dict, args: tuple):
         return potential_energy(model, args, {}, unravel(z))
 
     return pe, unravel, z0
+
+
+def coordinate_labels(s: Settings, init: dict, args: tuple) -> tuple[list[str], list[str]]:
+    """The names of the flat vector's entries in :func:`potential` (``"site[i,j]"``, the index
+    into the site's unconstrained value; ``"site"`` for a scalar site), and each entry's site,
+    in the order of :func:`jax.flatten_util.ravel_pytree` (the tree's leaf order)."""
+    zdict = unconstrain_fn(model_function(s), args, {}, _coordinates(s, init, args))
+    named = {}
+    for name, value in zdict.items():
+        shape = jnp.shape(value)
+        cells = [name if not shape else f"{name}[{','.join(map(str, i))}]" for i in itertools.product(
+            *map(range, shape))]
+        named[name] = [(cell, name) for cell in cells]
+    leaves = jax.tree_util.tree_leaves(named, is_leaf=lambda x: isinstance(x, list))
+    pairs = [pair for leaf in leaves for pair in leaf]
+    return [p[0] for p in pairs], [p[1] for p in pairs]
 
 
 def prepare(s: Settings, init: dict, args: tuple):

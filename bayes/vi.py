@@ -236,7 +236,9 @@ def fit_vi(Y, A=None, rank: int = 1, *, model: str = "joint", guide: str = "full
         (``elbo`` per step; ``method="dadvi"``: minus the fixed-draw objective per
         optimiser iteration, and ``loc`` and ``cov``, the guide's mean and the
         linear-response covariance in the model's unconstrained coordinates, dims
-        ``unconstrained`` and ``unconstrained_bis``).
+        ``unconstrained`` and ``unconstrained_bis``, labelled ``"site[i,j]"``: the sampled
+        site and the index into its unconstrained value, e.g. ``"theta_raw[0,1]"``; the
+        non-dimension coordinate ``site`` names each entry's site).
     """
     import jax
 
@@ -278,7 +280,7 @@ def fit_vi(Y, A=None, rank: int = 1, *, model: str = "joint", guide: str = "full
             # minus DADVI's objective is the ELBO without the Gaussian entropy's constant
             # d (1 + log 2 pi) / 2 (the recorded elbo was 12.8 below SVI's at d = 9)
             elbo = np.asarray(elbo) + 0.5 * np.shape(loc)[0] * (1.0 + np.log(2.0 * np.pi))
-            lr = (loc, cov)
+            lr = (loc, cov, compiled.coordinate_labels(vs.base, spec.init, spec.args))
             draws = {k: x for k, x in draws.items() if k in SITES}
         else:
             draws, losses = jax.device_get(_runner(vs)(prng_key(seed), spec.init, spec.args))
@@ -312,8 +314,9 @@ def _check_dadvi(model: str, P: int, Q: int, K: int, num_particles: int) -> None
 
 def _datatree(spec, vs: VISettings, draws: dict, elbo: np.ndarray, warn: bool, info: dict | None = None,
               lr: tuple | None = None) -> xr.DataTree:
-    """The result tree; ``info`` (DADVI): the optimiser's report, ``lr``: the guide's mean and
-    the linear-response covariance."""
+    """The result tree; ``info`` (DADVI): the optimiser's report, ``lr``: the guide's mean, the
+    linear-response covariance and the coordinates' names and sites
+    (:func:`bayes.compiled.coordinate_labels`)."""
     settings = {"num_steps": vs.num_steps, "num_particles": vs.num_particles, "simplex": vs.base.simplex,
                 "theta_coords": vs.base.theta_coords}
     if vs.guide == "lowrank":  # numpyro's default rank when none was given
@@ -343,9 +346,12 @@ def _datatree(spec, vs: VISettings, draws: dict, elbo: np.ndarray, warn: bool, i
              "elbo_settled": int(settled), "vi_settings": str(settings)}
     dt = datatree.build(draws, None, spec.fit, spec.data, spec.name, attrs)
     variational = xr.Dataset({"elbo": ("step", elbo)}, coords={"step": np.arange(len(elbo))})
-    if lr is not None:  # unconstrained coordinates
+    if lr is not None:  # unconstrained coordinates, named by site and index
+        names, sites = lr[2]
         variational["loc"] = ("unconstrained", lr[0])
         variational["cov"] = (("unconstrained", "unconstrained_bis"), lr[1])
+        variational = variational.assign_coords(unconstrained=names, unconstrained_bis=names,
+                                                site=("unconstrained", sites))
     dt["variational"] = xr.DataTree(variational)
     if warn and problem:
         warnings.warn(problem, VIWarning, stacklevel=3)

@@ -151,9 +151,12 @@ def test_conditional_orthodont_is_the_closed_form(orthodont, ml_fit):
     np.testing.assert_allclose(q["variational"]["loc"], ml_fit.theta.values.ravel(), rtol=1e-5)
     np.testing.assert_allclose(q["variational"]["cov"], inf.cov_model.values, rtol=1e-5)
     assert q["variational"]["cov"].dims == ("unconstrained", "unconstrained_bis")
+    assert q["variational"]["unconstrained"].values.tolist() == ["theta[0,0]", "theta[0,1]"]
+    assert q["variational"]["unconstrained_bis"].values.tolist() == ["theta[0,0]", "theta[0,1]"]
     assert bayes.vi._dadvi_dimension("conditional", 4, 1, 2) == q["variational"]["loc"].size == 2
     qx = bayes.fit_vi(Y, A, 1, model="conditional_x", fit=ml_fit, method="dadvi", seed=seed(4), warn=False)
     assert bayes.vi._dadvi_dimension("conditional_x", 4, 1, 2) == qx["variational"]["loc"].size == 4
+    assert qx["variational"]["site"].values.tolist() == ["sigma", "tau", "theta", "theta"]
     post = q["posterior"]
     assert post.attrs["optimizer_status"] == 0 and post.attrs["elbo_settled"] == 1
     assert post["theta"].shape == (4, 1000, 1, 2)
@@ -162,6 +165,35 @@ def test_conditional_orthodont_is_the_closed_form(orthodont, ml_fit):
     # noiseless (measured: -212.246 against -212.306)
     svi = bayes.fit_vi(Y, A, 1, model="conditional", fit=ml_fit, num_steps=3000, seed=seed(3))
     assert abs(post.attrs["elbo"] - svi["posterior"].attrs["elbo"]) < 0.25
+
+
+@pytest.mark.parametrize("theta", ["nonneg", "free"])
+def test_coordinate_labels_name_each_entry_of_the_flat_vector(theta):
+    """``compiled.coordinate_labels`` against the flat vector's own unravelling: entry ``i`` of
+    ``arange(d)`` unravels to the site and index its label names (exact; rank 2, so every site
+    but the variances is a matrix). Fails on labels in another site order or an index
+    transposed."""
+    import dataclasses
+
+    import jax.numpy as jnp
+
+    from bayes import compiled, sampling
+
+    d = nmfre.simulate.block_sparse(P=6, N=40, rank=2, K=2, seed=1)
+    Y, A = d["Y"], d["A"]
+    fit = nmfre.fit(Y, A, rank=2, theta=theta)
+    sampler = sampling.Sampler("joint", 2, 6, None, 2, theta=theta, simplex="folded", theta_coords="direct",
+                               kernel="nuts")
+    spec = sampler.spec(Y, A, fit=fit)
+    s = dataclasses.replace(sampler.settings_for(spec), num_warmup=0, num_samples=0, num_chains=0)
+    names, sites = compiled.coordinate_labels(s, spec.init, spec.args)
+    _, unravel, z0 = compiled.potential(s, spec.init, spec.args)
+    tree = unravel(jnp.arange(z0.shape[0], dtype=z0.dtype))
+    assert len(names) == len(sites) == z0.shape[0] == 6 * 2 + 2 * 2 + 2
+    assert sorted(set(sites)) == sorted(tree)
+    for i, (name, site) in enumerate(zip(names, sites, strict=True)):
+        index = tuple(int(j) for j in name[len(site) + 1:-1].split(",")) if name != site else ()
+        assert name.startswith(site) and float(tree[site][index]) == i
 
 
 #: Theta's posterior sds on ``block_sparse(20, 300, rank=2, K=2, seed=12)`` with non-negative
