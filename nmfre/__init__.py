@@ -22,6 +22,7 @@ from .exceptions import (
     ConvergenceWarning,
     DegenerateFitWarning,
     IdentifiabilityWarning,
+    IllConditionedWarning,
     SingularFitWarning,
 )
 from .inference import Inference, load_inference
@@ -32,6 +33,7 @@ from .results import NMFREFit, load
 
 __all__ = [
     "ArgumentTypeError", "ConvergenceWarning", "DegenerateFitWarning", "ECVResult", "IdentifiabilityWarning",
+    "IllConditionedWarning",
     "Inference", "LRTResult", "NMFREFit",
     "SingularFitWarning", "__version__", "df_scan", "ecv", "fit", "from_long", "load", "load_inference",
     "load_orthodont", "lrt", "lrt_tau2", "simulate", "study",

@@ -15,6 +15,12 @@ class IdentifiabilityWarning(UserWarning):
     """sigma2 and tau2 are not separately identifiable (P <= Q without a cap or fixed variance)."""
 
 
+class IllConditionedWarning(UserWarning):
+    """The information for Theta is nearly singular (nearly collinear covariates, or basis
+    columns nearly parallel on the observed features): its standard errors, tests and Wald
+    intervals lose precision."""
+
+
 class SingularFitWarning(UserWarning):
     """tau2 is estimated at 0 (lambda at its upper bound): the random effects vanish."""
 

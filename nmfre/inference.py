@@ -33,10 +33,10 @@ from .core.bootstrap import (
     p_values,
     studentized_se,
 )
-from .core.covariance import Conditional, cr2, from_pieces
+from .core.covariance import ILL_CONDITIONED, Conditional, cr2, from_pieces, scaled_condition
 from .core.passes import conditional_pieces
 from .engine import converged_degenerate, refit_draws
-from .exceptions import ConvergenceWarning, DegenerateFitWarning
+from .exceptions import ConvergenceWarning, DegenerateFitWarning, IllConditionedWarning
 from .labels import label_order, percent, significance_code
 
 if TYPE_CHECKING:
@@ -493,6 +493,28 @@ _PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
 FAILED = ("drop", "keep")
 
 
+def _check_conditioning(info: np.ndarray, fit) -> None:
+    """:class:`~nmfre.IllConditionedWarning` where the information's scaled condition number
+    (:func:`nmfre.core.covariance.scaled_condition`) exceeds
+    :data:`nmfre.core.covariance.ILL_CONDITIONED`, naming the covariates and components of the
+    coefficients along its weakest direction."""
+    cond = scaled_condition(info)
+    if cond <= ILL_CONDITIONED:
+        return
+    Q, K = fit.solution.theta.shape
+    d = np.diag(info)
+    s = 1.0 / np.sqrt(np.where(np.isfinite(d) & (d > 0), d, 1.0))
+    w, V = np.linalg.eigh(info * s[:, None] * s[None, :])
+    weak = np.abs(V[:, 0]) >= 0.1 * np.abs(V[:, 0]).max()  # the coefficients in the weakest direction
+    comps, covs = fit.theta.coords["component"].values, fit.theta.coords["covariate"].values
+    names = [f"{comps[i % Q]}|{covs[i // Q]}" for i in np.flatnonzero(weak)]  # column-major vec
+    warnings.warn(f"the information for Theta is nearly singular (condition number {cond:.2g} with each coefficient "
+                  f"scaled to unit information): its standard errors, tests and Wald intervals are accurate to about "
+                  f"{min(cond * 1e-14, 1.0):.0e} relative at best. The weakest direction combines {', '.join(names)}: "
+                  "nearly collinear covariates, or basis columns nearly parallel on the observed features",
+                  IllConditionedWarning, stacklevel=3)
+
+
 def infer(fit: NMFREFit, n_boot: int = 1000, seed: Any = 123, multipliers: Any = None, dist: str = "exp",
           method: str = "onestep", level: float = 0.95, alternative: str | None = None,
           progress: bool = False, max_iter: int | None = None, chunk_size: int = CHUNK_UNITS, vcov: str = "CR1",
@@ -572,6 +594,14 @@ def infer(fit: NMFREFit, n_boot: int = 1000, seed: Any = 123, multipliers: Any =
     -------
     Inference
 
+    Warns
+    -----
+    IllConditionedWarning
+        When the information for Theta, each coefficient scaled to unit information, has a
+        condition number above :data:`nmfre.core.covariance.ILL_CONDITIONED` (1e10: the SEs
+        then hold about ``condition * 1e-14`` relative error), naming the coefficients of its
+        weakest direction.
+
     Notes
     -----
     Multipliers for unit ``n`` and replicate ``b`` are ``W[n, b]`` of
@@ -623,6 +653,7 @@ def infer(fit: NMFREFit, n_boot: int = 1000, seed: Any = 123, multipliers: Any =
     alternative = alternative or ("greater" if nonneg else "two-sided")
     pc = conditional_pieces(data.Y, data.A, sol.X, sol.theta, sol.U, fit.lam)
     ker = from_pieces(pc, data.A, sol.theta)
+    _check_conditioning(ker.info, fit)
     sand = _sandwich(ker, pc, data.A, sol.X, fit.lam, vcov, df, need_units=ci == "studentized")
     drawn = {}  # how to draw the same multipliers again
     if W is not None:

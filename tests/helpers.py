@@ -64,6 +64,21 @@ def rank2(seed: int = 0, N: int = 150, P: int = 8):
     return d["Y"].values, d["A"].values, d["X"].values, d["theta"].values
 
 
+def blocky(P: int, N: int, Q: int, seed: int, K: int = 2, scale: float = 10.0):
+    """A QA helper's generator: blocky Dirichlet basis columns, an intercept, a 0/1 covariate and
+    ``K - 2`` standard normal ones, Theta U(0.5, 1.5) times ``scale``, random effects of sd
+    ``scale / 2``, noise sd 0.3. Returns ``(Y, A)``."""
+    rng = np.random.default_rng(seed)
+    alpha = np.full((P, Q), 0.3)
+    for q in range(Q):
+        alpha[q * P // Q:(q + 1) * P // Q, q] = 3.0
+    X = np.column_stack([rng.dirichlet(alpha[:, q]) for q in range(Q)])
+    A = np.vstack([np.ones(N), rng.integers(0, 2, N), rng.normal(size=(K - 2, N))])
+    theta = rng.uniform(0.5, 1.5, (Q, K)) * scale
+    Y = X @ (theta @ A + rng.normal(0, 0.5 * scale, (Q, N))) + rng.normal(0, 0.3, (P, N))
+    return Y, A
+
+
 def rel(a, b) -> float:
     """Largest relative difference of ``a`` from ``b``."""
     a, b = np.asarray(a, float).ravel(), np.asarray(b, float).ravel()

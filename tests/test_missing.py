@@ -11,6 +11,7 @@ from scipy.stats import multivariate_normal
 import nmfre
 from nmfre import simulate
 from nmfre.core import passes
+from nmfre.core.covariance import COV_RIDGE
 
 statsmodels = pytest.importorskip("statsmodels.api")
 
@@ -114,7 +115,7 @@ def test_inference_uses_each_units_observed_rows(masked):
     info = sum(np.kron(np.outer(Av[:, n], Av[:, n]), X[o].T @ np.linalg.solve(
         s2 * np.eye(o.sum()) + (s2 / f.lam) * X[o] @ X[o].T, X[o]))
         for n in range(Yv.shape[1]) for o in [~np.isnan(Yv[:, n])])
-    np.testing.assert_allclose(inf.info.values, info + 1e-8 * np.diag(np.diag(info)), rtol=1e-9)
+    np.testing.assert_allclose(inf.info.values, info + COV_RIDGE * np.diag(np.diag(info)), rtol=1e-9)
     n_obs = int((~np.isnan(Yv)).sum())
     assert inf.attrs["df_u"] == pytest.approx(f.df_u, rel=1e-12)
     rss = np.nansum((Yv - f.fitted(True).values) ** 2)

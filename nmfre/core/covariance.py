@@ -3,7 +3,7 @@
 With ``Ys = Y - X U``, ``Rc = Ys - X Theta A``, ``M = X'X + lambda I``:
 
 * ``sigma2_used = ||Rc||^2 / max(P N - df_U - Q K, 1)``, ``df_U = N tr(M^-1 X'X)``;
-* information ``I = F + 1e-8 diag(F)`` with ``F = AA' (x) (X'X - X'X M^-1 X'X) / sigma2_used``
+* information ``I = F + 1e-14 diag(F)`` with ``F = AA' (x) (X'X - X'X M^-1 X'X) / sigma2_used``
   (vec stacks Theta's columns; the ``(I - H)`` correction makes it the Fisher information of
   the marginal model given X), and model-based covariance ``I^-1``;
 * unit scores ``s_n = -vec(X' r_n a_n') / sigma2_used``, meat ``J = N/(N-1) sum s_n s_n'``
@@ -23,9 +23,18 @@ import numpy as np
 #: 0.0001 instead of 2.47). One ridge relative to the mean diagonal (this module's first
 #: version) fixed Y's units but not a covariate's: with ``male`` coded 0/1e4 the intercept's SE
 #: was 1.43 instead of 2.47. Relative to each diagonal entry, inference is equivariant to the
-#: units of Y and of every covariate; on Orthodont the SEs differ from the absolute ridge's by
-#: 8.1e-8 relative on nmfkc's own fit, 3.2e-9 on the paper runs (:func:`from_pieces`' ``ridge``)
-COV_RIDGE = 1e-8
+#: units of Y and of every covariate. At 1e-8 (until 2026-12) it still took over wherever the
+#: information's condition number (after scaling each coefficient) passed about 1e8: with a
+#: covariate equal to another plus 1e-5 times noise the sandwich SEs were 0.0069 of their value
+#: (a QA helper's reference fit in well-conditioned covariates), a unit alone in its level of a
+#: dummy had leverage 1 - 1e-8 instead of 1 (CR2's Satterthwaite df inf or 0.33 instead of 2).
+#: At 1e-14 the ridge only keeps an exactly singular information invertible; on Orthodont the
+#: SEs differ from the absolute ridge's by about 1e-7 relative (:func:`from_pieces`' ``ridge``)
+COV_RIDGE = 1e-14
+#: the condition number of the information (each coefficient scaled to unit information) above
+#: which :func:`nmfre.infer` warns (:class:`nmfre.IllConditionedWarning`): the SEs are then
+#: accurate to about ``condition * 1e-14`` relative, 1e-4 here
+ILL_CONDITIONED = 1e10
 #: nmfkc's absolute ridge, for reproducing its numbers to rounding (``from_pieces(..., ridge=)``)
 NMFKC_RIDGE = 1e-8
 
@@ -67,6 +76,17 @@ def conditional(Y, A, X, theta, U, lam, ridge: float | None = None) -> Condition
     from .passes import conditional_pieces
 
     return from_pieces(conditional_pieces(Y, A, X, theta, U, lam), A, theta, ridge)
+
+
+def scaled_condition(info: np.ndarray) -> float:
+    """The 2-norm condition number of ``info`` with each coefficient scaled to unit information
+    (``D^-1/2 info D^-1/2``, ``D = diag(info)``): invariant to the units of Y and of every
+    covariate; ``inf`` for a zero or non-finite diagonal entry."""
+    d = np.diag(info)
+    if not np.all(np.isfinite(d) & (d > 0)):
+        return float("inf")
+    s = 1.0 / np.sqrt(d)
+    return float(np.linalg.cond(info * s[:, None] * s[None, :]))
 
 
 def working_sigma2(sigma2_used: float) -> float:
@@ -121,10 +141,23 @@ def _subspace(Xo: np.ndarray, lam: float, s2: float):
     return Uo, T, s2 * (np.eye(r) + T @ T.T / lam)
 
 
-def _inv_sqrt(G: np.ndarray) -> np.ndarray:
-    """Symmetric inverse square roots of a stack of SPD matrices."""
+#: eigenvalues of a CR2 adjustment's matrix at or below this fraction of the unadjusted
+#: matrix's largest are taken as 0 (:func:`_inv_sqrt`)
+PINV_RTOL = 1e-12
+
+
+def _inv_sqrt(G: np.ndarray, scale: float) -> np.ndarray:
+    """Symmetric inverse square roots of a stack of symmetric PSD matrices, as pseudo-inverses:
+    eigenvalues at or below :data:`PINV_RTOL` times ``scale`` (the largest eigenvalue of the
+    matrix without the leverage, ``D Sigma_O D'``) get 0, as in clubSandwich's ``Sym_power``
+    (which zeroes eigenvalues below 1e-12). A unit of leverage 1 in some direction (e.g. alone
+    in its level of a dummy covariate) has ``I - H_nn`` singular there and its residual 0
+    there; inverting with the eigenvalues floored at 1e-300 instead multiplied rounding by up
+    to 1e150 and gave Satterthwaite df of ``inf`` or below 1."""
     w, V = np.linalg.eigh(0.5 * (G + np.swapaxes(G, -1, -2)))
-    return np.einsum("...ij,...j,...kj->...ik", V, 1.0 / np.sqrt(np.maximum(w, 1e-300)), V)
+    keep = w > PINV_RTOL * scale
+    inv = np.where(keep, 1.0 / np.sqrt(np.where(keep, w, 1.0)), 0.0)
+    return np.einsum("...ij,...j,...kj->...ik", V, inv, V)
 
 
 def cr2(cond: Conditional, pieces, A: np.ndarray, X: np.ndarray, lam: float, satterthwaite: bool = True,
@@ -177,7 +210,7 @@ def cr2(cond: Conditional, pieces, A: np.ndarray, X: np.ndarray, lam: float, sat
             Dl = np.linalg.cholesky(S)  # S = Dl Dl', D = Dl'
             h = np.einsum("ij,njk,lk->nil", T, Maa[units], T) @ np.linalg.inv(S)  # H on the subspace
             G = np.einsum("ji,njk,kl,ml->nim", Dl, np.eye(r) - h, S, Dl)
-            Asub = np.einsum("ij,njk,lk->nil", Dl, _inv_sqrt(G), Dl)
+            Asub = np.einsum("ij,njk,lk->nil", Dl, _inv_sqrt(G, np.linalg.eigvalsh(S)[-1] ** 2), Dl)
         C[units] = np.einsum("ji,jk,nkl,lm->nim", T, np.linalg.inv(S), Asub, T)
         MO = Xo.T @ Xo + lam * np.eye(Q)
         Xte = MO @ pieces.XtR[:, units] / lam  # X_O' e_n from X_O' r_n (conditional residual)
