@@ -488,6 +488,21 @@ def test_cr2_with_a_unit_of_leverage_one(N):
         np.testing.assert_allclose(got, df, rtol=1e-8)
 
 
+def test_cr2_adjustment_zeroes_only_the_directions_of_leverage_one():
+    """``covariance._inv_sqrt`` zeroes the ``rank_loss`` smallest eigenvalues and inverts the
+    others, however small: ``G^+1/2 G G^+1/2`` is the identity (1e-2: the smallest eigenvalue,
+    1e-13 of the largest, is known to about 1e-3 relative) or the projection off the zeroed
+    eigenvector. A threshold at 1e-12 of the largest eigenvalue (this function's first version)
+    zeroed the 1e-13 one without a loss of rank."""
+    from nmfre.core import covariance
+
+    V, _ = np.linalg.qr(np.random.default_rng(0).normal(size=(3, 3)))
+    G = (V * np.array([1e-13, 1e-3, 1.0])) @ V.T
+    both = covariance._inv_sqrt(np.stack([G, G]), np.array([0, 1]))
+    np.testing.assert_allclose(both[0] @ G @ both[0], np.eye(3), atol=1e-2)
+    np.testing.assert_allclose(both[1] @ G @ both[1], np.eye(3) - np.outer(V[:, 0], V[:, 0]), atol=1e-9)
+
+
 def test_near_collinear_covariates_keep_their_standard_errors():
     """A covariate equal to another plus 1e-5 times noise: the SEs equal those of the same model
     in well-conditioned covariates (``A' = T A``: intercept, the covariate and the noise; an

@@ -141,22 +141,26 @@ def _subspace(Xo: np.ndarray, lam: float, s2: float):
     return Uo, T, s2 * (np.eye(r) + T @ T.T / lam)
 
 
-#: eigenvalues of a CR2 adjustment's matrix at or below this fraction of the unadjusted
-#: matrix's largest are taken as 0 (:func:`_inv_sqrt`)
+#: directions in which a unit's ``1 - leverage`` (an eigenvalue of ``I - H_nn`` on col(X_O)) is at
+#: most this are taken as of leverage 1 (:func:`_inv_sqrt`)
 PINV_RTOL = 1e-12
 
 
-def _inv_sqrt(G: np.ndarray, scale: float) -> np.ndarray:
+def _inv_sqrt(G: np.ndarray, rank_loss: np.ndarray) -> np.ndarray:
     """Symmetric inverse square roots of a stack of symmetric PSD matrices, as pseudo-inverses:
-    eigenvalues at or below :data:`PINV_RTOL` times ``scale`` (the largest eigenvalue of the
-    matrix without the leverage, ``D Sigma_O D'``) get 0, as in clubSandwich's ``Sym_power``
-    (which zeroes eigenvalues below 1e-12). A unit of leverage 1 in some direction (e.g. alone
-    in its level of a dummy covariate) has ``I - H_nn`` singular there and its residual 0
-    there; inverting with the eigenvalues floored at 1e-300 instead multiplied rounding by up
-    to 1e150 and gave Satterthwaite df of ``inf`` or below 1."""
-    w, V = np.linalg.eigh(0.5 * (G + np.swapaxes(G, -1, -2)))
-    keep = w > PINV_RTOL * scale
-    inv = np.where(keep, 1.0 / np.sqrt(np.where(keep, w, 1.0)), 0.0)
+    the ``rank_loss[n]`` smallest eigenvalues of matrix ``n`` get 0, as in clubSandwich's
+    ``Sym_power`` (which zeroes eigenvalues below 1e-12).
+
+    ``G_n = D (I - H_nn) Sigma_O D'`` has as many zero eigenvalues as ``I - H_nn`` (Sylvester's
+    law of inertia: ``G_n`` is congruent to it), so the count comes from the unit's leverages,
+    which are scale-free, not from ``G_n``'s own eigenvalues, whose scale follows ``Sigma_O``'s
+    (a threshold relative to its largest eigenvalue would zero true ones where ``Sigma_O`` is
+    ill-conditioned). A unit of leverage 1 in some direction (e.g. alone in its level of a dummy
+    covariate) has its residual 0 there; inverting with the eigenvalues floored at 1e-300
+    instead multiplied rounding by up to 1e150 and gave Satterthwaite df of ``inf`` or below 1."""
+    w, V = np.linalg.eigh(0.5 * (G + np.swapaxes(G, -1, -2)))  # ascending
+    keep = np.arange(w.shape[-1]) >= np.asarray(rank_loss)[..., None]
+    inv = np.where(keep, 1.0 / np.sqrt(np.maximum(w, 1e-300)), 0.0)
     return np.einsum("...ij,...j,...kj->...ik", V, inv, V)
 
 
@@ -210,7 +214,9 @@ def cr2(cond: Conditional, pieces, A: np.ndarray, X: np.ndarray, lam: float, sat
             Dl = np.linalg.cholesky(S)  # S = Dl Dl', D = Dl'
             h = np.einsum("ij,njk,lk->nil", T, Maa[units], T) @ np.linalg.inv(S)  # H on the subspace
             G = np.einsum("ji,njk,kl,ml->nim", Dl, np.eye(r) - h, S, Dl)
-            Asub = np.einsum("ij,njk,lk->nil", Dl, _inv_sqrt(G, np.linalg.eigvalsh(S)[-1] ** 2), Dl)
+            Wt = np.linalg.solve(Dl, T)  # the leverages are the eigenvalues of Dl^-1 T Maa T' Dl^-T (h's)
+            one_minus = np.linalg.eigvalsh(np.eye(r) - np.einsum("ij,njk,lk->nil", Wt, Maa[units], Wt))
+            Asub = np.einsum("ij,njk,lk->nil", Dl, _inv_sqrt(G, np.sum(one_minus <= PINV_RTOL, axis=-1)), Dl)
         C[units] = np.einsum("ji,jk,nkl,lm->nim", T, np.linalg.inv(S), Asub, T)
         MO = Xo.T @ Xo + lam * np.eye(Q)
         Xte = MO @ pieces.XtR[:, units] / lam  # X_O' e_n from X_O' r_n (conditional residual)
