@@ -498,21 +498,18 @@ def _check_conditioning(info: np.ndarray, fit) -> None:
     (:func:`nmfre.core.covariance.scaled_condition`) exceeds
     :data:`nmfre.core.covariance.ILL_CONDITIONED`, naming the covariates and components of the
     coefficients along its weakest direction."""
-    cond = scaled_condition(info)
+    cond, V = scaled_condition(info, vectors=True)
     if cond <= ILL_CONDITIONED:
         return
-    Q, K = fit.solution.theta.shape
-    d = np.diag(info)
-    s = 1.0 / np.sqrt(np.where(np.isfinite(d) & (d > 0), d, 1.0))
-    w, V = np.linalg.eigh(info * s[:, None] * s[None, :])
+    Q = fit.solution.theta.shape[0]
     weak = np.abs(V[:, 0]) >= 0.1 * np.abs(V[:, 0]).max()  # the coefficients in the weakest direction
     comps, covs = fit.theta.coords["component"].values, fit.theta.coords["covariate"].values
     names = [f"{comps[i % Q]}|{covs[i // Q]}" for i in np.flatnonzero(weak)]  # column-major vec
     warnings.warn(f"the information for Theta is nearly singular (condition number {cond:.2g} with each coefficient "
-                  f"scaled to unit information): its standard errors, tests and Wald intervals are accurate to about "
-                  f"{min(cond * 1e-14, 1.0):.0e} relative at best. The weakest direction combines {', '.join(names)}: "
+                  f"scaled to unit information): its standard errors, tests and Wald intervals may be off by up to "
+                  f"about {min(cond * 1e-14, 1.0):.0e} relative. The weakest direction combines {', '.join(names)}: "
                   "nearly collinear covariates, or basis columns nearly parallel on the observed features",
-                  IllConditionedWarning, stacklevel=3)
+                  IllConditionedWarning, skip_file_prefixes=(_PACKAGE,))
 
 
 def infer(fit: NMFREFit, n_boot: int = 1000, seed: Any = 123, multipliers: Any = None, dist: str = "exp",
@@ -599,8 +596,8 @@ def infer(fit: NMFREFit, n_boot: int = 1000, seed: Any = 123, multipliers: Any =
     IllConditionedWarning
         When the information for Theta, each coefficient scaled to unit information, has a
         condition number above :data:`nmfre.core.covariance.ILL_CONDITIONED` (1e10: the SEs
-        then hold about ``condition * 1e-14`` relative error), naming the coefficients of its
-        weakest direction.
+        may then be off by up to about ``condition * 1e-14`` relative), naming the coefficients
+        of its weakest direction.
 
     Notes
     -----

@@ -437,19 +437,26 @@ def test_cr2_equals_its_definition(orthodont, missing):
 def _direct_cr2_df(Y, A, X, theta, lam, s2, M):
     """CR2 and its Satterthwaite df by their definitions with full ``N P x N P`` matrices
     (complete data; Bell & McCaffrey 2002, Pustejovsky & Tipton 2018), the adjustment's inverse
-    square root a pseudo-inverse (eigenvalues below 1e-10 of the largest zeroed), as
-    clubSandwich's ``Sym_power``: ``Omega = G' (Sigma (x) I - Z M Z') G`` with ``G`` the units'
-    ``A_n W Z_n M e_c`` stacked block-diagonally."""
+    square root a pseudo-inverse: for a unit whose leverage in A (``a_n'(AA')^-1 a_n``) is 1
+    the ``Q`` smallest eigenvalues (its ``I - H_nn`` loses col(X)) are zeroed, as
+    clubSandwich's ``Sym_power`` zeroes those below 1e-12 (the count, not a cut-off: the
+    zeroed eigenvalues are rounding, 1e-11 of the largest, too close to any cut-off);
+    ``Omega = G' (Sigma (x) I - Z M Z') G`` with ``G`` the units' ``A_n W Z_n M e_c`` stacked
+    block-diagonally."""
     P, N = Y.shape
+    Q = X.shape[1]
     Sig = s2 * (np.eye(P) + X @ X.T / lam)
     W = np.linalg.inv(Sig)
     D = np.linalg.cholesky(Sig).T
     Z = [np.kron(A[:, n][None, :], X) for n in range(N)]
+    lev = np.einsum("kn,kl,ln->n", A, np.linalg.inv(A @ A.T), A)
     An = []
-    for z in Z:
+    for z, h in zip(Z, lev, strict=True):
         B = D @ (np.eye(P) - z @ M @ z.T @ W) @ Sig @ D.T
         w, V = np.linalg.eigh(0.5 * (B + B.T))
-        inv = np.where(w > 1e-10 * w.max(), 1 / np.sqrt(np.abs(w)), 0.0)
+        inv = 1 / np.sqrt(np.abs(w))
+        if abs(1 - h) < 1e-8:
+            inv[:Q] = 0.0
         An.append(D.T @ (V * inv) @ V.T @ D)
     sc = [z.T @ W @ a @ (Y[:, n] - z @ theta.ravel(order="F")) for n, (z, a) in enumerate(zip(Z, An, strict=True))]
     cov = M @ sum(np.outer(v, v) for v in sc) @ M
@@ -465,27 +472,30 @@ def _direct_cr2_df(Y, A, X, theta, lam, s2, M):
     return cov, np.array(df)
 
 
-@pytest.mark.parametrize("N", [5, 20])
-def test_cr2_with_a_unit_of_leverage_one(N):
+@pytest.mark.parametrize("N, K, other", [(5, 2, None), (20, 2, None), (8, 3, 300.0)])
+def test_cr2_with_a_unit_of_leverage_one(N, K, other):
     """A 0/1 covariate with one treated unit: that unit's leverage is 1 and ``I - H_nn`` singular,
     so CR2's adjustment is a pseudo-inverse (clubSandwich's ``Sym_power``) and the unit's
-    adjusted residual is 0: every coefficient's CR2 variance then comes from the ``N - 1``
-    other units, as that of their mean, with Bell-McCaffrey df ``N - 2`` (1e-8). The CR2
-    covariance equals its definition with full matrices (:func:`_direct_cr2_df`, 1e-9), and so
-    do the df at N = 5 (1e-8). The named fault: the information's ridge of 1e-8 (relative) made
-    the leverage 1 - 1e-8, and eigenvalues floored at 1e-300 turned the df into ``inf`` and
-    0.33-0.46 at N = 5."""
-    Y, A = blocky(10, N, 2, seed=12)
+    adjusted residual is 0. The CR2 covariance (1e-9) and the Satterthwaite df (1e-8) equal
+    their definitions with full matrices (:func:`_direct_cr2_df`); with the dummy alone (K = 2)
+    every coefficient's variance comes from the ``N - 1`` other units, as that of their mean,
+    with Bell-McCaffrey df ``N - 2``. The named faults: the information's ridge of 1e-8
+    (relative) made the leverage 1 - 1e-8, and eigenvalues floored at 1e-300 turned the df into
+    ``inf`` and values below 1 (N = 5, K = 2); with the treated unit's other covariate at 300
+    the computed ``1 - leverage`` is 3.2e-12, which a cut-off of 1e-12 kept (df ``inf``)."""
+    Y, A = blocky(10, N, 2, seed=12, K=K)
     A[1] = 0.0
     A[1, -1] = 1.0
+    if other is not None:
+        A[2, -1] = other
     f = nmfre.fit(Y, A, rank=2, theta="free")
     inf = f.infer(n_boot=20, vcov="CR2", df="satterthwaite")
     cov, df = _direct_cr2_df(Y, A, f.X.values, f.theta.values, f.lam, inf.sigma2_used, inf.cov_model.values)
     np.testing.assert_allclose(inf.cov.values, cov, rtol=1e-9)
     got = inf.dataset["df"].values.ravel(order="F")  # (component, covariate) -> column-major vec
-    np.testing.assert_allclose(got, N - 2, rtol=1e-8)
-    if N == 5:
-        np.testing.assert_allclose(got, df, rtol=1e-8)
+    np.testing.assert_allclose(got, df, rtol=1e-8)
+    if K == 2:
+        np.testing.assert_allclose(got, N - 2, rtol=1e-8)
 
 
 def test_cr2_adjustment_zeroes_only_the_directions_of_leverage_one():

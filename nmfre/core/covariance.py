@@ -25,11 +25,13 @@ import numpy as np
 #: was 1.43 instead of 2.47. Relative to each diagonal entry, inference is equivariant to the
 #: units of Y and of every covariate. At 1e-8 (until 2026-12) it still took over wherever the
 #: information's condition number (after scaling each coefficient) passed about 1e8: with a
-#: covariate equal to another plus 1e-5 times noise the sandwich SEs were 0.0069 of their value
-#: (a QA helper's reference fit in well-conditioned covariates), a unit alone in its level of a
-#: dummy had leverage 1 - 1e-8 instead of 1 (CR2's Satterthwaite df inf or 0.33 instead of 2).
-#: At 1e-14 the ridge only keeps an exactly singular information invertible; on Orthodont the
-#: SEs differ from the absolute ridge's by about 1e-7 relative (:func:`from_pieces`' ``ridge``)
+#: covariate equal to another plus 1e-5 times noise the SEs of the two nearly collinear
+#: covariates' coefficients were 0.0069 of their value (a QA helper's reference: the same model
+#: in well-conditioned covariates), and a unit alone in its level of a dummy had leverage
+#: 1 - 1e-8 instead of 1 (CR2's Satterthwaite df inf or below 1, varying by machine, instead of
+#: N - 2). At 1e-14 the ridge keeps an exactly singular information invertible and changes the
+#: SEs by about ``condition * 1e-14``; on Orthodont they differ from the absolute ridge's by
+#: about 1e-7 relative (:func:`from_pieces`' ``ridge``)
 COV_RIDGE = 1e-14
 #: the condition number of the information (each coefficient scaled to unit information) above
 #: which :func:`nmfre.infer` warns (:class:`nmfre.IllConditionedWarning`): the SEs are then
@@ -78,15 +80,18 @@ def conditional(Y, A, X, theta, U, lam, ridge: float | None = None) -> Condition
     return from_pieces(conditional_pieces(Y, A, X, theta, U, lam), A, theta, ridge)
 
 
-def scaled_condition(info: np.ndarray) -> float:
-    """The 2-norm condition number of ``info`` with each coefficient scaled to unit information
-    (``D^-1/2 info D^-1/2``, ``D = diag(info)``): invariant to the units of Y and of every
-    covariate; ``inf`` for a zero or non-finite diagonal entry."""
+def scaled_condition(info: np.ndarray, vectors: bool = False):
+    """The condition number of ``info`` with each coefficient scaled to unit information
+    (``D^-1/2 info D^-1/2``, ``D = diag(info)``; largest over smallest eigenvalue, ``inf`` where
+    the smallest is not positive or a diagonal entry is zero or not finite): invariant to the
+    units of Y and of every covariate. With ``vectors``, also the scaled matrix's eigenvectors
+    (columns, from the smallest eigenvalue up)."""
     d = np.diag(info)
-    if not np.all(np.isfinite(d) & (d > 0)):
-        return float("inf")
-    s = 1.0 / np.sqrt(d)
-    return float(np.linalg.cond(info * s[:, None] * s[None, :]))
+    ok = np.isfinite(d) & (d > 0)
+    s = 1.0 / np.sqrt(np.where(ok, d, 1.0))
+    w, V = np.linalg.eigh(info * s[:, None] * s[None, :])
+    cond = float(w[-1] / w[0]) if np.all(ok) and w[0] > 0 else float("inf")
+    return (cond, V) if vectors else cond
 
 
 def working_sigma2(sigma2_used: float) -> float:
@@ -142,14 +147,16 @@ def _subspace(Xo: np.ndarray, lam: float, s2: float):
 
 
 #: directions in which a unit's ``1 - leverage`` (an eigenvalue of ``I - H_nn`` on col(X_O)) is at
-#: most this are taken as of leverage 1 (:func:`_inv_sqrt`)
-PINV_RTOL = 1e-12
+#: most this are taken as of leverage 1 (:func:`_inv_sqrt`). Computed, an exact 1 - 1 comes out
+#: at rounding times the information's condition: 3.2e-12 for a unit alone in its level of a
+#: dummy whose other covariate is 300 there (1e-12 kept that direction: df ``inf``)
+PINV_RTOL = 1e-8
 
 
 def _inv_sqrt(G: np.ndarray, rank_loss: np.ndarray) -> np.ndarray:
     """Symmetric inverse square roots of a stack of symmetric PSD matrices, as pseudo-inverses:
     the ``rank_loss[n]`` smallest eigenvalues of matrix ``n`` get 0, as in clubSandwich's
-    ``Sym_power`` (which zeroes eigenvalues below 1e-12).
+    ``Sym_power`` (which zeroes eigenvalues below an absolute 1e-12 of the matrix it is given).
 
     ``G_n = D (I - H_nn) Sigma_O D'`` has as many zero eigenvalues as ``I - H_nn`` (Sylvester's
     law of inertia: ``G_n`` is congruent to it), so the count comes from the unit's leverages,
