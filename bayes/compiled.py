@@ -26,13 +26,13 @@ once more, and compilation is most of a small run's time.
 from __future__ import annotations
 
 import dataclasses
-import itertools
 from collections import Counter
 from dataclasses import dataclass
 from functools import partial
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.flatten_util import ravel_pytree
 from numpyro.infer.hmc import hmc
 from numpyro.infer.util import constrain_fn, potential_energy, unconstrain_fn
@@ -209,18 +209,16 @@ def potential(s: Settings, init: dict, args: tuple):
 
 def coordinate_labels(s: Settings, init: dict, args: tuple) -> tuple[list[str], list[str]]:
     """The names of the flat vector's entries in :func:`potential` (``"site[i,j]"``, the index
-    into the site's unconstrained value; ``"site"`` for a scalar site), and each entry's site,
-    in the order of :func:`jax.flatten_util.ravel_pytree` (the tree's leaf order)."""
-    zdict = unconstrain_fn(model_function(s), args, {}, _coordinates(s, init, args))
-    named = {}
-    for name, value in zdict.items():
-        shape = jnp.shape(value)
-        cells = [name if not shape else f"{name}[{','.join(map(str, i))}]" for i in itertools.product(
-            *map(range, shape))]
-        named[name] = [(cell, name) for cell in cells]
-    leaves = jax.tree_util.tree_leaves(named, is_leaf=lambda x: isinstance(x, list))
-    pairs = [pair for leaf in leaves for pair in leaf]
-    return [p[0] for p in pairs], [p[1] for p in pairs]
+    into the site's unconstrained value; ``"site"`` for a scalar site), and each entry's site:
+    read off the flat positions ``0 .. d-1`` unravelled by :func:`potential`'s own function."""
+    _, unravel, z0 = potential(s, init, args)
+    names, sites = [""] * z0.shape[0], [""] * z0.shape[0]
+    for site, pos in unravel(jnp.arange(z0.shape[0], dtype=z0.dtype)).items():
+        pos = np.asarray(pos)
+        for cell in np.ndindex(pos.shape):
+            i = int(pos[cell])
+            names[i], sites[i] = f"{site}[{','.join(map(str, cell))}]" if cell else site, site
+    return names, sites
 
 
 def prepare(s: Settings, init: dict, args: tuple):

@@ -33,7 +33,7 @@ from .core.bootstrap import (
     p_values,
     studentized_se,
 )
-from .core.covariance import ILL_CONDITIONED, Conditional, cr2, from_pieces, scaled_condition
+from .core.covariance import COV_RIDGE, ILL_CONDITIONED, Conditional, cr2, from_pieces, scaled_condition
 from .core.passes import conditional_pieces
 from .engine import converged_degenerate, refit_draws
 from .exceptions import ConvergenceWarning, DegenerateFitWarning, IllConditionedWarning
@@ -507,7 +507,8 @@ def _check_conditioning(info: np.ndarray, fit) -> None:
     names = [f"{comps[i % Q]}|{covs[i // Q]}" for i in np.flatnonzero(weak)]  # column-major vec
     warnings.warn(f"the information for Theta is nearly singular (condition number {cond:.2g} with each coefficient "
                   f"scaled to unit information): its standard errors, tests and Wald intervals may be off by up to "
-                  f"about {min(cond * 1e-14, 1.0):.0e} relative. The weakest direction combines {', '.join(names)}: "
+                  f"about {min(cond * COV_RIDGE, 1.0):.0e} relative. The weakest direction combines "
+                  f"{', '.join(names)}: "
                   "nearly collinear covariates, or basis columns nearly parallel on the observed features",
                   IllConditionedWarning, skip_file_prefixes=(_PACKAGE,))
 

@@ -218,12 +218,11 @@ def cr2(cond: Conditional, pieces, A: np.ndarray, X: np.ndarray, lam: float, sat
         if kind == "CR1":
             Asub = np.broadcast_to(np.sqrt(N / (N - 1)) * np.eye(r), (units.size, r, r))
         else:
-            Dl = np.linalg.cholesky(S)  # S = Dl Dl', D = Dl'
-            h = np.einsum("ij,njk,lk->nil", T, Maa[units], T) @ np.linalg.inv(S)  # H on the subspace
-            G = np.einsum("ji,njk,kl,ml->nim", Dl, np.eye(r) - h, S, Dl)
-            Wt = np.linalg.solve(Dl, T)  # the leverages are the eigenvalues of Dl^-1 T Maa T' Dl^-T (h's)
-            one_minus = np.linalg.eigvalsh(np.eye(r) - np.einsum("ij,njk,lk->nil", Wt, Maa[units], Wt))
-            Asub = np.einsum("ij,njk,lk->nil", Dl, _inv_sqrt(G, np.sum(one_minus <= PINV_RTOL, axis=-1)), Dl)
+            Dl = np.linalg.cholesky(S)  # S = Dl Dl', D = Dl' (diagonal: _subspace's basis diagonalises S)
+            B = S - np.einsum("ij,njk,lk->nil", T, Maa[units], T)  # (I - H_nn) Sigma_O on the subspace
+            Li = np.linalg.inv(Dl)
+            one_minus = np.linalg.eigvalsh(Li @ B @ Li.T)  # 1 - the unit's leverages (similar to I - H_nn)
+            Asub = Dl @ _inv_sqrt(Dl.T @ B @ Dl, np.sum(one_minus <= PINV_RTOL, axis=-1)) @ Dl.T
         C[units] = np.einsum("ji,jk,nkl,lm->nim", T, np.linalg.inv(S), Asub, T)
         MO = Xo.T @ Xo + lam * np.eye(Q)
         Xte = MO @ pieces.XtR[:, units] / lam  # X_O' e_n from X_O' r_n (conditional residual)
