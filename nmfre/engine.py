@@ -311,6 +311,14 @@ def converged_degenerate(sol: Solution, settings: FitSettings) -> bool:
     return bool(sol.converged) and settings.theta == "free" and degenerating(sol.X, sol.theta)
 
 
+def stalled_degenerate(sol: Solution, settings: FitSettings) -> bool:
+    """Whether a sign-free fit stalled (``stop_reason="stalled"``: its iteration reached a fixed
+    point, not converged) at a degenerate configuration (:func:`nmfre.core.ml.degenerating`):
+    it stopped on the way out along the merge, before the degeneracy rule's patience ran out
+    (:func:`nmfre.fit` says so with a :class:`~nmfre.DegenerateFitWarning`)."""
+    return sol.stop_reason == "stalled" and settings.theta == "free" and degenerating(sol.X, sol.theta)
+
+
 # ----------------------------------------------------------------------------- refit bootstrap
 class RefitDraws(NamedTuple):
     """What :func:`refit_draws` returns (every replicate, in the order of ``W``'s columns)."""

@@ -35,7 +35,7 @@ from .core.bootstrap import (
 )
 from .core.covariance import COV_RIDGE, ILL_CONDITIONED, Conditional, cr2, from_pieces, scaled_condition
 from .core.passes import conditional_pieces
-from .engine import converged_degenerate, refit_draws
+from .engine import converged_degenerate, refit_draws, stalled_degenerate
 from .exceptions import ConvergenceWarning, DegenerateFitWarning, IllConditionedWarning
 from .labels import label_order, percent, significance_code
 
@@ -702,14 +702,15 @@ def infer(fit: NMFREFit, n_boot: int = 1000, seed: Any = 123, multipliers: Any =
 
 def _warn_degenerate_start(fit: NMFREFit, settings, failed: str) -> None:
     """Before the refits: a :class:`~nmfre.DegenerateFitWarning` when the estimate they start
-    from is degenerate (a sign-free fit stopped by the degeneracy rule or converged at a
-    degenerate configuration; :func:`nmfre.fit` warned why). Its effects are not identified,
+    from is degenerate (a sign-free fit stopped by the degeneracy rule, or converged or stalled
+    at a degenerate configuration; :func:`nmfre.fit` warned why). Its effects are not identified,
     and refits warm-started there mostly stop degenerate or run to ``max_iter`` (docs/methods.md:
     on a 30 x 300, rank-3 set, 31 of 40 stopped degenerate and 4 ran to 5000 iterations, 168 s in
     all)."""
     sol = fit.solution
     how = ("stopped by the degeneracy rule" if sol.stop_reason == "degenerate"
-           else "converged at a degenerate configuration" if converged_degenerate(sol, settings) else None)
+           else "converged at a degenerate configuration" if converged_degenerate(sol, settings)
+           else "stalled at a degenerate configuration" if stalled_degenerate(sol, settings) else None)
     if how is None:
         return
     fate = "left out (failed='drop')" if failed == "drop" else "kept (failed='keep')"

@@ -115,7 +115,9 @@ def fit(Y: Any, A: Any = None, rank: int = 2, *, method: str = "ml", theta: str 
         warnings.warn(_degenerate_message(result), DegenerateFitWarning, stacklevel=2)
     elif engine.converged_degenerate(result.solution, settings):
         # converged where the likelihood is nearly flat along the merge (the gains fell below tol)
-        warnings.warn(_degenerate_message(result, converged=True), DegenerateFitWarning, stacklevel=2)
+        warnings.warn(_degenerate_message(result, "converged"), DegenerateFitWarning, stacklevel=2)
+    elif engine.stalled_degenerate(result.solution, settings):
+        warnings.warn(_degenerate_message(result, "stalled"), DegenerateFitWarning, stacklevel=2)
     elif result.stop_reason == "stalled":
         warnings.warn(f"NMF-RE ({settings.method}) stopped after {result.n_iter} iterations without converging: "
                       f"the last {STALL_PATIENCE} left the estimates unchanged (no step decreased the nll, "
@@ -132,16 +134,22 @@ def fit(Y: Any, A: Any = None, rank: int = 2, *, method: str = "ml", theta: str 
     return result
 
 
-def _degenerate_message(result: NMFREFit, converged: bool = False) -> str:
-    """The warning of a degenerate sign-free fit: stopped by the degeneracy rule, or
-    (``converged``) converged at a degenerate configuration, where the likelihood's gains
-    along the merge fell below the tolerance."""
+def _degenerate_message(result: NMFREFit, how: str = "stopped") -> str:
+    """The warning of a degenerate sign-free fit: ``how`` it ended, ``"stopped"`` by the
+    degeneracy rule, ``"converged"`` at a degenerate configuration (the likelihood's gains along
+    the merge fell below the tolerance) or ``"stalled"`` at one (not converged: its iteration
+    reached a fixed point before the rule's patience ran out)."""
     sol = result.solution
-    state = (f"converged after {result.n_iter} iterations at a degenerate configuration, where the likelihood is "
-             "nearly flat" if converged else f"stopped after {result.n_iter} iterations")
-    growing = "are large" if converged else "keep growing"
-    rising = "rises ever more slowly" if converged else "keeps rising"
-    starts = ("; the other starts are in fit.restarts" if converged and len(result.restarts) > 1 else "")
+    n = result.n_iter
+    state = {"stopped": f"stopped after {n} iterations",
+             "converged": f"converged after {n} iterations at a degenerate configuration, where the likelihood is "
+                          "nearly flat",
+             "stalled": f"stalled after {n} iterations at a degenerate configuration, not converged: the last "
+                        f"{STALL_PATIENCE} left the estimates unchanged"}[how]
+    ended = how != "stopped"
+    growing = "are large" if ended else "keep growing"
+    rising = "rises ever more slowly" if ended else "keeps rising"
+    starts = ("; the other starts are in fit.restarts" if ended and len(result.restarts) > 1 else "")
     index, i, j = degeneracy(sol.X, sol.theta)
     comp = result.X.coords["component"].values
     size = float(np.max(np.abs(sol.theta)))

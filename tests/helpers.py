@@ -116,3 +116,16 @@ def load_script(path, name: str | None = None, register: bool = False):
         sys.modules[spec.name] = mod
     spec.loader.exec_module(mod)
     return mod
+
+
+def ridged(F, idx, P: int, Q: int, nV: int):
+    """``F`` on the coordinates ``idx`` plus the Newton systems' ridge as its definition states
+    it: 1e-10 times the mean absolute diagonal of each block's coordinates among ``idx`` (X's,
+    the first ``P Q``; the variances', the last ``nV``; Theta's, the rest) on that block."""
+    Ff = F[np.ix_(idx, idx)]
+    n = F.shape[0]
+    block = np.where(idx < P * Q, 0, np.where(idx >= n - nV, 2, 1))
+    d = np.abs(np.diag(Ff)).copy()
+    for b in range(3):
+        d[block == b] = 1e-10 * d[block == b].mean() if np.any(block == b) else 0.0
+    return Ff + np.diag(d)

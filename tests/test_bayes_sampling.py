@@ -533,6 +533,30 @@ def test_chees_datatree_says_what_ran(post_chees_conditional, post_conditional):
     assert nu_attrs["sampler"].startswith("NUTS") and nu_attrs["inference_library"] == "numpyro"
 
 
+def test_sbc_chains_do_not_start_at_a_degenerate_fit():
+    """An SBC replicate's chains start at nmfre's sign-free ML fit unless that fit ends at a
+    degenerate configuration; then at the non-negative fit. The named fault: this prior draw's
+    data (20 x 300, rank 2, the joint model's default priors, Theta's scale 10) has a sign-free
+    fit that converges with two components merging and ``max |Theta|`` 2.9e5; chains started
+    there did not come back within the warm-up, and the 20 x 300 SBC below rejected (the
+    log-likelihood's p = 2e-6, 6 of its 24 replicates at the top rank). Deterministic."""
+    from bayes import calibration
+    from nmfre.core.ml import degenerating
+
+    rng = np.random.default_rng(1)
+    P, N, Q = 20, 300, 2
+    A = np.vstack([np.ones(N), rng.binomial(1, 0.5, N)]).astype(float)
+    X, theta, sigma, tau = calibration._prior_draw(rng, "joint", P, Q, 2, dict(calibration.DEFAULT_PRIORS), None)
+    Y = X @ (theta @ A + rng.normal(0.0, tau, (Q, N))) + rng.normal(0.0, sigma, (P, N))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fit = nmfre.fit(Y, A, rank=2, n_init=1)
+    assert degenerating(fit.solution.X, fit.solution.theta) and np.abs(fit.solution.theta).max() > 1e3
+    init = calibration._start("joint", Y, A, 2, None)
+    assert np.all(init["theta"] >= 0) and np.abs(init["theta"]).max() < 10 * np.abs(theta).max()
+    assert not degenerating(init["X_columns"].T, init["theta"])
+
+
 def test_sbc_joint_chees_rank2_reduced():
     """SBC of the default sampler at rank > 1 (``kernel="auto"`` runs ChEES-HMC there): the
     joint model, 8 x 60, rank 2, 4 chains, 24 replicates; the label-invariant column sums of

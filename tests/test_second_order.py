@@ -207,7 +207,7 @@ def test_face_newton_step_equals_the_dense_newton_step(structured, monkeypatch):
     # 7e-2 fifteen products later): the iterate leaves the constraints, its model value means
     # nothing. Production tolerances (r'z down by 1e-2 or 1e-6) stop far from that regime
     d, hd, _, _ = trust.face_cg(hess, model, free, d0, np.zeros_like(x), rtol=1e-6, max_iter=200)
-    ref = newton.dense_kkt(H, model.g, free, prob.P, prob.rank)
+    ref = newton.dense_kkt(H, model.g, free, prob.P, prob.rank, model.nV)
     pred = lambda v: model.g @ v + 0.5 * v @ H @ v  # noqa: E731
     assert pred(d) == pytest.approx(pred(ref), rel=1e-8)
     diff = d - ref
@@ -290,7 +290,7 @@ def test_newton_direction_is_the_dense_newton_step_on_the_scoring_face(structure
     gX, gT, _ = model.split(model.g)
     FX, _ = newton.information_diagonal(prob, st, model.parts)
     free = ml._free_mask(prob, st, gX, gT, model.nV, FX)
-    ref = newton.dense_kkt(H, model.g, free, prob.P, prob.rank)
+    ref = newton.dense_kkt(H, model.g, free, prob.P, prob.rank, model.nV)
     d = ml.newton_direction(prob, st)
     got = np.concatenate([d.dX.ravel(), d.dT.ravel()])
     n = got.size
@@ -421,7 +421,7 @@ class _SimplexModel(_Model):
         return v[: self.nX].reshape(self.P, 1), v[self.nX:self.nX].reshape(1, 0), v[self.nX:]
 
     def factor(self, free):
-        return trust._DenseFace(self.M, free, self.P, self.Q)
+        return trust._DenseFace(self.M, free, self.P, self.Q, self.nV)
 
 
 @pytest.mark.parametrize("radius", [1e6, 10.0])

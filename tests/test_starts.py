@@ -93,17 +93,20 @@ def test_the_tail_start_ends_the_plateau_of_a_dominant_mean_component(monkeypatc
     """The named fault, reduced: the iteration benchmark's tied generator (pairs of basis
     columns sharing 80% of their mass), 500 x 5000, Q = 10, seed 1, c = 1. From NNDSVD one
     component starts as the mean profile, carries most of the covariate effect and is
-    dissolved over a plateau (measured: 149 iterations); from the tail start the fit converges
-    in 74, at a stationary point 0.014 higher in nll (2.3e-9 of it; the tolerance is 5.9e-4).
-    Deterministic (no randomness). With the directions of then (``ml.BOUND_DIRECTION`` off):
-    with the directions taken to their bounds the plateau is shorter (measured: 106 iterations
-    from NNDSVD, 49 from the tail start, which then ends at another stationary point, 4.0 lower
-    in log-likelihood), so the fault this test names is the one it was measured on."""
+    dissolved over a plateau (measured: 149 iterations; 171 with each block's own ridge in the
+    Newton systems, 2026-12-06); from the tail start the fit converges in 74 (86), at a
+    stationary point 0.014 higher in nll (with the ridges of each block: 0.56 lower, 9e-8 of it,
+    another local optimum; which start's is higher depends on the path, so the test bounds the
+    difference at 1e-6 of the nll, a guard against a start that ends far worse). Deterministic
+    (no randomness). With the directions of then (``ml.BOUND_DIRECTION`` off): with the
+    directions taken to their bounds the plateau is shorter (measured: 106 iterations from
+    NNDSVD, 49 from the tail start, which then ends at another stationary point, 4.0 lower in
+    log-likelihood), so the fault this test names is the one it was measured on."""
     monkeypatch.setattr(ml, "BOUND_DIRECTION", False)
     new, old = _plateau(500, 5000, 10, 1, 1.0)
     assert new.converged and old.converged
     assert new.n_iter <= 100 < 120 <= old.n_iter
-    assert new.loglik >= old.loglik - 1e-8 * abs(old.loglik)
+    assert abs(new.loglik - old.loglik) <= 1e-6 * abs(old.loglik)
 
 
 @pytest.mark.slow

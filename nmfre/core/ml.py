@@ -517,7 +517,7 @@ def scoring_direction(prob: Problem, st: State, hold: np.ndarray | None = None) 
     free = _free_mask(prob, st, gX, gT, len(names), FX, hold)
     if dense:
         F, gV = newton.dense_information(prob, st, parts, names)
-        delta = newton.dense_kkt(F, np.concatenate([gX.ravel(), gT.ravel(), gV]), free, P, Q)
+        delta = newton.dense_kkt(F, np.concatenate([gX.ravel(), gT.ravel(), gV]), free, P, Q, len(names))
     else:
         delta = newton.structured_kkt(prob, st, parts[0], names, gX, gT, free)
     if delta is None or not np.all(np.isfinite(delta)):

@@ -154,24 +154,51 @@ def _embedding(rows: list, P: int):
     return np.repeat(np.arange(len(rows)), [r.size for r in rows]), np.concatenate(rows)
 
 
-def kkt_matrix(F: np.ndarray, free: np.ndarray, P: int, Q: int):
+#: the Newton systems' ridge, relative to each block's own information (:func:`block_ridges`)
+RIDGE = 1e-10
+
+
+def block_ridges(dX: np.ndarray, dT: np.ndarray, dV: np.ndarray) -> tuple[float, float, float]:
+    """The ridges of the Newton systems' X, Theta and variance blocks: :data:`RIDGE` times the
+    mean absolute diagonal of the information over each block's free coordinates (``dX``,
+    ``dT``, ``dV``; 0 for an empty block).
+
+    Each block has its own because the blocks have different units: when Y is measured in
+    other units (``k Y``), X's information is unchanged, Theta's scales as ``1 / k^2`` and the
+    variances' as ``1 / k^4``, so each ridge scales with its block and a fit of ``k Y`` takes
+    the steps of a fit of ``Y``. One ridge for all (1e-10 times the mean over every
+    coordinate, until 2026-12-06) was set by the largest block: it swamped Theta's and the
+    variances' information where ``k`` was large and X's where it was small (a 12 x 60 fit: 6
+    iterations at ``k = 1``, 153-170 at ``k = 1e3`` to ``1e5``, each stopped short of the
+    optimum; with missing cells, ``max_iter`` at ``k = 1e-4``; with this ridge 6 and 5 at every
+    ``k``; benchmarks/results/scale.md, thirty-fifth round).
+    """
+    return tuple(RIDGE * float(np.mean(np.abs(b))) if b.size else 0.0 for b in (dX, dT, dV))
+
+
+def kkt_matrix(F: np.ndarray, free: np.ndarray, P: int, Q: int, nV: int):
     """``(kkt, idx, E)``: the KKT matrix of the ``free`` coordinates (indices ``idx``) under
-    the unit-column-sum constraints of X (rows of ``E``), with a tiny ridge
-    ``1e-10 mean|diag|`` on the free block."""
+    the unit-column-sum constraints of X (rows of ``E``), with each block's ridge
+    (:func:`block_ridges`; X's coordinates come first, the ``nV`` variances' last) on the free
+    block."""
     idx = np.flatnonzero(free)
     nf = idx.size
     E = np.zeros((Q, nf))
     xi = idx < P * Q
     E[idx[xi] % Q, np.flatnonzero(xi)] = 1.0
     Ff = F[np.ix_(idx, idx)]
-    Ff = Ff + 1e-10 * np.mean(np.abs(np.diag(Ff))) * np.eye(nf)
+    d = np.diag(Ff)
+    vi = idx >= F.shape[0] - nV
+    ti = ~xi & ~vi
+    rX, rT, rV = block_ridges(d[xi], d[ti], d[vi])
+    Ff = Ff + np.diag(np.where(xi, rX, np.where(vi, rV, rT)))
     return np.block([[Ff, E.T], [E, np.zeros((Q, Q))]]), idx, E
 
 
-def dense_kkt(F: np.ndarray, g: np.ndarray, free: np.ndarray, P: int, Q: int):
+def dense_kkt(F: np.ndarray, g: np.ndarray, free: np.ndarray, P: int, Q: int, nV: int):
     """Newton step on the ``free`` coordinates under the unit-column-sum constraints of X
     (:func:`kkt_matrix`); None when singular."""
-    kkt, idx, _ = kkt_matrix(F, free, P, Q)
+    kkt, idx, _ = kkt_matrix(F, free, P, Q, nV)
     nf = idx.size
     try:
         sol = np.linalg.solve(kkt, np.concatenate([-g[idx], np.zeros(Q)]))
@@ -391,7 +418,7 @@ class StructuredKKT:
     """The projected Newton system of :func:`dense_kkt` for complete data, factorised once for
     a set of ``free`` coordinates and solved for any gradient without forming ``F``.
 
-    Solves ``[[F_ff, E'], [E, 0]] [delta, mu] = [-g_f, 0]`` (same ridge as the dense
+    Solves ``[[F_ff, E'], [E, 0]] [delta, mu] = [-g_f, 0]`` (the same ridges as the dense
     solver) by Woodbury on the X block and a Schur complement of size ``m = QK + nV + Q`` for
     Theta, the variances and the column-sum constraints (formed as ``B'A^-1 B`` by
     :meth:`_Woodbury.gram`, never ``A^-1 B``; the Theta columns through the low-rank part,
@@ -412,9 +439,8 @@ class StructuredKKT:
         FX, FT = information_diagonal(prob, st, [p])
         FV, vcols, _ = _variance_terms(p, s2, st.lam, names) if nV else (np.zeros((0, 0)), [], np.zeros(0))
         FTT = _kron(p.W, p.AA)[np.ix_(tfree, tfree)]
-        diag = np.concatenate([FX[mask], np.diag(FTT), np.diag(FV)])
-        ridge = 1e-10 * np.mean(np.abs(diag))
-        self.A = A = _Woodbury(p, s2, mask, ridge)
+        rX, rT, rV = block_ridges(FX[mask], np.diag(FTT), np.diag(FV))
+        self.A = A = _Woodbury(p, s2, mask, rX)
         # columns coupling X with (Theta, variances, multipliers): the Theta columns are
         # low-rank, entry (p, q) of column (j, k) being mask_pq Z_pj TAA_qk, so only the
         # variance and multiplier columns are stored (Bv); see _bt and _b
@@ -429,8 +455,8 @@ class StructuredKKT:
         self.Z, self.TAA, self.jt, self.kt = p.Z, p.TAA, jt, kt
         m_eta = nT + nV
         Deta = np.zeros((m_eta + Q, m_eta + Q))
-        Deta[:nT, :nT] = FTT + ridge * np.eye(nT)
-        Deta[nT:m_eta, nT:m_eta] = FV + ridge * np.eye(nV)
+        Deta[:nT, :nT] = FTT + rT * np.eye(nT)
+        Deta[nT:m_eta, nT:m_eta] = FV + rV * np.eye(nV)
         # the Theta columns are L_Z C (C[(j, q), (j, k)] = TAA[q, k]): Bm' A^-1 Bm never forms A^-1 Bm
         C = np.zeros((Q * Q, nT))
         C[jt[None, :] * Q + np.arange(Q)[:, None], np.arange(nT)[None, :]] = p.TAA[:, kt]

@@ -336,7 +336,7 @@ class FisherModel:
         if self._face is not None and self._face[0] == key:
             return self._face[1]
         if self.F is not None:
-            solver = _DenseFace(self.F, free, self.P, self.Q)
+            solver = _DenseFace(self.F, free, self.P, self.Q, len(self.names))
         else:
             K = self._newton.StructuredKKT(self.prob, self.st, self.parts[0], self.names, free)
             solver = _Solver(lambda r: K.solve(*self.split(r)))
@@ -352,12 +352,12 @@ class _Solver:
 class _DenseFace:
     """LU factors of the dense KKT matrix of a face (:func:`nmfre.core.newton.kkt_matrix`)."""
 
-    def __init__(self, F: np.ndarray, free: np.ndarray, P: int, Q: int):
+    def __init__(self, F: np.ndarray, free: np.ndarray, P: int, Q: int, nV: int):
         from scipy.linalg import lu_factor
 
         from .newton import kkt_matrix
 
-        kkt, idx, E = kkt_matrix(F, free, P, Q)
+        kkt, idx, E = kkt_matrix(F, free, P, Q, nV)
         nf = idx.size
         # a column of X with no free entry leaves an empty constraint row: pin its multiplier
         empty = ~np.any(E, axis=1)
