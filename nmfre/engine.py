@@ -443,7 +443,8 @@ class _RefitJob:
             Yb = self.fitted + self.resid * Wblock[:, j][None, :]
             res = solve(Yb, self.A, self.Q, self.start, self.rate, self.settings)
             perm, cos = align_components(self.X, res.X)
-            degenerate = converged_degenerate(res, self.settings)  # its Theta is not an estimate either
+            # converged or stalled at a degenerate configuration: its Theta is not an estimate either
+            degenerate = converged_degenerate(res, self.settings) or stalled_degenerate(res, self.settings)
             rec = {"theta": self.c * res.theta[perm].reshape(-1, order="F"),
                    "permuted": bool(np.any(perm != np.arange(self.Q))), "min_cos": float(cos.min()),
                    "converged": bool(res.converged) and not degenerate,

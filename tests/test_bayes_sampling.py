@@ -551,10 +551,11 @@ def test_sbc_chains_do_not_start_at_a_degenerate_fit():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         fit = nmfre.fit(Y, A, rank=2, n_init=1)
+        nonneg = nmfre.fit(Y, A, rank=2, theta="nonneg", n_init=1)
     assert degenerating(fit.solution.X, fit.solution.theta) and np.abs(fit.solution.theta).max() > 1e3
     init = calibration._start("joint", Y, A, 2, None)
-    assert np.all(init["theta"] >= 0) and np.abs(init["theta"]).max() < 10 * np.abs(theta).max()
-    assert not degenerating(init["X_columns"].T, init["theta"])
+    np.testing.assert_array_equal(init["theta"], nonneg.theta.values)
+    assert init["sigma"] == np.sqrt(nonneg.sigma2) and np.abs(init["theta"]).max() < 10 * np.abs(theta).max()
 
 
 def test_sbc_joint_chees_rank2_reduced():

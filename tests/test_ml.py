@@ -823,9 +823,11 @@ def test_a_sign_free_fit_that_stalls_at_a_degenerate_configuration_says_so(monke
     rule's patience of 100 iterations ran out, and the only warning was the generic
     ConvergenceWarning ("try other starts"). A fit that stalls at a degenerate configuration now
     gets the DegenerateFitWarning that names the components; one that stalls elsewhere keeps the
-    generic warning. Deterministic: the estimate is a degenerate fit's with its stop reason set to
-    "stalled" (which fits stall depends on the machine's rounding)."""
+    generic warning; and the refit bootstrap's warning says the estimate stalled there.
+    Deterministic: each estimate is a fit's with its stop reason set to "stalled" (which fits
+    stall depends on the machine's rounding)."""
     import dataclasses
+    import warnings
 
     from nmfre import engine
     from nmfre.simulate import block_sparse
@@ -844,9 +846,16 @@ def test_a_sign_free_fit_that_stalls_at_a_degenerate_configuration_says_so(monke
     assert ml.degenerating(f.solution.X, f.solution.theta) and f.stop_reason == "stalled"
     said = [str(w.message) for w in rec if issubclass(w.category, nmfre.ConvergenceWarning)]
     assert len(said) == 1 and "components 'Basis" in said[0], said
+    # the refit bootstrap from it says how the estimate ended (max_iter=5: the refits are not the point)
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        f.infer(n_boot=2, seed=1, method="refit", failed="keep", max_iter=5)
+    said = [str(w.message) for w in rec if issubclass(w.category, nmfre.DegenerateFitWarning)]
+    assert any("the sign-free fit stalled at a degenerate configuration" in m for m in said), said
+    # a sign-free fit that stalls elsewhere (the NNDSVD start's non-degenerate optimum) keeps the generic warning
     with pytest.warns(nmfre.ConvergenceWarning) as rec:
-        g = nmfre.fit(d["Y"], d["A"], rank=3, theta="nonneg")
-    assert not ml.degenerating(g.solution.X, g.solution.theta)
+        g = nmfre.fit(d["Y"], d["A"], rank=3)
+    assert g.stop_reason == "stalled" and not ml.degenerating(g.solution.X, g.solution.theta)
     said = [(w.category, str(w.message)) for w in rec if issubclass(w.category, nmfre.ConvergenceWarning)]
     assert [c for c, _ in said] == [nmfre.ConvergenceWarning] and "try other starts" in said[0][1], said
 

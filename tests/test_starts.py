@@ -95,9 +95,10 @@ def test_the_tail_start_ends_the_plateau_of_a_dominant_mean_component(monkeypatc
     component starts as the mean profile, carries most of the covariate effect and is
     dissolved over a plateau (measured: 149 iterations; 171 with each block's own ridge in the
     Newton systems, 2026-12-06); from the tail start the fit converges in 74 (86), at a
-    stationary point 0.014 higher in nll (with the ridges of each block: 0.56 lower, 9e-8 of it,
-    another local optimum; which start's is higher depends on the path, so the test bounds the
-    difference at 1e-6 of the nll, a guard against a start that ends far worse). Deterministic
+    stationary point 0.014 higher in nll (with the ridges of each block: 0.56 higher, 9e-8 of
+    it, another local optimum; which start ends lower depends on the path, so the test bounds
+    the difference at 1e-6 of the nll, about 6 here: a guard against a start that ends far
+    worse, not a claim that the two reach one optimum). Deterministic
     (no randomness). With the directions of then (``ml.BOUND_DIRECTION`` off): with the
     directions taken to their bounds the plateau is shorter (measured: 106 iterations from
     NNDSVD, 49 from the tail start, which then ends at another stationary point, 4.0 lower in
@@ -114,9 +115,12 @@ def test_the_tail_start_ends_the_plateau_on_the_large_rung(monkeypatch):
     """The full-size fault: the tied generator's large rung, 2000 x 20000, Q = 10, seed 2, c =
     1: 444 iterations from NNDSVD (350 of them on a plateau), 49 from the tail start, the same
     optimum (nll 2.6e-5 apart, the tolerance is 0.015). With the directions of then
-    (``ml.BOUND_DIRECTION`` off), as the reduced test above."""
+    (``ml.BOUND_DIRECTION`` off), as the reduced test above. Since the Newton systems' ridges
+    are each block's own (2026-12-06) this fit has no plateau: 31 iterations from NNDSVD, 24
+    from the tail start, the same optimum (0.003 apart); the test now asserts that both starts
+    converge fast to one optimum (the reduced test above still shows a plateau)."""
     monkeypatch.setattr(ml, "BOUND_DIRECTION", False)
     new, old = _plateau(2000, 20000, 10, 2, 1.0)
     assert new.converged and old.converged
-    assert new.n_iter <= 100 and old.n_iter >= 300
+    assert new.n_iter <= 100 and old.n_iter <= 100
     assert abs(new.loglik - old.loglik) <= 1e-10 * (1 + abs(old.loglik))

@@ -166,7 +166,12 @@ def block_ridges(dX: np.ndarray, dT: np.ndarray, dV: np.ndarray) -> tuple[float,
     Each block has its own because the blocks have different units: when Y is measured in
     other units (``k Y``), X's information is unchanged, Theta's scales as ``1 / k^2`` and the
     variances' as ``1 / k^4``, so each ridge scales with its block and a fit of ``k Y`` takes
-    the steps of a fit of ``Y``. One ridge for all (1e-10 times the mean over every
+    the steps of a fit of ``Y`` (its stopping threshold, ``tol (1 + |nll|)``, follows the
+    nll's shift by ``n_obs log k``, so it may stop an iteration earlier or later). The ridge is
+    per block, not per covariate: Theta's columns carry the units of Y over their covariate's
+    (12 x 60 fits with one covariate rescaled by 1e-4 to 1e4 took 8-11 iterations at every
+    scale, 8-10 at the original one; benchmarks/results/scale.md, thirty-fifth round). One
+    ridge for all (1e-10 times the mean over every
     coordinate, until 2026-12-06) was set by the largest block: it swamped Theta's and the
     variances' information where ``k`` was large and X's where it was small (a 12 x 60 fit: 6
     iterations at ``k = 1``, 153-170 at ``k = 1e3`` to ``1e5``, each stopped short of the
