@@ -118,6 +118,22 @@ def _f(x) -> np.ndarray:
     return np.asarray(x, dtype=float)
 
 
+def _start_fit(name: str, fit, data: Data, rank: int, theta: str):
+    """The fit the joint model's chains start from: ``fit``, unless it is sign-free and ends at
+    a degenerate configuration (:func:`nmfre.core.ml.degenerating`: two components merging with
+    opposite effects, grown as far as the likelihood's ever smaller gains allow); then the
+    non-negative fit of the same data, which cannot degenerate that way. Measured on Orthodont,
+    rank 2: the sign-free fit's ``max |Theta|`` is 9.5e4, and chains started there stayed there
+    (sigma's r_hat 1.10, bulk ESS 53; started from the non-negative fit, see
+    benchmarks/results/scale.md, thirty-fifth round). The models that hold X at the fit keep
+    it: their X is the fit's by definition."""
+    from nmfre.core.ml import degenerating
+
+    if name != "joint" or theta != "free" or not degenerating(fit.solution.X, fit.solution.theta):
+        return fit
+    return _frequentist_fit(None, data, rank, "nonneg")
+
+
 def _init(name: str, fit, data: Data, nonneg: bool, cov_model) -> dict:
     sol = fit.solution
     th0 = _f(sol.theta)
@@ -162,7 +178,8 @@ def model_spec(Y, A, rank: int, model: str, fit=None, theta: str = "free", prior
     sol = fit.solution
     need = not missing and (model == "conditional" or nonneg)
     cond = conditional_covariance(data.Y, data.A, sol.X, sol.theta, sol.U, fit.lam) if need else None
-    init = _init(model, fit, data, nonneg, None if cond is None else cond.cov_model)
+    init = _init(model, _start_fit(model, fit, data, rank, theta), data, nonneg,
+                 None if cond is None else cond.cov_model)
     pri = {k: _f(x) for k, x in prior.items()}
     if model == "joint":
         return ModelSpec(model, data, fit, prior, stats, init, (stats, pri), nonneg)
