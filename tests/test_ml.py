@@ -313,16 +313,22 @@ def test_poor_steps_in_a_row_hold_the_entries_they_sent_below_zero(monkeypatch, 
         return new
 
     def direction(prob, st, observed=False, hold=None, cg_max=None):
-        holds.append(hold)
+        holds.append((len(steps), hold))
         return real_direction(prob, st, observed, hold, cg_max)
 
     monkeypatch.setattr(ml, "POOR_STEP", poor_step)
     monkeypatch.setattr(ml, "scoring_step", step)
     monkeypatch.setattr(ml, "step_direction", direction)
     ml.fit_ml(prob, basis.nndsvd(Y, 5), max_iter=25)
-    assert holds[0] is None and len(holds) == len(steps) + 1
+    # the direction each step is followed by: the first one computed after it (a bound step or
+    # the check of an unheld direction may compute another in the same iteration, with no hold;
+    # which iterations do depends on the machine's rounding: OpenBLAS's Sandybridge kernels)
+    after = {}
+    for n, hold in holds:
+        after.setdefault(n, hold)
+    assert after[0] is None and sorted(after) == list(range(len(steps) + 1))
     run, held = 0, 0
-    for (X, d, new), hold in zip(steps, holds[1:], strict=True):
+    for (X, d, new), hold in zip(steps, [after[i + 1] for i in range(len(steps))], strict=True):
         run = run + 1 if new is not None and poor_step > 0 else 0
         expected = ml.crossing(X, d) if new is None or run >= ml.POOR_PATIENCE else None
         if expected is None:
@@ -575,23 +581,25 @@ def test_the_newton_cg_limit_doubles_after_capped_directions(monkeypatch):
     assert limit > ml.NEWTON_CG_MAX  # the rule fired on this fit
 
 
-def test_a_fit_whose_newton_directions_cap_converges(monkeypatch):
-    """The named fault of ``NEWTON_CG_PATIENCE``: a sign-free fit whose Newton directions all
-    stopped at 10 CG iterations crept for 1655 iterations (with the single ridge of before
-    2026-12-06; with each block's own ridge that fit converges in 48 at that limit). At a limit
-    of 5 products, measured: with the rule the fit converges (113 iterations); without it, its
-    directions cap 17 times in a row and it stops as degenerate after 139, 0.38 lower in
-    log-likelihood. Deterministic (no randomness)."""
-    import nmfre
+def test_a_fit_whose_newton_directions_cap_stops(monkeypatch):
+    """With the rule of ``NEWTON_CG_PATIENCE``, a fit whose Newton directions cap stops before
+    ``max_iter``. The rule's named fault, a sign-free fit whose directions all stopped at 10 CG
+    iterations and crept for 1655 iterations (with the single ridge of before 2026-12-06; the
+    rule made it converge in 55), no longer arises on this data: with each block's own ridge the
+    fit converges in 47-51 iterations at limits of 10 and 20 products, with or without the rule.
+    At 5 products its directions cap 17 times in a row; with the rule it converged in 113
+    iterations with the default kernels and stopped as degenerate after 136 with OpenBLAS's
+    Sandybridge kernels (without the rule: degenerate after 139 with either), so only the stop
+    before ``max_iter`` is asserted; the rule itself is checked exactly by the test above.
+    Deterministic (no randomness)."""
+    import warnings
 
     Y, A = _tied_creep()
-    monkeypatch.setattr(ml, "NEWTON_CG_MAX", 5)  # the limit at which the fault was measured
-    f = nmfre.fit(Y, A, rank=5, theta="free", max_iter=300)
-    assert f.converged and f.n_iter < 300
-    monkeypatch.setattr(ml, "NEWTON_CG_PATIENCE", 10**9)
-    with pytest.warns(nmfre.ConvergenceWarning):
-        g = nmfre.fit(Y, A, rank=5, theta="free", max_iter=300)
-    assert not g.converged and f.loglik > g.loglik + 0.1
+    monkeypatch.setattr(ml, "NEWTON_CG_MAX", 5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", nmfre.DegenerateFitWarning)
+        f = nmfre.fit(Y, A, rank=5, theta="free", max_iter=300)
+    assert f.n_iter < 300 and f.stop_reason in ("tol", "degenerate")
 
 
 def _perturbed_optimum(seed):
