@@ -279,25 +279,22 @@ def _prior_draw(rng, model: str, P: int, Q: int, K: int, priors: dict, X_fixed):
 
 
 def _start(model: str, Y, A, rank: int, X):
-    """Starting values from nmfre's ML fit (the joint model's X from the fit).
-
-    The sign-free fit, unless it ends at a degenerate configuration
-    (:func:`nmfre.core.ml.degenerating`: two components merging with opposite effects that grow
-    as far as the likelihood's ever smaller gains allow); then the non-negative fit of the same
-    data, which cannot degenerate that way. Such a start lies far outside the prior's mass: at
-    20 x 300, rank 2, 6 of 24 replicates' ML fits ended with ``max |Theta|`` 9e3 to 1.2e5
-    (prior scale 10), their chains did not come back within the warm-up, and the
+    """Starting values from nmfre's sign-free ML fit (the joint model's X from the fit), as
+    :func:`bayes.sample` starts: for the joint model the non-negative fit where the sign-free
+    one is degenerate (:func:`bayes.spec._start_fit`). Such a start lies far outside the prior's
+    mass: at 20 x 300, rank 2, 6 of 24 replicates' ML fits ended with ``max |Theta|`` 9e3 to
+    1.2e5 (prior scale 10), their chains did not come back within the warm-up, and the
     log-likelihood's ranks piled up at the top (SBC rejected, p = 2e-6)."""
     import warnings
 
-    import nmfre
-    from nmfre.core.ml import degenerating
+    from nmfre.labels import coerce
 
+    from .spec import _frequentist_fit, _start_fit
+
+    data = coerce(Y, A)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        fit = nmfre.fit(Y, A, rank=rank, n_init=1)
-        if degenerating(fit.solution.X, fit.solution.theta):
-            fit = nmfre.fit(Y, A, rank=rank, theta="nonneg", n_init=1)
+        fit = _start_fit(model, _frequentist_fit(None, data, rank, "free"), data, rank, "free")
     init = {"theta": np.asarray(fit.theta.values, float), "sigma": np.asarray(np.sqrt(fit.sigma2), float),
             "tau": np.asarray(np.sqrt(max(fit.tau2, 1e-6)), float)}
     if model == "joint":

@@ -119,7 +119,8 @@ def _f(x) -> np.ndarray:
 
 
 def _start_fit(name: str, fit, data: Data, rank: int, theta: str):
-    """The fit the joint model's chains start from: ``fit``, unless it is sign-free and ends at
+    """The fit the joint model's chains start from (in :func:`bayes.sample` and
+    :func:`bayes.sbc`): ``fit``, unless it is sign-free and ends at
     a degenerate configuration (:func:`nmfre.core.ml.degenerating`: two components merging with
     opposite effects, grown as far as the likelihood's ever smaller gains allow); then the
     non-negative fit of the same data, which cannot degenerate that way. Measured on Orthodont,

@@ -302,21 +302,16 @@ def _check_solution(sol: Solution, Y, Q: int, rate, settings: FitSettings, r: fl
             f"residual variance {sol.sigma2:.3g}, df_U -> N Q); bound the random effects with df_cap or fix sigma2")
 
 
-def converged_degenerate(sol: Solution, settings: FitSettings) -> bool:
-    """Whether a sign-free fit converged at a degenerate configuration
-    (:func:`nmfre.core.ml.degenerating` at its estimate): its gains along the merge of two or
-    more components fell below the tolerance while their effects are large and cancel, so its
-    Theta is not identified (:func:`nmfre.fit` warns; a refit bootstrap replicate counts as
-    not converged)."""
-    return bool(sol.converged) and settings.theta == "free" and degenerating(sol.X, sol.theta)
-
-
-def stalled_degenerate(sol: Solution, settings: FitSettings) -> bool:
-    """Whether a sign-free fit stalled (``stop_reason="stalled"``: its iteration reached a fixed
-    point, not converged) at a degenerate configuration (:func:`nmfre.core.ml.degenerating`):
-    it stopped on the way out along the merge, before the degeneracy rule's patience ran out
-    (:func:`nmfre.fit` says so with a :class:`~nmfre.DegenerateFitWarning`)."""
-    return sol.stop_reason == "stalled" and settings.theta == "free" and degenerating(sol.X, sol.theta)
+def ended_degenerate(sol: Solution, settings: FitSettings) -> str | None:
+    """How a sign-free fit ended at a degenerate configuration (:func:`nmfre.core.ml.degenerating`
+    at its estimate), if it did: ``"converged"`` (its gains along the merge of two or more
+    components fell below the tolerance while their effects are large and cancel) or
+    ``"stalled"`` (its iteration reached a fixed point on the way out along the merge, before
+    the degeneracy rule's patience ran out); None otherwise, and for a fit stopped by the rule
+    itself (``stop_reason="degenerate"``). Either way its Theta is not identified
+    (:func:`nmfre.fit` warns; a refit bootstrap replicate counts as not converged)."""
+    how = "converged" if sol.converged else "stalled" if sol.stop_reason == "stalled" else None
+    return how if how and settings.theta == "free" and degenerating(sol.X, sol.theta) else None
 
 
 # ----------------------------------------------------------------------------- refit bootstrap
@@ -343,7 +338,7 @@ def refit_draws(Y: np.ndarray, A: np.ndarray, sol: Solution, W: np.ndarray, rate
     "CR2") each replicate's own sandwich SE (for the bootstrap-t; None otherwise), with
     ``keep_X`` the aligned bases (P x Q x B; None otherwise), and each refit's convergence
     flag and ``stop_reason`` (length B; a sign-free refit that converged at a degenerate
-    configuration, :func:`converged_degenerate`, counts as not converged, ``"degenerate"``).
+    configuration, :func:`ended_degenerate`, counts as not converged, ``"degenerate"``).
 
     Replicate ``b`` depends only on column ``b`` of ``W`` (drawn before any replicate runs), so
     the draws are the same in a loop, on ``workers`` threads or on a dask ``client``
@@ -443,8 +438,7 @@ class _RefitJob:
             Yb = self.fitted + self.resid * Wblock[:, j][None, :]
             res = solve(Yb, self.A, self.Q, self.start, self.rate, self.settings)
             perm, cos = align_components(self.X, res.X)
-            # converged or stalled at a degenerate configuration: its Theta is not an estimate either
-            degenerate = converged_degenerate(res, self.settings) or stalled_degenerate(res, self.settings)
+            degenerate = ended_degenerate(res, self.settings) is not None  # its Theta is not an estimate either
             rec = {"theta": self.c * res.theta[perm].reshape(-1, order="F"),
                    "permuted": bool(np.any(perm != np.arange(self.Q))), "min_cos": float(cos.min()),
                    "converged": bool(res.converged) and not degenerate,

@@ -35,7 +35,7 @@ from .core.bootstrap import (
 )
 from .core.covariance import COV_RIDGE, ILL_CONDITIONED, Conditional, cr2, from_pieces, scaled_condition
 from .core.passes import conditional_pieces
-from .engine import converged_degenerate, refit_draws, stalled_degenerate
+from .engine import ended_degenerate, refit_draws
 from .exceptions import ConvergenceWarning, DegenerateFitWarning, IllConditionedWarning
 from .labels import label_order, percent, significance_code
 
@@ -708,9 +708,9 @@ def _warn_degenerate_start(fit: NMFREFit, settings, failed: str) -> None:
     on a 30 x 300, rank-3 set, 31 of 40 stopped degenerate and 4 ran to 5000 iterations, 168 s in
     all)."""
     sol = fit.solution
+    ended = ended_degenerate(sol, settings)
     how = ("stopped by the degeneracy rule" if sol.stop_reason == "degenerate"
-           else "converged at a degenerate configuration" if converged_degenerate(sol, settings)
-           else "stalled at a degenerate configuration" if stalled_degenerate(sol, settings) else None)
+           else f"{ended} at a degenerate configuration" if ended else None)
     if how is None:
         return
     fate = "left out (failed='drop')" if failed == "drop" else "kept (failed='keep')"

@@ -113,11 +113,9 @@ def fit(Y: Any, A: Any = None, rank: int = 2, *, method: str = "ml", theta: str 
     result = _wrap(data, est, settings)
     if result.stop_reason == "degenerate":
         warnings.warn(_degenerate_message(result), DegenerateFitWarning, stacklevel=2)
-    elif engine.converged_degenerate(result.solution, settings):
-        # converged where the likelihood is nearly flat along the merge (the gains fell below tol)
-        warnings.warn(_degenerate_message(result, "converged"), DegenerateFitWarning, stacklevel=2)
-    elif engine.stalled_degenerate(result.solution, settings):
-        warnings.warn(_degenerate_message(result, "stalled"), DegenerateFitWarning, stacklevel=2)
+    elif how := engine.ended_degenerate(result.solution, settings):
+        # converged or stalled where the likelihood is nearly flat along the merge
+        warnings.warn(_degenerate_message(result, how), DegenerateFitWarning, stacklevel=2)
     elif result.stop_reason == "stalled":
         warnings.warn(f"NMF-RE ({settings.method}) stopped after {result.n_iter} iterations without converging: "
                       f"the last {STALL_PATIENCE} left the estimates unchanged (no step decreased the nll, "
