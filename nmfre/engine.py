@@ -286,6 +286,11 @@ def estimate(Y: np.ndarray, A: np.ndarray, Q: int, settings: FitSettings, rng: n
     return Estimate(best, rate, restarts, None if rows is None else _unscaled_rows(rows, c, _n_obs(Y, info)), c)
 
 
+#: an ML residual variance at most this fraction of Y's mean square is rounding, not noise:
+#: X (Theta A + U) reproduces Y, and the likelihood is unbounded (:func:`_check_solution`)
+SIGMA2_FLOOR = 1e-12
+
+
 def _check_solution(sol: Solution, Y, Q: int, rate, settings: FitSettings, r: float) -> None:
     """Refuse ML solutions that are not estimates: unbounded likelihood, unrepresentable values."""
     values = [sol.sigma2, sol.tau2, sol.nll, *np.ravel(sol.theta)]
@@ -294,23 +299,29 @@ def _check_solution(sol: Solution, Y, Q: int, rate, settings: FitSettings, r: fl
     if not np.all(np.isfinite(values)):
         raise ValueError(f"the estimates are not representable in float64 at Y's scale (root mean square "
                          f"{r:.3g}); rescale Y")
+    # lambda at its floor, or a residual variance at rounding's scale of Y's (a noise-free Y of
+    # rank below Q fitted at rank Q stalled with sigma2 3e-13 of Y's mean square and lambda 6e-10)
     unbounded = (settings.method == "ml" and rate is None and settings.variance_mode in ("free", "tau2")
-                 and Y.shape[0] > Q and sol.lam <= LAMBDA_MIN * (1 + 1e-6))
+                 and Y.shape[0] > Q and (sol.lam <= LAMBDA_MIN * (1 + 1e-6) or sol.sigma2 <= SIGMA2_FLOOR * r * r))
     if unbounded:
         raise ValueError(
             "the likelihood is unbounded: X (Theta A + U) reproduces Y exactly (lambda = sigma2/tau2 -> 0, "
-            f"residual variance {sol.sigma2:.3g}, df_U -> N Q); bound the random effects with df_cap or fix sigma2")
+            f"residual variance {sol.sigma2:.3g}, {sol.sigma2 / (r * r):.2g} of Y's mean square, df_U -> N Q); "
+            "bound the random effects with df_cap or fix sigma2")
 
 
 def ended_degenerate(sol: Solution, settings: FitSettings) -> str | None:
     """How a sign-free fit ended at a degenerate configuration (:func:`nmfre.core.ml.degenerating`
     at its estimate), if it did: ``"converged"`` (its gains along the merge of two or more
-    components fell below the tolerance while their effects are large and cancel) or
+    components fell below the tolerance while their effects are large and cancel),
     ``"stalled"`` (its iteration reached a fixed point on the way out along the merge, before
-    the degeneracy rule's patience ran out); None otherwise, and for a fit stopped by the rule
-    itself (``stop_reason="degenerate"``). Either way its Theta is not identified
-    (:func:`nmfre.fit` warns; a refit bootstrap replicate counts as not converged)."""
-    how = "converged" if sol.converged else "stalled" if sol.stop_reason == "stalled" else None
+    the degeneracy rule's patience ran out) or ``"max_iter"`` (it crawled along the merge until
+    ``max_iter``, its effects growing too slowly for the rule, which asks for a growth of
+    ``DEGENERATE_GROWTH`` within ``DEGENERATE_PATIENCE`` iterations); None otherwise, and for a
+    fit stopped by the rule itself (``stop_reason="degenerate"``). Either way its Theta is not
+    identified (:func:`nmfre.fit` warns; a refit bootstrap replicate counts as not converged)."""
+    how = ("converged" if sol.converged else "stalled" if sol.stop_reason == "stalled"
+           else "max_iter" if sol.stop_reason == "max_iter" else None)
     return how if how and settings.theta == "free" and degenerating(sol.X, sol.theta) else None
 
 

@@ -710,6 +710,7 @@ def _warn_degenerate_start(fit: NMFREFit, settings, failed: str) -> None:
     sol = fit.solution
     ended = ended_degenerate(sol, settings)
     how = ("stopped by the degeneracy rule" if sol.stop_reason == "degenerate"
+           else "ran to max_iter at a degenerate configuration" if ended == "max_iter"
            else f"{ended} at a degenerate configuration" if ended else None)
     if how is None:
         return

@@ -135,15 +135,18 @@ def fit(Y: Any, A: Any = None, rank: int = 2, *, method: str = "ml", theta: str 
 def _degenerate_message(result: NMFREFit, how: str = "stopped") -> str:
     """The warning of a degenerate sign-free fit: ``how`` it ended, ``"stopped"`` by the
     degeneracy rule, ``"converged"`` at a degenerate configuration (the likelihood's gains along
-    the merge fell below the tolerance) or ``"stalled"`` at one (not converged: its iteration
-    reached a fixed point before the rule's patience ran out)."""
+    the merge fell below the tolerance), ``"stalled"`` at one (not converged: its iteration
+    reached a fixed point before the rule's patience ran out) or ``"max_iter"`` there (not
+    converged: it crawled along the merge too slowly for the rule)."""
     sol = result.solution
     n = result.n_iter
     state = {"stopped": f"stopped after {n} iterations",
              "converged": f"converged after {n} iterations at a degenerate configuration, where the likelihood is "
                           "nearly flat",
              "stalled": f"stalled after {n} iterations at a degenerate configuration, not converged: the last "
-                        f"{STALL_PATIENCE} left the estimates unchanged"}[how]
+                        f"{STALL_PATIENCE} left the estimates unchanged",
+             "max_iter": f"ran to max_iter={n} at a degenerate configuration, not converged: more iterations "
+                         "would only inflate its effects"}[how]
     ended = how != "stopped"
     growing = "are large" if ended else "keep growing"
     rising = "rises ever more slowly" if ended else "keeps rising"

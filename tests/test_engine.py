@@ -86,6 +86,24 @@ def test_degenerate_data_are_refused_with_a_reason(orthodont, make, match):
         nmfre.fit(make(Y), rank=1)
 
 
+def test_a_noise_free_y_of_lower_rank_is_refused_at_a_higher_rank_without_runtime_warnings():
+    """The named fault (a QA round): a noise-free rank-1 Y (10 x 40) fitted at rank 2 stalled
+    with sigma2 2.9e-14 (3e-13 of Y's mean square) and lambda 6e-10, above lambda's floor, so
+    the fit was returned ("stalled", "try other starts") where at rank 1 the same data are
+    refused as unbounded; on the way 980 RuntimeWarnings from scipy's bounded Brent search
+    (run on a profile that is inf or nan in part of its bracket) reached the user. Now both
+    ranks are refused with the reason, and no RuntimeWarning is raised (exact: the data have
+    no noise)."""
+    rng = np.random.default_rng(0)
+    Y = np.outer(rng.random(10), rng.random(40))
+    A = np.vstack([np.ones(40), rng.normal(size=40)])
+    for rank in (1, 2):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", RuntimeWarning)
+            with pytest.raises(ValueError, match="the likelihood is unbounded"):
+                nmfre.fit(Y, A, rank=rank)
+
+
 def test_fewer_units_than_covariates(orthodont):
     Y, A = orthodont
     with pytest.raises(ValueError, match="more units than covariates"):

@@ -189,20 +189,33 @@ def test_converged_with_missing_values_means_the_decreases_are_done(monkeypatch)
 
 
 def test_geometric_tail_closed_forms():
-    """Geometric decreases: the rate exactly, the tail (S1 / m) r / (1 - r); decreases that
-    alternate between large and small give the rate of their pairs (a median of single ratios
-    gave that of one phase: 0.25 here, a tail 14 times too small); quadratic convergence
-    leaves less than the last decrease; a flat or short trace."""
+    """Geometric decreases: the tail exactly (``d r / (1 - r)``, the sum still to come);
+    decreases in a pattern of period m (large, then small) give the rate of whole periods,
+    within 15% of the sum still to come (a median of single ratios gave that of one phase:
+    0.25 here, a tail 14 times too small); decreases that alternate with period 2 or 3 leave a
+    tail of at least the large phase, wherever the trace ends, where the small phase alone
+    would pass a tolerance 1e3 times smaller (the named fault: a complete-data fit stopped at
+    a small phase; with a window of 2 the period-3 pattern ending on its two small phases
+    passes; ml.TAIL_WINDOW); quadratic convergence leaves less than the last decrease at once
+    (the last decreases of a 12 x 60 fit: the windows alone gave 1.7e-6, which held a
+    converged fit for two more iterations of rounding's size); a flat or short trace."""
     from nmfre.core.ml import TAIL_RATE_MAX, TAIL_WINDOW, geometric_tail
 
     m, r = TAIL_WINDOW, 0.9
     d = 1e-3 * r ** np.arange(40)
     trace = 100.0 - np.concatenate([[0.0], np.cumsum(d)])
-    assert geometric_tail(trace) == pytest.approx(d[-m:].sum() / m * r / (1 - r), rel=1e-9)
-    pairs = np.repeat(0.95 ** np.arange(20), 2) * np.tile([4.0, 1.0], 20)  # ratios 0.25, 3.8
-    trace = 10.0 - np.concatenate([[0.0], np.cumsum(pairs)])
-    rate = np.sqrt(0.95)
-    assert geometric_tail(trace) == pytest.approx(pairs[-m:].sum() / m * rate / (1 - rate), rel=1e-9)
+    assert geometric_tail(trace) == pytest.approx(d[-1] * r / (1 - r), rel=1e-9)
+    period = np.repeat(0.95 ** np.arange(20), m) * np.tile([4.0] + [1.0] * (m - 1), 20)
+    trace = 10.0 - np.concatenate([[0.0], np.cumsum(period)])
+    to_come = period[-m:].sum() * 0.95 / (1 - 0.95)
+    assert geometric_tail(trace) == pytest.approx(to_come, rel=0.15)
+    for k in (2, 3):  # periods 2 and 3 (a window of 2 passes the period-3 one on its two small phases)
+        for n in range(60, 60 + k):  # ending on each phase
+            alt = 0.95 ** (np.arange(n) // k) * np.tile([1e-2] + [1e-5] * (k - 1), 40)[:n]
+            trace = 10.0 - np.concatenate([[0.0], np.cumsum(alt)])
+            assert geometric_tail(trace) >= 0.9 * alt[-k:].max(), (k, n)
+    fit = -np.cumsum([15.07, 2.74, 8.11e-2, 1.99e-4, 5.2e-10])
+    assert geometric_tail(fit) < 5.2e-10
     quad = 1.0 - np.concatenate([[0.0], np.cumsum([1e-1, 1e-2, 1e-4, 1e-8, 1e-16, 1e-32, 1e-40, 1e-45, 1e-48])])
     assert geometric_tail(quad) < 1e-14
     assert geometric_tail([5.0, 5.0, 5.0]) == 0.0 and geometric_tail([5.0]) == 0.0

@@ -195,9 +195,10 @@ def optimize_lambda(
             t = t + step if a < t + step < b else 0.5 * (a + b)
             if b - a <= 1e-12:
                 break
-    if not finite:
-        t = minimize_scalar(lambda x: float(profile_objective(suff, np.exp(x), mode, sigma2, tau2)),
-                            bounds=(a, b), method="bounded", options={"xatol": 1e-12, "maxiter": 200}).x
+    if not finite:  # (the objective is inf or nan on part of the bracket: scipy's arithmetic on it warns)
+        with np.errstate(all="ignore"):
+            t = minimize_scalar(lambda x: float(profile_objective(suff, np.exp(x), mode, sigma2, tau2)),
+                                bounds=(a, b), method="bounded", options={"xatol": 1e-12, "maxiter": 200}).x
     # the Newton point and the previous iterate in one evaluation (the same numbers as one each)
     current = lam_current is not None and lo <= lam_current <= hi
     at = np.array([np.exp(t), lam_current]) if current else np.array([np.exp(t)])
