@@ -280,18 +280,20 @@ def estimate(Y: np.ndarray, A: np.ndarray, Q: int, settings: FitSettings, rng: n
     if c != 1.0:
         runs = [r.rescaled(c, _n_obs(Y, info)) for r in runs]
     best = runs[int(np.nanargmin([r.nll for r in runs]))]
-    _check_solution(best, Y, Q, rate, s, info["rms"])
+    _check_solution(best, Y, Q, rate, s, info["rms"], info["unit_spread"])
     restarts = [dict(init=st.name, nll=r.nll, converged=r.converged, n_iter=r.n_iter)
                 for st, r in zip(starts, runs, strict=True)]
     return Estimate(best, rate, restarts, None if rows is None else _unscaled_rows(rows, c, _n_obs(Y, info)), c)
 
 
-#: an ML residual variance at most this fraction of Y's mean square is rounding, not noise:
-#: X (Theta A + U) reproduces Y, and the likelihood is unbounded (:func:`_check_solution`)
+#: an ML fit that did not converge with a residual variance at most this fraction of the square
+#: of Y's spread across units (the largest range of a feature; not its mean square, which a
+#: large common level dominates) was heading for sigma2 = 0: X (Theta A + U) reproduces Y, and
+#: the likelihood is unbounded (:func:`_check_solution`)
 SIGMA2_FLOOR = 1e-12
 
 
-def _check_solution(sol: Solution, Y, Q: int, rate, settings: FitSettings, r: float) -> None:
+def _check_solution(sol: Solution, Y, Q: int, rate, settings: FitSettings, r: float, spread: float) -> None:
     """Refuse ML solutions that are not estimates: unbounded likelihood, unrepresentable values."""
     values = [sol.sigma2, sol.tau2, sol.nll, *np.ravel(sol.theta)]
     if passes.kind(sol.U) != "dask":
@@ -299,15 +301,19 @@ def _check_solution(sol: Solution, Y, Q: int, rate, settings: FitSettings, r: fl
     if not np.all(np.isfinite(values)):
         raise ValueError(f"the estimates are not representable in float64 at Y's scale (root mean square "
                          f"{r:.3g}); rescale Y")
-    # lambda at its floor, or a residual variance at rounding's scale of Y's (a noise-free Y of
-    # rank below Q fitted at rank Q stalled with sigma2 3e-13 of Y's mean square and lambda 6e-10)
+    # lambda at its floor, or a fit that did not converge with a residual variance that is no
+    # noise (a noise-free Y of rank 1 fitted at rank 2 stalled with sigma2 2.9e-14, 3.4e-14 of the
+    # square of Y's spread across units, and lambda 6e-10; data on a level of 1e6 with noise of
+    # sd 1 have sigma2 1e-12 of their mean square and are fitted)
     unbounded = (settings.method == "ml" and rate is None and settings.variance_mode in ("free", "tau2")
-                 and Y.shape[0] > Q and (sol.lam <= LAMBDA_MIN * (1 + 1e-6) or sol.sigma2 <= SIGMA2_FLOOR * r * r))
+                 and Y.shape[0] > Q
+                 and (sol.lam <= LAMBDA_MIN * (1 + 1e-6)
+                      or (not sol.converged and sol.sigma2 <= SIGMA2_FLOOR * spread * spread)))
     if unbounded:
         raise ValueError(
             "the likelihood is unbounded: X (Theta A + U) reproduces Y exactly (lambda = sigma2/tau2 -> 0, "
-            f"residual variance {sol.sigma2:.3g}, {sol.sigma2 / (r * r):.2g} of Y's mean square, df_U -> N Q); "
-            "bound the random effects with df_cap or fix sigma2")
+            f"residual variance {sol.sigma2:.3g}, {sol.sigma2 / (spread * spread):.2g} of the square of Y's largest "
+            "range across units, df_U -> N Q); bound the random effects with df_cap or fix sigma2")
 
 
 def ended_degenerate(sol: Solution, settings: FitSettings) -> str | None:
@@ -348,8 +354,9 @@ def refit_draws(Y: np.ndarray, A: np.ndarray, sol: Solution, W: np.ndarray, rate
     converged and permuted fractions and the minimum alignment cosine, with ``vcov`` ("CR1" or
     "CR2") each replicate's own sandwich SE (for the bootstrap-t; None otherwise), with
     ``keep_X`` the aligned bases (P x Q x B; None otherwise), and each refit's convergence
-    flag and ``stop_reason`` (length B; a sign-free refit that converged at a degenerate
-    configuration, :func:`ended_degenerate`, counts as not converged, ``"degenerate"``).
+    flag and ``stop_reason`` (length B; a sign-free refit that converged, stalled or reached
+    ``max_iter`` at a degenerate configuration, :func:`ended_degenerate`, counts as not
+    converged, ``"degenerate"``).
 
     Replicate ``b`` depends only on column ``b`` of ``W`` (drawn before any replicate runs), so
     the draws are the same in a loop, on ``workers`` threads or on a dask ``client``

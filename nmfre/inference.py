@@ -702,11 +702,12 @@ def infer(fit: NMFREFit, n_boot: int = 1000, seed: Any = 123, multipliers: Any =
 
 def _warn_degenerate_start(fit: NMFREFit, settings, failed: str) -> None:
     """Before the refits: a :class:`~nmfre.DegenerateFitWarning` when the estimate they start
-    from is degenerate (a sign-free fit stopped by the degeneracy rule, or converged or stalled
-    at a degenerate configuration; :func:`nmfre.fit` warned why). Its effects are not identified,
-    and refits warm-started there mostly stop degenerate or run to ``max_iter`` (docs/methods.md:
-    on a 30 x 300, rank-3 set, 31 of 40 stopped degenerate and 4 ran to 5000 iterations, 168 s in
-    all)."""
+    from is degenerate (a sign-free fit stopped by the degeneracy rule, or converged, stalled or
+    ran to ``max_iter`` at a degenerate configuration; :func:`nmfre.fit` warned why). Its effects
+    are not identified, and refits warm-started there mostly stop degenerate or run to
+    ``max_iter`` (docs/methods.md: on a 30 x 300, rank-3 set, 31 of 40 stopped degenerate and 4
+    ran to 5000 iterations, 168 s in all, measured before a refit that reaches ``max_iter`` at a
+    degenerate configuration was labelled degenerate too)."""
     sol = fit.solution
     ended = ended_degenerate(sol, settings)
     how = ("stopped by the degeneracy rule" if sol.stop_reason == "degenerate"

@@ -114,7 +114,7 @@ def fit(Y: Any, A: Any = None, rank: int = 2, *, method: str = "ml", theta: str 
     if result.stop_reason == "degenerate":
         warnings.warn(_degenerate_message(result), DegenerateFitWarning, stacklevel=2)
     elif how := engine.ended_degenerate(result.solution, settings):
-        # converged or stalled where the likelihood is nearly flat along the merge
+        # converged, stalled or ran to max_iter where the likelihood is nearly flat along the merge
         warnings.warn(_degenerate_message(result, how), DegenerateFitWarning, stacklevel=2)
     elif result.stop_reason == "stalled":
         warnings.warn(f"NMF-RE ({settings.method}) stopped after {result.n_iter} iterations without converging: "
@@ -146,7 +146,7 @@ def _degenerate_message(result: NMFREFit, how: str = "stopped") -> str:
              "stalled": f"stalled after {n} iterations at a degenerate configuration, not converged: the last "
                         f"{STALL_PATIENCE} left the estimates unchanged",
              "max_iter": f"ran to max_iter={n} at a degenerate configuration, not converged: more iterations "
-                         "would only inflate its effects"}[how]
+                         "would likely only inflate its effects"}[how]
     ended = how != "stopped"
     growing = "are large" if ended else "keep growing"
     rising = "rises ever more slowly" if ended else "keeps rising"

@@ -829,7 +829,7 @@ def test_a_fit_whose_decreases_alternate_is_not_converged_at_a_small_one(monkeyp
     whose decrease was below the tolerance while the decreases alternated between large and
     small ones (a 300 x 3000, Q = 4 fit after 262 iterations, 13.5 above the optimum it reaches
     in 749). Now a fit is converged only where the decreases' rate leaves less than the
-    tolerance to come (ml.geometric_tail over ml.TAIL_WINDOW = 3 decreases), with or without
+    tolerance to come (ml.geometric_tail over ml.TAIL_WINDOWS of 2 and 3 decreases), with or without
     missing values. Here a 50 x 200, Q = 4 non-negative fit of Poisson-like counts on a block
     basis (tau2 1e-2 of sigma2) that stopped 5.7 tolerances (one BLAS thread; 9.25 on the QA
     round's copy of the data) above the point that a fit at tol=1e-13 reaches; now 0 (one

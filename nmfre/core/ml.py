@@ -141,22 +141,24 @@ NEWTON_CG_LIMIT = 40
 #: take the scoring directions to the bounds they cross (:func:`bound_direction`)
 BOUND_DIRECTION = True
 #: a fit is converged only when :func:`geometric_tail`, the decrease still to come estimated
-#: from its last decreases, is below the tolerance too (``TAIL_WINDOW`` decreases against the
-#: ``TAIL_WINDOW`` before them; the rate at most ``TAIL_RATE_MAX``): the first-order tests
-#: (the iteration's decrease, the KKT decrement, the models' predictions) use the expected
-#: information, which can be more curved than the likelihood along weakly identified
-#: directions, and one iteration's decrease says nothing where decreases alternate. Three
-#: decreases, so that patterns of period 2 and 3 (trust-region radii that shrink and grow
-#: in turn, SQUAREM cycles) are summed whole. The named faults: a 150 x 400, Q = 4 fit with
-#: 5% of Y missing (one component's Theta row 1e-3 of the others'), whose decreases shrank by
-#: a factor 0.92 an iteration for 40 iterations, stopped "converged" at a decrease of 4.2e-6
-#: against a tolerance of 3.9e-6 (the Fisher model predicting 1.4e-6 and the KKT decrement
-#: 1.1e-8); an independent optimiser started there found 2.4e-5 lower. On complete data, a
-#: non-negative 300 x 3000, Q = 4 fit (tau2 1e-2 of sigma2) stopped "converged" after 262
-#: iterations whose decreases alternated between about 1e-2 and 1e-4 (tolerance 3.2e-4), the
-#: KKT decrement 3.7e-6 and the bound-constrained Fisher model 7.8e-5; the optimum is 13.5
+#: from its last decreases, is below the tolerance too (the largest estimate over windows of
+#: ``TAIL_WINDOWS`` decreases against as many before them; the rate at most
+#: ``TAIL_RATE_MAX``): the first-order tests (the iteration's decrease, the KKT decrement, the
+#: models' predictions) use the expected information, which can be more curved than the
+#: likelihood along weakly identified directions, and one iteration's decrease says nothing
+#: where decreases alternate. Windows of 2 and 3, so that patterns of period 2 and of period 3
+#: (trust-region radii that shrink and grow in turn, SQUAREM cycles) are each summed whole by
+#: one of them (a window of 3 alone under-estimates a period-2 pattern that ends on its small
+#: phase by up to 36 times, one of 2 alone a period-3 one). The named faults: a 150 x 400, Q =
+#: 4 fit with 5% of Y missing (one component's Theta row 1e-3 of the others'), whose decreases
+#: shrank by a factor 0.92 an iteration for 40 iterations, stopped "converged" at a decrease of
+#: 4.2e-6 against a tolerance of 3.9e-6 (the Fisher model predicting 1.4e-6 and the KKT
+#: decrement 1.1e-8); an independent optimiser started there found 2.4e-5 lower. On complete
+#: data, a non-negative 300 x 3000, Q = 4 fit (tau2 1e-2 of sigma2) stopped "converged" after
+#: 262 iterations whose decreases alternated between about 1e-2 and 1e-4 (tolerance 3.2e-4),
+#: the KKT decrement 3.7e-6 and the bound-constrained Fisher model 7.8e-5; the optimum is 13.5
 #: lower (749 iterations: benchmarks/results/scale.md, thirty-sixth round)
-TAIL_WINDOW = 3
+TAIL_WINDOWS = (2, 3)
 TAIL_RATE_MAX = 0.99
 #: starting radius of the Newton steps' trust region, in the information norm (about
 #: ``radius^2 / 2`` units of nll)
@@ -749,29 +751,33 @@ def bound_step(prob: Problem, st: State) -> State | None:
 
 def geometric_tail(trace) -> float:
     """The nll decrease still to come if the decreases go on shrinking at the rate they have
-    shrunk lately: with ``m`` = :data:`TAIL_WINDOW` (fewer while the trace is short), ``S1``
-    the sum of the last ``m`` decreases and ``S0`` that of the ``m`` before, the rate per
-    iteration is ``r = (S1 / S0)^(1/m)`` (at most :data:`TAIL_RATE_MAX`) and the tail
-    ``(S1 / m) r / (1 - r)``. Sums over windows, not single ratios, so that decreases that
-    alternate between large and small (SQUAREM cycles do) give their rate, not the rate of
-    one of their phases. Where each of the last ``m`` decreases is below the one before it (no
-    alternation), the tail is at most ``d r' / (1 - r')``, with ``d`` the last decrease (not
-    0) and ``r'`` the largest of those ``m`` single ratios: exact for geometric decreases, and
-    for superlinear convergence far below the windows' rate, which still holds the large
-    decreases of a few iterations back and would ask a quadratically converging fit for ``m -
-    1`` further iterations of rounding's size. With
-    fewer than two decreases, the last one."""
-    d = np.maximum(-np.diff(np.asarray(trace[-(2 * TAIL_WINDOW + 1):], dtype=float)), 0.0)
+    shrunk lately: for each window ``m`` of :data:`TAIL_WINDOWS` (fewer while the trace is
+    short), with ``S1`` the sum of the last ``m`` decreases and ``S0`` that of the ``m`` before,
+    the rate per iteration is ``r = (S1 / S0)^(1/m)`` (at most :data:`TAIL_RATE_MAX`) and the
+    tail ``(S1 / m) r / (1 - r)``; the largest over the windows. Sums over windows, not single
+    ratios, so that decreases that alternate between large and small (SQUAREM cycles do) give
+    their rate, not the rate of one of their phases; a pattern's period must divide a window
+    for the sums to hold whole periods, hence several windows. Where each of the last
+    ``max(TAIL_WINDOWS)`` decreases is below the one before it (no alternation), the tail is at
+    most ``d r' / (1 - r')``, with ``d`` the last decrease (not 0) and ``r'`` the largest of
+    those single ratios: exact for geometric decreases, and for superlinear convergence far
+    below the windows' rate, which still holds the large decreases of a few iterations back
+    and would ask a quadratically converging fit for further iterations of rounding's size.
+    With fewer than two decreases, the last one."""
+    big = max(TAIL_WINDOWS)
+    d = np.maximum(-np.diff(np.asarray(trace[-(2 * big + 1):], dtype=float)), 0.0)
     if d.size == 0:
         return 0.0
-    m = min(TAIL_WINDOW, d.size // 2)
-    if m == 0:
+    if d.size < 2:
         return float(d[-1])
-    recent, before = float(d[-m:].sum()), float(d[-2 * m:-m].sum())
-    if recent == 0.0:
-        return 0.0
-    r = TAIL_RATE_MAX if before <= 0.0 else min((recent / before) ** (1.0 / m), TAIL_RATE_MAX)
-    tail = recent / m * r / (1.0 - r)
+    tail = 0.0
+    for w in TAIL_WINDOWS:
+        m = min(w, d.size // 2)
+        recent, before = float(d[-m:].sum()), float(d[-2 * m:-m].sum())
+        if recent > 0.0:
+            r = TAIL_RATE_MAX if before <= 0.0 else min((recent / before) ** (1.0 / m), TAIL_RATE_MAX)
+            tail = max(tail, recent / m * r / (1.0 - r))
+    m = min(big, d.size // 2)
     last, prev = d[-m:], d[-m - 1:-1]
     if last[-1] > 0.0 and np.all(last < prev):  # every decrease below the one before it
         rs = min(float(np.max(last / prev)), TAIL_RATE_MAX)
@@ -994,7 +1000,7 @@ def fit_ml(prob: Problem, X0: np.ndarray, theta0: np.ndarray | None = None,
     iteration decreases the nll by less than ``tol * (1 + |nll|)``, moves X by less than
     ``sqrt(tol)`` and :func:`kkt_decrement` (the predicted decrease still available) is below
     ``tol * (1 + |nll|)``, and :func:`geometric_tail` of the trace is below it too (before the
-    polish below, whose gain then replaces the trace's last entry; :data:`TAIL_WINDOW`). Where only
+    polish below, whose gain then replaces the trace's last entry; :data:`TAIL_WINDOWS`). Where only
     the last fails while the scoring direction predicts no
     more than that, what is left lies in entries of X that the directions hold near 0: they
     are sent to their bound by :func:`bound_step`, and the iterations go on. Where the last
@@ -1122,7 +1128,7 @@ def fit_ml(prob: Problem, X0: np.ndarray, theta0: np.ndarray | None = None,
         elif kkt is not None and kkt <= thr:
             # the expected information may predict less than is left, and one iteration's
             # decrease may be the small phase of alternating ones: the decreases' own rate
-            # must agree (geometric_tail, TAIL_WINDOW)
+            # must agree (geometric_tail, TAIL_WINDOWS)
             tail_ok = geometric_tail(trace) <= thr
             if second:
                 _, qp = qp_direction(prob, st)
