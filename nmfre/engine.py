@@ -289,8 +289,11 @@ def estimate(Y: np.ndarray, A: np.ndarray, Q: int, settings: FitSettings, rng: n
 #: an ML fit that did not converge with a residual variance at most this fraction of the square
 #: of Y's spread across units (the largest range of a feature; not its mean square, which a
 #: large common level dominates) was heading for sigma2 = 0: X (Theta A + U) reproduces Y, and
-#: the likelihood is unbounded (:func:`_check_solution`)
+#: the likelihood is unbounded (:func:`_check_solution`), where lambda = sigma2 / tau2 is at
+#: most ``LAMBDA_SMALL`` too (a feature whose range across units is 5.7e6, with noise of sd 1:
+#: sigma2 1.1 and lambda 2.9 after 20 iterations, a fit that converges after 3288)
 SIGMA2_FLOOR = 1e-12
+LAMBDA_SMALL = 1e-6
 
 
 def _check_solution(sol: Solution, Y, Q: int, rate, settings: FitSettings, r: float, spread: float) -> None:
@@ -301,14 +304,15 @@ def _check_solution(sol: Solution, Y, Q: int, rate, settings: FitSettings, r: fl
     if not np.all(np.isfinite(values)):
         raise ValueError(f"the estimates are not representable in float64 at Y's scale (root mean square "
                          f"{r:.3g}); rescale Y")
-    # lambda at its floor, or a fit that did not converge with a residual variance that is no
-    # noise (a noise-free Y of rank 1 fitted at rank 2 stalled with sigma2 2.9e-14, 3.4e-14 of the
+    # lambda at its floor, or a fit that did not converge with lambda small and a residual
+    # variance that is no noise (a noise-free Y of rank 1 fitted at rank 2 stalled with sigma2 2.9e-14, 3.4e-14 of the
     # square of Y's spread across units, and lambda 6e-10; data on a level of 1e6 with noise of
     # sd 1 have sigma2 1e-12 of their mean square and are fitted)
     unbounded = (settings.method == "ml" and rate is None and settings.variance_mode in ("free", "tau2")
                  and Y.shape[0] > Q
                  and (sol.lam <= LAMBDA_MIN * (1 + 1e-6)
-                      or (not sol.converged and sol.sigma2 <= SIGMA2_FLOOR * spread * spread)))
+                      or (not sol.converged and sol.lam <= LAMBDA_SMALL
+                          and sol.sigma2 <= SIGMA2_FLOOR * spread * spread)))
     if unbounded:
         raise ValueError(
             "the likelihood is unbounded: X (Theta A + U) reproduces Y exactly (lambda = sigma2/tau2 -> 0, "

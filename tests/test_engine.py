@@ -113,6 +113,15 @@ def test_a_noise_free_y_of_lower_rank_is_refused_at_a_higher_rank_without_runtim
     with pytest.warns(nmfre.ConvergenceWarning):
         f = nmfre.fit(Y, A, rank=2, max_iter=50)
     assert f.sigma2 / np.mean(Y**2) < 1e-12 and f.sigma2 == pytest.approx(1.0, rel=0.2)
+    # nor relative to one feature's range: a covariate effect of 3e6 (ranges up to 2.8e6 across
+    # units) with noise of sd 1, stopped after 20 iterations (sigma2 1.6, below 1e-12 of the
+    # largest range squared, and lambda at its upper end: a singular fit); refused as unbounded
+    # without the condition on lambda
+    theta = np.array([[10.0, 3e6], [8.0, -2e6]])
+    Y = X @ (theta @ A + rng.normal(size=(2, 200))) + rng.normal(size=(10, 200))
+    with pytest.warns(nmfre.ConvergenceWarning):
+        f = nmfre.fit(Y, A, rank=2, max_iter=20)
+    assert f.sigma2 <= 1e-12 * float(np.ptp(Y, axis=1).max()) ** 2 and f.sigma2 / f.tau2 > 1e-6, (f.sigma2, f.tau2)
 
 
 def test_fewer_units_than_covariates(orthodont):

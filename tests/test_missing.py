@@ -192,11 +192,14 @@ def test_geometric_tail_closed_forms():
     """Geometric decreases: the tail exactly (``d r / (1 - r)``, the sum still to come);
     decreases in a pattern of period 1, 2 or 3 (a large phase, then small ones, shrinking by
     0.95 a period), wherever the trace ends: at least 0.85 of the sum still to come and at most
-    4 times it (measured: 1.0-1.02 ending on a small phase, 2.6-3.6 on the large one). A
-    median of single ratios gave the rate of one phase (a tail 14 times too small); a window
-    of 3 alone gives 0.06 of the sum on period 2 ending on its small phase, one of 2 alone
-    passes period 3 ending on its two small phases (the named fault: a complete-data fit
-    stopped at a small phase; ml.TAIL_WINDOWS). Quadratic convergence leaves less than the
+    4 times it (measured: period 2, 1.01 ending on the small phase and 3.56 on the large one;
+    period 3, 1.02 ending on the large or the second small phase and 2.60 on the first small
+    one). A median of single ratios gave the rate of one phase (a tail 14 times too small); a
+    window of 3 alone gives 0.06 of the sum on period 2 ending on its small phase, one of 2
+    alone 2.5e-6 on period 3 ending on its second small phase (the named fault: a
+    complete-data fit stopped at a small phase; ml.TAIL_WINDOWS). A steady run ended by one
+    anomalously small decrease is not taken for convergence (the windows' tail, not the cap
+    at that decrease). Quadratic convergence leaves less than the
     last decrease at once (the last decreases of a 12 x 60 fit: the windows alone gave 1.7e-6,
     which held a converged fit for two more iterations of rounding's size); a flat or short
     trace."""
@@ -217,6 +220,8 @@ def test_geometric_tail_closed_forms():
             assert 0.85 <= geometric_tail(trace) / to_come[n:].sum() <= 4.0, (k, n)
     fit = -np.cumsum([15.07, 2.74, 8.11e-2, 1.99e-4, 5.2e-10])
     assert geometric_tail(fit) < 5.2e-10
+    for steady in ([8.0, 4.0, 2.0, 1.0, 1e-3], [32.0, 16.0, 8.0, 4.0, 2.0, 1.0, 1e-3]):
+        assert geometric_tail(-np.cumsum([0.0, *steady])) > 0.3  # the windows' (0.35, 0.91), not 1e-3
     quad = 1.0 - np.concatenate([[0.0], np.cumsum([1e-1, 1e-2, 1e-4, 1e-8, 1e-16, 1e-32, 1e-40, 1e-45, 1e-48])])
     assert geometric_tail(quad) < 1e-14
     assert geometric_tail([5.0, 5.0, 5.0]) == 0.0 and geometric_tail([5.0]) == 0.0

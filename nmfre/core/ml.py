@@ -148,8 +148,9 @@ BOUND_DIRECTION = True
 #: likelihood along weakly identified directions, and one iteration's decrease says nothing
 #: where decreases alternate. Windows of 2 and 3, so that patterns of period 2 and of period 3
 #: (trust-region radii that shrink and grow in turn, SQUAREM cycles) are each summed whole by
-#: one of them (a window of 3 alone under-estimates a period-2 pattern that ends on its small
-#: phase by up to 36 times, one of 2 alone a period-3 one). The named faults: a 150 x 400, Q =
+#: one of them (a window of 3 alone gives a period-2 pattern that ends on its small phase 0.06
+#: of the sum still to come at a decay of 0.95 a period, less as the decay slows; one of 2 alone
+#: gives a period-3 pattern ending on its second small phase 2.5e-6 of it). The named faults: a 150 x 400, Q =
 #: 4 fit with 5% of Y missing (one component's Theta row 1e-3 of the others'), whose decreases
 #: shrank by a factor 0.92 an iteration for 40 iterations, stopped "converged" at a decrease of
 #: 4.2e-6 against a tolerance of 3.9e-6 (the Fisher model predicting 1.4e-6 and the KKT
@@ -757,12 +758,15 @@ def geometric_tail(trace) -> float:
     tail ``(S1 / m) r / (1 - r)``; the largest over the windows. Sums over windows, not single
     ratios, so that decreases that alternate between large and small (SQUAREM cycles do) give
     their rate, not the rate of one of their phases; a pattern's period must divide a window
-    for the sums to hold whole periods, hence several windows. Where each of the last
-    ``max(TAIL_WINDOWS)`` decreases is below the one before it (no alternation), the tail is at
-    most ``d r' / (1 - r')``, with ``d`` the last decrease (not 0) and ``r'`` the largest of
-    those single ratios: exact for geometric decreases, and for superlinear convergence far
-    below the windows' rate, which still holds the large decreases of a few iterations back
-    and would ask a quadratically converging fit for further iterations of rounding's size.
+    for the sums to hold whole periods, hence several windows (patterns of period 4 or more
+    that end on their small phases are still under-estimated). Where each of the last
+    ``max(TAIL_WINDOWS)`` decreases is below the one before it and their single ratios are
+    steady (within 4 times of each other), or each of the last four decreases is at most a tenth
+    of the one before, the tail is at most ``d r' / (1 - r')``, with ``d`` the
+    last decrease (not 0) and ``r'`` the largest of those ratios: exact for geometric
+    decreases, and for superlinear convergence far below the windows' rate, which still holds
+    the large decreases of a few iterations back and would ask a quadratically converging fit
+    for further iterations of rounding's size.
     With fewer than two decreases, the last one."""
     big = max(TAIL_WINDOWS)
     d = np.maximum(-np.diff(np.asarray(trace[-(2 * big + 1):], dtype=float)), 0.0)
@@ -780,8 +784,18 @@ def geometric_tail(trace) -> float:
     m = min(big, d.size // 2)
     last, prev = d[-m:], d[-m - 1:-1]
     if last[-1] > 0.0 and np.all(last < prev):  # every decrease below the one before it
-        rs = min(float(np.max(last / prev)), TAIL_RATE_MAX)
-        tail = min(tail, float(last[-1]) * rs / (1.0 - rs))
+        q = last / prev
+        # a steady rate (these single ratios within 4 times of each other) or a fast one (each
+        # of the last four decreases at most a tenth of the one before: quadratic convergence,
+        # whose last ratios are not steady where a decrease meets the nll's rounding); not a
+        # steady run ended by one anomalously small decrease (8, 4, 2, 1, 1e-3), whose cap
+        # would be that decrease (with two ratios the two look alike)
+        d4 = d[-4:]
+        qa = d4[1:] / np.where(d4[:-1] > 0.0, d4[:-1], np.inf)
+        fast = qa.size == 3 and bool(np.all((qa > 0.0) & (qa <= 0.1)))
+        if np.max(q) <= 4.0 * np.min(q) or fast:
+            rs = min(float(np.max(q)), TAIL_RATE_MAX)
+            tail = min(tail, float(last[-1]) * rs / (1.0 - rs))
     return tail
 
 
