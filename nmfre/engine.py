@@ -305,9 +305,9 @@ def _check_solution(sol: Solution, Y, Q: int, rate, settings: FitSettings, r: fl
         raise ValueError(f"the estimates are not representable in float64 at Y's scale (root mean square "
                          f"{r:.3g}); rescale Y")
     # lambda at its floor, or a fit that did not converge with lambda small and a residual
-    # variance that is no noise (a noise-free Y of rank 1 fitted at rank 2 stalled with sigma2 2.9e-14, 3.4e-14 of the
-    # square of Y's spread across units, and lambda 6e-10; data on a level of 1e6 with noise of
-    # sd 1 have sigma2 1e-12 of their mean square and are fitted)
+    # variance that is no noise (a noise-free Y of rank 1 fitted at rank 2 stalled with sigma2
+    # 2.9e-14, 3.4e-14 of the square of Y's spread across units, and lambda 6e-10; data on a
+    # level of 1e6 with noise of sd 1 have sigma2 1e-12 of their mean square and are fitted)
     unbounded = (settings.method == "ml" and rate is None and settings.variance_mode in ("free", "tau2")
                  and Y.shape[0] > Q
                  and (sol.lam <= LAMBDA_MIN * (1 + 1e-6)

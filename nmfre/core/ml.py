@@ -149,11 +149,11 @@ BOUND_DIRECTION = True
 #: where decreases alternate. Windows of 2 and 3, so that patterns of period 2 and of period 3
 #: (trust-region radii that shrink and grow in turn, SQUAREM cycles) are each summed whole by
 #: one of them (a window of 3 alone gives a period-2 pattern that ends on its small phase 0.06
-#: of the sum still to come at a decay of 0.95 a period, less as the decay slows; one of 2 alone
-#: gives a period-3 pattern ending on its second small phase 2.5e-6 of it). The named faults: a 150 x 400, Q =
-#: 4 fit with 5% of Y missing (one component's Theta row 1e-3 of the others'), whose decreases
-#: shrank by a factor 0.92 an iteration for 40 iterations, stopped "converged" at a decrease of
-#: 4.2e-6 against a tolerance of 3.9e-6 (the Fisher model predicting 1.4e-6 and the KKT
+#: of the sum still to come at a decay of 0.95 a period, less as the decay slows; one of 2
+#: alone gives a period-3 pattern ending on its second small phase 2.5e-6 of it). The named
+#: faults: a 150 x 400, Q = 4 fit with 5% of Y missing (one component's Theta row 1e-3 of the
+#: others'), whose decreases shrank by a factor 0.92 an iteration for 40 iterations, stopped
+#: "converged" at a decrease of 4.2e-6 against a tolerance of 3.9e-6 (the Fisher model predicting 1.4e-6 and the KKT
 #: decrement 1.1e-8); an independent optimiser started there found 2.4e-5 lower. On complete
 #: data, a non-negative 300 x 3000, Q = 4 fit (tau2 1e-2 of sigma2) stopped "converged" after
 #: 262 iterations whose decreases alternated between about 1e-2 and 1e-4 (tolerance 3.2e-4),
@@ -766,8 +766,7 @@ def geometric_tail(trace) -> float:
     last decrease (not 0) and ``r'`` the largest of those ratios: exact for geometric
     decreases, and for superlinear convergence far below the windows' rate, which still holds
     the large decreases of a few iterations back and would ask a quadratically converging fit
-    for further iterations of rounding's size.
-    With fewer than two decreases, the last one."""
+    for further iterations of rounding's size. With fewer than two decreases, the last one."""
     big = max(TAIL_WINDOWS)
     d = np.maximum(-np.diff(np.asarray(trace[-(2 * big + 1):], dtype=float)), 0.0)
     if d.size == 0:
