@@ -128,9 +128,11 @@ def _start_fit(name: str, fit, data: Data, rank: int, theta: str):
     (sigma's r_hat 1.10, bulk ESS 53; started from the non-negative fit, see
     benchmarks/results/scale.md, thirty-fifth round). The models that hold X at the fit keep
     it: their X is the fit's by definition."""
+    from nmfre.core.covariates import orthonormal_effects
     from nmfre.core.ml import degenerating
 
-    if name != "joint" or theta != "free" or not degenerating(fit.solution.X, fit.solution.theta):
+    sol = fit.solution
+    if name != "joint" or theta != "free" or not degenerating(sol.X, orthonormal_effects(sol.theta, data.A)):
         return fit
     return _frequentist_fit(None, data, rank, "nonneg")
 

@@ -17,6 +17,7 @@ import numpy as np
 from .core import basis, dfcap, passes
 from .core import stats as cstats
 from .core.bootstrap import align_components
+from .core.covariates import Frame, orthonormal_effects
 from .core.likelihood import LAMBDA_MIN, icc
 from .core.ml import Problem, degenerating, fit_ml, theta_step
 from .core.paper import fit_paper
@@ -168,8 +169,10 @@ def solve(Y: np.ndarray, A: np.ndarray, Q: int, start: Start, rate: float | None
           settings: FitSettings, stats: Stats | None = None) -> Solution:
     """Run the settings' algorithm once from ``start`` with cap rate ``rate``.
 
-    ML iterates on ``stats`` (built from ``Y`` when not given; pass it to reuse it across
-    restarts), then computes the random effects in one pass over the units.
+    ML iterates on ``stats`` (built from ``Y`` when not given; pass :func:`ml_stats` to reuse
+    them across restarts), sign-free ML on orthonormal covariates (:func:`covariate_frame`;
+    ``start.theta`` and the returned Theta are on ``A``'s), then computes the random effects
+    in one pass over the units.
     """
     s = settings
     if s.method == "paper":
@@ -180,11 +183,28 @@ def solve(Y: np.ndarray, A: np.ndarray, Q: int, start: Start, rate: float | None
         return fit_paper(Y, A, start.X, theta0, start.U, rate=rate, sigma2=s.sigma2, tau2=s.tau2,
                          update_sigma2=not s.fix_sigma2, update_tau2=not s.fix_tau2,
                          max_iter=s.max_iter, tol=s.tol)
-    stats = passes.stats_of(Y, A) if stats is None else stats
+    frame = covariate_frame(A, s)
+    Af = A if frame is None else frame.A
+    stats = passes.stats_of(Y, Af) if stats is None else stats
     cap = None if rate is None else dfcap.cap_value(rate, stats.N, Q)
     prob = problem(stats, Q, cap, s)
-    sol = fit_ml(prob, basis.normalise_columns(start.X), start.theta, max_iter=s.max_iter, tol=s.tol).ordered()
-    return replace(sol, U=passes.blup(Y, A, sol.X, sol.theta, sol.lam))
+    theta0 = start.theta if frame is None else frame.inward(start.theta)
+    sol = fit_ml(prob, basis.normalise_columns(start.X), theta0, max_iter=s.max_iter, tol=s.tol).ordered()
+    sol = replace(sol, U=passes.blup(Y, Af, sol.X, sol.theta, sol.lam))
+    return sol if frame is None else replace(sol, theta=frame.outward(sol.theta))
+
+
+def covariate_frame(A: np.ndarray, settings: FitSettings) -> Frame | None:
+    """The orthonormal covariates that sign-free ML iterates on (:mod:`nmfre.core.covariates`);
+    None for non-negative Theta and the paper method, which keep the given ones."""
+    return Frame.of(A) if settings.method == "ml" and not settings.nonneg else None
+
+
+def ml_stats(Y, A: np.ndarray, settings: FitSettings, missing: bool) -> Stats:
+    """The ML solver's statistics of ``(Y, A)``, on :func:`covariate_frame`'s covariates where
+    it has them (what :func:`solve` expects as ``stats``)."""
+    frame = covariate_frame(A, settings)
+    return passes.stats_of(Y, A if frame is None else frame.A, missing=missing)
 
 
 def problem(stats: Stats, Q: int, cap, settings: FitSettings) -> Problem:
@@ -238,7 +258,7 @@ def scan_rates(Y: np.ndarray, A: np.ndarray, Q: int, rates, settings: FitSetting
     """:func:`scan` from the settings' first start, with ML's internal standardisation."""
     info = check_estimable(Y, A, settings)
     c, Ys, s, vals = _standardised(Y, settings, values, info["rms"])
-    stats = passes.stats_of(Ys, A, missing=info["n_missing"] > 0) if s.method == "ml" else None
+    stats = ml_stats(Ys, A, s, info["n_missing"] > 0) if s.method == "ml" else None
     start = make_starts(Ys, Q, s, rng, vals, stats, _scaled_info(info, c))[0]
     rows, chosen = scan(Ys, A, Q, start, rates, s, stats)
     return _unscaled_rows(rows, c, _n_obs(Y, info)), chosen
@@ -266,7 +286,7 @@ def estimate(Y: np.ndarray, A: np.ndarray, Q: int, settings: FitSettings, rng: n
     """
     info = check_estimable(Y, A, settings)
     c, Ys, s, vals = _standardised(Y, settings, values, info["rms"])
-    stats = passes.stats_of(Ys, A, missing=info["n_missing"] > 0) if s.method == "ml" else None
+    stats = ml_stats(Ys, A, s, info["n_missing"] > 0) if s.method == "ml" else None
     starts = make_starts(Ys, Q, s, rng, vals, stats, _scaled_info(info, c))
     rows, rate = None, s.df_cap
     if s.df_cap == "auto":
@@ -320,7 +340,7 @@ def _check_solution(sol: Solution, Y, Q: int, rate, settings: FitSettings, r: fl
             "range across units, df_U -> N Q); bound the random effects with df_cap or fix sigma2")
 
 
-def ended_degenerate(sol: Solution, settings: FitSettings) -> str | None:
+def ended_degenerate(sol: Solution, settings: FitSettings, A: np.ndarray) -> str | None:
     """How a sign-free fit ended at a degenerate configuration (:func:`nmfre.core.ml.degenerating`
     at its estimate), if it did: ``"converged"`` (its gains along the merge of two or more
     components fell below the tolerance while their effects are large and cancel),
@@ -329,10 +349,11 @@ def ended_degenerate(sol: Solution, settings: FitSettings) -> str | None:
     ``max_iter``, its effects growing too slowly for the rule, which asks for a growth of
     ``DEGENERATE_GROWTH`` within ``DEGENERATE_PATIENCE`` iterations); None otherwise, and for a
     fit stopped by the rule itself (``stop_reason="degenerate"``). Either way its Theta is not
-    identified (:func:`nmfre.fit` warns; a refit bootstrap replicate counts as not converged)."""
+    identified (:func:`nmfre.fit` warns; a refit bootstrap replicate counts as not converged).
+    ``A``: the covariates ``sol.theta`` is on (the rule judges the effects on orthonormal ones)."""
     how = ("converged" if sol.converged else "stalled" if sol.stop_reason == "stalled"
            else "max_iter" if sol.stop_reason == "max_iter" else None)
-    return how if how and settings.theta == "free" and degenerating(sol.X, sol.theta) else None
+    return how if how and settings.theta == "free" and degenerating(sol.X, orthonormal_effects(sol.theta, A)) else None
 
 
 # ----------------------------------------------------------------------------- refit bootstrap
@@ -460,7 +481,7 @@ class _RefitJob:
             Yb = self.fitted + self.resid * Wblock[:, j][None, :]
             res = solve(Yb, self.A, self.Q, self.start, self.rate, self.settings)
             perm, cos = align_components(self.X, res.X)
-            degenerate = ended_degenerate(res, self.settings) is not None  # its Theta is not an estimate either
+            degenerate = ended_degenerate(res, self.settings, self.A) is not None  # its Theta is not an estimate either
             rec = {"theta": self.c * res.theta[perm].reshape(-1, order="F"),
                    "permuted": bool(np.any(perm != np.arange(self.Q))), "min_cos": float(cos.min()),
                    "converged": bool(res.converged) and not degenerate,

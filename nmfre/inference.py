@@ -709,7 +709,7 @@ def _warn_degenerate_start(fit: NMFREFit, settings, failed: str) -> None:
     ran to 5000 iterations, 168 s in all, measured before a refit that reaches ``max_iter`` at a
     degenerate configuration was labelled degenerate too)."""
     sol = fit.solution
-    ended = ended_degenerate(sol, settings)
+    ended = ended_degenerate(sol, settings, fit.data.A)
     how = ("stopped by the degeneracy rule" if sol.stop_reason == "degenerate"
            else "ran to max_iter at a degenerate configuration" if ended == "max_iter"
            else f"{ended} at a degenerate configuration" if ended else None)

@@ -15,6 +15,7 @@ import pandas as pd
 from . import engine
 from . import validation as v
 from .core import dfcap
+from .core.covariates import orthonormal_effects
 from .core.likelihood import LAMBDA_MAX
 from .core.ml import DEGENERATE_INDEX, STALL_PATIENCE, cancellation, degeneracy
 from .exceptions import ConvergenceWarning, DegenerateFitWarning, IdentifiabilityWarning, SingularFitWarning
@@ -113,7 +114,7 @@ def fit(Y: Any, A: Any = None, rank: int = 2, *, method: str = "ml", theta: str 
     result = _wrap(data, est, settings)
     if result.stop_reason == "degenerate":
         warnings.warn(_degenerate_message(result), DegenerateFitWarning, stacklevel=2)
-    elif how := engine.ended_degenerate(result.solution, settings):
+    elif how := engine.ended_degenerate(result.solution, settings, data.A):
         # converged, stalled or ran to max_iter where the likelihood is nearly flat along the merge
         warnings.warn(_degenerate_message(result, how), DegenerateFitWarning, stacklevel=2)
     elif result.stop_reason == "stalled":
@@ -151,7 +152,8 @@ def _degenerate_message(result: NMFREFit, how: str = "stopped") -> str:
     growing = "are large" if ended else "keep growing"
     rising = "rises ever more slowly" if ended else "keeps rising"
     starts = ("; the other starts are in fit.restarts" if ended and len(result.restarts) > 1 else "")
-    index, i, j = degeneracy(sol.X, sol.theta)
+    effects = orthonormal_effects(sol.theta, result.data.A)  # what the rule judges
+    index, i, j = degeneracy(sol.X, effects)
     comp = result.X.coords["component"].values
     size = float(np.max(np.abs(sol.theta)))
     if index <= DEGENERATE_INDEX:
@@ -162,7 +164,7 @@ def _degenerate_message(result: NMFREFit, how: str = "stopped") -> str:
                 f"{size:.3g}): the likelihood {rising} as the two merge, toward a "
                 "boundary where their effects are not identified. Use theta='nonneg', a smaller rank, or other starts "
                 f"(n_init){starts}")
-    ratio, sizes = cancellation(sol.X, sol.theta)
+    ratio, sizes = cancellation(sol.X, effects)
     # the terms larger than the whole fit (the others cancel them), at least two, largest first
     big = np.argsort(-sizes, kind="stable")[: max(2, int(np.sum(sizes > 1.0)))]
     names = ", ".join(repr(c) for c in comp[big])

@@ -11,7 +11,8 @@ from scipy.stats import multivariate_normal
 
 from nmfre import simulate
 from nmfre.core import stats
-from nmfre.core.ml import Problem, State, kkt_decrement
+from nmfre.core.covariates import orthonormal_effects
+from nmfre.core.ml import Problem, State, degenerating, kkt_decrement
 
 SEED_ENV = "NMFRE_TEST_SEED_OFFSET"
 SEED_STRIDE = 1000
@@ -103,6 +104,13 @@ def kkt(fit) -> float:
 
 
 REPO = Path(__file__).parent.parent
+
+
+def degenerate(fit) -> bool:
+    """Whether a fit's estimate is :func:`~nmfre.core.ml.degenerating` (its effects judged on
+    orthonormal covariates, as the fit itself judges them)."""
+    sol = fit.solution
+    return degenerating(sol.X, orthonormal_effects(sol.theta, fit.data.A))
 
 
 def load_script(path, name: str | None = None, register: bool = False):

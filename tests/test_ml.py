@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from helpers import kkt, load_script, rank2, ridged
+from helpers import degenerate, kkt, load_script, rank2, ridged
 
 import nmfre
 from nmfre.core import basis, ml, stats
@@ -877,7 +877,7 @@ def test_a_sign_free_fit_that_runs_to_max_iter_at_a_degenerate_configuration_say
     with warnings.catch_warnings(record=True) as rec:
         warnings.simplefilter("always")
         f = nmfre.fit(d["Y"], d["A"], rank=3, n_init=3, seed=1, max_iter=40)
-    assert f.stop_reason == "max_iter" and ml.degenerating(f.solution.X, f.solution.theta)
+    assert f.stop_reason == "max_iter" and degenerate(f)
     said = [(w.category, str(w.message)) for w in rec if issubclass(w.category, nmfre.ConvergenceWarning)]
     assert [c for c, _ in said] == [nmfre.DegenerateFitWarning], said
     assert "ran to max_iter=40 at a degenerate configuration" in said[0][1] and "increase max_iter" not in said[0][1]
@@ -889,7 +889,7 @@ def test_a_sign_free_fit_that_runs_to_max_iter_at_a_degenerate_configuration_say
     # a non-degenerate fit cut at max_iter keeps the advice
     with pytest.warns(nmfre.ConvergenceWarning, match="increase max_iter") as rec:
         g = nmfre.fit(d["Y"], d["A"], rank=2, max_iter=3)
-    assert g.stop_reason == "max_iter" and not ml.degenerating(g.solution.X, g.solution.theta)
+    assert g.stop_reason == "max_iter" and not degenerate(g)
     assert not any(issubclass(w.category, nmfre.DegenerateFitWarning) for w in rec)
 
 
@@ -920,7 +920,7 @@ def test_a_sign_free_fit_that_stalls_at_a_degenerate_configuration_says_so(monke
     d = block_sparse(P=30, N=300, rank=3, K=2, seed=11)
     with pytest.warns(nmfre.DegenerateFitWarning, match="stalled after .* at a degenerate configuration") as rec:
         f = nmfre.fit(d["Y"], d["A"], rank=3, n_init=3, seed=1)
-    assert ml.degenerating(f.solution.X, f.solution.theta) and f.stop_reason == "stalled"
+    assert degenerate(f) and f.stop_reason == "stalled"
     said = [str(w.message) for w in rec if issubclass(w.category, nmfre.ConvergenceWarning)]
     assert len(said) == 1 and "components 'Basis" in said[0], said
     # the refit bootstrap from it says how the estimate ended (max_iter=5: the refits are not the point)
@@ -932,7 +932,7 @@ def test_a_sign_free_fit_that_stalls_at_a_degenerate_configuration_says_so(monke
     # a sign-free fit that stalls elsewhere (the NNDSVD start's non-degenerate optimum) keeps the generic warning
     with pytest.warns(nmfre.ConvergenceWarning) as rec:
         g = nmfre.fit(d["Y"], d["A"], rank=3)
-    assert g.stop_reason == "stalled" and not ml.degenerating(g.solution.X, g.solution.theta)
+    assert g.stop_reason == "stalled" and not degenerate(g)
     said = [(w.category, str(w.message)) for w in rec if issubclass(w.category, nmfre.ConvergenceWarning)]
     assert [c for c, _ in said] == [nmfre.ConvergenceWarning] and "try other starts" in said[0][1], said
 
@@ -953,7 +953,7 @@ def test_a_sign_free_fit_that_converges_at_a_degenerate_configuration_warns():
     d = block_sparse(P=30, N=300, rank=3, K=2, seed=11)
     with pytest.warns(nmfre.DegenerateFitWarning, match="the sign-free fit is degenerate") as rec:
         f = nmfre.fit(d["Y"], d["A"], rank=3, n_init=3, seed=1)
-    assert ml.degenerating(f.solution.X, f.solution.theta)
+    assert degenerate(f)
     said = [str(w.message) for w in rec if issubclass(w.category, nmfre.DegenerateFitWarning)]
     if f.converged:
         assert any("converged after" in m and "fit.restarts" in m for m in said), said
@@ -962,4 +962,4 @@ def test_a_sign_free_fit_that_converges_at_a_degenerate_configuration_warns():
     with warnings.catch_warnings():
         warnings.simplefilter("error", nmfre.ConvergenceWarning)
         g = nmfre.fit(d["Y"], d["A"], rank=3, theta="nonneg")
-    assert g.converged and not ml.degenerating(g.solution.X, g.solution.theta)
+    assert g.converged and not degenerate(g)

@@ -5,6 +5,7 @@
 * :mod:`~nmfre.core.basis`: simplex projection and starting bases;
 * :mod:`~nmfre.core.ml`, :mod:`~nmfre.core.paper`: the two solvers, both returning a
   :class:`~nmfre.core.solution.Solution`;
+* :mod:`~nmfre.core.covariates`: the orthonormal covariates sign-free ML runs on;
 * :mod:`~nmfre.core.covariance`, :mod:`~nmfre.core.bootstrap`: the inference algebra
   (information, sandwich, multipliers, one-step replicates, component alignment).
 

@@ -940,7 +940,8 @@ def cancellation(X: np.ndarray, theta: np.ndarray) -> tuple[float, np.ndarray]:
     one component or orthogonal terms, at least 1 when Theta is non-negative (X is, so every
     cross term ``(x_i'x_j)(theta_i theta_j')`` is >= 0), near 0 when terms much larger than
     the fit cancel in it. Two components give ``1 + c`` at equal sizes, ``c`` the index of
-    :func:`degeneracy`; three or more can cancel while no pair's index is near -1.
+    :func:`degeneracy`; three or more can cancel while no pair's index is near -1. ``theta``
+    as in :func:`degeneracy` (on orthonormal covariates).
     """
     n = np.linalg.norm(X, axis=0) * np.linalg.norm(theta, axis=1)
     fit = float(np.linalg.norm(X @ theta))
@@ -961,12 +962,17 @@ def degeneracy(X: np.ndarray, theta: np.ndarray) -> tuple[float, int, int]:
     """The most negative ``cos(x_i, x_j) cos(theta_i, theta_j)`` over pairs of components,
     with the pair (``(1.0, -1, -1)`` for one component).
 
+    ``theta`` holds the effects on orthonormal covariates
+    (:func:`nmfre.core.covariates.orthonormal_effects`; a fit's iterates are on them), so that
+    ``cos(theta_i, theta_j)`` is the cosine of the two components' effects on the units,
+    whatever the coding of the covariates.
+
     Near -1: two basis columns almost coincide while their effects (rows of Theta) point in
     opposite directions, so ``x_i theta_i + x_j theta_j`` stays finite while both effects
     grow. This is the two-factor degeneracy of sign-free factor models (the congruence
     product of Krijnen & Kiers, 1993): the likelihood keeps rising toward a boundary
     where the two components merge, and no interior maximum is reached. Columns of X are
-    non-negative, so the index is >= 0 whenever Theta is.
+    non-negative, so the index is >= 0 whenever the effects on the units are (``Theta A >= 0``).
     """
     Q = X.shape[1]
     if Q < 2:
@@ -1172,7 +1178,7 @@ def fit_ml(prob: Problem, X0: np.ndarray, theta0: np.ndarray | None = None,
         if still >= STALL_PATIENCE:
             reason = "stalled"
             break
-        if watch:
+        if watch:  # the effects on orthonormal covariates, as the engine gives them (see degeneracy)
             size = float(np.max(np.abs(st.theta)))
             if not degenerating(st.X, st.theta):
                 since = None
