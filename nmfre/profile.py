@@ -24,7 +24,10 @@ Each accepted cycle does not increase the nll (a cycle that would, because the I
 cap ties lambda to X, is backtracked toward the previous X). With ``x="fixed"`` the model is
 a linear mixed model and only the Theta and variance blocks run.
 
-Complete dense data only (no missing values, no sparse or lazy Y).
+Complete dense data only (no missing values, no sparse or lazy Y). Sign-free Theta is
+maximised on orthonormal covariates (:mod:`nmfre.core.covariates`, as the ML solver does):
+fixed entries of Theta on the given covariates are linear constraints there, and the returned
+maxima and covariances are on the given covariates again.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ from scipy.stats import chi2
 from . import validation as v
 from .core import dfcap
 from .core.basis import project_simplex
+from .core.covariates import Frame
 from .core.likelihood import LOG_2PI, Sufficient, optimize_lambda
 from .core.likelihood import nll as nll_of
 from .core.stats import gram_product, gram_rss
@@ -112,6 +116,11 @@ class Likelihood:
         A = np.asarray(A, float)
         self.P, self.N = Y.shape
         self.K = A.shape[0]
+        #: sign-free Theta lives on orthonormal covariates inside (``Point.theta`` of the methods
+        #: below is on them; :meth:`maximise` and :meth:`model_cov` answer on the given ones)
+        self.frame = None if nonneg else Frame.of(A)
+        if self.frame is not None:
+            A = self.frame.A
         self.G = Y @ Y.T
         self.trG = float(np.trace(self.G))
         self.YA = Y @ A.T
@@ -147,7 +156,8 @@ class Likelihood:
     # -- exact blocks
     def theta_step(self, X: np.ndarray, lam: float, fixed: tuple = (), start: np.ndarray | None = None):
         """GLS Theta given ``(X, lambda)`` with the entries ``fixed`` ((index, value) pairs of
-        the column-major vec) held."""
+        the column-major vec of Theta on the given covariates) held; on the frame's covariates
+        where there is one (then each held entry is a linear constraint, :meth:`_constrained`)."""
         Q = X.shape[1]
         XtX = X.T @ X
         Ml = np.eye(Q) + (0.0 if np.isinf(lam) else 1.0 / lam) * XtX  # (X'X/lambda + I); W-weighted / lambda
@@ -157,6 +167,8 @@ class Likelihood:
         H = np.kron(self.AA, XWX)
         b = (Minv @ (X.T @ self.YA)).reshape(-1, order="F")
         n = H.shape[0]
+        if self.frame is not None and fixed:
+            return self._constrained(H, b, fixed, Q)
         idx = np.array([i for i, _ in fixed], int)
         val = np.array([x for _, x in fixed], float)
         free = np.setdiff1d(np.arange(n), idx)
@@ -171,6 +183,25 @@ class Likelihood:
             else:
                 out[free] = cho_solve(cho_factor(Hff), r)
         return out.reshape(Q, self.K, order="F")
+
+    def _constrained(self, H: np.ndarray, b: np.ndarray, fixed: tuple, Q: int) -> np.ndarray:
+        """``argmin z'Hz / 2 - b'z`` subject to the held entries of ``Theta = Theta_o T^-1``
+        (``z = vec(Theta_o)``): with ``C z = v``, ``z = H^-1 (b - C'mu)`` and
+        ``(C H^-1 C') mu = C H^-1 b - v``."""
+        n = H.shape[0]
+        Tinv = self.frame.outward(np.eye(self.K))  # T^-1: vec(Theta) = (T^-T kron I_Q) vec(Theta_o)
+        M = np.kron(Tinv.T, np.eye(Q))
+        C = M[[i for i, _ in fixed]]
+        v = np.array([x for _, x in fixed], float)
+        cf = cho_factor(H + 1e-12 * np.trace(H) / n * np.eye(n))
+        HC = cho_solve(cf, C.T)
+        Hb = cho_solve(cf, b)
+        mu = np.linalg.solve(C @ HC, C @ Hb - v)
+        return (Hb - HC @ mu).reshape(Q, self.K, order="F")
+
+    def given(self, pt: Point) -> Point:
+        """``pt`` with Theta on the given covariates."""
+        return pt if self.frame is None else replace(pt, theta=self.frame.outward(pt.theta))
 
     def variance_step(self, X: np.ndarray, theta: np.ndarray, con: Constraint, lam_current: float | None = None):
         """``(sigma2, lambda, nll)`` maximising over the variances given ``(X, Theta)`` under ``con``
@@ -252,10 +283,11 @@ class Likelihood:
 
     def maximise(self, start: Point, con: Constraint, x_free: bool = True, tol: float = 1e-10,
                  max_iter: int = 5000) -> Point:
-        """The constrained maximum from ``start`` (monotone block ascent, SQUAREM on X)."""
+        """The constrained maximum from ``start`` (monotone block ascent, SQUAREM on X; Theta is
+        re-solved from ``start``'s X and variances). Its Theta is on the given covariates."""
         st = self.point(start.X, start.theta, con, start.lam if np.isfinite(start.lam) else None)
         if not x_free or not np.isfinite(st.nll):
-            return st
+            return self.given(st)
         step_max = 1.0
         for it in range(1, max_iter + 1):
             new, step_max = self._squarem(st, con, step_max)
@@ -264,8 +296,8 @@ class Likelihood:
             if new.nll <= st.nll:
                 st = new
             if dec <= tol * (1 + abs(st.nll)) and dx <= np.sqrt(tol):
-                return replace(st, n_iter=it, converged=True)
-        return replace(st, n_iter=max_iter, converged=False)
+                return self.given(replace(st, n_iter=it, converged=True))
+        return self.given(replace(st, n_iter=max_iter, converged=False))
 
     def _cycle(self, st: Point, con: Constraint) -> Point:
         Xn = self.x_step(st.X, st.theta, st.sigma2, st.lam)
@@ -295,12 +327,17 @@ class Likelihood:
         return s2, max(1.0, step_max / 4)
 
     def model_cov(self, pt: Point) -> np.ndarray:
-        """Model-based covariance of vec(Theta) given X and the variances, ``sigma2 H^-1``."""
+        """Model-based covariance of vec(Theta) (on the given covariates) given X and the
+        variances, ``sigma2 H^-1``."""
         Q = pt.X.shape[1]
         XtX = pt.X.T @ pt.X
         Ml = np.eye(Q) + (0.0 if np.isinf(pt.lam) else 1.0 / pt.lam) * XtX
         XWX = XtX @ np.linalg.inv(Ml)
-        return pt.sigma2 * np.linalg.pinv(np.kron(self.AA, 0.5 * (XWX + XWX.T)))
+        cov = pt.sigma2 * np.linalg.pinv(np.kron(self.AA, 0.5 * (XWX + XWX.T)))
+        if self.frame is None:
+            return cov
+        M = np.kron(self.frame.outward(np.eye(self.K)).T, np.eye(Q))  # vec(Theta) = M vec(Theta_o)
+        return M @ cov @ M.T
 
 
 def likelihood_of(fit: NMFREFit) -> Likelihood:

@@ -199,8 +199,10 @@ def test_the_profile_likelihood_has_the_solvers_statistics(orthodont):
     Y, A = (np.asarray(a, float) for a in orthodont)
     f = nmfre.fit(Y, A, rank=2)
     X, theta = f.solution.X, f.solution.theta
-    ours = Likelihood(Y, A).sufficient(X, theta)
-    prob = ml.Problem(stats.from_arrays(Y, A, "gram"), 2, False, "free", 1.0, 1.0, None)
+    lik = Likelihood(Y, A)  # sign-free: both on the orthonormal covariates
+    theta = lik.frame.inward(theta)
+    ours = lik.sufficient(X, theta)
+    prob = ml.Problem(stats.from_arrays(Y, lik.frame.A, "gram"), 2, False, "free", 1.0, 1.0, None)
     solver = ml.sufficient(prob, X, theta)
     for a, b in ((ours.rss, solver.rss), (ours.scale, solver.scale)):
         assert abs(a - b) <= 1e-10 * abs(b)

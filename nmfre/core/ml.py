@@ -41,7 +41,8 @@ DENSE_MAX = 300
 DENSE_MAX_BLOCKS = 1500
 #: a sign-free fit is degenerate when a pair of components has ``cos(x_i, x_j) cos(theta_i,
 #: theta_j) <= DEGENERATE_INDEX`` for ``DEGENERATE_PATIENCE`` iterations in a row while
-#: ``max |Theta|`` grows by the factor ``DEGENERATE_GROWTH`` (see :func:`degeneracy`)
+#: ``max |Theta|`` grows by the factor ``DEGENERATE_GROWTH`` (see :func:`degeneracy`; the rows of
+#: Theta and their size on orthonormal covariates, :mod:`nmfre.core.covariates`)
 DEGENERATE_INDEX = -0.95
 DEGENERATE_PATIENCE = 100
 DEGENERATE_GROWTH = 1.5
@@ -937,9 +938,9 @@ def cancellation(X: np.ndarray, theta: np.ndarray) -> tuple[float, np.ndarray]:
     Returns ``(ratio, sizes)``: ``ratio = ||X Theta||_F^2 / sum_q ||x_q theta_q||_F^2`` and
     ``sizes[q] = ||x_q theta_q||_F / ||X Theta||_F`` (``||x_q theta_q||_F = ||x_q|| ||theta_q||``).
     Invariant to rescaling a component (``x_q c``, ``theta_q / c``) and to relabelling; 1 for
-    one component or orthogonal terms, at least 1 when Theta is non-negative (X is, so every
-    cross term ``(x_i'x_j)(theta_i theta_j')`` is >= 0), near 0 when terms much larger than
-    the fit cancel in it. Two components give ``1 + c`` at equal sizes, ``c`` the index of
+    one component or orthogonal terms, at least 1 when the effects on the units are non-negative
+    (``Theta A >= 0``; X is, so every cross term ``(x_i'x_j)(theta_i theta_j')`` is >= 0), near 0
+    when terms much larger than the fit cancel in it. Two components give ``1 + c`` at equal sizes, ``c`` the index of
     :func:`degeneracy`; three or more can cancel while no pair's index is near -1. ``theta``
     as in :func:`degeneracy` (on orthonormal covariates).
     """
