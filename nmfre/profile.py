@@ -200,9 +200,7 @@ class Likelihood:
         ``c = 1e4`` came back 9e-5 off, a review helper's measurement). Nothing in nmfre holds
         those."""
         n = H.shape[0]
-        Tinv = self.frame.outward(np.eye(self.K))  # T^-1: vec(Theta) = (T^-T kron I_Q) vec(Theta_o)
-        M = np.kron(Tinv.T, np.eye(Q))
-        C = M[[i for i, _ in fixed]]
+        C = self.frame.vec_outward(Q)[[i for i, _ in fixed]]
         v = np.array([x for _, x in fixed], float)
         cf = cho_factor(H + 1e-12 * np.trace(H) / n * np.eye(n))
         HC = cho_solve(cf, C.T)
@@ -347,7 +345,7 @@ class Likelihood:
         cov = pt.sigma2 * np.linalg.pinv(np.kron(self.AA, 0.5 * (XWX + XWX.T)))
         if self.frame is None:
             return cov
-        M = np.kron(self.frame.outward(np.eye(self.K)).T, np.eye(Q))  # vec(Theta) = M vec(Theta_o)
+        M = self.frame.vec_outward(Q)
         return M @ cov @ M.T
 
 

@@ -41,15 +41,13 @@ class Frame:
     def of(cls, A: np.ndarray) -> Frame:
         """The frame of ``A`` (K x N, full row rank)."""
         q, r = np.linalg.qr(A.T)
-        sign = np.where(np.diag(r) < 0, -1.0, 1.0)
-        root = np.sqrt(A.shape[1])
-        return cls(A=np.ascontiguousarray((q * sign).T) * root, T=(r * sign[:, None]).T / root)
+        sign, T = _lower(r, A.shape[1])
+        return cls(A=np.ascontiguousarray((q * sign).T) * np.sqrt(A.shape[1]), T=T)
 
     @staticmethod
     def transform(A: np.ndarray) -> np.ndarray:
         """``T`` alone (the triangular factor of the QR, without forming ``A_o``)."""
-        r = np.linalg.qr(A.T, mode="r")
-        return (r * np.where(np.diag(r) < 0, -1.0, 1.0)[:, None]).T / np.sqrt(A.shape[1])
+        return _lower(np.linalg.qr(A.T, mode="r"), A.shape[1])[1]
 
     def inward(self, theta: np.ndarray | None) -> np.ndarray | None:
         """Effects on the given covariates -> effects on the frame's (``Theta T``)."""
@@ -58,6 +56,17 @@ class Frame:
     def outward(self, theta: np.ndarray) -> np.ndarray:
         """Effects on the frame's covariates -> effects on the given ones (``Theta T^-1``)."""
         return solve_triangular(self.T, theta.T, trans="T", lower=True).T
+
+    def vec_outward(self, Q: int) -> np.ndarray:
+        """``M`` with ``vec(Theta) = M vec(Theta_o)`` (column-major vec of a ``Q x K`` Theta):
+        ``T^-T kron I_Q``."""
+        return np.kron(self.outward(np.eye(self.T.shape[0])).T, np.eye(Q))
+
+
+def _lower(r: np.ndarray, N: int) -> tuple[np.ndarray, np.ndarray]:
+    """The signs that make QR's ``R`` diagonal positive, and ``T = R' / sqrt(N)`` with them."""
+    sign = np.where(np.diag(r) < 0, -1.0, 1.0)
+    return sign, (r * sign[:, None]).T / np.sqrt(N)
 
 
 def orthonormal_effects(theta: np.ndarray, A: np.ndarray) -> np.ndarray:
