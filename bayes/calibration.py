@@ -37,6 +37,7 @@ import xarray as xr
 from scipy.stats import binom, chisquare
 
 from nmfre import validation as v
+from nmfre.core.covariates import Frame
 from nmfre.labels import renamed
 
 from . import compiled, likelihood, models
@@ -312,26 +313,30 @@ def _loglik(stats, X, theta, sigma, tau):
     return np.asarray(f(X, theta, sigma, tau))
 
 
-def _replicate(s: compiled.Settings, rng, key, A, priors, X_fixed, thin: int):
-    """One SBC replicate: ranks of (theta..., sigma, tau, loglik) and the divergences."""
+def _replicate(s: compiled.Settings, rng, key, A, priors, X_fixed, thin: int, frame=None):
+    """One SBC replicate: ranks of (theta..., sigma, tau, loglik) and the divergences
+    (``frame``: the :class:`nmfre.core.covariates.Frame` of ``A`` when ``s.frame``, Theta
+    sampled on its covariates as :func:`bayes.sample` does)."""
     import jax
 
     P, Q, K = s.n_features, s.rank, s.n_covariates
     X, theta, sigma, tau = _prior_draw(rng, s.model, P, Q, K, priors, X_fixed)
     N = A.shape[1]
     Y = X @ (theta @ A + rng.normal(0.0, tau, (Q, N))) + rng.normal(0.0, sigma, (P, N))
-    stats = likelihood.statistics(Y, A)
+    stats = likelihood.statistics(Y, A if frame is None else frame.A)
+    T = np.eye(K) if frame is None else frame.T  # the statistics' effects are Theta T
+    last = () if frame is None else (frame.T,)
     pri = {k: np.asarray(x, float) for k, x in priors.items()}
     if s.model == "joint":
-        args = (stats, pri)
+        args = (stats, pri) + last
     else:
         pri.pop("x_concentration", None)
-        args = (stats, np.asarray(X, float), pri)
+        args = (stats, np.asarray(X, float), pri) + last
     draws, st = compiled.runner(s)(jax.random.split(key, s.num_chains), _start(s.model, Y, A, Q, X), args)
     draws = {k: np.asarray(x).reshape((-1,) + np.shape(x)[2:])[::thin] for k, x in draws.items()}
     Xd = draws["X"] if "X" in draws else np.broadcast_to(X, (len(draws["theta"]),) + X.shape)
-    ll = _loglik(stats, Xd, draws["theta"], draws["sigma"], draws["tau"])
-    ll_true = _loglik(stats, X[None], theta[None], np.array([sigma]), np.array([tau]))[0]
+    ll = _loglik(stats, Xd, draws["theta"] @ T, draws["sigma"], draws["tau"])
+    ll_true = _loglik(stats, X[None], (theta @ T)[None], np.array([sigma]), np.array([tau]))[0]
     if Q > 1:  # labels switch: rank the label-invariant column sums of Theta (= of X Theta)
         th_draws, th_true = draws["theta"].sum(axis=1), theta.sum(axis=0)
     else:
@@ -440,12 +445,14 @@ def sbc(n_rep: int = 200, *, model: str = "joint", P: int = 4, N: int = 30, rank
         raise ValueError("L * thin must be a multiple of num_chains")
     s = compiled.Settings(model, rank, P, A.shape[0], simplex=simplex, num_warmup=num_warmup,
                           num_samples=total // num_chains, num_chains=num_chains, chain_method=chain_method,
-                          target_accept=0.9, mass=mass, adapt_mass=True, theta_coords=theta_coords, kernel=kernel)
+                          target_accept=0.9, mass=mass, adapt_mass=True, theta_coords=theta_coords, kernel=kernel,
+                          frame=model != "joint" or theta_coords == "direct")  # as bayes.sample samples Theta
+    frame = Frame.of(A) if s.frame else None
     ranks, div = [], []
     with jax.enable_x64(True):
         keys = jax.random.split(key, n_rep)
         for r in range(n_rep):
-            rk, d = _replicate(s, rng, keys[r], A, priors, X, thin)
+            rk, d = _replicate(s, rng, keys[r], A, priors, X, thin, frame)
             ranks.append(rk)
             div.append(d)
     names = ([f"sum_theta[{k}]" for k in range(A.shape[0])] if rank > 1 else
@@ -457,7 +464,7 @@ def sbc(n_rep: int = 200, *, model: str = "joint", P: int = 4, N: int = 30, rank
                      {"model": model, "P": P, "N": A.shape[1], "rank": rank, "priors": priors,
                       "num_warmup": num_warmup, "num_chains": num_chains, "chain_method": chain_method, "thin": thin,
                       "simplex": simplex, "mass": mass, "theta_coords": theta_coords, "kernel": kernel,
-                      "target_accept": 0.9})
+                      "target_accept": 0.9, "theta_frame": s.frame})
 
 
 def plot_sbc(result: SBCResult, bins: int = 10):

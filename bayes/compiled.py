@@ -94,6 +94,10 @@ class Settings:
     betas : tuple of float
         ChEES-HMC with replica exchange: the inverse temperatures of each chain's ladder
         (``1 = b_0 > b_1 > ...``, see :func:`chees_loop`); ``()``: no tempering.
+    frame : bool
+        Free Theta sampled on orthonormal covariates (site ``theta_frame``; see
+        :func:`bayes.models.joint`): the traced arguments end with the frame's ``T`` and the
+        statistics are those of ``T^-1 A`` (:func:`bayes.spec.model_spec` with ``frame=True``).
     """
 
     model: str
@@ -118,6 +122,7 @@ class Settings:
     theta_draws: int = 16
     kernel: str = "nuts"
     betas: tuple = ()
+    frame: bool = False
 
 
 def model_function(s: Settings, predictive: bool = False):
@@ -127,7 +132,9 @@ def model_function(s: Settings, predictive: bool = False):
     The function's first argument is the compressed statistics (what the sampler traces);
     with ``predictive=True`` it is ``A`` instead and the model draws ``Y`` (for
     ``numpyro.infer.Predictive``; X's columns and Theta are then plain sample sites,
-    ``"ilr"`` and unfolded, so posterior draws substitute for them).
+    ``"ilr"`` and unfolded, on the given covariates, so posterior draws substitute for
+    them). With ``s.frame`` the last argument is the frame's ``T`` (unused by the
+    predictive model).
     """
     simplex = "ilr" if predictive else s.simplex
     folded = simplex == "folded"
@@ -135,17 +142,20 @@ def model_function(s: Settings, predictive: bool = False):
     def data(first):  # (Y, A): the statistics, or the covariates of replicated Y
         return (None, first) if predictive else (first, None)
 
+    def frame(rest):  # the frame's T, for the sampled model only
+        return rest[0] if rest and not predictive else None
+
     if s.model == "joint":
-        def fn(first, priors):
+        def fn(first, priors, *rest):
             models.joint(*data(first), s.rank, nonneg=s.nonneg, priors=priors, P=s.n_features, simplex=simplex,
-                         theta_coords=s.theta_coords)
+                         theta_coords=s.theta_coords, frame=frame(rest))
     elif s.model == "conditional_x":
-        def fn(first, X, priors):
-            models.conditional_x(*data(first), X, nonneg=s.nonneg, priors=priors, folded=folded)
+        def fn(first, X, priors, *rest):
+            models.conditional_x(*data(first), X, nonneg=s.nonneg, priors=priors, folded=folded, frame=frame(rest))
     else:
-        def fn(first, X, sigma2, tau2, priors):
+        def fn(first, X, sigma2, tau2, priors, *rest):
             models.conditional(*data(first), X, sigma2, tau2, nonneg=s.nonneg, priors=None if s.flat else priors,
-                               folded=folded)
+                               folded=folded, frame=frame(rest))
     return fn
 
 
@@ -238,6 +248,8 @@ def laplace_steps(s: Settings) -> int:
 def _coordinates(s: Settings, init: dict, args: tuple = ()) -> dict:
     """Starting values in the model's sampled sites (expanded coordinates of X)."""
     init = dict(init)
+    if s.frame and "theta" in init:  # the effects on the frame's covariates
+        init["theta_frame"] = jnp.asarray(init.pop("theta")) @ jnp.asarray(args[-1])
     if marginal(s):
         init.pop("theta", None)
     elif s.model == "joint" and sheared(s):
@@ -629,7 +641,7 @@ def _constrain(s: Settings, args, unravel, zs, stats=None):
     def one(z):
         out = constrain_fn(model, args, {}, unravel(z), return_deterministic=True)
         out.pop("X_columns", None)
-        for name in ("X_raw", "theta_raw", "theta_delta"):
+        for name in ("X_raw", "theta_raw", "theta_delta", "theta_frame"):
             out.pop(name, None)
         return out
 

@@ -153,10 +153,26 @@ def _shape(Y, A) -> tuple[int, int]:
     return (None if Y is None else Y.shape[0]), A.shape[0]
 
 
-def _theta(rank, K, nonneg, scale, folded: bool = False):
+def _theta(rank, K, nonneg, scale, folded: bool = False, frame=None):
     """Theta (Q x K) as one site with event shape (Q, K) (no plates, so the ``component``
-    plate of X's columns keeps one dim)."""
+    plate of X's columns keeps one dim).
+
+    With ``frame`` (``T``, K x K; free Theta only) the sampled site is ``theta_frame`` =
+    ``Theta T``, the effects on the covariates ``T^-1 A`` that the data are given on (see
+    :func:`joint`), with the prior that ``Theta ~ Normal(0, scale)`` implies (each row
+    ``Normal(0, scale^2 T'T)``); ``theta`` (on the given covariates) is deterministic. The
+    function returns the effects the likelihood uses: ``Theta T`` with a frame."""
     shape = (rank, K)
+    if frame is not None:
+        T = jnp.asarray(frame)
+        if scale is None:
+            theta_o = numpyro.sample("theta_frame", dist.ImproperUniform(constraints.real_matrix, (), shape))
+        else:
+            root = scale * jnp.linalg.cholesky(T.T @ T)
+            theta_o = numpyro.sample("theta_frame", dist.MultivariateNormal(jnp.zeros(K), scale_tril=root)
+                                     .expand((rank,)).to_event(1))
+        numpyro.deterministic("theta", jnp.linalg.solve(T.T, theta_o.T).T)
+        return theta_o
     if nonneg and folded:  # Theta = |v|: HalfNormal(s) is |Normal(0, s)|, a flat prior |flat|
         base = (dist.ImproperUniform(constraints.real_matrix, (), shape) if scale is None
                 else dist.Normal(0.0, scale).expand(shape).to_event(2))
@@ -297,7 +313,7 @@ def _variances(p: dict):
 
 @renamed(n_features="P")
 def joint(Y, A, rank: int, nonneg: bool = False, priors: dict | None = None, *, P: int | None = None,
-          simplex: str = "ilr", theta_coords: str = "direct"):
+          simplex: str = "ilr", theta_coords: str = "direct", frame=None):
     """Full joint model: X, Theta, sigma, tau all sampled.
 
     Parameters
@@ -329,7 +345,18 @@ def joint(Y, A, rank: int, nonneg: bool = False, priors: dict | None = None, *, 
         density of the free-Theta model with the same (normal) scale, whose restriction to
         ``Theta >= 0`` is the half-normal model: :mod:`bayes.compiled` corrects for the
         restriction with an exact accept/reject step on a draw of Theta.
+    frame : array (K, K), optional
+        Free Theta in direct coordinates only: the data (``Y``'s statistics, or ``A``) are
+        given on covariates ``A_o = T^-1 A`` (``A`` the covariates the priors refer to, e.g.
+        :class:`nmfre.core.covariates.Frame`'s orthonormal ones), and the sampled site is
+        ``theta_frame = Theta T`` with the prior that ``Theta ~ Normal(0, theta_scale)``
+        implies; ``theta`` is deterministic. The posterior of Theta is the same; its geometry
+        is not: on an uncentred covariate ``c + x`` the intercept and the slope of a
+        component are correlated to about ``1 - 1 / (2 c^2)`` (in units of x's sd), and
+        ChEES-HMC's diagonal metric cannot follow that ridge.
     """
+    if frame is not None and (nonneg or theta_coords != "direct"):
+        raise ValueError("frame is for free Theta in direct coordinates (theta_coords='direct')")
     if Y is None and P is None:
         raise ValueError("joint(Y=None, ...) needs P (the number of features; formerly n_features)")
     P_data, K = _shape(Y, A)
@@ -347,26 +374,36 @@ def joint(Y, A, rank: int, nonneg: bool = False, priors: dict | None = None, *, 
         theta = _theta_sheared(stats, X, sigma2, tau2, rank, K, nonneg, p["theta_scale"])
         _likelihood(stats, A, X, theta, sigma2, tau2, P)
         return
-    theta = _theta(rank, K, nonneg, p["theta_scale"], simplex == "folded")
+    theta = _theta(rank, K, nonneg, p["theta_scale"], simplex == "folded", frame)
     sigma2, tau2 = _variances(p)
     _likelihood(Y, A, X, theta, sigma2, tau2, P)
 
 
-def conditional_x(Y, A, X, nonneg: bool = False, priors: dict | None = None, *, folded: bool = False):
+def _check_frame(frame, nonneg: bool) -> None:
+    if frame is not None and nonneg:
+        raise ValueError("frame is for free Theta (the constraint Theta >= 0 is not kept by a change of covariates)")
+
+
+def conditional_x(Y, A, X, nonneg: bool = False, priors: dict | None = None, *, folded: bool = False,
+                  frame=None):
     """X fixed; Theta, sigma, tau sampled (``Y`` an array, a Stats or None; ``folded``:
-    non-negative Theta sampled as ``|v|``, see :class:`bayes.simplex.FoldedDirichlet`)."""
+    non-negative Theta sampled as ``|v|``, see :class:`bayes.simplex.FoldedDirichlet`;
+    ``frame``: free Theta sampled on covariates ``T^-1 A``, as in :func:`joint`)."""
+    _check_frame(frame, nonneg)
     p = resolve_priors(Y, X.shape[1], priors)
-    theta = _theta(X.shape[1], _shape(Y, A)[1], nonneg, p["theta_scale"], folded)
+    theta = _theta(X.shape[1], _shape(Y, A)[1], nonneg, p["theta_scale"], folded, frame)
     sigma2, tau2 = _variances(p)
     _likelihood(Y, A, X, theta, sigma2, tau2, X.shape[0])
 
 
 def conditional(Y, A, X, sigma2: float, tau2: float, nonneg: bool = False, priors: dict | None = None, *,
-                folded: bool = False):
+                folded: bool = False, frame=None):
     """X, sigma^2 and tau^2 fixed; Theta flat (``priors`` None or ``theta_scale`` None) or
-    normal (``folded``: non-negative Theta sampled as ``|v|``)."""
+    normal (``folded``: non-negative Theta sampled as ``|v|``; ``frame``: free Theta sampled
+    on covariates ``T^-1 A``, as in :func:`joint`)."""
+    _check_frame(frame, nonneg)
     scale = (priors or {}).get("theta_scale")
-    theta = _theta(X.shape[1], _shape(Y, A)[1], nonneg, scale, folded)
+    theta = _theta(X.shape[1], _shape(Y, A)[1], nonneg, scale, folded, frame)
     _likelihood(Y, A, X, theta, sigma2, tau2, X.shape[0])
 
 

@@ -123,6 +123,8 @@ def _settings_record(s: compiled.Settings, relabel: bool) -> str:
         keys.append("theta_draws")
     out = {k: getattr(s, k) for k in keys}
     out["newton_steps"] = compiled.laplace_steps(s)
+    if s.frame:
+        out["theta_frame"] = "orthonormal covariates"
     out["relabel"] = "draw by draw" if relabel else "chain by chain"
     return str(out)
 
@@ -156,6 +158,8 @@ def draw_loglik(spec: ModelSpec, draws: dict) -> np.ndarray:
     import jax
 
     th = np.asarray(draws["theta"], float)
+    if spec.frame is not None:  # the statistics are on the frame's covariates
+        th = th @ spec.frame
     lead = th.shape[:2]
     X = np.broadcast_to(np.asarray(draws["X"], float) if "X" in draws else _f(spec.fit.solution.X),
                         lead + (spec.data.P, th.shape[-2]))

@@ -17,6 +17,7 @@ import xarray as xr
 
 from nmfre import validation as v
 from nmfre.core.covariance import conditional as conditional_covariance
+from nmfre.core.covariates import Frame
 from nmfre.labels import Data, check_rank, coerce, labels, some_labels
 
 from . import likelihood, models
@@ -43,6 +44,9 @@ class ModelSpec:
     nonneg: bool
     flat: bool = False
     sigma2_fixed: float | None = None
+    #: ``T`` of the covariates' frame when free Theta is sampled on ``T^-1 A`` (``stats`` are
+    #: then those of ``(Y, T^-1 A)`` and ``args`` end with ``T``); None: the given covariates
+    frame: np.ndarray | None = None
 
 
 def _frequentist_fit(fit, data: Data, rank: int, theta: str):
@@ -153,11 +157,17 @@ def _init(name: str, fit, data: Data, nonneg: bool, cov_model) -> dict:
 
 
 def model_spec(Y, A, rank: int, model: str, fit=None, theta: str = "free", priors: dict | None = None,
-               n_patterns: int | None = None) -> ModelSpec:
+               n_patterns: int | None = None, frame: bool = False) -> ModelSpec:
     """Validate the inputs and build the :class:`ModelSpec` for ``model`` (``theta``: the
-    constraint on Theta, ``"free"`` or ``"nonneg"``)."""
+    constraint on Theta, ``"free"`` or ``"nonneg"``; ``frame``: free Theta sampled on the
+    orthonormal covariates of :class:`nmfre.core.covariates.Frame`, whose ``T`` ends the
+    traced arguments, see :func:`bayes.models.joint`)."""
     model = v.choice(model, "model", MODELS)
     theta = v.choice(theta, "theta", THETA_KINDS)
+    frame = v.boolean(frame, "frame")
+    if frame and theta != "free":
+        raise ValueError("frame=True is for theta='free' (the constraint Theta >= 0 is not kept by a change of "
+                         "covariates)")
     given = models.check_priors(priors, allow_flat=model == "conditional")
     unused = sorted(set(given) - set(models.USED_PRIORS[model]))
     if unused:  # accepted and ignored before
@@ -168,7 +178,9 @@ def model_spec(Y, A, rank: int, model: str, fit=None, theta: str = "free", prior
     if data.kind == "sparse":  # reduced to statistics, and kept in observed_data: dense
         data = dataclasses.replace(data, Y=data.Y.toarray())
     rank = check_rank(rank, data.P, data.N)
-    stats = pad_patterns(likelihood.statistics(data.Y, data.A), n_patterns)
+    fr = Frame.of(data.A) if frame else None
+    stats = pad_patterns(likelihood.statistics(data.Y, data.A if fr is None else fr.A), n_patterns)
+    last = () if fr is None else (fr.T,)
     scale = given.pop("theta_scale", None) if model == "conditional" else None  # None: flat
     prior = {k: float(x) for k, x in models.resolve_priors(stats, rank, given).items()}
     missing = bool(np.isnan(data.Y).any())
@@ -184,16 +196,17 @@ def model_spec(Y, A, rank: int, model: str, fit=None, theta: str = "free", prior
     init = _init(model, _start_fit(model, fit, data, rank, theta), data, nonneg,
                  None if cond is None else cond.cov_model)
     pri = {k: _f(x) for k, x in prior.items()}
+    T = None if fr is None else fr.T
     if model == "joint":
-        return ModelSpec(model, data, fit, prior, stats, init, (stats, pri), nonneg)
+        return ModelSpec(model, data, fit, prior, stats, init, (stats, pri) + last, nonneg, frame=T)
     X = _f(sol.X)
     if model == "conditional_x":  # X fixed at the fit: no prior on it (nor recorded)
         pri.pop("x_concentration")
         used = {k: x for k, x in prior.items() if k != "x_concentration"}
-        return ModelSpec(model, data, fit, used, stats, init, (stats, X, pri), nonneg)
+        return ModelSpec(model, data, fit, used, stats, init, (stats, X, pri) + last, nonneg, frame=T)
     s2 = cond.sigma2_used
     cprior = {} if scale is None else {"theta_scale": _f(scale)}
     # X, sigma2 and tau2 are fixed at the fit: the record holds Theta's prior only
     used = {"theta_scale": "flat" if scale is None else float(scale)}
-    return ModelSpec(model, data, fit, used, stats, init, (stats, X, _f(s2), _f(s2 / fit.lam), cprior), nonneg,
-                     flat=scale is None, sigma2_fixed=float(s2))
+    return ModelSpec(model, data, fit, used, stats, init, (stats, X, _f(s2), _f(s2 / fit.lam), cprior) + last,
+                     nonneg, flat=scale is None, sigma2_fixed=float(s2), frame=T)

@@ -267,7 +267,9 @@ def fit_vi(Y, A=None, rank: int = 1, *, model: str = "joint", guide: str = "full
     sampler = sampling.Sampler(model, rank, data.P, None, data.K, theta=theta, num_samples=num_samples,
                                num_chains=num_chains, simplex=simplex,
                                theta_coords=v.choice(theta_coords, "theta_coords", ("direct", "marginal")),
-                               kernel="nuts")  # no sampler runs: the settings only shape the model
+                               kernel="nuts", frame=False)  # no sampler runs: the settings only shape the model
+    # (on the given covariates: the guide's loc and covariance are Theta's own coordinates, and a
+    # full-rank Gaussian guide's optimum does not depend on a linear change of them)
     spec = sampler.spec(Y, A, fit=fit, priors=priors)
     base = dataclasses.replace(sampler.settings_for(spec), num_warmup=0, num_samples=0, num_chains=0)
     vs = VISettings(base, guide, None if guide_rank is None else v.integer(guide_rank, "guide_rank"),

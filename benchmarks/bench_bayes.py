@@ -41,6 +41,10 @@ ChEES-HMC reference (16 chains x (1000 + 4000)): ``bayes.fit_vi`` with its defau
 ratios twin / reference, the largest |ratio - 1|, the largest mean gap in reference sds,
 sigma's and tau's sd ratios and the optimiser's iterations.
 
+``--shift C ...``: free Theta with the covariates moved to ``C + z`` (``z`` standardised), on
+``--sizes`` (default 20 x 300) and ``--data-seeds``: ChEES-HMC's defaults with Theta sampled on
+orthonormal covariates (``frame``, the default) against the given covariates.
+
 Run: ``python benchmarks/bench_bayes.py [--quick] [--full] [--marginal]`` (``--quick``: a
 smoke run with short chains, no 50 x 1000 case and a reduced geometry grid). On a shared
 machine, pin it, e.g. ``taskset -c 1`` with
@@ -290,6 +294,38 @@ def chees_ladder(quick, full, seeds, chains, sizes=None, lengths=None, depth=10,
                 print(f"  {'':<18} {'':>4} exchanges: {post['posterior'].attrs['tempering']}", flush=True)
 
 
+def shift_ladder(seeds, shifts, sizes=None, generator="block", noise=0.3, lengths=None):
+    """Free Theta with every covariate but the intercept moved to ``c + z`` (``z`` the covariate
+    standardised to mean 0, sd 1): the defaults (Theta sampled on orthonormal covariates,
+    ``frame``) against ``frame=False`` (the given covariates), the same data, fit and seed. The
+    posterior is the same either way (only its coordinates differ), so are the targets."""
+    warm, draws = lengths or (1000, None)
+    cases = [CHEES_CASES[k] for k in (sizes or ["20x300"])]
+    data = "block-sparse" if generator == "block" else f"bench_iterations.py's {generator} generator at c = {noise}"
+    print(f"\nUncentred covariates, free Theta: 4 chains x ({warm} + {'default' if draws is None else draws}), {data}, "
+          f"data seeds {seeds}, shifts {shifts}, compilation included")
+    print(f"  {'case':<18} {'seed':>4} {'shift':>7} {'frame':>5} {'time s':>7} {'r_hat':>6} {'ESS':>5} "
+          f"{'inv r_hat':>9} {'inv ESS':>7} {'div':>4} {'steps/draw':>10} {'slope sd':>9}")
+    for name, case in cases:
+        for sd in seeds:
+            Y, A0, Q, _ = _data(case, sd, generator, noise)
+            A0 = np.asarray(A0, dtype=float)
+            for c in shifts:
+                A = A0.copy()
+                z = A[1:] - A[1:].mean(axis=1, keepdims=True)
+                A[1:] = c + z / z.std(axis=1, keepdims=True)
+                fit = nmfre.fit(Y, A, rank=Q, theta="free")
+                for frame in (False, True):
+                    el, dg, post = nuts(Y, A, Q, "free", fit, warm, draws, kernel="chees", num_chains=4,
+                                        frame=frame)
+                    di = bayes.diagnostics(post, invariant=True)
+                    slope = float(post["posterior"]["theta"].isel(covariate=1).std(("chain", "draw")).mean())
+                    print(f"  {name:<18} {sd:>4} {c:7g} {str(frame):>5} {el:7.1f} {dg['max_r_hat']:6.3f} "
+                          f"{dg['min_ess_bulk']:5.0f} {di['max_r_hat']:9.3f} {di['min_ess_bulk']:7.0f} "
+                          f"{dg['divergences']:4d} {float(post['sample_stats']['n_steps'].mean()):10.0f} "
+                          f"{slope:9.4f}", flush=True)
+
+
 def _length(text: str):
     """A chain length of ``--lengths``: a positive integer, or ``auto`` (None: the package's
     default number of draws)."""
@@ -318,6 +354,9 @@ def main(argv=None):
                     help="sizes of --chees (default: by --quick/--full)")
     ap.add_argument("--data-seeds", type=int, nargs="+", default=[11, 12],
                     help="data sets of --marginal/--chees/--twins")
+    ap.add_argument("--shift", type=float, nargs="+", metavar="C",
+                    help="free Theta on covariates moved to C + z: Theta sampled on orthonormal covariates "
+                         "(the default) against the given ones (sizes: --sizes, default 20x300)")
     ap.add_argument("--twins", action="store_true", help="the variational twins against a long ChEES-HMC run")
     ap.add_argument("--vi-seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds of the twins of --twins")
     ap.add_argument("--theta", choices=["nonneg", "free"], default="nonneg", help="Theta of --twins")
@@ -334,6 +373,9 @@ def main(argv=None):
         warnings.simplefilter("ignore", nmfre.ConvergenceWarning)
         if a.marginal:
             marginal_ladder(a.quick, a.full, a.data_seeds)
+            return
+        if a.shift:
+            shift_ladder(a.data_seeds, a.shift, a.sizes, a.generator, a.noise, a.lengths)
             return
         if a.twins:
             twins(a.data_seeds, a.vi_seeds, a.theta, a.generator, a.noise)
