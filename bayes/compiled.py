@@ -143,7 +143,7 @@ def model_function(s: Settings, predictive: bool = False):
         return (None, first) if predictive else (first, None)
 
     def frame(rest):  # the frame's T, for the sampled model only
-        return rest[0] if rest and not predictive else None
+        return rest[0] if s.frame and not predictive else None
 
     if s.model == "joint":
         def fn(first, priors, *rest):

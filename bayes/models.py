@@ -157,21 +157,22 @@ def _theta(rank, K, nonneg, scale, folded: bool = False, frame=None):
     """Theta (Q x K) as one site with event shape (Q, K) (no plates, so the ``component``
     plate of X's columns keeps one dim).
 
-    With ``frame`` (``T``, K x K; free Theta only) the sampled site is ``theta_frame`` =
-    ``Theta T``, the effects on the covariates ``T^-1 A`` that the data are given on (see
-    :func:`joint`), with the prior that ``Theta ~ Normal(0, scale)`` implies (each row
-    ``Normal(0, scale^2 T'T)``); ``theta`` (on the given covariates) is deterministic. The
-    function returns the effects the likelihood uses: ``Theta T`` with a frame."""
+    With ``frame`` (``T``, K x K lower triangular, as :class:`nmfre.core.covariates.Frame`'s;
+    free Theta only) the sampled site is ``theta_frame`` = ``Theta T``, the effects on the
+    covariates ``T^-1 A`` that the data are given on (see :func:`joint`), with the density that
+    ``Theta ~ Normal(0, scale)`` implies, ``p(Theta) |det T|^-Q`` (factor ``theta_prior``,
+    evaluated at ``Theta`` itself: the same law as rows ``Normal(0, scale^2 T'T)``, whose
+    Cholesky factor squares ``T``'s condition number and lost every digit on a covariate of
+    Unix times); ``theta`` (on the given covariates) is deterministic. The function returns
+    the effects the likelihood uses: ``Theta T`` with a frame."""
     shape = (rank, K)
     if frame is not None:
         T = jnp.asarray(frame)
-        if scale is None:
-            theta_o = numpyro.sample("theta_frame", dist.ImproperUniform(constraints.real_matrix, (), shape))
-        else:
-            root = scale * jnp.linalg.cholesky(T.T @ T)
-            theta_o = numpyro.sample("theta_frame", dist.MultivariateNormal(jnp.zeros(K), scale_tril=root)
-                                     .expand((rank,)).to_event(1))
-        numpyro.deterministic("theta", jnp.linalg.solve(T.T, theta_o.T).T)
+        theta_o = numpyro.sample("theta_frame", dist.ImproperUniform(constraints.real_matrix, (), shape))
+        theta = numpyro.deterministic("theta", solve_triangular(T, theta_o.T, lower=True, trans="T").T)
+        if scale is not None:
+            log_det = jnp.sum(jnp.log(jnp.abs(jnp.diagonal(T))))
+            numpyro.factor("theta_prior", jnp.sum(dist.Normal(0.0, scale).log_prob(theta)) - rank * log_det)
         return theta_o
     if nonneg and folded:  # Theta = |v|: HalfNormal(s) is |Normal(0, s)|, a flat prior |flat|
         base = (dist.ImproperUniform(constraints.real_matrix, (), shape) if scale is None

@@ -243,6 +243,11 @@ class Sampler:
         """The static settings (cache key) of a run on ``spec`` (with ``num_samples=None``, the
         default draws for its ``P``)."""
         s = self.settings
+        if (spec.frame is not None) != s.frame:
+            raise ValueError(f"the spec was built {'with' if spec.frame is not None else 'without'} the covariates' "
+                             f"frame (model_spec(..., frame=...)) but this sampler samples Theta "
+                             f"{'on the frame' if s.frame else 'on the given covariates'}: build the spec with "
+                             "Sampler.spec")
         draws = _num_samples(None, s.kernel, spec.data.P, s.rank) if self._auto_draws else s.num_samples
         return dataclasses.replace(s, n_features=spec.data.P, n_patterns=spec.stats.n_patterns,
                                    flat=spec.flat, adapt_mass=self.adapt_mass, num_samples=draws)

@@ -32,7 +32,9 @@ THETA_KINDS = ("free", "nonneg")
 @dataclass(frozen=True)
 class ModelSpec:
     """A model ready to sample: data, fit, priors, statistics, starting values and the
-    traced arguments of the compiled sampler."""
+    traced arguments of the compiled sampler. ``frame`` is the ``T`` of the covariates' frame
+    when free Theta is sampled on ``T^-1 A`` (``stats`` are then those of ``(Y, T^-1 A)`` and
+    ``args`` end with ``T``); None: the given covariates."""
 
     name: str
     data: Data
@@ -44,8 +46,6 @@ class ModelSpec:
     nonneg: bool
     flat: bool = False
     sigma2_fixed: float | None = None
-    #: ``T`` of the covariates' frame when free Theta is sampled on ``T^-1 A`` (``stats`` are
-    #: then those of ``(Y, T^-1 A)`` and ``args`` end with ``T``); None: the given covariates
     frame: np.ndarray | None = None
 
 

@@ -68,6 +68,35 @@ def test_density_on_the_frame_is_the_given_density_times_a_constant(data, model)
     np.testing.assert_allclose(diffs, const, rtol=0, atol=1e-8 * max(1.0, abs(const)))
 
 
+def test_prior_on_the_frame_is_exact_for_a_covariate_of_unix_times():
+    """A covariate of Unix times (about 1.65e9, sd 2.9e7; nmfre fits it: cond(A) 9e10): the
+    frame's log prior at ``theta_frame = Theta T`` is ``log N(Theta; 0, s) - Q log |det T|``, the
+    likelihood part that of the frame's statistics. Relative 1e-9 where a prior from
+    ``cholesky(T'T)`` (the first version) was NaN: that squares T's condition number."""
+    from scipy.stats import norm
+
+    from bayes.likelihood import loglik
+
+    rng = np.random.default_rng(5)
+    N, P, Q = 40, 5, 2
+    A = np.vstack([np.ones(N), 1.65e9 + 2.9e7 * rng.standard_normal(N)])
+    Y = rng.uniform(1.0, 3.0, (P, N))
+    fr = Frame.of(A)
+    X = rng.dirichlet(np.ones(P), Q).T
+    s2, t2, scale = 0.7, 1.3, 10.0
+    with jax.enable_x64(True):
+        for _ in range(3):
+            theta = np.column_stack([rng.normal(0.0, 5.0, Q), rng.normal(0.0, 5.0, Q) * 1e-8])
+            theta_o = theta @ fr.T
+            got, tr = log_density(models.conditional, (Y, fr.A, X, s2, t2), {"priors": {"theta_scale": scale},
+                                                                            "frame": fr.T}, {"theta_frame": theta_o})
+            np.testing.assert_allclose(np.asarray(tr["theta"]["value"]), theta, rtol=1e-6, atol=1e-12)
+            prior = norm.logpdf(theta, 0.0, scale).sum() - Q * np.log(np.abs(np.diag(fr.T))).sum()
+            like = float(loglik(statistics(Y, fr.A), X, theta_o, s2, t2))
+            assert np.isfinite(float(got))
+            np.testing.assert_allclose(float(got), prior + like, rtol=1e-9)
+
+
 def test_frame_is_refused_where_it_does_not_apply(data):
     Y, A = data
     X = np.full((Y.shape[0], 2), 1.0 / Y.shape[0])
@@ -96,6 +125,19 @@ def test_sampler_uses_the_frame_for_free_theta_in_direct_coordinates():
         bayes.Sampler("joint", 2, 6, None, 2, theta_coords="marginal", kernel="nuts", frame=True)
     with pytest.raises(TypeError, match="frame"):
         bayes.Sampler("joint", 2, 6, None, 2, frame="yes")
+
+
+def test_a_spec_without_the_frame_is_refused_by_a_sampler_on_it(data):
+    """A spec built by ``model_spec`` without ``frame`` given to a sampler that samples on the
+    frame (and the reverse): a clear error, where the traced arguments were misread before."""
+    Y, A = data
+    fit = nmfre.fit(Y, A, rank=2, theta="free")
+    on, off = (bayes.Sampler("joint", 2, Y.shape[0], None, A.shape[0], frame=f) for f in (True, False))
+    with pytest.raises(ValueError, match="built without the covariates' frame"):
+        on.settings_for(model_spec(Y, A, 2, "joint", fit=fit))
+    with pytest.raises(ValueError, match="built with the covariates' frame"):
+        off.settings_for(model_spec(Y, A, 2, "joint", fit=fit, frame=True))
+    assert on.settings_for(on.spec(Y, A, fit=fit)).frame
 
 
 def test_spec_start_and_reported_draws_on_the_given_covariates(data):
@@ -127,6 +169,7 @@ def test_spec_start_and_reported_draws_on_the_given_covariates(data):
     np.testing.assert_allclose(ll_frame, ll_given, rtol=1e-11)
 
 
+@pytest.mark.filterwarnings("ignore:sampler diagnostics")  # 2 x 50 draws: the layout, not the mixing
 def test_posterior_reports_theta_on_the_given_covariates_and_records_the_frame(orthodont, ml_fit):
     """A short run: ``theta`` (component x covariate, the given labels) and no ``theta_frame``
     in the posterior; ``sampler_settings`` says Theta was sampled on orthonormal covariates."""
