@@ -165,8 +165,8 @@ class Sampler:
         (free Theta, in direct coordinates or a conditional model); False: on the given
         covariates. Measured on four 20 x 300, Q = 2 data sets with the covariate moved to
         ``c + x`` (x of sd 1; benchmarks/results/bayes.md): at ``c = 1000`` max r_hat
-        1.029-1.133 and min bulk ESS 20-162 in 18-20 s on the given covariates, 1.002-1.003 and
-        1326-5246 in 9-11 s on the frame.
+        1.029-1.133 and min bulk ESS 20-162 in 18-19 s on the given covariates, 1.001-1.003 and
+        1331-5092 in 8-11 s on the frame.
     """
 
     @renamed(n_features="P", n_units="N", n_covariates="K")

@@ -487,19 +487,26 @@ class _RefitJob:
                    "converged": bool(res.converged) and not degenerate,
                    "stop_reason": "degenerate" if degenerate else str(res.stop_reason)}
             if self.vcov is not None:
-                rec["se"] = self.c * _replicate_se(Yb, self.A, res, perm, self.vcov)
+                rec["se"] = self.c * _replicate_se(Yb, self.A, res, perm, self.vcov,
+                                                   covariate_frame(self.A, self.settings))
             if self.keep_X:
                 rec["X"] = res.X[:, perm]
             out[int(b)] = rec
         return out
 
 
-def _replicate_se(Yb, A, res: Solution, perm, vcov: str) -> np.ndarray:
-    """A refit replicate's own sandwich SE of vec(Theta), components in the estimate's order."""
+def _replicate_se(Yb, A, res: Solution, perm, vcov: str, frame: Frame | None = None) -> np.ndarray:
+    """A refit replicate's own sandwich SE of vec(Theta), components in the estimate's order
+    (with ``frame``, computed on its orthonormal covariates and mapped back, as ``infer`` does)."""
     from .core.covariance import cr2, from_pieces
 
-    pc = passes.conditional_pieces(Yb, A, res.X, res.theta, res.U, res.lam)
-    cond = from_pieces(pc, A, res.theta)
-    cov = cond.cov if vcov == "CR1" else cr2(cond, pc, A, res.X, res.lam, satterthwaite=False)[0]
+    A_w = A if frame is None else frame.A
+    th_w = res.theta if frame is None else frame.inward(res.theta)
+    pc = passes.conditional_pieces(Yb, A_w, res.X, th_w, res.U, res.lam)
+    cond = from_pieces(pc, A_w, th_w)
+    cov = cond.cov if vcov == "CR1" else cr2(cond, pc, A_w, res.X, res.lam, satterthwaite=False)[0]
+    if frame is not None:
+        M = frame.vec_outward(res.theta.shape[0])
+        cov = M @ cov @ M.T
     se = np.sqrt(np.maximum(np.diag(cov), 0.0)).reshape(res.theta.shape, order="F")
     return se[perm].reshape(-1, order="F")

@@ -33,9 +33,9 @@ from .core.bootstrap import (
     p_values,
     studentized_se,
 )
-from .core.covariance import COV_RIDGE, ILL_CONDITIONED, Conditional, cr2, from_pieces, scaled_condition
+from .core.covariance import COV_RIDGE, ILL_CONDITIONED, Conditional, cr2, from_pieces, outward, scaled_condition
 from .core.passes import conditional_pieces
-from .engine import ended_degenerate, refit_draws
+from .engine import covariate_frame, ended_degenerate, refit_draws
 from .exceptions import ConvergenceWarning, DegenerateFitWarning, IllConditionedWarning
 from .labels import label_order, percent, significance_code
 
@@ -497,7 +497,9 @@ def _check_conditioning(info: np.ndarray, fit) -> None:
     """:class:`~nmfre.IllConditionedWarning` where the information's scaled condition number
     (:func:`nmfre.core.covariance.scaled_condition`) exceeds
     :data:`nmfre.core.covariance.ILL_CONDITIONED`, naming the covariates and components of the
-    coefficients along its weakest direction."""
+    coefficients along its weakest direction (for a sign-free ML fit, the information on its
+    orthonormal covariates: covariate ``k`` there is the given one less its projection on those
+    before it)."""
     cond, V = scaled_condition(info, vectors=True)
     if cond <= ILL_CONDITIONED:
         return
@@ -598,7 +600,10 @@ def infer(fit: NMFREFit, n_boot: int = 1000, seed: Any = 123, multipliers: Any =
         When the information for Theta, each coefficient scaled to unit information, has a
         condition number above :data:`nmfre.core.covariance.ILL_CONDITIONED` (1e10: the SEs
         may then be off by up to about ``condition * 1e-14`` relative), naming the coefficients
-        of its weakest direction.
+        of its weakest direction. For a sign-free ML fit the information is that of the fit's
+        orthonormal covariates (:mod:`nmfre.core.covariates`), where everything is computed
+        and mapped back to the given ones: uncentred or nearly collinear covariates then cost
+        no digits, and only a basis with nearly parallel columns warns.
 
     Notes
     -----
@@ -649,10 +654,18 @@ def infer(fit: NMFREFit, n_boot: int = 1000, seed: Any = 123, multipliers: Any =
                          f"N <= {STREAM_UNITS} units (here {data.N}) or explicit multipliers")
     nonneg = fit.theta_kind == "nonneg"
     alternative = alternative or ("greater" if nonneg else "two-sided")
-    pc = conditional_pieces(data.Y, data.A, sol.X, sol.theta, sol.U, fit.lam)
-    ker = from_pieces(pc, data.A, sol.theta)
-    _check_conditioning(ker.info, fit)
-    sand = _sandwich(ker, pc, data.A, sol.X, fit.lam, vcov, df, need_units=ci == "studentized")
+    # sign-free ML: on the fit's own orthonormal covariates (nmfre.core.covariates), mapped back to
+    # the given ones (vec(Theta) = M vec(Theta_o)); on the given covariates an uncentred covariate
+    # c + x made the information's condition grow as c^2 and its inverse lose digits
+    frame = covariate_frame(data.A, fit.settings)
+    A_w = data.A if frame is None else frame.A
+    th_w = sol.theta if frame is None else frame.inward(sol.theta)
+    M = None if frame is None else frame.vec_outward(sol.theta.shape[0])
+    pc = conditional_pieces(data.Y, A_w, sol.X, th_w, sol.U, fit.lam)
+    ker_w = from_pieces(pc, A_w, th_w)
+    _check_conditioning(ker_w.info, fit)
+    sand = _sandwich(ker_w, pc, A_w, sol.X, fit.lam, vcov, df, need_units=ci == "studentized", M=M)
+    ker = ker_w if frame is None else outward(ker_w, frame, sol.theta.shape[0])
     drawn = {}  # how to draw the same multipliers again
     if W is not None:
         dist = "user"
@@ -665,15 +678,18 @@ def infer(fit: NMFREFit, n_boot: int = 1000, seed: Any = 123, multipliers: Any =
         W = multiplier_matrix(dist, data.N, int(n_boot), rng)
     elif W is None and not streamed:
         W = draw_multipliers(dist, data.N, int(n_boot), rng)
-    tvec = sol.theta.reshape(-1, order="F")
+    tvec, tvec_w = sol.theta.reshape(-1, order="F"), th_w.reshape(-1, order="F")
     extra, rep_se, X_draws, status = {}, None, None, None
     if streamed:
-        raw = tvec[:, None] - ker.cov_model @ onestep_sum(ker.scores, dist, int(n_boot), rng, chunk_size)
+        raw = tvec_w[:, None] - ker_w.cov_model @ onestep_sum(ker_w.scores, dist, int(n_boot), rng, chunk_size)
     elif method == "onestep":
-        _, raw = onestep_draws(tvec, ker.cov_model, ker.scores, W, nonneg)
-        if ci == "studentized":
-            rep_se = studentized_se(sand["scores"], sand["C"], data.A, ker.cov_model, raw - tvec[:, None], W)
-    else:
+        _, raw = onestep_draws(tvec_w, ker_w.cov_model, ker_w.scores, W, nonneg)
+        if ci == "studentized":  # each replicate's SE of the given coefficients
+            rep_se = studentized_se(sand["scores"], sand["C"], A_w,
+                                    ker_w.cov_model if M is None else M @ ker_w.cov_model, raw - tvec_w[:, None], W)
+    if method == "onestep" and M is not None:
+        raw = M @ raw
+    if method == "refit":
         settings = fit.settings if max_iter is None else fit.settings.replace(max_iter=max_iter)
         _warn_degenerate_start(fit, settings, failed)
         got = refit_draws(data.Y, data.A, sol, W, fit.df_cap_rate, settings, progress,
@@ -775,13 +791,15 @@ def _check_df(df) -> str:
     return "fixed"
 
 
-def _sandwich(ker: Conditional, pc, A, X, lam, vcov: str, df, need_units: bool) -> dict:
+def _sandwich(ker: Conditional, pc, A, X, lam, vcov: str, df, need_units: bool, M: np.ndarray | None = None) -> dict:
     """``se``, ``cov``, per-coefficient ``df`` (inf: normal) and, when needed, the unit
-    scores and ``C_n`` a replicate's own sandwich uses."""
+    scores and ``C_n`` a replicate's own sandwich uses. With ``M``, ``ker``, ``pc`` and ``A``
+    are those of the orthonormal covariates and ``se``, ``cov`` and ``df`` are reported for
+    ``vec(Theta) = M vec(Theta_o)`` (the scores and ``C_n`` stay on the frame)."""
     QK = ker.cov.shape[0]
     out = {"cov": ker.cov, "df": np.full(QK, np.inf), "scores": None, "C": None}
     if vcov == "CR2" or df == "satterthwaite" or need_units:
-        cov, dfs, scores, C = cr2(ker, pc, A, X, lam, satterthwaite=df == "satterthwaite", kind=vcov)
+        cov, dfs, scores, C = cr2(ker, pc, A, X, lam, satterthwaite=df == "satterthwaite", kind=vcov, contrasts=M)
         out.update(scores=scores, C=C)
         if vcov == "CR2":
             out["cov"] = cov
@@ -789,6 +807,8 @@ def _sandwich(ker: Conditional, pc, A, X, lam, vcov: str, df, need_units: bool) 
             out["df"] = dfs
     if isinstance(df, int | np.integer) and not isinstance(df, bool):
         out["df"] = np.full(QK, float(df))
+    if M is not None:
+        out["cov"] = M @ out["cov"] @ M.T
     out["se"] = np.sqrt(np.maximum(np.diag(out["cov"]), 0.0))
     return out
 

@@ -104,6 +104,36 @@ def test_the_refit_bootstrap_of_an_uncentred_covariate_gives_the_centred_ones_sl
     np.testing.assert_allclose(draws[1e4], draws[0.0], rtol=0, atol=1e-6 * np.abs(draws[0.0]).max())
 
 
+@pytest.mark.parametrize(("vcov", "df", "ci"), [("CR1", None, "percentile"), ("CR2", "satterthwaite", "studentized")])
+def test_inference_on_an_uncentred_covariate_is_the_centred_ones(vcov, df, ci):
+    """``fit.infer`` at ``c = 1e6`` against ``c = 0`` with the same multipliers: the slopes' SEs,
+    model-based SEs, Satterthwaite df, one-step draws and intervals equal, and every covariance is
+    the exact reparametrisation ``L V L'`` (``vec(Theta_c) = L vec(Theta_0)``, ``L = S^-T (x) I``
+    for ``A_c = S A_0``), to 1e-8 relative (measured 5e-12 to 1.5e-10). Before the inference ran
+    on the fit's orthonormal covariates it formed the information on the given ones, whose
+    condition grows as ``c^2``: here the slopes' SEs were 3.8e-2 off, model-based 1.8e-2, the
+    intervals 1.4e-3 and the df 1.1e-3 (on Orthodont the model-based SE 1% at ``c = 1e6``, 44% at
+    ``1e7``)."""
+    Y, x = _data(seed=7)
+    N, c = x.size, 1e6
+    W = np.random.default_rng(5).choice([-1.0, 1.0], size=(N, 200))
+    out = {}
+    for shift in (0.0, c):
+        fit = _fit(Y, np.vstack([np.ones(N), shift + x]))
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", nmfre.IllConditionedWarning)
+            out[shift] = fit.infer(multipliers=W, vcov=vcov, df=df, ci=ci).dataset
+    a, b = out[0.0], out[c]
+    for name in ("se", "se_model", "df", "ci", "ci_wald"):
+        np.testing.assert_allclose(b[name].isel(covariate=1), a[name].isel(covariate=1), rtol=1e-8)
+    np.testing.assert_allclose(b["draws"].isel(covariate=1), a["draws"].isel(covariate=1), rtol=0,
+                               atol=1e-8 * float(np.abs(a["draws"].isel(covariate=1)).max()))
+    L = np.kron(np.linalg.inv(np.array([[1.0, 0.0], [c, 1.0]])).T, np.eye(2))
+    for name in ("cov", "cov_model"):
+        want = L @ a[name].values @ L.T
+        np.testing.assert_allclose(b[name].values, want, rtol=1e-8, atol=1e-8 * np.abs(want).max())
+
+
 @pytest.mark.parametrize("c", [1e3, 1e4])
 def test_the_profile_likelihood_of_an_uncentred_covariate_is_the_centred_ones(c):
     # the profile's (and the likelihood-ratio tests') own maximisation on the given covariates (its

@@ -171,8 +171,18 @@ def _inv_sqrt(G: np.ndarray, rank_loss: np.ndarray) -> np.ndarray:
     return np.einsum("...ij,...j,...kj->...ik", V, inv, V)
 
 
+def outward(cond: Conditional, frame, Q: int) -> Conditional:
+    """``cond`` of ``vec(Theta_o)``, the effects on ``frame``'s orthonormal covariates
+    (:class:`nmfre.core.covariates.Frame`), for ``vec(Theta) = M vec(Theta_o)`` on the given
+    ones (``M = kron(T^-T, I_Q)``): covariances ``M V M'``, scores and information by
+    ``M^-T = kron(T, I_Q)``."""
+    M, Mit = frame.vec_outward(Q), np.kron(frame.T, np.eye(Q))
+    return Conditional(cond.sigma2_used, cond.df_u, Mit @ cond.info @ Mit.T, M @ cond.cov_model @ M.T,
+                       Mit @ cond.scores, Mit @ cond.meat @ Mit.T, M @ cond.cov @ M.T)
+
+
 def cr2(cond: Conditional, pieces, A: np.ndarray, X: np.ndarray, lam: float, satterthwaite: bool = True,
-        kind: str = "CR2"):
+        kind: str = "CR2", contrasts: np.ndarray | None = None):
     """Bias-reduced linearisation (CR2, Bell & McCaffrey 2002; Pustejovsky & Tipton 2018)
     for vec(Theta), with Satterthwaite degrees of freedom per coefficient.
 
@@ -198,9 +208,14 @@ def cr2(cond: Conditional, pieces, A: np.ndarray, X: np.ndarray, lam: float, sat
     convergence (2e-5 relative in the SEs on ``simulate.baseline(N=27)``); the package
     uses the fit's U, as nmfkc does.
 
+    ``contrasts`` (L x QK, optional): the df are those of ``contrasts @ vec(Theta)`` (one per
+    row) instead of each coefficient's (a fit on orthonormal covariates reports its
+    coefficients on the given ones, ``vec(Theta) = M vec(Theta_o)``: the rows of ``M``).
+
     Returns ``(cov, df, scores, C)``: the covariance (QK x QK), the df per coefficient (QK,;
-    NaN when ``satterthwaite`` is False), the adjusted unit scores ``-Z_n'W_nA_ne_n`` (QK x N)
-    and ``C_n = X_O'W_nA_nX_O`` (N x Q x Q), what a replicate's own sandwich needs
+    or per row of ``contrasts``; NaN when ``satterthwaite`` is False), the adjusted unit
+    scores ``-Z_n'W_nA_ne_n`` (QK x N) and ``C_n = X_O'W_nA_nX_O`` (N x Q x Q), what a
+    replicate's own sandwich needs
     (:func:`nmfre.core.bootstrap.studentized_se`).
     """
     Q = X.shape[1]
@@ -231,16 +246,18 @@ def cr2(cond: Conditional, pieces, A: np.ndarray, X: np.ndarray, lam: float, sat
         adj[:, units] = -(A[:, units][:, None, :] * (T.T @ z)[None, :, :]).reshape(Q * K, -1)
         g_parts.append((units, T, S, Asub))
     V = M @ (adj @ adj.T) @ M
-    df = np.full(Q * K, np.nan)
+    L = np.eye(Q * K) if contrasts is None else np.asarray(contrasts, dtype=float)
+    df = np.full(L.shape[0], np.nan)
     if satterthwaite:
-        for c in range(Q * K):
-            df[c] = _satterthwaite(M, Minv, A, Maa, g_parts, c, Q)
+        for c in range(L.shape[0]):
+            df[c] = _satterthwaite(M, Minv, A, Maa, g_parts, L[c], Q)
     return V, df, adj, C
 
 
-def _satterthwaite(M, Minv, A, Maa, g_parts, c: int, Q: int) -> float:
+def _satterthwaite(M, Minv, A, Maa, g_parts, ell: np.ndarray, Q: int) -> float:
+    """The Satterthwaite df of the contrast ``ell' vec(Theta)``."""
     K, N = A.shape
-    m = np.einsum("kn,kq->qn", A, M[:, c].reshape(K, Q))  # (a_n' (x) I) M e_c
+    m = np.einsum("kn,kq->qn", A, (M @ ell).reshape(K, Q))  # (a_n' (x) I) M ell
     d = np.zeros(N)
     B = np.zeros((Q * K, N))
     for units, T, S, Asub in g_parts:
