@@ -477,6 +477,7 @@ class _RefitJob:
 
     def __call__(self, Wblock: np.ndarray, idx) -> dict[int, dict]:
         out = {}  # warnings are silenced by the caller (process-wide state, so not per thread)
+        frame = covariate_frame(self.A, self.settings) if self.vcov is not None else None  # the SEs' (infer's)
         for j, b in enumerate(np.asarray(idx)):
             Yb = self.fitted + self.resid * Wblock[:, j][None, :]
             res = solve(Yb, self.A, self.Q, self.start, self.rate, self.settings)
@@ -487,8 +488,7 @@ class _RefitJob:
                    "converged": bool(res.converged) and not degenerate,
                    "stop_reason": "degenerate" if degenerate else str(res.stop_reason)}
             if self.vcov is not None:
-                rec["se"] = self.c * _replicate_se(Yb, self.A, res, perm, self.vcov,
-                                                   covariate_frame(self.A, self.settings))
+                rec["se"] = self.c * _replicate_se(Yb, self.A, res, perm, self.vcov, frame)
             if self.keep_X:
                 rec["X"] = res.X[:, perm]
             out[int(b)] = rec

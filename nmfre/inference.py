@@ -33,7 +33,7 @@ from .core.bootstrap import (
     p_values,
     studentized_se,
 )
-from .core.covariance import COV_RIDGE, ILL_CONDITIONED, Conditional, cr2, from_pieces, outward, scaled_condition
+from .core.covariance import COV_RIDGE, ILL_CONDITIONED, Conditional, cr2, from_pieces, scaled_condition
 from .core.passes import conditional_pieces
 from .engine import covariate_frame, ended_degenerate, refit_draws
 from .exceptions import ConvergenceWarning, DegenerateFitWarning, IllConditionedWarning
@@ -493,26 +493,54 @@ _PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
 FAILED = ("drop", "keep")
 
 
-def _check_conditioning(info: np.ndarray, fit) -> None:
+def _check_conditioning(info: np.ndarray, fit, frame=None) -> None:
     """:class:`~nmfre.IllConditionedWarning` where the information's scaled condition number
     (:func:`nmfre.core.covariance.scaled_condition`) exceeds
-    :data:`nmfre.core.covariance.ILL_CONDITIONED`, naming the covariates and components of the
-    coefficients along its weakest direction (for a sign-free ML fit, the information on its
-    orthonormal covariates: covariate ``k`` there is the given one less its projection on those
-    before it)."""
+    :data:`nmfre.core.covariance.ILL_CONDITIONED`, naming the coefficients along its weakest
+    direction. With ``frame`` (a sign-free ML fit: ``info`` is that of its orthonormal
+    covariates, ``N I_K (x) G`` for complete data, where only the basis can be ill-conditioned)
+    it names the components, and warns separately where the covariates themselves are nearly
+    collinear (:data:`COVARIATES_ILL_CONDITIONED`): mapping Theta and its inference back to them
+    then costs up to about ``condition * 2e-15`` relative."""
     cond, V = scaled_condition(info, vectors=True)
-    if cond <= ILL_CONDITIONED:
-        return
-    Q = fit.solution.theta.shape[0]
-    weak = np.abs(V[:, 0]) >= 0.1 * np.abs(V[:, 0]).max()  # the coefficients in the weakest direction
     comps, covs = fit.theta.coords["component"].values, fit.theta.coords["covariate"].values
-    names = [f"{comps[i % Q]}|{covs[i // Q]}" for i in np.flatnonzero(weak)]  # column-major vec
-    warnings.warn(f"the information for Theta is nearly singular (condition number {cond:.2g} with each coefficient "
-                  f"scaled to unit information): its standard errors, tests and Wald intervals may be off by up to "
-                  f"about {min(cond * COV_RIDGE, 1.0):.0e} relative. The weakest direction combines "
-                  f"{', '.join(names)}: "
-                  "nearly collinear covariates, or basis columns nearly parallel on the observed features",
-                  IllConditionedWarning, skip_file_prefixes=(_PACKAGE,))
+    Q = len(comps)
+    if cond > ILL_CONDITIONED:
+        w = np.abs(V[:, 0])  # the coefficients in the weakest direction (column-major vec)
+        if frame is None:
+            names = [f"{comps[i % Q]}|{covs[i // Q]}" for i in np.flatnonzero(w >= 0.1 * w.max())]
+            cause = "nearly collinear covariates, or basis columns nearly parallel on the observed features"
+        else:  # the direction repeats over the orthonormal covariates: the components are what it is
+            wq = w.reshape(len(covs), Q).sum(axis=0)
+            names = [str(c) for c in comps[wq >= 0.1 * wq.max()]]
+            cause = "basis columns nearly parallel on the observed features"
+        warnings.warn(f"the information for Theta is nearly singular (condition number {cond:.2g} with each "
+                      f"coefficient scaled to unit information): its standard errors, tests and Wald intervals may "
+                      f"be off by up to about {min(cond * COV_RIDGE, 1.0):.0e} relative. The weakest direction "
+                      f"combines {', '.join(names)}: {cause}",
+                      IllConditionedWarning, skip_file_prefixes=(_PACKAGE,))
+    if frame is None:
+        return
+    scaled = frame.T / np.linalg.norm(frame.T, axis=1, keepdims=True)  # rows: the covariates at unit mean square
+    U, sv, _ = np.linalg.svd(scaled)
+    cond_a = float(sv[0] / sv[-1]) if sv[-1] > 0 else float("inf")
+    if cond_a > COVARIATES_ILL_CONDITIONED:
+        u = np.abs(U[:, -1])
+        names = [str(c) for c in covs[u >= 0.1 * u.max()]]
+        warnings.warn(f"the covariates are nearly collinear (condition number {cond_a:.2g} with each scaled to unit "
+                      f"mean square; the combination of {', '.join(names)} is nearly zero): the fit and its inference "
+                      "run on orthonormal covariates, and Theta, its standard errors, tests and intervals on the "
+                      f"given ones may be off by up to about {min(cond_a * 2e-15, 1.0):.0e} relative",
+                      IllConditionedWarning, skip_file_prefixes=(_PACKAGE,))
+
+
+#: condition number of the covariates (each row of A scaled to unit mean square) above which
+#: ``infer`` warns for a sign-free ML fit: its results are mapped back from orthonormal covariates
+#: at a relative cost of up to about ``condition * 2e-15`` (measured with a covariate equal to
+#: another plus ``delta`` times noise: at conditions 2.6e5, 2.1e9 and 2.2e12 the estimates 2.7e-10,
+#: 2.5e-6 and 3.2e-3 off, the SEs 7.9e-12, 1.3e-7 and 7.7e-5). An uncentred covariate ``c + x``
+#: (sd 1) has about ``2 c``: 1e-10 at ``c = 1e6``
+COVARIATES_ILL_CONDITIONED = 1e8
 
 
 def infer(fit: NMFREFit, n_boot: int = 1000, seed: Any = 123, multipliers: Any = None, dist: str = "exp",
@@ -602,8 +630,11 @@ def infer(fit: NMFREFit, n_boot: int = 1000, seed: Any = 123, multipliers: Any =
         may then be off by up to about ``condition * 1e-14`` relative), naming the coefficients
         of its weakest direction. For a sign-free ML fit the information is that of the fit's
         orthonormal covariates (:mod:`nmfre.core.covariates`), where everything is computed
-        and mapped back to the given ones: uncentred or nearly collinear covariates then cost
-        no digits, and only a basis with nearly parallel columns warns.
+        and mapped back to the given ones, and warns for a basis with nearly parallel columns
+        (naming the components); the mapping back costs up to about the covariates' own
+        condition number times 2e-15 (1e-10 for an uncentred ``1e6 + x``), and covariates
+        with a condition number above :data:`COVARIATES_ILL_CONDITIONED` (1e8) warn
+        separately, naming them.
 
     Notes
     -----
@@ -663,9 +694,12 @@ def infer(fit: NMFREFit, n_boot: int = 1000, seed: Any = 123, multipliers: Any =
     M = None if frame is None else frame.vec_outward(sol.theta.shape[0])
     pc = conditional_pieces(data.Y, A_w, sol.X, th_w, sol.U, fit.lam)
     ker_w = from_pieces(pc, A_w, th_w)
-    _check_conditioning(ker_w.info, fit)
+    _check_conditioning(ker_w.info, fit, frame)
     sand = _sandwich(ker_w, pc, A_w, sol.X, fit.lam, vcov, df, need_units=ci == "studentized", M=M)
-    ker = ker_w if frame is None else outward(ker_w, frame, sol.theta.shape[0])
+    info, cov_model = ker_w.info, ker_w.cov_model  # reported on the given covariates:
+    if M is not None:  # M^-T = T kron I_Q maps the information (and the scores, not needed here)
+        Mit = np.kron(frame.T, np.eye(sol.theta.shape[0]))
+        info, cov_model = Mit @ info @ Mit.T, M @ cov_model @ M.T
     drawn = {}  # how to draw the same multipliers again
     if W is not None:
         dist = "user"
@@ -700,7 +734,7 @@ def infer(fit: NMFREFit, n_boot: int = 1000, seed: Any = 123, multipliers: Any =
     draws = np.maximum(raw, 0.0) if nonneg else raw
     lo, hi = _interval(ci, level, tvec, sand["se"], draws, raw, rep_se, nonneg)
     attrs = {"method": method, "dist": dist, "n_boot": int(draws.shape[1]), "level": float(level),
-             "alternative": alternative, "sigma2_used": ker.sigma2_used, "df_u": ker.df_u,
+             "alternative": alternative, "sigma2_used": ker_w.sigma2_used, "df_u": ker_w.df_u,
              "theta_kind": fit.theta_kind, "fit_method": fit.method, "ci_kind": ci, "ci_prob": float(level),
              "vcov": vcov, "df_kind": df_kind, **drawn, **extra}
     if int(pc.n_obs) < data.P * data.N:  # scores and information from each unit's observed entries
@@ -708,7 +742,7 @@ def infer(fit: NMFREFit, n_boot: int = 1000, seed: Any = 123, multipliers: Any =
     if df_kind == "fixed":
         attrs["df_value"] = int(df)
     attrs["description"] = provenance(attrs)["description"]
-    ds = _label(fit.coords, tvec, ker, sand, draws, (lo, hi), level, alternative, attrs)
+    ds = _label(fit.coords, tvec, info, cov_model, sand, draws, (lo, hi), level, alternative, attrs)
     if status is not None:  # each refit replicate's index among the n_boot and its stop reason
         ds = ds.assign_coords(draw=status[0], stop_reason=("draw", status[1].astype(str)))
     if X_draws is not None:
@@ -825,7 +859,8 @@ def _interval(ci: str, level: float, tvec, se, draws, raw, rep_se, nonneg: bool)
     return (np.maximum(lo, 0.0), np.maximum(hi, 0.0)) if nonneg else (lo, hi)
 
 
-def _label(coords: dict, tvec: np.ndarray, ker: Conditional, sand: dict, draws: np.ndarray, ci: tuple,
+def _label(coords: dict, tvec: np.ndarray, info: np.ndarray, cov_model: np.ndarray, sand: dict, draws: np.ndarray,
+           ci: tuple,
            level: float, alternative: str, attrs: dict) -> xr.Dataset:
     """The labelled dataset: summaries per (component, covariate), draws, covariances."""
     comp, cov = coords["component"], coords["covariate"]
@@ -833,7 +868,7 @@ def _label(coords: dict, tvec: np.ndarray, ker: Conditional, sand: dict, draws: 
     B = draws.shape[1]
     se = sand["se"]
     dfs = sand["df"]
-    se_model = np.sqrt(np.maximum(np.diag(ker.cov_model), 0.0))
+    se_model = np.sqrt(np.maximum(np.diag(cov_model), 0.0))
     lo, hi = ci
     with np.errstate(divide="ignore", invalid="ignore"):
         z = np.where(se > 0, tvec / se, np.nan)
@@ -856,7 +891,7 @@ def _label(coords: dict, tvec: np.ndarray, ker: Conditional, sand: dict, draws: 
          lab["statistic"]: qk(z), "p_value": qk(p_values(z, alternative, dfs)), "df": qk(dfs),
          "ci": bounds(lo, hi), "ci_wald": bounds(tvec - q * se, tvec + q * se),
          "draws": (("draw",) + cc, draws.T.reshape(B, Q, K, order="F")),
-         "cov": (sq, sand["cov"]), "cov_model": (sq, ker.cov_model), "info": (sq, ker.info)},
+         "cov": (sq, sand["cov"]), "cov_model": (sq, cov_model), "info": (sq, info)},
         coords={"component": comp, "covariate": cov, "ci_bound": ["lower", "upper"], "draw": np.arange(B),
                 "param": params, "component_of": ("param", np.tile(comp, K)),
                 "covariate_of": ("param", np.repeat(cov, Q)), "param_2": params},

@@ -514,22 +514,29 @@ def test_cr2_adjustment_zeroes_only_the_directions_of_leverage_one():
     np.testing.assert_allclose(both[1] @ G @ both[1], np.eye(3) - np.outer(V[:, 0], V[:, 0]), atol=1e-9)
 
 
-def test_near_collinear_covariates_keep_their_standard_errors():
-    """A covariate equal to another plus 1e-5 times noise: the SEs equal those of the same model
-    in well-conditioned covariates (``A' = T A``: intercept, the covariate and the noise; an
-    exact reparametrisation, ``vec(Theta) = (T' (x) I) vec(Theta')``). Sign-free Theta: infer
-    works on the fit's orthonormal covariates, to 1e-7 (measured 6e-12, model-based 2.1e-8) and
-    without a warning (on the given covariates: 1.5e-4, with the information's condition number
-    about 4e10). Non-negative
-    Theta keeps the given covariates: infer warns (:class:`nmfre.IllConditionedWarning`) naming
-    the coefficients involved. The named fault: the information's ridge of 1e-8 relative to its
-    diagonal (until 2026-12) took over at this conditioning: those SEs were 0.0069 of their
-    value."""
+def _collinear(delta: float):
+    """``(Y, A, T)``: ``A = [1; g; g + delta e]`` with ``delta`` a power of 2 and ``e`` on a grid
+    of 1/8, so that ``T A = [1; g; e]`` is exact (an exact reparametrisation, ``vec(Theta) = (T'
+    (x) I) vec(Theta')``)."""
     Y, A0 = blocky(15, 60, 2, seed=3)
-    e = np.random.default_rng(0).normal(size=60)
-    delta = 1e-5
+    e = np.round(8 * np.random.default_rng(0).normal(size=60)) / 8
     A = np.vstack([A0, A0[1] + delta * e])
     T = np.array([[1, 0, 0], [0, 1, 0], [0, -1 / delta, 1 / delta]])
+    assert np.array_equal(T @ A, np.vstack([A0, e]))
+    return Y, A, T
+
+
+def test_near_collinear_covariates_keep_their_standard_errors():
+    """A covariate equal to another plus 2^-17 (7.6e-6) times noise: the estimates and SEs equal
+    those of the same model in well-conditioned covariates. Sign-free Theta: infer works on the
+    fit's orthonormal covariates, to 1e-8 (measured 2.7e-10 on the estimates, 7.9e-12 on the SEs)
+    and without a warning (the covariates' condition number 2.6e5, a predicted loss of 5e-10); on the given
+    covariates (until 2026-12-07) the SEs were 1.5e-4 off, with a warning (the information's
+    condition number 4e10). Non-negative Theta keeps the given covariates: infer warns
+    (:class:`nmfre.IllConditionedWarning`) naming the coefficients involved. The named fault: the
+    information's ridge of 1e-8 relative to its diagonal (until 2026-12) took over at this
+    conditioning: those SEs were 0.0069 of their value."""
+    Y, A, T = _collinear(2.0**-17)
     f, g = nmfre.fit(Y, A, rank=2), nmfre.fit(Y, T @ A, rank=2)
     assert f.converged and g.converged and abs(f.loglik - g.loglik) < 1e-8 * abs(g.loglik)
     with warnings.catch_warnings():
@@ -537,12 +544,39 @@ def test_near_collinear_covariates_keep_their_standard_errors():
         inf = f.infer(n_boot=20)
         ref = g.infer(n_boot=20)
     L = np.kron(T.T, np.eye(2))
+    np.testing.assert_allclose(inf.dataset["estimate"].values.ravel(order="F"),
+                               L @ ref.dataset["estimate"].values.ravel(order="F"), rtol=1e-8)
     for name in ("cov", "cov_model"):
         want = np.sqrt(np.diag(L @ ref.dataset[name].values @ L.T))
-        np.testing.assert_allclose(np.sqrt(np.diag(inf.dataset[name].values)), want, rtol=1e-7)
+        np.testing.assert_allclose(np.sqrt(np.diag(inf.dataset[name].values)), want, rtol=1e-8)
     nonneg = nmfre.fit(Y, A, rank=2, theta="nonneg")
     with pytest.warns(nmfre.IllConditionedWarning, match=r"condition number .*covariate3"):
         nonneg.infer(n_boot=20)
+
+
+def test_collinear_covariates_of_a_sign_free_fit_warn_by_their_own_condition():
+    """Sign-free: the information on the orthonormal covariates does not see the covariates'
+    collinearity, so infer checks the covariates themselves: at ``delta = 2^-40`` (condition
+    number 2.2e12; measured: the estimates 3.2e-3 off, the SEs 7.7e-5) it warns naming the two
+    collinear covariates and the cost of mapping back; the basis's own conditioning is judged on
+    the frame's information and named by component (its weakest direction repeats over the
+    orthonormal covariates, so a covariate there would be arbitrary)."""
+    from nmfre import inference
+    from nmfre.core.covariates import Frame
+
+    Y, A, _ = _collinear(2.0**-40)
+    f = nmfre.fit(Y, A, rank=2)
+    with pytest.warns(nmfre.IllConditionedWarning, match=r"covariates are nearly collinear .*combination of "
+                                                          r"covariate2, covariate3 is nearly zero"):
+        f.infer(n_boot=20)
+    G = np.array([[1.0, 1 - 1e-12], [1 - 1e-12, 1.0]])  # two nearly parallel basis columns
+    frame = Frame.of(np.vstack([np.ones(60), np.arange(60.0), np.random.default_rng(1).random(60)]))
+    with warnings.catch_warnings(record=True) as got:
+        warnings.simplefilter("always")
+        inference._check_conditioning(np.kron(60 * np.eye(3), G), f, frame)
+    msgs = [str(w.message) for w in got]
+    assert len(msgs) == 1 and "combines Basis1, Basis2: basis columns nearly parallel" in msgs[0]
+    assert "covariate" not in msgs[0]
 
 
 def test_satterthwaite_df_closed_forms(ml_fit):

@@ -171,16 +171,6 @@ def _inv_sqrt(G: np.ndarray, rank_loss: np.ndarray) -> np.ndarray:
     return np.einsum("...ij,...j,...kj->...ik", V, inv, V)
 
 
-def outward(cond: Conditional, frame, Q: int) -> Conditional:
-    """``cond`` of ``vec(Theta_o)``, the effects on ``frame``'s orthonormal covariates
-    (:class:`nmfre.core.covariates.Frame`), for ``vec(Theta) = M vec(Theta_o)`` on the given
-    ones (``M = kron(T^-T, I_Q)``): covariances ``M V M'``, scores and information by
-    ``M^-T = kron(T, I_Q)``."""
-    M, Mit = frame.vec_outward(Q), np.kron(frame.T, np.eye(Q))
-    return Conditional(cond.sigma2_used, cond.df_u, Mit @ cond.info @ Mit.T, M @ cond.cov_model @ M.T,
-                       Mit @ cond.scores, Mit @ cond.meat @ Mit.T, M @ cond.cov @ M.T)
-
-
 def cr2(cond: Conditional, pieces, A: np.ndarray, X: np.ndarray, lam: float, satterthwaite: bool = True,
         kind: str = "CR2", contrasts: np.ndarray | None = None):
     """Bias-reduced linearisation (CR2, Bell & McCaffrey 2002; Pustejovsky & Tipton 2018)
