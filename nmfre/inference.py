@@ -539,7 +539,7 @@ def _check_conditioning(info: np.ndarray, fit, frame=None) -> None:
 #: at a relative cost of up to about ``condition * 2e-15`` (measured with a covariate equal to
 #: another plus ``delta`` times noise: at conditions 2.6e5, 2.1e9 and 2.2e12 the estimates 2.7e-10,
 #: 2.5e-6 and 3.2e-3 off, the SEs 7.9e-12, 1.3e-7 and 7.7e-5). An uncentred covariate ``c + x``
-#: (sd 1) has about ``2 c``: 1e-10 at ``c = 1e6``
+#: (sd 1) has about ``2 c`` (measured: 1.5e-10 at ``c = 1e6``)
 COVARIATES_ILL_CONDITIONED = 1e8
 
 
@@ -632,7 +632,8 @@ def infer(fit: NMFREFit, n_boot: int = 1000, seed: Any = 123, multipliers: Any =
         orthonormal covariates (:mod:`nmfre.core.covariates`), where everything is computed
         and mapped back to the given ones, and warns for a basis with nearly parallel columns
         (naming the components); the mapping back costs up to about the covariates' own
-        condition number times 2e-15 (1e-10 for an uncentred ``1e6 + x``), and covariates
+        condition number times 2e-15 (about ``2c`` for an uncentred ``c + x`` of sd 1: measured
+        1.5e-10 at ``c = 1e6``), and covariates
         with a condition number above :data:`COVARIATES_ILL_CONDITIONED` (1e8) warn
         separately, naming them.
 
