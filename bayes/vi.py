@@ -267,9 +267,10 @@ def fit_vi(Y, A=None, rank: int = 1, *, model: str = "joint", guide: str = "full
     sampler = sampling.Sampler(model, rank, data.P, None, data.K, theta=theta, num_samples=num_samples,
                                num_chains=num_chains, simplex=simplex,
                                theta_coords=v.choice(theta_coords, "theta_coords", ("direct", "marginal")),
-                               kernel="nuts", frame=False)  # no sampler runs: the settings only shape the model
-    # (on the given covariates: the guide's loc and covariance are Theta's own coordinates, and a
-    # full-rank Gaussian guide's optimum does not depend on a linear change of them)
+                               kernel="nuts")  # no sampler runs: the settings only shape the model
+    # (free Theta on orthonormal covariates, as bayes.sample: on an uncentred covariate c + x at c =
+    # 1000 the guides fitted on the given covariates had the slopes' sds 70 (SVI) and 170 (DADVI)
+    # times too small; the variational group's loc and cov are mapped back to Theta's own coordinates)
     spec = sampler.spec(Y, A, fit=fit, priors=priors)
     base = dataclasses.replace(sampler.settings_for(spec), num_warmup=0, num_samples=0, num_chains=0)
     vs = VISettings(base, guide, None if guide_rank is None else v.integer(guide_rank, "guide_rank"),
@@ -282,7 +283,7 @@ def fit_vi(Y, A=None, rank: int = 1, *, model: str = "joint", guide: str = "full
             # minus DADVI's objective is the ELBO without the Gaussian entropy's constant
             # d (1 + log 2 pi) / 2 (the recorded elbo was 12.8 below SVI's at d = 9)
             elbo = np.asarray(elbo) + 0.5 * np.shape(loc)[0] * (1.0 + np.log(2.0 * np.pi))
-            lr = (loc, cov, compiled.coordinate_labels(vs.base, spec.init, spec.args))
+            lr = _on_given_covariates(loc, cov, compiled.coordinate_labels(vs.base, spec.init, spec.args), spec.frame)
             draws = {k: x for k, x in draws.items() if k in SITES}
         else:
             draws, losses = jax.device_get(_runner(vs)(prng_key(seed), spec.init, spec.args))
@@ -293,6 +294,30 @@ def fit_vi(Y, A=None, rank: int = 1, *, model: str = "joint", guide: str = "full
         draws.pop("sigma", None), draws.pop("tau", None)
         draws["sigma"], draws["tau"] = np.sqrt(spec.sigma2_fixed), np.sqrt(spec.sigma2_fixed / spec.fit.lam)
     return _datatree(spec, vs, draws, elbo, warn, info, lr)
+
+
+def _on_given_covariates(loc, cov, labels, T) -> tuple:
+    """``(loc, cov, labels)`` with the ``theta_frame`` coordinates (effects on orthonormal
+    covariates, ``Theta T``) replaced by ``theta``'s (``Theta = theta_frame T^-1``: a linear map of
+    the guide's mean and covariance), so that the variational group is on the given covariates
+    whether or not the model sampled on the frame (``T`` None: unchanged)."""
+    names, sites = list(labels[0]), list(labels[1])
+    if T is None or "theta_frame" not in sites:
+        return loc, cov, (names, sites)
+    Tinv = np.linalg.inv(np.asarray(T, dtype=float))
+    pos = {}
+    for i, (name, site) in enumerate(zip(names, sites, strict=True)):
+        if site == "theta_frame":  # "theta_frame[q,k]"
+            q, k = (int(x) for x in name[name.index("[") + 1:-1].split(","))
+            pos[q, k] = i
+    J = np.eye(len(names))
+    for (q, k), i in pos.items():  # theta[q, k] = sum_j theta_frame[q, j] (T^-1)[j, k]
+        J[i, i] = 0.0
+        for j in range(Tinv.shape[0]):
+            J[i, pos[q, j]] = Tinv[j, k]
+    for (q, k), i in pos.items():
+        names[i], sites[i] = f"theta[{q},{k}]", "theta"
+    return J @ np.asarray(loc), J @ np.asarray(cov) @ J.T, (names, sites)
 
 
 def _dadvi_dimension(model: str, P: int, Q: int, K: int) -> int:
