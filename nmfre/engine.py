@@ -506,7 +506,6 @@ def _replicate_se(Yb, A, res: Solution, perm, vcov: str, frame: Frame | None = N
     cond = from_pieces(pc, A_w, th_w)
     cov = cond.cov if vcov == "CR1" else cr2(cond, pc, A_w, res.X, res.lam, satterthwaite=False)[0]
     if frame is not None:
-        M = frame.vec_outward(res.theta.shape[0])
-        cov = M @ cov @ M.T
+        cov = frame.cov_outward(cov, res.theta.shape[0])
     se = np.sqrt(np.maximum(np.diag(cov), 0.0)).reshape(res.theta.shape, order="F")
     return se[perm].reshape(-1, order="F")

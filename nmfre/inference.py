@@ -700,7 +700,7 @@ def infer(fit: NMFREFit, n_boot: int = 1000, seed: Any = 123, multipliers: Any =
     info, cov_model = ker_w.info, ker_w.cov_model  # reported on the given covariates:
     if M is not None:  # M^-T = T kron I_Q maps the information (and the scores, not needed here)
         Mit = np.kron(frame.T, np.eye(sol.theta.shape[0]))
-        info, cov_model = Mit @ info @ Mit.T, M @ cov_model @ M.T
+        info, cov_model = Mit @ info @ Mit.T, frame.cov_outward(cov_model, sol.theta.shape[0])
     drawn = {}  # how to draw the same multipliers again
     if W is not None:
         dist = "user"

@@ -345,8 +345,7 @@ class Likelihood:
         cov = pt.sigma2 * np.linalg.pinv(np.kron(self.AA, 0.5 * (XWX + XWX.T)))
         if self.frame is None:
             return cov
-        M = self.frame.vec_outward(Q)
-        return M @ cov @ M.T
+        return self.frame.cov_outward(cov, Q)
 
 
 def likelihood_of(fit: NMFREFit) -> Likelihood:

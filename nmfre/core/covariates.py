@@ -62,6 +62,12 @@ class Frame:
         ``T^-T kron I_Q``."""
         return np.kron(self.outward(np.eye(self.T.shape[0])).T, np.eye(Q))
 
+    def cov_outward(self, cov: np.ndarray, Q: int) -> np.ndarray:
+        """A covariance of ``vec(Theta_o)`` (effects on the frame's covariates) as one of
+        ``vec(Theta)`` on the given ones: ``M cov M'`` with ``M`` of :meth:`vec_outward`."""
+        M = self.vec_outward(Q)
+        return M @ cov @ M.T
+
 
 def _lower(r: np.ndarray, N: int) -> tuple[np.ndarray, np.ndarray]:
     """The signs that make QR's ``R`` diagonal positive, and ``T = R' / sqrt(N)`` with them."""
