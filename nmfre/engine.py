@@ -14,7 +14,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .core import basis, dfcap, passes
+from .core import basis, dfcap, ml, passes
 from .core import stats as cstats
 from .core.bootstrap import align_components
 from .core.covariates import Frame, orthonormal_effects
@@ -189,9 +189,45 @@ def solve(Y: np.ndarray, A: np.ndarray, Q: int, start: Start, rate: float | None
     cap = None if rate is None else dfcap.cap_value(rate, stats.N, Q)
     prob = problem(stats, Q, cap, s)
     theta0 = start.theta if frame is None else frame.inward(start.theta)
-    sol = fit_ml(prob, basis.normalise_columns(start.X), theta0, max_iter=s.max_iter, tol=s.tol).ordered()
+    sol = fit_ml(prob, basis.normalise_columns(start.X), theta0, max_iter=s.max_iter, tol=s.tol)
+    sol = resolved(prob, sol, Y, Af, s.tol).ordered()
     sol = replace(sol, U=passes.blup(Y, Af, sol.X, sol.theta, sol.lam))
     return sol if frame is None else replace(sol, theta=frame.outward(sol.theta))
+
+
+#: an ML fit's nll and variances are recomputed from explicit residuals (:func:`resolved`) when
+#: the rounding of its compressed statistics could exceed this fraction of the convergence
+#: tolerance ``tol (1 + |nll|)``
+RESOLVE_FRACTION = 0.01
+
+
+def resolved(prob: Problem, sol: Solution, Y, A: np.ndarray, tol: float) -> Solution:
+    """``sol`` with its variances and nll from explicit residuals where the compressed
+    statistics cannot resolve the nll to :data:`RESOLVE_FRACTION` of the tolerance.
+
+    In gram and sparse form ``||R||^2`` is a sum of terms that cancel (``||Y||^2``, the cross
+    term, the fitted sum of squares; and, where components cancel, the ``Q x Q`` products
+    within each), so its rounding error is about ``eps`` times
+    :func:`~nmfre.core.ml.rounding_size`, and the nll's about that over ``2 sigma2``. Where
+    that bound exceeds ``RESOLVE_FRACTION tol (1 + |nll|)`` (sign-free fits whose components
+    cancel with effects of 1e3 to 1e5; data far from zero against their noise), one more pass
+    over ``Y`` (:func:`~nmfre.core.passes.residual_moments`) gives the exact
+    :class:`~nmfre.core.likelihood.Sufficient`, on which the variances are re-profiled at the
+    returned ``(X, Theta)`` (never a worse nll there) and the nll is evaluated. Elsewhere
+    ``sol`` is returned as it is (no pass). ``nll_trace`` keeps the iterations' values.
+    Measured before this (sign-free fits of 100 x 1000 and 300 x 3000 data, Q = 3, 4): the
+    reported nll up to 2.5e-4 (17.7 tolerances) below the nll at the returned estimate.
+    """
+    if not (np.isfinite(sol.nll) and sol.sigma2 > 0):
+        return sol
+    size = ml.rounding_size(prob, sol.X, sol.theta)
+    if np.finfo(float).eps * size / (2.0 * sol.sigma2) <= RESOLVE_FRACTION * tol * (1.0 + abs(sol.nll)):
+        return sol
+    exact = ml.sufficient(prob, sol.X, sol.theta, passes.residual_moments(Y, A, sol.X, sol.theta, prob.stats))
+    s2, lam, nll, _, _ = ml.profile(prob, sol.X, sol.theta, sol.lam, exact)
+    if not np.isfinite(nll):  # (an exact quadratic form at its floor: the fit's own check refuses it)
+        return sol
+    return replace(sol, sigma2=s2, tau2=s2 / lam, lam=lam, nll=nll)
 
 
 def covariate_frame(A: np.ndarray, settings: FitSettings) -> Frame | None:

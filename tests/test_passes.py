@@ -210,6 +210,36 @@ def test_large_dense_uses_the_gram_form(monkeypatch):
     _assert_same_fit(f_gram, f_dense)
 
 
+@pytest.mark.parametrize("held", ["dense", "masked", "sparse", "dask", "dask-masked"])
+def test_residual_moments_are_each_blocks_residual_sums(held, monkeypatch):
+    """``passes.residual_moments``: for each block of the fit's statistics (one per pattern of
+    observed features), ``||R||^2`` and ``X_O'R R'X_O`` of the explicit residuals, in chunks
+    of units (3 chunks and more here), equal to the direct computation on the block's cells to
+    1e-12 relative, for every kind of Y."""
+    rng = np.random.default_rng(5)
+    P, N, Q = 9, 120, 2
+    X = rng.dirichlet(np.ones(P), Q).T
+    A = np.vstack([np.ones(N), rng.normal(size=N)])
+    theta = np.array([[3.0, 1.0], [2.0, -1.0]])
+    Y = X @ theta @ A + 0.1 * rng.normal(size=(P, N))
+    if "masked" in held:
+        Y[rng.random((P, N)) < 0.05] = np.nan
+    if held == "sparse":
+        Y[Y < np.quantile(Y, 0.5)] = 0.0
+    st = passes.stats_of(Y, A)
+    monkeypatch.setattr(passes, "CHUNK_ENTRIES", 40 * P)
+    given = {"sparse": lambda y: sp.csr_matrix(y), "dask": lambda y: da.from_array(y, chunks=(P, 25)),
+             "dask-masked": lambda y: da.from_array(y, chunks=(P, 25))}.get(held, lambda y: y)(Y)
+    out = passes.residual_moments(given, A, X, theta, st)
+    assert len(out) == len(st.blocks) and (len(out) > 1) == ("masked" in held)
+    for b, (rss, WR) in zip(st.blocks, out, strict=True):
+        Xo = X if b.rows is None else X[b.rows]
+        cell = Y[:, b.units] if b.rows is None else Y[np.ix_(b.rows, b.units)]
+        R = cell - Xo @ (theta @ A[:, b.units])
+        assert rss == pytest.approx(float(np.sum(R * R)), rel=1e-12)
+        np.testing.assert_allclose(WR, Xo.T @ R @ R.T @ Xo, rtol=1e-12, atol=1e-12 * np.abs(WR).max())
+
+
 def test_one_grouping_of_units_by_pattern():
     rng = np.random.default_rng(0)
     obs = rng.random((7, 60)) < 0.7

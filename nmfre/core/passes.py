@@ -194,6 +194,60 @@ def xty(Y: Any, X: np.ndarray) -> np.ndarray:
     return X.T @ Y
 
 
+def residual_moments(Y: Any, A: np.ndarray, X: np.ndarray, theta: np.ndarray,
+                     stats: cstats.Stats) -> list[tuple[float, np.ndarray]]:
+    """Each block of ``stats``: ``(||R||^2, X_O'R R'X_O)`` from explicit residuals ``R = Y - X
+    Theta A`` over its observed entries, in one pass over the units in chunks (no ``P x N``
+    temporary; a sparse Y is densified a chunk at a time, a dask Y one task per chunk).
+
+    The compressed statistics' ``||R||^2 = ||Y||^2 - 2 tr(...) + tr(...)`` loses the digits that
+    its terms cancel (:func:`nmfre.core.ml.rounding_size`); these are exact to the rounding of
+    ``R`` itself. ``Y``, ``A`` and ``stats`` are the ones the fit iterated on.
+    """
+    k = kind(Y)
+    parts: list[dict]
+    if k == "dask":
+        import dask
+
+        offsets = np.concatenate([[0], np.cumsum(Y.chunks[1])])
+        tasks = [dask.delayed(_chunk_residual_moments)(blk, A[:, a:b], X, theta)
+                 for blk, a, b in zip(Y.to_delayed().ravel(), offsets[:-1], offsets[1:], strict=True)]
+        parts = list(dask.compute(*tasks))
+    else:
+        cols = Y.tocsc() if k == "sparse" else Y
+        parts = []
+        for sl in _chunks(Y):
+            Yc = cols[:, sl].toarray() if k == "sparse" else np.asarray(cols[:, sl], dtype=float)
+            parts.append(_chunk_residual_moments(Yc, A[:, sl], X, theta))
+    out = []
+    for b in stats.blocks:
+        mask = np.ones(Y.shape[0], bool)
+        if b.rows is not None:
+            mask[:] = False
+            mask[b.rows] = True
+        rss, WR = 0.0, np.zeros((X.shape[1], X.shape[1]))
+        for part in parts:
+            if mask.tobytes() in part:
+                r, w = part[mask.tobytes()]
+                rss, WR = rss + r, WR + w
+        out.append((rss, WR))
+    return out
+
+
+def _chunk_residual_moments(Yc: np.ndarray, Ac: np.ndarray, X: np.ndarray, theta: np.ndarray) -> dict:
+    """Per pattern of observed features of one chunk of units (keys: the pattern mask's bytes):
+    ``[||R||^2, X_O'R R'X_O]``."""
+    out = {}
+    P = Yc.shape[0]
+    for rows, units in groups(Yc) if np.isnan(Yc).any() else [(None, np.arange(Yc.shape[1]))]:
+        Xo = _rows(X, rows)
+        R = _cell(Yc, rows, units) - Xo @ (theta @ Ac[:, units])
+        XtR = Xo.T @ R
+        mask = np.ones(P, bool) if rows is None else np.isin(np.arange(P), rows)
+        out[mask.tobytes()] = [float(np.vdot(R, R)), XtR @ XtR.T]
+    return out
+
+
 #: ``P`` from which :func:`leading_eigenpairs` uses Lanczos (ARPACK) instead of LAPACK
 LANCZOS_FROM = 1000
 

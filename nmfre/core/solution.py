@@ -22,9 +22,10 @@ class Solution:
     sigma2, tau2, lam : float
         Variances and ``lambda = sigma2 / tau2``.
     nll : float
-        Marginal negative log-likelihood at the estimate.
+        Marginal negative log-likelihood at the estimate (ML: from the residuals where the
+        compressed statistics cannot resolve it, :func:`nmfre.engine.resolved`).
     nll_trace : ndarray
-        nll after each iteration.
+        nll after each iteration (as the iterations computed it).
     converged : bool
     n_iter : int
     cap_hit : bool
