@@ -166,13 +166,15 @@ def _nndsvd(Y, Q: int, stats: Stats | None, info: dict | None) -> np.ndarray:
 
 # ----------------------------------------------------------------------------- one run
 def solve(Y: np.ndarray, A: np.ndarray, Q: int, start: Start, rate: float | None,
-          settings: FitSettings, stats: Stats | None = None) -> Solution:
+          settings: FitSettings, stats: Stats | None = None, resolve: bool = True) -> Solution:
     """Run the settings' algorithm once from ``start`` with cap rate ``rate``.
 
     ML iterates on ``stats`` (built from ``Y`` when not given; pass :func:`ml_stats` to reuse
     them across restarts), sign-free ML on orthonormal covariates (:func:`covariate_frame`;
-    ``start.theta`` and the returned Theta are on ``A``'s), then computes the random effects
-    in one pass over the units.
+    ``start.theta`` and the returned Theta are on ``A``'s), reports its variances and nll from
+    residuals where ``stats`` cannot resolve them (:func:`resolved`; not with ``resolve=False``,
+    for callers that use neither: the rate scan, the refit bootstrap), then computes the random
+    effects in one pass over the units.
     """
     s = settings
     if s.method == "paper":
@@ -190,42 +192,48 @@ def solve(Y: np.ndarray, A: np.ndarray, Q: int, start: Start, rate: float | None
     prob = problem(stats, Q, cap, s)
     theta0 = start.theta if frame is None else frame.inward(start.theta)
     sol = fit_ml(prob, basis.normalise_columns(start.X), theta0, max_iter=s.max_iter, tol=s.tol)
-    sol = resolved(prob, sol, Y, Af, s.tol).ordered()
+    sol = (resolved(prob, sol, Y, Af, s.tol) if resolve else sol).ordered()
     sol = replace(sol, U=passes.blup(Y, Af, sol.X, sol.theta, sol.lam))
     return sol if frame is None else replace(sol, theta=frame.outward(sol.theta))
 
 
 #: an ML fit's nll and variances are recomputed from explicit residuals (:func:`resolved`) when
-#: the rounding of its compressed statistics could exceed this fraction of the convergence
-#: tolerance ``tol (1 + |nll|)``
-RESOLVE_FRACTION = 0.01
+#: the rounding bound of its quadratic form exceeds this fraction of the convergence tolerance
+#: ``tol (1 + |nll|)``. The bound is a worst case: the errors measured were 0.36 to 2.4 times it
+#: where components cancel (so up to about 1.2 tolerances are left unresolved there) and 0.02 to
+#: 0.12 times it on the iteration benchmark's fits with strong random effects, where at 0.1 the
+#: pass fired on 18 of 144 small and medium fits (adding 9-16% to their time to move the nll by
+#: 0.01-0.2 tolerances; benchmarks/results/scale.md, thirty-ninth round)
+RESOLVE_FRACTION = 0.5
 
 
 def resolved(prob: Problem, sol: Solution, Y, A: np.ndarray, tol: float) -> Solution:
-    """``sol`` with its variances and nll from explicit residuals where the compressed
-    statistics cannot resolve the nll to :data:`RESOLVE_FRACTION` of the tolerance.
+    """``sol`` with its variances and nll from explicit residuals where the statistics it was
+    fitted on cannot resolve the nll to :data:`RESOLVE_FRACTION` of the tolerance.
 
-    In gram and sparse form ``||R||^2`` is a sum of terms that cancel (``||Y||^2``, the cross
-    term, the fitted sum of squares; and, where components cancel, the ``Q x Q`` products
-    within each), so its rounding error is about ``eps`` times
-    :func:`~nmfre.core.ml.rounding_size`, and the nll's about that over ``2 sigma2``. Where
-    that bound exceeds ``RESOLVE_FRACTION tol (1 + |nll|)`` (sign-free fits whose components
-    cancel with effects of 1e3 to 1e5; data far from zero against their noise), one more pass
-    over ``Y`` (:func:`~nmfre.core.passes.residual_moments`) gives the exact
-    :class:`~nmfre.core.likelihood.Sufficient`, on which the variances are re-profiled at the
-    returned ``(X, Theta)`` (never a worse nll there) and the nll is evaluated. Elsewhere
+    The quadratic form ``||R||^2 - sum s / (d + lambda)`` is computed from terms that cancel:
+    in gram and sparse form ``||R||^2`` itself (``||Y||^2``, the cross term, the fitted sum of
+    squares; and, where components cancel, the ``Q x Q`` products within each), and in every
+    form the subtraction, where lambda is small against ``d`` (strong random effects). Its
+    rounding error is about ``eps`` times :func:`~nmfre.core.ml.rounding_size`, the nll's about
+    that over ``2 sigma2``. Where that exceeds ``RESOLVE_FRACTION tol (1 + |nll|)``, one more
+    pass over ``Y`` (:func:`~nmfre.core.passes.residual_moments`) gives the residuals' parts
+    along and outside the basis, whose quadratic form is a sum of non-negative terms
+    (:class:`~nmfre.core.likelihood.Sufficient`'s ``perp`` and ``t``); the variances are
+    re-profiled on it at the returned ``(X, Theta)`` and the nll is evaluated there. Elsewhere
     ``sol`` is returned as it is (no pass). ``nll_trace`` keeps the iterations' values.
-    Measured before this (sign-free fits of 100 x 1000 and 300 x 3000 data, Q = 3, 4): the
-    reported nll up to 2.5e-4 (17.7 tolerances) below the nll at the returned estimate.
+    Measured before this: sign-free fits of 100 x 1000 data reported nlls up to 2.5e-4 (17.7
+    tolerances) below the nll at their estimate (benchmarks/results/scale.md, thirty-ninth
+    round).
     """
     if not (np.isfinite(sol.nll) and sol.sigma2 > 0):
         return sol
-    size = ml.rounding_size(prob, sol.X, sol.theta)
+    size = ml.rounding_size(prob, sol.X, sol.theta, sol.lam)
     if np.finfo(float).eps * size / (2.0 * sol.sigma2) <= RESOLVE_FRACTION * tol * (1.0 + abs(sol.nll)):
         return sol
-    exact = ml.sufficient(prob, sol.X, sol.theta, passes.residual_moments(Y, A, sol.X, sol.theta, prob.stats))
+    exact = ml.residual_sufficient(prob, passes.residual_moments(Y, A, sol.X, sol.theta, prob.stats))
     s2, lam, nll, _, _ = ml.profile(prob, sol.X, sol.theta, sol.lam, exact)
-    if not np.isfinite(nll):  # (an exact quadratic form at its floor: the fit's own check refuses it)
+    if not np.isfinite(nll):  # (not seen: the exact form has no resolution floor)
         return sol
     return replace(sol, sigma2=s2, tau2=s2 / lam, lam=lam, nll=nll)
 
@@ -254,7 +262,7 @@ def scan(Y: np.ndarray, A: np.ndarray, Q: int, start: Start, rates, settings: Fi
     N = Y.shape[1]
     rows = []
     for rate in rates:
-        out = solve(Y, A, Q, start, float(rate), settings, stats)
+        out = solve(Y, A, Q, start, float(rate), settings, stats, resolve=False)
         d = np.linalg.eigvalsh(out.X.T @ out.X)
         df = float(dfcap.df_u(np.maximum(d, 0), N, out.lam))
         cap = dfcap.cap_value(float(rate), N, Q)
@@ -516,7 +524,7 @@ class _RefitJob:
         frame = covariate_frame(self.A, self.settings) if self.vcov is not None else None  # the SEs' (infer's)
         for j, b in enumerate(np.asarray(idx)):
             Yb = self.fitted + self.resid * Wblock[:, j][None, :]
-            res = solve(Yb, self.A, self.Q, self.start, self.rate, self.settings)
+            res = solve(Yb, self.A, self.Q, self.start, self.rate, self.settings, resolve=False)
             perm, cos = align_components(self.X, res.X)
             degenerate = ended_degenerate(res, self.settings, self.A) is not None  # its Theta is not an estimate either
             rec = {"theta": self.c * res.theta[perm].reshape(-1, order="F"),

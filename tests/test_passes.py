@@ -213,9 +213,10 @@ def test_large_dense_uses_the_gram_form(monkeypatch):
 @pytest.mark.parametrize("held", ["dense", "masked", "sparse", "dask", "dask-masked"])
 def test_residual_moments_are_each_blocks_residual_sums(held, monkeypatch):
     """``passes.residual_moments``: for each block of the fit's statistics (one per pattern of
-    observed features), ``||R||^2`` and ``X_O'R R'X_O`` of the explicit residuals, in chunks
-    of units (3 chunks and more here), equal to the direct computation on the block's cells to
-    1e-12 relative, for every kind of Y."""
+    observed features), ``(d, t, perp)`` of the explicit residuals in chunks of units (3 chunks
+    and more here), for every kind of Y: ``d`` the squared singular values of ``X_O``, ``perp +
+    sum t = ||R||^2`` and ``d t`` the diagonal of ``X_O'R R'X_O`` in its eigenvectors, equal to
+    the direct computation on the block's cells to 1e-12 relative."""
     rng = np.random.default_rng(5)
     P, N, Q = 9, 120, 2
     X = rng.dirichlet(np.ones(P), Q).T
@@ -226,18 +227,21 @@ def test_residual_moments_are_each_blocks_residual_sums(held, monkeypatch):
         Y[rng.random((P, N)) < 0.05] = np.nan
     if held == "sparse":
         Y[Y < np.quantile(Y, 0.5)] = 0.0
-    st = passes.stats_of(Y, A)
     monkeypatch.setattr(passes, "CHUNK_ENTRIES", 40 * P)
     given = {"sparse": lambda y: sp.csr_matrix(y), "dask": lambda y: da.from_array(y, chunks=(P, 25)),
              "dask-masked": lambda y: da.from_array(y, chunks=(P, 25))}.get(held, lambda y: y)(Y)
+    st = passes.stats_of(given, A)  # (the blocks as the fit builds them for this kind)
     out = passes.residual_moments(given, A, X, theta, st)
     assert len(out) == len(st.blocks) and (len(out) > 1) == ("masked" in held)
-    for b, (rss, WR) in zip(st.blocks, out, strict=True):
+    for b, (d, t, perp) in zip(st.blocks, out, strict=True):
         Xo = X if b.rows is None else X[b.rows]
         cell = Y[:, b.units] if b.rows is None else Y[np.ix_(b.rows, b.units)]
         R = cell - Xo @ (theta @ A[:, b.units])
-        assert rss == pytest.approx(float(np.sum(R * R)), rel=1e-12)
-        np.testing.assert_allclose(WR, Xo.T @ R @ R.T @ Xo, rtol=1e-12, atol=1e-12 * np.abs(WR).max())
+        assert perp + t.sum() == pytest.approx(float(np.sum(R * R)), rel=1e-12)
+        ev, V = np.linalg.eigh(Xo.T @ Xo)
+        np.testing.assert_allclose(np.sort(d), ev, rtol=1e-12)
+        s = np.einsum("qa,qr,ra->a", V, Xo.T @ R @ R.T @ Xo, V)
+        np.testing.assert_allclose(np.sort(d * t), np.sort(s), rtol=1e-10)
 
 
 def test_one_grouping_of_units_by_pattern():

@@ -54,6 +54,14 @@ class Sufficient:
     scale : float, optional
         The size of the terms ``rss`` and ``s`` were computed from (their rounding error is
         about ``1e-16 scale``); None: ``rss`` (computed directly from the residual).
+    perp, t : float and ndarray, optional
+        The residuals' parts outside and along the basis, from explicit residuals
+        (:func:`nmfre.core.passes.residual_moments`): ``perp = ||(I - U U') R||^2`` and ``t_q =
+        ||u_q' R||^2`` with ``u_q = X v_q / sqrt(d_q)`` the left singular vectors of ``X_O``
+        (``rss = perp + sum t``, ``s = d t``). Given, the quadratic form is the sum of
+        non-negative terms ``perp + sum t lambda / (d + lambda)``, which does not cancel where
+        lambda is small against ``d`` (strong random effects), as ``rss - sum s / (d + lambda)``
+        does (its rounding about ``eps rss``).
     """
 
     rss: float
@@ -62,10 +70,15 @@ class Sufficient:
     w: np.ndarray
     n_obs: int
     scale: float | None = None
+    perp: float | None = None
+    t: np.ndarray | None = None
 
     @property
     def resolution(self) -> float:
-        """The smallest quadratic form that is resolved: ``QUAD_RESOLVED * scale``."""
+        """The smallest quadratic form that is resolved: ``QUAD_RESOLVED * scale`` (0 for the
+        non-cancelling form of ``perp`` and ``t``)."""
+        if self.perp is not None:
+            return 0.0
         return QUAD_RESOLVED * (self.rss if self.scale is None else self.scale)
 
     def quad(self, lam):
@@ -73,8 +86,11 @@ class Sufficient:
         most ``d rss``: ``s = ||R'X v||^2 <= ||R||_2^2 ||X v||^2 <= rss d`` exactly, so the bound
         only removes rounding, which otherwise ``1 / (d + lambda)`` amplifies where ``X'X`` is
         (nearly) singular (a rounding residue of 1e-15 in ``s`` with ``d = 0`` and ``lambda =
-        1e-10`` is 1e-5 of ``rss``)."""
+        1e-10`` is 1e-5 of ``rss``). With ``perp`` and ``t``: ``perp + sum t lambda / (d +
+        lambda)``, the same number without the cancellation."""
         lam = np.asarray(lam, dtype=float)
+        if self.perp is not None:
+            return self.perp + np.sum(self.t * (lam[..., None] / (self.d + lam[..., None])), axis=-1)
         s = np.minimum(self.s, self.d * self.rss)
         return self.rss - np.sum(s / (self.d + lam[..., None]), axis=-1)
 
@@ -237,7 +253,7 @@ def _profile_derivatives(suff: Sufficient, lam: float, mode: str, var: float) ->
     se = suff.s * e
     see = se * e
     ee = e * e
-    q = max(suff.rss - se.sum(), 1e-300)
+    q = max(suff.rss - se.sum() if suff.perp is None else float(suff.quad(lam)), 1e-300)
     q1 = see.sum()  # dq/dlam
     q2 = -2.0 * (see @ e)
     wl = suff.w.sum() / lam

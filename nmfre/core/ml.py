@@ -232,46 +232,63 @@ def _stack(arrays) -> np.ndarray:
     return arrays[0][None] if len(arrays) == 1 else np.stack(arrays)
 
 
-def sufficient(prob: Problem, X: np.ndarray, theta: np.ndarray,
-               residual: list[tuple[float, np.ndarray]] | None = None) -> Sufficient:
+def sufficient(prob: Problem, X: np.ndarray, theta: np.ndarray) -> Sufficient:
     """:class:`~nmfre.core.likelihood.Sufficient` summed over the blocks (the per-block ``Q x Q``
-    algebra on stacked arrays: many blocks cost a few batched LAPACK calls, not a loop).
-
-    ``residual``: each block's ``(||R||^2, X_O'R R'X_O)`` from explicit residuals
-    (:func:`nmfre.core.passes.residual_moments`), used instead of the compressed ones (the
-    result then has ``scale`` None: its rounding is that of the residuals)."""
+    algebra on stacked arrays: many blocks cost a few batched LAPACK calls, not a loop)."""
     ms = prob.moments(X, theta)
     db, V = np.linalg.eigh(_stack([m.XtX for m in ms]))
-    WR = _stack([m.WR for m in ms] if residual is None else [wr for _, wr in residual])
-    s = np.einsum("bqa,bqr,bra->ba", V, WR, V)
-    w = np.repeat(prob.stats.unit_weights, db.shape[1])
-    d = np.maximum(db, 0.0).ravel()
-    if residual is not None:
-        return Sufficient(float(sum(r for r, _ in residual)), s.ravel(), d, w, prob.stats.n_obs)
+    s = np.einsum("bqa,bqr,bra->ba", V, _stack([m.WR for m in ms]), V)
     rss = scale = 0.0
     for m in ms:
         rss += m.rss
         scale += m.rss if m.rss_scale is None else m.rss_scale
-    return Sufficient(rss, s.ravel(), d, w, prob.stats.n_obs, scale)
+    w = np.repeat(prob.stats.unit_weights, db.shape[1])
+    return Sufficient(rss, s.ravel(), np.maximum(db, 0.0).ravel(), w, prob.stats.n_obs, scale)
 
 
-def rounding_size(prob: Problem, X: np.ndarray, theta: np.ndarray) -> float:
-    """The size of the terms that the compressed blocks' ``||R||^2`` is summed from, term by
-    term (0 when every block holds its data densely, where residuals are formed):
-    ``||Y||^2 + 2 sum |Theta o X'YA'| + sum (|Theta| |AA'| |Theta|') o |X'X|`` per gram or
-    sparse block. Its rounding error is about ``eps`` times this (the ``Q x Q`` sums cancel term
-    by term where components cancel, which :attr:`~nmfre.core.stats.Moments.rss_scale`, the
-    sums' sizes, does not see; measured: the error of the nll 0.36 to 2.4 times ``eps`` times
-    this over ``2 sigma2``, on twelve sign-free fits, benchmarks/results/scale.md, thirty-ninth
-    round)."""
+def residual_sufficient(prob: Problem, parts: list[tuple[np.ndarray, np.ndarray, float]]) -> Sufficient:
+    """:class:`~nmfre.core.likelihood.Sufficient` in the non-cancelling form (``perp``, ``t``)
+    from each block's ``(d, t, perp)`` of :func:`nmfre.core.passes.residual_moments`."""
+    d = np.concatenate([p[0] for p in parts])
+    t = np.concatenate([p[1] for p in parts])
+    perp = float(sum(p[2] for p in parts))
+    w = np.repeat(prob.stats.unit_weights, prob.rank)
+    return Sufficient(perp + float(t.sum()), d * t, d, w, prob.stats.n_obs, None, perp, t)
+
+
+def rounding_size(prob: Problem, X: np.ndarray, theta: np.ndarray, lam: float) -> float:
+    """The size, term by term, of what the quadratic form ``rss - sum s / (d + lambda)`` of
+    :func:`sufficient` is computed from: its rounding error is about ``eps`` times this.
+
+    Per block: the terms of ``||R||^2`` (dense form: ``||R||^2`` itself, formed from residuals;
+    gram and sparse form: ``||Y||^2 + 2 sum |Theta o X'YA'| + sum (|Theta| |AA'| |Theta|') o
+    |X'X|``, which the ``Q x Q`` products' own cancellation, where components cancel, makes far
+    larger than ``rss_scale``, the three sums' sizes), plus ``sum_q |v_q|' S |v_q| / (d_q +
+    lambda)`` for the terms ``S`` of ``X_O'R R'X_O`` (dense: ``a a'`` with ``a`` the square roots
+    of its diagonal; gram and sparse: ``a a' + 2 |X'YA'| |Theta|' X'X + X'X (|Theta| |AA'|
+    |Theta|') X'X`` with ``a = X' sqrt(diag YY')``, bounds by Cauchy-Schwarz), which ``1 / (d +
+    lambda)`` amplifies where lambda and the smallest ``d`` are small. Measured: the nll's error
+    0.36 to 2.4 times ``eps`` times this over ``2 sigma2`` on twelve sign-free fits
+    (benchmarks/results/scale.md, thirty-ninth round).
+    """
     total = 0.0
-    for b in prob.stats.blocks:
+    At = np.abs(theta)
+    for b, m in zip(prob.stats.blocks, prob.moments(X, theta), strict=True):
+        d, V = np.linalg.eigh(m.XtX)
+        Va = np.abs(V)
         if b.form == "dense":
-            continue
-        Xb = b.take(X)
-        At = np.abs(theta)
-        total += (b.trG + 2.0 * float(np.sum(np.abs(theta * (Xb.T @ b.YA))))
-                  + float(np.sum((At @ np.abs(b.AA) @ At.T) * np.abs(Xb.T @ Xb))))
+            size = m.rss
+            a = np.sqrt(np.maximum(np.diag(m.WR), 0.0))
+            S = np.outer(a, a)
+        else:
+            Xb = m.Xb
+            C1a = At @ np.abs(b.AA) @ At.T
+            size = b.trG + 2.0 * float(np.sum(np.abs(theta * m.XtYA))) + float(np.sum(C1a * np.abs(m.XtX)))
+            a = np.abs(Xb).T @ np.sqrt(np.maximum(b.feature_squares(), 0.0))
+            XtXa = np.abs(m.XtX)
+            T = np.abs(m.XtYA) @ At.T @ XtXa
+            S = np.outer(a, a) + T + T.T + XtXa @ C1a @ XtXa
+        total += size + float(np.sum(np.einsum("qa,qr,ra->a", Va, S, Va) / (np.maximum(d, 0.0) + lam)))
     return total
 
 

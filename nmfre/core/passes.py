@@ -195,22 +195,35 @@ def xty(Y: Any, X: np.ndarray) -> np.ndarray:
 
 
 def residual_moments(Y: Any, A: np.ndarray, X: np.ndarray, theta: np.ndarray,
-                     stats: cstats.Stats) -> list[tuple[float, np.ndarray]]:
-    """Each block of ``stats``: ``(||R||^2, X_O'R R'X_O)`` from explicit residuals ``R = Y - X
-    Theta A`` over its observed entries, in one pass over the units in chunks (no ``P x N``
-    temporary; a sparse Y is densified a chunk at a time, a dask Y one task per chunk).
+                     stats: cstats.Stats) -> list[tuple[np.ndarray, np.ndarray, float]]:
+    """Each block of ``stats``: ``(d, t, perp)`` of the explicit residuals ``R = Y - X Theta A``
+    over its observed entries, in one pass over the units in chunks (no ``P x N`` temporary; a
+    sparse Y is densified a chunk at a time, a dask Y one task per chunk).
 
-    The compressed statistics' ``||R||^2 = ||Y||^2 - 2 tr(...) + tr(...)`` loses the digits that
-    its terms cancel (:func:`nmfre.core.ml.rounding_size`); these are exact to the rounding of
-    ``R`` itself. ``Y``, ``A`` and ``stats`` are the ones the fit iterated on.
+    With ``X_O = U diag(sqrt(d)) V'`` (thin SVD): ``t_q = ||u_q'R||^2`` and ``perp = ||R - U
+    U'R||^2``, so ``||R||^2 = perp + sum t`` and ``v_q'X_O'R R'X_O v_q = d_q t_q``
+    (:class:`~nmfre.core.likelihood.Sufficient`'s non-cancelling form). The compressed
+    statistics lose the digits that their terms cancel (:func:`nmfre.core.ml.rounding_size`);
+    these are exact to the rounding of ``R`` and of its projection. ``Y``, ``A`` and ``stats``
+    are the ones the fit iterated on.
     """
     k = kind(Y)
+    masks, bases, ds = [], {}, []
+    for b in stats.blocks:
+        mask = np.ones(Y.shape[0], bool)
+        if b.rows is not None:
+            mask[:] = False
+            mask[b.rows] = True
+        U, sv, _ = np.linalg.svd(b.take(X), full_matrices=False)
+        masks.append(mask.tobytes())
+        bases[masks[-1]] = U
+        ds.append(sv * sv)
     parts: list[dict]
     if k == "dask":
         import dask
 
         offsets = np.concatenate([[0], np.cumsum(Y.chunks[1])])
-        tasks = [dask.delayed(_chunk_residual_moments)(blk, A[:, a:b], X, theta)
+        tasks = [dask.delayed(_chunk_residual_moments)(blk, A[:, a:b], X, theta, bases)
                  for blk, a, b in zip(Y.to_delayed().ravel(), offsets[:-1], offsets[1:], strict=True)]
         parts = list(dask.compute(*tasks))
     else:
@@ -218,33 +231,32 @@ def residual_moments(Y: Any, A: np.ndarray, X: np.ndarray, theta: np.ndarray,
         parts = []
         for sl in _chunks(Y):
             Yc = cols[:, sl].toarray() if k == "sparse" else np.asarray(cols[:, sl], dtype=float)
-            parts.append(_chunk_residual_moments(Yc, A[:, sl], X, theta))
+            parts.append(_chunk_residual_moments(Yc, A[:, sl], X, theta, bases))
     out = []
-    for b in stats.blocks:
-        mask = np.ones(Y.shape[0], bool)
-        if b.rows is not None:
-            mask[:] = False
-            mask[b.rows] = True
-        rss, WR = 0.0, np.zeros((X.shape[1], X.shape[1]))
+    for key, d in zip(masks, ds, strict=True):
+        t, perp = np.zeros(d.size), 0.0
         for part in parts:
-            if mask.tobytes() in part:
-                r, w = part[mask.tobytes()]
-                rss, WR = rss + r, WR + w
-        out.append((rss, WR))
+            if key in part:
+                t, perp = t + part[key][0], perp + part[key][1]
+        out.append((d, t, perp))
     return out
 
 
-def _chunk_residual_moments(Yc: np.ndarray, Ac: np.ndarray, X: np.ndarray, theta: np.ndarray) -> dict:
-    """Per pattern of observed features of one chunk of units (keys: the pattern mask's bytes):
-    ``[||R||^2, X_O'R R'X_O]``."""
+def _chunk_residual_moments(Yc: np.ndarray, Ac: np.ndarray, X: np.ndarray, theta: np.ndarray,
+                            bases: dict) -> dict:
+    """Per pattern of observed features of one chunk of units (keys: the pattern mask's bytes,
+    ``bases[key]`` the observed rows' left singular vectors ``U``): ``[t, perp]``."""
     out = {}
     P = Yc.shape[0]
     for rows, units in groups(Yc) if np.isnan(Yc).any() else [(None, np.arange(Yc.shape[1]))]:
-        Xo = _rows(X, rows)
-        R = _cell(Yc, rows, units) - Xo @ (theta @ Ac[:, units])
-        XtR = Xo.T @ R
-        mask = np.ones(P, bool) if rows is None else np.isin(np.arange(P), rows)
-        out[mask.tobytes()] = [float(np.vdot(R, R)), XtR @ XtR.T]
+        key = (np.ones(P, bool) if rows is None else np.isin(np.arange(P), rows)).tobytes()
+        U = bases[key]
+        Yo = _cell(Yc, rows, units)
+        UY = U.T @ Yo
+        # X Theta A lies in the span of U: R's part outside it is Y's (one product fewer)
+        Z = UY - (U.T @ _rows(X, rows)) @ (theta @ Ac[:, units])
+        E = Yo - U @ UY
+        out[key] = [np.einsum("qn,qn->q", Z, Z), float(np.vdot(E, E))]
     return out
 
 

@@ -109,6 +109,15 @@ class Block:
     def P(self) -> int:
         return self.YA.shape[0]
 
+    def feature_squares(self) -> np.ndarray:
+        """``diag(Y Y')``: each observed feature's sum of squares over the block's units."""
+        if self.form == "gram":
+            return np.diag(self.G).copy()
+        if self.form == "sparse":
+            csr = self.Y.tocsr()
+            return np.asarray(csr.multiply(csr).sum(axis=1)).ravel()
+        return np.einsum("pn,pn->p", self.Y, self.Y)
+
     def take(self, X: np.ndarray) -> np.ndarray:
         """The rows of ``X`` this block observes."""
         return X if self.rows is None else X[self.rows]
