@@ -172,9 +172,9 @@ def solve(Y: np.ndarray, A: np.ndarray, Q: int, start: Start, rate: float | None
     ML iterates on ``stats`` (built from ``Y`` when not given; pass :func:`ml_stats` to reuse
     them across restarts), sign-free ML on orthonormal covariates (:func:`covariate_frame`;
     ``start.theta`` and the returned Theta are on ``A``'s), reports its variances and nll from
-    residuals where ``stats`` cannot resolve them (:func:`resolved`; not with ``resolve=False``,
-    for callers that use neither: the rate scan, the refit bootstrap), then computes the random
-    effects in one pass over the units.
+    residuals where ``stats`` cannot resolve them (:func:`resolved`; not with ``resolve=False``:
+    the refit bootstrap, whose replicates' Theta it does not change and whose replicate SEs keep
+    the iterations' lambda), then computes the random effects in one pass over the units.
     """
     s = settings
     if s.method == "paper":
@@ -199,9 +199,10 @@ def solve(Y: np.ndarray, A: np.ndarray, Q: int, start: Start, rate: float | None
 
 #: an ML fit's nll and variances are recomputed from explicit residuals (:func:`resolved`) when
 #: the rounding bound of its quadratic form exceeds this fraction of the convergence tolerance
-#: ``tol (1 + |nll|)``. The bound is a worst case: the errors measured were 0.36 to 2.4 times it
-#: where components cancel (so up to about 1.2 tolerances are left unresolved there) and 0.02 to
-#: 0.12 times it on the iteration benchmark's fits with strong random effects, where at 0.1 the
+#: ``tol (1 + |nll|)``. The bound is a worst case: where components cancel the errors measured
+#: were 0.36 to 2.4 times its ``||R||^2`` part alone (the whole is at least as large, so up to
+#: about 1.2 tolerances may be left unresolved there), and 0.02 to 0.12 times it on the iteration
+#: benchmark's fits with strong random effects, where at 0.1 the
 #: pass fired on 18 of 144 small and medium fits (adding 9-16% to their time to move the nll by
 #: 0.01-0.2 tolerances; benchmarks/results/scale.md, thirty-ninth round)
 RESOLVE_FRACTION = 0.5
@@ -262,7 +263,7 @@ def scan(Y: np.ndarray, A: np.ndarray, Q: int, start: Start, rates, settings: Fi
     N = Y.shape[1]
     rows = []
     for rate in rates:
-        out = solve(Y, A, Q, start, float(rate), settings, stats, resolve=False)
+        out = solve(Y, A, Q, start, float(rate), settings, stats)
         d = np.linalg.eigvalsh(out.X.T @ out.X)
         df = float(dfcap.df_u(np.maximum(d, 0), N, out.lam))
         cap = dfcap.cap_value(float(rate), N, Q)

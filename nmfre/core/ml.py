@@ -268,8 +268,9 @@ def rounding_size(prob: Problem, X: np.ndarray, theta: np.ndarray, lam: float) -
     of its diagonal; gram and sparse: ``a a' + 2 |X'YA'| |Theta|' X'X + X'X (|Theta| |AA'|
     |Theta|') X'X`` with ``a = X' sqrt(diag YY')``, bounds by Cauchy-Schwarz), which ``1 / (d +
     lambda)`` amplifies where lambda and the smallest ``d`` are small. Measured: the nll's error
-    0.36 to 2.4 times ``eps`` times this over ``2 sigma2`` on twelve sign-free fits
-    (benchmarks/results/scale.md, thirty-ninth round).
+    0.36 to 2.4 times ``eps`` times the ``||R||^2`` part alone over ``2 sigma2`` on twelve
+    sign-free fits whose components cancel, 0.02 to 0.12 times the whole on fits with strong
+    random effects (benchmarks/results/scale.md, thirty-ninth round).
     """
     total = 0.0
     At = np.abs(theta)

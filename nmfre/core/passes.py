@@ -217,7 +217,9 @@ def residual_moments(Y: Any, A: np.ndarray, X: np.ndarray, theta: np.ndarray,
         U, sv, _ = np.linalg.svd(b.take(X), full_matrices=False)
         masks.append(mask.tobytes())
         bases[masks[-1]] = U
-        ds.append(sv * sv)
+        # (a block observing fewer features than the rank: X_O'X_O's other eigenvalues are 0,
+        # with t = 0 there, as the compressed form's s = 0)
+        ds.append(np.concatenate([sv * sv, np.zeros(X.shape[1] - sv.size)]))
     parts: list[dict]
     if k == "dask":
         import dask
@@ -237,7 +239,8 @@ def residual_moments(Y: Any, A: np.ndarray, X: np.ndarray, theta: np.ndarray,
         t, perp = np.zeros(d.size), 0.0
         for part in parts:
             if key in part:
-                t, perp = t + part[key][0], perp + part[key][1]
+                t[:part[key][0].size] += part[key][0]
+                perp += part[key][1]
         out.append((d, t, perp))
     return out
 
