@@ -322,6 +322,17 @@ def test_a_fit_reports_the_nll_at_its_estimate_where_its_statistics_cannot_resol
     assert engine.resolved(prob2, sol2, Y2, A2, tol) is sol2
 
 
+def _common_level():
+    """50 x 2000 data of rank 2 on a common level of about 1e4 (intercept effects ``1e4 P`` and
+    ``0.8e4 P`` on simplex columns), random effects of sd ``P``, noise of sd 1. Deterministic."""
+    rng = np.random.default_rng(0)
+    P, N = 50, 2000
+    X = rng.dirichlet(np.ones(P), 2).T
+    A = np.vstack([np.ones(N), rng.uniform(size=N)])
+    theta = np.array([[1e4 * P, 2.0 * P], [0.8e4 * P, 1.0 * P]])
+    return X @ (theta @ A + rng.normal(size=(2, N)) * P) + rng.normal(size=(P, N)), A
+
+
 @pytest.mark.parametrize("kind", ["nonneg", "free"])
 def test_a_fit_of_data_on_a_large_common_level_reports_the_nll_at_its_estimate(kind):
     """Data on a common level of 1e4 against noise of sd 1 (a 50 x 2000 fit in gram form): the
@@ -336,12 +347,7 @@ def test_a_fit_of_data_on_a_large_common_level_reports_the_nll_at_its_estimate(k
 
     import nmfre
 
-    rng = np.random.default_rng(0)
-    P, N = 50, 2000
-    X = rng.dirichlet(np.ones(P), 2).T
-    A = np.vstack([np.ones(N), rng.uniform(size=N)])
-    theta = np.array([[1e4 * P, 2.0 * P], [0.8e4 * P, 1.0 * P]])
-    Y = X @ (theta @ A + rng.normal(size=(2, N)) * P) + rng.normal(size=(P, N))
+    Y, A = _common_level()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", nmfre.ConvergenceWarning)
         f = nmfre.fit(Y, A, rank=2, theta=kind, max_iter=30)
@@ -359,12 +365,7 @@ def test_the_rate_scan_reports_what_the_fit_at_that_rate_reports():
 
     import nmfre
 
-    rng = np.random.default_rng(0)
-    P, N = 50, 2000
-    X = rng.dirichlet(np.ones(P), 2).T
-    A = np.vstack([np.ones(N), rng.uniform(size=N)])
-    theta = np.array([[1e4 * P, 2.0 * P], [0.8e4 * P, 1.0 * P]])
-    Y = X @ (theta @ A + rng.normal(size=(2, N)) * P) + rng.normal(size=(P, N))
+    Y, A = _common_level()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", nmfre.ConvergenceWarning)
         f = nmfre.fit(Y, A, rank=2, theta="free", max_iter=30, df_cap=0.5)
