@@ -49,6 +49,33 @@ def _cell(Y, rows, units):
     return Y[:, units] if rows is None else Y[np.ix_(rows, units)]
 
 
+def _chunk_groups(Yc: np.ndarray):
+    """``(rows or None, units)`` of each pattern of observed features in one chunk of units
+    (:func:`groups`; one group of every unit where nothing is missing)."""
+    return groups(Yc) if np.isnan(Yc).any() else [(None, np.arange(Yc.shape[1]))]
+
+
+def _pattern_mask(P: int, rows) -> np.ndarray:
+    """The pattern's observed features as a boolean mask of length ``P`` (``rows`` None: all);
+    its bytes key a pattern across chunks."""
+    mask = np.ones(P, bool)
+    if rows is not None:
+        mask[:] = False
+        mask[rows] = True
+    return mask
+
+
+def _dask_chunks(Y, A: np.ndarray, fn, *args) -> list:
+    """``fn(chunk, A's columns of the chunk, *args)`` for each chunk of units of a dask Y, one
+    task each, computed together."""
+    import dask
+
+    offsets = np.concatenate([[0], np.cumsum(Y.chunks[1])])
+    tasks = [dask.delayed(fn)(blk, A[:, a:b], *args)
+             for blk, a, b in zip(Y.to_delayed().ravel(), offsets[:-1], offsets[1:], strict=True)]
+    return list(dask.compute(*tasks))
+
+
 def _chunks(Y) -> list[slice]:
     """Slices of units whose temporaries hold at most :data:`CHUNK_ENTRIES` entries."""
     P, N = Y.shape
@@ -150,27 +177,25 @@ def stats_of(Y: Any, A: np.ndarray, form: str = "auto", missing: bool | None = N
     return cstats.from_gram(np.asarray(G), np.asarray(YA), A @ A.T, float(trG), A)
 
 
-def _chunk_pattern_stats(Yc: np.ndarray, Ac: np.ndarray, offset: int) -> dict:
-    """Per-pattern gram statistics of one chunk of units (keys: the pattern's bytes)."""
+def _chunk_pattern_stats(Yc: np.ndarray, Ac: np.ndarray) -> dict:
+    """Per-pattern gram statistics of one chunk of units (keys: the pattern's bytes; units
+    numbered within the chunk)."""
     out = {}
-    for rows, units in groups(Yc) if np.isnan(Yc).any() else [(None, np.arange(Yc.shape[1]))]:
+    for rows, units in _chunk_groups(Yc):
         Yo = _cell(Yc, rows, units)
         Ao = Ac[:, units]
-        mask = np.ones(Yc.shape[0], bool) if rows is None else np.isin(np.arange(Yc.shape[0]), rows)
-        out[mask.tobytes()] = [mask, Yo @ Yo.T, Yo @ Ao.T, Ao @ Ao.T, float(np.vdot(Yo, Yo)), units + offset]
+        mask = _pattern_mask(Yc.shape[0], rows)
+        out[mask.tobytes()] = [mask, Yo @ Yo.T, Yo @ Ao.T, Ao @ Ao.T, float(np.vdot(Yo, Yo)), units]
     return out
 
 
 def _masked_dask_stats(Y, A: np.ndarray) -> cstats.Stats:
     """Per-pattern statistics of a dask Y with NaN: one pass, one task per chunk of units."""
-    import dask
-
     offsets = np.concatenate([[0], np.cumsum(Y.chunks[1])])
-    tasks = [dask.delayed(_chunk_pattern_stats)(blk, A[:, a:b], a)
-             for blk, a, b in zip(Y.to_delayed().ravel(), offsets[:-1], offsets[1:], strict=True)]
     merged: dict = {}
-    for part in dask.compute(*tasks):
+    for part, offset in zip(_dask_chunks(Y, A, _chunk_pattern_stats), offsets[:-1], strict=True):
         for key, (mask, G, YA, AA, trG, units) in part.items():
+            units = units + offset
             if key in merged:
                 m = merged[key]
                 m[1], m[2], m[3], m[4], m[5] = m[1] + G, m[2] + YA, m[3] + AA, m[4] + trG, np.concatenate([m[5], units])
@@ -210,24 +235,15 @@ def residual_moments(Y: Any, A: np.ndarray, X: np.ndarray, theta: np.ndarray,
     k = kind(Y)
     masks, bases, ds = [], {}, []
     for b in stats.blocks:
-        mask = np.ones(Y.shape[0], bool)
-        if b.rows is not None:
-            mask[:] = False
-            mask[b.rows] = True
         U, sv, _ = np.linalg.svd(b.take(X), full_matrices=False)
-        masks.append(mask.tobytes())
+        masks.append(_pattern_mask(Y.shape[0], b.rows).tobytes())
         bases[masks[-1]] = U
         # (a block observing fewer features than the rank: X_O'X_O's other eigenvalues are 0,
         # with t = 0 there, as the compressed form's s = 0)
         ds.append(np.concatenate([sv * sv, np.zeros(X.shape[1] - sv.size)]))
     parts: list[dict]
     if k == "dask":
-        import dask
-
-        offsets = np.concatenate([[0], np.cumsum(Y.chunks[1])])
-        tasks = [dask.delayed(_chunk_residual_moments)(blk, A[:, a:b], X, theta, bases)
-                 for blk, a, b in zip(Y.to_delayed().ravel(), offsets[:-1], offsets[1:], strict=True)]
-        parts = list(dask.compute(*tasks))
+        parts = _dask_chunks(Y, A, _chunk_residual_moments, X, theta, bases)
     else:
         cols = Y.tocsc() if k == "sparse" else Y
         parts = []
@@ -250,9 +266,8 @@ def _chunk_residual_moments(Yc: np.ndarray, Ac: np.ndarray, X: np.ndarray, theta
     """Per pattern of observed features of one chunk of units (keys: the pattern mask's bytes,
     ``bases[key]`` the observed rows' left singular vectors ``U``): ``[t, perp]``."""
     out = {}
-    P = Yc.shape[0]
-    for rows, units in groups(Yc) if np.isnan(Yc).any() else [(None, np.arange(Yc.shape[1]))]:
-        key = (np.ones(P, bool) if rows is None else np.isin(np.arange(P), rows)).tobytes()
+    for rows, units in _chunk_groups(Yc):
+        key = _pattern_mask(Yc.shape[0], rows).tobytes()
         U = bases[key]
         Yo = _cell(Yc, rows, units)
         UY = U.T @ Yo
