@@ -141,6 +141,26 @@ NEWTON_CG_PATIENCE = 5
 NEWTON_CG_LIMIT = 40
 #: take the scoring directions to the bounds they cross (:func:`bound_direction`)
 BOUND_DIRECTION = True
+#: the largest ``eps`` of the epsilon-active set (:func:`_epsilon_active`)
+EPSILON_MAX = 1e-3
+#: the epsilon-active rule (:func:`_free_mask`) holds entries of X that are positive, within
+#: ``eps`` of 0 and pushed down, where only the ECME sweeps move them, at EM's linear rate. Where
+#: a direction predicts less than ``RELEASE_FRACTION`` times the KKT decrement (:func:`kkt_decrement`)
+#: and less than the held entries whose diagonal Newton step does not reach 0 (``dev < F x``; the
+#: others are :func:`bound_step`'s) gain in its separable model, :func:`step_direction` recomputes
+#: it on the face that releases those and takes it where it predicts at least twice as much (a
+#: second direction costs what the first did). Held from the start (the rules of the twenty-fifth
+#: and thirty-sixth rounds, benchmarks/results/scale.md), these entries are what lead fits to their
+#: better optima; released only once the face has little left, they are what the tail is made of.
+#: The named fault: two 2000 x 20000, Q = 10 fits (the iteration benchmark's zinb generator, seeds
+#: 0 and 1, c = 0.3) whose Newton steps each predicted about 2% of the gap left took 222 and 265
+#: iterations; with the release 79 and 94, at optima lower by 0.012 and 0.015 tolerances. Of the
+#: iteration ladder's 160 other fits (nine generators, three rungs) one changes (24 -> 30
+#: iterations, within 2e-4 tolerances); of 40 fits at two other sizes three, within 3e-5
+#: (benchmarks/results/scale.md, fortieth round). Non-negative Theta only: on 135 sign-free fits of
+#: the small and medium rungs a first version changed three, one of them to an optimum 0.96
+#: higher and none to fewer iterations. 0 turns it off
+RELEASE_FRACTION = 0.1
 #: a fit is converged only when :func:`geometric_tail`, the decrease still to come estimated
 #: from its last decreases, is below the tolerance too (the largest estimate over windows of
 #: ``TAIL_WINDOWS`` decreases against as many before them; the rate at most
@@ -517,25 +537,55 @@ def fisher_system(prob: Problem, st: State):
     return F, np.concatenate([gX.ravel(), gT.ravel(), gV]), gT, len(names)
 
 
+def _epsilon_active(X: np.ndarray, gX: np.ndarray, FX: np.ndarray):
+    """``(dev, near, reach)``: the reduced gradient of X (the gradient minus each column's
+    X-weighted mean); the positive entries within ``eps`` of 0 that it pushes down (``dev > 0``:
+    Bertsekas' epsilon-active set, ``eps`` the size of a projected scaled-gradient step, at most
+    :data:`EPSILON_MAX`); and those of them whose diagonal Newton step ``-dev / F`` reaches 0."""
+    dev = gX - np.sum(X * gX, axis=0)
+    F = np.maximum(FX, 1e-300)
+    w = float(np.max(np.abs(X - project_simplex(X - dev / F))))
+    near = (X > 0) & (X <= min(EPSILON_MAX, w)) & (dev > 0)
+    return dev, near, near & (dev >= F * X)
+
+
 def _free_mask(prob: Problem, st: State, gX: np.ndarray, gT: np.ndarray, nV: int, FX: np.ndarray,
-               hold: np.ndarray | None = None) -> np.ndarray:
+               hold: np.ndarray | None = None, release: bool = False) -> np.ndarray:
     """Coordinates the Newton step moves: entries of X away from their bound, Theta off its
     bound (non-negative case), the variances.
 
     An entry of X is held when it is 0, or when it is within ``eps`` of 0 and the reduced
-    gradient pushes it down (Bertsekas' epsilon-active set, ``eps`` the size of a projected
-    scaled-gradient step, at most 1e-3): the quadratic model would otherwise send it far
-    below 0, and the projection would undo the step. ``hold``: further entries of X to hold
-    (``P x Q`` booleans; see :func:`crossing`).
+    gradient pushes it down (Bertsekas' epsilon-active set, :func:`_epsilon_active`): the
+    quadratic model would otherwise send it far below 0, and the projection would undo the
+    step. With ``release``, of the latter only those whose diagonal Newton step reaches 0 (see
+    :data:`RELEASE_FRACTION`). ``hold``: further entries of X to hold (``P x Q`` booleans; see
+    :func:`crossing`).
     """
     X = st.X
-    dev = gX - np.sum(X * gX, axis=0)
-    w = float(np.max(np.abs(X - project_simplex(X - dev / np.maximum(FX, 1e-300)))))
-    held = (X <= 0) | ((X <= min(1e-3, w)) & (dev > 0))
+    _, near, reach = _epsilon_active(X, gX, FX)
+    held = (X <= 0) | (reach if release else near)
     if hold is not None:
         held = held | hold
     tfree = ~((st.theta <= 0) & (gT > 0)).ravel() if prob.nonneg else np.ones(prob.rank * prob.K, bool)
     return np.concatenate([~held.ravel(), tfree, np.ones(nV, bool)])
+
+
+def _releasable(prob: Problem, st: State, gX: np.ndarray, gT: np.ndarray, FX: np.ndarray, FT: np.ndarray,
+                hold: np.ndarray | None) -> tuple[float, float] | None:
+    """``(kkt, gain)``: the KKT decrement at ``st`` (:func:`kkt_decrement`) and what the entries of
+    X that the release of :data:`RELEASE_FRACTION` would free (held by the epsilon-active rule,
+    not by ``hold``, their diagonal Newton step short of 0) gain in its separable model, both from
+    the direction's own gradient and information diagonal; None where there are no such entries,
+    and for sign-free Theta."""
+    if not prob.nonneg:
+        return None
+    dev, near, reach = _epsilon_active(st.X, gX, FX)
+    freed = near & ~reach
+    if hold is not None:
+        freed &= ~hold
+    if not freed.any():
+        return None
+    return _kkt_gain(prob, st, dev, gT, FX, FT), _separable_gain(dev[freed], FX[freed], st.X[freed])
 
 
 @dataclass(frozen=True)
@@ -554,16 +604,21 @@ class Direction:
     # the entries of X that bound_direction sent to their bound (they cross no more: crossing
     # counts them, so that a failed or poor step still has the next direction hold them)
     bounded: np.ndarray | None = field(default=None, repr=False)
+    # (KKT decrement, what the entries the release of RELEASE_FRACTION would free gain in its
+    # separable model) at the state (_releasable; None where there are none: see step_direction)
+    release: tuple[float, float] | None = None
 
 
-def scoring_direction(prob: Problem, st: State, hold: np.ndarray | None = None) -> Direction | None:
+def scoring_direction(prob: Problem, st: State, hold: np.ndarray | None = None,
+                      release: bool = False) -> Direction | None:
     """The projected Fisher-scoring direction, or None.
 
     Dense assembly while ``PQ + QK <= DENSE_MAX``; otherwise (complete data) the
     information is kept in its Kronecker and low-rank parts and the KKT system is solved
     by Woodbury's identity (:func:`nmfre.core.newton.structured_kkt`), never forming a
     ``PQ x PQ`` matrix. Several blocks of missing data: dense up to ``DENSE_MAX_BLOCKS``,
-    above that None (ECME and SQUAREM steps only).
+    above that None (ECME and SQUAREM steps only). ``hold`` and ``release``: the face
+    (:func:`_free_mask`).
     """
     P, Q, K = prob.P, prob.rank, prob.K
     n = P * Q + Q * K
@@ -573,8 +628,9 @@ def scoring_direction(prob: Problem, st: State, hold: np.ndarray | None = None) 
     gX, gT, ex = gradient(prob, st)
     parts = newton.block_parts(prob, st, ex)
     names = variance_directions(prob, st)
-    FX, _ = newton.information_diagonal(prob, st, parts)
-    free = _free_mask(prob, st, gX, gT, len(names), FX, hold)
+    FX, FT = newton.information_diagonal(prob, st, parts)
+    free = _free_mask(prob, st, gX, gT, len(names), FX, hold, release)
+    release = None if release else _releasable(prob, st, gX, gT, FX, FT, hold)
     if dense:
         F, gV = newton.dense_information(prob, st, parts, names)
         delta = newton.dense_kkt(F, np.concatenate([gX.ravel(), gT.ravel(), gV]), free, P, Q, len(names))
@@ -583,7 +639,7 @@ def scoring_direction(prob: Problem, st: State, hold: np.ndarray | None = None) 
     if delta is None or not np.all(np.isfinite(delta)):
         return None
     dX, dT = delta[: P * Q].reshape(P, Q), delta[P * Q:P * Q + Q * K].reshape(Q, K)
-    return Direction(dX, dT, -0.5 * float(np.sum(gX * dX) + np.sum(gT * dT)), free=free)
+    return Direction(dX, dT, -0.5 * float(np.sum(gX * dX) + np.sum(gT * dT)), free=free, release=release)
 
 
 def hessian(prob: Problem, model: trust.FisherModel, st: State) -> trust.Hessian:
@@ -601,12 +657,12 @@ def hessian(prob: Problem, model: trust.FisherModel, st: State) -> trust.Hessian
 
 
 def newton_direction(prob: Problem, st: State, hold: np.ndarray | None = None,
-                     cg_max: int | None = None) -> Direction | None:
+                     cg_max: int | None = None, release: bool = False) -> Direction | None:
     """The projected Newton direction with the observed Hessian (complete data), or None.
 
     The face is the scoring direction's (:func:`_free_mask`: X entries off their bound, free
-    Theta, the variances) under the unit-column-sum constraints; on it, conjugate gradients on
-    ``g'd + d'H d / 2`` with the observed Hessian ``H`` (matrix-free,
+    Theta, the variances; ``hold``, ``release``) under the unit-column-sum constraints; on it,
+    conjugate gradients on ``g'd + d'H d / 2`` with the observed Hessian ``H`` (matrix-free,
     :func:`nmfre.core.trust.hessian_product`: one data product each in gram form, two in dense
     and sparse form), preconditioned by the
     face's expected information (an exact KKT solve: every iterate keeps the constraints, and
@@ -622,8 +678,9 @@ def newton_direction(prob: Problem, st: State, hold: np.ndarray | None = None,
     if model is None:
         return None
     gX, gT, _ = model.split(model.g)
-    FX, _ = newton.information_diagonal(prob, st, model.parts)
-    free = _free_mask(prob, st, gX, gT, model.nV, FX, hold)
+    FX, FT = newton.information_diagonal(prob, st, model.parts)
+    free = _free_mask(prob, st, gX, gT, model.nV, FX, hold, release)
+    release = None if release else _releasable(prob, st, gX, gT, FX, FT, hold)
     n = model.g.size
     hess = hessian(prob, model, st)
     res = trust.face_cg(hess, model, free, np.zeros(n), np.zeros(n), rtol=NEWTON_RTOL,
@@ -631,7 +688,8 @@ def newton_direction(prob: Problem, st: State, hold: np.ndarray | None = None,
     if res is None or not np.all(np.isfinite(res[0])):
         return None
     dX, dT, _ = model.split(res[0])
-    return Direction(dX.copy(), dT.copy(), -0.5 * float(np.sum(gX * dX) + np.sum(gT * dT)), res[3], observed=True)
+    return Direction(dX.copy(), dT.copy(), -0.5 * float(np.sum(gX * dX) + np.sum(gT * dT)), res[3], observed=True,
+                     release=release)
 
 
 def step_direction(prob: Problem, st: State, observed: bool = False,
@@ -640,12 +698,30 @@ def step_direction(prob: Problem, st: State, observed: bool = False,
     :func:`newton_direction` (with ``cg_max``), else (or when it gives none)
     :func:`scoring_direction`; ``hold``: further entries of X held at their value
     (:func:`_free_mask`). The scoring direction is then taken to the bounds it crosses
-    (:func:`bound_direction`, while :data:`BOUND_DIRECTION`)."""
+    (:func:`bound_direction`, while :data:`BOUND_DIRECTION`). Where it predicts less than
+    :data:`RELEASE_FRACTION` times the KKT decrement and less than the entries of X a release
+    would free gain in its separable model (``Direction.release``; non-negative Theta), the
+    direction of the same kind on the released face instead, if it predicts at least twice as
+    much."""
+    d = _direction(prob, st, observed, hold, cg_max, False)
+    if d is None or d.release is None or RELEASE_FRACTION <= 0:
+        return d
+    kkt, gain = d.release
+    if d.decrement < min(RELEASE_FRACTION * kkt, gain):
+        freed = _direction(prob, st, observed, hold, cg_max, True)
+        if freed is not None and freed.observed == d.observed and freed.decrement >= 2.0 * d.decrement:
+            return freed
+    return d
+
+
+def _direction(prob: Problem, st: State, observed: bool, hold: np.ndarray | None, cg_max: int | None,
+               release: bool) -> Direction | None:
+    """:func:`step_direction`'s direction on the face of ``hold`` and ``release``."""
     if observed and prob.data is not None:
-        d = newton_direction(prob, st, hold, cg_max)
+        d = newton_direction(prob, st, hold, cg_max, release)
         if d is not None:
             return d
-    d = scoring_direction(prob, st, hold)
+    d = scoring_direction(prob, st, hold, release)
     return bound_direction(prob, st, d) if BOUND_DIRECTION and d is not None else d
 
 
@@ -701,7 +777,7 @@ def bound_direction(prob: Problem, st: State, direction: Direction) -> Direction
     if not (np.all(np.isfinite(d)) and decrement > 0):
         return direction
     dX, dT, _ = model.split(d)
-    return Direction(dX.copy(), dT.copy(), decrement, bounded=cross)
+    return Direction(dX.copy(), dT.copy(), decrement, bounded=cross, release=direction.release)
 
 
 def crossing(X: np.ndarray, direction: Direction | None) -> np.ndarray | None:
@@ -859,17 +935,23 @@ def kkt_decrement(prob: Problem, st: State) -> float:
     within rounding of) its bound can only contribute what moving it to the bound gains.
     Zero exactly at a KKT point of the profile nll.
     """
-    dev, gT, FX, FT = _separable_model(prob, st)
+    return _kkt_gain(prob, st, *_separable_model(prob, st))
 
-    def gain(dev, F, x):
-        F = np.maximum(F, 1e-300)
-        step = np.maximum(-dev / F, -x)
-        return float(np.sum(-(dev * step + 0.5 * F * step**2)))
 
-    out = gain(dev, FX, st.X)
+def _kkt_gain(prob: Problem, st: State, dev: np.ndarray, gT: np.ndarray, FX: np.ndarray, FT: np.ndarray) -> float:
+    """:func:`kkt_decrement` from the separable model's pieces (:func:`_separable_model`)."""
+    out = _separable_gain(dev, FX, st.X)
     if prob.nonneg:
-        out += gain(gT, FT, st.theta)
+        out += _separable_gain(gT, FT, st.theta)
     return out
+
+
+def _separable_gain(dev: np.ndarray, F: np.ndarray, x: np.ndarray) -> float:
+    """The decrease of ``dev s + F s^2 / 2`` summed over coordinates at each one's minimiser
+    ``s`` clipped to ``x + s >= 0``."""
+    F = np.maximum(F, 1e-300)
+    step = np.maximum(-dev / F, -x)
+    return float(np.sum(-(dev * step + 0.5 * F * step**2)))
 
 
 def _separable_model(prob: Problem, st: State):
