@@ -696,11 +696,61 @@ def test_the_release_frees_the_near_entries_whose_diagonal_step_stays_positive()
     assert ml._releasable(sign_free, st, dev, gT, FX, FT, None) is None
 
 
+def _direction_stub(monkeypatch, held, freed):
+    """``ml._direction`` replaced: ``held`` on the face as it is, ``freed`` on the released one;
+    the list of the ``release`` flags it is called with."""
+    calls = []
+
+    def direction(prob, st, observed, hold, cg_max, release):
+        calls.append(release)
+        return freed if release else held
+
+    monkeypatch.setattr(ml, "_direction", direction)
+    return calls
+
+
+def _stub(decrement, release=None, observed=False):
+    return ml.Direction(np.zeros((1, 1)), np.zeros((1, 1)), decrement, observed=observed, release=release)
+
+
+@pytest.mark.parametrize("decrement, kkt, gain, freed, taken", [
+    (1.0, 100.0, 50.0, _stub(2.0), True),  # below both bounds; twice the prediction: taken
+    (1.0, 100.0, 50.0, _stub(1.99), False),  # short of twice: kept
+    (1.0, 100.0, 50.0, _stub(5.0, observed=True), False),  # a Newton direction for a Fisher one: kept
+    (-1.0, 100.0, 50.0, _stub(-0.5), False),  # no decrease predicted on the released face: kept
+    (1.0, 100.0, 0.9, _stub(5.0), None),  # below a tenth of the KKT decrement, not below the gain
+    (1.0, 9.0, 50.0, _stub(5.0), None),  # below the gain, not below a tenth of the KKT decrement
+])
+def test_step_direction_takes_the_released_direction_by_its_rule(monkeypatch, decrement, kkt, gain, freed, taken):
+    """``step_direction``'s rule on stub directions: the released face is computed only where the
+    direction predicts less than ``RELEASE_FRACTION`` of the KKT decrement and less than the
+    freed entries' gain (None: not computed), and its direction taken only where it is of the same
+    kind and predicts a decrease, at least twice the face's."""
+    held = _stub(decrement, release=(kkt, gain))
+    calls = _direction_stub(monkeypatch, held, freed)
+    out = ml.step_direction(None, None)
+    assert calls == ([False] if taken is None else [False, True])
+    assert out is (freed if taken else held)
+
+
+def test_a_direction_taken_to_its_bounds_keeps_its_release():
+    """``bound_direction`` re-solves a direction at the same state, so its ``release`` (the KKT
+    decrement and the freed entries' gain there) is the direction's."""
+    import dataclasses
+
+    prob, st = _crossing_state()
+    d = dataclasses.replace(ml.scoring_direction(prob, st), release=(3.0, 2.0))
+    bounded = ml.bound_direction(prob, st, d)
+    assert bounded is not d and bounded.bounded is not None
+    assert bounded.release == (3.0, 2.0)
+
+
 def _zinb_crawl(monkeypatch):
     """The fault of ``ml.RELEASE_FRACTION``, reduced: the iteration benchmark's zinb generator at
-    100 x 2000, Q = 5 (seed 3, c = 1), with the epsilon-active set's bound at 5e-2 (``EPSILON_MAX``;
-    the entries' mean is 1e-2 here, as 1e-3 is to the mean 5e-4 of the 2000 x 20000 fits where the
-    fault arose). ``(Y, A, problem)``."""
+    100 x 2000, Q = 5 (seed 3, c = 1), with the epsilon-active set's bound raised to 5e-2
+    (``EPSILON_MAX``; the entries' mean is 1e-2 here), so that the rule holds many small entries,
+    as its bound 1e-3 does in the 2000 x 20000 fits where the fault arose (mean entry 5e-4).
+    ``(Y, A, problem)``."""
     monkeypatch.setattr(ml, "EPSILON_MAX", 0.05)
     bench = load_script("benchmarks/bench_iterations.py")
     Y, A = bench.generate_zinb(100, 2000, 5, 4, seed=3, noise=1.0)

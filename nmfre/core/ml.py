@@ -144,14 +144,16 @@ BOUND_DIRECTION = True
 #: the largest ``eps`` of the epsilon-active set (:func:`_epsilon_active`)
 EPSILON_MAX = 1e-3
 #: the epsilon-active rule (:func:`_free_mask`) holds entries of X that are positive, within
-#: ``eps`` of 0 and pushed down, where only the ECME sweeps move them, at EM's linear rate. Where
-#: a direction predicts less than ``RELEASE_FRACTION`` times the KKT decrement (:func:`kkt_decrement`)
-#: and less than the held entries whose diagonal Newton step does not reach 0 (``dev < F x``; the
-#: others are :func:`bound_step`'s) gain in its separable model, :func:`step_direction` recomputes
-#: it on the face that releases those and takes it where it predicts at least twice as much (a
-#: second direction costs what the first did). Held from the start (the rules of the twenty-fifth
-#: and thirty-sixth rounds, benchmarks/results/scale.md), these entries are what lead fits to their
-#: better optima; released only once the face has little left, they are what the tail is made of.
+#: ``eps`` of 0 and pushed down; of them, only those whose diagonal Newton step reaches 0 have a
+#: step of their own (:func:`bound_step`), the others move with the ECME sweeps, at EM's linear
+#: rate. Where a direction predicts less than ``RELEASE_FRACTION`` times the KKT decrement
+#: (:func:`kkt_decrement`) and less than those others (``dev < F x``) gain in its separable model,
+#: :func:`step_direction` recomputes it on the face that releases them and takes it where it is of
+#: the same kind (Newton or Fisher) and predicts at least twice as much (a second direction costs
+#: what the first did). Held from the start (the rules of the twenty-fifth and thirty-sixth rounds,
+#: benchmarks/results/scale.md), these entries are what lead fits to their better optima; released
+#: only where the face has little left against the KKT decrement (which can be early in a fit),
+#: they are what the tail is made of.
 #: The named fault: two 2000 x 20000, Q = 10 fits (the iteration benchmark's zinb generator, seeds
 #: 0 and 1, c = 0.3) whose Newton steps each predicted about 2% of the gap left took 222 and 265
 #: iterations; with the release 79 and 94, at optima lower by 0.012 and 0.015 tolerances. Of the
@@ -701,15 +703,16 @@ def step_direction(prob: Problem, st: State, observed: bool = False,
     (:func:`bound_direction`, while :data:`BOUND_DIRECTION`). Where it predicts less than
     :data:`RELEASE_FRACTION` times the KKT decrement and less than the entries of X a release
     would free gain in its separable model (``Direction.release``; non-negative Theta), the
-    direction of the same kind on the released face instead, if it predicts at least twice as
-    much."""
+    direction of the same kind on the released face instead, if it predicts a decrease, and at
+    least twice as much."""
     d = _direction(prob, st, observed, hold, cg_max, False)
     if d is None or d.release is None or RELEASE_FRACTION <= 0:
         return d
     kkt, gain = d.release
     if d.decrement < min(RELEASE_FRACTION * kkt, gain):
         freed = _direction(prob, st, observed, hold, cg_max, True)
-        if freed is not None and freed.observed == d.observed and freed.decrement >= 2.0 * d.decrement:
+        if (freed is not None and freed.observed == d.observed and freed.decrement > 0
+                and freed.decrement >= 2.0 * d.decrement):
             return freed
     return d
 
