@@ -687,13 +687,14 @@ def test_the_release_frees_the_near_entries_whose_diagonal_step_stays_positive()
     np.testing.assert_array_equal(held, [[False, True], [True, False], [True, False], [False, False]])
     np.testing.assert_array_equal(released, [[False, True], [False, False], [True, False], [False, False]])
     FT = np.ones_like(gT)
-    kkt, gain = ml._releasable(prob, st, dev, gT, FX, FT, None)
+    active = ml._epsilon_active(X, dev, FX)
+    kkt, gain = ml._releasable(prob, st, active, gT, FX, FT, None)
     assert kkt == ml._kkt_gain(prob, st, dev, gT, FX, FT) and gain == pytest.approx(0.5 * dev[1, 0] ** 2, rel=1e-12)
     hold = np.zeros_like(X, bool)
     hold[1, 0] = True  # the only entry the release frees, held for another reason
-    assert ml._releasable(prob, st, dev, gT, FX, FT, hold) is None
+    assert ml._releasable(prob, st, active, gT, FX, FT, hold) is None
     sign_free = ml.Problem(prob.stats, 2, False, "free", 1.0, 1.0, None)
-    assert ml._releasable(sign_free, st, dev, gT, FX, FT, None) is None
+    assert ml._releasable(sign_free, st, active, gT, FX, FT, None) is None
 
 
 def _direction_stub(monkeypatch, held, freed):

@@ -552,7 +552,7 @@ def _epsilon_active(X: np.ndarray, gX: np.ndarray, FX: np.ndarray):
 
 
 def _free_mask(prob: Problem, st: State, gX: np.ndarray, gT: np.ndarray, nV: int, FX: np.ndarray,
-               hold: np.ndarray | None = None, release: bool = False) -> np.ndarray:
+               hold: np.ndarray | None = None, release: bool = False, active=None) -> np.ndarray:
     """Coordinates the Newton step moves: entries of X away from their bound, Theta off its
     bound (non-negative case), the variances.
 
@@ -561,10 +561,11 @@ def _free_mask(prob: Problem, st: State, gX: np.ndarray, gT: np.ndarray, nV: int
     quadratic model would otherwise send it far below 0, and the projection would undo the
     step. With ``release``, of the latter only those whose diagonal Newton step reaches 0 (see
     :data:`RELEASE_FRACTION`). ``hold``: further entries of X to hold (``P x Q`` booleans; see
-    :func:`crossing`).
+    :func:`crossing`). ``active``: :func:`_epsilon_active`'s result at ``(X, gX, FX)`` where
+    already computed.
     """
     X = st.X
-    _, near, reach = _epsilon_active(X, gX, FX)
+    _, near, reach = _epsilon_active(X, gX, FX) if active is None else active
     held = (X <= 0) | (reach if release else near)
     if hold is not None:
         held = held | hold
@@ -572,16 +573,16 @@ def _free_mask(prob: Problem, st: State, gX: np.ndarray, gT: np.ndarray, nV: int
     return np.concatenate([~held.ravel(), tfree, np.ones(nV, bool)])
 
 
-def _releasable(prob: Problem, st: State, gX: np.ndarray, gT: np.ndarray, FX: np.ndarray, FT: np.ndarray,
+def _releasable(prob: Problem, st: State, active, gT: np.ndarray, FX: np.ndarray, FT: np.ndarray,
                 hold: np.ndarray | None) -> tuple[float, float] | None:
     """``(kkt, gain)``: the KKT decrement at ``st`` (:func:`kkt_decrement`) and what the entries of
     X that the release of :data:`RELEASE_FRACTION` would free (held by the epsilon-active rule,
     not by ``hold``, their diagonal Newton step short of 0) gain in its separable model, both from
-    the direction's own gradient and information diagonal; None where there are no such entries,
-    and for sign-free Theta."""
+    the direction's own gradient and information diagonal (``active``: :func:`_epsilon_active`'s
+    result there); None where there are no such entries, and for sign-free Theta."""
     if not prob.nonneg:
         return None
-    dev, near, reach = _epsilon_active(st.X, gX, FX)
+    dev, near, reach = active
     freed = near & ~reach
     if hold is not None:
         freed &= ~hold
@@ -631,8 +632,9 @@ def scoring_direction(prob: Problem, st: State, hold: np.ndarray | None = None,
     parts = newton.block_parts(prob, st, ex)
     names = variance_directions(prob, st)
     FX, FT = newton.information_diagonal(prob, st, parts)
-    free = _free_mask(prob, st, gX, gT, len(names), FX, hold, release)
-    release = None if release else _releasable(prob, st, gX, gT, FX, FT, hold)
+    active = _epsilon_active(st.X, gX, FX)
+    free = _free_mask(prob, st, gX, gT, len(names), FX, hold, release, active)
+    release = None if release else _releasable(prob, st, active, gT, FX, FT, hold)
     if dense:
         F, gV = newton.dense_information(prob, st, parts, names)
         delta = newton.dense_kkt(F, np.concatenate([gX.ravel(), gT.ravel(), gV]), free, P, Q, len(names))
@@ -681,8 +683,9 @@ def newton_direction(prob: Problem, st: State, hold: np.ndarray | None = None,
         return None
     gX, gT, _ = model.split(model.g)
     FX, FT = newton.information_diagonal(prob, st, model.parts)
-    free = _free_mask(prob, st, gX, gT, model.nV, FX, hold, release)
-    release = None if release else _releasable(prob, st, gX, gT, FX, FT, hold)
+    active = _epsilon_active(st.X, gX, FX)
+    free = _free_mask(prob, st, gX, gT, model.nV, FX, hold, release, active)
+    release = None if release else _releasable(prob, st, active, gT, FX, FT, hold)
     n = model.g.size
     hess = hessian(prob, model, st)
     res = trust.face_cg(hess, model, free, np.zeros(n), np.zeros(n), rtol=NEWTON_RTOL,
