@@ -9,6 +9,8 @@ posteriors:
 * :func:`sample`: NUTS, chains started at and aligned to the frequentist fit, returns an
   ArviZ DataTree with nmfre's coordinates;
 * :func:`compare`, :func:`plot_compare`, :func:`plot_diagnostics`;
+* :func:`theta_prior_shift` and :class:`PriorWarning`: how far the prior on Theta moves its
+  posterior (checked before sampling);
 * :func:`configure`: parallel CPU chains (call before JAX starts);
 * :func:`fit_vi`: the variational twin; :func:`sbc`: simulation-based calibration;
 * :mod:`bayes.study`: posterior intervals in :func:`nmfre.study.run` (coverage studies).
@@ -27,10 +29,11 @@ from .datatree import mixing
 from .likelihood import Stats, statistics
 from .loadings import loadings
 from .models import conditional, conditional_x, default_priors, joint, u_conditional
+from .prior_shift import PriorWarning, theta_prior_shift
 from .sampling import Sampler, SamplingWarning, diagnostics, sample
 from .vi import VIWarning, fit_vi
 
 __all__ = ["Sampler", "SamplingWarning", "Stats", "compare", "compare_loadings", "conditional", "conditional_x",
            "configure", "default_priors", "diagnostics", "joint", "mixing", "loadings", "plot_compare",
-           "plot_diagnostics", "sample",
+           "plot_diagnostics", "PriorWarning", "sample", "theta_prior_shift",
            "statistics", "u_conditional", "VIWarning", "fit_vi", "plot_sbc", "sbc", "sbc_power", "SBCResult", "study"]

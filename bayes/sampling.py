@@ -34,6 +34,7 @@ from nmfre.labels import coerce, renamed
 from . import compiled, datatree
 from .datatree import SamplingWarning, diagnostics
 from .postprocess import predictive, relabel_draws, to_datatree
+from .prior_shift import warn_prior_shift
 from .seeds import prng_key
 from .spec import MODELS, THETA_KINDS, ModelSpec, model_spec, pad_patterns
 
@@ -283,7 +284,10 @@ class Sampler:
         key = prng_key(seed)
         with jax.enable_x64(True):
             key_mcmc, key_u, key_pp = jax.random.split(key, 3)
-        draws, stats, spec = self.run(Y, A, fit=fit, priors=priors, seed=key_mcmc)
+        spec = self.spec(Y, A, fit=fit, priors=priors)
+        if warn:  # before the sampling, which may take minutes
+            warn_prior_shift(spec)
+        draws, stats, spec = self.run(Y, A, seed=key_mcmc, spec=spec)
         dt = to_datatree(spec, self.settings_for(spec), draws, stats, key_u if draw_U else None,
                          key_pp if posterior_predictive else None, relabel=self.relabel)
         if warn:
@@ -304,7 +308,9 @@ class Sampler:
         priors : dict, optional
         seed : int, numpy.random.Generator or JAX PRNG key
         warn : bool
-            :class:`SamplingWarning` for each data set whose diagnostics fail.
+            :class:`SamplingWarning` for each data set whose diagnostics fail, and
+            :class:`bayes.PriorWarning` for each one where the prior on Theta moves its
+            posterior (:func:`bayes.prior_shift.warn_prior_shift`).
 
         Returns
         -------
@@ -318,6 +324,8 @@ class Sampler:
         if len(fits) != len(datasets):
             raise ValueError(f"fits has {len(fits)} fits for {len(datasets)} data sets: give one per data set")
         specs = [self.spec(Y, A, fit=f, priors=priors) for (Y, A), f in zip(datasets, fits, strict=True)]
+        for i, sp in enumerate(specs if warn else ()):
+            warn_prior_shift(sp, f"data set {i}: ")
         B = max(sp.stats.n_patterns for sp in specs)
         specs = [dataclasses.replace(sp, args=(pad_patterns(sp.stats, B),) + sp.args[1:]) for sp in specs]
         s = dataclasses.replace(self.settings_for(specs[0]), n_patterns=B)
@@ -502,7 +510,10 @@ def sample(Y, A=None, rank: int = 1, *, model: str = "joint", fit=None, theta: s
         ``tau2``, ``U`` when drawn), ``sample_stats``, ``observed_data`` (and
         ``posterior_predictive``; ``Y`` with dims ``(feature, unit)`` as in nmfre), with the fit's
         coordinates. Warns (:class:`SamplingWarning`) when max r_hat > 1.01, min bulk ESS
-        < 400 or there are divergences.
+        < 400 or there are divergences, and before sampling (:class:`bayes.PriorWarning`) where
+        the prior on Theta moves its conditional posterior mean at ``fit`` by more than
+        :data:`bayes.prior_shift.PRIOR_SHIFT_MAX` posterior sds (uncentred covariates,
+        :func:`bayes.theta_prior_shift`).
     """
     del progress
     data = coerce(Y, A)

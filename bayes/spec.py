@@ -21,6 +21,7 @@ from nmfre.core.covariates import Frame
 from nmfre.labels import Data, check_rank, coerce, labels, some_labels
 
 from . import likelihood, models
+from .prior_shift import theta_prior_shift
 
 __all__ = ["MODELS", "THETA_KINDS", "ModelSpec", "model_spec", "pad_patterns"]
 
@@ -47,6 +48,10 @@ class ModelSpec:
     flat: bool = False
     sigma2_fixed: float | None = None
     frame: np.ndarray | None = None
+    # free Theta's conditional posterior mean moved by its prior where the chains start, in
+    # posterior sds (Q x K; bayes.prior_shift.theta_prior_shift); None for non-negative Theta, a
+    # flat prior or a singular precision
+    prior_shift: np.ndarray | None = None
 
 
 def _frequentist_fit(fit, data: Data, rank: int, theta: str):
@@ -193,20 +198,29 @@ def model_spec(Y, A, rank: int, model: str, fit=None, theta: str = "free", prior
     sol = fit.solution
     need = not missing and (model == "conditional" or nonneg)
     cond = conditional_covariance(data.Y, data.A, sol.X, sol.theta, sol.U, fit.lam) if need else None
-    init = _init(model, _start_fit(model, fit, data, rank, theta), data, nonneg,
-                 None if cond is None else cond.cov_model)
+    start = _start_fit(model, fit, data, rank, theta)
+    init = _init(model, start, data, nonneg, None if cond is None else cond.cov_model)
     pri = {k: _f(x) for k, x in prior.items()}
     T = None if fr is None else fr.T
+    # the prior's pull on free Theta where the chains start (bayes.prior_shift; the Gaussian
+    # conditional does not describe a truncated posterior, so none for non-negative Theta)
+    shift = None
+    if model != "conditional" and not nonneg:
+        shift = theta_prior_shift(stats, start.solution.X, float(start.sigma2), float(start.tau2),
+                                  prior["theta_scale"], T)
     if model == "joint":
-        return ModelSpec(model, data, fit, prior, stats, init, (stats, pri) + last, nonneg, frame=T)
+        return ModelSpec(model, data, fit, prior, stats, init, (stats, pri) + last, nonneg, frame=T, prior_shift=shift)
     X = _f(sol.X)
     if model == "conditional_x":  # X fixed at the fit: no prior on it (nor recorded)
         pri.pop("x_concentration")
         used = {k: x for k, x in prior.items() if k != "x_concentration"}
-        return ModelSpec(model, data, fit, used, stats, init, (stats, X, pri) + last, nonneg, frame=T)
+        return ModelSpec(model, data, fit, used, stats, init, (stats, X, pri) + last, nonneg, frame=T,
+                         prior_shift=shift)
     s2 = cond.sigma2_used
+    if scale is not None and not nonneg:
+        shift = theta_prior_shift(stats, sol.X, s2, s2 / fit.lam, scale, T)
     cprior = {} if scale is None else {"theta_scale": _f(scale)}
     # X, sigma2 and tau2 are fixed at the fit: the record holds Theta's prior only
     used = {"theta_scale": "flat" if scale is None else float(scale)}
     return ModelSpec(model, data, fit, used, stats, init, (stats, X, _f(s2), _f(s2 / fit.lam), cprior) + last,
-                     nonneg, flat=scale is None, sigma2_fixed=float(s2), frame=T)
+                     nonneg, flat=scale is None, sigma2_fixed=float(s2), frame=T, prior_shift=shift)

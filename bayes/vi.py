@@ -34,6 +34,7 @@ from nmfre import validation as v
 from nmfre.labels import coerce
 
 from . import compiled, dadvi, datatree, sampling
+from .prior_shift import warn_prior_shift
 from .seeds import prng_key
 
 __all__ = ["GUIDES", "METHODS", "VIWarning", "elbo_settled", "fit_vi"]
@@ -215,7 +216,8 @@ def fit_vi(Y, A=None, rank: int = 1, *, model: str = "joint", guide: str = "full
     warn : bool
         :class:`VIWarning` when the ELBO has not settled (``method="dadvi"``: when the
         optimiser ran out of iterations or the objective's Hessian is not positive definite
-        at its end point).
+        at its end point); before the fit, :class:`bayes.PriorWarning` where the prior on
+        Theta moves its posterior (as :func:`bayes.sample`).
     method : {"svi", "dadvi"}
         ``"svi"`` (default): Adam on the stochastic ELBO, draws from the guide.
         ``"dadvi"``: the full Gaussian guide fitted to a fixed-draw objective by a
@@ -272,6 +274,8 @@ def fit_vi(Y, A=None, rank: int = 1, *, model: str = "joint", guide: str = "full
     # 1000 the guides fitted on the given covariates had the slopes' sds 70 (SVI) and 170 (DADVI)
     # times too small; the variational group's loc and cov are mapped back to Theta's own coordinates)
     spec = sampler.spec(Y, A, fit=fit, priors=priors)
+    if warn:
+        warn_prior_shift(spec)
     base = dataclasses.replace(sampler.settings_for(spec), num_warmup=0, num_samples=0, num_chains=0)
     vs = VISettings(base, guide, None if guide_rank is None else v.integer(guide_rank, "guide_rank"),
                     v.integer(num_steps, "num_steps", minimum=10), v.positive_float(learning_rate, "learning_rate"),
