@@ -511,7 +511,7 @@ def sample(Y, A=None, rank: int = 1, *, model: str = "joint", fit=None, theta: s
         ``posterior_predictive``; ``Y`` with dims ``(feature, unit)`` as in nmfre), with the fit's
         coordinates. Warns (:class:`SamplingWarning`) when max r_hat > 1.01, min bulk ESS
         < 400 or there are divergences, and before sampling (:class:`bayes.PriorWarning`) where
-        the prior on Theta moves its conditional posterior mean at ``fit`` by more than
+        the prior on free Theta moves its conditional posterior mean where the chains start by more than
         :data:`bayes.prior_shift.PRIOR_SHIFT_MAX` posterior sds (uncentred covariates,
         :func:`bayes.theta_prior_shift`).
     """

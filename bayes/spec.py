@@ -137,13 +137,19 @@ def _start_fit(name: str, fit, data: Data, rank: int, theta: str):
     (sigma's r_hat 1.10, bulk ESS 53; started from the non-negative fit, see
     benchmarks/results/scale.md, thirty-fifth round). The models that hold X at the fit keep
     it: their X is the fit's by definition."""
+    if name != "joint" or theta != "free" or not degenerate(fit, data):
+        return fit
+    return _frequentist_fit(None, data, rank, "nonneg")
+
+
+def degenerate(fit, data: Data) -> bool:
+    """Whether ``fit`` (of ``data``) ends at a degenerate configuration
+    (:func:`nmfre.core.ml.degenerating` on its effects on orthonormal covariates)."""
     from nmfre.core.covariates import orthonormal_effects
     from nmfre.core.ml import degenerating
 
     sol = fit.solution
-    if name != "joint" or theta != "free" or not degenerating(sol.X, orthonormal_effects(sol.theta, data.A)):
-        return fit
-    return _frequentist_fit(None, data, rank, "nonneg")
+    return bool(degenerating(sol.X, orthonormal_effects(sol.theta, data.A)))
 
 
 def _init(name: str, fit, data: Data, nonneg: bool, cov_model) -> dict:

@@ -99,13 +99,13 @@ def test_a_singular_precision_gives_no_shift():
     assert theta_prior_shift(statistics(Y, A), X, s2, t2, 30.0) is None
 
 
-def _spec(z, name="joint", mean=1000.0):
+def _spec(z, name="joint", mean=1000.0, constant=1.0):
     theta = xr.DataArray(np.full((2, 3), 1500.0), dims=("component", "covariate"),
                          coords={"component": ["Basis1", "Basis2"], "covariate": ["(Intercept)", "age", "sex"]})
     rng = np.random.default_rng(0)
-    A = np.vstack([np.ones(50), mean + rng.normal(size=50), rng.integers(0, 2, 50)])
-    return SimpleNamespace(prior_shift=z, fit=SimpleNamespace(theta=theta), priors={"theta_scale": 200.0}, name=name,
-                           data=SimpleNamespace(A=A))
+    A = np.vstack([np.full(50, constant), mean + rng.normal(size=50), rng.integers(0, 2, 50)])
+    return SimpleNamespace(prior_shift=z, fit=SimpleNamespace(theta=theta, theta_kind="nonneg"),
+                           priors={"theta_scale": 200.0}, name=name, data=SimpleNamespace(A=A))
 
 
 def test_the_warning_names_the_entries_the_prior_moves():
@@ -118,7 +118,7 @@ def test_the_warning_names_the_entries_the_prior_moves():
     msg = str(rec[0].message)
     assert msg.startswith("data set 3: the prior Theta ~ Normal(0, 200) moves the posterior mean of "
                           "theta[Basis1, (Intercept)] by -2.5, theta[Basis2, (Intercept)] by +0.3 posterior sds")
-    assert "Basis1, age" not in msg and "sex" not in msg
+    assert "Basis1, age" not in msg and "sex" not in msg and "-0.099" not in msg
     assert "given the X, sigma and tau the chains start from" in msg and "joint posterior" in msg
     ratio = np.abs(_spec(z).data.A[1].mean()) / _spec(z).data.A[1].std()
     assert f"Uncentred covariates make intercepts far from 0: age (mean {ratio:.3g} sds from 0)" in msg
@@ -127,9 +127,10 @@ def test_the_warning_names_the_entries_the_prior_moves():
 
 @pytest.mark.parametrize("name", ["conditional_x", "conditional"])
 def test_the_warning_says_what_the_shift_is_conditional_on(name):
-    """The conditional models: no joint-posterior caveat; a centred covariate gets the general advice."""
+    """The conditional models: no joint-posterior caveat; a centred covariate gets the general advice,
+    and a row constant to rounding (0.1, sd 1e-17) is not called uncentred."""
     with pytest.warns(PriorWarning) as rec:
-        warn_prior_shift(_spec(np.full((2, 3), 0.5), name, mean=0.0))
+        warn_prior_shift(_spec(np.full((2, 3), 0.5), name, mean=0.0, constant=0.1))
     msg = str(rec[0].message)
     assert "joint posterior" not in msg and "Uncentred" not in msg
     assert ("fit's X, sigma and tau, as the model holds them" in msg) == (name == "conditional")
@@ -157,7 +158,7 @@ def uncentred():
 @pytest.mark.parametrize("model", ["joint", "conditional_x"])
 def test_an_uncentred_covariate_makes_the_default_prior_decide(uncentred, model):
     """The default prior (``10 P rms(Y)``) at ``c = 0`` moves no entry by 2e-3 posterior sds; at
-    ``c = 1000`` the intercepts (about ``-1000`` times the slopes) are moved by more than 1."""
+    ``c = 1000`` it moves an intercept (about ``-1000`` times its slope) by more than 1."""
     for c, small in ((0.0, True), (1000.0, False)):
         Y, A, fit = uncentred[c]
         spec = model_spec(Y, A, 2, model, fit, frame=True)
@@ -210,9 +211,27 @@ def test_non_negative_theta_is_not_checked(uncentred):
     """The Gaussian shift does not describe a truncated posterior: no shift, no warning."""
     Y, A, _ = uncentred[1000.0]
     fit = nmfre.fit(Y, A, rank=2, theta="nonneg")
-    for model in ("joint", "conditional_x"):
-        spec = model_spec(Y, A, 2, model, fit, "nonneg")
+    for model, priors in (("joint", None), ("conditional_x", None), ("conditional", {"theta_scale": 50.0})):
+        spec = model_spec(Y, A, 2, model, fit, "nonneg", priors)
         assert spec.prior_shift is None and warn_prior_shift(spec) is None
+
+
+def test_a_degenerate_fit_held_fixed_is_named_as_the_cause():
+    """``conditional_x`` holds X at the fit: at Orthodont's degenerate rank-2 sign-free fit the data do
+    not identify the merging components' effects and the prior decides them (shift over 1); the
+    advice names the fit, not the covariates."""
+    import nmfre.exceptions
+
+    Y, A = nmfre.load_orthodont()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", nmfre.exceptions.DegenerateFitWarning)
+        fit = nmfre.fit(Y, A, rank=2)
+    spec = model_spec(Y, A, 2, "conditional_x", fit, frame=True)
+    with pytest.warns(PriorWarning) as rec:
+        z = warn_prior_shift(spec)
+    assert np.abs(z).max() > 1.0
+    msg = str(rec[0].message)
+    assert "The fit X is held at is degenerate" in msg and "Uncentred" not in msg
 
 
 class _Stop(Exception):
