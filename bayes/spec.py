@@ -133,8 +133,8 @@ def _start_fit(name: str, fit, data: Data, rank: int, theta: str):
     a degenerate configuration (:func:`nmfre.core.ml.degenerating`: two components merging with
     opposite effects, grown as far as the likelihood's ever smaller gains allow); then the
     non-negative fit of the same data, which cannot degenerate that way. Measured on Orthodont,
-    rank 2: the sign-free fit's ``max |Theta|`` is 9.5e4, and chains started there stayed there
-    (sigma's r_hat 1.10, bulk ESS 53; started from the non-negative fit, see
+    rank 2: the sign-free fit's ``max |Theta|`` was 9.5e4 (6.3e4 at the present fit), and chains
+    started there stayed there (sigma's r_hat 1.10, bulk ESS 53; started from the non-negative fit, see
     benchmarks/results/scale.md, thirty-fifth round). The models that hold X at the fit keep
     it: their X is the fit's by definition."""
     if name != "joint" or theta != "free" or not degenerate(fit, data):
