@@ -75,6 +75,15 @@ components; random effects with an sd proportional to each component's intercept
 common tau is misspecified); negative-binomial counts of shape ``2 / c`` with mean 0.5 per cell,
 then each cell set to 0 with probability ``exp(-m / 2)`` (``m`` its mean count): about 90% zeros.
 
+Two more, ``--generator uncentred`` and ``--generator level`` (:func:`generate_level`, dense
+rungs only), give the components a common level far above their variation (benchmarks/results/
+scale.md, forty-first round): basis columns Dirichlet(0.5), an intercept, then up to two Gaussian
+covariates (correlated 0.7) and binary ones, Theta >= 0 Gamma(2, 1) with a fifth of its entries 0
+plus 3 on the intercept, ``U ~ N(0, 0.49)``, Gaussian noise of sd ``0.3 c`` times the sd of the
+mean, clipped at 0. ``uncentred``: the Gaussian covariates at ``10 + z`` (the data follow the
+non-negative Theta on them, as with an uncentred age); ``level``: centred covariates and 30 added
+to every intercept.
+
 Targets (issue 17, on two cores): every dense rung converged in <= 100 iterations with
 wall time no more than scikit-learn's (ratio <= 1); 2000 x 20000, Q = 10 in <= 60 s on every
 seed; the sparse rung's ratio <= 3.
@@ -390,13 +399,51 @@ def generate_underfit(P: int, N: int, Q: int, K: int, seed: int, noise: float = 
     return generate_misfit(P, N, Q, K, seed, noise, 2)
 
 
+def generate_level(P: int, N: int, Q: int, K: int, seed: int, noise: float = 0.3, shift: float = 0.0,
+                   level: float = 0.0):
+    """One dense data set ``(Y, A)`` of the common-level design (see the module docstring):
+    ``shift`` moves the Gaussian covariates to ``shift + z`` before Y is made, ``level`` is added
+    to every intercept.
+
+    Parameters
+    ----------
+    P, N, Q, K : int
+    seed : int
+    noise : float
+        ``c``: the noise sd is ``0.3 c`` times the sd of the mean.
+    shift, level : float
+    """
+    rng = np.random.default_rng([777, seed])
+    X = rng.dirichlet(np.full(P, 0.5), Q).T
+    g = min(2, K - 1)
+    z = rng.standard_normal((g, N))
+    if g == 2:
+        z[1] = 0.7 * z[0] + np.sqrt(1.0 - 0.49) * z[1]
+    A = np.vstack([np.ones((1, N)), shift + z, rng.integers(0, 2, (K - 1 - g, N)).astype(float)])
+    theta = rng.gamma(2.0, 1.0, (Q, K)) * (rng.random((Q, K)) > 0.2)
+    theta[:, 0] += 3.0 + level
+    M = X @ (theta @ A + rng.normal(0.0, 0.7, (Q, N)))
+    return np.maximum(M + noise * M.std() * 0.3 * rng.standard_normal(M.shape), 0.0), A
+
+
+def generate_uncentred(P: int, N: int, Q: int, K: int, seed: int, noise: float = 0.3):
+    """:func:`generate_level` with the Gaussian covariates at ``10 + z``."""
+    return generate_level(P, N, Q, K, seed, noise, shift=10.0)
+
+
+def generate_level30(P: int, N: int, Q: int, K: int, seed: int, noise: float = 0.3):
+    """:func:`generate_level` with 30 added to every intercept."""
+    return generate_level(P, N, Q, K, seed, noise, level=30.0)
+
+
 #: generators whose Y can be negative (no scikit-learn comparison)
 SIGNED = frozenset({"tied"})
 #: nmfre's deterministic starts (``--init``)
 INITS = ("nndsvd", "nndsvd-tail")
 GENERATORS = {"ladder": generate, "counts": generate_counts, "overlap": generate_overlap, "hetero": generate_hetero,
               "tied": generate_tied, "overfit": generate_overfit, "underfit": generate_underfit,
-              "blocks": generate_blocks, "zinb": generate_zinb}
+              "blocks": generate_blocks, "zinb": generate_zinb, "uncentred": generate_uncentred,
+              "level": generate_level30}
 
 
 #: seconds of sleep before each timed run (not timed): OpenBLAS's threads spin for up to about

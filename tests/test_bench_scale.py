@@ -132,6 +132,21 @@ def test_iteration_generator_is_not_the_tests_design():
     assert hasattr(Ys, "tocsr") and abs(Ys.nnz / (200 * 400) - 0.05) < 0.02
 
 
+def test_the_common_level_generators_move_what_they_say():
+    """``uncentred``: the same draws with the Gaussian covariates at ``10 + z``; ``level``: the same
+    covariates, and Y's mean raised by the 30 added to every intercept (X's columns sum to 1)."""
+    mod = load_script(ITER_SCRIPT)
+    Y0, A0 = mod.generate_level(40, 500, 3, 4, seed=2)
+    Yu, Au = mod.GENERATORS["uncentred"](40, 500, 3, 4, seed=2)
+    Yl, Al = mod.GENERATORS["level"](40, 500, 3, 4, seed=2)
+    np.testing.assert_array_equal(Au[1:3], A0[1:3] + 10.0)
+    np.testing.assert_array_equal(np.delete(Au, [1, 2], axis=0), np.delete(A0, [1, 2], axis=0))
+    np.testing.assert_array_equal(Al, A0)
+    assert set(np.unique(A0[3])) <= {0.0, 1.0} and Y0.min() >= 0 and Yu.min() >= 0
+    # 30 per component, Q = 3 (the noise and the clipping at 0 move it by a few tenths: 89.8 here)
+    assert abs(Yl.sum(axis=0).mean() - Y0.sum(axis=0).mean() - 90.0) < 2.0
+
+
 def test_iteration_targets_say_what_was_not_measured():
     """Without scikit-learn (``--no-sklearn``) a rung with a ratio target is not reported as
     plainly met: the verdict says the ratio was not measured."""
