@@ -77,12 +77,12 @@ then each cell set to 0 with probability ``exp(-m / 2)`` (``m`` its mean count):
 
 Two more, ``--generator uncentred`` and ``--generator level`` (:func:`generate_level`, dense
 rungs only), give the components a common level far above their variation (benchmarks/results/
-scale.md, forty-first round): basis columns Dirichlet(0.5), an intercept, then up to two Gaussian
-covariates (correlated 0.7) and binary ones, Theta >= 0 Gamma(2, 1) with a fifth of its entries 0
-plus 3 on the intercept, ``U ~ N(0, 0.49)``, Gaussian noise of sd ``0.3 c`` times the sd of the
-mean, clipped at 0. ``uncentred``: the Gaussian covariates at ``10 + z`` (the data follow the
-non-negative Theta on them, as with an uncentred age); ``level``: centred covariates and 30 added
-to every intercept.
+scale.md, forty-first round): basis columns Dirichlet(0.5), an intercept, then ``min(2, K - 1)``
+Gaussian covariates (correlated 0.7 where there are two) and ``K - 1`` less that many binary ones,
+Theta >= 0 Gamma(2, 1) with each entry 0 with probability 0.2, plus 3 on the intercept,
+``U ~ N(0, 0.49)``, Gaussian noise of sd ``0.3 c`` times the sd of the mean, clipped at 0.
+``uncentred``: the Gaussian covariates at ``10 + z`` (the data follow the non-negative Theta on
+them, as with an uncentred age); ``level``: centred covariates and 30 added to every intercept.
 
 Targets (issue 17, on two cores): every dense rung converged in <= 100 iterations with
 wall time no more than scikit-learn's (ratio <= 1); 2000 x 20000, Q = 10 in <= 60 s on every
@@ -102,6 +102,9 @@ Run::
     python benchmarks/bench_iterations.py --generator tied --theta free --rungs small,medium --no-sklearn
     python benchmarks/bench_iterations.py --generator overfit --rungs small,medium,large
     python benchmarks/bench_iterations.py --generator blocks --rungs small,medium,large
+    python benchmarks/bench_iterations.py --generator zinb --rungs small,medium,large
+    python benchmarks/bench_iterations.py --generator uncentred --rungs small,medium --seeds 0-2
+    python benchmarks/bench_iterations.py --generator level --rungs small,medium --seeds 0-2
     python benchmarks/bench_iterations.py --init nndsvd-tail       # nmfre's other deterministic start
     python benchmarks/bench_iterations.py --out results.json
     python benchmarks/bench_iterations.py --repeat 1             # one timed run per fit
@@ -488,7 +491,9 @@ def run_one(spec: dict, seed: int, noise: float, sklearn: bool = True, solver: s
     dense only), ``"overlap"`` (:func:`generate_overlap`, dense only), ``"hetero"``
     (:func:`generate_hetero`, dense only), ``"tied"`` (:func:`generate_tied`, dense only),
     ``"overfit"`` or ``"underfit"`` (:func:`generate_misfit`, dense only: the data's rank is
-    two below or above ``spec["Q"]``); ``theta``: the sign of Theta in nmfre's fit
+    two below or above ``spec["Q"]``), ``"blocks"`` (:func:`generate_blocks`), ``"zinb"``
+    (:func:`generate_zinb`), ``"uncentred"`` or ``"level"`` (:func:`generate_level`; these four
+    dense only); ``theta``: the sign of Theta in nmfre's fit
     (``"nonneg"`` or ``"free"``); ``init``: nmfre's start (``"nndsvd"``, the package default,
     or ``"nndsvd-tail"``; the fit's ``restarts`` name the start it used).
     """

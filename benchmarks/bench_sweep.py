@@ -3,9 +3,9 @@
 Where ``bench_iterations.py`` times a few rungs against scikit-learn, this script fits many
 small problems once each (no timing comparison) and reports the distribution of iterations
 per generator and every fit that took more than ``--slow`` iterations or did not converge,
-with its stop reason. Data come from the generators of ``bench_iterations.py`` (all of them
-by default: ``ladder``, ``counts``, ``overlap``, ``hetero``, ``tied``, ``overfit``,
-``underfit``, ``blocks``; ``--generators`` picks some); every combination of the grid is fitted
+with its stop reason. Data come from the generators of ``bench_iterations.py`` (all of its
+``GENERATORS`` by default, those the recorded runs had and those added since; ``--generators``
+picks some); every combination of the grid is fitted
 once with ``nmfre.fit(Y, A, rank=Q, theta=..., max_iter=...)`` (maximum likelihood, default
 tolerance and start).
 

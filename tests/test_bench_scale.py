@@ -133,8 +133,9 @@ def test_iteration_generator_is_not_the_tests_design():
 
 
 def test_the_common_level_generators_move_what_they_say():
-    """``uncentred``: the same draws with the Gaussian covariates at ``10 + z``; ``level``: the same
-    covariates, and Y's mean raised by the 30 added to every intercept (X's columns sum to 1)."""
+    """``uncentred``: the same draws with the Gaussian covariates at ``10 + z``, and Y made on them;
+    ``level``: the same covariates, and Y's mean raised by the 30 added to every intercept (X's
+    columns sum to 1)."""
     mod = load_script(ITER_SCRIPT)
     Y0, A0 = mod.generate_level(40, 500, 3, 4, seed=2)
     Yu, Au = mod.GENERATORS["uncentred"](40, 500, 3, 4, seed=2)
@@ -143,6 +144,8 @@ def test_the_common_level_generators_move_what_they_say():
     np.testing.assert_array_equal(np.delete(Au, [1, 2], axis=0), np.delete(A0, [1, 2], axis=0))
     np.testing.assert_array_equal(Al, A0)
     assert set(np.unique(A0[3])) <= {0.0, 1.0} and Y0.min() >= 0 and Yu.min() >= 0
+    # Y made on the shifted covariates: its column sums rise by 10 times the slopes' sum (81 here)
+    assert Yu.sum(axis=0).mean() - Y0.sum(axis=0).mean() > 50.0
     # 30 per component, Q = 3 (the noise and the clipping at 0 move it by a few tenths: 89.8 here)
     assert abs(Yl.sum(axis=0).mean() - Y0.sum(axis=0).mean() - 90.0) < 2.0
 
