@@ -27,7 +27,7 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
-from scipy.linalg import cho_factor, cho_solve
+from scipy.linalg import cho_solve, solve_triangular
 
 from .datatree import _PACKAGE
 
@@ -41,6 +41,7 @@ PRIOR_SHIFT_MAX = 0.1
 #: a covariate whose mean is more than this many of its sds from 0 is named as uncentred in the
 #: warning's advice
 UNCENTRED = 3.0
+
 
 class PriorWarning(UserWarning):
     """The prior on Theta, not the data, decides part of its posterior."""
@@ -71,28 +72,24 @@ def theta_prior_shift(stats, X: np.ndarray, sigma2: float, tau2: float, scale: f
         precision of ``vec(Theta)`` (column-major) given X, sigma^2 and tau^2 and ``m0 = H^-1
         g`` its mean under a flat prior (the GLS estimate); positive where the prior pulls the
         entry up. None where ``H`` is singular (the data alone do not identify Theta at this X).
+        Both conditionals are :func:`bayes.models.theta_conditional`'s (in double precision).
     """
-    mask, AA, YA = (np.asarray(a, dtype=float) for a in (stats.mask, stats.AA, stats.YA))
+    import jax
+
+    from .models import theta_conditional
+
     if T is not None:  # A = T A_o: AA' = T A_oA_o' T', YA' = YA_o' T'
-        AA = T @ AA @ T.T
-        YA = YA @ T.T
+        stats = stats._replace(AA=T @ np.asarray(stats.AA) @ T.T, YA=np.asarray(stats.YA) @ T.T)
     X = np.asarray(X, dtype=float)
-    Q, K = X.shape[1], AA.shape[-1]
-    Xb = mask[:, :, None] * X
-    XtX = np.einsum("bpq,bpr->bqr", Xb, Xb)
-    C = np.eye(Q) + (tau2 / sigma2) * XtX  # X_b' Sigma_b^-1 = C_b^-1 X_b' / sigma^2
-    M = np.linalg.solve(C, XtX) / sigma2
-    M = 0.5 * (M + np.swapaxes(M, 1, 2))
-    R = np.linalg.solve(C, np.einsum("bpq,bpk->bqk", Xb, YA)) / sigma2
-    H = np.einsum("bkl,bqr->kqlr", AA, M).reshape(Q * K, Q * K)  # vec column-major: k Q + q
-    g = R.sum(axis=0).T.reshape(-1)
-    try:
-        m0 = cho_solve(cho_factor(H), g)
-    except np.linalg.LinAlgError:
+    with jax.enable_x64(True):  # Theta's conditional with the prior (L L' its precision) and flat
+        m0 = np.asarray(theta_conditional(stats, X, sigma2, tau2, np.inf)[0])
+        L = np.asarray(theta_conditional(stats, X, sigma2, tau2, scale)[1])
+    if not (np.all(np.isfinite(m0)) and np.all(np.isfinite(L))):  # H singular: no flat-prior mean
         return None
-    cov = cho_solve(cho_factor(H + np.eye(Q * K) / scale**2), np.eye(Q * K))
-    z = -(cov @ m0) / scale**2 / np.sqrt(np.diag(cov))  # m_s - m0 = -(H + I / s^2)^-1 m0 / s^2
-    return z.reshape(K, Q).T
+    Linv = solve_triangular(L, np.eye(L.shape[0]), lower=True)
+    # m_s - m0 = -(H + I / s^2)^-1 m0 / s^2, over the sds sqrt(diag (H + I / s^2)^-1)
+    z = -cho_solve((L, True), m0) / scale**2 / np.sqrt(np.sum(Linv**2, axis=0))
+    return z.reshape(X.shape[1], -1, order="F")
 
 
 def warn_prior_shift(spec, where: str = "") -> np.ndarray | None:
