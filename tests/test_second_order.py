@@ -245,6 +245,73 @@ def test_bound_constrained_fisher_step_is_optimal(structured, monkeypatch):
     assert qp.decrement == pytest.approx(-model.value(qp.d))
 
 
+class _DenseModel:
+    """``g'd + d'F d / 2`` with a given dense ``F``, in the flat coordinates of
+    :func:`nmfre.core.trust.bound_qp` (X: ``P x Q`` simplex columns, Theta: ``Q x K``); counts
+    the faces it factorises."""
+
+    def __init__(self, F, g, P, Q, K):
+        self.F, self.g, self.P, self.Q, self.K = F, g, P, Q, K
+        self.nX, self.nT, self.nV, self.names, self.faces = P * Q, Q * K, 0, [], set()
+
+    def split(self, v):
+        X, T = v[: self.nX].reshape(self.P, self.Q), v[self.nX:self.nX + self.nT].reshape(self.Q, self.K)
+        return X, T, v[self.nX + self.nT:]
+
+    def product(self, v):
+        return self.F @ v
+
+    def value(self, d):
+        return float(self.g @ d + 0.5 * d @ self.F @ d)
+
+    def factor(self, free):
+        self.faces.add(free.tobytes())
+        return trust._DenseFace(self.F, free, self.P, self.Q, 0)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_bound_constrained_step_is_optimal_where_many_bounds_bind(seed):
+    """The same KKT conditions on strongly coupled quadratics (``F = 0.05 D + 10 B B' / n``)
+    whose unconstrained face minimiser sends a third of every column of X (Dirichlet(0.05):
+    many entries near 0) and some of Theta below 0: the face changes of ``bound_qp`` (the
+    segment to the first bound or a point of the projected path, many bounds at once, and the
+    releases) end at the QP's minimum; every face solve lowers the model, so the decrement is
+    positive. Exact linear algebra, no random numbers beyond the construction. (On these
+    quadratics the path's points and the segment-and-projection rule of before reach the same
+    minimum in about as many face solves; the path's gain is on the fits' faces, measured in
+    benchmarks/results/scale.md, forty-second round.)"""
+    P, Q, K = 150, 2, 2
+    rng = np.random.default_rng(seed)
+    n = P * Q + Q * K
+    B = rng.standard_normal((n, n // 3))
+    F = 0.05 * np.diag(rng.uniform(1, 3, n)) + 10.0 * B @ B.T / n
+    X = rng.dirichlet(np.full(P, 0.05), Q).T
+    x = np.concatenate([X.ravel(), rng.uniform(0.5, 2.0, Q * K)])
+    Z = X.copy()
+    for q in range(Q):
+        neg = rng.choice(P, P // 3, replace=False)
+        Z[neg, q] = -rng.uniform(0.001, 0.01, neg.size)
+        pos = np.setdiff1d(np.arange(P), neg)
+        Z[pos, q] += (1.0 - Z[:, q].sum()) / pos.size
+    z = np.concatenate([Z.ravel(), x[P * Q:] - rng.uniform(0.0, 1.5, Q * K)])
+    model = _DenseModel(F, -F @ (z - x), P, Q, K)
+    qp = trust.bound_qp(model, x, True, max_inner=500)
+    zq = x + qp.d
+    Xq = zq[: P * Q].reshape(P, Q)
+    assert Xq.min() >= -1e-12 and zq[P * Q:].min() >= -1e-12
+    np.testing.assert_allclose(Xq.sum(axis=0), 1.0, atol=1e-10)
+    r = model.g + model.product(qp.d)
+    scale = np.abs(model.g).max()
+    rX, fX = r[: P * Q].reshape(P, Q), qp.free[: P * Q].reshape(P, Q)
+    for q in range(Q):
+        mu = -np.mean(rX[fX[:, q], q])
+        assert np.ptp(rX[fX[:, q], q]) <= 1e-6 * scale
+        assert np.all(rX[~fX[:, q], q] + mu >= -1e-6 * scale)
+    rT, fT = r[P * Q:], qp.free[P * Q:]
+    assert np.all(np.abs(rT[fT]) <= 1e-6 * scale) and np.all(rT[~fT] >= -1e-6 * scale)
+    assert (~fX).sum() >= P // 3 and qp.decrement == pytest.approx(-model.value(qp.d)) and qp.decrement > 0
+    assert len(model.faces) < 100
+
 @pytest.mark.parametrize("form", ["dense", "gram"])
 @pytest.mark.parametrize("nonneg", [True, False])
 def test_second_order_steps_never_increase_the_nll(form, nonneg):

@@ -116,6 +116,27 @@ FISHER_AFTER_FAILURE = True
 #: degenerating (:func:`degenerating`); None here turns it off
 CRAWL_STEP = 1e-2
 CRAWL_PATIENCE: int | None = 20
+#: a complete-data fit also switches to :func:`second_order_step` (as for :data:`CRAWL_PATIENCE`,
+#: with the same conditions) after ``OBSERVED_POOR_PATIENCE`` Newton directions of the observed
+#: Hessian in a row (:data:`MISMATCH`) whose steps each achieved less than
+#: ``OBSERVED_POOR_STEP`` times their predicted decrease (or found none): that Hessian's model
+#: then does not describe the nll over the steps it proposes, which the trust region of the
+#: second-order steps adapts to and the line search does not. The named fault: a 100 x 2000,
+#: Q = 5 fit of uncentred covariates (the iteration benchmark's uncentred generator, seed 0, c =
+#: 0.3) whose 45 Newton directions from iteration 28 predicted 20-1430 and achieved 0.006-9.6
+#: each, counting towards :data:`CRAWL_PATIENCE` only where below 1%; 87 iterations, 56 with the
+#: rule (88 and 58 with the QP change below). "In a row" counts the observed-Hessian steps only: a
+#: Fisher direction between them (after a failed step) neither counts nor breaks the run.
+#: Non-negative Theta only, where it was measured: on sign-free fits it changed four tests'
+#: fits (a 100 x 2000 counts fit took 703 iterations instead of 60; a degenerating fit switched
+#: before its degeneracy showed). Only with the crawl switch on (``second_order=None`` and
+#: :data:`CRAWL_PATIENCE` not None). With the projected-path candidates of :func:`nmfre.core.trust.bound_qp`, over the
+#: iteration ladder's eleven generators (benchmarks/results/scale.md, forty-second round): the
+#: large rung (seeds 0-2, c = 0.3, 33 fits) 2625 -> 1776 iterations and fits over 100 9 -> 0 in
+#: 6% more time in all (the largest fit 25.9 -> 17.8 s); the medium rung (110 fits) 4291 ->
+#: 3774 and 7 -> 1; the small rung (110) 3816 -> 3441 and 2 -> 1. 0 turns it off
+OBSERVED_POOR_STEP = 0.1
+OBSERVED_POOR_PATIENCE = 3
 #: relative residual and iteration limit of the conjugate gradients of :func:`newton_direction`
 #: (a truncated Newton direction: the outer iteration corrects what CG leaves). On the iteration
 #: ladder (2026-12-02, 27 data sets: small, medium, large, sparse) 0.1 and 10 took the same
@@ -1181,11 +1202,22 @@ def fit_ml(prob: Problem, X0: np.ndarray, theta0: np.ndarray | None = None,
     test missed: the iterations go on from there). Experimental: see :data:`SECOND_ORDER`. With the default
     (``None``) a complete-data fit that crawls switches to it: after :data:`CRAWL_PATIENCE`
     scoring steps in all that each achieved less than :data:`CRAWL_STEP` times their predicted
-    decrease (or found none), every later iteration is a :func:`second_order_step` (not while
+    decrease (or found none), or after :data:`OBSERVED_POOR_PATIENCE` observed-Hessian steps in a
+    row that each achieved less than :data:`OBSERVED_POOR_STEP` times theirs (non-negative
+    Theta), every later
+    iteration is a :func:`second_order_step` (not while
     a sign-free fit is degenerating: the degeneracy rule must see its crawl); an explicit
-    ``False`` keeps the scoring steps throughout. The Newton directions' conjugate gradients
-    stop at :data:`NEWTON_CG_MAX` iterations, a limit doubled (up to :data:`NEWTON_CG_LIMIT`)
-    after :data:`NEWTON_CG_PATIENCE` directions in a row that reached it.
+    ``False`` keeps the scoring steps throughout. In a fit that switched, a second-order step
+    that finds no decrease is followed by the scoring step it switched from (before a SQUAREM
+    cycle), and after such a step convergence is the scoring iteration's test (the KKT
+    decrement, the scoring direction's prediction and the tail within the tolerance, then the
+    polish), even if the bound-constrained Fisher model still predicts more: measured, a 2000 x
+    20000 fit (the iteration benchmark's counts generator, seed 0, c = 0.3) whose QP predicted 7
+    tolerances, where the nll's rounding is about 1.3 of them, stopped "stalled" without this
+    and converges 0.36 lower with it (benchmarks/results/scale.md, forty-second round). The
+    Newton directions' conjugate gradients stop at :data:`NEWTON_CG_MAX` iterations, a limit
+    doubled (up to :data:`NEWTON_CG_LIMIT`) after :data:`NEWTON_CG_PATIENCE` directions in a row
+    that reached it.
 
     A fit stops with ``stop_reason="stalled"`` (not converged) after :data:`STALL_PATIENCE`
     iterations in a row that leave the state unchanged to the bit (the remaining iterations
@@ -1221,6 +1253,9 @@ def fit_ml(prob: Problem, X0: np.ndarray, theta0: np.ndarray | None = None,
     poor = 0  # scoring steps in a row that achieved less than POOR_STEP of their prediction
     fisher_next = False  # the next direction is the Fisher one whatever `observed` says
     crawl = 0  # scoring steps that achieved less than CRAWL_STEP of their prediction
+    poor_newton = 0  # observed-Hessian steps in a row below OBSERVED_POOR_STEP (OBSERVED_POOR_PATIENCE)
+    found = True  # the last second-order step found a decrease
+    switched = False  # a complete-data fit that switched to the second-order steps
     cg_max = NEWTON_CG_MAX  # the Newton directions' CG limit (see NEWTON_CG_PATIENCE)
     capped = 0  # Newton directions in a row whose CG stopped at cg_max
     direction = None if second else step_direction(prob, st)
@@ -1228,6 +1263,11 @@ def fit_ml(prob: Problem, X0: np.ndarray, theta0: np.ndarray | None = None,
         n_iter += 1
         if second:
             new, info = second_order_step(prob, st, radius)
+            # found: a decrease, also by a Newton candidate the step rejected (ratio below 0.1)
+            found = new is not None or (info.get("ratio_newton") or 0.0) > 0.0
+            if new is None and switched:  # the step of the scoring iteration it switched from
+                plain = step_direction(prob, st, observed and not fisher_next, None, cg_max)
+                new = None if plain is None else scoring_step(prob, st, plain)
             rn = info.get("ratio_newton")
             if rn is not None:  # the trust region of the Newton steps
                 if rn < 0.25:
@@ -1254,7 +1294,12 @@ def fit_ml(prob: Problem, X0: np.ndarray, theta0: np.ndarray | None = None,
             # the degeneracy shows (switching then let one such fit run on to a Theta of 3.5e3
             # and stop as "converged" after 3108 iterations, where the rule stops it at 144)
             if switch and crawl >= CRAWL_PATIENCE and since is None:
-                second = True
+                second = switched = True
+            if direction is not None and direction.observed:
+                weak = achieved is None or achieved < OBSERVED_POOR_STEP * direction.decrement
+                poor_newton = poor_newton + 1 if weak else 0
+                if switch and prob.nonneg and OBSERVED_POOR_PATIENCE and poor_newton >= OBSERVED_POOR_PATIENCE:
+                    second = switched = True
         if new is None:
             new, step_max = _squarem_cycle(prob, st, step_max, mstep)
         else:
@@ -1289,7 +1334,14 @@ def fit_ml(prob: Problem, X0: np.ndarray, theta0: np.ndarray | None = None,
             tail_ok = geometric_tail(trace) <= thr
             if second:
                 _, qp = qp_direction(prob, st)
-                if (qp is None or qp.decrement <= thr) and tail_ok:
+                settled = qp is None or qp.decrement <= thr
+                if not settled and not found and switched and tail_ok:
+                    # the QP predicts more than the tolerance, but its step found no decrease at
+                    # any length (the scoring step was taken instead): the scoring iteration's
+                    # test decides, as for a fit that never switched
+                    plain = step_direction(prob, st, observed and not fisher_next, None, cg_max)
+                    settled = plain is None or plain.decrement <= thr
+                if settled and tail_ok:
                     polished = _polish(prob, st)
                     # a polish that gains more than the tolerance found descent (negative
                     # curvature at a first-order point): go on from there unless it is itself
@@ -1309,7 +1361,7 @@ def fit_ml(prob: Problem, X0: np.ndarray, theta0: np.ndarray | None = None,
                 if switch and since is None and hold is not None:
                     unheld = step_direction(prob, st, observed and not fisher_next, None, cg_max)
                 if unheld is not None and unheld.decrement > thr:
-                    second = True
+                    second = switched = True
                 else:
                     converged, reason = True, "tol"
                     break

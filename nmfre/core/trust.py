@@ -404,12 +404,19 @@ def bound_qp(model: FisherModel, x: np.ndarray, nonneg: bool, max_inner: int = 1
     Active-set iterations in the manner of Moré & Toraldo's GPCG, with an exact solve on
     each face instead of CG: on the face of the current point (coordinates at a bound held
     there) the equality-constrained minimiser is computed exactly
-    (:meth:`FisherModel.factor`); when it is infeasible, its projection (many bounds at
-    once) or the longest feasible part of the segment towards it (at least one bound),
-    whichever has the lower model, gives a new face; when it is feasible, the
+    (:meth:`FisherModel.factor`); when it is infeasible, the lowest model among the longest
+    feasible part of the segment towards it (at least one bound) and the points of the projected
+    path ``P(x + d + t delta)`` at ``t`` = 1, 1/2, 1/4, ... down to that segment's length (many
+    bounds at once) gives a new face; when it is feasible, the
     bound multipliers are checked and the coordinates whose multiplier has the wrong sign
     are released. Every iterate is feasible and decreases the model; at most ``max_inner``
     face solves.
+
+    Why the path's intermediate points: with only the segment and the full projection, the
+    segment won nearly every time on the large rung's fits (2000 x 20000, Q = 10, many entries
+    of X near 0), so each face solve (a factorisation) added one bound and the solve stopped at
+    ``max_inner`` far from the QP's minimum; the path's points (a model product each) add many
+    bounds at once (benchmarks/results/scale.md, forty-second round).
     """
     n = x.size
     lower = np.zeros(n, bool)
@@ -446,8 +453,9 @@ def bound_qp(model: FisherModel, x: np.ndarray, nonneg: bool, max_inner: int = 1
                 break
             free |= release
             continue
-        # a new face: the projection of the face minimiser (many bounds at once) or the
-        # longest feasible part of the segment towards it (at least one bound), the lower model
+        # a new face: the longest feasible part of the segment towards the face minimiser (at
+        # least one bound) or a point of the projected path towards it (many bounds at once),
+        # whichever has the lowest model
         ratios = np.full(n, np.inf)
         ratios[bad] = (x + d)[bad] / -delta[bad]
         frac = float(np.min(ratios))
@@ -458,7 +466,10 @@ def bound_qp(model: FisherModel, x: np.ndarray, nonneg: bool, max_inner: int = 1
             continue
         cands = [d + frac * delta]
         cands[0][bad & (x + cands[0] < 0)] = -x[bad & (x + cands[0] < 0)]
-        cands.append(_project(model, x + d + delta, nonneg) - x)
+        t = 1.0
+        while t > frac:  # the projected path's points at t = 1, 1/2, 1/4, ... beyond the segment
+            cands.append(_project(model, x + d + t * delta, nonneg) - x)
+            t *= 0.5
         vals = [model.value(c) for c in cands]
         j = int(np.argmin(vals))
         if not vals[j] < mval:
