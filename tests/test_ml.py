@@ -906,9 +906,12 @@ def test_the_release_ends_a_zinb_tail_on_the_large_rung(monkeypatch):
     """A fit of the kind of ``ml.RELEASE_FRACTION``'s named fault, at its size: the iteration
     benchmark's zinb generator, 2000 x 20000, Q = 10 (seed 0, c = 1). Measured: 48 iterations with
     the release, 139 without, nlls 1.5e-6 apart (tolerance 4.9e-3). Asserted: at most 80, at least
-    twice as many without, within the tolerance."""
+    twice as many without, within the tolerance. With the switch of ``ml.OBSERVED_POOR_PATIENCE``
+    (2026-12-07) the fit without the release converges as fast as the one with it (40 iterations
+    each), so the release is measured here with that switch off."""
     bench = load_script("benchmarks/bench_iterations.py")
     Y, A = bench.generate_zinb(2000, 20_000, 10, 3, seed=0, noise=1.0)
+    monkeypatch.setattr(ml, "OBSERVED_POOR_PATIENCE", 0)
     fast = nmfre.fit(Y, A, rank=10, theta="nonneg")
     monkeypatch.setattr(ml, "RELEASE_FRACTION", 0.0)
     slow = nmfre.fit(Y, A, rank=10, theta="nonneg")
