@@ -531,23 +531,29 @@ def test_a_polish_that_finds_descent_does_not_end_the_fit(monkeypatch):
     first-order test had missed descent and the fit goes on (before, it returned the polished
     point as converged: a 2000 x 20000 overfit fit, 8.4 below its certified point with a KKT
     decrement of 24.5, benchmarks/results/scale.md, twentieth round). Here the first polish is
-    replaced by a jump to a real, uncertified state of the same problem 2.0 lower (five
-    iterations from the NNDSVD start, KKT decrement 0.02 against a tolerance of 3e-7): the fit
+    replaced by a jump to a real, uncertified state of the same problem more than 1 lower (2.0
+    after five iterations from the NNDSVD start, KKT decrement 0.02 against a tolerance of 3e-7;
+    the first of its iterates from the fifth that is more than 1 lower): the fit
     must go on from it and return a certified optimum no higher."""
     d = block_sparse(P=30, N=600, rank=2, K=2, seed=1)
     Y, A = d["Y"].values, d["A"].values
     prob = ml.Problem(stats.from_arrays(Y, A, "dense"), 4, True, "free", 1.0, 1.0, None)
-    # the start, of three random ones, whose fit ends highest (2592.4-2593.8 on this data;
-    # the NNDSVD start's optimum is 2589.4)
+    # the start, of eight random ones, whose fit ends highest (2592.4-2593.8 on this data, with
+    # OpenBLAS's default and Sandybridge kernels; the NNDSVD start's optimum is 2589.4; with three
+    # starts all three ended at 2589.4 under the Sandybridge kernels)
     rng = np.random.default_rng(1)
-    starts = [rng.gamma(1.0, 1.0, (30, 4)) for _ in range(3)]
+    starts = [rng.gamma(1.0, 1.0, (30, 4)) for _ in range(8)]
     fits = [ml.fit_ml(prob, X / X.sum(axis=0), None, second_order=True) for X in starts]
     X0 = starts[int(np.argmax([f.nll for f in fits]))]
     X0 = X0 / X0.sum(axis=0)
     plain = fits[int(np.argmax([f.nll for f in fits]))]
-    e = ml.fit_ml(prob, basis.nndsvd(Y, 4), None, max_iter=5, second_order=True)
-    early = ml.State(e.X, e.theta, e.sigma2, e.lam, e.nll)
     thr = 1e-10 * (1 + abs(plain.nll))
+    # the first of the NNDSVD start's early iterates (from the fifth) more than 1 below it
+    for k in range(5, 16):
+        e = ml.fit_ml(prob, basis.nndsvd(Y, 4), None, max_iter=k, second_order=True)
+        if e.nll < plain.nll - 1.0:
+            break
+    early = ml.State(e.X, e.theta, e.sigma2, e.lam, e.nll)
     assert plain.converged and not e.converged
     assert early.nll < plain.nll - 1.0 and ml.kkt_decrement(prob, early) > 1e4 * thr
     real, calls = ml._polish, []
