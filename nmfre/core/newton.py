@@ -24,7 +24,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.linalg import get_lapack_funcs, lu_solve
+from scipy.linalg import get_lapack_funcs
 
 
 @dataclass(frozen=True)
@@ -264,8 +264,28 @@ def _lu(M: np.ndarray):
     return lu, piv
 
 
-#: LAPACK's ``getrf`` by dtype (looked up once)
+def _lu_solve(lu_piv, b: np.ndarray) -> np.ndarray:
+    """``M^-1 b`` for a real ``b`` (1-D or 2-D) from :func:`_lu`'s factors by LAPACK's ``getrs``,
+    the call :func:`scipy.linalg.lu_solve` makes (``check_finite=False``: the same result to the bit)
+    without its wrapper's batching and dtype checks, which cost more than the solve at these
+    sizes (a solve per conjugate-gradient iteration: benchmarks/results/scale.md,
+    forty-third round)."""
+    lu, piv = lu_piv
+    b = np.asarray(b, dtype=lu.dtype)
+    if b.size == 0:
+        return b.copy()
+    getrs = _GETRS.get(lu.dtype.char)
+    if getrs is None:
+        getrs = _GETRS[lu.dtype.char] = get_lapack_funcs("getrs", (lu,))
+    x, info = getrs(lu, piv, b)
+    if info != 0:
+        raise ValueError(f"illegal value in argument {-info} of the internal getrs")
+    return x
+
+
+#: LAPACK's ``getrf`` and ``getrs`` by dtype (looked up once)
 _GETRF: dict = {}
+_GETRS: dict = {}
 
 
 def _kron(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -342,7 +362,7 @@ class _Woodbury:
 
     def _cap_solve(self, T: np.ndarray) -> np.ndarray:
         """``cap^-1 T`` (``cap = I + LBL K``) from the factorisation made once."""
-        return lu_solve(self._cap_lu, T, check_finite=False)
+        return _lu_solve(self._cap_lu, T)
 
     def _setup_binv(self, pat: np.ndarray, P: int):
         """What :meth:`_binv` needs: the most common mask's block and the other rows with theirs
@@ -494,7 +514,7 @@ class StructuredKKT:
         Ag = self.A.solve(gX[:, :, None])[:, :, 0]
         ry = np.concatenate([-gT.ravel()[tfree], -np.asarray(gV, dtype=float), np.zeros(Q)])
         ry = ry + self._bt(Ag)
-        y = lu_solve(self.schur, ry, check_finite=False)
+        y = _lu_solve(self.schur, ry)
         dx = -self.A.solve((gX + self._b(y))[:, :, None])[:, :, 0]
         dx = dx - self.mask * (np.sum(dx * self.mask, axis=0) / self.count)
         delta = np.zeros(n + self.nV)
