@@ -266,20 +266,14 @@ class _DenseModel:
 
     def factor(self, free):
         self.faces.add(free.tobytes())
+        self.n_factor = getattr(self, "n_factor", 0) + 1
         return trust._DenseFace(self.F, free, self.P, self.Q, 0)
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2, 3])
-def test_bound_constrained_step_is_optimal_where_many_bounds_bind(seed):
-    """The same KKT conditions on strongly coupled quadratics (``F = 0.05 D + 10 B B' / n``)
-    whose unconstrained face minimiser sends a third of every column of X (Dirichlet(0.05):
-    many entries near 0) and some of Theta below 0: the face changes of ``bound_qp`` (the
-    segment to the first bound or a point of the projected path, many bounds at once, and the
-    releases) end at the QP's minimum; every face solve lowers the model, so the decrement is
-    positive. Exact linear algebra, no random numbers beyond the construction. (On these
-    quadratics the path's points and the segment-and-projection rule of before reach the same
-    minimum in about as many face solves; the path's gain is on the fits' faces, measured in
-    benchmarks/results/scale.md, forty-second round.)"""
+def _coupled_qp(seed):
+    """A strongly coupled quadratic (``F = 0.05 D + 10 B B' / n``) whose unconstrained face
+    minimiser sends a third of every column of X (Dirichlet(0.05): many entries near 0) and
+    some of Theta below 0: ``(model, x, P, Q)``."""
     P, Q, K = 150, 2, 2
     rng = np.random.default_rng(seed)
     n = P * Q + Q * K
@@ -294,7 +288,21 @@ def test_bound_constrained_step_is_optimal_where_many_bounds_bind(seed):
         pos = np.setdiff1d(np.arange(P), neg)
         Z[pos, q] += (1.0 - Z[:, q].sum()) / pos.size
     z = np.concatenate([Z.ravel(), x[P * Q:] - rng.uniform(0.0, 1.5, Q * K)])
-    model = _DenseModel(F, -F @ (z - x), P, Q, K)
+    return _DenseModel(F, -F @ (z - x), P, Q, K), x, P, Q
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_bound_constrained_step_is_optimal_where_many_bounds_bind(seed):
+    """The same KKT conditions on strongly coupled quadratics (:func:`_coupled_qp`) whose
+    unconstrained face minimiser sends a third of every column of X and some of Theta below 0:
+    the face changes of ``bound_qp`` (the
+    segment to the first bound or a point of the projected path, many bounds at once, and the
+    releases) end at the QP's minimum; every face solve lowers the model, so the decrement is
+    positive. Exact linear algebra, no random numbers beyond the construction. (On these
+    quadratics the path's points and the segment-and-projection rule of before reach the same
+    minimum in about as many face solves; the path's gain is on the fits' faces, measured in
+    benchmarks/results/scale.md, forty-second round.)"""
+    model, x, P, Q = _coupled_qp(seed)
     qp = trust.bound_qp(model, x, True, max_inner=500)
     zq = x + qp.d
     Xq = zq[: P * Q].reshape(P, Q)
@@ -311,6 +319,61 @@ def test_bound_constrained_step_is_optimal_where_many_bounds_bind(seed):
     assert np.all(np.abs(rT[fT]) <= 1e-6 * scale) and np.all(rT[~fT] >= -1e-6 * scale)
     assert (~fX).sum() >= P // 3 and qp.decrement == pytest.approx(-model.value(qp.d)) and qp.decrement > 0
     assert len(model.faces) < 100
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_entries_within_rounding_of_their_bound_are_held_without_a_face_solve(seed, monkeypatch):
+    """Started at the QP's minimum of :func:`_coupled_qp` (its held entries of X exactly 0), the
+    QP ends at once: one face solve, no step (within 1e-9). Started at the same point with
+    those entries at 1e-18 (rounding above 0, as a simplex projection's rounded threshold
+    leaves them), it holds them from the start (:data:`nmfre.core.trust.ROUNDING_HELD`) and
+    takes the same single face solve to the same face and step (within 1e-9: the solves'
+    rounding, 9e-12 measured). Named fault: entries held only when exactly 0
+    (``ROUNDING_HELD < 0``), which spends a face solve holding them (asserted)."""
+    model, x, P, Q = _coupled_qp(seed)
+    qp = trust.bound_qp(model, x, True, max_inner=500)
+    x0 = x + qp.d
+    x0[~qp.free] = 0.0
+    held = np.flatnonzero(~qp.free[: P * Q])
+    assert held.size >= P // 3
+    near = x0.copy()
+    near[held] = 1e-18
+    runs = {}
+    for name, start in (("exact", x0), ("near", near)):
+        m = _DenseModel(model.F, model.g + model.F @ (x0 - x), P, Q, model.K)
+        runs[name] = (trust.bound_qp(m, start, True, max_inner=500), m.n_factor)
+    (exact, n_exact), (near_qp, n_near) = runs["exact"], runs["near"]
+    assert n_exact == 1 and np.abs(exact.d).max() <= 1e-9
+    assert n_near == 1 and np.array_equal(near_qp.free, exact.free) and np.abs(near_qp.d - exact.d).max() <= 1e-9
+    m = _DenseModel(model.F, model.g + model.F @ (x0 - x), P, Q, model.K)
+    monkeypatch.setattr(trust, "ROUNDING_HELD", -1.0)
+    trust.bound_qp(m, near, True, max_inner=500)
+    assert m.n_factor > 1
+
+
+def test_a_held_entry_left_within_rounding_by_a_projection_stays_held():
+    """The face of a point of the projected path (:func:`nmfre.core.trust._held`): an entry of
+    X held before the point and left by the projection at 1e-17 is held still and set exactly
+    to its bound; an entry that was free before and is at 1e-17 stays free; an entry below 0
+    and a Theta entry at 0 are held (non-negative Theta). Named fault: the
+    held entry released (``ROUNDING_HELD < 0``, asserted), which costs the QP face solves to
+    hold it again."""
+    P, Q, K = 3, 2, 1
+    model = _DenseModel(np.eye(P * Q + Q * K), np.zeros(P * Q + Q * K), P, Q, K)
+    n = P * Q + Q * K
+    x = np.array([0.5, 0.0, 0.5, 0.0, 0.5, 0.5, 1.0, 0.0])  # X row-major (3 x 2), then Theta
+    d = np.zeros(n)
+    d[1], d[3], d[4] = 1e-17, 1e-17, -0.5 - 1e-3  # entry 1 held before, 3 free before, 4 below 0
+    before = np.ones(n, bool)
+    before[1] = False
+    lower = np.ones(n, bool)
+    free, moved = trust._held(model, lower, before, x, d)
+    assert np.flatnonzero(~free).tolist() == [1, 4, 7]
+    assert moved[1] == 0.0 and moved[4] == -x[4] and moved[3] == 1e-17 and d[1] == 1e-17
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(trust, "ROUNDING_HELD", -1.0)
+        free_fault, _ = trust._held(model, lower, before, x, d)
+    assert free_fault[1]
 
 @pytest.mark.parametrize("form", ["dense", "gram"])
 @pytest.mark.parametrize("nonneg", [True, False])

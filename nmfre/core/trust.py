@@ -397,6 +397,12 @@ def _project(model: FisherModel, x: np.ndarray, nonneg: bool) -> np.ndarray:
     return np.concatenate([project_simplex(X).ravel(), T.ravel(), V])
 
 
+#: entries of X (on the simplex, so at most 1) at or below this after a projected-path point of
+#: :func:`bound_qp` that were held at 0 before it are held still, and at the start of the QP
+#: every entry of X at or below it is held (set to 0): one unit in the last place of 1
+ROUNDING_HELD = float(np.finfo(float).eps)
+
+
 def bound_qp(model: FisherModel, x: np.ndarray, nonneg: bool, max_inner: int = 12) -> QPStep:
     """Minimise the model over the feasible set (simplex columns of X, Theta >= 0 when
     ``nonneg``): ``min m(d)`` subject to ``x + d`` feasible.
@@ -410,30 +416,33 @@ def bound_qp(model: FisherModel, x: np.ndarray, nonneg: bool, max_inner: int = 1
     bounds at once) gives a new face; when it is feasible, the
     bound multipliers are checked and the coordinates whose multiplier has the wrong sign
     are released. Every iterate is feasible and decreases the model; at most ``max_inner``
-    face solves.
+    face solves. Entries of X held at 0 stay held where a projection leaves them within
+    :data:`ROUNDING_HELD` above it, and the entries of X within it of 0 at the start are held
+    from the start (the step moves them to 0).
 
     Why the path's intermediate points: with only the segment and the full projection, the
     segment won nearly every time on the large rung's fits (2000 x 20000, Q = 10, many entries
     of X near 0), so each face solve (a factorisation) added one bound and the solve stopped at
     ``max_inner`` far from the QP's minimum; the path's points (a model product each) add many
-    bounds at once (benchmarks/results/scale.md, forty-second round).
+    bounds at once (benchmarks/results/scale.md, forty-second round). Why the entries within
+    rounding are held: on the small rung's uncentred fits each projected point released the
+    10-50 entries held before it at 1e-18 (the projection's rounded threshold), and two face
+    solves went on holding them again each time (benchmarks/results/scale.md, forty-third
+    round).
     """
     n = x.size
     lower = np.zeros(n, bool)
     lower[: model.nX] = True
     if nonneg:
         lower[model.nX:model.nX + model.nT] = True
-    d = np.zeros(n)
-    free = ~(lower & (x <= 0))
-    mval = 0.0
+    free, d = _held(model, lower, np.zeros(n, bool), x, np.zeros(n))
+    mval = model.value(d) if d.any() else 0.0
     scale = float(np.max(np.abs(model.g), initial=0.0)) or 1.0
-    for _ in range(max_inner):
-        r = model.g + model.product(d)
-        try:
-            delta = model.factor(free).solve(r)
-        except np.linalg.LinAlgError:
-            break
-        if not np.all(np.isfinite(delta)):
+    solves = 0
+    while solves < max_inner:
+        delta = _face_step(model, free, d)
+        solves += 1
+        if delta is None:
             break
         z = x + d + delta
         bad = lower & free & (z < 0)
@@ -474,10 +483,34 @@ def bound_qp(model: FisherModel, x: np.ndarray, nonneg: bool, max_inner: int = 1
         j = int(np.argmin(vals))
         if not vals[j] < mval:
             break
-        d, mval = cands[j], vals[j]
-        free = ~(lower & (x + d <= 0))
-        d[~free] = -x[~free]
+        mval = vals[j]
+        free, d = _held(model, lower, free, x, cands[j])
     return QPStep(d, -mval, free)
+
+
+def _face_step(model: FisherModel, free: np.ndarray, d: np.ndarray) -> np.ndarray | None:
+    """The step from ``d`` to the model's minimiser on the face ``free`` (None when singular
+    or not finite)."""
+    try:
+        delta = model.factor(free).solve(model.g + model.product(d))
+    except np.linalg.LinAlgError:
+        return None
+    return delta if np.all(np.isfinite(delta)) else None
+
+
+def _held(model: FisherModel, lower: np.ndarray, free: np.ndarray, x: np.ndarray, d: np.ndarray):
+    """The face of the point ``x + d`` (``free``: the face it was reached from, all False at the
+    start) and ``d`` with its held coordinates exactly at their bounds."""
+    at = x + d <= 0
+    # entries of X held at 0 (or, at the start, any entry) that the simplex projection left within
+    # rounding above it (its threshold is a rounded mean: 1e-18 on the small rung) are held:
+    # released, each would cost a face solve only to be held again (benchmarks/results/scale.md,
+    # forty-third round)
+    at[: model.nX] |= ~free[: model.nX] & ((x + d)[: model.nX] <= ROUNDING_HELD)
+    held = lower & at
+    d = d.copy()
+    d[held] = -x[held]
+    return ~held, d
 
 
 class Hessian:
