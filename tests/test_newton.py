@@ -319,17 +319,25 @@ def test_lu_raises_on_an_exactly_zero_pivot():
     """``newton._lu`` (the Schur complement's and the capacitance's factorisation: LAPACK's
     ``getrf`` called directly) raises ``LinAlgError`` where scipy's ``lu_factor`` warns of a
     zero pivot, which the callers take as 'no structured step'; a regular matrix factorises
-    to the same factors and pivots as ``lu_factor``'s, bit for bit, and solves exactly."""
-    from scipy.linalg import lu_factor
+    to the same factors and pivots as ``lu_factor``'s, bit for bit, and solves exactly;
+    ``newton._lu_solve`` (LAPACK's ``getrs`` called directly) gives ``lu_solve``'s solutions
+    bit for bit, for 1-D and 2-D right-hand sides, and leaves them unchanged."""
+    from scipy.linalg import lu_factor, lu_solve
 
     with pytest.raises(np.linalg.LinAlgError, match="exactly zero"):
         newton._lu(np.array([[1.0, 2.0], [2.0, 4.0]]))
     lu = newton._lu(np.array([[2.0, 1.0], [1.0, 3.0]]))
-    np.testing.assert_allclose(newton.lu_solve(lu, np.array([3.0, 4.0])), [1.0, 1.0], rtol=1e-15)
-    M = np.random.default_rng(0).normal(size=(50, 50))
+    np.testing.assert_allclose(newton._lu_solve(lu, np.array([3.0, 4.0])), [1.0, 1.0], rtol=1e-15)
+    rng = np.random.default_rng(0)
+    M = rng.normal(size=(50, 50))
     mine, ref = newton._lu(M), lu_factor(M, check_finite=False)
     np.testing.assert_array_equal(mine[0], ref[0])
     np.testing.assert_array_equal(mine[1], ref[1])
+    for b in (rng.normal(size=50), rng.normal(size=(50, 7)), np.asfortranarray(rng.normal(size=(50, 3)))):
+        before = b.copy()
+        np.testing.assert_array_equal(newton._lu_solve(mine, b), lu_solve(ref, b, check_finite=False))
+        np.testing.assert_array_equal(b, before)
+    assert newton._lu_solve(mine, np.zeros((50, 0))).shape == (50, 0)
 
 
 def test_kron_and_transpose_permutation():
