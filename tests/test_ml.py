@@ -505,12 +505,15 @@ def test_a_fit_whose_steps_crawl_converges(monkeypatch):
     scoring iteration alone converges, see
     ``test_directions_taken_to_their_bounds_converge_where_the_scoring_iteration_crawled``):
     converged within 300 iterations, where the scoring iteration alone
-    does not converge in 300 from the NNDSVD start, at an nll no higher than the one it reaches.
-    Which optimum the converged fit finds depends on the machine's rounding (measured: 117
-    iterations and 6.6 below the scoring iteration's nll on the development machine of
-    2026-12-04; 66 iterations and 0.09 below on an AMD EPYC machine with numpy 2.5.5 on
-    2026-12-05, where the test asked for more than 1 below and failed), so only "no higher" is
-    asserted of the nll. How it stops depends on the rounding too: converged after 100
+    does not converge in 300 from the NNDSVD start, at a point whose KKT decrement is within
+    the tolerance. Which optimum the converged fit finds depends on the machine's rounding
+    (measured: 117 iterations and 6.6 below the scoring iteration's nll after 300 on the
+    development machine of 2026-12-04; 66 iterations and 0.09 below on an AMD EPYC machine
+    with numpy 2.5.5 on 2026-12-05; with the QP's rounding hold of 2026-12-07, 89 iterations
+    and 2e-6 above it with the default kernels and 65 iterations and 6.5 above it, at another
+    stationary point (KKT decrement 3e-14, an independent L-BFGS-B found nothing below it),
+    with OpenBLAS's Sandybridge kernels, where this test asked for "no higher" and failed),
+    so the nll is not compared. How it stops depends on the rounding too: converged after 100
     iterations with OpenBLAS's SkylakeX kernels, "stalled" (a fixed point of the iteration,
     1.8e-6 from that nll) after 106 with its Nehalem kernels on two threads, where this test
     asked for "converged" and failed; so it asks for a stop before max_iter, which the
@@ -524,8 +527,10 @@ def test_a_fit_whose_steps_crawl_converges(monkeypatch):
         f = nmfre.fit(Y, A, rank=8, theta="nonneg", max_iter=300)
     assert f.stop_reason in ("tol", "stalled") and f.n_iter < 300
     prob = ml.Problem(stats.from_arrays(Y, A), 8, True, "free", 1.0, 1.0, None)
+    st = ml.initial_state(prob, f.X.values, f.theta.values)
+    assert ml.kkt_decrement(prob, st) <= 1e-10 * (1 + abs(st.nll))
     plain = ml.fit_ml(prob, basis.nndsvd(Y, 8), max_iter=300, second_order=False)
-    assert plain.stop_reason == "max_iter" and -f.loglik <= plain.nll + 1e-10 * (1 + abs(plain.nll))
+    assert plain.stop_reason == "max_iter"
 
 
 
