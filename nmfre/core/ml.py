@@ -1224,7 +1224,9 @@ def fit_ml(prob: Problem, X0: np.ndarray, theta0: np.ndarray | None = None,
     polish), even if the bound-constrained Fisher model still predicts more: measured, a 2000 x
     20000 fit (the iteration benchmark's counts generator, seed 0, c = 0.3) whose QP predicted 7
     tolerances, where the nll's rounding is about 1.3 of them, stopped "stalled" without this
-    and converges 0.36 lower with it (benchmarks/results/scale.md, forty-second round). The
+    and converges 0.36 lower with it (benchmarks/results/scale.md, forty-second round); where
+    the scoring step finds no decrease either, the KKT decrement and the tail settle it
+    (:data:`STUCK_SETTLES`). The
     Newton directions' conjugate gradients stop at :data:`NEWTON_CG_MAX` iterations, a limit
     doubled (up to :data:`NEWTON_CG_LIMIT`) after :data:`NEWTON_CG_PATIENCE` directions in a row
     that reached it.
@@ -1270,6 +1272,11 @@ def fit_ml(prob: Problem, X0: np.ndarray, theta0: np.ndarray | None = None,
     cg_max = NEWTON_CG_MAX  # the Newton directions' CG limit (see NEWTON_CG_PATIENCE)
     capped = 0  # Newton directions in a row whose CG stopped at cg_max
     direction = None if second else step_direction(prob, st)
+
+    def scoring_direction_now(held: np.ndarray | None = None) -> Direction | None:
+        """The scoring iteration's next direction at the current state (holding ``held``)."""
+        return step_direction(prob, st, observed and not fisher_next, held, cg_max)
+
     while n_iter < max_iter:
         n_iter += 1
         if second:
@@ -1278,7 +1285,7 @@ def fit_ml(prob: Problem, X0: np.ndarray, theta0: np.ndarray | None = None,
             # found: a decrease, also by a Newton candidate the step rejected (ratio below 0.1)
             found = new is not None or (info.get("ratio_newton") or 0.0) > 0.0
             if new is None and switched:  # the step of the scoring iteration it switched from
-                plain = step_direction(prob, st, observed and not fisher_next, None, cg_max)
+                plain = scoring_direction_now()
                 new = None if plain is None else scoring_step(prob, st, plain)
                 stuck = new is None  # neither step found a decrease at any length
             rn = info.get("ratio_newton")
@@ -1327,7 +1334,7 @@ def fit_ml(prob: Problem, X0: np.ndarray, theta0: np.ndarray | None = None,
             hits.append(n_iter)
         thr = tol * (1.0 + abs(st.nll))
         if not second:
-            direction = step_direction(prob, st, observed and not fisher_next, hold, cg_max)
+            direction = scoring_direction_now(hold)
             capped = capped + 1 if direction is not None and direction.capped else 0
             if capped >= NEWTON_CG_PATIENCE:  # CG keeps stopping at its limit: raise it
                 cg_max, capped = min(2 * cg_max, NEWTON_CG_LIMIT), 0
@@ -1339,7 +1346,7 @@ def fit_ml(prob: Problem, X0: np.ndarray, theta0: np.ndarray | None = None,
             if moved is not None:
                 st, still = moved, 0
                 trace[-1] = st.nll
-                direction = step_direction(prob, st, observed and not fisher_next, None, cg_max)
+                direction = scoring_direction_now()
         elif kkt is not None and kkt <= thr:
             # the expected information may predict less than is left, and one iteration's
             # decrease may be the small phase of alternating ones: the decreases' own rate
@@ -1355,8 +1362,7 @@ def fit_ml(prob: Problem, X0: np.ndarray, theta0: np.ndarray | None = None,
                     # found none either, the models' predictions are not there to be had at the
                     # nll's resolution, and the KKT decrement (within the tolerance here)
                     # decides, through the polish's certificate (see STUCK_SETTLES)
-                    plain = None if stuck and STUCK_SETTLES else step_direction(
-                        prob, st, observed and not fisher_next, None, cg_max)
+                    plain = None if stuck and STUCK_SETTLES else scoring_direction_now()
                     settled = plain is None or plain.decrement <= thr
                 if settled and tail_ok:
                     polished = _polish(prob, st)
@@ -1376,7 +1382,7 @@ def fit_ml(prob: Problem, X0: np.ndarray, theta0: np.ndarray | None = None,
                 # what is left lies along those entries, and the bound-constrained steps take it
                 unheld = None
                 if switch and since is None and hold is not None:
-                    unheld = step_direction(prob, st, observed and not fisher_next, None, cg_max)
+                    unheld = scoring_direction_now()
                 if unheld is not None and unheld.decrement > thr:
                     second = switched = True
                 else:
