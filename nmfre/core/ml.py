@@ -218,6 +218,8 @@ TAIL_RATE_MAX = 0.99
 #: starting radius of the Newton steps' trust region, in the information norm (about
 #: ``radius^2 / 2`` units of nll)
 TRUST_RADIUS = 10.0
+#: the trust region's radius stays within these bounds (information norm)
+TRUST_RADIUS_BOUNDS = (1e-3, 1e6)
 
 
 @dataclass
@@ -1294,7 +1296,7 @@ def fit_ml(prob: Problem, X0: np.ndarray, theta0: np.ndarray | None = None,
                     radius /= 4.0
                 elif rn > 0.75 and info.get("boundary"):
                     radius *= 2.0
-                radius = min(max(radius, 1e-3), 1e6)
+                radius = min(max(radius, TRUST_RADIUS_BOUNDS[0]), TRUST_RADIUS_BOUNDS[1])
         else:
             new = scoring_step(prob, st, direction)
             achieved = None if new is None or direction is None else st.nll - new.nll

@@ -65,12 +65,17 @@ def _pattern_mask(P: int, rows) -> np.ndarray:
     return mask
 
 
+def _unit_offsets(Y) -> np.ndarray:
+    """The first unit of each chunk of units of a dask Y, and N at the end."""
+    return np.concatenate([[0], np.cumsum(Y.chunks[1])]).astype(int)
+
+
 def _dask_chunks(Y, A: np.ndarray, fn, *args) -> list:
     """``fn(chunk, A's columns of the chunk, *args)`` for each chunk of units of a dask Y, one
     task each, computed together."""
     import dask
 
-    offsets = np.concatenate([[0], np.cumsum(Y.chunks[1])])
+    offsets = _unit_offsets(Y)
     tasks = [dask.delayed(fn)(blk, A[:, a:b], *args)
              for blk, a, b in zip(Y.to_delayed().ravel(), offsets[:-1], offsets[1:], strict=True)]
     return list(dask.compute(*tasks))
@@ -191,7 +196,7 @@ def _chunk_pattern_stats(Yc: np.ndarray, Ac: np.ndarray) -> dict:
 
 def _masked_dask_stats(Y, A: np.ndarray) -> cstats.Stats:
     """Per-pattern statistics of a dask Y with NaN: one pass, one task per chunk of units."""
-    offsets = np.concatenate([[0], np.cumsum(Y.chunks[1])])
+    offsets = _unit_offsets(Y)
     merged: dict = {}
     for part, offset in zip(_dask_chunks(Y, A, _chunk_pattern_stats), offsets[:-1], strict=True):
         for key, (mask, G, YA, AA, trG, units) in part.items():
@@ -466,7 +471,7 @@ def _dask_pieces(Y, A, X, theta, lam) -> Pieces:
     """:class:`Pieces` of a dask Y: one task per chunk of units (U recomputed there)."""
     import dask
 
-    offsets = np.concatenate([[0], np.cumsum(Y.chunks[1])])
+    offsets = _unit_offsets(Y)
     tasks = [dask.delayed(_chunk_pieces)(blk, A[:, a:b], X, theta, lam, a)
              for blk, a, b in zip(Y.to_delayed().ravel(), offsets[:-1], offsets[1:], strict=True)]
     parts = dask.compute(*tasks)
@@ -504,7 +509,7 @@ def fitted_sums(Y: Any, A: np.ndarray, X: np.ndarray, theta: np.ndarray, U) -> d
         import dask
 
         U = np.asarray(U.compute()) if hasattr(U, "compute") else np.asarray(U)
-        offsets = np.concatenate([[0], np.cumsum(Y.chunks[1])])
+        offsets = _unit_offsets(Y)
         parts = dask.compute(*[dask.delayed(fitted_sums)(blk, A[:, a:b], X, theta, U[:, a:b])
                                for blk, a, b in zip(Y.to_delayed().ravel(), offsets[:-1], offsets[1:], strict=True)])
         return {key: sum(p[key] for p in parts) for key in parts[0]}
