@@ -1311,19 +1311,22 @@ def test_a_switched_fit_goes_on_where_a_rejected_newton_candidate_predicted_more
     assert float(tight.loglik) - float(f.loglik) <= 2 * thr
 
 
-@pytest.mark.parametrize("rule", [True, False])
-def test_a_switched_fit_does_not_converge_at_a_step_that_rejected_a_promising_candidate(monkeypatch, rule):
+@pytest.mark.parametrize("case", ["rule", "fault", "bounded"])
+def test_a_switched_fit_does_not_converge_at_a_step_that_rejected_a_promising_candidate(monkeypatch, case):
     """``ml.NEWTON_REJECTED_OPEN``, forced: on the data of
     ``test_weak_observed_newton_steps_switch_to_second_order_steps`` (a fit that switches to the
-    second-order steps), the first five second-order steps within 100 tolerances of the unforced
-    optimum report their Newton candidate rejected (achieved -0.5 times a prediction of 1e6
-    tolerances), the steps themselves unchanged; the radius's lower bound is moved out of reach
-    (the rule yields where the radius cannot shrink further: this fit's radius is at 0.016 when
-    the forcing begins, and the forced rejections would take it to the bound of 1e-3). With the
-    rule the fit converges, but not at an iteration whose step reported that; the fault (the
-    rule off): it converges at such an iteration (the Fisher models alone decide there)."""
-    monkeypatch.setattr(ml, "NEWTON_REJECTED_OPEN", rule)
-    monkeypatch.setattr(ml, "TRUST_RADIUS_BOUNDS", (1e-30, 1e6))
+    second-order steps), the second-order steps within 100 tolerances of the unforced optimum
+    report their Newton candidate rejected (achieved -0.5 times a prediction of 1e6 tolerances),
+    the steps themselves unchanged. "rule" and "fault": the first five such steps, with the
+    radius's lower bound moved out of reach (this fit's radius is at 0.016 when the forcing
+    begins, and the forced rejections would take it to the bound of 1e-3); with the rule the
+    fit converges, but not at an iteration whose step reported a rejection; the fault (the rule
+    off): it converges at such an iteration (the Fisher models alone decide there). "bounded":
+    every such step, with the default bounds: the rule yields once the radius is at its lower
+    bound, and the fit converges (without that clause it could not)."""
+    monkeypatch.setattr(ml, "NEWTON_REJECTED_OPEN", case != "fault")
+    if case != "bounded":
+        monkeypatch.setattr(ml, "TRUST_RADIUS_BOUNDS", (1e-30, 1e6))
     bench = load_script("benchmarks/bench_iterations.py")
     Y, A = bench.generate_uncentred(100, 2000, 5, 4, seed=0, noise=0.3)
     prob = ml.Problem(stats.from_arrays(Y, A), 5, True, "free", 1.0, 1.0, None)
@@ -1332,16 +1335,21 @@ def test_a_switched_fit_does_not_converge_at_a_step_that_rejected_a_promising_ca
     thr = 1e-10 * (1 + abs(ref.nll))
     real_second = ml.second_order_step
     forced: list[bool] = []
+    radii: list[float] = []
 
     def second(prob, st, radius=None):
         new, info = real_second(prob, st, radius)
-        force = st.nll - ref.nll <= 100 * thr and sum(forced) < 5
+        force = st.nll - ref.nll <= 100 * thr and (case == "bounded" or sum(forced) < 5)
         if force:
             info = dict(info, ratio_newton=-0.5, pred_newton=1e6 * thr, boundary=False)
         forced.append(force)
+        radii.append(radius)
         return new, info
 
     monkeypatch.setattr(ml, "second_order_step", second)
     f = ml.fit_ml(prob, X0, max_iter=400)
     assert any(forced) and f.converged
-    assert forced[-1] != rule  # the step of the iteration the fit converged at
+    if case == "bounded":
+        assert forced[-1] and radii[-1] == ml.TRUST_RADIUS_BOUNDS[0]
+    else:
+        assert forced[-1] == (case == "fault")  # the step of the iteration the fit converged at

@@ -1348,7 +1348,9 @@ def fit_ml(prob: Problem, X0: np.ndarray, theta0: np.ndarray | None = None,
         dec = st.nll - new.nll
         dx = float(np.max(np.abs(new.X - st.X)))
         same = dec == 0 and dx == 0 and np.array_equal(new.theta, st.theta) and new.lam == st.lam
-        still = still + 1 if same else 0
+        # (not counted where a Newton candidate was rejected: the radius shrank, so the next
+        # step differs; see NEWTON_REJECTED_OPEN)
+        still = still + 1 if same and not (NEWTON_REJECTED_OPEN and rejected) else 0
         st = new
         trace.append(st.nll)
         if st.cap_active:
@@ -1373,7 +1375,9 @@ def fit_ml(prob: Problem, X0: np.ndarray, theta0: np.ndarray | None = None,
             # decrease may be the small phase of alternating ones: the decreases' own rate
             # must agree (geometric_tail, TAIL_WINDOWS)
             tail_ok = geometric_tail(trace) <= thr
-            if second:
+            if second and NEWTON_REJECTED_OPEN and rejected:
+                pass  # the observed Hessian's model predicted more than the Fisher models see
+            elif second:
                 _, qp = qp_direction(prob, st)
                 settled = qp is None or qp.decrement <= thr
                 if not settled and not found and switched and tail_ok:
@@ -1385,8 +1389,6 @@ def fit_ml(prob: Problem, X0: np.ndarray, theta0: np.ndarray | None = None,
                     # decides, through the polish's certificate (see STUCK_SETTLES)
                     plain = None if stuck and STUCK_SETTLES else scoring_direction_now()
                     settled = plain is None or plain.decrement <= thr
-                if NEWTON_REJECTED_OPEN and rejected:
-                    settled = False
                 if settled and tail_ok:
                     polished = _polish(prob, st)
                     # a polish that gains more than the tolerance found descent (negative

@@ -67,7 +67,7 @@ def _pattern_mask(P: int, rows) -> np.ndarray:
 
 def _unit_offsets(Y) -> np.ndarray:
     """The first unit of each chunk of units of a dask Y, and N at the end."""
-    return np.concatenate([[0], np.cumsum(Y.chunks[1])]).astype(int)
+    return np.concatenate([[0], np.cumsum(Y.chunks[1])])
 
 
 def _dask_chunks(Y, A: np.ndarray, fn, *args) -> list:
