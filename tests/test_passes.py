@@ -41,14 +41,23 @@ def dense_fit(data):
     return nmfre.fit(Y, A, rank=2, theta="nonneg", tol=TOL)
 
 
-#: the default tolerance (fits of the same data in another form agree to about 1e-8)
+#: the default tolerance (fits of the same data in another form agree to about 1e-8 in X and
+#: the nll, and to the likelihood's resolution in Theta: THETA_RTOL)
 TOL = 1e-10
+#: Theta's agreement between two fits of these data held differently: the nll is flat enough
+#: along Theta that it does not resolve 1e-8. Measured (the netCDF fit against the in-memory
+#: one; the largest absolute difference, Theta's entries being 1 to 6): 3.8e-10 with
+#: OpenBLAS's default kernels at TOL, 5.3e-8 with its Sandybridge kernels (where an rtol of
+#: 1e-8 failed), and 7.3e-7 and 7.5e-7 with both at tol = 1e-12, the nlls within 1.2e-10 of
+#: each other. The named fault (the first chunk of 700 units left out): 0.072, 1e5 times
+#: this bound
+THETA_RTOL = 1e-6
 
 
 def _assert_same_fit(f, g, rtol=1e-8):
     assert f.converged and g.converged
     assert f.loglik == pytest.approx(g.loglik, rel=1e-10)
-    np.testing.assert_allclose(f.theta, g.theta, rtol=rtol, atol=1e-8)
+    np.testing.assert_allclose(f.theta, g.theta, rtol=max(rtol, THETA_RTOL), atol=1e-8)
     np.testing.assert_allclose(f.X, g.X, rtol=rtol, atol=1e-9)
     np.testing.assert_allclose(np.asarray(f.U), np.asarray(g.U), rtol=1e-6, atol=1e-7)
     assert f.sigma2 == pytest.approx(g.sigma2, rel=1e-7)
