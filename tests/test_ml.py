@@ -534,6 +534,15 @@ def test_a_fit_whose_steps_crawl_converges(monkeypatch):
 
 
 
+def _switching_problem():
+    """``(prob, X0)``: the iteration benchmark's uncentred data (100 x 2000, Q = 5, seed 0, c =
+    0.3) with non-negative Theta and the NNDSVD start, a fit that switches to the second-order
+    steps (the data of ``test_weak_observed_newton_steps_switch_to_second_order_steps``)."""
+    bench = load_script("benchmarks/bench_iterations.py")
+    Y, A = bench.generate_uncentred(100, 2000, 5, 4, seed=0, noise=0.3)
+    return ml.Problem(stats.from_arrays(Y, A), 5, True, "free", 1.0, 1.0, None), basis.nndsvd(Y, 5)
+
+
 def test_weak_observed_newton_steps_switch_to_second_order_steps(monkeypatch):
     """The named fault of ``OBSERVED_POOR_PATIENCE``: uncentred covariates (the iteration
     benchmark's uncentred generator, 100 x 2000, Q = 5, seed 0, c = 0.3, Theta >= 0), where the
@@ -546,10 +555,7 @@ def test_weak_observed_newton_steps_switch_to_second_order_steps(monkeypatch):
     step that follows a second-order step that found nothing. With the rule off (0) the first
     comes later, if at all. The fit with the rule converges in fewer iterations than without it,
     to the same optimum (within 10 tolerances)."""
-    bench = load_script("benchmarks/bench_iterations.py")
-    Y, A = bench.generate_uncentred(100, 2000, 5, 4, seed=0, noise=0.3)
-    prob = ml.Problem(stats.from_arrays(Y, A), 5, True, "free", 1.0, 1.0, None)
-    X0 = basis.nndsvd(Y, 5)
+    prob, X0 = _switching_problem()
     real_step, real_second = ml.scoring_step, ml.second_order_step
     kinds = []
 
@@ -604,10 +610,7 @@ def test_a_switched_fit_whose_second_order_step_finds_nothing_takes_the_scoring_
     measured, 112 iterations against 56 and 2.5e-4 tolerances apart)."""
     import dataclasses
 
-    bench = load_script("benchmarks/bench_iterations.py")
-    Y, A = bench.generate_uncentred(100, 2000, 5, 4, seed=0, noise=0.3)
-    prob = ml.Problem(stats.from_arrays(Y, A), 5, True, "free", 1.0, 1.0, None)
-    X0 = basis.nndsvd(Y, 5)
+    prob, X0 = _switching_problem()
     free = ml.fit_ml(prob, X0)
     calls = []
     real_step, real_qp = ml.scoring_step, ml.qp_direction
@@ -1242,10 +1245,7 @@ def test_a_switched_fit_whose_steps_both_find_nothing_is_settled_by_its_kkt_decr
     import dataclasses
 
     monkeypatch.setattr(ml, "STUCK_SETTLES", case != "fault")
-    bench = load_script("benchmarks/bench_iterations.py")
-    Y, A = bench.generate_uncentred(100, 2000, 5, 4, seed=0, noise=0.3)
-    prob = ml.Problem(stats.from_arrays(Y, A), 5, True, "free", 1.0, 1.0, None)
-    X0 = basis.nndsvd(Y, 5)
+    prob, X0 = _switching_problem()
     free = ml.fit_ml(prob, X0)
     thr = 1e-10 * (1 + abs(free.nll))
     switched, scoring = [], []
@@ -1327,10 +1327,7 @@ def test_a_switched_fit_does_not_converge_at_a_step_that_rejected_a_promising_ca
     monkeypatch.setattr(ml, "NEWTON_REJECTED_OPEN", case != "fault")
     if case != "bounded":
         monkeypatch.setattr(ml, "TRUST_RADIUS_BOUNDS", (1e-30, 1e6))
-    bench = load_script("benchmarks/bench_iterations.py")
-    Y, A = bench.generate_uncentred(100, 2000, 5, 4, seed=0, noise=0.3)
-    prob = ml.Problem(stats.from_arrays(Y, A), 5, True, "free", 1.0, 1.0, None)
-    X0 = basis.nndsvd(Y, 5)
+    prob, X0 = _switching_problem()
     ref = ml.fit_ml(prob, X0)
     thr = 1e-10 * (1 + abs(ref.nll))
     real_second = ml.second_order_step
