@@ -588,6 +588,67 @@ def test_newton_step_searches_past_a_bound_that_stops_the_segment_at_once(radius
     assert np.all(x + d >= 0) and abs(d.sum()) <= 1e-15
 
 
+@pytest.mark.parametrize("scaled", [True, False])
+def test_newton_step_starts_at_the_models_minimiser_along_an_overshooting_fisher_step(monkeypatch, scaled):
+    """The trust region of the Newton step was centred on the Fisher step. Where the observed
+    Hessian is much steeper than the expected information along that step, its model rises
+    there, and no point within the region falls below 0: the step was None at every iteration,
+    the radius never changed (it follows the Newton step's ratio) and each iteration took a
+    halved Fisher step (a sign-free 100 x 2000 counts fit crawled for 615 second-order steps,
+    637 iterations; benchmarks/results/scale.md, forty-fifth round). With ``SCALED_START``, where
+    the Fisher start gives no step, the CG starts again at the model's minimiser along the Fisher
+    step. Closed form on a 4-entry column:
+    curvature 10 along ``w`` and 1 along ``v``, the Fisher step twice the information's step;
+    the Newton step must lie at or below that minimiser (CG then gains along ``v``), be
+    feasible and keep the column sum; without the start (the fault) there is no step."""
+    monkeypatch.setattr(trust, "SCALED_START", scaled)
+    P = 4
+    x = np.full(P, 0.25)
+    w = np.array([1.0, -1.0, 0.0, 0.0]) / np.sqrt(2.0)
+    v = np.array([0.0, 0.0, 1.0, -1.0]) / np.sqrt(2.0)
+    H = 10.0 * np.outer(w, w) + np.outer(v, v) + 0.1 * np.eye(P)
+    g = -0.1 * w - 0.05 * v
+    model = _SimplexModel(g, np.eye(P))
+    qp = trust.QPStep(-2.0 * g, 0.0, np.ones(P, bool))
+
+    def value(d):
+        return float(g @ d + 0.5 * d @ H @ d)
+
+    assert value(qp.d) > 0
+    t = -float(g @ qp.d) / float(qp.d @ H @ qp.d)
+    at_min = value(t * qp.d)
+    res = trust.newton_step(_Hess(H), model, x, False, qp, radius=0.05)
+    if not scaled:
+        assert res is None
+        return
+    d, pred, _ = res
+    assert value(d) < at_min - 1e-4
+    assert pred == pytest.approx(-value(d), rel=1e-12)
+    assert np.all(x + d >= 0) and abs(d.sum()) <= 1e-15
+
+
+@pytest.mark.parametrize("scaled", [True, False])
+def test_newton_steps_second_start_is_a_step_already(monkeypatch, scaled):
+    """Where the model's minimiser along the Fisher step is the face's minimiser, CG has nothing
+    to do there (its residual is exactly 0, so :func:`nmfre.core.trust.face_cg` returns None), and
+    the step is that start itself (``SCALED_START``; not None: the start already lowers the
+    model). Exact numbers on a 4-entry column: the Fisher step ``w / 2`` (one entry reaches 0, held
+    on its face) has model 1 under curvature 16 along ``w``; the minimiser along it is ``w / 8``
+    (interior), where the model is -1/8. Without the second start there is no step."""
+    monkeypatch.setattr(trust, "SCALED_START", scaled)
+    x = np.array([0.25, 0.5, 0.125, 0.125])
+    w, v, u = np.array([1.0, -1.0, 0.0, 0.0]), np.array([0.0, 0.0, 1.0, -1.0]), np.array([1.0, 1.0, -1.0, -1.0])
+    H = 3.5 * np.outer(w, w) + 3.5 * np.outer(v, v) + 0.25 * np.outer(u, u) + np.eye(4)  # H w = 8 w
+    qp = trust.QPStep(0.5 * w, 0.0, x + 0.5 * w > 0)
+    res = trust.newton_step(_Hess(H), _SimplexModel(-w, np.eye(4)), x, False, qp, radius=0.05)
+    if not scaled:
+        assert res is None
+        return
+    d, pred, boundary = res
+    np.testing.assert_array_equal(d, 0.125 * w)
+    assert pred == 0.125 and not boundary
+
+
 def test_a_polish_that_finds_descent_does_not_end_the_fit(monkeypatch):
     """At convergence the second-order fit polishes its point with Newton steps; when that
     lowers the nll by more than the tolerance, to a point that is not itself certified, the

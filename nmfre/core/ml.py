@@ -127,16 +127,27 @@ CRAWL_PATIENCE: int | None = 20
 #: each, counting towards :data:`CRAWL_PATIENCE` only where below 1%; 87 iterations, 56 with the
 #: rule (88 and 58 with the QP change below). "In a row" counts the observed-Hessian steps only: a
 #: Fisher direction between them (after a failed step) neither counts nor breaks the run.
-#: Non-negative Theta only, where it was measured: on sign-free fits it changed four tests'
-#: fits (a 100 x 2000 counts fit took 703 iterations instead of 60; a degenerating fit switched
-#: before its degeneracy showed). Only with the crawl switch on (``second_order=None`` and
+#: Sign-free fits switch too while not degenerating (:data:`OBSERVED_POOR_SIGN_FREE`). Only with
+#: the crawl switch on (``second_order=None`` and
 #: :data:`CRAWL_PATIENCE` not None). With the projected-path candidates of :func:`nmfre.core.trust.bound_qp`, over the
-#: iteration ladder's eleven generators (benchmarks/results/scale.md, forty-second round): the
+#: iteration ladder's eleven generators (non-negative Theta; benchmarks/results/scale.md, forty-second round): the
 #: large rung (seeds 0-2, c = 0.3, 33 fits) 2625 -> 1776 iterations and fits over 100 9 -> 0 in
 #: 6% more time in all (the largest fit 25.9 -> 17.8 s); the medium rung (110 fits) 4291 ->
 #: 3774 and 7 -> 1; the small rung (110) 3816 -> 3441 and 2 -> 1. 0 turns it off
 OBSERVED_POOR_STEP = 0.1
 OBSERVED_POOR_PATIENCE = 3
+#: :data:`OBSERVED_POOR_PATIENCE` switches sign-free fits too, except while they are
+#: degenerating (:func:`degenerating`: the degeneracy rule must see their crawl). It was
+#: non-negative Theta only: on sign-free fits the switch sent a 100 x 2000 counts fit (the
+#: iteration benchmark's counts generator, seed 3, c = 0.3) to 637 iterations instead of 55, every
+#: second-order step a halved Fisher step, because the observed Hessian's model rose at the Fisher
+#: step and no Newton step was found (now :data:`nmfre.core.trust.SCALED_START`: 39). The named
+#: fault: the overfit generator's 100 x 2000 fit (seed 0, c = 1), whose scoring steps crawled for
+#: 131 iterations to an optimum 0.55 above the one the switched fit reaches in 63. Over the
+#: iteration ladder's small rung (eleven generators, seeds 0-4, c = 0.3 and 1, 110 sign-free fits;
+#: benchmarks/results/scale.md, forty-fifth round): 4577 -> 4308 iterations, 26 fits changed, 22
+#: of them within 0.01 tolerances. False: non-negative Theta only
+OBSERVED_POOR_SIGN_FREE = True
 #: In a fit that switched to the second-order steps, where the second-order step and the
 #: scoring step after it both find no decrease at any length while the KKT decrement and the
 #: decreases' tail are within the tolerance, the fit is settled (the polish then certifies it
@@ -1227,8 +1238,8 @@ def fit_ml(prob: Problem, X0: np.ndarray, theta0: np.ndarray | None = None,
     (``None``) a complete-data fit that crawls switches to it: after :data:`CRAWL_PATIENCE`
     scoring steps in all that each achieved less than :data:`CRAWL_STEP` times their predicted
     decrease (or found none), or after :data:`OBSERVED_POOR_PATIENCE` observed-Hessian steps in a
-    row that each achieved less than :data:`OBSERVED_POOR_STEP` times theirs (non-negative
-    Theta), every later
+    row that each achieved less than :data:`OBSERVED_POOR_STEP` times theirs
+    (:data:`OBSERVED_POOR_SIGN_FREE`), every later
     iteration is a :func:`second_order_step` (not while
     a sign-free fit is degenerating: the degeneracy rule must see its crawl); an explicit
     ``False`` keeps the scoring steps throughout. In a fit that switched, a second-order step
@@ -1339,7 +1350,8 @@ def fit_ml(prob: Problem, X0: np.ndarray, theta0: np.ndarray | None = None,
             if direction is not None and direction.observed:
                 weak = achieved is None or achieved < OBSERVED_POOR_STEP * direction.decrement
                 poor_newton = poor_newton + 1 if weak else 0
-                if switch and prob.nonneg and OBSERVED_POOR_PATIENCE and poor_newton >= OBSERVED_POOR_PATIENCE:
+                allowed = prob.nonneg or (OBSERVED_POOR_SIGN_FREE and since is None)  # not while degenerating
+                if switch and allowed and OBSERVED_POOR_PATIENCE and poor_newton >= OBSERVED_POOR_PATIENCE:
                     second = switched = True
         if new is None:
             new, step_max = _squarem_cycle(prob, st, step_max, mstep)
