@@ -146,7 +146,8 @@ OBSERVED_POOR_PATIENCE = 3
 #: 131 iterations to an optimum 0.55 above the one the switched fit reaches in 63. Over the
 #: iteration ladder's small rung (eleven generators, seeds 0-4, c = 0.3 and 1, 110 sign-free fits;
 #: benchmarks/results/scale.md, forty-fifth round): 4577 -> 4308 iterations, 26 fits changed, 22
-#: of them within 0.01 tolerances. False: non-negative Theta only
+#: of them within 0.01 tolerances; the medium rung's 110: 6399 -> 4003, fits over 100 12 -> 9.
+#: False: non-negative Theta only
 OBSERVED_POOR_SIGN_FREE = True
 #: In a fit that switched to the second-order steps, where the second-order step and the
 #: scoring step after it both find no decrease at any length while the KKT decrement and the
