@@ -232,6 +232,9 @@ TAIL_RATE_MAX = 0.99
 TRUST_RADIUS = 10.0
 #: the trust region's radius stays within these bounds (information norm)
 TRUST_RADIUS_BOUNDS = (1e-3, 1e6)
+#: a Newton candidate of :func:`second_order_step` is taken when it achieves at least this fraction
+#: of its predicted decrease (otherwise it is rejected, see :data:`NEWTON_REJECTED_OPEN`)
+NEWTON_ACCEPT = 0.1
 #: a fit on the second-order steps is not converged at an iteration whose step rejected a Newton
 #: candidate (it achieved less than a tenth of its prediction) that the observed Hessian's model
 #: said would gain more than the tolerance, while the trust region can still shrink: where the
@@ -1089,7 +1092,7 @@ def second_order_step(prob: Problem, st: State, radius: float | None = None):
     The bound-constrained Fisher-scoring step (:func:`qp_direction`); with a trust
     ``radius`` (complete data) first the bound-constrained truncated Newton step from it with
     the observed Hessian within that radius (:func:`nmfre.core.trust.newton_step`),
-    accepted at full length when it achieves at least a tenth of its predicted decrease.
+    accepted at full length when it achieves at least :data:`NEWTON_ACCEPT` of its predicted decrease.
     Otherwise the Fisher step is halved until the nll decreases. Returns ``(state or None,
     info)`` with ``info``: ``kind`` (``"newton"``/``"fisher"``), ``t``, ``ratio`` (actual
     over predicted decrease), ``decrement`` (the Fisher model's predicted decrease) and, when
@@ -1109,7 +1112,7 @@ def second_order_step(prob: Problem, st: State, radius: float | None = None):
             cand = _varpro(prob, st, _moved(st.X, dN[: P * Q].reshape(P, Q), 1.0))
             ratio = (st.nll - cand.nll) / pred
             info.update(ratio_newton=ratio, boundary=boundary, pred_newton=pred)
-            if ratio >= 0.1:
+            if ratio >= NEWTON_ACCEPT:
                 info.update(kind="newton", t=1.0, ratio=ratio)
                 return cand, info
     dX = qp.d[: P * Q].reshape(P, Q)
@@ -1296,7 +1299,8 @@ def fit_ml(prob: Problem, X0: np.ndarray, theta0: np.ndarray | None = None,
     poor_newton = 0  # observed-Hessian steps in a row below OBSERVED_POOR_STEP (OBSERVED_POOR_PATIENCE)
     found = True  # the last second-order step found a decrease
     # the last second-order step rejected a Newton candidate whose model predicted more than the
-    # tolerance (see NEWTON_REJECTED_OPEN)
+    # tolerance, while the radius can still shrink: that iteration neither converges nor counts
+    # as unchanged (NEWTON_REJECTED_OPEN)
     rejected = False
     switched = False  # a complete-data fit that switched to the second-order steps
     stuck = False  # neither the second-order step nor the scoring step after it found a decrease
@@ -1320,7 +1324,8 @@ def fit_ml(prob: Problem, X0: np.ndarray, theta0: np.ndarray | None = None,
                 new = None if plain is None else scoring_step(prob, st, plain)
                 stuck = new is None  # neither step found a decrease at any length
             rn = info.get("ratio_newton")
-            rejected = (rn is not None and rn < 0.1 and info.get("pred_newton", 0.0) > tol * (1.0 + abs(st.nll))
+            rejected = (NEWTON_REJECTED_OPEN and rn is not None and rn < NEWTON_ACCEPT
+                        and info.get("pred_newton", 0.0) > tol * (1.0 + abs(st.nll))
                         and radius > TRUST_RADIUS_BOUNDS[0])
             if rn is not None:  # the trust region of the Newton steps
                 if rn < 0.25:
@@ -1363,7 +1368,7 @@ def fit_ml(prob: Problem, X0: np.ndarray, theta0: np.ndarray | None = None,
         same = dec == 0 and dx == 0 and np.array_equal(new.theta, st.theta) and new.lam == st.lam
         # (not counted where a Newton candidate was rejected: the radius shrank, so the next
         # step differs; see NEWTON_REJECTED_OPEN)
-        still = still + 1 if same and not (NEWTON_REJECTED_OPEN and rejected) else 0
+        still = still + 1 if same and not rejected else 0
         st = new
         trace.append(st.nll)
         if st.cap_active:
@@ -1388,7 +1393,7 @@ def fit_ml(prob: Problem, X0: np.ndarray, theta0: np.ndarray | None = None,
             # decrease may be the small phase of alternating ones: the decreases' own rate
             # must agree (geometric_tail, TAIL_WINDOWS)
             tail_ok = geometric_tail(trace) <= thr
-            if second and NEWTON_REJECTED_OPEN and rejected:
+            if second and rejected:
                 pass  # the observed Hessian's model predicted more than the Fisher models see
             elif second:
                 _, qp = qp_direction(prob, st)

@@ -659,23 +659,21 @@ def newton_step(hess: Hessian, model: FisherModel, x: np.ndarray, nonneg: bool, 
     d = qp.d.copy()
     hd = hess(d)
     mval = float(model.g @ d + 0.5 * d @ hd)
-    res = _newton_rounds(hess, model, x, nonneg, lower, d, hd, qp.free.copy(), mval, False, radius, rounds)
+    res = _newton_rounds(hess, model, x, nonneg, lower, d, hd, qp.free.copy(), False, radius, rounds)
     if res is None and SCALED_START and not mval < 0:
         slope, curv = float(model.g @ d), float(d @ hd)
         if slope < 0:  # then curv >= -2 slope > 0 (the model does not fall at d), so 0 < t <= 1/2
             t = -slope / curv  # the model's minimiser along the Fisher step: a step already
             d, hd = t * d, t * hd
-            mval = float(model.g @ d + 0.5 * d @ hd)
-            res = _newton_rounds(hess, model, x, nonneg, lower, d, hd, ~(lower & (x + d <= 0)), mval, True, radius,
-                                 rounds)
+            res = _newton_rounds(hess, model, x, nonneg, lower, d, hd, ~(lower & (x + d <= 0)), True, radius, rounds)
     return res
 
 
 def _newton_rounds(hess: Hessian, model: FisherModel, x: np.ndarray, nonneg: bool, lower: np.ndarray,
-                   d: np.ndarray, hd: np.ndarray, free: np.ndarray, mval: float, moved: bool, radius: float,
-                   rounds: int):
+                   d: np.ndarray, hd: np.ndarray, free: np.ndarray, moved: bool, radius: float, rounds: int):
     """:func:`newton_step`'s CG runs and projected searches from the start ``d`` (``hd = H d``,
-    ``mval`` its model, ``free`` its face, ``moved``: ``d`` is already a step)."""
+    ``free`` its face, ``moved``: ``d`` is already a step)."""
+    mval = float(model.g @ d + 0.5 * d @ hd)
     boundary = False
     for _ in range(rounds):
         res = face_cg(hess, model, free, d, hd, radius)
