@@ -84,6 +84,14 @@ Theta >= 0 Gamma(2, 1) with each entry 0 with probability 0.2, plus 3 on the int
 ``uncentred``: the Gaussian covariates at ``10 + z`` (the data follow the non-negative Theta on
 them, as with an uncentred age); ``level``: centred covariates and 30 added to every intercept.
 
+A twelfth, ``--generator libsize`` (:func:`generate_libsize`, dense rungs only), gives every unit
+its own scale, as library sizes do in sequencing counts and total intensities do in spectra
+(benchmarks/results/scale.md, forty-sixth round): basis columns Dirichlet(0.3) (many small
+entries), an intercept and Gaussian covariates, Theta >= 0 Gamma(2, 2) with each entry 0 with
+probability 0.3, plus 2 on the intercept, ``U ~ N(0, 0.49)``, the mean ``max(X B, 0)`` times a
+log-normal(0, 0.7) factor per unit (the model has no such factor: its variation goes into U and
+the noise), plus Gaussian noise of sd ``0.3 c`` times the sd of that mean, clipped at 0.
+
 Targets (issue 17, on two cores): every dense rung converged in <= 100 iterations with
 wall time no more than scikit-learn's (ratio <= 1); 2000 x 20000, Q = 10 in <= 60 s on every
 seed; the sparse rung's ratio <= 3.
@@ -105,6 +113,7 @@ Run::
     python benchmarks/bench_iterations.py --generator zinb --rungs small,medium,large
     python benchmarks/bench_iterations.py --generator uncentred --rungs small,medium --seeds 0-2
     python benchmarks/bench_iterations.py --generator level --rungs small,medium --seeds 0-2
+    python benchmarks/bench_iterations.py --generator libsize --rungs small,medium,large
     python benchmarks/bench_iterations.py --init nndsvd-tail       # nmfre's other deterministic start
     python benchmarks/bench_iterations.py --out results.json
     python benchmarks/bench_iterations.py --repeat 1             # one timed run per fit
@@ -439,6 +448,29 @@ def generate_level30(P: int, N: int, Q: int, K: int, seed: int, noise: float = 0
     return generate_level(P, N, Q, K, seed, noise, level=30.0)
 
 
+def generate_libsize(P: int, N: int, Q: int, K: int, seed: int, noise: float = 0.3):
+    """One dense data set ``(Y, A)`` of the libsize design (see the module docstring): the
+    model's mean times a log-normal(0, 0.7) scale per unit, plus Gaussian noise of sd ``0.3 c``
+    times the sd of the scaled mean, clipped at 0.
+
+    Parameters
+    ----------
+    P, N, Q, K : int
+    seed : int
+    noise : float
+        ``c`` in the noise sd.
+    """
+    rng = np.random.default_rng([101, seed, P, Q, K])
+    X = rng.dirichlet(np.full(P, 0.3), size=Q).T
+    A = np.vstack([np.ones(N)] + [rng.normal(size=N) for _ in range(K - 1)])
+    theta = rng.gamma(2.0, 2.0, (Q, K)) * (rng.random((Q, K)) < 0.7)
+    theta[:, 0] += 2.0
+    B = theta @ A + rng.normal(0.0, 0.7, (Q, N))
+    M = np.maximum(X @ B, 0.0) * rng.lognormal(0.0, 0.7, N)
+    Y = M + noise * M.std() * 0.3 * rng.standard_normal(M.shape)
+    return np.maximum(Y, 0.0), A
+
+
 #: generators whose Y can be negative (no scikit-learn comparison)
 SIGNED = frozenset({"tied"})
 #: nmfre's deterministic starts (``--init``)
@@ -446,7 +478,7 @@ INITS = ("nndsvd", "nndsvd-tail")
 GENERATORS = {"ladder": generate, "counts": generate_counts, "overlap": generate_overlap, "hetero": generate_hetero,
               "tied": generate_tied, "overfit": generate_overfit, "underfit": generate_underfit,
               "blocks": generate_blocks, "zinb": generate_zinb, "uncentred": generate_uncentred,
-              "level": generate_level30}
+              "level": generate_level30, "libsize": generate_libsize}
 
 
 #: seconds of sleep before each timed run (not timed): OpenBLAS's threads spin for up to about

@@ -297,6 +297,31 @@ def test_zinb_generator():
         mod.run_one(dict(P=40, N=100, Q=2, K=2, density=0.1), 0, 0.3, sklearn=False, generator="zinb")
 
 
+def test_libsize_generator():
+    """``--generator libsize``: the model's mean times a log-normal(0, 0.7) scale per unit (so
+    the units' totals spread far more than the covariates make them), plus Gaussian noise of sd
+    ``0.3 c`` times the sd of that mean (drawn last: ``c = 0`` gives the scaled mean itself),
+    clipped at 0; an intercept and Gaussian covariates; reproducible by seed; dense rungs only."""
+    mod = load_script(ITER_SCRIPT)
+    P, N, Q, K = 60, 4000, 4, 3
+    M, A = mod.generate_libsize(P, N, Q, K, seed=5, noise=0.0)
+    Y, A1 = mod.generate_libsize(P, N, Q, K, seed=5, noise=1.0)
+    assert Y.shape == (P, N) and A.shape == (K, N) and Y.min() >= 0 and M.min() >= 0
+    np.testing.assert_array_equal(A, A1)
+    np.testing.assert_array_equal(A[0], 1.0)
+    assert abs(A[1].mean()) < 0.1 and abs(A[1].std() - 1.0) < 0.1
+    # the units' scales: log totals spread at least as the log-normal(0, 0.7) factor does
+    tot = M.sum(axis=0)
+    assert np.std(np.log(tot[tot > 0])) > 0.6
+    # the noise: sd 0.3 c times the sd of the mean, where clipping cannot reach
+    far = M > 1.5 * M.std()
+    sd = np.std((Y - M)[far])
+    assert abs(sd / (0.3 * M.std()) - 1.0) < 0.05
+    np.testing.assert_array_equal(Y, mod.generate_libsize(P, N, Q, K, seed=5, noise=1.0)[0])
+    with pytest.raises(ValueError, match="dense only"):
+        mod.run_one(dict(P=40, N=100, Q=2, K=2, density=0.1), 0, 0.3, sklearn=False, generator="libsize")
+
+
 def test_misfit_generators():
     """``--generator overfit`` / ``underfit``: without noise the mean has rank ``Q - 2`` / ``Q + 2``
     (the fit's rank is ``Q``): the next singular value is zero to rounding while the last one of
