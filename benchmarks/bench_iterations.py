@@ -90,7 +90,7 @@ its own scale, as library sizes do in sequencing counts and total intensities do
 entries), an intercept and Gaussian covariates, Theta >= 0 Gamma(2, 2) with each entry 0 with
 probability 0.3, plus 2 on the intercept, ``U ~ N(0, 0.49)``, the mean ``max(X B, 0)`` times a
 log-normal(0, 0.7) factor per unit (the model has no such factor: its variation goes into U and
-the noise), plus Gaussian noise of sd ``0.3 c`` times the sd of that mean, clipped at 0.
+the noise), plus Gaussian noise of sd ``0.3 c`` times the sd of the scaled mean, clipped at 0.
 
 Targets (issue 17, on two cores): every dense rung converged in <= 100 iterations with
 wall time no more than scikit-learn's (ratio <= 1); 2000 x 20000, Q = 10 in <= 60 s on every
@@ -524,8 +524,8 @@ def run_one(spec: dict, seed: int, noise: float, sklearn: bool = True, solver: s
     (:func:`generate_hetero`, dense only), ``"tied"`` (:func:`generate_tied`, dense only),
     ``"overfit"`` or ``"underfit"`` (:func:`generate_misfit`, dense only: the data's rank is
     two below or above ``spec["Q"]``), ``"blocks"`` (:func:`generate_blocks`), ``"zinb"``
-    (:func:`generate_zinb`), ``"uncentred"`` or ``"level"`` (:func:`generate_level`; these four
-    dense only); ``theta``: the sign of Theta in nmfre's fit
+    (:func:`generate_zinb`), ``"uncentred"`` or ``"level"`` (:func:`generate_level`),
+    ``"libsize"`` (:func:`generate_libsize`; these five dense only); ``theta``: the sign of Theta in nmfre's fit
     (``"nonneg"`` or ``"free"``); ``init``: nmfre's start (``"nndsvd"``, the package default,
     or ``"nndsvd-tail"``; the fit's ``restarts`` name the start it used).
     """
