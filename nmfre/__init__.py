@@ -23,6 +23,7 @@ from .exceptions import (
     DegenerateFitWarning,
     IdentifiabilityWarning,
     IllConditionedWarning,
+    NonUniqueEstimateWarning,
     SingularFitWarning,
 )
 from .inference import Inference, load_inference
@@ -34,7 +35,7 @@ from .results import NMFREFit, load
 __all__ = [
     "ArgumentTypeError", "ConvergenceWarning", "DegenerateFitWarning", "ECVResult", "IdentifiabilityWarning",
     "IllConditionedWarning",
-    "Inference", "LRTResult", "NMFREFit",
+    "Inference", "LRTResult", "NMFREFit", "NonUniqueEstimateWarning",
     "SingularFitWarning", "__version__", "df_scan", "ecv", "fit", "from_long", "load", "load_inference",
     "load_orthodont", "lrt", "lrt_tau2", "simulate", "study",
 ]

@@ -15,6 +15,12 @@ class IdentifiabilityWarning(UserWarning):
     """sigma2 and tau2 are not separately identifiable (P <= Q without a cap or fixed variance)."""
 
 
+class NonUniqueEstimateWarning(IdentifiabilityWarning):
+    """The ML estimate is not unique: a rotation of the components (``X R``, ``R' Theta``, ``R``
+    orthogonal with ``R 1 = 1``) keeps the bounds and the likelihood, so the components' X and
+    Theta are not identified (``X Theta`` is)."""
+
+
 class IllConditionedWarning(UserWarning):
     """The information for Theta is nearly singular (nearly collinear covariates, or basis
     columns nearly parallel on the observed features): its standard errors, tests and Wald

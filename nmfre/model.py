@@ -14,11 +14,17 @@ import pandas as pd
 
 from . import engine
 from . import validation as v
-from .core import dfcap
+from .core import dfcap, rotation
 from .core.covariates import orthonormal_effects
 from .core.likelihood import LAMBDA_MAX
 from .core.ml import DEGENERATE_INDEX, STALL_PATIENCE, cancellation, degeneracy
-from .exceptions import ConvergenceWarning, DegenerateFitWarning, IdentifiabilityWarning, SingularFitWarning
+from .exceptions import (
+    ConvergenceWarning,
+    DegenerateFitWarning,
+    IdentifiabilityWarning,
+    NonUniqueEstimateWarning,
+    SingularFitWarning,
+)
 from .labels import Data, aligned_start, check_rank, coerce
 from .results import NMFREFit
 from .settings import FitSettings, check_start_values
@@ -112,9 +118,11 @@ def fit(Y: Any, A: Any = None, rank: int = 2, *, method: str = "ml", theta: str 
     _warn_identifiability(data, Q, settings)
     est = engine.estimate(data.Y, data.A, Q, settings, rng, values)
     result = _wrap(data, est, settings)
-    if result.stop_reason == "degenerate":
+    degenerate = result.stop_reason == "degenerate"
+    if degenerate:
         warnings.warn(_degenerate_message(result), DegenerateFitWarning, stacklevel=2)
     elif how := engine.ended_degenerate(result.solution, settings, data.A):
+        degenerate = True
         # converged, stalled or ran to max_iter where the likelihood is nearly flat along the merge
         warnings.warn(_degenerate_message(result, how), DegenerateFitWarning, stacklevel=2)
     elif result.stop_reason == "stalled":
@@ -126,6 +134,11 @@ def fit(Y: Any, A: Any = None, rank: int = 2, *, method: str = "ml", theta: str 
         warnings.warn(f"NMF-RE ({settings.method}) did not converge in {result.n_iter} iterations "
                       f"(max_iter={settings.max_iter}, tol={settings.tol:g}); increase max_iter",
                       ConvergenceWarning, stacklevel=2)
+    # a rotation of the components that keeps the bounds and the likelihood (not where the
+    # degeneracy warning already says that the effects are not identified)
+    if settings.method == "ml" and not degenerate \
+            and (free := rotation.free_rotation(result.solution.X, result.solution.theta, nonneg)) is not None:
+        warnings.warn(_non_unique_message(result, free, nonneg), NonUniqueEstimateWarning, stacklevel=2)
     if settings.method == "ml" and result.lam >= LAMBDA_MAX * (1 - 1e-6):
         warnings.warn(f"singular fit: tau2 is estimated at {result.tau2:.3g} (sigma2 {result.sigma2:.3g}), i.e. the "
                       "random effects vanish; the model reduces to NMF with covariates", SingularFitWarning,
@@ -174,6 +187,16 @@ def _degenerate_message(result: NMFREFit, how: str = "stopped") -> str:
             f"{ratio:.2e} of the terms' sum of squares), while their effects {growing} (max |Theta| {size:.3g}): "
             f"the likelihood {rising} toward a boundary where these effects are not identified. Use theta='nonneg', "
             f"a smaller rank, or other starts (n_init){starts}")
+
+
+def _non_unique_message(result: NMFREFit, free: rotation.FreeRotation, nonneg: bool) -> str:
+    bounds = "X >= 0 and Theta >= 0" if nonneg else "X >= 0"
+    size = float(np.max(np.abs(result.solution.theta)))
+    return (f"the ML estimate is not unique: rotating the components (X R and R' Theta, R orthogonal with R 1 = 1) "
+            f"keeps {bounds} and the likelihood; the rotation found moves X by up to {free.dX:.3g} and Theta by up to "
+            f"{free.dtheta:.3g} (max |Theta| {size:.3g}). X Theta is identified, the components' X and Theta are not: "
+            "their standard errors are conditional on this X. Entries of X at 0 (or of Theta, with theta='nonneg') "
+            "pin the components; a smaller rank may too")
 
 
 def _warn_identifiability(data: Data, Q: int, settings: FitSettings) -> None:

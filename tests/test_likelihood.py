@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 from helpers import direct_nll, load_script, rank2
+from scipy.linalg import expm
 from scipy.optimize import brentq
 
 from nmfre.core import dfcap
@@ -22,6 +23,42 @@ def test_nll_formula_matches_dense_gaussian():
     Y, A, X, theta = rank2(1, N=20)
     val = nll(sufficient(Y, X, theta @ A), 0.3, 0.3 / 2.5)
     assert val == pytest.approx(direct_nll(Y, X, theta, A, 0.3, 2.5), rel=1e-10)
+
+
+def test_the_likelihood_is_invariant_under_rotations_that_keep_the_column_sums():
+    """``nll(X R, R' Theta) = nll(X, Theta)`` for every orthogonal ``R`` with ``R 1 = 1``.
+
+    The mean ``X Theta A`` and the random effects' covariance ``tau2 X X'`` do not change, and
+    neither do X's column sums. These ``R`` form a group of dimension ``(Q - 1)(Q - 2) / 2``
+    (3 here, 36 at Q = 10). Only the bounds (X >= 0, and Theta >= 0 where constrained) can pin
+    an ML estimate along it (benchmarks/results/scale.md, forty-eighth round).
+
+    Checked on the compressed statistics and on dense Gaussian densities. A mixing that keeps
+    the mean and the column sums but is not orthogonal changes the nll, because it changes
+    ``X X'``: the named fault is random effects whose covariance is not isotropic across
+    components, which would have no such invariance."""
+    rng = np.random.default_rng(7)
+    P, N, Q = 12, 30, 4
+    X = rng.dirichlet(np.ones(P), Q).T
+    theta = rng.normal(size=(Q, 2))
+    A = np.vstack([np.ones(N), rng.normal(size=N)])
+    Y = X @ (theta @ A + rng.normal(0, 2.0, (Q, N))) + rng.normal(0, 0.3, (P, N))
+    B = np.linalg.qr(np.column_stack([np.ones(Q), rng.normal(size=(Q, Q - 1))]))[0][:, 1:]  # the complement of 1
+    S = rng.normal(size=(Q - 1, Q - 1))
+    R = np.eye(Q) + B @ (expm(S - S.T) - np.eye(Q - 1)) @ B.T
+    np.testing.assert_allclose(R @ R.T, np.eye(Q), atol=1e-13)
+    np.testing.assert_allclose(R @ np.ones(Q), np.ones(Q), atol=1e-13)
+    assert np.abs(R - np.eye(Q)).max() > 0.5  # a large rotation, not a small perturbation
+    Xr, Tr = X @ R, R.T @ theta
+    np.testing.assert_allclose(Xr.sum(axis=0), 1.0, atol=1e-13)
+    s2, t2 = 0.09, 4.0
+    base = nll(sufficient(Y, X, theta @ A), s2, s2 / t2)
+    assert nll(sufficient(Y, Xr, Tr @ A), s2, s2 / t2) == pytest.approx(base, rel=1e-12)
+    assert direct_nll(Y, Xr, Tr, A, s2, t2) == pytest.approx(direct_nll(Y, X, theta, A, s2, t2), rel=1e-12)
+    M = np.eye(Q) + B @ (0.3 * rng.normal(size=(Q - 1, Q - 1))) @ B.T
+    np.testing.assert_allclose(X @ M @ np.linalg.solve(M, theta), X @ theta, atol=1e-13)
+    moved = nll(sufficient(Y, X @ M, np.linalg.solve(M, theta) @ A), s2, s2 / t2)
+    assert abs(moved - base) > 1e-3 * abs(base)
 
 
 def test_sigma2_closed_form_is_the_profile_minimiser():
