@@ -12,7 +12,8 @@ class DegenerateFitWarning(ConvergenceWarning):
 
 
 class IdentifiabilityWarning(UserWarning):
-    """sigma2 and tau2 are not separately identifiable (P <= Q without a cap or fixed variance)."""
+    """Some parameters are not identified by the likelihood: sigma2 and tau2 (P <= Q without a
+    cap or fixed variance), or the components (:class:`NonUniqueEstimateWarning`)."""
 
 
 class NonUniqueEstimateWarning(IdentifiabilityWarning):

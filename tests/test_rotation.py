@@ -48,10 +48,10 @@ def test_an_estimate_off_every_bound_rotates_without_changing_the_likelihood(non
     np.testing.assert_allclose(R @ R.T, np.eye(4), atol=1e-13)
     np.testing.assert_allclose(R @ np.ones(4), np.ones(4), atol=1e-13)
     Xr, Tr = X @ R, R.T @ theta
-    assert Xr.min() >= -rotation.AT_BOUND
+    assert Xr.min() >= -1e-14
     if nonneg:
-        assert Tr.min() >= -rotation.AT_BOUND * np.abs(theta).max()
-    assert free.dX == pytest.approx(np.abs(Xr - X).max()) and free.dX >= rotation.ROTATION_MIN
+        assert Tr.min() >= -1e-14 * np.abs(theta).max()
+    assert free.dX == pytest.approx(np.abs(Xr - X).max()) and free.dX >= rotation.ROTATION_MIN * X.max()
     assert free.dtheta == pytest.approx(np.abs(Tr - theta).max()) and free.dtheta > 0
     N = 25
     A = np.vstack([np.ones(N), rng.normal(size=N)])
@@ -82,6 +82,61 @@ def test_zeros_of_non_negative_theta_pin_the_rotation():
     theta = 4.0 * np.eye(3)
     assert rotation.free_rotation(X, theta, nonneg=True) is None
     assert rotation.free_rotation(X, theta, nonneg=False) is not None
+
+
+def test_one_zero_of_x_allows_the_rotations_that_raise_it():
+    """One entry of X at 0 (the rest off every bound): the linearised bound is one-sided, so a
+    rotation exists, and the one found keeps that entry >= 0. With the constraint's sign flipped
+    none is found (checked when this test was written)."""
+    rng = np.random.default_rng(0)
+    # Dirichlet(1) columns floored at 1e-4: small entries everywhere, so that only small
+    # rotations keep X >= 0 (a large one could land inside the bounds whatever the sign)
+    X = np.maximum(rng.dirichlet(np.ones(20), 3).T, 1e-4)
+    X[0, 0] = 0.0
+    X /= X.sum(axis=0)
+    theta = rng.normal(3.0, 1.0, (3, 2))
+    free = rotation.free_rotation(X, theta, nonneg=False)
+    assert free is not None
+    assert (X @ free.R)[0, 0] >= -1e-14 and (X @ free.R).min() >= -1e-14
+
+
+def test_one_zero_of_non_negative_theta_allows_the_rotations_that_raise_it():
+    """The same for one entry of non-negative Theta at 0 (X off every bound)."""
+    X, theta, _ = _interior(8, Q=3)
+    theta[1, 0] = 0.0
+    free = rotation.free_rotation(X, theta, nonneg=True)
+    assert free is not None
+    assert (free.R.T @ theta)[1, 0] >= -1e-14 * np.abs(theta).max() and (free.R.T @ theta).min() >= -1e-13
+
+
+def test_entries_just_above_their_bound_do_not_make_a_rotation():
+    """Anchor rows whose off-anchor entries are 1e-5 instead of 0 (a fit can leave entries that
+    belong at 0 slightly above it): a rotation can only use up that slack, which moves X by far
+    less than ROTATION_MIN of its largest entry, so none is reported."""
+    X, theta, _ = _interior(4)
+    X[:4] = 1e-5
+    X[np.arange(4), np.arange(4)] = 0.2
+    X /= X.sum(axis=0)
+    assert rotation.free_rotation(X, theta, nonneg=False) is None
+
+
+def test_the_check_is_scale_equivariant_in_theta():
+    """Theta times 1e-9 or 1e9 (the units of Y): the same rotation, Theta's move scaled."""
+    X, theta, _ = _interior(9, Q=4)
+    theta[0, 1] = 0.0
+    ref = rotation.free_rotation(X, theta, nonneg=True)
+    assert ref is not None
+    for c in (1e-9, 1e9):
+        got = rotation.free_rotation(X, c * theta, nonneg=True)
+        assert got is not None
+        np.testing.assert_allclose(got.R, ref.R, atol=1e-12)
+        assert got.dtheta == pytest.approx(c * ref.dtheta, rel=1e-9)
+
+
+def test_non_finite_input_gives_none():
+    X, theta, _ = _interior(10, Q=3)
+    X[0, 0] = np.nan
+    assert rotation.free_rotation(X, theta, nonneg=False) is None
 
 
 def test_rank_two_has_no_rotation():
@@ -115,7 +170,7 @@ def test_fit_warns_where_its_estimate_is_not_unique():
         fit = nmfre.fit(Y, A, rank=3)
     s = fit.solution
     free = rotation.free_rotation(s.X, s.theta, nonneg=False)
-    assert free is not None and (s.X @ free.R).min() >= -rotation.AT_BOUND
+    assert free is not None and (s.X @ free.R).min() >= -1e-14
     rotated = direct_nll(Y, s.X @ free.R, free.R.T @ s.theta, A, s.sigma2, s.tau2)
     assert rotated == pytest.approx(-fit.loglik, rel=1e-10)
     assert np.abs(s.X @ s.theta - (s.X @ free.R) @ (free.R.T @ s.theta)).max() < 1e-12 * np.abs(s.theta).max()
