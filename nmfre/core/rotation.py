@@ -58,11 +58,12 @@ class FreeRotation:
     dtheta: float
 
 
-def _feasible(X: np.ndarray, theta: np.ndarray, nonneg: bool, R: np.ndarray) -> bool:
-    """``X R >= 0`` and, for non-negative Theta, ``R' Theta >= 0`` (to rounding)."""
-    if (X @ R).min() < -1e-14 * X.max():
+def _feasible(X: np.ndarray, theta: np.ndarray, nonneg: bool, R: np.ndarray, tol: tuple[float, float]) -> bool:
+    """``X R >= -tol[0]`` and, for non-negative Theta, ``R' Theta >= -tol[1]`` (rounding: see
+    :func:`_extent`)."""
+    if (X @ R).min() < -tol[0]:
         return False
-    return not nonneg or (R.T @ theta).min() >= -1e-14 * max(float(np.abs(theta).max()), 1e-300)
+    return not nonneg or (R.T @ theta).min() >= -tol[1]
 
 
 def _directions(M: np.ndarray, m: int) -> list[np.ndarray]:
@@ -124,8 +125,9 @@ def free_rotation(X: np.ndarray, theta: np.ndarray, nonneg: bool) -> FreeRotatio
         candidates.append((_first_order_move(X, A, held_x), A))
     candidates.sort(key=lambda c: -c[0])
     best = None
+    tol = (1e-14 * float(X.max()), 1e-14 * max(t_max, 1e-300))  # rounding, relative to the largest entries
     for _, A in candidates[:DIRECTIONS_MAX]:
-        R = expm(_extent(X, theta, nonneg, A) * A)
+        R = expm(_extent(X, theta, nonneg, A, tol) * A)
         dX = float(np.max(np.abs(X @ R - X)))
         if dX >= ROTATION_MIN * X.max() and (best is None or dX > best.dX):
             best = FreeRotation(R, dX, float(np.max(np.abs(R.T @ theta - theta))))
@@ -140,13 +142,14 @@ def _first_order_move(X: np.ndarray, A: np.ndarray, held: np.ndarray) -> float:
     return t * float(np.abs(D).max())
 
 
-def _extent(X: np.ndarray, theta: np.ndarray, nonneg: bool, A: np.ndarray) -> float:
-    """The largest angle up to :data:`ANGLE_MAX` along ``A`` whose rotation keeps the bounds
-    (bisection from 0: the angle returned always keeps them)."""
-    if _feasible(X, theta, nonneg, expm(ANGLE_MAX * A)):
+def _extent(X: np.ndarray, theta: np.ndarray, nonneg: bool, A: np.ndarray, tol: tuple[float, float]) -> float:
+    """The largest angle up to :data:`ANGLE_MAX` along ``A`` whose rotation keeps the bounds to
+    within ``tol`` (for X, for Theta; :func:`_feasible`), by bisection from 0: the angle
+    returned always keeps them."""
+    if _feasible(X, theta, nonneg, expm(ANGLE_MAX * A), tol):
         return ANGLE_MAX
     lo, hi = 0.0, ANGLE_MAX
     for _ in range(50):
         mid = 0.5 * (lo + hi)
-        lo, hi = (mid, hi) if _feasible(X, theta, nonneg, expm(mid * A)) else (lo, mid)
+        lo, hi = (mid, hi) if _feasible(X, theta, nonneg, expm(mid * A), tol) else (lo, mid)
     return lo
