@@ -9,6 +9,8 @@ posteriors:
 * :func:`sample`: NUTS, chains started at and aligned to the frequentist fit, returns an
   ArviZ DataTree with nmfre's coordinates;
 * :func:`compare`, :func:`plot_compare`, :func:`plot_diagnostics`;
+* :func:`rotation_spread`: how far the joint posterior's draws can be rotated at an
+  unchanged density (components identified only by the bounds);
 * :func:`theta_prior_shift` and :class:`PriorWarning`: how far the prior on Theta moves its
   posterior (checked before sampling);
 * :func:`configure`: parallel CPU chains (call before JAX starts);
@@ -30,10 +32,11 @@ from .likelihood import Stats, statistics
 from .loadings import loadings
 from .models import conditional, conditional_x, default_priors, joint, u_conditional
 from .prior_shift import PriorWarning, theta_prior_shift
+from .rotations import rotation_spread
 from .sampling import Sampler, SamplingWarning, diagnostics, sample
 from .vi import VIWarning, fit_vi
 
 __all__ = ["Sampler", "SamplingWarning", "Stats", "compare", "compare_loadings", "conditional", "conditional_x",
            "configure", "default_priors", "diagnostics", "joint", "mixing", "loadings", "plot_compare",
-           "plot_diagnostics", "PriorWarning", "sample", "theta_prior_shift",
+           "plot_diagnostics", "PriorWarning", "rotation_spread", "sample", "theta_prior_shift",
            "statistics", "u_conditional", "VIWarning", "fit_vi", "plot_sbc", "sbc", "sbc_power", "SBCResult", "study"]
