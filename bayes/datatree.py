@@ -313,13 +313,11 @@ def _identification_note(dt: xr.DataTree) -> str:
     if not bad:
         return _states_note(dt, rhat, alone=True) if unmixed else ""
     states = _states_note(dt, rhat) if unmixed else ""
-    rotated = rotation_note(dt)
     if inv["ok"].all():
         return (f". Components {bad} are not identified by the data (their X columns and Theta rows do not mix; "
                 "the label-invariant quantities X Theta, sigma, tau and the log-likelihood do): interpret X Theta, "
-                "not those components (bayes.mixing has the table)" + rotated)
-    return (f". Components {bad} do not mix, nor do the label-invariant quantities (bayes.mixing has the table)"
-            + rotated + states)
+                "not those components (bayes.mixing has the table)" + rotation_note(dt))
+    return f". Components {bad} do not mix, nor do the label-invariant quantities (bayes.mixing has the table)" + states
 
 
 def _states_note(dt: xr.DataTree, rhat: float, alone: bool = False) -> str:
