@@ -24,17 +24,9 @@ from jax.nn import log_softmax, softmax
 from numpyro.distributions import constraints
 from numpyro.distributions.transforms import ParameterFreeTransform, biject_to
 
+from nmfre.core.rotation import helmert
+
 __all__ = ["DirichletILR", "FoldedDirichlet", "ILRTransform", "helmert", "ilr_simplex"]
-
-
-def helmert(P: int) -> np.ndarray:
-    """The P x (P-1) orthonormal Helmert basis of ``{v : sum(v) = 0}``."""
-    V = np.zeros((P, P - 1))
-    for j in range(1, P):
-        V[:j, j - 1] = 1.0
-        V[j, j - 1] = -float(j)
-        V[:, j - 1] /= np.sqrt(j * (j + 1.0))
-    return V
 
 
 class ILRTransform(ParameterFreeTransform):

@@ -29,20 +29,27 @@ ANGLE_MAX = np.pi / 4
 DIRECTIONS_MAX = 8
 
 
+def helmert(P: int) -> np.ndarray:
+    """The P x (P-1) orthonormal Helmert basis of ``{v : sum(v) = 0}`` (column ``j``: ``j`` ones,
+    then ``-j``, scaled to unit norm)."""
+    V = np.zeros((P, P - 1))
+    for j in range(1, P):
+        V[:j, j - 1] = 1.0
+        V[j, j - 1] = -float(j)
+        V[:, j - 1] /= np.sqrt(j * (j + 1.0))
+    return V
+
+
 def generators(Q: int) -> np.ndarray:
     """An orthonormal (Frobenius) basis of the antisymmetric ``Q x Q`` matrices ``A`` with ``A 1 = 0``.
 
     The tangent space at the identity of the orthogonal ``R`` with ``R 1 = 1``. Shape
     ``((Q - 1)(Q - 2) / 2, Q, Q)``, empty below Q = 3. Deterministic: built on the Helmert
-    basis of the complement of ``1``.
+    basis of the complement of ``1`` (:func:`helmert`).
     """
     if Q < 3:
         return np.zeros((0, Q, Q))
-    H = np.zeros((Q, Q - 1))
-    for j in range(1, Q):
-        H[:j, j - 1] = 1.0
-        H[j, j - 1] = -float(j)
-        H[:, j - 1] /= np.sqrt(j * (j + 1.0))
+    H = helmert(Q)
     out = [(np.outer(H[:, i], H[:, j]) - np.outer(H[:, j], H[:, i])) / np.sqrt(2.0)
            for i in range(Q - 1) for j in range(i + 1, Q - 1)]
     return np.array(out)
